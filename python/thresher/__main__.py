@@ -1,0 +1,5 @@
+import sys
+
+from thresher.cli.main import main
+
+sys.exit(main())

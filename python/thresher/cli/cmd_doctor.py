@@ -1,0 +1,108 @@
+"""`thresher doctor`: each op x backend, whether it can run here, and why not."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from typing import Any
+
+
+def collect() -> dict[str, Any]:
+    import torch
+
+    import thresher
+    from thresher import _native
+    from thresher.ops import OPS
+
+    cpu = _native.cpu_ext()
+    cuda = _native.cuda_ext()
+    tri = _native.triton_module()
+    dev_ok, dev_why = _native.cuda_device_available()
+    info: dict[str, Any] = {
+        "thresher": thresher.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "devices": {
+            "cpu": {"threads": torch.get_num_threads()},
+            "cuda": (
+                {"available": True, "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
+                if dev_ok
+                else {"available": False, "reason": dev_why}
+            ),
+        },
+        "extensions": {
+            "thresher._C": (
+                {"built": True, "openmp": bool(cpu.has_openmp), "threads": cpu.max_threads(),
+                 "compiler": cpu.compiler, "ops": list(cpu.registered)}
+                if cpu is not None
+                else {"built": False, "reason": _native.why_unavailable("cpu")}
+            ),
+            "thresher._cuda": (
+                {"built": True, "cuda_runtime": int(cuda.cuda_runtime_version),
+                 "device": cuda.device_error() or "ok", "ops": list(cuda.registered)}
+                if cuda is not None
+                else {"built": False, "reason": _native.why_unavailable("cuda")}
+            ),
+            "triton": (
+                {"installed": True, "version": getattr(tri, "__version__", "?"),
+                 "interpret": _native.triton_interpret(),
+                 "kernels": _native.kernels() is not None,
+                 **({} if _native.kernels() is not None else {"reason": _native.why_unavailable("kernels")})}
+                if tri is not None
+                else {"installed": False, "reason": _native.why_unavailable("triton")}
+            ),
+        },
+        "ops": {name: op.table() for name, op in sorted(OPS.items())},
+    }
+    return info
+
+
+def _status(reasons: Any) -> str:
+    if reasons is None:
+        return "-"
+    return "ok" if not reasons else "no: " + "; ".join(reasons)
+
+
+def render(info: dict[str, Any]) -> str:
+    lines = [
+        f"thresher {info['thresher']}  python {info['python']}  torch {info['torch']}",
+        f"platform: {info['platform']}",
+    ]
+    cuda = info["devices"]["cuda"]
+    lines.append(
+        "cuda device: " + (f"{cuda['name']} x{cuda['count']}" if cuda.get("available") else f"none ({cuda['reason']})")
+    )
+    lines.append("")
+    lines.append("extensions:")
+    for name, e in info["extensions"].items():
+        ok = e.get("built", e.get("installed"))
+        detail = ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("built", "installed", "reason", "ops"))
+        lines.append(f"  {name:15s} {'yes' if ok else 'no'}  {detail}" + ("" if ok else f"  ({e.get('reason', '')})"))
+    lines.append("")
+    lines.append("ops x backends (cpu tensors | cuda tensors):")
+    for op, backends in info["ops"].items():
+        lines.append(f"  {op}")
+        for b, row in backends.items():
+            lines.append(
+                f"    {b:10s} cpu: {_status(row.get('cpu'))}\n"
+                f"    {'':10s} cuda: {_status(row.get('cuda'))}"
+            )
+    return "\n".join(lines)
+
+
+def run(args: Any) -> int:
+    import thresher.ops  # noqa: F401  (registers the ops)
+
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(render(info))
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("doctor", help="list backends per op and why any is unavailable")
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.set_defaults(func=run)

@@ -1,0 +1,224 @@
+"""Backend dispatch for thresher's ops.
+
+Every op is an :class:`Op` holding an ordered list of :class:`Backend` s:
+
+* ``triton``    - Triton kernels (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1`` when forced)
+* ``cuda``      - the ``thresher._cuda`` extension (CUDA tensors)
+* ``cpu``       - the ``thresher._C`` C++ extension (CPU tensors)
+* ``reference`` - plain PyTorch, any device: the fallback of last resort and the test oracle
+
+The public function of an op validates its arguments (``ValueError`` naming the
+argument), then calls :meth:`Op.dispatch` with the device of its tensors. A
+backend is chosen as follows:
+
+1. ``backend=`` keyword, else ``THRESHER_BACKEND_<OP>`` (e.g. ``THRESHER_BACKEND_TOPK=cpu``):
+   forced; if it cannot run, a ``RuntimeError`` lists its reasons.
+2. ``THRESHER_BACKEND`` (global preference): used when the op has that backend
+   and it can run for these inputs, otherwise ignored.
+3. The first backend of the device's order that can run.
+
+Each backend states *why* it cannot run (``not_supported_reasons``), both for
+static causes (extension not built, Triton missing) and per call (dtype, size).
+``thresher doctor`` prints these for every op.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+BACKEND_NAMES = ("triton", "cuda", "cpu", "reference")
+
+# Default order per device type. Triton on CPU tensors (interpreter) is never
+# chosen automatically: it is a testing aid, forced with backend="triton".
+DEVICE_ORDER = {
+    "cuda": ("triton", "cuda", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+OPS: dict[str, "Op"] = {}
+_local = threading.local()
+
+
+@dataclass
+class Backend:
+    """One implementation of an op.
+
+    ``available()`` returns static reasons (empty list = installed and usable);
+    ``supports(**ctx)`` returns per-call reasons for a concrete input
+    (``ctx`` holds at least ``device``, a ``torch.device`` type string).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    devices: tuple[str, ...]
+    available: Callable[[], list[str]] = lambda: []
+    supports: Optional[Callable[..., list[str]]] = None
+    note: str = ""
+
+    def not_supported_reasons(self, device: Optional[str] = None, **ctx: Any) -> list[str]:
+        reasons = list(self.available())
+        if device is not None:
+            dev_ok = device in self.devices
+            if self.name == "triton" and device == "cpu":
+                from .._native import triton_interpret
+
+                dev_ok = triton_interpret()
+                if not dev_ok:
+                    reasons.append("CPU tensors need TRITON_INTERPRET=1")
+            elif not dev_ok:
+                reasons.append(f"does not run on {device} tensors (runs on {', '.join(self.devices)})")
+            if device == "cuda" and dev_ok:
+                from .._native import cuda_device_available
+
+                ok, why = cuda_device_available()
+                if not ok:
+                    reasons.append(why)
+        if not reasons and self.supports is not None:
+            reasons.extend(self.supports(device=device, **ctx))
+        return reasons
+
+
+@dataclass
+class Op:
+    name: str
+    doc: str = ""
+    backends: dict[str, Backend] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        OPS[self.name] = self
+
+    # ------------------------------------------------------------- registration
+    def register(
+        self,
+        name: str,
+        devices: Iterable[str],
+        available: Callable[[], list[str]] = lambda: [],
+        supports: Optional[Callable[..., list[str]]] = None,
+        note: str = "",
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if name not in BACKEND_NAMES:
+            raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES}")
+
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.backends[name] = Backend(name, fn, tuple(devices), available, supports, note)
+            return fn
+
+        return deco
+
+    @property
+    def reference(self) -> Callable[..., Any]:
+        return self.backends["reference"].fn
+
+    # ----------------------------------------------------------------- choosing
+    def choose(self, device: str, backend: Optional[str] = None, **ctx: Any) -> Backend:
+        forced = backend or os.environ.get(f"THRESHER_BACKEND_{self.name.upper()}") or None
+        if forced:
+            if forced not in self.backends:
+                raise ValueError(
+                    f"backend={forced!r}: op {self.name!r} has backends {list(self.backends)}"
+                )
+            b = self.backends[forced]
+            reasons = b.not_supported_reasons(device=device, **ctx)
+            if reasons:
+                raise RuntimeError(
+                    f"{self.name}: backend {forced!r} cannot run here: " + "; ".join(reasons)
+                )
+            return b
+        pref = os.environ.get("THRESHER_BACKEND")
+        if pref and pref in self.backends:
+            b = self.backends[pref]
+            if not b.not_supported_reasons(device=device, **ctx):
+                return b
+        why: list[str] = []
+        for name in DEVICE_ORDER.get(device, ("reference",)):
+            b = self.backends.get(name)
+            if b is None:
+                continue
+            reasons = b.not_supported_reasons(device=device, **ctx)
+            if not reasons:
+                return b
+            why.append(f"{name}: {'; '.join(reasons)}")
+        raise RuntimeError(f"{self.name}: no backend can run on {device}: " + " | ".join(why))
+
+    def dispatch(self, device: str, *args: Any, backend: Optional[str] = None,
+                 ctx: Optional[dict] = None, **kwargs: Any) -> Any:
+        b = self.choose(device, backend, **(ctx or {}))
+        _local.last = (self.name, b.name)
+        return b.fn(*args, **kwargs)
+
+    # ------------------------------------------------------------------ report
+    def table(self) -> dict[str, dict[str, Any]]:
+        """{backend: {devices, cpu: reasons, cuda: reasons}} for doctor."""
+        out = {}
+        for name in BACKEND_NAMES:
+            b = self.backends.get(name)
+            if b is None:
+                continue
+            row: dict[str, Any] = {"devices": list(b.devices), "note": b.note}
+            for dev in ("cpu", "cuda"):
+                if dev in b.devices or (name == "triton" and dev == "cpu"):
+                    row[dev] = b.not_supported_reasons(device=dev)
+            out[name] = row
+        return out
+
+
+def last_backend() -> Optional[tuple[str, str]]:
+    """(op, backend) of the last dispatch in this thread: for tests and logs."""
+    return getattr(_local, "last", None)
+
+
+def device_type(*tensors: Any) -> str:
+    """The common device type of the given tensors (ValueError if they differ)."""
+    devs = {t.device.type for t in tensors if t is not None and hasattr(t, "device")}
+    if len(devs) > 1:
+        raise ValueError(f"tensors are on different devices: {sorted(devs)}")
+    return devs.pop() if devs else "cpu"
+
+
+# ------------------------------------------------------------- common checks
+def cpu_available() -> list[str]:
+    from .._native import cpu_ext, why_unavailable
+
+    return [] if cpu_ext() is not None else [why_unavailable("cpu") or "thresher._C not built"]
+
+
+def cpu_has(symbol: str) -> Callable[[], list[str]]:
+    def check() -> list[str]:
+        from .._native import cpu_ext
+
+        r = cpu_available()
+        if r:
+            return r
+        return [] if hasattr(cpu_ext(), symbol) else [f"thresher._C has no {symbol} (stale build?)"]
+
+    return check
+
+
+def cuda_has(symbol: str) -> Callable[[], list[str]]:
+    def check() -> list[str]:
+        from .._native import cuda_ext, why_unavailable
+
+        m = cuda_ext()
+        if m is None:
+            return [why_unavailable("cuda") or "thresher._cuda not built"]
+        if not hasattr(m, symbol):
+            return [f"thresher._cuda has no {symbol}"]
+        err = m.device_error()
+        return [err] if err else []
+
+    return check
+
+
+def triton_has(module: str) -> Callable[[], list[str]]:
+    def check() -> list[str]:
+        from .._native import kernel, kernels, why_unavailable
+
+        if kernels() is None:
+            return [why_unavailable("kernels") or "triton not installed"]
+        if kernel(module) is None:
+            return [f"thresher.kernels.{module} failed to import: {why_unavailable('kernels.' + module)}"]
+        return []
+
+    return check
