@@ -1,0 +1,56 @@
+"""Shared test setup.
+
+* Triton kernels run under the interpreter on machines without a GPU: set
+  TRITON_INTERPRET=1 before anything imports triton.
+* ``shared_dir`` / ``bigbench_path``: the real data beside the checkout
+  (``../shared``), overridable with THRESHER_SHARED.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    p = Path(os.environ.get("THRESHER_SHARED", ROOT.parent / "shared"))
+    if not p.is_dir():
+        pytest.fail(f"shared data folder not found at {p} (set THRESHER_SHARED)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def bigbench_path(shared_dir: Path) -> Path:
+    p = shared_dir / "data" / "bigbench" / "bigbench-pool-100k.jsonl.gz"
+    if not p.is_file():
+        pytest.fail(f"missing {p}")
+    return p
+
+
+def pytest_report_header(config):
+    try:
+        from thresher import _native
+
+        c = _native.cpu_ext()
+        return [f"thresher._C: {'built' if c is not None else _native.why_unavailable('cpu')}",
+                f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}"]
+    except Exception as exc:  # pragma: no cover
+        return [f"thresher import failed: {exc}"]
