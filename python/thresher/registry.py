@@ -106,7 +106,14 @@ READERS: Registry[Any] = Registry("reader")
 # Modules that register built-in components on import. Each capability adds
 # its module here; a module that fails to import (missing optional extra) is
 # skipped and reported by `thresher doctor`.
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES: list[str] = [
+    "thresher.io.textstats",
+    "thresher.selectors.basic",
+    "thresher.selectors.diversity", "thresher.criteria.diversity",
+    "thresher.recipes",
+    "thresher.criteria.loss", "thresher.criteria.judge", "thresher.criteria.nuggets",
+    "thresher.criteria.less",
+]
 _loaded = False
 LOAD_ERRORS: dict[str, str] = {}
 

@@ -27,6 +27,7 @@ from .loader import (  # noqa: F401
     load_causal_lm,
     load_tokenizer,
     resolve_dtype,
+    shared_lm,
 )
 from .tiny import byte_tokenizer, tiny_causal_lm  # noqa: F401
 
@@ -41,4 +42,5 @@ __all__ = [
     "cache_root",
     "resolve_dtype",
     "DEFAULT_SPEC",
+    "shared_lm",
 ]

@@ -149,6 +149,7 @@ def _atomic_dir(final: Path, build) -> Path:
             if p.is_file():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -257,7 +258,9 @@ def _resolve(spec: str) -> tuple[str, Optional[Path], dict]:
         raise ValueError(f"model path {spec!r}: folder has no config.json and no .gguf file")
     if _looks_like_path(spec):
         raise ValueError(f"model path {spec!r} does not exist")
-    return "hub", None, {}
+    offline = any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+                  for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return "hub", None, ({"local_files_only": True} if offline else {})
 
 
 def load_tokenizer(spec: str = DEFAULT_SPEC) -> Any:
@@ -300,7 +303,8 @@ def fingerprint_model(model: Any, tokenizer: Any = None) -> str:
             flat = t.detach().reshape(-1)
             n = flat.numel()
             if n:
-                idx = torch.linspace(0, n - 1, steps=min(n, 257), device=flat.device).long()
+                k = min(n, 257)
+                idx = (torch.arange(k, dtype=torch.int64, device=flat.device) * (n - 1)) // max(k - 1, 1)
                 h.update(flat[idx].to(torch.float64).cpu().numpy().tobytes())
     if tokenizer is not None:
         h.update(tokenizer_fingerprint(tokenizer).encode())
@@ -346,3 +350,22 @@ def load_causal_lm(spec: str = DEFAULT_SPEC, *, dtype: Union[str, torch.dtype] =
     model.to(device=device, dtype=dt)
     tok = _prep_tokenizer(tok)
     return LoadedLM(model=model, tokenizer=tok, fingerprint=fingerprint_model(model, tok), spec=spec)
+
+
+_SHARED: dict[tuple, LoadedLM] = {}
+
+
+def shared_lm(spec: Any = DEFAULT_SPEC, *, dtype: Union[str, torch.dtype] = torch.float32,
+              device: Union[str, torch.device] = "cpu") -> LoadedLM:
+    """``load_causal_lm`` memoised per (spec, dtype, device) in this process, so several
+    criteria share one model. A :class:`LoadedLM` passed as ``spec`` is returned as is."""
+    if isinstance(spec, LoadedLM):
+        return spec
+    key = (str(spec), resolve_dtype(dtype), str(torch.device(device)))
+    with _LOCK:
+        lm = _SHARED.get(key)
+    if lm is None:
+        lm = load_causal_lm(spec, dtype=dtype, device=device)
+        with _LOCK:
+            _SHARED[key] = lm
+    return lm

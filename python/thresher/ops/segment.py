@@ -44,6 +44,11 @@ segment_reduce_op = Op(
 )
 
 
+def _as2d(values: torch.Tensor) -> torch.Tensor:
+    """[N] -> [N, 1] view; [N, D] unchanged."""
+    return values.reshape(values.shape[0], 1) if values.dim() == 1 else values
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -126,7 +131,7 @@ def segment_reduce(values: Any, offsets: Any, op: str = "mean", *, backend: Opti
 def segment_reduce_reference(values: torch.Tensor, offsets: torch.Tensor, op: str) -> torch.Tensor:
     """Plain-PyTorch oracle. values [N] or [N,D], offsets [S+1] int64 (validated)."""
     squeeze = values.dim() == 1
-    x = values.reshape(values.shape[0], -1).to(_acc_dtype(values.dtype))  # [N, D]
+    x = _as2d(values).to(_acc_dtype(values.dtype))  # [N, D]
     n, d = x.shape
     s = offsets.numel() - 1
     lengths = offsets[1:] - offsets[:-1]  # [S]
@@ -175,7 +180,7 @@ def segment_reduce_cpu(values: torch.Tensor, offsets: torch.Tensor, op: str) -> 
     from .._native import cpu_ext
 
     squeeze = values.dim() == 1
-    x = values.reshape(values.shape[0], -1)
+    x = _as2d(values)
     s, d = offsets.numel() - 1, x.shape[1]
     out = torch.empty((s, d), dtype=_out_dtype(values.dtype, op))
     cpu_ext().segment_reduce(_np_view(x), DTYPE_CODE[values.dtype], offsets.numpy(), OP_CODE[op], out.numpy())
@@ -195,7 +200,7 @@ def segment_reduce_triton(values: torch.Tensor, offsets: torch.Tensor, op: str) 
     from .._native import kernel
 
     squeeze = values.dim() == 1
-    x = values.reshape(values.shape[0], -1)
+    x = _as2d(values)
     s, d = offsets.numel() - 1, x.shape[1]
     if op == "count" or s == 0 or d == 0:
         return segment_reduce_reference(values, offsets, op)  # no data to read: lengths only
@@ -211,7 +216,7 @@ def segment_reduce_cuda(values: torch.Tensor, offsets: torch.Tensor, op: str) ->
     from .._native import cuda_ext
 
     squeeze = values.dim() == 1
-    x = values.reshape(values.shape[0], -1)
+    x = _as2d(values)
     n, d = x.shape
     s = offsets.numel() - 1
     out = torch.empty((s, d), dtype=_out_dtype(values.dtype, op), device=x.device)

@@ -1,0 +1,43 @@
+"""`thresher run CONFIG.yaml`: a whole pipeline from a config file.
+
+Keys (see thresher.pipeline.PipelineConfig): data, out, recipe, recipe_options,
+criteria (names or {name, options, as}), selector ({name, options}), filters,
+k | ratio | tokens, model, embedder, format, fields, group_field, on_bad_row,
+shard_size, limit, seed, cache_dir, overwrite, report, engine, engine_options,
+plugins. Relative paths are relative to the config file.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ._common import print_summary
+
+
+def run(args: Any) -> int:
+    from thresher.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig.from_file(args.config)
+    if args.overwrite:
+        cfg.overwrite = True
+    if args.quiet:
+        cfg.quiet = True
+    if args.out:
+        cfg.out = args.out
+    if cfg.k is None and cfg.ratio is None and cfg.tokens is None and cfg.recipe:
+        from thresher.recipes import expand_recipe
+
+        b = expand_recipe(cfg.recipe, cfg.recipe_options).budget
+        cfg.ratio, cfg.k = b.get("ratio"), b.get("k")
+    res = run_pipeline(cfg)
+    print_summary(res, cfg.quiet)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a whole pipeline from a YAML/JSON config file",
+                       description=__doc__.split("\n", 1)[1] if __doc__ else None)
+    p.add_argument("config", help="CONFIG.yaml or .json")
+    p.add_argument("--out", default=None, help="override the config's output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace another run's results in the output folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)

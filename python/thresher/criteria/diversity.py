@@ -1,0 +1,313 @@
+"""Embedding-space criteria: knn_distance (InstructionMining kNN-6), local_density, semdedup.
+
+All three compare a sample with the rest of the **pool**, so they are
+registered with ``scope="pool"``: call the scorer on the whole pool in one
+batch, or ``fit(pool_table)`` first and then score batches against the fitted
+pool (the sample itself, matched by id and text, is excluded). Called on a
+batch without ``fit``, the batch is the pool.
+
+Text = instruction + input + output (see :func:`thresher.embed.sample_texts`);
+embeddings come from :func:`thresher.embed.embed_texts` (``embedder="default"``:
+all-MiniLM-L6-v2), L2-normalised, cached by sample when ``cache_dir`` is set.
+Neighbour search goes through :mod:`thresher.index` (the exact tiled kernel up
+to ``exact_max`` rows, FAISS IVF above).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..registry import CRITERIA, Option, as_pandas
+
+VERSION = 1
+
+_EMB_OPTS = [
+    Option("embedder", "default", "sentence-transformers name/path, 'default' (all-MiniLM-L6-v2) or lm:<spec>"),
+    Option("batch_size", 64, "texts per encoder batch"),
+    Option("cache_dir", None, "embedding cache folder (float16 shards keyed by sample id + text)"),
+    Option("device", None, "encoder device (default: cuda when available)"),
+]
+
+
+class _PoolCriterion:
+    NAME = ""
+
+    def __init__(self, embedder: str = "default", batch_size: int = 64, cache_dir: Any = None,
+                 device: Optional[str] = None, **options: Any) -> None:
+        from ..embed import get_embedder
+
+        self.embedder_spec = embedder
+        self.encoder = get_embedder(embedder, device=device)
+        self.batch_size = int(batch_size)
+        self.cache_dir = cache_dir
+        self.options = options
+        self._pool: Optional[tuple[np.ndarray, np.ndarray]] = None  # (keys, embeddings)
+
+    # -------------------------------------------------------------- embedding
+    def _embed(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        from ..embed import embed_texts, sample_key, sample_texts
+
+        texts = sample_texts(df)
+        ids = df["id"].astype(str).tolist() if "id" in df.columns else [str(i) for i in range(len(df))]
+        emb = embed_texts(texts, self.encoder, batch_size=self.batch_size, cache_dir=self.cache_dir, ids=ids)
+        keys = np.asarray([sample_key(i, t) for i, t in zip(ids, texts)], dtype=object)
+        return emb, keys, texts
+
+    def fit(self, pool: Any) -> "_PoolCriterion":
+        """Use ``pool`` (a sample table) as the reference set for later batches."""
+        df = as_pandas(pool)
+        emb, keys, _ = self._embed(df)
+        self._pool = (keys, emb)
+        return self
+
+    def fit_embeddings(self, embeddings: np.ndarray, keys: Optional[np.ndarray] = None) -> "_PoolCriterion":
+        e = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self._pool = (np.asarray(keys if keys is not None else [None] * len(e), dtype=object), e)
+        return self
+
+    def __call__(self, batch: Any) -> pd.DataFrame:
+        df = as_pandas(batch)
+        emb, keys, texts = self._embed(df)
+        empty = np.array([not t.strip() for t in texts], dtype=bool)
+        return self.score_embeddings(df["id"].astype(str).to_numpy() if "id" in df.columns
+                                     else np.arange(len(df)).astype(str), emb, keys, empty)
+
+    def score_embeddings(self, ids: np.ndarray, emb: np.ndarray, keys: Optional[np.ndarray] = None,
+                         empty: Optional[np.ndarray] = None) -> pd.DataFrame:
+        """Score rows given their embeddings ([n, d], L2-normalised)."""
+        n = len(ids)
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise ValueError(f"embeddings: {emb.shape[0] if emb.ndim else 0} rows for {n} ids")
+        reasons = np.array([""] * n, dtype=object)
+        if empty is not None:
+            reasons[empty] = "empty text"
+        cols = self._score(emb, keys, reasons)
+        out = {"id": np.asarray(ids).astype(str)}
+        for c, v in cols.items():
+            out[self.NAME if c == "" else f"{self.NAME}.{c}"] = v
+        main = out[self.NAME]
+        bad = reasons != ""
+        main[bad] = np.nan
+        out[f"{self.NAME}.reason"] = reasons
+        return pd.DataFrame(out)
+
+    def _reference(self, emb: np.ndarray, keys: Optional[np.ndarray]):
+        """(base embeddings, self position of each query in base or -1)."""
+        if self._pool is None:
+            return emb, np.arange(len(emb))
+        pkeys, pemb = self._pool
+        pos = {k: i for i, k in enumerate(pkeys) if k is not None}
+        selfpos = np.array([pos.get(k, -1) for k in (keys if keys is not None else [None] * len(emb))])
+        return pemb, selfpos
+
+    def _neighbors(self, emb: np.ndarray, keys: Optional[np.ndarray], k: int, metric: str,
+                   reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values [n, k], positions [n, k], ok mask) of each row's k nearest pool rows, self excluded."""
+        from ..index import KNNIndex
+
+        base, selfpos = self._reference(emb, keys)
+        n = len(emb)
+        nb = base.shape[0]
+        vals = np.full((n, k), np.nan, np.float32)
+        pos = np.full((n, k), -1, np.int64)
+        ok = np.ones(n, bool)
+        if n == 0:
+            return vals, pos, ok
+        avail = nb - (selfpos >= 0).astype(int)
+        short = avail < k
+        if short.any():
+            reasons[short] = f"pool has fewer than {k} other samples"
+            ok &= ~short
+        if not ok.any():
+            return vals, pos, ok
+        idx = KNNIndex(emb.shape[1], metric, self.options.get("index_kind", "auto")).build(base)
+        # search k+1 and drop self (by position) so queries in and out of the pool share one path
+        kk = min(k + 1, nb)
+        v, p = idx.search(emb[ok], kk)
+        sp = selfpos[ok]
+        is_self = p == sp[:, None]
+        has = is_self.any(1)
+        drop = np.where(has, is_self.argmax(1), kk - 1)
+        keep = np.ones_like(p, bool)
+        keep[np.arange(len(p)), drop] = False
+        vals[ok] = v[keep].reshape(len(p), kk - 1)[:, :k]
+        pos[ok] = p[keep].reshape(len(p), kk - 1)[:, :k]
+        return vals, pos, ok
+
+    def _score(self, emb, keys, reasons) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def cache_key(self) -> str:
+        blob = json.dumps({"criterion": self.NAME, "version": VERSION, "embedder": self.encoder.fingerprint,
+                           "options": self.options,
+                           "pool": None if self._pool is None else
+                           hashlib.sha256("".join(str(k) for k in self._pool[0]).encode()).hexdigest()[:16]},
+                          sort_keys=True, default=str)
+        return f"{self.NAME}-v{VERSION}-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _check_int(name: str, v: Any, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+@CRITERIA.register(
+    "knn_distance",
+    doc="InstructionMining kNN-k: mean distance from a sample's embedding to its k nearest other samples "
+        "of the pool (default k=6, Euclidean on L2-normalised all-MiniLM-L6-v2 embeddings of "
+        "instruction + input + output). Higher = more isolated / diverse.",
+    options=_EMB_OPTS + [Option("k", 6, "number of neighbours"),
+                         Option("metric", "l2", "l2 (Euclidean distance) or cosine (1 - cosine similarity)",
+                                ("l2", "cosine")),
+                         Option("index_kind", "auto", "kNN index kind (thresher.index)")],
+    direction="max", needs=("embedder",), scope="pool", components=("nearest",))
+class KNNDistance(_PoolCriterion):
+    NAME = "knn_distance"
+
+    def __init__(self, k: int = 6, metric: str = "l2", index_kind: str = "auto", **kw: Any) -> None:
+        _check_int("k", k)
+        if metric not in ("l2", "cosine"):
+            raise ValueError(f"metric: expected 'l2' or 'cosine', got {metric!r}")
+        super().__init__(k=int(k), metric=metric, index_kind=index_kind, **kw)
+
+    def _score(self, emb, keys, reasons):
+        k = self.options["k"]
+        vals, _, ok = self._neighbors(emb, keys, k, "l2" if self.options["metric"] == "l2" else "ip", reasons)
+        if self.options["metric"] == "l2":
+            dist = np.sqrt(np.maximum(vals.astype(np.float64), 0.0))
+        else:
+            dist = 1.0 - vals.astype(np.float64)
+        return {"": dist.mean(1), "nearest": dist[:, 0] if k else np.full(len(emb), np.nan)}
+
+
+@CRITERIA.register(
+    "local_density",
+    doc="Local density: mean cosine similarity of a sample to its k nearest other samples of the pool "
+        "(default k=10). Higher = a crowded region (redundant); lower = rare.",
+    options=_EMB_OPTS + [Option("k", 10, "number of neighbours"),
+                         Option("index_kind", "auto", "kNN index kind (thresher.index)")],
+    direction="min", needs=("embedder",), scope="pool", components=("radius",))
+class LocalDensity(_PoolCriterion):
+    NAME = "local_density"
+
+    def __init__(self, k: int = 10, index_kind: str = "auto", **kw: Any) -> None:
+        _check_int("k", k)
+        super().__init__(k=int(k), index_kind=index_kind, **kw)
+
+    def _score(self, emb, keys, reasons):
+        vals, _, ok = self._neighbors(emb, keys, self.options["k"], "ip", reasons)
+        v = vals.astype(np.float64)
+        return {"": v.mean(1), "radius": 1.0 - v[:, -1]}
+
+
+# ---------------------------------------------------------------- semdedup
+def max_sim_to_earlier(x: torch.Tensor, block: int = 2048, kept_only: bool = False,
+                       threshold: float = 1.0) -> torch.Tensor:
+    """For rows in order, max cosine similarity to an earlier row (-1 for the first).
+
+    ``kept_only``: only earlier rows that were themselves kept (max sim <= threshold)
+    count, i.e. a greedy pass (computed exactly via the repr filter). Memory
+    O(block * n), never n x n.
+    """
+    n = x.shape[0]
+    out = torch.full((n,), -1.0, dtype=torch.float32)
+    if n <= 1:
+        return out
+    if not kept_only:
+        for a in range(0, n, block):
+            b = min(n, a + block)
+            s = x[a:b] @ x[:b].T                       # [b-a, b]
+            r = torch.arange(a, b)[:, None]
+            c = torch.arange(b)[None, :]
+            s = torch.where(c < r, s, torch.full_like(s, -2.0))
+            m = s.max(1).values
+            out[a:b] = torch.where(m < -1.5, torch.full_like(m, -1.0), m).cpu()
+        return out
+    from ..selectors.diversity import repr_filter_order
+
+    kept = repr_filter_order(x.cpu().numpy(), np.arange(n), n, threshold)
+    kmask = torch.zeros(n, dtype=torch.bool)
+    kmask[torch.from_numpy(kept)] = True
+    kx = x[torch.from_numpy(kept)]
+    kpos = torch.from_numpy(kept)
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        s = x[a:b] @ kx.T
+        r = torch.arange(a, b)[:, None]
+        s = torch.where(kpos[None, :] < r, s, torch.full_like(s, -2.0))
+        m = s.max(1).values if s.shape[1] else torch.full((b - a,), -2.0)
+        out[a:b] = torch.where(m < -1.5, torch.full_like(m, -1.0), m)
+    return out
+
+
+@CRITERIA.register(
+    "semdedup",
+    doc="SemDeDup: spherical k-means on the embeddings, then within each cluster (ordered by distance to "
+        "the centroid, farthest first as SemDeDup's keep-hard) the max cosine similarity to an earlier "
+        "sample; semdedup.keep = 1 when it is <= 1 - eps. Main column: that similarity (lower = less "
+        "duplicated). No N x N matrix: clusters are scanned in row blocks.",
+    options=_EMB_OPTS + [Option("eps", 0.05, "duplicates have cosine similarity > 1 - eps"),
+                         Option("n_clusters", None, "k-means clusters (default round(sqrt(N)))"),
+                         Option("order", "hard", "order within a cluster: hard (farthest from centroid first), "
+                                "easy (closest first), index (input order)", ("hard", "easy", "index")),
+                         Option("against", "earlier", "earlier: any earlier sample (SemDeDup's code); kept: only "
+                                "earlier samples that were kept (greedy)", ("earlier", "kept")),
+                         Option("seed", 0, "k-means seed")],
+    direction="min", needs=("embedder",), scope="pool", components=("keep", "cluster"))
+class SemDeDup(_PoolCriterion):
+    NAME = "semdedup"
+
+    def __init__(self, eps: float = 0.05, n_clusters: Optional[int] = None, order: str = "hard",
+                 against: str = "earlier", seed: int = 0, **kw: Any) -> None:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 2:
+            raise ValueError(f"eps: expected a number in [0, 2], got {eps!r}")
+        if n_clusters is not None:
+            _check_int("n_clusters", n_clusters)
+        if order not in ("hard", "easy", "index"):
+            raise ValueError(f"order: expected hard, easy or index, got {order!r}")
+        if against not in ("earlier", "kept"):
+            raise ValueError(f"against: expected earlier or kept, got {against!r}")
+        super().__init__(eps=float(eps), n_clusters=n_clusters, order=order, against=against, seed=int(seed), **kw)
+
+    def fit(self, pool: Any):
+        raise ValueError("semdedup: score the whole pool in one call (clusters are computed over it)")
+
+    def _score(self, emb, keys, reasons):
+        return semdedup_scores(emb, **{k: self.options[k] for k in ("eps", "n_clusters", "order", "against",
+                                                                     "seed")})
+
+
+def semdedup_scores(emb: np.ndarray, eps: float = 0.05, n_clusters: Optional[int] = None, order: str = "hard",
+                    against: str = "earlier", seed: int = 0) -> dict:
+    """{"": max sim to an earlier sample of the cluster, "keep": 0/1, "cluster": id} per row."""
+    from ..selectors.diversity import kmeans
+
+    n = emb.shape[0]
+    sim = np.full(n, -1.0)
+    lab = np.zeros(n, np.int64)
+    if n == 0:
+        return {"": sim, "keep": np.zeros(0), "cluster": lab}
+    c = int(n_clusters or max(1, round(math.sqrt(n))))
+    c = min(c, n)
+    cent, lab = kmeans(emb, c, seed=seed, spherical=True)
+    x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+    centt = torch.from_numpy(cent)
+    centt = centt / centt.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    for g in np.unique(lab):
+        members = np.flatnonzero(lab == g)
+        if order != "index":
+            dc = 1.0 - (x[members] @ centt[g]).numpy()
+            o = np.lexsort((members, -dc if order == "hard" else dc))
+            members = members[o]
+        s = max_sim_to_earlier(x[torch.from_numpy(members)], kept_only=(against == "kept"), threshold=1.0 - eps)
+        sim[members] = s.numpy()
+    keep = (sim <= 1.0 - eps).astype(np.float64)
+    return {"": sim, "keep": keep, "cluster": lab}

@@ -1,0 +1,207 @@
+"""``less``: LESS targeted selection (Xia et al., 2024) from gradient features.
+
+score(z) = max over target subtasks j of  mean over target samples v in j of
+           sum_c w_c cos(Gamma_c(z), g_c(v))
+with c the warm-up checkpoints (``thresher warmup``), w_c the mean learning
+rate of epoch c normalised to sum 1, Gamma_c(z) the Adam-transformed projected
+LoRA gradient of training sample z at checkpoint c (LESS form by default) and
+g_c(v) the plain projected gradient of target sample v. Subtasks are the
+labels of the target set (``target_field``, sizes may differ). By linearity the
+mean of cosines is a cosine against the subtask's mean unit vector, so the
+whole score is ONE matrix product: [N, C*d] (w_c-weighted unit train features
+of every checkpoint side by side) x [C*d, S] (per-subtask mean unit target
+features), then a max over S (:func:`less_scores`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..registry import CRITERIA, Option, as_pandas
+
+VERSION = "1"
+
+
+# ------------------------------------------------------------------ the math
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(n > 0, n, 1.0)
+
+
+def subtask_means(feats: np.ndarray, labels: Sequence[Any]) -> tuple[list[str], np.ndarray]:
+    """(subtask names sorted, [S, d] mean of the unit rows of each subtask)."""
+    labels = np.asarray([str(v) for v in labels])
+    if len(labels) != len(feats):
+        raise ValueError(f"labels: {len(labels)} labels for {len(feats)} target rows")
+    if len(labels) == 0:
+        raise ValueError("target: empty target set")
+    names, inv = np.unique(labels, return_inverse=True)
+    u = torch.from_numpy(unit_rows(feats))
+    sums = torch.zeros((len(names), u.shape[1]), dtype=torch.float32).index_add_(0, torch.from_numpy(inv), u)
+    counts = np.bincount(inv, minlength=len(names)).astype(np.float32)
+    return [str(n) for n in names], (sums.numpy() / counts[:, None])
+
+
+def less_scores(train: Sequence[np.ndarray], target_means: Sequence[np.ndarray],
+                weights: Sequence[float]) -> np.ndarray:
+    """[N, S] checkpoint-weighted mean cosines: one product [N, C*d] @ [C*d, S].
+
+    ``train[c]`` [N, d] raw features at checkpoint c (normalised here; NaN rows give NaN),
+    ``target_means[c]`` [S, d] from :func:`subtask_means`, ``weights`` [C].
+    """
+    if not (len(train) == len(target_means) == len(weights)) or not train:
+        raise ValueError("train/target_means/weights: one entry per checkpoint, same count")
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights: expected non-negative finite weights with a positive sum, got {weights}")
+    w = w / w.sum()
+    Z = np.concatenate([unit_rows(t) * np.float32(wc) for t, wc in zip(train, w)], axis=1)
+    M = np.concatenate([np.asarray(m, np.float32) for m in target_means], axis=1)
+    return Z @ M.T
+
+
+def _labels(df, field: str) -> list[str]:
+    for f in (field, "group", "task", "source"):
+        if f in df.columns:
+            return [str(v) for v in df[f].tolist()]
+    return ["all"] * len(df)
+
+
+# ------------------------------------------------------------------ scorer
+@CRITERIA.register(
+    "less",
+    doc="LESS targeted selection: max over target subtasks of the checkpoint-weighted mean cosine between "
+        "a sample's Adam-transformed projected LoRA gradient and the target samples' gradients "
+        "(needs `thresher warmup` checkpoints and a target set)",
+    options=[
+        Option("warmup", None, "folder written by `thresher warmup` (checkpoints + optimizer states)"),
+        Option("target", None, "target set file (any reader format); subtasks from `target_field`"),
+        Option("target_field", "group", "column of the target set naming its subtask (missing: one subtask)"),
+        Option("model", "default", "causal LM the warm-up was trained on"),
+        Option("dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16")),
+        Option("device", "cpu", "torch device"),
+        Option("dim", 8192, "projection dimension (a multiple of 8)"),
+        Option("seed", 0, "projection seed"),
+        Option("kind", "rademacher", "projection matrix", choices=("rademacher", "gaussian")),
+        Option("adam", "less", "training-gradient transform: less (no bias correction), bias_corrected, none",
+               choices=("less", "bias_corrected", "none")),
+        Option("batch_size", 8, "samples per backward pass"),
+        Option("store", None, "folder caching the training features (one feature store per checkpoint)"),
+        Option("backend", None, "force a thresher.ops.random_project backend"),
+    ],
+    direction="max",
+    needs=("model",),
+)
+class Less:
+    name = "less"
+
+    def __init__(self, **options: Any) -> None:
+        from ..features.gradients import AdamState, GradientFeaturizer, load_lora
+        from ..train.warmup import load_warmup, lora_for_checkpoint
+
+        self.opts = CRITERIA.get("less").resolve_options(options)
+        o = self.opts
+        if not o["warmup"]:
+            raise ValueError("less: option warmup= (a `thresher warmup` folder) is required")
+        if o["target"] is None or (isinstance(o["target"], str) and not o["target"]):
+            raise ValueError("less: option target= (the target set file) is required")
+        self.warm = load_warmup(Path(o["warmup"]))
+        from ..models import shared_lm
+
+        # a LoadedLM passed as model= is used as is; the LoRA goes on a deep copy either way
+        self.lm = lm = shared_lm(o["model"], dtype=o["dtype"], device=o["device"])
+        self.pm = lora_for_checkpoint(lm, self.warm)
+        tgt = o["target"]
+        if isinstance(tgt, (str, Path)):
+            from ..io import read_samples
+
+            tdf = read_samples(tgt)
+        else:
+            tdf = as_pandas(tgt)
+        labels = _labels(tdf, o["target_field"])
+        meta = self.warm.meta
+        self.template, self.max_length = meta.get("template", "alpaca"), int(meta.get("max_length", 512))
+        self.weights = self.warm.weights
+        self.ckpt_hash = []
+        self.means, self.feat = [], []
+        for ck in self.warm.checkpoints:
+            load_lora(self.pm, ck / "adapter.safetensors")
+            self.ckpt_hash.append(hashlib.sha256((ck / "adapter.safetensors").read_bytes()).hexdigest()[:16])
+            plain = self._featurizer(None, "none")
+            ids, f, reasons = plain(tdf)
+            ok = [i for i, r in enumerate(reasons) if not r]
+            if not ok:
+                raise ValueError(f"target: no target sample could be scored ({reasons[:3]})")
+            self.subtasks, m = subtask_means(f[ok], [labels[i] for i in ok])
+            self.means.append(m)
+            st = AdamState.load(ck / "optimizer.safetensors") if o["adam"] != "none" else None
+            self.feat.append(self._featurizer(st, o["adam"]))
+        self.n_target = len(tdf)
+
+    def _featurizer(self, st, adam):
+        from ..features.gradients import GradientFeaturizer
+
+        o = self.opts
+        return GradientFeaturizer(self.pm, self.lm.tokenizer, dim=o["dim"], seed=o["seed"], kind=o["kind"],
+                                  adam=adam, adam_state=st, batch_size=o["batch_size"],
+                                  template=self.template, max_length=self.max_length, backend=o["backend"],
+                                  on_nonfinite="nan", fingerprint=self.lm.fingerprint)
+
+    def cache_key(self) -> str:
+        o = {k: v for k, v in self.opts.items() if k not in ("device", "batch_size", "backend", "store")}
+        o["target_hash"] = hashlib.sha256(json.dumps(self.means[0][:4].round(5).tolist()).encode()).hexdigest()[:16]
+        blob = json.dumps({"v": VERSION, "model": self.lm.fingerprint, "ckpts": self.ckpt_hash, "opts": o},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def features(self, batch: Any, c: int) -> tuple[list[str], np.ndarray, list[str]]:
+        """Training features of ``batch`` at checkpoint c (through the feature store when set)."""
+        from ..features.gradients import load_lora
+        from ..features.store import FeatureStore
+
+        df = as_pandas(batch)
+        load_lora(self.pm, self.warm.checkpoints[c] / "adapter.safetensors")
+        fz = self.feat[c]
+        if not self.opts["store"]:
+            return fz(df)
+        meta = dict(fz.describe(), checkpoint=self.ckpt_hash[c])
+        store = FeatureStore(Path(self.opts["store"]) / self.warm.checkpoints[c].name, meta)
+        ids = [str(i) for i in df["id"].tolist()]
+        todo = [i for i, s in enumerate(ids) if s not in store]
+        reasons = [""] * len(ids)
+        if todo:
+            tid, f, r = fz(df.iloc[todo])
+            okk = [j for j, rr in enumerate(r) if not rr]
+            store.write([tid[j] for j in okk], f[okk])
+            for j, rr in enumerate(r):
+                reasons[todo[j]] = rr
+        out = np.full((len(ids), fz.dim), np.nan, np.float32)
+        have = [i for i, s in enumerate(ids) if s in store]
+        if have:
+            out[have] = store.load([ids[i] for i in have])[1]
+        return ids, out, reasons
+
+    def __call__(self, batch: Any):
+        import pandas as pd
+
+        df = as_pandas(batch)
+        per_ck, reasons = [], None
+        for c in range(len(self.warm.checkpoints)):
+            ids, f, r = self.features(df, c)
+            per_ck.append(f)
+            reasons = r if reasons is None else [a or b for a, b in zip(reasons, r)]
+        S = less_scores(per_ck, self.means, self.weights)  # [N, S], NaN rows stay NaN
+        best = np.nanargmax(np.where(np.isnan(S), -np.inf, S), axis=1) if S.shape[0] else np.zeros(0, int)
+        score = S.max(axis=1) if S.shape[1] else np.full(len(df), np.nan)
+        out = pd.DataFrame({"id": df["id"].astype(str).tolist() if "id" in df else [str(i) for i in range(len(df))],
+                            "less": score.astype(np.float64),
+                            "less.subtask": [self.subtasks[b] for b in best],
+                            "less.reason": reasons or [""] * len(df)})
+        out.loc[out["less"].isna(), "less.subtask"] = ""
+        return out

@@ -1,0 +1,17 @@
+"""Evaluation of selectors: the survey's unified comparison and proxy fine-tuning.
+
+* :mod:`.comparison`: SDF, PIR per setting, efficiency against l_base,
+  simplicity / flexibility penalties, dense ranks, feasibility rank.
+* :mod:`.leaderboard`: the twelve published methods with provenance (+ MoDS, excluded).
+* :mod:`.runs`: RUNS.yaml for ``thresher compare`` and recipe feasibility inputs.
+* :mod:`.plots`: efficiency / feasibility plots and the HTML report.
+* :mod:`.proxy`: ``thresher evaluate`` (LoRA proxy fine-tuning of a selection).
+"""
+from .comparison import (  # noqa: F401
+    FEASIBILITY_FIELDS, L_BASE, OTHER_BENCH_MAP, SAME_BENCH_MAP, SETTINGS, SUPPORTED_SETTINGS,
+    BaselineLine, Feasibility, FlexibilityWeights, LinearMap, Method, SimplicityWeights, check_sdf,
+    compare_methods, dense_rank, efficiency_ranks, feasibility_ranks, flexibility_penalty, mean_ratio,
+    perpendicular_distance, pir, pir_from_wtl, residual, sdf, simplicity_penalty,
+)
+from .leaderboard import PUBLISHED, PublishedMethod, leaderboard, published, published_methods  # noqa: F401
+from .runs import feasibility_from_recipe, load_runs, parse_runs, run_entry, run_to_method  # noqa: F401

@@ -1,0 +1,236 @@
+"""Per-token losses of many sequences: length-bucketed, no-grad, LM head only on scored tokens.
+
+A :class:`Unit` is one token sequence with a boolean mask of the tokens to score
+(token t's loss is predicted from position t-1). :func:`unit_losses` runs the
+model's trunk (the decoder without its LM head; its output has the final norm
+applied) over batches of units and calls :func:`thresher.ops.token_loss` on the
+hidden states of the scored positions only, so the [tokens x vocab] logits are
+never materialised and prompt tokens cost only the trunk.
+
+Batching (``mode``):
+
+* ``"bucket"`` (default): units sorted by length (longest first), cut into
+  buckets whose padded size ``rows x longest`` stays under ``batch_tokens``.
+  Length sorting keeps padding minimal. Right padding needs no attention mask at
+  all (causal attention never lets a real token see the pads that follow it),
+  so the fast causal attention path is used; left padding passes the mask and
+  position ids. Both give the same scores as one sequence at a time.
+* ``"pack"``: units concatenated into rows of at most ``batch_tokens`` tokens
+  with position ids restarting at 0 per unit and no attention mask:
+  transformers then builds a block-diagonal causal mask (packed sequences), so
+  no compute is spent on padding in the linear layers, at the price of a
+  dense [row x row] attention mask on backends without varlen attention.
+
+Every unit is cut after its last scored token (later tokens cannot change
+earlier positions' losses under causal attention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+MODES = ("bucket", "pack")
+PADDING_SIDES = ("right", "left")
+
+
+@dataclass
+class Unit:
+    """One sequence to run: token ``ids`` and the per-token ``score`` mask (same length)."""
+
+    ids: Sequence[int]
+    score: Sequence[bool]
+
+
+@dataclass
+class UnitLoss:
+    """Per scored token of one unit, in sequence order (float64 arrays; rank int64)."""
+
+    nll: np.ndarray
+    entropy: Optional[np.ndarray] = None
+    el2n: Optional[np.ndarray] = None
+    rank: Optional[np.ndarray] = None
+
+
+def _validate(units: Sequence[Unit], batch_tokens: int, mode: str, padding_side: str) -> None:
+    if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens <= 0:
+        raise ValueError(f"batch_tokens: expected a positive int, got {batch_tokens!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} not one of {MODES}")
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding_side: {padding_side!r} not one of {PADDING_SIDES}")
+    for i, u in enumerate(units):
+        if len(u.ids) != len(u.score):
+            raise ValueError(f"units[{i}]: ids ({len(u.ids)}) and score ({len(u.score)}) differ in length")
+
+
+def _effective(u: Unit) -> tuple[list[int], list[int]]:
+    """(ids cut after the last scored token, scored positions)."""
+    pos = [t for t, s in enumerate(u.score) if s and t > 0]
+    if not pos:
+        return [], []
+    return list(u.ids[: pos[-1] + 1]), pos
+
+
+def plan_buckets(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into buckets: sorted by length (longest first), each bucket's
+    ``rows x longest`` <= batch_tokens (a single longer unit gets its own bucket)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    buckets: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if lengths[i] == 0:
+            continue
+        if cur and (len(cur) + 1) * lengths[cur[0]] > batch_tokens:
+            buckets.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        buckets.append(cur)
+    return buckets
+
+
+def plan_packs(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """First-fit-decreasing packing of units into rows of at most ``batch_tokens`` tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        if n == 0:
+            continue
+        for r in range(len(rows)):
+            if room[r] >= n:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(batch_tokens - n)
+    return rows
+
+
+def trunk_hidden(lm: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                 position_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """Last hidden states [B, L, H] (final norm applied) of the decoder without the LM head."""
+    out = lm.trunk()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def unit_losses(lm: Any, units: Sequence[Unit], *, batch_tokens: int = 4096, entropy: bool = False,
+                el2n: bool = False, rank: bool = False, mode: str = "bucket", padding_side: str = "right",
+                backend: Optional[str] = None, stats: Optional[dict] = None) -> list[UnitLoss]:
+    """Per-token losses for every unit (see the module doc). ``lm`` is a
+    :class:`thresher.models.LoadedLM`. Units with nothing to score get empty arrays.
+    ``stats`` (a dict) receives ``forward_tokens`` (incl. padding), ``real_tokens``,
+    ``scored_tokens`` and ``batches``."""
+    from ..ops import token_loss
+
+    _validate(units, batch_tokens, mode, padding_side)
+    eff = [_effective(u) for u in units]
+    lengths = [len(ids) for ids, _ in eff]
+    results: list[Optional[UnitLoss]] = [None] * len(units)
+    weight = lm.head_weight()
+    device = weight.device
+    pad_id = lm.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = 0
+    st = {"forward_tokens": 0, "real_tokens": 0, "scored_tokens": 0, "batches": 0}
+    groups = plan_buckets(lengths, batch_tokens) if mode == "bucket" else plan_packs(lengths, batch_tokens)
+    with torch.inference_mode():
+        for grp in groups:
+            rows_idx: list[int] = []
+            cols_idx: list[int] = []
+            tgt: list[int] = []
+            seg: list[tuple[int, int]] = []  # (unit, count) in gather order
+            if mode == "bucket":
+                L = max(lengths[i] for i in grp)
+                B = len(grp)
+                ids_t = torch.full((B, L), pad_id, dtype=torch.long)
+                am = None
+                pos_t = None
+                if padding_side == "left":
+                    am = torch.zeros((B, L), dtype=torch.long)
+                for b, i in enumerate(grp):
+                    ids, pos = eff[i]
+                    n = len(ids)
+                    off = 0 if padding_side == "right" else L - n
+                    ids_t[b, off:off + n] = torch.as_tensor(ids, dtype=torch.long)
+                    if am is not None:
+                        am[b, off:] = 1
+                    rows_idx.extend([b] * len(pos))
+                    cols_idx.extend(off + t - 1 for t in pos)
+                    tgt.extend(ids[t] for t in pos)
+                    seg.append((i, len(pos)))
+                if am is not None:
+                    pos_t = (am.cumsum(-1) - 1).clamp(min=0)
+                    am = am.to(device)
+                    pos_t = pos_t.to(device)
+                st["forward_tokens"] += B * L
+            else:
+                L = sum(lengths[i] for i in grp)
+                ids_t = torch.empty((1, L), dtype=torch.long)
+                pos_t = torch.empty((1, L), dtype=torch.long)
+                am = None
+                off = 0
+                for i in grp:
+                    ids, pos = eff[i]
+                    n = len(ids)
+                    ids_t[0, off:off + n] = torch.as_tensor(ids, dtype=torch.long)
+                    pos_t[0, off:off + n] = torch.arange(n)
+                    rows_idx.extend([0] * len(pos))
+                    cols_idx.extend(off + t - 1 for t in pos)
+                    tgt.extend(ids[t] for t in pos)
+                    seg.append((i, len(pos)))
+                    off += n
+                pos_t = pos_t.to(device)
+                st["forward_tokens"] += L
+            st["real_tokens"] += sum(lengths[i] for i in grp)
+            st["batches"] += 1
+            hidden = trunk_hidden(lm, ids_t.to(device), am, pos_t)
+            r = torch.as_tensor(rows_idx, dtype=torch.long, device=device)
+            c = torch.as_tensor(cols_idx, dtype=torch.long, device=device)
+            hs = hidden[r, c]  # [M, H]
+            del hidden
+            targets = torch.as_tensor(tgt, dtype=torch.long, device=device)
+            st["scored_tokens"] += int(targets.numel())
+            tl = token_loss(hs, weight, targets, entropy=entropy, el2n=el2n, rank=rank, backend=backend)
+            nll = tl.nll.double().cpu().numpy()
+            ent = tl.entropy.double().cpu().numpy() if entropy else None
+            e2 = tl.el2n.double().cpu().numpy() if el2n else None
+            rk = tl.rank.cpu().numpy() if rank else None
+            k = 0
+            for i, cnt in seg:
+                sl = slice(k, k + cnt)
+                results[i] = UnitLoss(nll[sl], ent[sl] if ent is not None else None,
+                                      e2[sl] if e2 is not None else None, rk[sl] if rk is not None else None)
+                k += cnt
+    empty = np.zeros(0, dtype=np.float64)
+    for i, r_ in enumerate(results):
+        if r_ is None:
+            results[i] = UnitLoss(empty, empty if entropy else None, empty if el2n else None,
+                                  np.zeros(0, dtype=np.int64) if rank else None)
+    if stats is not None:
+        stats.update({k: stats.get(k, 0) + v for k, v in st.items()})
+    return results  # type: ignore[return-value]
+
+
+def full_logits_losses(lm: Any, units: Sequence[Unit]) -> list[UnitLoss]:
+    """Oracle: one unit at a time, the model's full forward (all logits) + log_softmax."""
+    out = []
+    with torch.inference_mode():
+        for u in units:
+            ids, pos = _effective(u)
+            if not pos:
+                out.append(UnitLoss(np.zeros(0)))
+                continue
+            x = torch.as_tensor([ids], dtype=torch.long, device=lm.device)
+            logits = lm.model(input_ids=x).logits[0].float()
+            lp = torch.log_softmax(logits, -1)
+            p = torch.as_tensor(pos, dtype=torch.long, device=lm.device)
+            nll = -lp[p - 1, x[0, p]]
+            out.append(UnitLoss(nll.double().cpu().numpy()))
+    return out

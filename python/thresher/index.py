@@ -1,0 +1,345 @@
+"""One nearest-neighbour index layer: exact and approximate search over FAISS.
+
+``KNNIndex(dim, metric="ip"|"l2", kind="auto")`` then ``.build(embeddings, ids)``
+and ``.search(queries, k)``. Kinds:
+
+* ``exact``: exact search. On the CPU it runs thresher's tiled kernel
+  (:func:`thresher.ops.knn`, blocked GEMM + running top-k; measured faster than
+  FAISS ``IndexFlatIP`` on the development CPU, see benchmarks/bench_knn.py);
+  on a GPU with a FAISS GPU build it uses ``GpuIndexFlat`` unless ``k`` exceeds
+  FAISS's GPU limit (2048), where the tiled kernel takes over.
+* ``flat``: FAISS ``IndexFlatIP`` / ``IndexFlatL2`` (exact, FAISS's own code).
+* ``ivf_flat``, ``ivf_pq``, ``hnsw``: FAISS approximate indexes
+  (``nlist`` / ``nprobe``, ``pq_m`` / ``pq_bits``, ``hnsw_m`` / ``ef_search``).
+* ``auto``: ``exact`` up to ``exact_max`` rows (default 200,000), else ``ivf_flat``
+  with ``nlist = 4 sqrt(N)`` rounded to a power of two and ``nprobe`` = nlist/64
+  (at least 16).
+
+``search`` returns ``(values [Q, k] float32, ids [Q, k])``: inner products
+(``ip``, descending) or squared L2 distances (``l2``, ascending); ``ids`` are
+the ids given to ``build`` (row positions when none were given). Missing
+neighbours of an approximate search (fewer than ``k`` found) are id -1 /
+position -1 and value NaN.
+
+Errors: a query dimension or metric that differs from the index's, NaN rows,
+``ids`` that do not match the embeddings in length or are not unique, ``k`` larger
+than the index: ``ValueError`` naming the argument.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .ops.knn import check_finite_rows, knn
+
+KINDS = ("auto", "exact", "flat", "ivf_flat", "ivf_pq", "hnsw")
+FAISS_GPU_MAX_K = 2048
+
+
+def faiss_module():
+    """faiss or None."""
+    try:
+        import faiss  # noqa: F401
+
+        return faiss
+    except Exception:  # pragma: no cover - faiss is an optional extra
+        return None
+
+
+def faiss_has_gpu() -> bool:
+    f = faiss_module()
+    if f is None or not hasattr(f, "StandardGpuResources"):
+        return False
+    try:
+        return f.get_num_gpus() > 0
+    except Exception:  # pragma: no cover
+        return False
+
+
+@contextlib.contextmanager
+def faiss_threads(n_rows: int, small: int = 50_000):
+    """Run FAISS single-threaded on small inputs: its OpenMP start-up and spinning
+    cost far more than the work there (measured 13x slower IVF-PQ training on 4,000
+    rows with 2 threads on a shared 2-core machine)."""
+    f = faiss_module()
+    if f is None or n_rows >= small:
+        yield
+        return
+    before = f.omp_get_max_threads()
+    f.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        f.omp_set_num_threads(before)
+
+
+def _as_f32(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().float().numpy()
+    try:
+        a = np.asarray(x)
+    except Exception:
+        raise ValueError(f"{name}: cannot read as an array ({type(x).__name__})") from None
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d [rows, dim] array, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name}: expected floating point values, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    check_finite_rows(torch.from_numpy(a), name)
+    return a
+
+
+class KNNIndex:
+    """Nearest-neighbour index over a fixed set of embeddings (see module doc)."""
+
+    def __init__(self, dim: int, metric: str = "ip", kind: str = "auto", *,
+                 nlist: Optional[int] = None, nprobe: Optional[int] = None,
+                 pq_m: Optional[int] = None, pq_bits: int = 8,
+                 hnsw_m: int = 32, ef_search: int = 128, ef_construction: int = 80,
+                 exact_max: int = 200_000, train_size: Optional[int] = None,
+                 use_gpu: Any = "auto", seed: int = 0) -> None:
+        if not isinstance(dim, (int, np.integer)) or dim <= 0:
+            raise ValueError(f"dim: expected a positive integer, got {dim!r}")
+        if metric not in ("ip", "l2"):
+            raise ValueError(f"metric: expected 'ip' or 'l2', got {metric!r}")
+        if kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+        self.dim = int(dim)
+        self.metric = metric
+        self.requested_kind = kind
+        self.kind: Optional[str] = None
+        self.params = dict(nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m,
+                           ef_search=ef_search, ef_construction=ef_construction,
+                           exact_max=exact_max, train_size=train_size, seed=seed)
+        if use_gpu == "auto":
+            use_gpu = faiss_has_gpu()
+        elif use_gpu and not faiss_has_gpu():
+            raise ValueError("use_gpu: FAISS has no GPU build or no GPU is visible")
+        self.use_gpu = bool(use_gpu)
+        self._faiss_index = None
+        self._base: Optional[np.ndarray] = None
+        self.ids: Optional[np.ndarray] = None
+        self.ntotal = 0
+
+    # ------------------------------------------------------------------ build
+    def _resolve_kind(self, n: int) -> str:
+        k = self.requested_kind
+        if k != "auto":
+            return k
+        return "exact" if n <= self.params["exact_max"] else "ivf_flat"
+
+    def _nlist(self, n: int) -> int:
+        if self.params["nlist"]:
+            return int(self.params["nlist"])
+        return max(1, min(1 << int(round(math.log2(max(4 * math.sqrt(n), 1)))), n // 39 or 1))
+
+    def build(self, embeddings: Any, ids: Optional[Sequence] = None) -> "KNNIndex":
+        """Index ``embeddings`` [N, dim] (float); ``ids`` (length N, unique) name its rows."""
+        x = _as_f32(embeddings, "embeddings")
+        if x.shape[1] != self.dim:
+            raise ValueError(f"embeddings: dimension {x.shape[1]} does not match the index dimension {self.dim}")
+        n = x.shape[0]
+        if ids is not None:
+            ids = np.asarray(ids)
+            if ids.ndim != 1 or ids.shape[0] != n:
+                raise ValueError(f"ids: {ids.shape[0] if ids.ndim else 1} ids for {n} embeddings")
+            if len(np.unique(ids)) != n:
+                raise ValueError("ids: duplicate ids")
+        self.ids = ids
+        self.ntotal = n
+        self.kind = self._resolve_kind(n)
+        if self.kind == "exact" and not (self.use_gpu and faiss_module() is not None):
+            self._base = x
+            return self
+        f = faiss_module()
+        if f is None:
+            raise ValueError(f"kind: {self.kind!r} needs faiss (pip install faiss-cpu)")
+        mt = f.METRIC_INNER_PRODUCT if self.metric == "ip" else f.METRIC_L2
+        d = self.dim
+        if self.kind in ("exact", "flat"):
+            index = f.IndexFlatIP(d) if self.metric == "ip" else f.IndexFlatL2(d)
+        elif self.kind == "hnsw":
+            index = f.IndexHNSWFlat(d, int(self.params["hnsw_m"]), mt)
+            index.hnsw.efConstruction = int(self.params["ef_construction"])
+            index.hnsw.efSearch = int(self.params["ef_search"])
+        else:
+            nlist = self._nlist(n)
+            quant = f.IndexFlatIP(d) if self.metric == "ip" else f.IndexFlatL2(d)
+            if self.kind == "ivf_flat":
+                index = f.IndexIVFFlat(quant, d, nlist, mt)
+            else:
+                m = self.params["pq_m"] or next(c for c in (64, 48, 32, 16, 8, 4, 2, 1) if d % c == 0)
+                if d % m:
+                    raise ValueError(f"pq_m: {m} does not divide the dimension {d}")
+                index = f.IndexIVFPQ(quant, d, nlist, int(m), int(self.params["pq_bits"]), mt)
+            ts = self.params["train_size"] or min(n, max(nlist * 64, 50_000))
+            if n < nlist:
+                raise ValueError(f"nlist: {nlist} lists need at least {nlist} embeddings, got {n}")
+            rng = np.random.default_rng(self.params["seed"])
+            tr = x if ts >= n else x[np.sort(rng.choice(n, ts, replace=False))]
+            with faiss_threads(len(tr)):
+                index.train(tr)
+            index.nprobe = int(self.params["nprobe"] or max(16, nlist // 64))
+        if self.use_gpu:
+            res = f.StandardGpuResources()
+            index = f.index_cpu_to_gpu(res, 0, index)
+            self._gpu_res = res
+        with faiss_threads(n):
+            index.add(x)
+        self._faiss_index = index
+        if self.kind == "exact":
+            self._base = x  # for k above FAISS's GPU limit
+        return self
+
+    # ----------------------------------------------------------------- search
+    def search(self, queries: Any, k: int, *, exclude_self: bool = False,
+               query_offset: int = 0, nprobe: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(values [Q, k] float32, ids [Q, k]) of the k nearest indexed rows.
+
+        ``exclude_self``: query ``i`` is indexed row ``query_offset + i`` and is
+        never returned (approximate kinds search ``k + 1`` and drop it).
+        """
+        if self.kind is None:
+            raise ValueError("index: call build() before search()")
+        q = _as_f32(queries, "queries")
+        if q.shape[1] != self.dim:
+            raise ValueError(f"queries: dimension {q.shape[1]} does not match the index dimension {self.dim}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"k: expected an integer >= 0, got {k!r}")
+        cap = self.ntotal - (1 if exclude_self else 0)
+        if k > cap:
+            raise ValueError(f"k: {k} is larger than the {cap} indexed rows available")
+        if exclude_self and query_offset + q.shape[0] > self.ntotal:
+            raise ValueError(f"query_offset: rows {query_offset}..{query_offset + q.shape[0] - 1} "
+                             f"are not all in the index ({self.ntotal} rows)")
+        if self.kind == "exact" and (self._faiss_index is None or k > FAISS_GPU_MAX_K):
+            base = self._base
+            if self.use_gpu and torch.cuda.is_available():
+                v, i = knn(torch.from_numpy(q).cuda(), torch.from_numpy(base).cuda(), k, self.metric,
+                           exclude_self=exclude_self, query_offset=query_offset)
+            else:
+                v, i = knn(q, base, k, self.metric, exclude_self=exclude_self, query_offset=query_offset)
+            vals, pos = v.cpu().numpy(), i.cpu().numpy()
+        else:
+            index = self._faiss_index
+            if nprobe is not None and hasattr(index, "nprobe"):
+                index.nprobe = int(nprobe)
+            kk = k + 1 if exclude_self else k
+            kk = min(kk, self.ntotal)
+            with faiss_threads(q.shape[0] * max(self.ntotal // 64, 1), small=1 << 22):
+                vals, pos = index.search(q, kk) if q.shape[0] else (None, None)
+            if vals is None:
+                vals, pos = np.zeros((0, kk), np.float32), np.zeros((0, kk), np.int64)
+            vals = vals.astype(np.float32, copy=False)
+            pos = pos.astype(np.int64, copy=False)
+            if exclude_self:
+                vals, pos = _drop_self(vals, pos, np.arange(q.shape[0]) + query_offset, k)
+            else:
+                vals, pos = vals[:, :k], pos[:, :k]
+            vals = np.where(pos < 0, np.nan, vals).astype(np.float32)
+        if self.ids is None:
+            return vals, pos
+        out = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1) if self.ids.dtype.kind in "iu" \
+            else np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], None)
+        return vals, out
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: Any) -> Path:
+        """Write the index to a folder (FAISS index file or the exact base as .npy + meta.json)."""
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        meta = dict(dim=self.dim, metric=self.metric, kind=self.kind, ntotal=self.ntotal,
+                    params=self.params, format=1)
+        if self._faiss_index is not None and self.kind != "exact":
+            f = faiss_module()
+            idx = self._faiss_index
+            if self.use_gpu:
+                idx = f.index_gpu_to_cpu(idx)
+            tmp = p / "index.faiss.tmp"
+            f.write_index(idx, str(tmp))
+            os.replace(tmp, p / "index.faiss")
+        else:
+            _save_npy(p / "base.npy", self._base)
+        if self.ids is not None:
+            if self.ids.dtype.kind in "iu":
+                _save_npy(p / "ids.npy", self.ids.astype(np.int64))
+            else:
+                meta["ids"] = [str(i) for i in self.ids]
+        tmp = p / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, p / "meta.json")
+        return p
+
+    @classmethod
+    def load(cls, path: Any, *, dim: Optional[int] = None, metric: Optional[str] = None,
+             use_gpu: Any = False) -> "KNNIndex":
+        """Read a saved index. ``dim`` / ``metric``: expected values; a mismatch raises ValueError."""
+        p = Path(path)
+        mp = p / "meta.json"
+        if not mp.is_file():
+            raise ValueError(f"path: {p} holds no saved index (meta.json missing)")
+        meta = json.loads(mp.read_text())
+        if dim is not None and int(dim) != meta["dim"]:
+            raise ValueError(f"dim: index at {p} was built for dimension {meta['dim']}, not {dim}")
+        if metric is not None and metric != meta["metric"]:
+            raise ValueError(f"metric: index at {p} was built for metric {meta['metric']!r}, not {metric!r}")
+        params = {k: v for k, v in meta["params"].items()}
+        self = cls(meta["dim"], meta["metric"], meta["kind"], use_gpu=use_gpu, **params)
+        self.kind = meta["kind"]
+        self.ntotal = meta["ntotal"]
+        if (p / "index.faiss").is_file():
+            f = faiss_module()
+            if f is None:
+                raise ValueError(f"path: {p} holds a FAISS index but faiss is not installed")
+            self._faiss_index = f.read_index(str(p / "index.faiss"))
+        else:
+            self._base = np.load(p / "base.npy", allow_pickle=False)
+        if (p / "ids.npy").is_file():
+            self.ids = np.load(p / "ids.npy", allow_pickle=False)
+        elif "ids" in meta:
+            self.ids = np.asarray(meta["ids"], dtype=object)
+        return self
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _drop_self(vals: np.ndarray, pos: np.ndarray, self_pos: np.ndarray, k: int):
+    """Remove each row's own position (or its last entry when absent) -> [Q, k]."""
+    Q, kk = pos.shape
+    is_self = pos == self_pos[:, None]
+    has = is_self.any(1)
+    # drop the self entry where present, otherwise the last column
+    drop = np.where(has, is_self.argmax(1), kk - 1)
+    keep = np.ones_like(pos, dtype=bool)
+    keep[np.arange(Q), drop] = False
+    v = vals[keep].reshape(Q, kk - 1)[:, :k]
+    p = pos[keep].reshape(Q, kk - 1)[:, :k]
+    return v, p
+
+
+def build_index(embeddings: Any, metric: str = "ip", kind: str = "auto", ids: Optional[Sequence] = None,
+                **params: Any) -> KNNIndex:
+    """Shorthand: ``KNNIndex(dim, metric, kind, **params).build(embeddings, ids)``."""
+    x = _as_f32(embeddings, "embeddings")
+    return KNNIndex(x.shape[1], metric, kind, **params).build(x, ids)
+
+
+def knn_graph(embeddings: Any, k: int, *, metric: str = "ip", kind: str = "auto",
+              **params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's k nearest other rows: (values [N, k], positions [N, k])."""
+    idx = build_index(embeddings, metric, kind, **params)
+    return idx.search(embeddings, k, exclude_self=True)

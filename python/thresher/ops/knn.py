@@ -1,0 +1,226 @@
+"""Exact k-nearest-neighbour search: ``knn(queries, base, k, metric)``.
+
+Semantics (every backend): for each query row, the ``k`` base rows with the
+largest inner product (``metric="ip"``) or the smallest squared Euclidean
+distance (``metric="l2"``), sorted nearest first; ties go to the lower base
+index. ``exclude_self=True`` treats query ``i`` as base row
+``query_offset + i`` and never returns it. Returns ``(values [Q, k] float32,
+indices [Q, k] int64)``: inner products for ``ip``, squared distances for
+``l2``.
+
+Backends: ``cpu`` (thresher._C: blocked GEMM tiles fused with a running top-k,
+OpenMP), ``triton`` (GPU: tiled matmul + per-tile top-k, then a stable merge),
+``reference`` (plain PyTorch: chunked matmul + stable sort; the oracle).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ._dispatch import Op, cpu_has, device_type, triton_has
+
+knn_op = Op("knn", doc="exact k nearest neighbours (ip or squared l2), ties by lower index")
+
+TRITON_MAX_K = 64
+_METRICS = ("ip", "l2")
+
+
+# ----------------------------------------------------------------- validation
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-d [rows, dim] array, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
+    return x
+
+
+def check_finite_rows(x: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` and the first row holding NaN or inf."""
+    if x.numel() == 0:
+        return
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()
+        raise ValueError(
+            f"{name}: {rows.numel()} row(s) contain NaN or inf (first: row {int(rows[0])})"
+        )
+
+
+def _validate(queries, base, k, metric, exclude_self, query_offset):
+    q = _as_tensor(queries, "queries")
+    b = _as_tensor(base, "base")
+    if q.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"base: dimension {b.shape[1]} does not match queries dimension {q.shape[1]}"
+        )
+    if metric not in _METRICS:
+        raise ValueError(f"metric: expected one of {_METRICS}, got {metric!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k: expected an integer >= 0, got {k!r}")
+    k = int(k)
+    if not isinstance(query_offset, (int, np.integer)) or query_offset < 0:
+        raise ValueError(f"query_offset: expected an integer >= 0, got {query_offset!r}")
+    n_cand = b.shape[0] - (1 if exclude_self and q.shape[0] > 0 else 0)
+    if k > max(n_cand, 0) and q.shape[0] > 0:
+        raise ValueError(
+            f"k: {k} is larger than the number of candidates ({max(n_cand, 0)} base rows"
+            f"{', self excluded' if exclude_self else ''})"
+        )
+    if exclude_self and query_offset + q.shape[0] > b.shape[0]:
+        raise ValueError(
+            f"query_offset: exclude_self needs query rows {query_offset}..{query_offset + q.shape[0] - 1}"
+            f" to be base rows, but base has {b.shape[0]} rows"
+        )
+    check_finite_rows(q, "queries")
+    if b is not q:
+        check_finite_rows(b, "base")
+    return q, b, k
+
+
+def knn(queries, base, k: int, metric: str = "ip", *, exclude_self: bool = False,
+        query_offset: int = 0, backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """k nearest base rows of every query row (see the module docstring).
+
+    queries: [Q, d] float; base: [N, d] float (torch or numpy, same device).
+    Returns (values [Q, k] float32, indices [Q, k] int64) on the inputs' device.
+    ``k`` larger than the number of candidates raises ``ValueError``.
+    """
+    q, b, k = _validate(queries, base, k, metric, exclude_self, query_offset)
+    dev = device_type(q, b)
+    if q.shape[0] == 0 or k == 0:
+        return (torch.empty((q.shape[0], k), dtype=torch.float32, device=q.device),
+                torch.empty((q.shape[0], k), dtype=torch.int64, device=q.device))
+    return knn_op.dispatch(dev, q, b, k, metric, bool(exclude_self), int(query_offset),
+                           backend=backend, ctx={"k": k, "dtype": q.dtype})
+
+
+# ------------------------------------------------------------------ reference
+@knn_op.register("reference", devices=("cpu", "cuda"), note="torch chunked matmul + stable sort")
+def knn_reference(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
+                  exclude_self: bool = False, query_offset: int = 0,
+                  chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute force: full score rows per query chunk, stable sort (lower index first on ties)."""
+    q = q.float()
+    b = b.float()
+    Q = q.shape[0]
+    vals = torch.empty((Q, k), dtype=torch.float32, device=q.device)
+    idx = torch.empty((Q, k), dtype=torch.int64, device=q.device)
+    bn = (b * b).sum(1) if metric == "l2" else None
+    for s in range(0, Q, chunk):
+        e = min(Q, s + chunk)
+        sc = q[s:e] @ b.T
+        if metric == "l2":
+            sc = 2.0 * sc - bn[None, :]
+        if exclude_self:
+            r = torch.arange(s, e, device=q.device)
+            sc[r - s, r + query_offset] = float("-inf")
+        v, i = torch.sort(sc, dim=1, descending=True, stable=True)
+        v, i = v[:, :k], i[:, :k]
+        if metric == "l2":
+            v = ((q[s:e] * q[s:e]).sum(1, keepdim=True) - v).clamp_min(0.0)
+        vals[s:e] = v
+        idx[s:e] = i
+    return vals, idx
+
+
+# ------------------------------------------------------------------------ cpu
+@knn_op.register("cpu", devices=("cpu",), available=cpu_has("knn_exact"),
+                 note="blocked GEMM + running top-k (C++/OpenMP)")
+def knn_cpu(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
+            exclude_self: bool = False, query_offset: int = 0,
+            tile_n: int = 512, block_q: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    from .._native import cpu_ext
+
+    qn = np.ascontiguousarray(q.detach().float().numpy())
+    bn = qn if b is q else np.ascontiguousarray(b.detach().float().numpy())
+    v, i = cpu_ext().knn_exact(qn, bn, k, 1 if metric == "l2" else 0, exclude_self,
+                               query_offset, tile_n, block_q)
+    return torch.from_numpy(v), torch.from_numpy(i)
+
+
+# --------------------------------------------------------------------- triton
+def _triton_supports(device: Optional[str] = None, k: int = 1, dtype=None, **_: Any) -> list[str]:
+    if k > TRITON_MAX_K:
+        return [f"k={k} > {TRITON_MAX_K} (per-tile extraction is unrolled k times)"]
+    return []
+
+
+@knn_op.register("triton", devices=("cuda",), available=triton_has("knn"), supports=_triton_supports,
+                 note="tiled tl.dot + per-tile top-k, stable merge")
+def knn_triton(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
+               exclude_self: bool = False, query_offset: int = 0,
+               block_m: Optional[int] = None, block_n: Optional[int] = None,
+               block_k: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    import triton
+
+    from .._native import kernel
+
+    mod = kernel("knn")
+    low = q.dtype in (torch.float16, torch.bfloat16) and b.dtype == q.dtype
+    if not low:
+        q = q.float()
+        b = b.float()
+    interp = q.device.type == "cpu"
+    # the interpreter cannot map views with a storage offset: give it fresh tensors
+    q = q.clone() if interp else q.contiguous()
+    b = b.clone() if interp else b.contiguous()
+    Q, D = q.shape
+    N = b.shape[0]
+    BM = block_m or (16 if interp else 64)
+    BN = block_n or (16 if interp else 128)
+    BK = block_k if not interp else 16
+    KP = min(k, BN)
+    T = triton.cdiv(N, BN)
+    bn = (b.float() * b.float()).sum(1) if metric == "l2" else torch.zeros(1, device=b.device)
+    cv = torch.empty((Q, T, KP), dtype=torch.float32, device=q.device)
+    ci = torch.empty((Q, T, KP), dtype=torch.int64, device=q.device)
+    grid = (triton.cdiv(Q, BM), T)
+    mod.knn_tile_kernel[grid](q, b, bn, cv, ci, Q, N, D, T, query_offset,
+                              L2=metric == "l2", EXCLUDE_SELF=exclude_self, KP=KP,
+                              BM=BM, BN=BN, BK=BK, IEEE=not low)
+    cv = cv.view(Q, T * KP)
+    ci = ci.view(Q, T * KP)
+    v, order = torch.sort(cv, dim=1, descending=True, stable=True)
+    v = v[:, :k].contiguous()
+    i = torch.gather(ci, 1, order[:, :k])
+    if metric == "l2":
+        qq = (q.float() * q.float()).sum(1, keepdim=True)
+        v = (qq - v).clamp_min(0.0)
+    return v, i
+
+
+def knn_merge_tile(scores: np.ndarray, col0: int, row0: int, exclude_self: bool,
+                   vals: np.ndarray, idx: np.ndarray) -> None:
+    """Merge a score tile [T, n] (larger = nearer) into running top-k arrays in place.
+
+    For callers that compute score tiles themselves (e.g. with BLAS on a memory
+    map); columns must arrive in increasing base order across calls. Uses the C++
+    kernel when built, otherwise numpy.
+    """
+    from .._native import cpu_ext
+
+    ext = cpu_ext()
+    if ext is not None and hasattr(ext, "knn_merge_tile"):
+        ext.knn_merge_tile(np.ascontiguousarray(scores, dtype=np.float32), int(col0), int(row0),
+                           bool(exclude_self), vals, idx)
+        return
+    s = np.array(scores, dtype=np.float32)
+    T, n = s.shape
+    if exclude_self:
+        r = np.arange(T)
+        c = r + row0 - col0
+        ok = (c >= 0) & (c < n)
+        s[r[ok], c[ok]] = -np.inf
+    k = vals.shape[1]
+    allv = np.concatenate([vals, s], axis=1)
+    alli = np.concatenate([idx, np.broadcast_to(np.arange(col0, col0 + n), (T, n))], axis=1)
+    # stable on (-value): the running entries (lower indices) come first on ties
+    o = np.argsort(-allv, axis=1, kind="stable")[:, :k]
+    vals[:] = np.take_along_axis(allv, o, 1)
+    idx[:] = np.take_along_axis(alli, o, 1)

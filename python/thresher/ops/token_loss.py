@@ -1,0 +1,480 @@
+"""Fused per-token loss over an LM head, without materialising [tokens x vocab] logits.
+
+Algorithm. For each scored token i (``mask[i]`` True; the others are dropped
+before any work, so prompt tokens cost nothing) with hidden state h_i and
+target y_i, the logits are z_iv = <h_i, W_v>. The vocabulary is processed in
+chunks of ``chunk_size`` rows of W; for each chunk a [tokens-block x chunk]
+tile of logits is formed (BLAS / ``tl.dot``, fp32 accumulation) and folded into
+a per-token running state over the *non-target* entries:
+``m`` (running max, the target's own logit included for stability),
+``s = sum e^(z-m)``, ``t = sum e^(z-m) (z-m)``, ``q = sum e^(2(z-m))`` and
+``r = #{v : z_v > z_y}``; two states merge with the usual online-softmax
+rescaling. The target logit z_y is a separate row-wise dot product. At the end
+(with S = s + e^(z_y-m)):
+
+* NLL      = log S - (z_y - m)          (log1p(s) when z_y is the max)
+* entropy  = log S - (t + e^(z_y-m)(z_y-m)) / S          = LSE(z) - sum p z
+* EL2N     = sqrt(s^2 + q) / S                           = ||softmax(z) - onehot(y)||_2
+  (since ||p - e_y||^2 = (1-p_y)^2 + sum_{v!=y} p_v^2 and 1-p_y = s/S; this is
+  the same quantity as sqrt(sum p^2 - 2 p_y + 1) with sum p^2 = exp(LSE(2z) -
+  2 LSE(z)), written without the cancellation near p_y = 1)
+* rank     = r: the number of vocabulary entries whose logit is strictly larger
+  than the target's (0 = the target is the arg-max; entries tied with the
+  target do not count, so a tie for the top gives rank 0 to every tied target;
+  NaN logits compare false). Ties are exact ties of the computed fp32 logits:
+  backends that round the logits differently can resolve near-ties (within a
+  few ulps) differently.
+
+Cost: O(M V H) multiply-adds for M scored tokens (the same as the logits
+matmul) plus O(M V) exp; extra memory O(block x chunk + M H) instead of the
+O(M V) logits (plus O(M V) again for ``log_softmax``) of the naive path.
+
+Backends (see :mod:`thresher.ops._dispatch`):
+
+* ``reference`` - full fp32 logits per block of tokens + ``F.cross_entropy``
+  (reduction="none"), ``softmax`` etc.: the oracle, any device.
+* ``cpu``       - the chunked online algorithm above with torch matmuls (BLAS,
+  multi-threaded) on cache-sized [tokens x vocab-chunk] tiles, fp32
+  accumulation. Low-precision inputs are upcast chunk by chunk (each weight
+  chunk once).
+* ``triton``    - ``thresher.kernels.token_loss``: one program per (token
+  block, vocabulary split), tiles via ``tl.dot`` with the online state in
+  registers; the per-split states are merged here.
+
+Inputs are fp32, fp16 or bf16 (fp64 too on reference/cpu); results are fp32
+(rank int64). No gradient is computed.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ._dispatch import Op, device_type, triton_has
+
+__all__ = ["TokenLoss", "token_loss", "score_at_position", "expected_score", "token_loss_op",
+           "reference_token_loss"]
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_INTS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+# Elements of one [tokens x vocab-chunk] fp32 tile in the cpu backend: 2**19
+# floats = 2 MiB, about an L2 cache, so the exp/max/sum passes stay in cache.
+_CPU_TILE_ELEMS = 1 << 19
+_CPU_DEFAULT_CHUNK = 4096
+# Reference: at most this many logits per block of tokens (full vocabulary rows).
+_REF_BLOCK_ELEMS = 1 << 25
+
+
+class TokenLoss(NamedTuple):
+    """Per-token results, each [N] on the input's device.
+
+    ``nll``, ``entropy``, ``el2n`` are float32 (NaN where ``mask`` is False);
+    ``rank`` is int64 (-1 where ``mask`` is False). Fields not requested are None.
+    """
+
+    nll: torch.Tensor
+    entropy: Optional[torch.Tensor]
+    el2n: Optional[torch.Tensor]
+    rank: Optional[torch.Tensor]
+
+
+token_loss_op = Op(
+    "token_loss",
+    doc="per-token NLL / entropy / EL2N / target rank over an LM head, chunked over the vocabulary",
+)
+
+
+# ------------------------------------------------------------------ validation
+def _check_tensor(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+
+
+def _check_int(x, name: str, *, allow_none: bool = True) -> None:
+    if x is None and allow_none:
+        return
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise ValueError(f"{name}: expected a positive int or None, got {x!r}")
+    if x <= 0:
+        raise ValueError(f"{name}: must be > 0, got {x}")
+
+
+def _validate(hidden, weight, targets, mask, chunk_size) -> None:
+    _check_tensor(hidden, "hidden")
+    _check_tensor(weight, "weight")
+    _check_tensor(targets, "targets")
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden: expected a 2-d tensor [N, H], got shape {tuple(hidden.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight: expected a 2-d tensor [V, H], got shape {tuple(weight.shape)}")
+    if hidden.dtype not in _FLOATS:
+        raise ValueError(f"hidden: dtype {hidden.dtype} not supported (float32, float16, bfloat16, float64)")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype}")
+    n, h = hidden.shape
+    v, hw = weight.shape
+    if hw != h:
+        raise ValueError(f"weight: hidden size {hw} (shape {tuple(weight.shape)}) does not match "
+                         f"hidden's {h} (shape {tuple(hidden.shape)})")
+    if h == 0:
+        raise ValueError("hidden: hidden size must be >= 1")
+    if v == 0:
+        raise ValueError("weight: the vocabulary is empty (V = 0)")
+    if targets.dim() != 1 or targets.shape[0] != n:
+        raise ValueError(f"targets: expected shape ({n},), got {tuple(targets.shape)}")
+    if targets.dtype not in _INTS:
+        raise ValueError(f"targets: expected an integer tensor, got dtype {targets.dtype}")
+    if mask is not None:
+        _check_tensor(mask, "mask")
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask: expected a bool tensor, got dtype {mask.dtype}")
+        if mask.dim() != 1 or mask.shape[0] != n:
+            raise ValueError(f"mask: expected shape ({n},), got {tuple(mask.shape)}")
+    _check_int(chunk_size, "chunk_size")
+
+
+# --------------------------------------------------------------------- public
+def token_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    *,
+    entropy: bool = False,
+    el2n: bool = False,
+    rank: bool = False,
+    chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> TokenLoss:
+    """Per-token losses of ``targets`` under ``softmax(hidden @ weight.T)``.
+
+    Args:
+        hidden: [N, H] final hidden states (fp32/fp16/bf16; fp64 on cpu/reference).
+        weight: [V, H] LM-head weight, same dtype and device as ``hidden``.
+        targets: [N] integer token ids; only positions with ``mask`` True are
+            read (others may hold anything, e.g. -100) and must lie in [0, V).
+        mask: [N] bool, the positions to score; None scores all of them. The
+            others are skipped entirely and hold NaN (rank -1).
+        entropy / el2n / rank: also return these (see the module docstring).
+        chunk_size: vocabulary rows per chunk (cpu), per vocabulary split
+            (triton); None picks a default. Must be > 0.
+        backend: force a backend ("reference", "cpu", "triton").
+
+    Returns:
+        :class:`TokenLoss` (nll, entropy, el2n, rank), each [N].
+    """
+    _validate(hidden, weight, targets, mask, chunk_size)
+    dev = device_type(hidden, weight, targets, mask)
+    n = hidden.shape[0]
+    v = weight.shape[0]
+    with torch.no_grad():
+        if mask is None:
+            idx = None
+            h, t = hidden, targets
+        else:
+            idx = mask.nonzero().squeeze(1)
+            h = hidden.index_select(0, idx)
+            t = targets.index_select(0, idx)
+        t = t.to(torch.int64)
+        if t.numel():
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= v:
+                bad = int(((t < 0) | (t >= v)).nonzero()[0, 0])
+                pos = bad if idx is None else int(idx[bad])
+                raise ValueError(f"targets: value {int(t[bad])} at position {pos} is outside "
+                                 f"[0, {v}) (vocabulary size of weight)")
+        ctx = {"dtype": hidden.dtype, "n": h.shape[0], "vocab": v, "hidden": hidden.shape[1]}
+        res = token_loss_op.dispatch(dev, h, weight, t, entropy=entropy, el2n=el2n, rank=rank,
+                                     chunk_size=chunk_size, backend=backend, ctx=ctx)
+
+        def place(x: Optional[torch.Tensor], fill) -> Optional[torch.Tensor]:
+            if x is None:
+                return None
+            if idx is None:
+                return x
+            out = torch.full((n,), fill, dtype=x.dtype, device=x.device)
+            out[idx] = x
+            return out
+
+        return TokenLoss(
+            place(res["nll"], math.nan),
+            place(res.get("entropy") if entropy else None, math.nan),
+            place(res.get("el2n") if el2n else None, math.nan),
+            place(res.get("rank") if rank else None, -1),
+        )
+
+
+# ------------------------------------------------------------------ reference
+def reference_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         entropy: bool = True, el2n: bool = True, rank: bool = True,
+                         compute_dtype: Optional[torch.dtype] = None) -> dict:
+    """Full-logits oracle on already-gathered tokens: hidden [M,H], targets [M] int64.
+
+    Logits are formed in ``compute_dtype`` (default: fp32, or fp64 for fp64
+    inputs) for blocks of tokens over the whole vocabulary; results are in
+    ``compute_dtype`` (rank int64).
+    """
+    cd = compute_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    m, v = hidden.shape[0], weight.shape[0]
+    w = weight.to(cd)
+    out = {k: [] for k in ("nll", "entropy", "el2n", "rank")}
+    step = max(1, _REF_BLOCK_ELEMS // max(v, 1))
+    for b0 in range(0, m, step):
+        hb = hidden[b0:b0 + step].to(cd)
+        tb = targets[b0:b0 + step]
+        logits = hb @ w.T  # [B, V]
+        out["nll"].append(F.cross_entropy(logits, tb, reduction="none"))
+        if entropy or el2n:
+            logp = torch.log_softmax(logits, dim=-1)
+            p = logp.exp()
+            if entropy:
+                out["entropy"].append(-(p * logp).sum(-1))
+            if el2n:
+                p[torch.arange(p.shape[0], device=p.device), tb] -= 1.0
+                out["el2n"].append(torch.linalg.vector_norm(p, dim=-1))
+        if rank:
+            zy = logits.gather(1, tb[:, None])
+            out["rank"].append((logits > zy).sum(-1))
+    res = {}
+    for k, want in (("nll", True), ("entropy", entropy), ("el2n", el2n), ("rank", rank)):
+        if not want:
+            res[k] = None
+        elif out[k]:
+            res[k] = torch.cat(out[k])
+        else:
+            res[k] = torch.empty(0, dtype=torch.int64 if k == "rank" else cd, device=hidden.device)
+    return res
+
+
+def _as_result(d: dict) -> dict:
+    return {k: (None if x is None else (x if k == "rank" else x.to(torch.float32))) for k, x in d.items()}
+
+
+@token_loss_op.register("reference", devices=("cpu", "cuda"),
+                        note="full fp32 logits per token block + F.cross_entropy (oracle)")
+def _reference_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
+    return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
+
+
+# ------------------------------------------------------ online-softmax algebra
+def _merge(a, b):
+    """Merge two states (m, s, t, q) over disjoint vocabulary sets (t/q may be None).
+
+    m must be finite or NaN on both sides (every state covers >= 1 entry).
+    """
+    m1, s1, t1, q1 = a
+    m2, s2, t2, q2 = b
+    m = torch.maximum(m1, m2)
+    d1, d2 = m1 - m, m2 - m
+    a1, a2 = torch.exp(d1), torch.exp(d2)
+    s = s1 * a1 + s2 * a2
+    t = None if t1 is None else a1 * (t1 + d1 * s1) + a2 * (t2 + d2 * s2)
+    q = None if q1 is None else q1 * (a1 * a1) + q2 * (a2 * a2)
+    return m, s, t, q
+
+
+def _finalize(m, s, t, q, zy, r, *, entropy, el2n, rank) -> dict:
+    """Results from the non-target state (m, s, t, q, r) and the target logit zy."""
+    mm = torch.maximum(m, zy)
+    a = torch.exp(m - mm)
+    s_ex = s * a
+    dy = zy - mm  # <= 0
+    ey = torch.exp(dy)
+    big = s_ex + ey
+    top = dy >= 0
+    log_s = torch.where(top, torch.log1p(s_ex), torch.log(big))
+    res = {"nll": (log_s - dy).float(), "entropy": None, "el2n": None, "rank": None}
+    if entropy:
+        t_all = a * (t + (m - mm) * s) + ey * dy
+        res["entropy"] = (log_s - t_all / big).float()
+    if el2n:
+        res["el2n"] = (torch.sqrt(s_ex * s_ex + q * (a * a)) / big).float()
+    if rank:
+        res["rank"] = r.to(torch.int64)
+    return res
+
+
+def _target_logits(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cd, block: int) -> torch.Tensor:
+    """zy[i] = <h[i], weight[targets[i]]> in ``cd``, in blocks of tokens. h is already in cd."""
+    out = torch.empty(h.shape[0], dtype=cd, device=h.device)
+    for b0 in range(0, h.shape[0], block):
+        hb = h[b0:b0 + block]
+        wb = weight.index_select(0, targets[b0:b0 + block]).to(cd)
+        out[b0:b0 + block] = torch.bmm(hb.unsqueeze(1), wb.unsqueeze(2)).view(-1)
+    return out
+
+
+# ------------------------------------------------------------------- cpu path
+def cpu_plan(m: int, v: int, chunk_size: Optional[int] = None) -> tuple[int, int]:
+    """(vocabulary chunk, token block) used by the cpu backend for M tokens, V entries."""
+    c = min(v, chunk_size or _CPU_DEFAULT_CHUNK)
+    b = max(1, min(m, _CPU_TILE_ELEMS // max(c, 1)))
+    return c, b
+
+
+@token_loss_op.register("cpu", devices=("cpu",),
+                        note="chunked torch matmul (BLAS) + online log-sum-exp, bounded memory")
+def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
+    m_tok, v = hidden.shape[0], weight.shape[0]
+    cd = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    if m_tok == 0:
+        return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
+    c, blk = cpu_plan(m_tok, v, chunk_size)
+    h = hidden.to(cd).contiguous()
+    zy = _target_logits(h, weight, targets, cd, blk)
+    need_e = entropy  # exp() into a second buffer: entropy needs z - m too
+    buf = torch.empty(blk * c, dtype=cd)
+    ebuf = torch.empty(blk * c, dtype=cd) if need_e else None
+    gtbuf = torch.empty(blk * c, dtype=torch.bool) if rank else None
+    st_m = torch.empty(m_tok, dtype=cd)
+    st_s = torch.empty(m_tok, dtype=cd)
+    st_t = torch.empty(m_tok, dtype=cd) if entropy else None
+    st_q = torch.empty(m_tok, dtype=cd) if el2n else None
+    st_r = torch.zeros(m_tok, dtype=torch.int64) if rank else None
+    for c0 in range(0, v, c):
+        c1 = min(c0 + c, v)
+        nc = c1 - c0
+        wc = weight[c0:c1]
+        if wc.dtype != cd:
+            wc = wc.to(cd)
+        wct = wc.t()
+        # tokens whose target lies in this chunk (sorted row ids) and its column
+        rows_c = ((targets >= c0) & (targets < c1)).nonzero().squeeze(1)
+        cols_c = targets.index_select(0, rows_c) - c0
+        for b0 in range(0, m_tok, blk):
+            b1 = min(b0 + blk, m_tok)
+            nb = b1 - b0
+            z = torch.mm(h[b0:b1], wct, out=buf[: nb * nc].view(nb, nc))
+            zyb = zy[b0:b1]
+            if rows_c.numel():
+                lo, hi = torch.searchsorted(rows_c, torch.tensor([b0, b1])).tolist()
+                ri = rows_c[lo:hi] - b0
+                ci = cols_c[lo:hi]
+            else:
+                ri = ci = None
+            if ri is not None and ri.numel():
+                # the target's own entry takes the row-wise z_y: it never counts
+                # in the rank, and m then bounds z_y exactly
+                z[ri, ci] = zyb.index_select(0, ri)
+            if rank:
+                g = torch.gt(z, zyb[:, None], out=gtbuf[: nb * nc].view(nb, nc))
+                st_r[b0:b1] += g.sum(1)
+            mc = z.amax(1)
+            z.sub_(mc[:, None])
+            if need_e:
+                e = torch.exp(z, out=ebuf[: nb * nc].view(nb, nc))
+            else:
+                e = z.exp_()
+            if ri is not None and ri.numel():
+                e[ri, ci] = 0.0
+            sc = e.sum(1)
+            tc = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(nb) if entropy else None
+            qc = torch.bmm(e.unsqueeze(1), e.unsqueeze(2)).view(nb) if el2n else None
+            sl = slice(b0, b1)
+            if c0 == 0:
+                st_m[sl], st_s[sl] = mc, sc
+                if entropy:
+                    st_t[sl] = tc
+                if el2n:
+                    st_q[sl] = qc
+            else:
+                old = (st_m[sl], st_s[sl], st_t[sl] if entropy else None, st_q[sl] if el2n else None)
+                mn, sn, tn, qn = _merge(old, (mc, sc, tc, qc))
+                st_m[sl], st_s[sl] = mn, sn
+                if entropy:
+                    st_t[sl] = tn
+                if el2n:
+                    st_q[sl] = qn
+    return _finalize(st_m, st_s, st_t, st_q, zy, st_r, entropy=entropy, el2n=el2n, rank=rank)
+
+
+# ---------------------------------------------------------------- triton path
+def _triton_supports(device=None, dtype=None, **_):
+    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return [f"dtype {dtype} not supported by the Triton kernel (float32, float16, bfloat16)"]
+    return []
+
+
+@token_loss_op.register("triton", devices=("cuda",), available=triton_has("token_loss"),
+                        supports=_triton_supports,
+                        note="tl.dot tiles x vocabulary splits, online LSE in registers")
+def _triton_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
+    from .._native import kernel
+
+    k = kernel("token_loss")
+    m_tok = hidden.shape[0]
+    if m_tok == 0:
+        return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
+    h = hidden.contiguous()
+    w = weight if weight.stride(1) == 1 else weight.contiguous()
+    zy = k.target_logits(h, w, targets)
+    pm, ps, pt, pq, pr = k.partial_states(h, w, targets, zy, entropy=entropy, el2n=el2n, rank=rank,
+                                          split_size=chunk_size)
+    # merge the vocabulary splits: [S, M] -> [M]
+    mm = pm.max(0).values
+    d = pm - mm
+    a = torch.exp(d)
+    s = (ps * a).sum(0)
+    t = (a * (pt + d * ps)).sum(0) if entropy else None
+    q = (pq * a * a).sum(0) if el2n else None
+    r = pr.sum(0) if rank else None
+    return _finalize(mm, s, t, q, zy, r, entropy=entropy, el2n=el2n, rank=rank)
+
+
+# ------------------------------------------------------------ score readout
+def score_at_position(hidden_last: torch.Tensor, weight: torch.Tensor, token_ids) -> torch.Tensor:
+    """Softmax over a few candidate tokens at one position: probs [B, K] float32.
+
+    Args:
+        hidden_last: [B, H] hidden state at the position whose next token is read.
+        weight: [V, H] LM-head weight (only the K rows of ``token_ids`` are read).
+        token_ids: [K] distinct token ids (tensor or sequence of int) in [0, V).
+
+    The logits of the K tokens are computed in fp32 from the gathered rows
+    (O(B K H), no full head, no ``generate()``); the softmax runs over those K
+    logits only, i.e. the distribution renormalised to the candidates.
+    """
+    _check_tensor(hidden_last, "hidden_last")
+    _check_tensor(weight, "weight")
+    if hidden_last.dim() != 2:
+        raise ValueError(f"hidden_last: expected a 2-d tensor [B, H], got shape {tuple(hidden_last.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden_last.shape[1]:
+        raise ValueError(f"weight: expected shape [V, {hidden_last.shape[1]}], got {tuple(weight.shape)}")
+    if hidden_last.dtype not in _FLOATS or weight.dtype not in _FLOATS:
+        raise ValueError(f"hidden_last/weight: floating dtypes required, got {hidden_last.dtype}/{weight.dtype}")
+    if not isinstance(token_ids, torch.Tensor):
+        try:
+            token_ids = torch.as_tensor(list(token_ids), dtype=torch.int64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"token_ids: expected a sequence of ints ({exc})") from None
+    if token_ids.dim() != 1 or token_ids.numel() == 0:
+        raise ValueError(f"token_ids: expected a non-empty 1-d tensor, got shape {tuple(token_ids.shape)}")
+    if token_ids.dtype not in _INTS:
+        raise ValueError(f"token_ids: expected integer ids, got dtype {token_ids.dtype}")
+    v = weight.shape[0]
+    ids = token_ids.to(device=weight.device, dtype=torch.int64)
+    if int(ids.min()) < 0 or int(ids.max()) >= v:
+        raise ValueError(f"token_ids: ids must lie in [0, {v}), got {ids.tolist()}")
+    if torch.unique(ids).numel() != ids.numel():
+        raise ValueError(f"token_ids: ids must be distinct, got {ids.tolist()}")
+    device_type(hidden_last, weight)
+    with torch.no_grad():
+        rows = weight.index_select(0, ids).float()  # [K, H]
+        logits = hidden_last.float() @ rows.T  # [B, K]
+        return torch.softmax(logits, dim=-1)
+
+
+def expected_score(probs: torch.Tensor, values) -> torch.Tensor:
+    """Expected score sum_k probs[:, k] * values[k]: [B] float32 (probs [B,K] from
+    :func:`score_at_position`; rows are renormalised to sum 1, NaN rows stay NaN)."""
+    _check_tensor(probs, "probs")
+    if probs.dim() != 2:
+        raise ValueError(f"probs: expected a 2-d tensor [B, K], got shape {tuple(probs.shape)}")
+    vals = torch.as_tensor(values, dtype=torch.float32, device=probs.device)
+    if vals.dim() != 1 or vals.shape[0] != probs.shape[1]:
+        raise ValueError(f"values: expected {probs.shape[1]} values, got shape {tuple(vals.shape)}")
+    p = probs.float()
+    return (p * vals).sum(-1) / p.sum(-1)

@@ -1,0 +1,293 @@
+"""Rendering samples into text with answer spans, and token alignment.
+
+A sample (one row of the sample table, see :mod:`thresher.registry`) becomes a
+:class:`Rendered`: the full text fed to the model and the character spans of
+the answer(s) to score. Templates:
+
+* ``chat``   - the tokenizer's own chat template (user turn = instruction, plus
+  ``"\\n\\n" + input`` when there is an input; the assistant turn = output).
+  Multi-turn samples (``conversation``) always go through the chat template
+  (or a plain ``role: content`` layout when the tokenizer has none) and every
+  assistant turn is an answer span.
+* ``alpaca`` - the Stanford Alpaca prompts (with / without input) followed by
+  the output (the Cherry LLM ``alpaca`` prompt).
+* ``wiz``    - Cherry LLM's ``wiz`` prompt: ``instruction [+ "\\nInput:" + input]
+  + "\\n\\n### Response:" + output``.
+* ``plain``  - ``"{instruction}\\n{input}\\n"`` (``"{instruction}\\n"`` without
+  input) followed by the output (Superfiltering).
+
+Token alignment comes from ONE tokenisation of the full text with the offset
+mapping: a token is an answer token when it *starts* inside an answer span
+(:func:`tokenize_rendered`). A token that straddles the prompt/answer boundary
+(e.g. ``":("`` when the prompt ends with ``":"`` and the answer starts with
+``"("``) belongs to the prompt, which is what Cherry LLM's count of the
+separately tokenised prompt yields. The prompt is never re-tokenised separately.
+
+Truncation (:func:`tokenize_rendered`, ``max_length``): ``"right"`` keeps the
+first ``max_length`` tokens (the end of the answer is cut, Cherry's policy);
+``"left"`` drops tokens from the start of the prompt first (keeping the answer
+whole while it fits, then cutting its end). The number of tokens cut and of
+answer tokens lost is reported in :class:`Tokenized`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import math
+
+TEMPLATES = ("chat", "alpaca", "wiz", "plain")
+TRUNCATION = ("right", "left")
+
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+class SampleError(ValueError):
+    """A sample that cannot be rendered; the message names the sample id and field."""
+
+
+@dataclass
+class Rendered:
+    """Text and the character spans [start, end) of the answers to score."""
+
+    id: str
+    text: str
+    spans: list[tuple[int, int]]
+    prompt: str = ""  # the text before the first answer (single-turn: the rendered prompt)
+    special_in_text: bool = False  # the text already holds the special tokens (chat template)
+
+    @property
+    def answers(self) -> list[str]:
+        return [self.text[a:b] for a, b in self.spans]
+
+
+@dataclass
+class Tokenized:
+    """One tokenised sequence with a per-token answer mask and its truncation report.
+
+    ``score[t]`` is True when token t is an answer token that is scored (its loss
+    is predicted from position t-1, so token 0 is never scored). ``span_of[t]``
+    is the index of the answer span token t belongs to (-1 for prompt tokens).
+    """
+
+    ids: list[int]
+    score: list[bool]
+    span_of: list[int]
+    offsets: list[tuple[int, int]]
+    n_total: int  # tokens before truncation
+    n_cut: int  # tokens removed by truncation
+    answer_total: int  # answer tokens before truncation
+    answer_kept: int  # answer tokens scored after truncation
+    kept_chars: list[int] = field(default_factory=list)  # per span: answer characters kept (aligned passes)
+
+    @property
+    def truncated(self) -> bool:
+        return self.n_cut > 0
+
+
+# ------------------------------------------------------------------ fields
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def get_str(row: Any, name: str, sid: str, *, required: bool) -> str:
+    """A string field of a row (mapping or pandas row); SampleError naming id+field."""
+    try:
+        v = row[name]
+    except (KeyError, IndexError):
+        v = None
+    if _is_missing(v):
+        if required:
+            raise SampleError(f"sample {sid!r}: missing field {name!r}")
+        return ""
+    if not isinstance(v, str):
+        raise SampleError(f"sample {sid!r}: field {name!r} must be a string, got {type(v).__name__}")
+    return v
+
+
+def get_conversation(row: Any, sid: str) -> Optional[list[dict]]:
+    """The ``conversation`` (or ``messages``/``conversations``) field normalised to
+    [{role, content}], or None when the sample is single-turn."""
+    conv = None
+    for key in ("conversation", "messages", "conversations"):
+        try:
+            v = row[key]
+        except (KeyError, IndexError):
+            continue
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        if hasattr(v, "tolist") and not isinstance(v, (list, str)):
+            v = v.tolist()
+        if isinstance(v, (list, tuple)) and len(v) == 0:
+            continue
+        conv = (key, v)
+        break
+    if conv is None:
+        return None
+    key, v = conv
+    if not isinstance(v, (list, tuple)):
+        raise SampleError(f"sample {sid!r}: field {key!r} must be a list of messages, got {type(v).__name__}")
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+             "system": "system", "bot": "assistant"}
+    out = []
+    for i, m in enumerate(v):
+        if not isinstance(m, dict):
+            raise SampleError(f"sample {sid!r}: {key}[{i}] must be an object, got {type(m).__name__}")
+        role = m.get("role", m.get("from"))
+        content = m.get("content", m.get("value"))
+        if not isinstance(role, str) or role.lower() not in roles:
+            raise SampleError(f"sample {sid!r}: {key}[{i}].role {role!r} not one of user/assistant/system")
+        if not isinstance(content, str):
+            raise SampleError(f"sample {sid!r}: {key}[{i}].content must be a string, got {type(content).__name__}")
+        out.append({"role": roles[role.lower()], "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise SampleError(f"sample {sid!r}: field {key!r} has no assistant turn to score")
+    return out
+
+
+# ------------------------------------------------------------------ rendering
+def render_prompt(instruction: str, input: str, template: str, tokenizer: Any = None) -> str:
+    """The prompt text a single-turn sample's answer follows (no answer)."""
+    if template == "alpaca":
+        return (ALPACA_INPUT if input else ALPACA_NO_INPUT).format_map({"instruction": instruction, "input": input})
+    if template == "wiz":
+        return instruction + ("\nInput:" + input if input else "") + "\n\n### Response:"
+    if template == "plain":
+        return instruction + "\n" + (input + "\n" if input else "")
+    if template == "chat":
+        r = _render_chat([{"role": "user", "content": instruction + ("\n\n" + input if input else "")},
+                          {"role": "assistant", "content": "\x00"}], tokenizer, "?")
+        return r.text[: r.spans[0][0]]
+    raise ValueError(f"template: {template!r} not one of {TEMPLATES}")
+
+
+def render_sample(row: Any, template: str = "alpaca", tokenizer: Any = None, *, sid: Optional[str] = None,
+                  allow_empty: bool = True) -> Rendered:
+    """Render one row. Raises :class:`SampleError` (a ValueError) naming the id and field."""
+    if template not in TEMPLATES:
+        raise ValueError(f"template: {template!r} not one of {TEMPLATES}")
+    if sid is None:
+        try:
+            sid = str(row["id"])
+        except (KeyError, IndexError):
+            sid = "?"
+    conv = get_conversation(row, sid)
+    if conv is not None:
+        return _render_chat(conv, tokenizer, sid)
+    instruction = get_str(row, "instruction", sid, required=True)
+    inp = get_str(row, "input", sid, required=False)
+    output = get_str(row, "output", sid, required=True)
+    if template == "chat":
+        user = instruction + ("\n\n" + inp if inp else "")
+        return _render_chat([{"role": "user", "content": user}, {"role": "assistant", "content": output}],
+                            tokenizer, sid)
+    prompt = render_prompt(instruction, inp, template)
+    text = prompt + output
+    return Rendered(sid, text, [(len(prompt), len(text))], prompt=prompt)
+
+
+def _render_chat(messages: list[dict], tokenizer: Any, sid: str) -> Rendered:
+    tmpl = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if tmpl:
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception as exc:
+            raise SampleError(f"sample {sid!r}: the chat template failed ({type(exc).__name__}: {exc})") from None
+        special = True
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        special = False
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for i, m in enumerate(messages):
+        c = m["content"]
+        j = text.find(c, pos) if c else pos
+        if j < 0 and c.strip():
+            c = c.strip()
+            j = text.find(c, pos)
+        if j < 0:
+            raise SampleError(f"sample {sid!r}: message {i} not found verbatim in the chat template's output")
+        if m["role"] == "assistant":
+            spans.append((j, j + len(c)))
+        pos = j + len(c)
+    prompt = text[: spans[0][0]] if spans else text
+    return Rendered(sid, text, spans, prompt=prompt, special_in_text=special)
+
+
+# ------------------------------------------------------------------ tokenisation
+def tokenize_rendered(r: Rendered, tokenizer: Any, *, max_length: Optional[int] = None,
+                      truncation: str = "right", add_special_tokens: Optional[bool] = None,
+                      prepend_ids: Sequence[int] = (), skip_first_answer_token: bool = False,
+                      keep_chars: Optional[Sequence[int]] = None) -> Tokenized:
+    """Tokenise ``r.text`` once (offsets) and mark its answer tokens.
+
+    ``prepend_ids``: token ids placed before the text (e.g. BOS for a direct pass).
+    ``skip_first_answer_token``: the first token of each span is not scored.
+    ``keep_chars``: per span, score only tokens that start within the first
+    ``keep_chars[i]`` characters of the span (aligns a second pass to the
+    answer characters the first pass kept after truncation).
+    """
+    if truncation not in TRUNCATION:
+        raise ValueError(f"truncation: {truncation!r} not one of {TRUNCATION}")
+    if add_special_tokens is None:
+        add_special_tokens = not r.special_in_text
+    enc = tokenizer(r.text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    ids = list(prepend_ids) + list(enc["input_ids"])
+    offs = [(0, 0)] * len(prepend_ids) + [tuple(o) for o in enc["offset_mapping"]]
+    span_of = [-1] * len(ids)
+    spans = r.spans
+    si = 0
+    for t, (a, b) in enumerate(offs):
+        if b <= a:  # special tokens have empty offsets
+            continue
+        while si < len(spans) and spans[si][1] <= a:
+            si += 1
+        if si < len(spans) and spans[si][0] <= a < spans[si][1]:
+            span_of[t] = si
+    score = [s >= 0 and t > 0 for t, s in enumerate(span_of)]
+    if skip_first_answer_token:
+        seen: set[int] = set()
+        for t, s in enumerate(span_of):
+            if s >= 0 and s not in seen:
+                seen.add(s)
+                score[t] = False
+    if keep_chars is not None:
+        for t, s in enumerate(span_of):
+            if s >= 0 and offs[t][0] >= spans[s][0] + keep_chars[s]:
+                score[t] = False
+    answer_total = sum(score)
+    n_total = len(ids)
+    n_cut = 0
+    if max_length is not None and n_total > max_length:
+        n_cut = n_total - max_length
+        if truncation == "right":
+            sl = slice(0, max_length)
+        else:
+            # drop prompt tokens from the start (after any prepended ids / first token), then the answer end
+            first_ans = next((t for t, s in enumerate(span_of) if s >= 0), n_total)
+            head = min(max(len(prepend_ids), 1), max_length)
+            drop = min(n_cut, max(first_ans - head - 1, 0))  # keep the token right before the answer
+            rest = n_cut - drop
+            keep = list(range(0, head)) + list(range(head + drop, n_total - rest))
+            ids = [ids[i] for i in keep]
+            offs = [offs[i] for i in keep]
+            span_of = [span_of[i] for i in keep]
+            score = [score[i] for i in keep]
+            sl = None
+        if sl is not None:
+            ids, offs, span_of, score = ids[sl], offs[sl], span_of[sl], score[sl]
+        score[0] = False
+    kept_chars = []
+    for s, (a, b) in enumerate(spans):
+        ends = [offs[t][1] for t in range(len(ids)) if span_of[t] == s and score[t]]
+        kept_chars.append(max(0, min(b, max(ends)) - a) if ends else 0)
+    return Tokenized(ids, score, span_of, offs, n_total, n_cut, answer_total, sum(score), kept_chars)

@@ -1,0 +1,117 @@
+"""CLI verbs select / rank / run / recipes / demo, and their error messages."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from thresher.cli.main import main
+
+PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
+
+
+@pytest.fixture(scope="module")
+def pool(bigbench_path, tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    with gzip.open(bigbench_path, "rt", encoding="utf-8") as src, open(p, "w", encoding="utf-8") as dst:
+        for i, line in enumerate(src):
+            if i == 400:
+                break
+            dst.write(line)
+    return p
+
+
+def test_select_with_criteria_and_rank(pool, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main(["select", str(pool), "--criteria", "length,mtld", "--selector", "topk",
+               "--selector-option", "criterion=mtld", "--k", "12", "--out", str(out), "--quiet", "--no-report"])
+    assert rc == 0
+    s = pd.read_parquet(out / "scores.parquet")
+    assert int(s["selected"].sum()) == 12 and {"length", "mtld", "length.output"} <= set(s.columns)
+    assert len((out / "selected.jsonl").read_text().splitlines()) == 12
+    rc = main(["rank", str(out / "scores.parquet"), "--objective", "length:min", "--objective", "mtld:max",
+               "--method", "rrf", "--k", "5", "--out", str(tmp_path / "ranked.parquet")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "5 of 400 rows selected by rrf" in printed
+    r = pd.read_parquet(tmp_path / "ranked.parquet")
+    assert int(r["selected"].sum()) == 5
+    assert main(["rank", str(out / "scores.parquet"), "--objective", "length:max", "--k", "3",
+                 "--out", str(tmp_path / "ranked.parquet")]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_errors_are_one_clear_line(pool, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    lines = pool.read_text(encoding="utf-8").splitlines()[:10]
+    lines.insert(4, '{"instruction": "cut here", "output": ')
+    bad.write_text("\n".join(lines) + "\n")
+    args = ["--criteria", "length", "--k", "3", "--quiet", "--no-report"]
+    assert main(["select", str(bad), *args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}, line 5: malformed JSON" in err and "Traceback" not in err
+    assert main(["select", str(bad), *args, "--out", str(tmp_path / "b"), "--on-bad-row", "skip"]) == 0
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert m["inputs"][0]["skipped"] == 1 and m["inputs"][0]["rows"] == 10
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    assert main(["select", str(missing), *args, "--out", str(tmp_path / "c")]) == 2
+    assert "line 2, field 'output': missing field" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"instruction": "a", "output": {"text": "b"}}\n')
+    assert main(["select", str(wrong), *args, "--out", str(tmp_path / "d")]) == 2
+    assert "line 1, field 'output': expected a string, got dict" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["select", str(empty), *args, "--out", str(tmp_path / "e")]) == 2
+    assert "empty file" in capsys.readouterr().err
+    assert main(["select", str(pool), "--recipe", "cherry", "--k", "3", "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'cherry'" in err and "ifd" in err
+    assert main(["select", str(pool), "--criteria", "lenght", "--k", "3", "--out", str(tmp_path / "g")]) == 2
+    assert "unknown criterion 'lenght'" in capsys.readouterr().err
+    # an output folder holding another run's results
+    assert main(["select", str(pool), *args, "--out", str(tmp_path / "h")]) == 0
+    assert main(["select", str(pool), "--criteria", "length", "--k", "4", "--quiet", "--no-report",
+                 "--out", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err
+    assert "already holds another run's results (differs in: budget)" in err and "--overwrite" in err
+    assert main(["select", str(pool), "--criteria", "length", "--k", "4", "--quiet", "--no-report",
+                 "--out", str(tmp_path / "h"), "--overwrite"]) == 0
+
+
+def test_run_config_and_recipes(pool, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {pool}\nout: res\ncriteria: [{{name: fake_len, options: {{scale: 2}}}}]\n"
+                   f"selector: {{name: threshold, options: {{criterion: fake_len, mode: knee}}}}\nratio: 1.0\n"
+                   f"plugins: [{PLUGIN}]\nreport: false\n")
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    m = json.loads((tmp_path / "res" / "manifest.json").read_text())
+    assert m["selector"]["name"] == "threshold" and 0 < m["selected"] < 400
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("ifd", "superfiltering-d", "deita", "less", "multi-objective", "tianyi-lab/Cherry_LLM"):
+        assert name in listing
+    assert main(["recipes", "superfiltering"]) == 0
+    detail = capsys.readouterr().out
+    assert "semantics" in detail and "52002" in detail
+    assert main(["recipes", "ifd", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["feasibility"]["trained_llms"] == 1
+
+
+@pytest.mark.slow
+def test_demo_on_a_reduced_pool(tmp_path, capsys):
+    """The real default models (SmolLM2 + all-MiniLM-L6-v2) on 40 rows of the bundled pool."""
+    out = tmp_path / "demo"
+    rc = main(["demo", "--limit", "40", "--max-length", "96", "--ratio", "0.1", "--out", str(out), "--quiet"])
+    assert rc == 0
+    s = pd.read_parquet(out / "scores.parquet")
+    assert len(s) == 40 and {"ifd", "knn_distance", "ifd.loss_cond"} <= set(s.columns)
+    assert 1 <= int(s["selected"].sum()) <= 4
+    assert (s.loc[s["selected"], "ifd"] <= 1).all()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["recipe"]["name"] == "multi-objective" and m["models"].get("ifd")
+    assert (out / "report.html").stat().st_size > 10000

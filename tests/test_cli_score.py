@@ -1,0 +1,103 @@
+"""`thresher score`: rows in, a scores table keyed by id out; bad rows reported, never fatal."""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from thresher.cli.main import main
+from thresher.models import tiny_causal_lm
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "score_small.jsonl"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-model")
+    lm = tiny_causal_lm(0, tokenizer="bytes", init_std=0.3)
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return str(d)
+
+
+def test_score_fixture_with_bad_rows(model_dir, tmp_path, capsys):
+    out = tmp_path / "scores.parquet"
+    rc = main(["score", str(FIX), "--criteria", "ifd,perplexity", "--model", model_dir, "--batch-tokens", "512",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    df = pd.read_parquet(out)
+    assert list(df["id"]) == ["good-1", "good-2", "2", "empty-answer", "missing-output", "number-output", "chat-1"]
+    for c in ("ifd", "ifd.loss_cond", "ifd.loss_direct", "ifd.reason", "perplexity", "perplexity.loss"):
+        assert c in df.columns
+    good = df["id"].isin(["good-1", "good-2", "2", "chat-1"])
+    assert df.loc[good, "ifd"].notna().all() and df.loc[good, "perplexity"].notna().all()
+    assert df.loc[~good, "ifd"].isna().all()
+    assert (df.loc[good, "ifd.reason"] == "").all()
+    # reports name the file, line and field
+    assert f"{FIX}:4: invalid JSON" in err
+    assert f"{FIX}:6: missing field 'output'" in err
+    assert f"{FIX}:7: field 'output' must be a string" in err
+    assert f"{FIX}:5: ifd: empty answer" in err
+    assert not [p for p in tmp_path.iterdir() if p.name != "scores.parquet"]  # no temp leftovers
+
+
+def test_same_scores_as_python_api(model_dir, tmp_path):
+    from thresher.registry import CRITERIA
+
+    out = tmp_path / "s.csv"
+    assert main(["score", str(FIX), "--criteria", "ifd", "--model", model_dir, "--out", str(out),
+                 "--option", "ifd.ratio=ppl", "--max-length", "300"]) == 0
+    df = pd.read_csv(out, keep_default_na=True)
+    rows = [json.loads(line) for line in FIX.read_text().splitlines() if line.startswith("{\"")]
+    api = CRITERIA.get("ifd").obj(model=model_dir, ratio="ppl", max_length=300)(pd.DataFrame(rows[:2]))
+    assert df["ifd"][:2].tolist() == pytest.approx(api["ifd"].tolist(), rel=1e-9)
+
+
+def test_fail_fast_stops_with_location(model_dir, tmp_path, capsys):
+    out = tmp_path / "x.parquet"
+    rc = main(["score", str(FIX), "--criteria", "perplexity", "--model", model_dir, "--out", str(out),
+               "--fail-fast"])
+    assert rc == 2
+    assert f"{FIX}:4: invalid JSON" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_gzip_input_and_limit(model_dir, tmp_path, bigbench_path):
+    out = tmp_path / "bb.jsonl"
+    assert main(["score", str(bigbench_path), "--criteria", "entropy,el2n", "--model", model_dir,
+                 "--limit", "4", "--out", str(out), "--max-length", "256"]) == 0
+    df = pd.read_json(out, lines=True)
+    with gzip.open(bigbench_path, "rt") as f:
+        ids = [json.loads(next(f))["id"] for _ in range(4)]
+    assert df["id"].tolist() == ids
+    assert df["entropy"].notna().all() and df["el2n"].between(0, math.sqrt(2)).all()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--criteria", "nope"], "unknown criterion 'nope'"),
+    (["--criteria", "ifd", "--option", "ifd.ratio"], "--option"),
+    (["--criteria", "ifd", "--option", "perplexity.x=1"], "not in --criteria"),
+    (["--criteria", "ifd", "--batch-tokens", "0"], "--batch-tokens"),
+    (["--criteria", "ifd", "--option", "ifd.ratio=cube"], "ratio"),
+])
+def test_bad_arguments(model_dir, tmp_path, capsys, argv, msg):
+    rc = main(["score", str(FIX), "--model", model_dir, "--out", str(tmp_path / "o.parquet")] + argv)
+    assert rc == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_missing_inputs(tmp_path, capsys):
+    assert main(["score", str(tmp_path / "none.jsonl"), "--criteria", "ifd", "--out", str(tmp_path / "o.parquet")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["score", str(FIX), "--criteria", "ifd", "--model", str(tmp_path / "no-model"),
+                 "--out", str(tmp_path / "o.parquet")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["score", str(empty), "--criteria", "ifd", "--out", str(tmp_path / "o.parquet")]) == 2
+    assert "no rows" in capsys.readouterr().err

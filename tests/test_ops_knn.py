@@ -1,0 +1,228 @@
+"""thresher.ops.knn: every backend against the brute-force oracle.
+
+Integer-valued data makes every inner product exact in float32, so ties are
+real ties and indices must match exactly (lower index first). Random float data
+checks values within the float32 reference's own rounding error. Tiny tiles
+force the tiled paths (several base tiles, partial panels, partial strips).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from thresher import _native
+from thresher.ops import knn, knn_merge_tile, last_backend
+from thresher.ops.knn import knn_cpu, knn_reference, knn_triton
+
+HAS_CPU = _native.cpu_ext() is not None and hasattr(_native.cpu_ext(), "knn_exact")
+HAS_TRITON = _native.kernel("knn") is not None and (_native.triton_interpret() or torch.cuda.is_available())
+
+
+def oracle(q: np.ndarray, b: np.ndarray, k: int, metric: str, exclude_self: bool = False, offset: int = 0):
+    """float64 numpy brute force; order = (nearer first, lower index on ties)."""
+    q = q.astype(np.float64)
+    b = b.astype(np.float64)
+    if metric == "ip":
+        s = q @ b.T
+        key = -s
+    else:
+        s = np.maximum((q * q).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * q @ b.T, 0.0)
+        if np.allclose(q, np.round(q)) and np.allclose(b, np.round(b)):
+            s = np.round(s)  # integer data: exact
+        key = s
+    vals, idx = [], []
+    for i in range(q.shape[0]):
+        cols = np.arange(b.shape[0])
+        kk = key[i].copy()
+        if exclude_self:
+            kk[offset + i] = np.inf
+        o = np.lexsort((cols, kk))[:k]
+        idx.append(o)
+        vals.append(s[i, o])
+    return np.array(vals).reshape(q.shape[0], k), np.array(idx, dtype=np.int64).reshape(q.shape[0], k)
+
+
+def _backends():
+    out = ["reference"]
+    if HAS_CPU:
+        out.append("cpu")
+    if HAS_TRITON:
+        out.append("triton")
+    return out
+
+
+def _run(backend, q, b, k, metric, exclude_self=False, offset=0, tiny=False):
+    qt, bt = torch.from_numpy(q), torch.from_numpy(b)
+    if backend == "cpu" and tiny:
+        return knn_cpu(qt, bt, k, metric, exclude_self, offset, tile_n=32, block_q=8)
+    if backend == "triton":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        qt, bt = qt.to(dev), bt.to(dev)
+        if tiny:
+            v, i = knn_triton(qt, bt, k, metric, exclude_self, offset, block_m=16, block_n=16, block_k=16)
+            return v.cpu(), i.cpu()
+    if backend == "reference" and tiny:
+        return knn_reference(qt, bt, k, metric, exclude_self, offset, chunk=5)
+    v, i = knn(qt, bt, k, metric, exclude_self=exclude_self, query_offset=offset, backend=backend)
+    return v.cpu(), i.cpu()
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("shape", [(37, 53, 19), (1, 70, 3), (9, 9, 1), (40, 33, 64)])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_integer_data_exact_with_ties(backend, metric, shape, exclude_self):
+    Q, N, d = shape
+    rng = np.random.default_rng(Q * 1000 + N + d)
+    b = rng.integers(-2, 3, size=(N, d)).astype(np.float32)   # many exact ties
+    if exclude_self:
+        Q = min(Q, N)
+        q = b[:Q].copy()
+    else:
+        q = rng.integers(-2, 3, size=(Q, d)).astype(np.float32)
+    k = min(7, N - (1 if exclude_self else 0))
+    ov, oi = oracle(q, b, k, metric, exclude_self)
+    interp = backend == "triton" and not torch.cuda.is_available()
+    for tiny in ((True,) if interp else (False, True)):   # interpreter: default blocks are the tiny ones
+        v, i = _run(backend, q, b, k, metric, exclude_self, tiny=tiny)
+        assert v.dtype == torch.float32 and i.dtype == torch.int64
+        np.testing.assert_array_equal(i.numpy(), oi, err_msg=f"{backend} tiny={tiny}")
+        np.testing.assert_array_equal(v.numpy(), ov.astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_random_float_within_reference_error(backend, metric):
+    rng = np.random.default_rng(1)
+    Q, N, d = (45, 301, 48) if backend != "triton" else (20, 90, 32)
+    q = rng.standard_normal((Q, d)).astype(np.float32)
+    b = rng.standard_normal((N, d)).astype(np.float32)
+    k = 10
+    ov, oi = oracle(q, b, k, metric)
+    rv, ri = knn_reference(torch.from_numpy(q), torch.from_numpy(b), k, metric)
+    ref_err = np.abs(rv.numpy() - ov).max()
+    v, i = _run(backend, q, b, k, metric, tiny=True)
+    err = np.abs(v.numpy() - ov).max()
+    scale = np.abs(ov).max()
+    assert err <= max(4 * ref_err, 1e-5 * scale), (err, ref_err)
+    # indices agree except where the float64 values are within rounding of each other
+    diff = i.numpy() != oi
+    if diff.any():
+        tol = 1e-4 * scale
+        for r, c in zip(*np.nonzero(diff)):
+            got = float((q[r].astype(np.float64) @ b[i[r, c]].astype(np.float64)) if metric == "ip"
+                        else ((q[r].astype(np.float64) - b[i[r, c]]) ** 2).sum())
+            assert abs(got - ov[r, c]) <= tol
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_query_offset_chunks_match_full(backend):
+    rng = np.random.default_rng(2)
+    x = rng.integers(-3, 4, size=(50, 11)).astype(np.float32)
+    fv, fi = _run(backend, x, x, 4, "l2", exclude_self=True)
+    parts = [_run(backend, x[s:s + 17], x, 4, "l2", exclude_self=True, offset=s) for s in range(0, 50, 17)]
+    np.testing.assert_array_equal(torch.cat([p[1] for p in parts]).numpy(), fi.numpy())
+    assert not (fi.numpy() == np.arange(50)[:, None]).any()
+
+
+def test_dispatch_picks_native_on_cpu():
+    x = torch.randn(20, 8)
+    knn(x, x, 3)
+    assert last_backend() == ("knn", "cpu" if HAS_CPU else "reference")
+
+
+def test_low_precision_inputs():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.integers(-2, 3, size=(30, 16)).astype(np.float32))
+    v32, i32 = knn(x, x, 5, exclude_self=True)
+    for dt in (torch.float16, torch.bfloat16, torch.float64):
+        v, i = knn(x.to(dt), x.to(dt), 5, exclude_self=True)
+        np.testing.assert_array_equal(i.numpy(), i32.numpy())
+
+
+def test_numpy_inputs_and_empty():
+    b = np.eye(4, dtype=np.float32)
+    v, i = knn(b[:2], b, 1)
+    assert i.tolist() == [[0], [1]]
+    v, i = knn(np.zeros((0, 4), np.float32), b, 3)
+    assert tuple(v.shape) == (0, 3) and tuple(i.shape) == (0, 3)
+    v, i = knn(b, b, 0)
+    assert tuple(i.shape) == (4, 0)
+    v, i = knn(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), 0)
+    assert i.shape[0] == 0
+
+
+def test_all_equal_rows_tie_to_lower_index():
+    b = np.ones((12, 5), np.float32)
+    for be in _backends():
+        _, i = _run(be, b[:3], b, 4, "ip", exclude_self=True)
+        assert i.tolist() == [[1, 2, 3, 4], [0, 2, 3, 4], [0, 1, 3, 4]], be
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(k=6), "k: 6 is larger"),
+    (dict(k=5, exclude_self=True), "k: 5 is larger"),
+    (dict(k=-1), "k: expected"),
+    (dict(k=2.0), "k: expected"),
+    (dict(k=2, metric="cos"), "metric"),
+])
+def test_bad_arguments(bad, match):
+    x = torch.randn(5, 3)
+    kw = dict(bad)
+    k = kw.pop("k")
+    with pytest.raises(ValueError, match=match):
+        knn(x, x, k, **kw)
+
+
+def test_bad_inputs_named():
+    x = torch.randn(5, 3)
+    with pytest.raises(ValueError, match="base: dimension 4"):
+        knn(x, torch.randn(5, 4), 2)
+    y = x.clone()
+    y[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"queries: 1 row\(s\) contain NaN or inf \(first: row 3\)"):
+        knn(y, x, 2)
+    with pytest.raises(ValueError, match="base: .*row 3"):
+        knn(x, y, 2)
+    with pytest.raises(ValueError, match="queries: expected a 2-d"):
+        knn(torch.randn(5), x, 2)
+    with pytest.raises(ValueError, match="queries: expected a floating"):
+        knn(torch.ones(5, 3, dtype=torch.int64), x, 2)
+    with pytest.raises(ValueError, match="query_offset"):
+        knn(x, x, 2, exclude_self=True, query_offset=3)
+    with pytest.raises(ValueError, match="backend"):
+        knn(x, x, 2, backend="nope")
+
+
+@pytest.mark.skipif(not HAS_CPU, reason="thresher._C not built")
+def test_native_raises_value_error_not_crash():
+    ext = _native.cpu_ext()
+    a = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="base: dimension"):
+        ext.knn_exact(a, np.zeros((3, 5), np.float32), 1, 0, False, 0)
+    with pytest.raises(ValueError, match="k:"):
+        ext.knn_exact(a, a, 4, 0, False, 0)
+    with pytest.raises(ValueError, match="tile_n"):
+        ext.knn_exact(a, a, 1, 0, False, 0, 33, 8)
+    with pytest.raises(ValueError, match="queries: wrong dtype"):
+        ext.knn_exact(a.astype(np.float64), a, 1, 0, False, 0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_merge_tile_matches_reference(native, monkeypatch):
+    if not native:
+        monkeypatch.setattr(_native, "cpu_ext", lambda: None)
+    elif not HAS_CPU:
+        pytest.skip("thresher._C not built")
+    rng = np.random.default_rng(4)
+    b = rng.integers(-2, 3, size=(41, 6)).astype(np.float32)
+    q = b[:9]
+    k = 5
+    vals = np.full((9, k), -np.inf, np.float32)
+    idx = np.full((9, k), -1, np.int64)
+    for c0 in range(0, 41, 10):
+        knn_merge_tile(q @ b[c0:c0 + 10].T, c0, 0, True, vals, idx)
+    ov, oi = oracle(q, b, k, "ip", exclude_self=True)
+    np.testing.assert_array_equal(idx, oi)
+    np.testing.assert_array_equal(vals, ov.astype(np.float32))

@@ -1,0 +1,367 @@
+"""thresher.ops.token_loss / score_at_position: every backend against an fp64 oracle.
+
+The oracle is the package's reference (full logits, F.cross_entropy, softmax)
+run in float64 on the same inputs. Low-precision inputs are judged relative to
+the error of the naive low-precision reference (logits formed in the input
+dtype, as a plain ``hidden @ W.T`` in a bf16/fp16 model does).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from thresher.ops import last_backend, score_at_position, expected_score, token_loss
+from thresher.ops.token_loss import cpu_plan, reference_token_loss, token_loss_op
+
+BACKENDS = ["reference", "cpu", "triton"]
+FIELDS = ("nll", "entropy", "el2n")
+
+
+def _skip_if_unavailable(backend: str, dtype=torch.float32) -> None:
+    reasons = token_loss_op.backends[backend].not_supported_reasons(device="cpu", dtype=dtype)
+    if reasons:
+        pytest.skip(f"{backend}: {'; '.join(reasons)}")
+
+
+def _data(n, h, v, seed=0, dtype=torch.float32, scale=2.0, p_mask=0.6):
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(n, h, generator=g) * scale / math.sqrt(h) * 3).to(dtype)
+    weight = torch.randn(v, h, generator=g).to(dtype)
+    targets = torch.randint(0, v, (n,), generator=g)
+    mask = torch.rand(n, generator=g) < p_mask
+    return hidden, weight, targets, mask
+
+
+def _oracle(hidden, weight, targets, mask):
+    sel = mask if mask is not None else torch.ones(hidden.shape[0], dtype=torch.bool)
+    return reference_token_loss(hidden.double()[sel], weight.double(), targets[sel]), sel
+
+
+def _check_rank(rank, hidden, weight, targets, sel, rel=1e-4):
+    """rank must be a count valid for some threshold within rounding of z_y."""
+    z = hidden[sel].double() @ weight.double().T
+    zy = z.gather(1, targets[sel][:, None])
+    eps = rel * (1 + zy.abs())
+    lo = (z > zy + eps).sum(1)
+    hi = (z > zy - eps).sum(1) - 1  # minus the target itself
+    r = rank[sel]
+    assert bool(((r >= lo) & (r <= hi.clamp(min=lo))).all()), (r, lo, hi)
+
+
+# ------------------------------------------------------------------ fp32 shapes
+SHAPES = [  # (N, H, V, chunk_size)
+    (0, 5, 7, None),
+    (1, 3, 1, None),
+    (1, 9, 7, 3),
+    (13, 9, 7, None),
+    (13, 33, 1037, 100),
+    (257, 17, 1037, 256),
+    (257, 31, 1000, 7),
+]
+TRITON_SHAPES = {(0, 5, 7, None), (1, 3, 1, None), (1, 9, 7, 3), (13, 9, 7, None), (13, 33, 1037, 100)}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N%d-H%d-V%d-c%s" % s)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_fp64_oracle(backend, shape):
+    n, h, v, cs = shape
+    if backend == "triton" and shape not in TRITON_SHAPES:
+        pytest.skip("interpreter: large shapes only on cpu/reference")
+    _skip_if_unavailable(backend)
+    hidden, weight, targets, mask = _data(n, h, v, seed=n + v)
+    res = token_loss(hidden, weight, targets, mask, entropy=True, el2n=True, rank=True,
+                     chunk_size=cs, backend=backend)
+    assert last_backend() == ("token_loss", backend)
+    ref, sel = _oracle(hidden, weight, targets, mask)
+    for f in FIELDS:
+        x = getattr(res, f)
+        assert x.shape == (n,) and x.dtype == torch.float32
+        assert torch.isnan(x[~sel]).all()
+        torch.testing.assert_close(x[sel].double(), ref[f], rtol=1e-5, atol=2e-5)
+    assert res.rank.dtype == torch.int64 and (res.rank[~sel] == -1).all()
+    _check_rank(res.rank, hidden, weight, targets, sel)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_none_all_true_all_false(backend):
+    _skip_if_unavailable(backend)
+    hidden, weight, targets, _ = _data(13, 9, 37, seed=3)
+    a = token_loss(hidden, weight, targets, None, entropy=True, el2n=True, rank=True, backend=backend)
+    b = token_loss(hidden, weight, targets, torch.ones(13, dtype=torch.bool), entropy=True, el2n=True,
+                   rank=True, backend=backend)
+    for f in a._fields:
+        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=0, atol=0)
+    ref, _ = _oracle(hidden, weight, targets, None)
+    torch.testing.assert_close(a.nll.double(), ref["nll"], rtol=1e-5, atol=1e-5)
+    c = token_loss(hidden, weight, targets, torch.zeros(13, dtype=torch.bool), entropy=True, rank=True,
+                   backend=backend)
+    assert torch.isnan(c.nll).all() and torch.isnan(c.entropy).all() and (c.rank == -1).all()
+    assert c.el2n is None
+
+
+def test_only_requested_fields():
+    hidden, weight, targets, mask = _data(5, 4, 11)
+    r = token_loss(hidden, weight, targets, mask)
+    assert r.entropy is None and r.el2n is None and r.rank is None
+    r = token_loss(hidden, weight, targets, mask, el2n=True)
+    assert r.entropy is None and r.el2n is not None and r.rank is None
+
+
+def test_unscored_targets_are_ignored():
+    hidden, weight, targets, mask = _data(13, 9, 37, seed=4)
+    mask[0] = False
+    t2 = targets.clone()
+    t2[~mask] = -100  # ignore_index-style filler at prompt positions
+    a = token_loss(hidden, weight, targets, mask)
+    b = token_loss(hidden, weight, t2, mask)
+    torch.testing.assert_close(a.nll, b.nll, equal_nan=True)
+
+
+# ------------------------------------------------------------- ties and edges
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_ties_exact(backend):
+    """Integer-valued inputs: logits are exact in fp32, so ties are real ties."""
+    _skip_if_unavailable(backend)
+    g = torch.Generator().manual_seed(7)
+    n, h, v = 29, 5, 67
+    hidden = torch.randint(-2, 3, (n, h), generator=g).float()
+    weight = torch.randint(-1, 2, (v, h), generator=g).float()
+    weight[10:20] = weight[0]  # duplicated rows -> exactly tied logits
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[:5] = torch.tensor([0, 10, 19, v - 1, 0])
+    hidden[3] = 0.0  # all logits tie: rank 0, uniform distribution
+    res = token_loss(hidden, weight, targets, entropy=True, el2n=True, rank=True, chunk_size=8, backend=backend)
+    z = hidden.double() @ weight.double().T
+    zy = z.gather(1, targets[:, None])
+    expect = (z > zy).sum(1)
+    assert torch.equal(res.rank, expect)
+    assert res.rank[3] == 0
+    assert abs(res.nll[3].item() - math.log(v)) < 1e-5
+    assert abs(res.entropy[3].item() - math.log(v)) < 1e-5
+    assert abs(res.el2n[3].item() - math.sqrt(1 - 1 / v)) < 1e-5
+    # tied targets in the duplicated block all get the same rank and loss
+    same = (targets >= 10) & (targets < 20) | (targets == 0)
+    rows = same.nonzero().squeeze(1)
+    if rows.numel() > 1:
+        r0 = rows[0]
+        h2 = hidden[r0].expand(rows.numel(), h).contiguous()
+        t2 = targets[rows]
+        r2 = token_loss(h2, weight, t2, rank=True, backend=backend)
+        assert (r2.rank == r2.rank[0]).all()
+        torch.testing.assert_close(r2.nll, r2.nll[:1].expand_as(r2.nll), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk", [1, 7, 16, 50])
+def test_targets_at_vocab_edges(backend, chunk):
+    _skip_if_unavailable(backend)
+    n, h, v = 8, 7, 50
+    hidden, weight, _, _ = _data(n, h, v, seed=chunk)
+    targets = torch.tensor([0, v - 1, 0, v - 1, chunk % v, (chunk - 1) % v, v // 2, 1])
+    res = token_loss(hidden, weight, targets, entropy=True, el2n=True, rank=True, chunk_size=chunk,
+                     backend=backend)
+    ref, sel = _oracle(hidden, weight, targets, None)
+    for f in FIELDS:
+        torch.testing.assert_close(getattr(res, f).double(), ref[f], rtol=1e-5, atol=2e-5)
+    _check_rank(res.rank, hidden, weight, targets, sel)
+
+
+def test_chunk_size_invariance_cpu():
+    hidden, weight, targets, mask = _data(40, 13, 301, seed=11)
+    outs = [token_loss(hidden, weight, targets, mask, entropy=True, el2n=True, chunk_size=c, backend="cpu")
+            for c in (1, 7, 300, 301, 5000, None)]
+    for o in outs[1:]:
+        for f in FIELDS:
+            torch.testing.assert_close(getattr(o, f), getattr(outs[0], f), rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_logits_stable(backend):
+    """Large logits (|z| ~ 1e3) must not overflow; a very peaked distribution keeps
+    entropy and EL2N accurate in relative terms (no cancellation near p_y = 1)."""
+    _skip_if_unavailable(backend)
+    n, h, v = 6, 8, 40
+    hidden, weight, targets, _ = _data(n, h, v, seed=5)
+    big = hidden * 300
+    res = token_loss(big, weight, targets, entropy=True, el2n=True, backend=backend)
+    ref, _ = _oracle(big, weight, targets, None)
+    for f in FIELDS:
+        x = getattr(res, f)
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x.double(), ref[f], rtol=1e-4, atol=1e-3)
+    # peaked: the target logit is ~25 above every other one
+    weight2 = weight.clone() * 0.1
+    weight2[3] = 0.0
+    hid2 = torch.zeros(n, h)
+    hid2[:, 0] = 1.0
+    weight2[3, 0] = 25.0
+    t2 = torch.full((n,), 3)
+    res = token_loss(hid2, weight2, t2, entropy=True, el2n=True, backend=backend)
+    ref, _ = _oracle(hid2, weight2, t2, None)
+    if backend != "reference":  # the fp32 reference itself loses these in cancellation
+        for f in FIELDS:
+            torch.testing.assert_close(getattr(res, f).double(), ref[f], rtol=1e-3, atol=1e-12)
+    assert (ref["nll"] > 0).all() and (ref["nll"] < 1e-8).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_row_is_isolated(backend):
+    _skip_if_unavailable(backend)
+    hidden, weight, targets, _ = _data(9, 6, 30, seed=9)
+    hidden[4, 2] = float("nan")
+    res = token_loss(hidden, weight, targets, entropy=True, el2n=True, rank=True, chunk_size=7, backend=backend)
+    for f in FIELDS:
+        x = getattr(res, f)
+        assert torch.isnan(x[4]), f
+        ok = torch.ones(9, dtype=torch.bool)
+        ok[4] = False
+        assert torch.isfinite(x[ok]).all(), f
+    assert res.rank[4] == 0  # NaN logits compare false: documented
+    ref, _ = _oracle(hidden, weight, targets, None)
+    torch.testing.assert_close(res.nll[:4].double(), ref["nll"][:4], rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------- low precision
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_low_precision_error_bounded_by_reference_error(backend, dtype):
+    _skip_if_unavailable(backend, dtype)
+    n, h, v = (24, 33, 203) if backend == "triton" else (97, 65, 1531)
+    hidden, weight, targets, mask = _data(n, h, v, seed=21, dtype=dtype)
+    res = token_loss(hidden, weight, targets, mask, entropy=True, el2n=True, rank=True, chunk_size=100,
+                     backend=backend)
+    ref64, sel = _oracle(hidden, weight, targets, mask)
+    # the naive low-precision path: logits formed in the input dtype, loss in fp32
+    logits_lp = (hidden[sel] @ weight.T).float()
+    naive = {
+        "nll": torch.nn.functional.cross_entropy(logits_lp, targets[sel], reduction="none"),
+    }
+    logp = torch.log_softmax(logits_lp, -1)
+    p = logp.exp()
+    naive["entropy"] = -(p * logp).sum(-1)
+    p[torch.arange(p.shape[0]), targets[sel]] -= 1
+    naive["el2n"] = p.norm(dim=-1)
+    for f in FIELDS:
+        err_naive = (naive[f].double() - ref64[f]).abs().max().item()
+        err = (getattr(res, f)[sel].double() - ref64[f]).abs().max().item()
+        assert err_naive > 0
+        assert err <= 2 * err_naive + 1e-5, (f, err, err_naive)
+        # fp32 accumulation: much better than the naive path in fact
+        assert err <= 1e-4 * (1 + ref64[f].abs().max().item()), (f, err)
+    _check_rank(res.rank, hidden, weight, targets, sel)
+
+
+# ---------------------------------------------------------------- bad input
+def _bad(match, **kw):
+    hidden, weight, targets, mask = _data(6, 4, 10)
+    args = dict(hidden=hidden, weight=weight, targets=targets, mask=mask)
+    args.update(kw)
+    opts = {k: args.pop(k) for k in ("chunk_size", "entropy") if k in args}
+    with pytest.raises(ValueError, match=match):
+        token_loss(args["hidden"], args["weight"], args["targets"], args["mask"], **opts)
+
+
+def test_bad_input_raises_value_error():
+    hidden, weight, targets, mask = _data(6, 4, 10)
+    _bad("targets", targets=torch.tensor([0, 1, 2, 10, 3, 4]), mask=None)
+    _bad("targets", targets=torch.tensor([0, 1, -1, 2, 3, 4]), mask=None)
+    _bad("targets", targets=targets[:5])
+    _bad("targets", targets=targets.float())
+    _bad("weight", weight=weight[:, :3])
+    _bad("weight", weight=weight.double())
+    _bad("weight", weight=weight[:0])
+    _bad("hidden", hidden=hidden.to(torch.int32), weight=weight.to(torch.int32))
+    _bad("hidden", hidden=hidden[None])
+    _bad("hidden", hidden=[[0.0]])
+    _bad("mask", mask=mask.to(torch.int64))
+    _bad("mask", mask=mask[:4])
+    for cs in (0, -3, 1.5, True, "8"):
+        _bad("chunk_size", chunk_size=cs)
+    # the error names the offending position
+    t = torch.tensor([0, 1, 2, 3, 4, 99])
+    with pytest.raises(ValueError, match="position 5"):
+        token_loss(hidden, weight, t, torch.ones(6, dtype=torch.bool))
+
+
+def test_forced_unknown_backend():
+    hidden, weight, targets, mask = _data(3, 4, 10)
+    with pytest.raises(ValueError, match="backend"):
+        token_loss(hidden, weight, targets, mask, backend="nope")
+
+
+def test_default_backend_on_cpu_is_chunked():
+    hidden, weight, targets, mask = _data(3, 4, 10)
+    token_loss(hidden, weight, targets, mask)
+    assert last_backend() == ("token_loss", "cpu")
+
+
+def test_cpu_plan_memory_bound_smollm2():
+    """Workspace of the cpu backend for 4096 scored tokens on SmolLM2's head:
+    the [block x chunk] tiles (z, exp, compare) plus the fp32 hidden copy and
+    per-token states stay under 5% of the fp32 logits tensor."""
+    m, h, v = 4096, 576, 49152
+    c, b = cpu_plan(m, v)
+    assert c <= v and b <= m
+    tiles = b * c * (4 + 4 + 1)
+    extra = m * h * 4 + 8 * m * 8 + b * h * 4 * 2
+    assert tiles + extra <= 0.05 * m * v * 4
+
+
+def test_noncontiguous_inputs():
+    hidden, weight, targets, mask = _data(20, 6, 30, seed=2)
+    big = torch.zeros(20, 12)
+    big[:, ::2] = hidden
+    hid_nc = big[:, ::2]  # stride (12, 2)
+    assert not hid_nc.is_contiguous() and torch.equal(hid_nc, hidden)
+    w_nc = weight.t().contiguous().t()  # stride (1, 30)
+    ref = token_loss(hidden, weight, targets, mask, entropy=True, backend="reference")
+    for b in BACKENDS:
+        if token_loss_op.backends[b].not_supported_reasons(device="cpu", dtype=torch.float32):
+            continue
+        r = token_loss(hid_nc, w_nc, targets, mask, entropy=True, backend=b)
+        torch.testing.assert_close(r.nll, ref.nll, rtol=1e-5, atol=1e-5, equal_nan=True)
+        torch.testing.assert_close(r.entropy, ref.entropy, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+# ---------------------------------------------------------- score_at_position
+def test_score_at_position_matches_full_softmax():
+    g = torch.Generator().manual_seed(1)
+    b, h, v = 5, 11, 97
+    hid = torch.randn(b, h, generator=g)
+    w = torch.randn(v, h, generator=g)
+    ids = torch.tensor([96, 3, 0, 41])
+    probs = score_at_position(hid, w, ids)
+    full = torch.softmax(hid.double() @ w.double().T, -1)[:, ids]
+    full = full / full.sum(-1, keepdim=True)
+    assert probs.shape == (b, 4) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs.double(), full, rtol=1e-5, atol=1e-6)
+    vals = [5.0, 1.0, 0.0, 2.5]
+    es = expected_score(probs, vals)
+    torch.testing.assert_close(es.double(), (full * torch.tensor(vals, dtype=torch.float64)).sum(-1),
+                               rtol=1e-5, atol=1e-5)
+    # a list of ids and bf16 inputs work too
+    p2 = score_at_position(hid.bfloat16(), w.bfloat16(), [96, 3])
+    assert p2.dtype == torch.float32 and torch.allclose(p2.sum(-1), torch.ones(b))
+
+
+def test_score_at_position_bad_input():
+    hid = torch.randn(2, 4)
+    w = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="token_ids"):
+        score_at_position(hid, w, [1, 10])
+    with pytest.raises(ValueError, match="token_ids"):
+        score_at_position(hid, w, [1, 1])
+    with pytest.raises(ValueError, match="token_ids"):
+        score_at_position(hid, w, [])
+    with pytest.raises(ValueError, match="token_ids"):
+        score_at_position(hid, w, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="weight"):
+        score_at_position(hid, torch.randn(10, 5), [1])
+    with pytest.raises(ValueError, match="hidden_last"):
+        score_at_position(hid[0], w, [1])
+    with pytest.raises(ValueError, match="values"):
+        expected_score(torch.rand(2, 3), [1.0, 2.0])
+    with pytest.raises(ValueError, match="probs"):
+        expected_score(torch.rand(3), [1.0, 2.0, 3.0])

@@ -1,0 +1,171 @@
+"""The pipeline end to end on real rows with light criteria (thresher.pipeline)."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thresher.pipeline import PipelineConfig, run_pipeline
+
+PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
+
+
+@pytest.fixture(scope="module")
+def pool(bigbench_path, tmp_path_factory) -> Path:
+    """1,200 real BIG-bench rows as a plain JSONL file."""
+    p = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    with gzip.open(bigbench_path, "rt", encoding="utf-8") as src, open(p, "w", encoding="utf-8") as dst:
+        for i, line in enumerate(src):
+            if i == 1200:
+                break
+            dst.write(line)
+    return p
+
+
+def run(pool, out, **kw):
+    kw.setdefault("quiet", True)
+    kw.setdefault("report", False)
+    kw.setdefault("shard_size", 250)
+    return run_pipeline(PipelineConfig(data=str(pool), out=str(out), plugins=[PLUGIN], **kw))
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_topk_outputs_scores_manifest(pool, tmp_path):
+    res = run(pool, tmp_path / "o", criteria=["fake_len"], k=40)
+    s = pd.read_parquet(tmp_path / "o" / "scores.parquet")
+    assert len(s) == 1200 and s["id"].is_unique
+    assert list(s.columns[:3]) == ["id", "group", "tokens"]
+    assert {"fake_len", "fake_len.instruction", "fake_len.reason", "eligible", "selected", "rank"} <= set(s.columns)
+    # oracle: the 40 longest outputs, ties by position, from the raw file
+    rows = [json.loads(line) for line in open(pool, encoding="utf-8")]
+    L = np.array([len(r["output"]) for r in rows], dtype=np.float64)
+    L[L == 0] = np.nan
+    order = sorted([i for i in range(len(L)) if not np.isnan(L[i])], key=lambda i: (-L[i], i))[:40]
+    assert res.selected.tolist() == order
+    assert s.loc[s["selected"], "rank"].sort_values().tolist() == list(range(40))
+    assert s["rank"].to_numpy()[order].tolist() == list(range(40))
+    # the subset: the input's lines verbatim, in input order
+    lines = open(pool, encoding="utf-8").read().splitlines()
+    assert (tmp_path / "o" / "selected.jsonl").read_text().splitlines() == [lines[i] for i in sorted(order)]
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["inputs"][0]["sha256"] == hashlib.sha256(pool.read_bytes()).hexdigest()
+    assert m["inputs"][0]["rows"] == 1200 and m["selected"] == 40 and m["budget"]["resolved_k"] == 40
+    assert m["criteria"][0]["name"] == "fake_len" and m["criteria"][0]["cache_key"] == "fake_len/v1/scale=1.0"
+    assert m["outputs"]["selected.jsonl"] == hashlib.sha256((tmp_path / "o" / "selected.jsonl").read_bytes()).hexdigest()
+    assert (tmp_path / "o" / "run.log").read_text().count("selected 40 of 1200") == 1
+
+
+def test_streaming_topk_equals_in_memory_path(pool, tmp_path):
+    a = run(pool, tmp_path / "a", criteria=["fake_len"], k=60)               # out-of-core TopKAccumulator
+    b = run(pool, tmp_path / "b", criteria=["fake_len"], ratio=0.05)         # in-memory selector (k = 60)
+    assert b.k == 60 and a.selected.tolist() == b.selected.tolist()
+
+
+def test_token_budget_filters_and_min_direction(pool, tmp_path):
+    res = run(pool, tmp_path / "t", criteria=["fake_len"], tokens=3000, filters=["fake_len >= 5"])
+    s = pd.read_parquet(tmp_path / "t" / "scores.parquet")
+    sel = s[s["selected"]].sort_values("rank")
+    assert sel["tokens"].sum() <= 3000
+    nxt = s[~s["selected"] & s["eligible"]].sort_values(["fake_len", "rank"], ascending=[False, True])
+    assert sel["tokens"].sum() + nxt["tokens"].iloc[0] > 3000  # the next one in order would not fit
+    assert (s.loc[~s["eligible"], "fake_len"].fillna(-1) < 5).all() and (sel["fake_len"] >= 5).all()
+    res2 = run(pool, tmp_path / "m", criteria=["fake_len"], k=10,
+               selector={"name": "topk", "options": {"criterion": "fake_len", "direction": "min"}})
+    s2 = pd.read_parquet(tmp_path / "m" / "scores.parquet")
+    assert s2.loc[s2["selected"], "fake_len"].max() == np.sort(s2["fake_len"].dropna().to_numpy())[9]
+
+
+def test_existing_output_refused_option_change_invalidates_only_its_cache(pool, tmp_path):
+    log = tmp_path / "calls.log"
+    out = tmp_path / "o"
+    crit = [{"name": "fake_len", "options": {"scale": 1.0, "log": str(log)}}, "length"]
+    sel = {"name": "weighted", "options": {"objectives": ["fake_len:max", "length:max"], "normalize": "rank"}}
+    try:
+        from thresher import ops
+
+        ok = hasattr(ops, "aggregate") and hasattr(ops, "normalize")
+    except ImportError:
+        ok = False
+    if not ok:
+        sel = {"name": "topk", "options": {"criterion": "fake_len"}}
+    r1 = run(pool, out, criteria=crit, selector=sel, k=20)
+    assert len(calls(log)) == 5 and r1.cache_misses > 0
+    # the same run again resumes from the cache: nothing recomputed, same bytes
+    before = (out / "scores.parquet").read_bytes()
+    r2 = run(pool, out, criteria=crit, selector=sel, k=20)
+    assert len(calls(log)) == 5 and r2.cache_misses == 0 and (out / "scores.parquet").read_bytes() == before
+    # another run's options: refused, nothing touched
+    crit2 = [{"name": "fake_len", "options": {"scale": 2.0, "log": str(log)}}, "length"]
+    with pytest.raises(FileExistsError, match="already holds another run's results"):
+        run(pool, out, criteria=crit2, selector=sel, k=20)
+    assert (out / "scores.parquet").read_bytes() == before
+    # --overwrite: fake_len recomputed (5 shards), length reused from the cache
+    r3 = run(pool, out, criteria=crit2, selector=sel, k=20, overwrite=True)
+    assert len(calls(log)) == 10
+    assert r3.cache_misses == 5 and r3.cache_hits == 10  # 5 tokens + 5 length entries reused
+    s = pd.read_parquet(out / "scores.parquet")
+    rows = [json.loads(line) for line in open(pool, encoding="utf-8")]
+    L = np.array([len(r["output"]) for r in rows], dtype=np.float64)
+    L[L == 0] = np.nan
+    np.testing.assert_array_equal(s["fake_len"].to_numpy(), 2.0 * L)
+
+
+def test_refuses_foreign_folder_and_bad_budget(pool, tmp_path):
+    d = tmp_path / "foreign"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no thresher run"):
+        run(pool, d, criteria=["fake_len"], k=5)
+    with pytest.raises(ValueError, match="budget: give one of"):
+        run(pool, tmp_path / "x", criteria=["fake_len"], k=5, ratio=0.1)
+    with pytest.raises(ValueError, match="ratio: expected"):
+        run(pool, tmp_path / "y", criteria=["fake_len"], ratio=1.5)
+    with pytest.raises(ValueError, match="unknown criterion 'nope'"):
+        run(pool, tmp_path / "z", criteria=["nope"], k=5)
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        run(pool, tmp_path / "z", recipe="nope", k=5)
+    with pytest.raises(ValueError, match="unknown option"):
+        run(pool, tmp_path / "z", criteria=[{"name": "fake_len", "options": {"scael": 2}}], k=5)
+
+
+def test_alias_pool_scope_and_skipped_rows(pool, tmp_path):
+    log = tmp_path / "calls.log"
+    bad = tmp_path / "bad.jsonl"
+    lines = open(pool, encoding="utf-8").read().splitlines()[:300]
+    lines.insert(10, '{"instruction": "broken", "output": ')
+    lines.insert(20, '{"instruction": 3.5e400}')
+    bad.write_text("\n".join(lines) + "\n")
+    res = run(bad, tmp_path / "o", on_bad_row="skip", k=15, shard_size=100,
+              criteria=[{"name": "fake_len", "as": "short", "options": {"scale": -1.0}},
+                        {"name": "fake_len", "as": "long", "options": {"scale": 1.0}},
+                        {"name": "fake_pool", "options": {"log": str(log)}}],
+              selector={"name": "topk", "options": {"criterion": "long"}})
+    assert res.n_rows == 300 and len(res.skipped) == 2
+    assert [s["line"] for s in res.skipped] == [11, 21]
+    s = pd.read_parquet(tmp_path / "o" / "scores.parquet")
+    np.testing.assert_array_equal(s["short"].to_numpy(), -s["long"].to_numpy())
+    assert {"short.instruction", "long.reason", "fake_pool"} <= set(s.columns)
+    assert calls(log) == ["fake_pool 300"]  # one call over the whole pool, not per shard
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["inputs"][0]["skipped"] == 2 and m["inputs"][0]["skipped_rows"][0]["line"] == 11
+
+
+def test_config_file_and_random_recipe(pool, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data: {pool}\nout: out\nrecipe: random\nk: 25\nseed: 3\nreport: false\nquiet: true\n")
+    c = PipelineConfig.from_file(cfg)
+    assert c.out == str(tmp_path / "out")
+    res = run_pipeline(c)
+    assert len(res.selected) == 25 and res.selected.tolist() == np.random.default_rng(3).permutation(1200)[:25].tolist()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nselectr: topk\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['selectr'\]"):
+        PipelineConfig.from_file(bad)

@@ -1,0 +1,226 @@
+"""Diversity selectors against their plain references.
+
+repr_filter is compared with a faithful re-implementation of DEITA's sequential
+loop (benchmarks/baselines/deita_repr_filter.py); facility_location's lazy greedy
+on a full kNN graph with the dense greedy; kcenter with a dense numpy greedy.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thresher.registry import SELECTORS
+from thresher.selectors.diversity import (dense_similarity, facility_location_dense,
+                                          facility_location_greedy, facility_location_objective, kmeans,
+                                          repr_filter_order)
+from thresher.embed.transform import EmbeddingTransform
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("deita_repr_filter", ROOT / "benchmarks/baselines/deita_repr_filter.py")
+deita = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(deita)
+
+
+def clustered(n, d, centers, noise, seed):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, d))
+    x = c[rng.integers(0, centers, n)] + noise * rng.standard_normal((n, d))
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def distinct(n, d, seed):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def frame(scores):
+    return pd.DataFrame({"id": [str(i) for i in range(len(scores))], "q": scores})
+
+
+def sel(name, scores, k, **kw):
+    return SELECTORS.get(name).obj(frame(scores) if not isinstance(scores, pd.DataFrame) else scores, k, **kw)
+
+
+# ------------------------------------------------------------- repr_filter
+@pytest.mark.parametrize("tau", [0.9, 0.7, 0.3, -0.2])
+@pytest.mark.parametrize("block", [1, 7, 64, None])
+def test_repr_filter_identical_to_deita_loop(tau, block):
+    x = clustered(600, 24, 30, 0.35, seed=0)
+    s = np.random.default_rng(1).random(600)
+    s[::17] = 0.5                                  # score ties: lower position first
+    want = deita.deita_repr_filter(x, s, 120, tau)
+    got = sel("repr_filter", s, 120, embeddings=x, tau=tau, block=block, device="cpu")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_repr_filter_stops_at_budget_and_keeps_order():
+    x = distinct(300, 16, 2)        # 300 distinct directions
+    s = np.linspace(1, 0, 300)
+    got = sel("repr_filter", s, 25, embeddings=x, tau=0.99)
+    assert len(got) == 25
+    want = deita.deita_repr_filter(x, s, 25, 0.99)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_repr_filter_exact_duplicates_removed():
+    base = distinct(10, 64, 3)
+    x = np.concatenate([base, base, base])           # every row three times
+    s = np.ones(30)                                   # all tied: walk in position order
+    got = sel("repr_filter", s, 30, embeddings=x, tau=0.9)
+    np.testing.assert_array_equal(np.sort(got), np.arange(10))
+
+
+def test_repr_filter_nan_scores_never_selected_and_min_direction():
+    x = distinct(50, 8, 4)
+    s = np.arange(50, dtype=float)
+    s[[0, 5]] = np.nan
+    got = sel("repr_filter", s, 10, embeddings=x, tau=1.0, direction="min")
+    assert 0 not in got and 5 not in got
+    assert list(got[:3]) == [1, 2, 3]
+
+
+def test_repr_filter_borderline_independent_of_block():
+    # similarities within float32 rounding of tau are decided in float64: blocks agree
+    x = clustered(400, 12, 20, 0.3, seed=5)
+    s = np.random.default_rng(6).random(400)
+    sims = (x @ x.T)[np.triu_indices(400, 1)]
+    tau = float(np.sort(sims)[len(sims) // 2])       # tau equal to an actual pair similarity
+    a = repr_filter_order(x, np.argsort(-s, kind="stable"), 100, tau, block=1)
+    b = repr_filter_order(x, np.argsort(-s, kind="stable"), 100, tau, block=1000)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("tau", [1.5, -1.01, "0.9", True])
+def test_repr_filter_bad_tau(tau):
+    x = distinct(10, 4, 0)
+    with pytest.raises(ValueError, match="tau"):
+        sel("repr_filter", np.ones(10), 3, embeddings=x, tau=tau)
+
+
+@pytest.mark.parametrize("name", ["repr_filter", "kcenter", "facility_location", "car", "cluster_balanced"])
+def test_bad_inputs(name):
+    x = distinct(20, 4, 0)
+    s = np.random.default_rng(0).random(20)
+    with pytest.raises(ValueError, match="k: budget 21 is larger than the pool"):
+        sel(name, s, 21, embeddings=x)
+    with pytest.raises(ValueError, match="embeddings: 19 rows for 20 score rows"):
+        sel(name, s, 5, embeddings=x[:19])
+    y = x.copy()
+    y[7, 2] = np.nan
+    with pytest.raises(ValueError, match=r"embeddings: 1 row\(s\) contain NaN.*row 7"):
+        sel(name, s, 5, embeddings=y)
+    with pytest.raises(ValueError, match="embeddings: selector"):
+        sel(name, s, 5)
+    with pytest.raises(ValueError, match="k: expected"):
+        sel(name, s, -1, embeddings=x)
+    assert len(sel(name, s, 0, embeddings=x)) == 0
+
+
+# ---------------------------------------------------------------- kcenter
+def dense_kcenter(x, k, first):
+    d = np.sqrt(np.maximum(((x[:, None] - x[None]) ** 2).sum(-1), 0))
+    out = [first]
+    mind = d[first].copy()
+    for _ in range(k - 1):
+        mind[out] = -1
+        j = int(np.argmax(mind))
+        out.append(j)
+        mind = np.minimum(mind, d[j])
+    return np.array(out)
+
+
+def test_kcenter_matches_dense_greedy():
+    x = distinct(200, 10, 7)
+    s = np.random.default_rng(8).random(200)
+    got = sel("kcenter", s, 15, embeddings=x)
+    assert got[0] == int(np.argmax(s))
+    np.testing.assert_array_equal(got, dense_kcenter(x.astype(np.float64), 15, int(np.argmax(s))))
+
+
+def test_kcenter_random_start_is_seeded_and_nan_rows_excluded():
+    x = distinct(100, 6, 9)
+    s = np.random.default_rng(10).random(100)
+    s[:50] = np.nan
+    a = sel("kcenter", s, 10, embeddings=x, start="random", seed=3)
+    b = sel("kcenter", s, 10, embeddings=x, start="random", seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert (a >= 50).all() and len(set(a.tolist())) == 10
+
+
+# ------------------------------------------------------- facility location
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_facility_location_full_graph_equals_dense_greedy(metric):
+    x = clustered(150, 12, 15, 0.5, seed=11)
+    got, gains = facility_location_greedy(x, 20, n_neighbors=149, metric=metric)
+    want = facility_location_dense(x, 20, metric)
+    np.testing.assert_array_equal(got, want)
+    assert (np.diff(gains) <= 1e-9).all()        # greedy gains of a submodular function never increase
+    np.testing.assert_allclose(gains.sum(), facility_location_objective(x, got, metric), rtol=1e-6)
+
+
+def test_facility_location_sparse_graph_close_to_dense():
+    x = clustered(800, 16, 40, 0.6, seed=12)
+    dense = facility_location_objective(x, facility_location_dense(x, 80), "cosine")
+    got = sel("facility_location", np.zeros(800), 80, embeddings=x, n_neighbors=32)
+    assert len(set(got.tolist())) == 80
+    assert facility_location_objective(x, got, "cosine") >= 0.99 * dense
+
+
+def test_dense_similarity_kernels():
+    x = distinct(5, 3, 0)
+    S = dense_similarity(x, "euclidean")
+    d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(S, np.exp(-d / 3), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dense_similarity(x, "cosine"), np.maximum(x @ x.T, 0), atol=1e-6)
+
+
+# -------------------------------------------------- car / clusters / groups
+def test_car_union_of_global_top_and_cluster_tops():
+    x = clustered(200, 8, 10, 0.4, seed=13)
+    s = np.random.default_rng(14).random(200)
+    got = sel("car", s, 40, embeddings=x, n1=12, n2=1, seed=0)
+    order = np.argsort(-s, kind="stable")
+    assert list(got[:12]) == list(order[:12])
+    c = int(np.floor(np.sqrt(200 / 2)))
+    z = EmbeddingTransform(center=True, pca=0.95).fit_apply(x[order])
+    _, lab = kmeans(z, c, seed=0)
+    labels = np.empty(200, np.int64)
+    labels[order] = lab
+    best = {g: order[lab == g][0] for g in np.unique(lab)}
+    assert set(best.values()) <= set(got.tolist())
+    assert set(got.tolist()) == set(order[:12].tolist()) | set(best.values())
+    assert len(got) == len(set(got.tolist()))
+    full = sel("car", s, 40, embeddings=x, seed=0)        # default n1 fills the budget
+    assert len(full) == 40 and set(best.values()) <= set(full.tolist())
+
+
+def test_cluster_balanced_round_robin():
+    x = clustered(120, 6, 4, 0.05, seed=15)           # 4 tight clusters
+    s = np.random.default_rng(16).random(120)
+    got = sel("cluster_balanced", s, 12, embeddings=x, n_clusters=4)
+    lab = np.argmax(x @ x[got[:4]].T, 1)
+    assert len(set(lab[got[:4]].tolist())) == 4       # first round: one per cluster
+    assert len(set(lab[got[4:8]].tolist())) == 4
+
+
+def test_group_topk_equal_and_proportional():
+    s = np.arange(30, dtype=float)[::-1].copy()       # row 0 best
+    g = np.array(["a"] * 20 + ["b"] * 8 + ["c"] * 2)
+    eq = sel("group_topk", s, 9, groups=g)
+    assert list(eq) == [0, 20, 28, 1, 21, 29, 2, 22, 3]
+    pr = sel("group_topk", s, 10, groups=g, quota="proportional")
+    cnt = pd.Series(g[pr]).value_counts().to_dict()
+    assert cnt == {"a": 7, "b": 3} or cnt == {"a": 7, "b": 2, "c": 1}
+    assert (np.diff(pr) > 0).all()                     # overall score order
+    df = frame(s)
+    df["task"] = g
+    np.testing.assert_array_equal(sel("group_topk", df, 9, criterion="q", group_column="task"), eq)
+    with pytest.raises(ValueError, match="groups"):
+        sel("group_topk", s, 3)
+    with pytest.raises(ValueError, match="groups: 5 labels"):
+        sel("group_topk", s, 3, groups=g[:5])
