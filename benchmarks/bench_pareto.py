@@ -16,7 +16,8 @@ Methods (all minimise, numpy float64 input):
 * ``moocore``:         ``moocore.pareto_rank(a)`` (O(N log N) for M = 2, one front
   at a time for M >= 3);
 * ``pymoo``:           ``NonDominatedSorting().do(a, return_rank=True)``; in pymoo
-  0.6.2 this delegates to moocore.pareto_rank (plus building the fronts);
+  0.6.2 this delegates to moocore.pareto_rank (plus building the fronts), so it
+  runs only up to N = --pymoo-max-n3 for M = 3 (beyond, it is moocore's time plus);
 * ``pymoo_ens``:       pymoo's own compiled efficient non-dominated sort
   (``efficient_non_dominated_sort``, O(M N^2) worst case), only for N <= --ens-max-n;
 * ``numpy_lexsort``:   ``np.lexsort`` of the same data, for scale (not a ranking).
@@ -57,14 +58,20 @@ def make(kind: str, n: int, m: int, seed: int = 0) -> np.ndarray:
 
 
 def side_by_side(methods: dict[str, Callable[[], np.ndarray]], repeat: int) -> tuple[dict, dict]:
-    """One untimed warm-up per method (its result kept), then `repeat` interleaved rounds."""
-    results = {k: np.asarray(fn()) for k, fn in methods.items()}
+    """`repeat` interleaved rounds; the first round's results are kept for the
+    identity check. With repeat > 1 the first round is an untimed warm-up."""
+    results: dict[str, np.ndarray] = {}
     times: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(repeat):
+    rounds = repeat + 1 if repeat > 1 else 1
+    for i in range(rounds):
         for k, fn in methods.items():
             t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+            r = fn()
+            dt = time.perf_counter() - t0
+            if i == 0:
+                results[k] = np.asarray(r)
+            if i > 0 or rounds == 1:
+                times[k].append(dt)
     return ({k: {"median_s": statistics.median(v), "min_s": min(v), "runs": len(v)} for k, v in times.items()},
             results)
 
@@ -74,8 +81,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--objectives", default="2,3")
     ap.add_argument("--kinds", default="uniform,corr,ties")
-    ap.add_argument("--repeat", type=int, default=3, help="timed rounds (1 for N >= 10^6)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed rounds for N < 10^6 (after a warm-up)")
+    ap.add_argument("--repeat-large", type=int, default=3,
+                    help="timed rounds for N >= 10^6 (M = 3: 1, no warm-up: moocore takes minutes)")
     ap.add_argument("--ens-max-n", type=int, default=10000, help="largest N for pymoo_ens")
+    ap.add_argument("--pymoo-max-n3", type=int, default=100000,
+                    help="largest N for pymoo with M >= 3 (it runs moocore, then builds the fronts)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pareto-cpu.json"))
     args = ap.parse_args()
 
@@ -108,12 +119,13 @@ def main() -> None:
                     "thresher": lambda a=a: pareto_ranks(a, maximize=False, backend="cpu").numpy(),
                     "thresher_kernel": lambda a=a: C.pareto_ranks(a),
                     "moocore": lambda a=a: moocore.pareto_rank(a),
-                    "pymoo": lambda a=a: nds.do(a, return_rank=True)[1],
                     "numpy_lexsort": lambda a=a: np.lexsort(a.T[::-1]),
                 }
+                if m < 3 or n <= args.pymoo_max_n3:
+                    methods["pymoo"] = lambda a=a: nds.do(a, return_rank=True)[1]
                 if n <= args.ens_max_n:
                     methods["pymoo_ens"] = lambda a=a: ens_ranks(a)
-                repeat = 1 if n >= 1_000_000 else args.repeat
+                repeat = args.repeat if n < 1_000_000 else (args.repeat_large if m < 3 else 1)
                 times, res = side_by_side(methods, repeat)
                 ours = res["thresher"]
                 identical = {k: bool(np.array_equal(np.asarray(v, dtype=np.int64), ours))

@@ -30,7 +30,7 @@ def _segment_reduce_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    s = tl.program_id(0)
+    s = tl.program_id(0).to(tl.int64)
     cblk = tl.program_id(1)
     start = tl.load(off_ptr + s)
     end = tl.load(off_ptr + s + 1)
@@ -93,8 +93,11 @@ def segment_reduce(x: torch.Tensor, offsets: torch.Tensor, op: int, out: torch.T
         raise ValueError("op: count is computed from the offsets, not by the kernel")
     s = offsets.numel() - 1
     d = x.shape[1]
+    n = x.shape[0]
     block_d = min(triton.next_power_of_2(max(d, 1)), 64)
-    block_n = max(16, 1024 // block_d)
+    # Tile rows: about the mean segment length (short segments waste fewer lanes), at most 1024 elements.
+    mean_len = max(1, n // max(s, 1))
+    block_n = max(16, min(1024 // block_d, triton.next_power_of_2(mean_len)))
     grid = (s, triton.cdiv(d, block_d))
     _segment_reduce_kernel[grid](x, offsets, out, d, OP=op, BLOCK_N=block_n, BLOCK_D=block_d)
     return out

@@ -31,7 +31,7 @@ def test_select_with_criteria_and_rank(pool, tmp_path, capsys):
     assert rc == 0
     s = pd.read_parquet(out / "scores.parquet")
     assert int(s["selected"].sum()) == 12 and {"length", "mtld", "length.output"} <= set(s.columns)
-    assert len((out / "selected.jsonl").read_text().splitlines()) == 12
+    assert len((out / "selected.jsonl").read_text().rstrip("\n").split("\n")) == 12
     rc = main(["rank", str(out / "scores.parquet"), "--objective", "length:min", "--objective", "mtld:max",
                "--method", "rrf", "--k", "5", "--out", str(tmp_path / "ranked.parquet")])
     assert rc == 0
@@ -46,7 +46,7 @@ def test_select_with_criteria_and_rank(pool, tmp_path, capsys):
 
 def test_errors_are_one_clear_line(pool, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
-    lines = pool.read_text(encoding="utf-8").splitlines()[:10]
+    lines = pool.read_text(encoding="utf-8").split("\n")[:10]
     lines.insert(4, '{"instruction": "cut here", "output": ')
     bad.write_text("\n".join(lines) + "\n")
     args = ["--criteria", "length", "--k", "3", "--quiet", "--no-report"]
@@ -115,3 +115,24 @@ def test_demo_on_a_reduced_pool(tmp_path, capsys):
     m = json.loads((out / "manifest.json").read_text())
     assert m["recipe"]["name"] == "multi-objective" and m["models"].get("ifd")
     assert (out / "report.html").stat().st_size > 10000
+
+
+def test_score_any_reader_and_pool_scoped_criteria(pool, tmp_path, capsys):
+    """`thresher score` on Parquet with a pool-scoped criterion: one call over the whole pool, not per chunk."""
+    from thresher.pipeline import load_plugins
+
+    load_plugins([PLUGIN])
+    df = pd.read_json(pool, lines=True)
+    src = tmp_path / "pool.parquet"
+    df.to_parquet(src)
+    log = tmp_path / "calls.log"
+    out = tmp_path / "scores.parquet"
+    rc = main(["score", str(src), "--criteria", "length,fake_pool", "--chunk", "100", "--out", str(out),
+               "--option", f"fake_pool.log={log}", "--quiet"])
+    assert rc == 0
+    s = pd.read_parquet(out)
+    assert s["id"].tolist() == df["id"].tolist()
+    assert log.read_text().splitlines() == ["fake_pool 400"]
+    L = df["output"].str.len().to_numpy()
+    assert s["fake_pool"].to_numpy()[L.argmax()] == 1.0  # ranked within the whole pool
+    assert "wrote" in capsys.readouterr().err

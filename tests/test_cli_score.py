@@ -70,12 +70,14 @@ def test_fail_fast_stops_with_location(model_dir, tmp_path, capsys):
 def test_gzip_input_and_limit(model_dir, tmp_path, bigbench_path):
     out = tmp_path / "bb.jsonl"
     assert main(["score", str(bigbench_path), "--criteria", "entropy,el2n", "--model", model_dir,
-                 "--limit", "4", "--out", str(out), "--max-length", "256"]) == 0
+                 "--limit", "4", "--out", str(out), "--max-length", "256",
+                 "--option", "entropy.truncation=left", "--option", "el2n.truncation=left"]) == 0
     df = pd.read_json(out, lines=True)
     with gzip.open(bigbench_path, "rt") as f:
         ids = [json.loads(next(f))["id"] for _ in range(4)]
     assert df["id"].tolist() == ids
     assert df["entropy"].notna().all() and df["el2n"].between(0, math.sqrt(2)).all()
+    assert (df["entropy.truncated"] > 0).any()  # long BIG-bench prompts were cut from the left
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -12,7 +12,7 @@ from thresher.embed import (EmbeddingStore, EmbeddingTransform, embed_table, emb
 from thresher.embed.encoders import LMEncoder, default_model_dir
 
 TEXTS = ["a cat sat on the mat", "a kitten was sitting on a rug", "the stock market crashed today",
-         "", "Translate to French: good morning", "x " * 300]
+         "", "Translate to French: good morning", "x " * 60]
 
 
 @pytest.fixture(scope="module")

@@ -206,5 +206,5 @@ def test_write_selected_keeps_format_and_field_order(tmp_path, real_rows, fmt):
     list(src2.shards())
     assert src2.columns == list(rows[0])
     if fmt == "jsonl":  # verbatim lines
-        text = out.read_text().splitlines()
+        text = out.read_text(encoding="utf-8").rstrip("\n").split("\n")
         assert text == [json.dumps(rows[i], ensure_ascii=False) for i in sorted(pick)]

@@ -271,3 +271,16 @@ def test_structured_bad_input():
     with pytest.raises(ValueError, match="mask"):
         structured_project(torch.randn(2, 3, 4), torch.randn(2, 3, 4), 8, 8, 0,
                            mask=torch.ones(2, 2, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not HAS_CPU, reason="thresher._C not built")
+@pytest.mark.parametrize("dim", [8, 120, 264])
+def test_cpu_thread_partitions_match_reference(dim, monkeypatch):
+    # dim <= 128: row ranges on parallel threads; dim > 128: column ranges; small tiles force many steps
+    monkeypatch.setenv("THRESHER_PROJECTION_TILE_KB", "4")
+    x = torch.randn(3, 9000, generator=torch.Generator().manual_seed(dim))
+    ref = random_project(x, dim, 8, "gaussian", row_offset=11, backend="reference")
+    before = torch.get_num_threads()
+    got = random_project(x, dim, 8, "gaussian", row_offset=11, backend="cpu")
+    assert torch.get_num_threads() == before  # the thread setting is restored
+    torch.testing.assert_close(got, ref, rtol=0, atol=4 * _tol(x, dim))

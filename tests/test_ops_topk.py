@@ -14,7 +14,8 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 def runnable(backend: str, dtype=torch.float32, n: int = 10):
-    dev = "cuda" if backend == "cuda" else "cpu"
+    """(device, reasons): cuda tensors for cuda, and for triton when a GPU is visible (else the interpreter)."""
+    dev = "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
     return dev, topk_op.backends[backend].not_supported_reasons(device=dev, dtype=dtype, n=n)
 
 
@@ -88,15 +89,15 @@ def test_dtypes(backend, dtype):
         if backend == "triton" and dtype == torch.float64:
             assert any("float64" in r for r in reasons)
             with pytest.raises(RuntimeError, match="float64"):
-                topk(torch.zeros(4, dtype=dtype), 2, backend="triton")
+                topk(torch.zeros(4, dtype=dtype, device=dev), 2, backend="triton")
             return
         pytest.skip(f"{backend}: {reasons}")
     gen = torch.Generator().manual_seed(7)
     for x in (tricky(1500, dtype, gen), (torch.randn(777, generator=gen) * 1e3).to(dtype)):
         for largest in (True, False):
             for k in (1, 10, 700, 2000):
-                v, i = topk(x, k, largest, backend=backend)
-                assert i.tolist() == python_topk(x.double().tolist(), k, largest)
+                v, i = topk(x.to(dev), k, largest, backend=backend)
+                assert i.cpu().tolist() == python_topk(x.double().tolist(), k, largest)
                 assert v.dtype == dtype
 
 
@@ -135,8 +136,11 @@ def test_matches_torch_topk_without_ties():
 
 
 def test_nan_never_before_finite():
-    x = torch.tensor([math.nan, -math.inf, math.nan, 1.0, math.inf])
     for backend in ("reference", "cpu", "triton"):
+        dev, reasons = runnable(backend)
+        if reasons:
+            continue
+        x = torch.tensor([math.nan, -math.inf, math.nan, 1.0, math.inf], device=dev)
         v, i = topk(x, 5, True, backend=backend)
         assert i.tolist() == [4, 3, 1, 0, 2]
         v, i = topk(x, 5, False, backend=backend)
@@ -146,13 +150,16 @@ def test_nan_never_before_finite():
 
 
 def test_k_clamps_and_empty():
-    x = torch.tensor([3.0, 1.0, 2.0])
     for backend in ("reference", "cpu", "triton"):
+        dev, reasons = runnable(backend)
+        if reasons:
+            continue
+        x = torch.tensor([3.0, 1.0, 2.0], device=dev)
         v, i = topk(x, 10, backend=backend)
         assert i.tolist() == [0, 2, 1]
         v, i = topk(x, 0, backend=backend)
         assert v.shape == (0,) and i.shape == (0,) and i.dtype == torch.int64
-        v, i = topk(torch.zeros(0), 5, backend=backend)
+        v, i = topk(torch.zeros(0, device=dev), 5, backend=backend)
         assert v.shape == (0,) and i.shape == (0,)
 
 

@@ -53,8 +53,8 @@ def test_topk_outputs_scores_manifest(pool, tmp_path):
     assert s.loc[s["selected"], "rank"].sort_values().tolist() == list(range(40))
     assert s["rank"].to_numpy()[order].tolist() == list(range(40))
     # the subset: the input's lines verbatim, in input order
-    lines = open(pool, encoding="utf-8").read().splitlines()
-    assert (tmp_path / "o" / "selected.jsonl").read_text().splitlines() == [lines[i] for i in sorted(order)]
+    lines = open(pool, encoding="utf-8").read().rstrip("\n").split("\n")
+    assert (tmp_path / "o" / "selected.jsonl").read_text(encoding="utf-8").rstrip("\n").split("\n") == [lines[i] for i in sorted(order)]
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["inputs"][0]["sha256"] == hashlib.sha256(pool.read_bytes()).hexdigest()
     assert m["inputs"][0]["rows"] == 1200 and m["selected"] == 40 and m["budget"]["resolved_k"] == 40
@@ -139,7 +139,7 @@ def test_refuses_foreign_folder_and_bad_budget(pool, tmp_path):
 def test_alias_pool_scope_and_skipped_rows(pool, tmp_path):
     log = tmp_path / "calls.log"
     bad = tmp_path / "bad.jsonl"
-    lines = open(pool, encoding="utf-8").read().splitlines()[:300]
+    lines = open(pool, encoding="utf-8").read().split("\n")[:300]
     lines.insert(10, '{"instruction": "broken", "output": ')
     lines.insert(20, '{"instruction": 3.5e400}')
     bad.write_text("\n".join(lines) + "\n")
@@ -165,6 +165,9 @@ def test_config_file_and_random_recipe(pool, tmp_path):
     assert c.out == str(tmp_path / "out")
     res = run_pipeline(c)
     assert len(res.selected) == 25 and res.selected.tolist() == np.random.default_rng(3).permutation(1200)[:25].tolist()
+    # no budget given: the recipe's default (random: 5%)
+    r2 = run(pool, tmp_path / "default-budget", recipe="random")
+    assert r2.k == 60 and len(r2.selected) == 60
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: x\nselectr: topk\n")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['selectr'\]"):

@@ -4,8 +4,11 @@
 // Algorithm. The base (N x d) is packed once into panels of NR=32 rows stored
 // dimension-major (panel[p][j] = base[j0 + j][p]); queries are packed in strips
 // of MR=8 rows, also dimension-major. Queries are processed in blocks of QB
-// rows (L3-resident); for each block the base is walked in tiles of TN rows
-// (L2-resident), and the strips of the block are spread over OpenMP threads.
+// rows at most (L3-resident) handed to OpenMP threads dynamically; for each
+// block the base is walked in tiles of TN rows (L2-resident) and every strip of
+// the block is run against the tile. With fewer query strips than 4 x threads,
+// each thread instead takes a slice of the base for all queries (private top-k
+// arrays, merged at the end). The computation has no barrier inside.
 // A register micro-kernel computes an 8 x 32 block of inner products
 // (16 vector accumulators, one rank-1 update per dimension: 2 vector loads and
 // 8 broadcasts), turns it into a score (ip: q.b; l2: 2 q.b - |b|^2, larger is
@@ -170,33 +173,82 @@ py::tuple knn_exact(py::array queries_a, py::array base_a, int64_t k, int metric
     }
 
     const int64_t pan_per_tile = tile_n / NR;
-    const int64_t strips_per_block = block_q / MR;
-    for (int64_t sb = 0; sb < nstrip; sb += strips_per_block) {
-      const int64_t se = std::min(nstrip, sb + strips_per_block);
-      for (int64_t p0 = 0; p0 < npan; p0 += pan_per_tile) {
-        const int64_t np = std::min(npan, p0 + pan_per_tile) - p0;
+    const int ldc = (int)(pan_per_tile * NR);
+    const int nt = thresher::max_threads();
+    // One strip (MR queries) against panels [pa, pb): tiles of pan_per_tile panels,
+    // merged into the running top-k arrays V/I (row stride k, row r at r*k).
+    auto run_strip_range = [&](int64_t s, int64_t pa, int64_t pb, float* cbuf, float* V, int64_t* I) {
+      for (int64_t p0 = pa; p0 < pb; p0 += pan_per_tile) {
+        const int64_t np = std::min(pb, p0 + pan_per_tile) - p0;
         const int64_t col0 = p0 * NR;
         const int64_t ncols = std::min<int64_t>(N - col0, np * NR);
-#pragma omp parallel
-        {
-          std::vector<float> cbuf((size_t)MR * pan_per_tile * NR);
-          const int ldc = (int)(pan_per_tile * NR);
-#pragma omp for schedule(dynamic, 4)
-          for (int64_t s = sb; s < se; ++s) {
-            strip_kernel(qpack.data() + (size_t)s * d * MR, bpack.data() + (size_t)p0 * d * NR,
-                         (int)d, (int)np, cbuf.data(), ldc);
-            for (int i = 0; i < MR; ++i) {
-              const int64_t r = s * MR + i;
-              if (r >= Q) break;
-              float* row = cbuf.data() + (size_t)i * ldc;
-              if (metric == 1) {
-                const float* bn = bnorm.data() + col0;
-                for (int64_t j = 0; j < ncols; ++j) row[j] = 2.0f * row[j] - bn[j];
-              }
-              merge_row(row, (int)ncols, col0, exclude_self ? query_offset + r : -1,
-                        ov + r * k, oi + r * k, (int)k);
-            }
+        strip_kernel(qpack.data() + (size_t)s * d * MR, bpack.data() + (size_t)p0 * d * NR, (int)d,
+                     (int)np, cbuf, ldc);
+        for (int i = 0; i < MR; ++i) {
+          const int64_t r = s * MR + i;
+          if (r >= Q) break;
+          float* row = cbuf + (size_t)i * ldc;
+          if (metric == 1) {
+            const float* bn = bnorm.data() + col0;
+            for (int64_t j = 0; j < ncols; ++j) row[j] = 2.0f * row[j] - bn[j];
           }
+          merge_row(row, (int)ncols, col0, exclude_self ? query_offset + r : -1, V + r * k, I + r * k,
+                    (int)k);
+        }
+      }
+    };
+    // No barrier inside the computation (barriers cost milliseconds each on an
+    // oversubscribed machine). Many queries: threads take blocks of query strips and
+    // walk the whole base for them. Few queries: each thread takes a slice of the
+    // base for all queries into private top-k arrays, merged at the end.
+    const int64_t want_blocks = (int64_t)nt * 4;
+    if (nt == 1 || nstrip >= want_blocks) {
+      const int64_t spb = std::max<int64_t>(1, std::min<int64_t>(block_q / MR, (nstrip + want_blocks - 1) / want_blocks));
+      const int64_t nblk = (nstrip + spb - 1) / spb;
+      const int64_t tile_cols = pan_per_tile;
+#pragma omp parallel
+      {
+        std::vector<float> cbuf((size_t)MR * ldc);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < nblk; ++b) {
+          const int64_t sb = b * spb, se = std::min(nstrip, sb + spb);
+          for (int64_t p0 = 0; p0 < npan; p0 += tile_cols)       // base tile: L2-resident
+            for (int64_t s = sb; s < se; ++s)                   // every strip of the block
+              run_strip_range(s, p0, std::min(npan, p0 + tile_cols), cbuf.data(), ov, oi);
+        }
+      }
+    } else {
+      std::vector<std::vector<float>> tv(nt);
+      std::vector<std::vector<int64_t>> ti(nt);
+#pragma omp parallel num_threads(nt)
+      {
+        int t = 0;
+#ifdef THRESHER_HAVE_OPENMP
+        t = omp_get_thread_num();
+#endif
+        const int64_t pa = npan * t / nt, pb = npan * (t + 1) / nt;
+        tv[t].assign((size_t)Q * k, NEG);
+        ti[t].assign((size_t)Q * k, (int64_t)-1);
+        std::vector<float> cbuf((size_t)MR * ldc);
+        for (int64_t p0 = pa; p0 < pb; p0 += pan_per_tile)
+          for (int64_t s = 0; s < nstrip; ++s)
+            run_strip_range(s, p0, std::min(pb, p0 + pan_per_tile), cbuf.data(), tv[t].data(), ti[t].data());
+      }
+      // merge the per-thread lists: order (score desc, index asc)
+      std::vector<std::pair<float, int64_t>> cand((size_t)nt * k);
+      for (int64_t r = 0; r < Q; ++r) {
+        size_t c = 0;
+        for (int t = 0; t < nt; ++t)
+          for (int64_t j = 0; j < k; ++j)
+            if (ti[t][r * k + j] >= 0) cand[c++] = {tv[t][r * k + j], ti[t][r * k + j]};
+        const size_t m = std::min<size_t>(c, (size_t)k);
+        std::partial_sort(cand.begin(), cand.begin() + m, cand.begin() + c,
+                          [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+                            return a.first > b.first || (a.first == b.first && a.second < b.second);
+                          });
+        for (size_t j = 0; j < m; ++j) {
+          ov[r * k + j] = cand[j].first;
+          oi[r * k + j] = cand[j].second;
         }
       }
     }

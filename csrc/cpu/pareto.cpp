@@ -11,6 +11,13 @@
 //          non-decreasing array, patience-sorting style); a point's rank is the
 //          number of fronts whose smallest value is <= its own (binary search):
 //          O(N log N) in all, O(N log F) after the sort (F fronts).
+//   M = 3: a sweep in lexicographic order keeping, for every front, the
+//          staircase of its points' (y, z) projections; "front f dominates p"
+//          is monotone in f, so p's rank is a binary search over the fronts,
+//          each test a binary search in one staircase: O(N log F log N) plus
+//          the staircase insertions (vector moves, bounded by a work budget of
+//          64 N elements; past it the divide and conquer below takes over, so
+//          the worst case stays O(N log^2 N)).
 //   M >= 3: the divide-and-conquer algorithm of Jensen (2003) in the version of
 //          Fortin, Grenier and Parizeau (2013) and Buzdalov and Shalyto (2014)
 //          that is exact with ties: HelperA splits a set at the median of
@@ -20,8 +27,8 @@
 //          sweep with a Fenwick tree of prefix maxima over the dense rank of
 //          objective 1. O(N log^(M-1) N) time, O(M N) memory. Small subproblems
 //          fall back to direct pairwise comparison.
-// Values are compared through order-preserving integer keys (M <= 2) or dense
-// integer ranks per objective (M >= 3), so the result is identical to a
+// Values are compared through order-preserving integer keys (sweeps) or dense
+// integer ranks per objective (divide and conquer), so the result is identical to a
 // pairwise comparison of the doubles (-0.0 == 0.0, +-inf allowed, NaN refused).
 #include <thresher/common.h>
 #include <thresher/registry.h>

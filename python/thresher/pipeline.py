@@ -173,6 +173,7 @@ class Plan:
     recipe: Optional[str] = None
     recipe_options: dict = field(default_factory=dict)
     ratio_base: Optional[int] = None   # recipe's reference semantics: k = int(ratio_base * ratio)
+    budget: dict = field(default_factory=dict)  # the recipe's default budget
 
     def describe(self) -> dict:
         return {"recipe": self.recipe, "recipe_options": self.recipe_options,
@@ -209,8 +210,9 @@ def make_plan(cfg: PipelineConfig) -> Plan:
         criteria, selector, filters, needs_emb = r.criteria, r.selector, r.filters, r.needs_embeddings
         recipe_opts = r.recipe_options
         ratio_base = r.budget.get("ratio_base")
+        budget = {k: v for k, v in r.budget.items() if k in ("k", "ratio", "tokens")}
     else:
-        ratio_base = None
+        ratio_base, budget = None, {}
     if cfg.criteria:
         criteria = [Step.of(c, "criteria") for c in cfg.criteria]
     if cfg.selector is not None:
@@ -223,7 +225,7 @@ def make_plan(cfg: PipelineConfig) -> Plan:
         raise ValueError("criteria: give a recipe (--recipe NAME) or at least one criterion")
     if selector is None:
         if cfg.score_only:
-            selector = Step("topk", {})
+            selector = Step("random", {})  # not run: score-only
         elif len(criteria) == 1:
             selector = Step("topk", {"criterion": criteria[0].name})
         else:
@@ -252,7 +254,7 @@ def make_plan(cfg: PipelineConfig) -> Plan:
         or selector.options.get("diversity_tau") is not None
     for f in filters:
         parse_filter(f)
-    return Plan(criteria, selector, filters, needs_emb, cfg.recipe, recipe_opts, ratio_base)
+    return Plan(criteria, selector, filters, needs_emb, cfg.recipe, recipe_opts, ratio_base, budget)
 
 
 def parse_filter(expr: str) -> tuple[str, str, float]:
@@ -477,11 +479,23 @@ class PipelineResult:
     timings: dict = field(default_factory=dict)
     cache_hits: int = 0
     cache_misses: int = 0
+    table: Any = None                 # the scores table, when no output folder was given
 
     def scores(self):
         import pandas as pd
 
-        return pd.read_parquet(self.scores_path)
+        return self.table if self.table is not None else pd.read_parquet(self.scores_path)
+
+
+def score_pool(cfg: PipelineConfig):
+    """Score a pool with ``cfg.criteria`` (no selection): one table keyed by ``id``.
+
+    Streams the pool in shards through the score cache (``cfg.cache_dir``, required
+    when ``cfg.out`` is None); pool-scoped criteria (kNN distance, ...) see the whole
+    pool at once."""
+    cfg = copy.copy(cfg)
+    cfg.score_only = True
+    return run_pipeline(cfg).scores()
 
 
 # ------------------------------------------------------------------ the run
@@ -490,6 +504,9 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
     t0 = time.perf_counter()
     load_plugins(cfg.plugins)
     plan = make_plan(cfg)
+    if cfg.k is None and cfg.ratio is None and cfg.tokens is None and plan.budget and not cfg.score_only:
+        cfg = copy.copy(cfg)  # the recipe's default budget (e.g. ifd: ratio 0.05)
+        cfg.k, cfg.ratio, cfg.tokens = plan.budget.get("k"), plan.budget.get("ratio"), plan.budget.get("tokens")
     source = Source(cfg.data, format=cfg.format, fields=cfg.fields, group_field=cfg.group_field,
                     on_bad_row=cfg.on_bad_row, shard_size=cfg.shard_size, limit=cfg.limit)
     checksum = source.checksum()
@@ -575,7 +592,7 @@ def _run(cfg, plan, source, checksum, out, cache, mode, t0, on_shard) -> Pipelin
     pool_tables = [] if pool_crits else None
     emb_parts = [] if plan.needs_embeddings else None
     t_score = time.perf_counter()
-    prog = _Progress(cfg.quiet, "scoring", None, "rows")
+    prog = _Progress(cfg.quiet, "scoring", None if cfg.quiet else source.estimate_rows(), "rows")
     n_done = 0
     if streaming_topk:
         from .ops import TopKAccumulator
@@ -586,9 +603,9 @@ def _run(cfg, plan, source, checksum, out, cache, mode, t0, on_shard) -> Pipelin
         skey = shard.key
         ckeys = {}
         tabs = []
-        lt = cache.get("_tokens", cache_key("_tokens", length.cache_key(), skey))
+        lt = cache.get("length", cache_key("length", length.cache_key(), skey))
         if lt is None:
-            lt = cache.put("_tokens", cache_key("_tokens", length.cache_key(), skey), length(shard.table))
+            lt = cache.put("length", cache_key("length", length.cache_key(), skey), length(shard.table))
         tokens_l.append(lt["length"].to_numpy(np.float64))
         for step in shard_crits:
             key = cache_key(step.col, key_for(step), skey)
@@ -624,7 +641,6 @@ def _run(cfg, plan, source, checksum, out, cache, mode, t0, on_shard) -> Pipelin
     prog.close()
     n = n_done
     timings["score_shards"] = round(time.perf_counter() - t_score, 3)
-    n_hits, n_miss = cache.hits, cache.misses
     if source.skipped:
         _say(f"skipped {len(source.skipped)} bad row(s) (--on-bad-row skip); first: "
              f"{source.skipped[0]['file']} line {source.skipped[0]['line']}: {source.skipped[0]['reason']}"
@@ -654,6 +670,7 @@ def _run(cfg, plan, source, checksum, out, cache, mode, t0, on_shard) -> Pipelin
         del pool
         timings["score_pool"] = round(time.perf_counter() - t, 3)
 
+    n_hits, n_miss = cache.hits, cache.misses
     lines = np.concatenate(lines_l) if lines_l else np.zeros(0, np.int64)
     files = np.concatenate(files_l) if files_l else np.zeros(0, np.int32)
     tokens = np.concatenate(tokens_l) if tokens_l else np.zeros(0)
@@ -701,6 +718,11 @@ def _run(cfg, plan, source, checksum, out, cache, mode, t0, on_shard) -> Pipelin
                       source, lines)
         if not cfg.score_only:
             selected_path = write_selected(source, lines, files, order, out)
+    table = None
+    if out is None:
+        table = pd.concat([pd.DataFrame(d) for d in _shard_score_tables(
+            cache, shard_refs, plan, pool_frames, tokens, groups, eligible, None if cfg.score_only else rank)],
+            ignore_index=True)
     timings["write"] = round(time.perf_counter() - t, 3)
     manifest = _manifest(cfg, plan, source, checksum, scorers, keys, n, k, order, out, selected_path,
                          scores_path, cache)
@@ -722,7 +744,7 @@ def _run(cfg, plan, source, checksum, out, cache, mode, t0, on_shard) -> Pipelin
         _say(f"wrote {out}/ ({', '.join(p.name for p in [selected_path, scores_path, report_path] if p)}, "
              f"manifest.json) in {timings['total']:.1f} s", cfg.quiet)
     return PipelineResult(out, n, k, order, scores_path, selected_path, manifest, report_path,
-                          list(source.skipped), timings, n_hits, n_miss)
+                          list(source.skipped), timings, n_hits, n_miss, table)
 
 
 def _objective_columns(plan: Plan) -> set:
@@ -769,11 +791,30 @@ def _write_scores(path, cache, shard_refs, plan, pool_frames, tokens, groups, el
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    shard_crits = [c for c in plan.criteria if c.col not in pool_frames]
-    start = 0
     writer = None
     schema = None
     with AtomicFile(path) as fh:
+        for data in _shard_score_tables(cache, shard_refs, plan, pool_frames, tokens, groups, eligible, rank):
+            table = pa.table(data)
+            if writer is None:
+                schema = table.schema
+                writer = pq.ParquetWriter(fh, schema, compression="zstd")
+            else:
+                try:
+                    table = table.cast(schema)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                    table = pa.table({f.name: pa.array(data[f.name], type=f.type, from_pandas=True)
+                                      for f in schema})
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+
+
+def _shard_score_tables(cache, shard_refs, plan, pool_frames, tokens, groups, eligible, rank):
+    """Per shard: {column: array} with id, group, tokens, criteria columns and the decisions."""
+    shard_crits = [c for c in plan.criteria if c.col not in pool_frames]
+    start = 0
+    if True:
         for skey, n_rows, ckeys in shard_refs:
             sl = slice(start, start + n_rows)
             base = None
@@ -793,7 +834,7 @@ def _write_scores(path, cache, shard_refs, plan, pool_frames, tokens, groups, el
             if base is None:  # no criteria (random selector): ids from the token cache
                 from .io.textstats import Length
 
-                lt = cache.get("_tokens", cache_key("_tokens", Length("tokens").cache_key(), skey))
+                lt = cache.get("length", cache_key("length", Length("tokens").cache_key(), skey))
                 base = lt["id"].to_numpy()
             data["id"] = base
             if groups is not None:
@@ -803,23 +844,12 @@ def _write_scores(path, cache, shard_refs, plan, pool_frames, tokens, groups, el
                 for c in df.columns:
                     if c != "id":
                         data[c] = df[c].to_numpy()
-            data["eligible"] = eligible[sl]
-            data["selected"] = rank[sl] >= 0
-            data["rank"] = rank[sl]
-            table = pa.table(data)
-            if writer is None:
-                schema = table.schema
-                writer = pq.ParquetWriter(fh, schema, compression="zstd")
-            else:
-                try:
-                    table = table.cast(schema)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
-                    table = pa.table({f.name: pa.array(data[f.name], type=f.type, from_pandas=True)
-                                      for f in schema})
-            writer.write_table(table)
+            if rank is not None:
+                data["eligible"] = eligible[sl]
+                data["selected"] = rank[sl] >= 0
+                data["rank"] = rank[sl]
+            yield data
             start += n_rows
-        if writer is not None:
-            writer.close()
 
 
 def _file_sha(p: Optional[Path]) -> Optional[str]:

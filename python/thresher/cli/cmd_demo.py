@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
     p.add_argument("--diversity-tau", type=float, default=0.9)
     p.add_argument("--model", default="default", help="causal LM for IFD (default SmolLM2-135M-Instruct)")
     p.add_argument("--embedder", default="default", help="sentence embedder (default all-MiniLM-L6-v2)")
-    p.add_argument("--shard-size", type=int, default=500)
+    p.add_argument("--shard-size", type=int, default=200, help="rows per shard (cache and progress granularity)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)

@@ -94,7 +94,14 @@ def _loader(spec: str):
                 seed = int(spec.split(":", 1)[1])
             except ValueError:
                 raise ValueError(f"--model: expected tiny or tiny:SEED, got {spec!r}") from None
-        return lambda: tiny_causal_lm(seed, tokenizer="bytes")
+        def load():
+            from thresher.models import byte_tokenizer
+
+            tok = byte_tokenizer()
+            tok.eos_token = "<|im_end|>"  # EOS distinct from pad (pad's embedding row is zero-initialised)
+            return tiny_causal_lm(seed, tokenizer=tok)
+
+        return load
     return None
 
 
@@ -111,13 +118,7 @@ def run(args: Any) -> int:
                       lr=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=args.seed,
                       max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
                       template=args.template, metric=args.metric, decode=args.decode,
-                      lora_layers=args.lora_layers).validate()
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+                      lora_layers=args.lora_layers, threads=args.threads).validate()
     recipe, feas = resolve_feasibility(args, sel_dir)  # before any expensive work
     name = args.name or recipe or sel_dir.resolve().name
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))

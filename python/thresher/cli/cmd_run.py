@@ -23,11 +23,6 @@ def run(args: Any) -> int:
         cfg.quiet = True
     if args.out:
         cfg.out = args.out
-    if cfg.k is None and cfg.ratio is None and cfg.tokens is None and cfg.recipe:
-        from thresher.recipes import expand_recipe
-
-        b = expand_recipe(cfg.recipe, cfg.recipe_options).budget
-        cfg.ratio, cfg.k = b.get("ratio"), b.get("k")
     res = run_pipeline(cfg)
     print_summary(res, cfg.quiet)
     return 0

@@ -173,6 +173,46 @@ def criterion_options(entry: Any, args: argparse.Namespace, extra: dict) -> dict
     return opts
 
 
+def _needs_pipeline(args: argparse.Namespace, entries: list) -> bool:
+    """Formats other than JSONL/JSON, field mappings, embedders, caches and pool-scoped
+    criteria (kNN distance, ...) go through thresher.pipeline (streamed shards, score cache)."""
+    from ..pipeline import is_pool_scoped
+
+    low = str(args.data).lower().removesuffix(".gz")
+    simple = Path(args.data).is_file() and (low.endswith(".jsonl") or low.endswith(".json"))
+    return (not simple or bool(getattr(args, "format", None) or getattr(args, "field", None)
+                              or getattr(args, "embedder", None) or getattr(args, "cache_dir", None))
+            or any(is_pool_scoped(e.name) for e in entries))
+
+
+def run_score_pipeline(args: argparse.Namespace, entries: list, extra: dict) -> int:
+    """`thresher score` over thresher.io readers and the pipeline's score cache."""
+    import tempfile as _tf
+
+    from ..pipeline import PipelineConfig, score_pool
+    from ._common import parse_kv
+
+    steps = []
+    for e in entries:
+        o = criterion_options(e, args, extra)
+        if getattr(args, "embedder", None) and "embedder" in e.options:
+            o.setdefault("embedder", args.embedder)
+        steps.append({"name": e.name, "options": o})
+    fields = parse_kv(args.field, "--field") if getattr(args, "field", None) else None
+    t0 = time.time()
+    with _tf.TemporaryDirectory(prefix="thresher-score-") as tmp:
+        cfg = PipelineConfig(data=args.data, criteria=steps, format=getattr(args, "format", None), fields=fields,
+                             on_bad_row="error" if args.fail_fast else "skip", limit=args.limit,
+                             shard_size=args.chunk, cache_dir=getattr(args, "cache_dir", None) or tmp,
+                             quiet=getattr(args, "quiet", False), report=False)
+        out = score_pool(cfg)
+    write_table_atomic(out, args.out)
+    summary = ", ".join(f"{e.name}: {int(out[e.name].notna().sum())}/{len(out)} scored" for e in entries)
+    print(f"thresher score: wrote {args.out} ({len(out)} rows; {summary}; {time.time() - t0:.1f} s)",
+          file=sys.stderr)
+    return 0
+
+
 def run_score(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -196,6 +236,8 @@ def run_score(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-length: must be >= 2, got {args.max_length}")
     if args.chunk <= 0:
         raise ValueError(f"--chunk: must be > 0, got {args.chunk}")
+    if _needs_pipeline(args, entries):
+        return run_score_pipeline(args, entries, extra)
 
     try:
         rows, problems, line_of = read_rows(args.data, limit=args.limit, fail_fast=args.fail_fast)
@@ -256,4 +298,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chunk", type=int, default=2048, help="rows per scoring call")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first bad row")
     p.add_argument("-v", "--verbose", action="store_true", help="list every row that was not scored")
+    g = p.add_argument_group("pipeline (any reader format, pool-scoped criteria, score cache)")
+    g.add_argument("--embedder", default=None, help="sentence embedder for embedding criteria (knn_distance, ...)")
+    g.add_argument("--format", choices=["jsonl", "json", "parquet", "csv", "hf"], default=None,
+                   help="input format (default: from the extension; a folder: HF dataset or its files)")
+    g.add_argument("--field", action="append", metavar="TARGET=COLUMN", default=None,
+                   help="explicit field mapping, e.g. --field instruction=question --field output=answer")
+    g.add_argument("--cache-dir", default=None, help="keep the per-shard score cache here (resumable)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_score)

@@ -22,15 +22,8 @@ def run(args: Any) -> int:
         criteria=criteria_steps(args.criteria, args.criterion_option), selector=sel,
         filters=args.filter or [], k=args.k, ratio=args.ratio, tokens=args.tokens, model=args.model,
         embedder=args.embedder, report=not args.no_report, **common_config(args))
-    if cfg.k is None and cfg.ratio is None and cfg.tokens is None:
-        if args.recipe:
-            from thresher.recipes import expand_recipe
-
-            b = expand_recipe(args.recipe, cfg.recipe_options).budget
-            cfg.ratio = b.get("ratio")
-            cfg.k = b.get("k")
-        if cfg.k is None and cfg.ratio is None:
-            raise ValueError("budget: give --ratio R, --k N or --tokens T")
+    if cfg.k is None and cfg.ratio is None and cfg.tokens is None and not args.recipe:
+        raise ValueError("budget: give --ratio R, --k N or --tokens T")
     res = run_pipeline(cfg)
     print_summary(res, args.quiet)
     return 0

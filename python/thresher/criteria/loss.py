@@ -157,9 +157,9 @@ def _empty_answer(r: Rendered) -> bool:
 class IFD(LMCriterion):
     NAME = "ifd"
 
-    def __call__(self, batch: Any):
-        import pandas as pd
-
+    def prepare(self, batch: Any) -> dict:
+        """Render and tokenise: the units of both passes (``owner[i] = (sample, 'c'|'d')``),
+        reasons, tokens cut. Separate from the forward so benchmarks can reuse the batches."""
         df = as_pandas(batch)
         ids = sample_ids(df)
         n = len(df)
@@ -199,6 +199,14 @@ class IFD(LMCriterion):
                                        skip_first_answer_token=skip_first, keep_chars=[tk.kept_chars[s]])
                 units.append(Unit(dk.ids, dk.score))
                 owner.append((i, "d"))
+        return {"ids": ids, "n": n, "units": units, "owner": owner, "reason": reason, "n_cut": n_cut}
+
+    def __call__(self, batch: Any):
+        import pandas as pd
+
+        prep = self.prepare(batch)
+        ids, n, units, owner, reason, n_cut = (prep[k] for k in ("ids", "n", "units", "owner", "reason", "n_cut"))
+        o = self.options
         losses = self.run_units(units)
         cond = [[] for _ in range(n)]
         direct = [[] for _ in range(n)]

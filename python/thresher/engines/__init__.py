@@ -1,3 +1,3 @@
 """Engines drive scorer classes over sample tables: ``local`` (in process) and
 ``ray`` (Ray Data ``map_batches`` with the same classes; optional dependency)."""
-from .local import LocalEngine  # noqa: F401
+from .local import LocalEngine, ScoreColumns  # noqa: F401

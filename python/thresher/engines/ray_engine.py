@@ -56,6 +56,14 @@ class RayEngine:
         self.batch_size, self.concurrency, self.num_gpus = batch_size, concurrency, num_gpus
 
     def make_scorer(self, cls: Any, options: dict) -> Any:
+        import sys
+
+        mod = sys.modules.get(getattr(cls, "__module__", ""))
+        if mod is not None and mod.__name__.startswith("thresher_plugin_"):
+            # a plugin loaded from a .py file is not importable on the workers: ship it by value
+            from ray import cloudpickle
+
+            cloudpickle.register_pickle_by_value(mod)
         return _RayScorer(cls, options)
 
     def score(self, scorer: _RayScorer, table: Any, name: str):

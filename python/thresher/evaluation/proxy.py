@@ -69,6 +69,7 @@ class ProxyConfig:
     metric: str = "accuracy"  # benchmark score behind the ratio: accuracy | likelihood (= exp(-loss))
     warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay
     arms: tuple[str, ...] = ARMS
+    threads: Optional[int] = None  # torch CPU threads during the run (None: leave as is)
 
     def validate(self) -> "ProxyConfig":
         for name in ("steps", "batch_size", "max_length", "lora_r", "max_new_tokens", "eval_batch_size"):
@@ -92,6 +93,9 @@ class ProxyConfig:
             raise ValueError(f"lora_layers: expected a positive integer or None, got {self.lora_layers!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric: expected one of {list(METRICS)}, got {self.metric!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads: expected a positive integer or None, got {self.threads!r}")
         bad = [a for a in self.arms if a not in ARMS]
         if bad or not self.arms:
             raise ValueError(f"arms: expected a non-empty subset of {list(ARMS)}, got {list(self.arms)}")
@@ -390,6 +394,19 @@ def evaluate_selection(pool, selected, target, cfg: ProxyConfig, *, group: Optio
     ``load_causal_lm(cfg.model)``) and is called once per arm.
     """
     cfg.validate()
+    import torch
+
+    if cfg.threads is None:
+        return _evaluate(pool, selected, target, cfg, group=group, loader=loader, log=log)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _evaluate(pool, selected, target, cfg, group=group, loader=loader, log=log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate(pool, selected, target, cfg: ProxyConfig, *, group, loader, log) -> ProxyResult:
     log = log or (lambda s: None)
     if loader is None:
         from thresher.models import load_causal_lm, load_tokenizer

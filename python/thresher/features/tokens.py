@@ -234,3 +234,97 @@ def full_logits_losses(lm: Any, units: Sequence[Unit]) -> list[UnitLoss]:
             nll = -lp[p - 1, x[0, p]]
             out.append(UnitLoss(nll.double().cpu().numpy()))
     return out
+
+
+def last_position_hidden(lm: Any, seqs: Sequence[Sequence[int]], *, batch_tokens: int = 4096) -> torch.Tensor:
+    """Hidden state [n, H] (final norm applied) at the last token of each sequence, for
+    readouts at one position (judge prompts). Length-bucketed, right padding, no mask."""
+    if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens <= 0:
+        raise ValueError(f"batch_tokens: expected a positive int, got {batch_tokens!r}")
+    for i, s in enumerate(seqs):
+        if len(s) == 0:
+            raise ValueError(f"seqs[{i}]: empty sequence")
+    weight = lm.head_weight()
+    device = weight.device
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    out = torch.empty((len(seqs), weight.shape[1]), dtype=weight.dtype, device=device)
+    lengths = [len(s) for s in seqs]
+    with torch.inference_mode():
+        for grp in plan_buckets(lengths, batch_tokens):
+            L = max(lengths[i] for i in grp)
+            ids_t = torch.full((len(grp), L), pad_id, dtype=torch.long)
+            for b, i in enumerate(grp):
+                ids_t[b, : lengths[i]] = torch.as_tensor(list(seqs[i]), dtype=torch.long)
+            h = trunk_hidden(lm, ids_t.to(device), None, None)
+            rows = torch.arange(len(grp), device=device)
+            cols = torch.as_tensor([lengths[i] - 1 for i in grp], device=device)
+            out[torch.as_tensor(grp, device=device)] = h[rows, cols]
+    return out
+
+
+def prefix_reuse_losses(lm: Any, prefix: Sequence[int], conts: Sequence[Unit], *, batch_tokens: int = 4096,
+                        backend: Optional[str] = None) -> list[UnitLoss]:
+    """Losses of ``prefix + cont`` for many continuations, the prefix's KV cache computed once.
+
+    ``conts[j].score[t]`` marks continuation token t (its loss is predicted from the
+    previous token, which for t = 0 is the prefix's last token). The prefix runs
+    once with ``use_cache=True``; its cache is repeated over a batch of
+    continuations (right-padded, so no attention mask is needed) and reused.
+    Equals running each ``prefix + cont`` from scratch (see tests).
+    """
+    import copy
+
+    from ..ops import token_loss
+
+    if len(prefix) == 0:
+        raise ValueError("prefix: must hold at least one token")
+    weight = lm.head_weight()
+    device = weight.device
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    P = len(prefix)
+    results: list[Optional[UnitLoss]] = [None] * len(conts)
+    eff = []
+    for j, u in enumerate(conts):
+        if len(u.ids) != len(u.score):
+            raise ValueError(f"conts[{j}]: ids ({len(u.ids)}) and score ({len(u.score)}) differ in length")
+        pos = [t for t, s in enumerate(u.score) if s]
+        eff.append((list(u.ids[: pos[-1] + 1]) if pos else [], pos))
+    lengths = [len(e[0]) for e in eff]
+    with torch.inference_mode():
+        trunk = lm.trunk()
+        pre = trunk(input_ids=torch.as_tensor([list(prefix)], device=device), use_cache=True)
+        cache = getattr(pre, "cache", None)
+        if cache is None:
+            cache = pre.past_key_values
+        import inspect
+
+        cache_kw = "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
+        last_prefix_h = pre.last_hidden_state[0, -1]
+        budget = max(batch_tokens - P, 1)
+        for grp in plan_buckets(lengths, budget):
+            L = max(lengths[i] for i in grp)
+            B = len(grp)
+            ids_t = torch.full((B, L), pad_id, dtype=torch.long)
+            for b, i in enumerate(grp):
+                ids_t[b, : lengths[i]] = torch.as_tensor(eff[i][0], dtype=torch.long)
+            c = copy.deepcopy(cache)
+            if B > 1:
+                c.batch_repeat_interleave(B)
+            out = trunk(input_ids=ids_t.to(device), use_cache=True, **{cache_kw: c})
+            h = out.last_hidden_state  # [B, L, H]
+            # predictor of token t is position t-1; for t = 0 it is the prefix's last position
+            hs, tg, seg = [], [], []
+            for b, i in enumerate(grp):
+                ids, pos = eff[i]
+                for t in pos:
+                    hs.append(h[b, t - 1] if t > 0 else last_prefix_h)
+                    tg.append(ids[t])
+                seg.append((i, len(pos)))
+            tl = token_loss(torch.stack(hs), weight, torch.as_tensor(tg, dtype=torch.long, device=device),
+                            backend=backend)
+            nll = tl.nll.double().cpu().numpy()
+            k = 0
+            for i, cnt in seg:
+                results[i] = UnitLoss(nll[k:k + cnt])
+                k += cnt
+    return [r if r is not None else UnitLoss(np.zeros(0)) for r in results]

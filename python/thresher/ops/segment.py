@@ -86,11 +86,10 @@ def _validate(values: Any, offsets: Any, op: Any) -> tuple[torch.Tensor, torch.T
         raise ValueError(f"offsets: on {offsets.device} but values on {values.device}")
     offsets = offsets.to(torch.int64).contiguous()
     n = values.shape[0]
-    # One host sync for the three checks (a 3-element tensor).
-    first = offsets[0]
-    last = offsets[-1]
-    mono = bool((offsets[1:] >= offsets[:-1]).all()) if offsets.numel() > 1 else True
-    first, last = int(first), int(last)
+    # One host sync for the three checks.
+    bad_steps = (offsets[1:] < offsets[:-1]).sum() if offsets.numel() > 1 else offsets.new_zeros(())
+    first, last, nbad = torch.stack([offsets[0], offsets[-1], bad_steps]).tolist()
+    mono = nbad == 0
     if first != 0:
         raise ValueError(f"offsets: must start at 0, got offsets[0] = {first}")
     if last != n:

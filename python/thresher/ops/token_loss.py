@@ -60,10 +60,12 @@ __all__ = ["TokenLoss", "token_loss", "score_at_position", "expected_score", "to
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INTS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
-# Elements of one [tokens x vocab-chunk] fp32 tile in the cpu backend: 2**19
-# floats = 2 MiB, about an L2 cache, so the exp/max/sum passes stay in cache.
-_CPU_TILE_ELEMS = 1 << 19
-_CPU_DEFAULT_CHUNK = 4096
+# Elements of one [tokens x vocab-chunk] fp32 tile per cpu worker: 2**18
+# floats = 1 MiB, about an L2 cache, so the exp/max/sum passes stay in cache.
+_CPU_TILE_ELEMS = 1 << 18
+_CPU_DEFAULT_CHUNK = 2048
+# ... and at most this many tile elements over all workers (memory bound).
+_CPU_TOTAL_TILE_ELEMS = 1 << 21
 # Reference: at most this many logits per block of tokens (full vocabulary rows).
 _REF_BLOCK_ELEMS = 1 << 25
 
@@ -308,23 +310,43 @@ def _target_logits(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
 
 
 # ------------------------------------------------------------------- cpu path
-def cpu_plan(m: int, v: int, chunk_size: Optional[int] = None) -> tuple[int, int]:
-    """(vocabulary chunk, token block) used by the cpu backend for M tokens, V entries."""
+def cpu_plan(m: int, v: int, chunk_size: Optional[int] = None,
+             threads: Optional[int] = None) -> tuple[int, int, int]:
+    """(vocabulary chunk, token block, worker threads) of the cpu backend for M tokens, V entries.
+
+    Each worker owns a contiguous range of whole chunks and a tile of
+    block x chunk fp32 logits (about ``_CPU_TILE_ELEMS``, cache-sized).
+    """
     c = min(v, chunk_size or _CPU_DEFAULT_CHUNK)
-    b = max(1, min(m, _CPU_TILE_ELEMS // max(c, 1)))
-    return c, b
+    n_chunks = -(-v // c)
+    t = threads if threads is not None else torch.get_num_threads()
+    t = max(1, min(t, n_chunks))
+    tile = max(1 << 14, min(_CPU_TILE_ELEMS, _CPU_TOTAL_TILE_ELEMS // t))
+    b = max(1, min(m, tile // max(c, 1)))
+    return c, b, t
 
 
-@token_loss_op.register("cpu", devices=("cpu",),
-                        note="chunked torch matmul (BLAS) + online log-sum-exp, bounded memory")
-def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
-    m_tok, v = hidden.shape[0], weight.shape[0]
-    cd = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    if m_tok == 0:
-        return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
-    c, blk = cpu_plan(m_tok, v, chunk_size)
-    h = hidden.to(cd).contiguous()
-    zy = _target_logits(h, weight, targets, cd, blk)
+# Use thresher._C.token_loss_tile_reduce (fused exp/max/sums in one pass) when
+# built; the torch tile ops below are the fallback (tests toggle this).
+USE_NATIVE_TILE = True
+
+
+def _native_tile():
+    if not USE_NATIVE_TILE:
+        return None
+    from .._native import cpu_ext
+
+    ext = cpu_ext()
+    return getattr(ext, "token_loss_tile_reduce", None) if ext is not None else None
+
+
+def _cpu_range(h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
+    """Online state (m, s, t, q, r) of all tokens over vocabulary rows [v_lo, v_hi)."""
+    m_tok = h.shape[0]
+    cd = h.dtype
+    native = _native_tile() if cd == torch.float32 else None
+    if native is not None:
+        return _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank)
     need_e = entropy  # exp() into a second buffer: entropy needs z - m too
     buf = torch.empty(blk * c, dtype=cd)
     ebuf = torch.empty(blk * c, dtype=cd) if need_e else None
@@ -334,8 +356,8 @@ def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=Fal
     st_t = torch.empty(m_tok, dtype=cd) if entropy else None
     st_q = torch.empty(m_tok, dtype=cd) if el2n else None
     st_r = torch.zeros(m_tok, dtype=torch.int64) if rank else None
-    for c0 in range(0, v, c):
-        c1 = min(c0 + c, v)
+    for c0 in range(v_lo, v_hi, c):
+        c1 = min(c0 + c, v_hi)
         nc = c1 - c0
         wc = weight[c0:c1]
         if wc.dtype != cd:
@@ -349,32 +371,28 @@ def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=Fal
             nb = b1 - b0
             z = torch.mm(h[b0:b1], wct, out=buf[: nb * nc].view(nb, nc))
             zyb = zy[b0:b1]
+            ri = ci = None
             if rows_c.numel():
                 lo, hi = torch.searchsorted(rows_c, torch.tensor([b0, b1])).tolist()
-                ri = rows_c[lo:hi] - b0
-                ci = cols_c[lo:hi]
-            else:
-                ri = ci = None
-            if ri is not None and ri.numel():
-                # the target's own entry takes the row-wise z_y: it never counts
-                # in the rank, and m then bounds z_y exactly
-                z[ri, ci] = zyb.index_select(0, ri)
+                if hi > lo:
+                    ri = rows_c[lo:hi] - b0
+                    ci = cols_c[lo:hi]
+                    # the target's own entry takes the row-wise z_y: it never
+                    # counts in the rank, and the max then bounds z_y exactly
+                    z[ri, ci] = zyb.index_select(0, ri)
             if rank:
                 g = torch.gt(z, zyb[:, None], out=gtbuf[: nb * nc].view(nb, nc))
-                st_r[b0:b1] += g.sum(1)
+                st_r[b0:b1] += g.sum(1, dtype=torch.int32)
             mc = z.amax(1)
             z.sub_(mc[:, None])
-            if need_e:
-                e = torch.exp(z, out=ebuf[: nb * nc].view(nb, nc))
-            else:
-                e = z.exp_()
-            if ri is not None and ri.numel():
+            e = torch.exp(z, out=ebuf[: nb * nc].view(nb, nc)) if need_e else z.exp_()
+            if ri is not None:
                 e[ri, ci] = 0.0
             sc = e.sum(1)
-            tc = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(nb) if entropy else None
-            qc = torch.bmm(e.unsqueeze(1), e.unsqueeze(2)).view(nb) if el2n else None
+            qc = torch.linalg.vector_norm(e, dim=1).square_() if el2n else None
+            tc = e.mul_(z).sum(1) if entropy else None  # e is not needed after this
             sl = slice(b0, b1)
-            if c0 == 0:
+            if c0 == v_lo:
                 st_m[sl], st_s[sl] = mc, sc
                 if entropy:
                     st_t[sl] = tc
@@ -388,7 +406,74 @@ def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=Fal
                     st_t[sl] = tn
                 if el2n:
                     st_q[sl] = qn
-    return _finalize(st_m, st_s, st_t, st_q, zy, st_r, entropy=entropy, el2n=el2n, rank=rank)
+    return st_m, st_s, st_t, st_q, st_r
+
+
+def _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
+    """As :func:`_cpu_range`, with each tile folded by the C++ kernel (fp32 only)."""
+    m_tok = h.shape[0]
+    buf = torch.empty(blk * c, dtype=torch.float32)
+    st_m = torch.empty(m_tok, dtype=torch.float32)
+    st_s = torch.empty(m_tok, dtype=torch.float32)
+    st_t = torch.empty(m_tok, dtype=torch.float32) if entropy else None
+    st_q = torch.empty(m_tok, dtype=torch.float32) if el2n else None
+    st_r = torch.zeros(m_tok, dtype=torch.int64) if rank else None
+    np_m, np_s, np_zy = st_m.numpy(), st_s.numpy(), zy.numpy()
+    np_t = st_t.numpy() if entropy else np_m
+    np_q = st_q.numpy() if el2n else np_m
+    np_r = st_r.numpy() if rank else torch.zeros(m_tok, dtype=torch.int64).numpy()
+    for c0 in range(v_lo, v_hi, c):
+        c1 = min(c0 + c, v_hi)
+        nc = c1 - c0
+        wc = weight[c0:c1]
+        if wc.dtype != torch.float32:
+            wc = wc.float()
+        wct = wc.t()
+        tcol = torch.where((targets >= c0) & (targets < c1), targets - c0, -1).numpy()
+        for b0 in range(0, m_tok, blk):
+            b1 = min(b0 + blk, m_tok)
+            nb = b1 - b0
+            z = torch.mm(h[b0:b1], wct, out=buf[: nb * nc].view(nb, nc))
+            native(z.numpy(), np_zy[b0:b1], tcol[b0:b1], np_m[b0:b1], np_s[b0:b1], np_t[b0:b1], np_q[b0:b1],
+                   np_r[b0:b1], c0 == v_lo, entropy, el2n, rank)
+    return st_m, st_s, st_t, st_q, st_r
+
+
+@token_loss_op.register("cpu", devices=("cpu",),
+                        note="chunked torch matmul (BLAS) + online log-sum-exp, bounded memory, threads")
+def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
+    m_tok, v = hidden.shape[0], weight.shape[0]
+    cd = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    if m_tok == 0:
+        return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
+    c, blk, n_thr = cpu_plan(m_tok, v, chunk_size)
+    h = hidden.to(cd).contiguous()
+    zy = _target_logits(h, weight, targets, cd, blk)
+    n_chunks = -(-v // c)
+    bounds = [min(v, c * ((n_chunks * i) // n_thr)) for i in range(n_thr + 1)]
+    args = (entropy, el2n, rank)
+    if n_thr == 1:
+        states = [_cpu_range(h, weight, targets, zy, 0, v, c, blk, *args)]
+    else:
+        # One single-threaded worker per vocabulary range: no per-op thread
+        # synchronisation (costly on a loaded machine), one merge at the end.
+        from concurrent.futures import ThreadPoolExecutor
+
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=n_thr) as ex:
+                futs = [ex.submit(_cpu_range, h, weight, targets, zy, bounds[i], bounds[i + 1], c, blk, *args)
+                        for i in range(n_thr)]
+                states = [f.result() for f in futs]
+        finally:
+            torch.set_num_threads(prev)
+    m, s, t, q, r = states[0]
+    for m2, s2, t2, q2, r2 in states[1:]:
+        m, s, t, q = _merge((m, s, t, q), (m2, s2, t2, q2))
+        if rank:
+            r = r + r2
+    return _finalize(m, s, t, q, zy, r, entropy=entropy, el2n=el2n, rank=rank)
 
 
 # ---------------------------------------------------------------- triton path

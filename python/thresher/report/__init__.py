@@ -46,7 +46,7 @@ def _threshold(values: np.ndarray, selected: np.ndarray, direction: str) -> Opti
     return float(v.min() if direction == "max" else v.max())
 
 
-def plot_distribution(scores, col: str, direction: str) -> str:
+def plot_distribution(scores, col: str, direction: str, single: bool = True) -> str:
     import matplotlib.pyplot as plt
 
     v = scores[col].to_numpy(np.float64, na_value=np.nan)
@@ -62,7 +62,8 @@ def plot_distribution(scores, col: str, direction: str) -> str:
         ax.hist(np.clip(v[fin & sel], lo, hi), bins=bins, color=SEL_COLOR, alpha=0.85, label="selected")
         t = _threshold(v, sel, direction)
         if t is not None:
-            ax.axvline(t, color="black", ls="--", lw=1.2, label=f"threshold {t:.4g}")
+            what = "threshold" if single else ("lowest selected" if direction == "max" else "highest selected")
+            ax.axvline(t, color="black", ls="--", lw=1.2, label=f"{what} {t:.4g}")
     ax.set_xlabel(f"{col} ({direction})")
     ax.set_ylabel("samples")
     nan = int((~fin).sum())
@@ -194,8 +195,11 @@ def render_report(scores, manifest: dict, examples: Optional[dict] = None) -> st
     parts.append("<table class='kv'>" + "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(str(b))}</td></tr>"
                                                 for a, b in rows) + "</table>")
     parts.append("<h2>Criteria: distribution and threshold</h2><div class='grid'>")
+    sel_opts = (manifest.get("selector") or {}).get("options") or {}
+    single_col = sel_opts.get("criterion") if manifest["selector"]["name"] in ("topk", "threshold") else None
     for col, d in crits:
-        parts.append(f"<img alt='distribution of {html.escape(col)}' src='{plot_distribution(scores, col, d)}'>")
+        parts.append(f"<img alt='distribution of {html.escape(col)}' "
+                     f"src='{plot_distribution(scores, col, d, single=(col == single_col))}'>")
     parts.append("</div><h2>Score vs length</h2><div class='grid'>")
     for col, _ in crits:
         parts.append(f"<img alt='{html.escape(col)} vs length' src='{plot_vs_length(scores, col)}'>")

@@ -1,0 +1,174 @@
+"""knn_distance, local_density and semdedup against brute-force numpy.
+
+A table-lookup encoder (text "t<i>" -> row i of a fixed matrix) makes the
+embeddings known exactly; one test runs the real default embedder on real rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from thresher.criteria.diversity import max_sim_to_earlier, semdedup_scores
+from thresher.registry import CRITERIA
+
+
+class TableEncoder:
+    def __init__(self, table):
+        self.table = np.asarray(table, np.float32)
+        self.dim = self.table.shape[1]
+        self.fingerprint = "table:" + str(hash(self.table.tobytes()))
+
+    def encode(self, texts, batch_size=64):
+        return np.stack([self.table[int(t[1:])] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+
+def table(n, d, seed, dup=()):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    for a, b in dup:
+        x[b] = x[a]
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def frame(rows):
+    return pd.DataFrame({"id": [f"s{i}" for i in rows], "instruction": [f"t{i}" for i in rows],
+                         "input": "", "output": ""})
+
+
+def make(name, x, **kw):
+    return CRITERIA.get(name).obj(embedder=TableEncoder(x), **kw)
+
+
+def brute_knn(x, q_rows, k, metric):
+    xd = x.astype(np.float64)
+    out = []
+    for r in q_rows:
+        if metric == "l2":
+            d = np.sqrt(np.maximum(((xd - xd[r]) ** 2).sum(1), 0))
+        else:
+            d = 1 - xd @ xd[r]
+        d[r] = np.inf
+        out.append(np.sort(d)[:k])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_knn_distance_matches_brute_force(metric):
+    x = table(80, 12, 0)
+    out = make("knn_distance", x, metric=metric)(frame(range(80)))
+    want = brute_knn(x, range(80), 6, metric)
+    assert list(out.columns) == ["id", "knn_distance", "knn_distance.nearest", "knn_distance.reason"]
+    np.testing.assert_allclose(out["knn_distance"], want.mean(1), atol=1e-5)
+    np.testing.assert_allclose(out["knn_distance.nearest"], want[:, 0], atol=1e-5)
+    assert (out["knn_distance.reason"] == "").all()
+    assert out["id"].tolist() == [f"s{i}" for i in range(80)]
+
+
+def test_fit_pool_then_score_batches():
+    x = table(60, 8, 1)
+    pool = frame(range(50))
+    whole = make("knn_distance", x, k=3)(pool)
+    sc = make("knn_distance", x, k=3).fit(pool)
+    parts = pd.concat([sc(frame(range(s, min(50, s + 7)))) for s in range(0, 50, 7)], ignore_index=True)
+    np.testing.assert_allclose(parts["knn_distance"], whole["knn_distance"], atol=1e-6)
+    # rows outside the pool: neighbours among all 50 pool rows, none excluded
+    out = sc(frame([55]))
+    d = np.sqrt(np.maximum(((x[:50].astype(np.float64) - x[55]) ** 2).sum(1), 0))
+    np.testing.assert_allclose(out["knn_distance"], np.sort(d)[:3].mean(), atol=1e-5)
+
+
+def test_small_pool_and_empty_text_give_nan_with_reason():
+    x = table(5, 4, 2)
+    out = make("knn_distance", x)(frame(range(5)))              # k=6 > 4 others
+    assert out["knn_distance"].isna().all()
+    assert out["knn_distance.reason"].str.contains("fewer than 6").all()
+    x = table(20, 4, 3)
+    df = frame(range(20))
+    df.loc[3, "instruction"] = "t3"
+    sc = make("knn_distance", x, k=2)
+    sc.encoder.encode = lambda texts, batch_size=64: np.stack(
+        [x[int(t[1:])] if t else np.ones(4, np.float32) / 2 for t in texts])
+    df.loc[4, "instruction"] = ""
+    out = sc(df)
+    assert np.isnan(out.loc[4, "knn_distance"]) and out.loc[4, "knn_distance.reason"] == "empty text"
+    assert out["knn_distance"].drop(index=4).notna().all()
+
+
+def test_local_density_is_mean_similarity():
+    x = table(70, 10, 4)
+    out = make("local_density", x, k=5)(frame(range(70)))
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(s, -np.inf)
+    top = -np.sort(-s, 1)[:, :5]
+    np.testing.assert_allclose(out["local_density"], top.mean(1), atol=1e-5)
+    np.testing.assert_allclose(out["local_density.radius"], 1 - top[:, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [1, 3, 1000])
+def test_max_sim_to_earlier_blocked_equals_dense(block):
+    x = table(40, 6, 5)
+    got = max_sim_to_earlier(torch.from_numpy(x), block=block).numpy()
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    want = np.array([-1.0] + [s[i, :i].max() for i in range(1, 40)])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_semdedup_earlier_vs_kept_chain():
+    # a ~ b (0.96), b ~ c (0.96), a vs c below 1 - eps: "earlier" drops b and c, "kept" keeps c
+    t = np.deg2rad([0.0, 16.0, 32.0])
+    x = np.stack([np.cos(t), np.sin(t), np.zeros(3)], 1).astype(np.float32)
+    e = semdedup_scores(x, eps=0.05, n_clusters=1, order="index", against="earlier")
+    assert e["keep"].tolist() == [1, 0, 0]
+    k = semdedup_scores(x, eps=0.05, n_clusters=1, order="index", against="kept")
+    assert k["keep"].tolist() == [1, 0, 1]
+
+
+def test_semdedup_duplicates_and_clusters_match_brute_force():
+    dups = [(0, 10), (0, 11), (5, 30), (7, 8)]
+    x = table(60, 16, 7, dup=dups)
+    out = make("semdedup", x, eps=0.01, n_clusters=4, order="index")(frame(range(60)))
+    keep = out["semdedup.keep"].to_numpy()
+    assert keep[[10, 11, 30, 8]].tolist() == [0, 0, 0, 0] and keep[[0, 5, 7]].tolist() == [1, 1, 1]
+    lab = out["semdedup.cluster"].to_numpy()
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    for i in range(60):
+        earlier = [j for j in range(i) if lab[j] == lab[i]]
+        want = s[i, earlier].max() if earlier else -1.0
+        assert abs(out.loc[i, "semdedup"] - want) < 1e-5
+    hard = make("semdedup", x, eps=0.01, n_clusters=4)(frame(range(60)))
+    assert hard["semdedup.keep"].sum() == keep.sum()          # one copy of each duplicate group kept
+
+
+def test_real_embedder_on_bigbench_rows(bigbench_path, tmp_path):
+    import gzip
+    import json
+
+    with gzip.open(bigbench_path, "rt") as fh:
+        rows = [json.loads(next(fh)) for _ in range(12)]
+    df = pd.DataFrame(rows)
+    df["input"] = ""
+    df["instruction"] = df["instruction"].str.slice(0, 200)
+    df.loc[11] = df.loc[3]                                  # an exact duplicate sample...
+    df.loc[11, "id"] = "dup"                                # ...under another id
+    out = CRITERIA.get("knn_distance").obj(k=2, cache_dir=tmp_path)(df)
+    assert out["knn_distance.nearest"].iloc[11] < 1e-3 and out["knn_distance.nearest"].iloc[3] < 1e-3
+    assert out["knn_distance"].notna().all()
+    sd = CRITERIA.get("semdedup").obj(n_clusters=2, cache_dir=tmp_path)(df)
+    assert sd["semdedup.keep"].iloc[[3, 11]].sum() == 1
+
+
+def test_options_registry_and_cache_key():
+    e = CRITERIA.get("knn_distance")
+    assert e.meta["scope"] == "pool" and e.meta["direction"] == "max" and e.options["k"].default == 6
+    assert CRITERIA.get("local_density").meta["direction"] == "min"
+    x = table(10, 4, 8)
+    assert make("knn_distance", x, k=3).cache_key() != make("knn_distance", x, k=4).cache_key()
+    with pytest.raises(ValueError, match="k: expected"):
+        make("knn_distance", x, k=0)
+    with pytest.raises(ValueError, match="metric"):
+        make("knn_distance", x, metric="manhattan")
+    with pytest.raises(ValueError, match="eps"):
+        make("semdedup", x, eps=-1)
+    with pytest.raises(ValueError, match="against"):
+        make("semdedup", x, against="all")
