@@ -38,7 +38,8 @@ def _philox(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-@triton.jit
+# seed halves and offsets may equal 1: never let Triton specialise them into constexprs
+@triton.jit(do_not_specialize=["B", "D", "seed_lo", "seed_hi", "row_offset", "k_per_split"])
 def _projection_kernel(
     x_ptr,            # [B, D] fp32/fp16/bf16, strides (stride_xb, stride_xd)
     ws_ptr,           # [S, B, dim] fp32 workspace (split-K partial sums, unscaled)

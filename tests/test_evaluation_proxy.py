@@ -131,10 +131,20 @@ def test_encode_truncation_policy():
                                       ({"template": "alpaca"}, "template"), ({"metric": "f1"}, "metric"),
                                       ({"decode": "beam"}, "decode"), ({"lora_layers": 0}, "lora_layers"),
                                       ({"lr": 0.0}, "lr"), ({"max_length": 4}, "max_length"),
-                                      ({"arms": ("selected", "other")}, "arms"), ({"threads": 0}, "threads")])
+                                      ({"arms": ("selected", "other")}, "arms"), ({"threads": 0}, "threads"),
+                                      ({"device": "tpu"}, "device")])
 def test_config_validation(kw, field):
     with pytest.raises(ValueError, match=f"^{field}:"):
         ProxyConfig(**kw).validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_device():
+    from thresher.evaluation.proxy import resolve_device
+
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ValueError, match="device: 'cuda' requested but no CUDA device"):
+        resolve_device("cuda")
 
 
 def test_bad_tables():

@@ -140,3 +140,14 @@ def test_non_finite_gradients(lm):
         GradientFeaturizer(m, lm.tokenizer, dim=16, max_length=256)(ROWS.iloc[:2])
     ids, feats, reasons = GradientFeaturizer(m, lm.tokenizer, dim=16, max_length=256, on_nonfinite="nan")(ROWS.iloc[:2])
     assert all("non-finite" in r for r in reasons) and np.isnan(feats).all()
+
+
+def test_multi_gives_plain_and_adam_from_one_pass(lm, pm):
+    st = _adam_state(pm)
+    fz = GradientFeaturizer(pm, lm.tokenizer, dim=32, seed=3, adam="less", adam_state=st, max_length=256)
+    ids, fs, reasons = fz.multi(ROWS, ["none", "less"])
+    np.testing.assert_array_equal(fs["less"], fz(ROWS)[1])
+    plain = GradientFeaturizer(pm, lm.tokenizer, dim=32, seed=3, max_length=256)(ROWS)[1]
+    np.testing.assert_array_equal(fs["none"], plain)
+    with pytest.raises(ValueError, match="modes"):
+        GradientFeaturizer(pm, lm.tokenizer, dim=32).multi(ROWS, ["less"])

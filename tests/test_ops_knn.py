@@ -226,3 +226,14 @@ def test_merge_tile_matches_reference(native, monkeypatch):
     ov, oi = oracle(q, b, k, "ip", exclude_self=True)
     np.testing.assert_array_equal(idx, oi)
     np.testing.assert_array_equal(vals, ov.astype(np.float32))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton kernel unavailable")
+def test_triton_query_chunks_with_offset():
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.integers(-2, 3, size=(40, 8)).astype(np.float32))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    v, i = knn_triton(x.to(dev), x.to(dev), 3, "ip", True, 0, block_m=16, block_n=16, block_k=16,
+                      max_candidate_bytes=1)            # forces one BM-row chunk per launch
+    ov, oi = oracle(x.numpy(), x.numpy(), 3, "ip", exclude_self=True)
+    np.testing.assert_array_equal(i.cpu().numpy(), oi)

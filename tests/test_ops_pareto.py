@@ -29,6 +29,20 @@ def _data(kind: str, n: int, m: int, seed: int) -> np.ndarray:
     if kind == "corr":  # correlated objectives: hundreds of fronts
         z = rng.random(n)
         return np.stack([z + 0.02 * rng.random(n) for _ in range(m)], 1)
+    if kind == "simplex":  # one front with large staircases
+        return rng.dirichlet(np.ones(m), size=n)
+    if kind == "simplex_round":  # nearly one front, with ties: a few fronts
+        return np.round(rng.dirichlet(np.ones(m), size=n), 2)
+    if kind == "antichain":  # (i, -i, i, ...) shuffled: one front, worst insertion order
+        i = np.arange(n, dtype=np.float64)
+        return np.stack([i * (-1) ** j for j in range(m)], 1)[rng.permutation(n)]
+    if kind == "stairs":  # long staircases, then points cutting them (chunk splits and spills)
+        h = n // 2
+        i = np.arange(h, dtype=np.float64)
+        first = np.stack([i, -i, i], 1)
+        second = np.stack([h + rng.random(n - h) * h, -rng.random(n - h) * h, rng.random(n - h) * h], 1)
+        a = np.concatenate([first, second])[rng.permutation(n)]
+        return a[:, :m] if m <= 3 else np.concatenate([a, rng.random((n, m - 3))], 1)
     raise AssertionError(kind)
 
 
@@ -110,7 +124,8 @@ def test_tie_semantics():
 
 @needs_cpu
 @pytest.mark.parametrize("m", [2, 3, 4, 5])
-@pytest.mark.parametrize("kind", ["ties", "corr", "uniform", "dups"])
+@pytest.mark.parametrize("kind", ["ties", "corr", "uniform", "dups", "simplex", "simplex_round", "antichain",
+                                  "stairs"])
 def test_cpu_algorithms_large(m, kind):
     """Every C++ path (sweep, staircase, divide and conquer, staircase fallback) on
     enough points to reach the recursive cases; correlated data has hundreds of fronts."""

@@ -82,7 +82,8 @@ def _aggregate_np(x, method, w, maximize, k=60.0):
     if method == "weighted_sum":
         return (x * w * s).sum(1)
     if method == "product":
-        return np.prod(x ** (w * s), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.prod(x ** (w * s), axis=1)
     out = np.zeros(n)
     for j in range(m):
         g = x[:, j] * s[j]
@@ -163,3 +164,5 @@ def test_aggregate_bad_input():
         normalize(torch.rand(2, 2, 2), "rank")
     with pytest.raises(ValueError, match="x"):
         normalize(torch.rand(3, dtype=torch.complex64), "rank")
+    with pytest.raises(ValueError, match="x"):
+        normalize([[1.0, 2.0], [3.0]], "rank")

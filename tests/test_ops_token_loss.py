@@ -12,15 +12,34 @@ import math
 import pytest
 import torch
 
-from thresher.ops import last_backend, score_at_position, expected_score, token_loss
+import sys
+
+from thresher import _native
+from thresher.ops import last_backend, score_at_position, expected_score
+from thresher.ops import token_loss as _token_loss
 from thresher.ops.token_loss import cpu_plan, reference_token_loss, token_loss_op
 
-BACKENDS = ["reference", "cpu", "triton"]
+TL = sys.modules["thresher.ops.token_loss"]
+# "cpu-torch": the cpu backend with its torch tile ops instead of the C++ tile kernel
+BACKENDS = ["reference", "cpu", "cpu-torch", "triton"]
 FIELDS = ("nll", "entropy", "el2n")
 
 
+def token_loss(*args, backend=None, **kw):
+    """thresher.ops.token_loss, with the "cpu-torch" alias (C++ tile kernel off)."""
+    if backend != "cpu-torch":
+        return _token_loss(*args, backend=backend, **kw)
+    old = TL.USE_NATIVE_TILE
+    TL.USE_NATIVE_TILE = False
+    try:
+        return _token_loss(*args, backend="cpu", **kw)
+    finally:
+        TL.USE_NATIVE_TILE = old
+
+
 def _skip_if_unavailable(backend: str, dtype=torch.float32) -> None:
-    reasons = token_loss_op.backends[backend].not_supported_reasons(device="cpu", dtype=dtype)
+    name = "cpu" if backend == "cpu-torch" else backend
+    reasons = token_loss_op.backends[name].not_supported_reasons(device="cpu", dtype=dtype)
     if reasons:
         pytest.skip(f"{backend}: {'; '.join(reasons)}")
 
@@ -73,7 +92,7 @@ def test_matches_fp64_oracle(backend, shape):
     hidden, weight, targets, mask = _data(n, h, v, seed=n + v)
     res = token_loss(hidden, weight, targets, mask, entropy=True, el2n=True, rank=True,
                      chunk_size=cs, backend=backend)
-    assert last_backend() == ("token_loss", backend)
+    assert last_backend() == ("token_loss", "cpu" if backend == "cpu-torch" else backend)
     ref, sel = _oracle(hidden, weight, targets, mask)
     for f in FIELDS:
         x = getattr(res, f)
@@ -168,13 +187,60 @@ def test_targets_at_vocab_edges(backend, chunk):
     _check_rank(res.rank, hidden, weight, targets, sel)
 
 
-def test_chunk_size_invariance_cpu():
+@pytest.mark.parametrize("backend", ["cpu", "cpu-torch"])
+def test_chunk_size_and_thread_invariance_cpu(backend):
     hidden, weight, targets, mask = _data(40, 13, 301, seed=11)
-    outs = [token_loss(hidden, weight, targets, mask, entropy=True, el2n=True, chunk_size=c, backend="cpu")
-            for c in (1, 7, 300, 301, 5000, None)]
+    threads = torch.get_num_threads()
+    outs = [token_loss(hidden, weight, targets, mask, entropy=True, el2n=True, rank=True, chunk_size=c,
+                       backend=backend) for c in (1, 7, 300, 301, 5000, None)]
+    assert torch.get_num_threads() == threads  # the worker pool restores torch's setting
+    try:  # one worker vs several over the same chunks
+        torch.set_num_threads(1)
+        outs.append(token_loss(hidden, weight, targets, mask, entropy=True, el2n=True, rank=True, chunk_size=7,
+                               backend=backend))
+    finally:
+        torch.set_num_threads(threads)
+    assert cpu_plan(40, 301, 7, threads=3)[2] == 3
     for o in outs[1:]:
         for f in FIELDS:
             torch.testing.assert_close(getattr(o, f), getattr(outs[0], f), rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert torch.equal(o.rank, outs[0].rank)
+
+
+def test_native_tile_kernel_is_used_when_built():
+    """A stale or missing build silently falls back to torch tile ops: flag it."""
+    if _native.cpu_ext() is None:
+        pytest.skip(f"thresher._C not built: {_native.why_unavailable('cpu')}")
+    assert TL._native_tile() is not None, "thresher._C lacks token_loss_tile_reduce (stale build?)"
+
+
+def test_native_tile_kernel_bad_args():
+    f = TL._native_tile()
+    if f is None:
+        pytest.skip("thresher._C.token_loss_tile_reduce not built")
+    import numpy as np
+
+    z = np.zeros((3, 4), np.float32)
+    v3 = np.zeros(3, np.float32)
+    r3 = np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match="tcol"):
+        f(z, v3, np.array([0, 4, 1]), v3.copy(), v3.copy(), v3.copy(), v3.copy(), r3, True, True, True, True)
+    with pytest.raises(ValueError, match="zy"):
+        f(z, np.zeros(2, np.float32), r3, v3.copy(), v3.copy(), v3.copy(), v3.copy(), r3, True, False, False, False)
+    with pytest.raises(ValueError, match="z"):
+        f(z.astype(np.float64), v3, r3, v3.copy(), v3.copy(), v3.copy(), v3.copy(), r3, True, False, False, False)
+    with pytest.raises(ValueError, match="m"):
+        f(z, v3, r3, np.zeros(2, np.float32), v3.copy(), v3.copy(), v3.copy(), r3, True, False, False, False)
+
+
+def test_inputs_requiring_grad():
+    hidden, weight, targets, mask = _data(7, 5, 40, seed=1)
+    ref = token_loss(hidden, weight, targets, mask, entropy=True, backend="reference")
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    r = token_loss(hidden, weight, targets, mask, entropy=True, backend="cpu")
+    assert not r.nll.requires_grad
+    torch.testing.assert_close(r.nll, ref.nll, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -321,7 +387,8 @@ def test_noncontiguous_inputs():
     w_nc = weight.t().contiguous().t()  # stride (1, 30)
     ref = token_loss(hidden, weight, targets, mask, entropy=True, backend="reference")
     for b in BACKENDS:
-        if token_loss_op.backends[b].not_supported_reasons(device="cpu", dtype=torch.float32):
+        if token_loss_op.backends["cpu" if b == "cpu-torch" else b].not_supported_reasons(
+                device="cpu", dtype=torch.float32):
             continue
         r = token_loss(hid_nc, w_nc, targets, mask, entropy=True, backend=b)
         torch.testing.assert_close(r.nll, ref.nll, rtol=1e-5, atol=1e-5, equal_nan=True)

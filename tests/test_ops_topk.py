@@ -11,6 +11,9 @@ from thresher.ops import TopKAccumulator, topk
 from thresher.ops.topk import order_indices, topk_op, topk_reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# The Triton interpreter evaluates NaN/inf lanes with numpy, which warns; the results are checked.
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")]
 
 
 def runnable(backend: str, dtype=torch.float32, n: int = 10):
@@ -235,3 +238,8 @@ def test_native_rechecks_k():
         c.topk(x.view(torch.int32).numpy(), 0, 9, True, torch.empty(9, dtype=torch.int64).numpy())
     with pytest.raises(ValueError, match="scores"):
         c.topk(x.view(torch.int32).numpy(), 1, 2, True, torch.empty(2, dtype=torch.int64).numpy())
+
+
+def test_bad_largest():
+    with pytest.raises(ValueError, match="largest"):
+        topk(torch.zeros(3), 1, largest="yes")

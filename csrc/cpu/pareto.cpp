@@ -15,9 +15,11 @@
 //          staircase of its points' (y, z) projections; "front f dominates p"
 //          is monotone in f, so p's rank is a binary search over the fronts,
 //          each test a binary search in one staircase: O(N log F log N) plus
-//          the staircase insertions (vector moves, bounded by a work budget of
-//          64 N elements; past it the divide and conquer below takes over, so
-//          the worst case stays O(N log^2 N)).
+//          the staircase insertions (a list of sorted chunks of <= 512
+//          entries: at most 512 moves per insertion, plus the chunk list on a
+//          split). A work budget of 1024 N moved entries guards the worst case:
+//          past it the divide and conquer below takes over, so the worst case
+//          stays O(N log^2 N).
 //   M >= 3: the divide-and-conquer algorithm of Jensen (2003) in the version of
 //          Fortin, Grenier and Parizeau (2013) and Buzdalov and Shalyto (2014)
 //          that is exact with ties: HelperA splits a set at the median of
@@ -136,15 +138,97 @@ void ranks2(const double* a, int64_t n, int64_t* out) {
   }
 }
 
-// M = 3 fast path: sweep in lexicographic order keeping, for every front, the
-// staircase of its points' (y, z) projections (sorted by y, z decreasing;
-// points whose projection is weakly dominated by a later point of the same
-// front are dropped: the later point also precedes every future point). "Front
-// f dominates p" is monotone in f, so p's rank is found by binary search over
-// the fronts, each test a binary search in a staircase: O(N log F log N) plus
-// the vector insertions. Returns false (giving up) if the insertions move more
-// than `budget` elements, so that an adversarial input cannot make it
-// quadratic; the caller then runs the divide and conquer.
+// Staircase of one front for the M = 3 sweep: the (y, z) projections of its
+// points that no later point of the front weakly dominates in (y, z), sorted by
+// y ascending (z then strictly descending). Stored as a list of sorted chunks
+// of at most 2 * kChunk entries (a flat B-tree), so an insertion moves at most
+// 2 * kChunk entries plus, on a split, the list of chunks.
+class Staircase {
+ public:
+  static constexpr size_t kChunk = 256;
+  struct S { uint64_t y, z; };
+
+  // Does some entry weakly dominate (y, z)? The last entry with entry.y <= y
+  // has the smallest z among those.
+  bool dominates(uint64_t y, uint64_t z) const {
+    size_t c = std::upper_bound(first_.begin(), first_.end(), y) - first_.begin();
+    if (c == 0) return false;
+    const std::vector<S>& ch = chunks_[c - 1];
+    auto it = std::upper_bound(ch.begin(), ch.end(), y, [](uint64_t v, const S& e) { return v < e.y; });
+    return (it - 1)->z <= z;  // ch[0].y <= y, so it > begin
+  }
+
+  // Insert (y, z), which no entry dominates, and drop the entries it
+  // dominates. Returns the number of entries moved (work).
+  int64_t insert(uint64_t y, uint64_t z) {
+    if (chunks_.empty()) {
+      chunks_.push_back({{y, z}});
+      first_.push_back(y);
+      return 1;
+    }
+    int64_t moved = 0;
+    size_t c = std::upper_bound(first_.begin(), first_.end(), y) - first_.begin();
+    c = c == 0 ? 0 : c - 1;
+    std::vector<S>& ch = chunks_[c];
+    const size_t pos = std::upper_bound(ch.begin(), ch.end(), y,
+                                        [](uint64_t v, const S& e) { return v < e.y; }) - ch.begin();
+    size_t start = pos;
+    if (start > 0 && ch[start - 1].y == y) --start;  // same y, larger z: dropped
+    size_t end = pos;
+    while (end < ch.size() && ch[end].z >= z) ++end;  // larger y, z >= p's: dropped
+    const bool spill = end == ch.size();            // may continue into the next chunks
+    if (start != end) {
+      ch[start] = {y, z};
+      moved += ch.size() - end;
+      ch.erase(ch.begin() + start + 1, ch.begin() + end);
+    } else {
+      moved += ch.size() - start;
+      ch.insert(ch.begin() + start, {y, z});
+    }
+    first_[c] = ch[0].y;
+    if (spill) {
+      while (c + 1 < chunks_.size()) {
+        std::vector<S>& nx = chunks_[c + 1];
+        size_t k = 0;
+        while (k < nx.size() && nx[k].z >= z) ++k;
+        if (k == 0) break;
+        if (k == nx.size()) {
+          chunks_.erase(chunks_.begin() + c + 1);
+          first_.erase(first_.begin() + c + 1);
+          moved += chunks_.size() - c;
+          continue;
+        }
+        moved += nx.size() - k;
+        nx.erase(nx.begin(), nx.begin() + k);
+        first_[c + 1] = nx[0].y;
+        break;
+      }
+    }
+    if (chunks_[c].size() > 2 * kChunk) {  // split
+      std::vector<S>& full = chunks_[c];
+      std::vector<S> upper(full.begin() + kChunk, full.end());
+      full.resize(kChunk);
+      const uint64_t fy = upper[0].y;
+      chunks_.insert(chunks_.begin() + c + 1, std::move(upper));
+      first_.insert(first_.begin() + c + 1, fy);
+      moved += 2 * (chunks_.size() - c) + kChunk;
+    }
+    return moved;
+  }
+
+ private:
+  std::vector<std::vector<S>> chunks_;  // non-empty, sorted, concatenation sorted
+  std::vector<uint64_t> first_;         // first_[c] = chunks_[c][0].y
+};
+
+// M = 3 fast path: sweep in lexicographic order keeping the Staircase of every
+// front (points whose projection is weakly dominated by a later point of the
+// same front are dropped: the later point also precedes every future point).
+// "Front f dominates p" is monotone in f, so p's rank is found by binary search
+// over the fronts, each test a binary search in a staircase: O(N log F log N)
+// plus the staircase moves. Returns false (giving up) if the moves exceed
+// `budget` elements, so that no input can make it quadratic; the caller then
+// runs the divide and conquer.
 bool ranks3_staircase(const double* a, int64_t n, int64_t* out, int64_t budget) {
   struct R { uint64_t k[3]; uint32_t i; };
   std::vector<R> r(n);
@@ -153,14 +237,8 @@ bool ranks3_staircase(const double* a, int64_t n, int64_t* out, int64_t budget) 
   lex_sort(r, [](const R& u, const R& v) {
     return u.k[1] < v.k[1] || (u.k[1] == v.k[1] && u.k[2] < v.k[2]);
   });
-  struct S { uint64_t y, z; };
-  std::vector<std::vector<S>> fronts;
+  std::vector<Staircase> fronts;
   int64_t moved = 0;
-  auto dominated = [&](const std::vector<S>& st, uint64_t y, uint64_t z) {
-    // last entry with st.y <= y has the smallest z among those
-    auto it = std::upper_bound(st.begin(), st.end(), y, [](uint64_t v, const S& s) { return v < s.y; });
-    return it != st.begin() && (it - 1)->z <= z;
-  };
   int64_t i = 0;
   while (i < n) {
     int64_t j = i + 1;
@@ -169,23 +247,10 @@ bool ranks3_staircase(const double* a, int64_t n, int64_t* out, int64_t budget) 
     size_t lo = 0, hi = fronts.size();  // first front that does not dominate p
     while (lo < hi) {
       const size_t mid = (lo + hi) / 2;
-      if (dominated(fronts[mid], y, z)) lo = mid + 1; else hi = mid;
+      if (fronts[mid].dominates(y, z)) lo = mid + 1; else hi = mid;
     }
     if (lo == fronts.size()) fronts.emplace_back();
-    std::vector<S>& st = fronts[lo];
-    auto pos = std::upper_bound(st.begin(), st.end(), y, [](uint64_t v, const S& s) { return v < s.y; });
-    auto start = pos;
-    if (start != st.begin() && (start - 1)->y == y) --start;  // same y, larger z: dropped
-    auto end = pos;
-    while (end != st.end() && end->z >= z) ++end;  // larger y, z >= p's: dropped
-    if (start != end) {
-      *start = {y, z};
-      moved += st.end() - end;
-      st.erase(start + 1, end);
-    } else {
-      moved += st.end() - start;
-      st.insert(start, {y, z});
-    }
+    moved += fronts[lo].insert(y, z);
     if (moved > budget) return false;
     for (int64_t t = i; t < j; ++t) out[r[t].i] = static_cast<int64_t>(lo);
     i = j;
@@ -470,7 +535,7 @@ void ranks_general(const double* a, int64_t n, int m, int64_t* out) {
 // algorithm: "auto" (above), or "dc" to force the divide and conquer for any
 // M >= 2 (tests use it to check every path), or "staircase" for M == 3
 // without the work budget. staircase_budget >= 0 overrides the budget of the
-// M = 3 staircase (elements moved before it gives up; default 64 N + 4096).
+// M = 3 staircase (elements moved before it gives up; default 1024 N + 65536).
 py::array_t<int64_t> pareto_ranks_py(const py::array& objectives, const std::string& algorithm,
                                      int64_t staircase_budget) {
   check(algorithm == "auto" || algorithm == "dc" || algorithm == "staircase",
@@ -483,7 +548,7 @@ py::array_t<int64_t> pareto_ranks_py(const py::array& objectives, const std::str
   check(algorithm != "staircase" || m == 3, "algorithm: 'staircase' needs exactly 3 objectives");
   const bool dc = algorithm == "dc";
   const int64_t budget = algorithm == "staircase" ? INT64_MAX
-                         : staircase_budget >= 0 ? staircase_budget : 64 * n + 4096;
+                         : staircase_budget >= 0 ? staircase_budget : 1024 * n + 65536;
   check(n < (int64_t(1) << 31) - 1, "objectives: at most 2^31 - 2 rows are supported");
   py::array_t<int64_t> out(n);
   int64_t* o = out.mutable_data();

@@ -5,7 +5,9 @@
 // or -1): the target's entry is read as y; pass 1 takes the row max mc (NaN
 // propagates) and counts entries > y (the rank); pass 2 sums, over the
 // non-target entries, e = exp(z - mc), e (z - mc) and e^2 with a vectorisable
-// range-reduced polynomial exp (Cephes coefficients, ~2 ulp). The tile's state
+// range-reduced polynomial exp (Cephes coefficients, < 1e-7 relative error).
+// The target's entry is written into the tile (z_y for the max, then a value
+// that exps to exactly 0), so the loops carry no per-element select. The tile's state
 // (mc, s, t, q) is then merged into the running state (m, s, t, q) with the
 // online-softmax rescaling (or written, when `first`). Two passes over a
 // cache-resident row; O(rows x cols) work, no allocation. Compiled for
@@ -33,7 +35,7 @@ namespace {
 // exp(x) for x <= 0 (x < -87.3 -> 0); vectorisable (no calls, no branches).
 inline float exp_neg(float x) {
   const float xc = x < -87.3f ? -87.3f : x;
-  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -54,39 +56,40 @@ struct RowState {
   int64_t r;
 };
 
+// z (one row, writable scratch: the target's entry is overwritten) -> state.
 TL_CLONES
-RowState reduce_row(const float* z, int64_t nc, float y, int64_t tc, bool need_t, bool need_q, bool need_r) {
+RowState reduce_row(float* z, int64_t nc, float y, int64_t tc, bool need_t, bool need_q, bool need_r) {
+  if (tc >= 0) z[tc] = y;  // the target enters the max as the row-wise z_y
   float mx = -std::numeric_limits<float>::infinity();
   int nan = 0;
-  int64_t cnt = 0;
+  int cnt = 0;
 #pragma omp simd reduction(max : mx) reduction(| : nan) reduction(+ : cnt)
   for (int64_t j = 0; j < nc; ++j) {
-    const float x = (j == tc) ? y : z[j];
+    const float x = z[j];
     mx = x > mx ? x : mx;
     nan |= (x != x);
-    cnt += (x > y) ? 1 : 0;
+    cnt += (x > y);
   }
-  RowState st{mx, 0.f, 0.f, 0.f, need_r ? cnt : 0};
-  if (nan) {
+  RowState st{mx, 0.f, 0.f, 0.f, need_r ? int64_t(cnt) : 0};
+  if (nan || !std::isfinite(mx)) {
     st.m = std::numeric_limits<float>::quiet_NaN();
     return st;
   }
+  // exclude the target from the sums: exp_neg(<= -1000) is exactly 0 and e*d = 0
+  if (tc >= 0) z[tc] = mx - 1000.0f;
   float s = 0.f, t = 0.f, q = 0.f;
   if (need_t || need_q) {
 #pragma omp simd reduction(+ : s, t, q)
     for (int64_t j = 0; j < nc; ++j) {
       const float d = z[j] - mx;
-      const float e = (j == tc) ? 0.0f : exp_neg(d);
+      const float e = exp_neg(d);
       s += e;
       t += e * d;
       q += e * e;
     }
   } else {
 #pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < nc; ++j) {
-      const float e = (j == tc) ? 0.0f : exp_neg(z[j] - mx);
-      s += e;
-    }
+    for (int64_t j = 0; j < nc; ++j) s += exp_neg(z[j] - mx);
   }
   st.s = s;
   st.t = t;
@@ -103,12 +106,14 @@ T* mptr(py::array& a, const char* name, int64_t n) {
   return static_cast<T*>(a.mutable_data());
 }
 
-// z: [nb, nc] fp32; zy: [nb] fp32; tcol: [nb] int64 (-1: target not in tile).
+// z: [nb, nc] fp32, scratch (target entries are overwritten); zy: [nb] fp32; tcol: [nb] int64 (-1: target not in tile).
 // m, s, t, q: [nb] fp32 running states (t/q only read when needed); r: [nb] int64 (+= counts).
-void tile_reduce(py::array z, py::array zy, py::array tcol, py::array m, py::array s, py::array t, py::array q,
+void tile_reduce(py::array z_in, py::array zy, py::array tcol, py::array m, py::array s, py::array t, py::array q,
                  py::array r, bool first, bool need_t, bool need_q, bool need_r) {
-  const float* zp = cptr<float>(z, "z", 2);
-  const int64_t nb = z.shape(0), nc = z.shape(1);
+  if (z_in.ndim() != 2) value_error("z: expected a 2-d array");
+  const int64_t nb = z_in.shape(0), nc = z_in.shape(1);
+  float* zp = static_cast<float*>(const_cast<void*>(static_cast<const void*>(cptr<float>(z_in, "z", 2))));
+  if (!z_in.writeable()) value_error("z: must be writeable (it is used as scratch)");
   const float* yp = cptr<float>(zy, "zy", 1);
   const int64_t* tp = cptr<int64_t>(tcol, "tcol", 1);
   if (zy.shape(0) != nb || tcol.shape(0) != nb) value_error("zy/tcol: expected one entry per row of z");

@@ -12,8 +12,8 @@ and ``.search(queries, k)``. Kinds:
 * ``ivf_flat``, ``ivf_pq``, ``hnsw``: FAISS approximate indexes
   (``nlist`` / ``nprobe``, ``pq_m`` / ``pq_bits``, ``hnsw_m`` / ``ef_search``).
 * ``auto``: ``exact`` up to ``exact_max`` rows (default 200,000), else ``ivf_flat``
-  with ``nlist = 4 sqrt(N)`` rounded to a power of two and ``nprobe`` = nlist/64
-  (at least 16).
+  with ``nlist = 2 sqrt(N)`` rounded to a power of two (trained on 40 rows per
+  list, at least 20,000) and ``nprobe`` = nlist/64 (at least 16).
 
 ``search`` returns ``(values [Q, k] float32, ids [Q, k])``: inner products
 (``ip``, descending) or squared L2 distances (``l2``, ascending); ``ids`` are
@@ -138,7 +138,7 @@ class KNNIndex:
     def _nlist(self, n: int) -> int:
         if self.params["nlist"]:
             return int(self.params["nlist"])
-        return max(1, min(1 << int(round(math.log2(max(4 * math.sqrt(n), 1)))), n // 39 or 1))
+        return max(1, min(1 << int(round(math.log2(max(2 * math.sqrt(n), 1)))), n // 39 or 1))
 
     def build(self, embeddings: Any, ids: Optional[Sequence] = None) -> "KNNIndex":
         """Index ``embeddings`` [N, dim] (float); ``ids`` (length N, unique) name its rows."""
@@ -179,7 +179,7 @@ class KNNIndex:
                 if d % m:
                     raise ValueError(f"pq_m: {m} does not divide the dimension {d}")
                 index = f.IndexIVFPQ(quant, d, nlist, int(m), int(self.params["pq_bits"]), mt)
-            ts = self.params["train_size"] or min(n, max(nlist * 64, 50_000))
+            ts = self.params["train_size"] or min(n, max(nlist * 40, 20_000))
             if n < nlist:
                 raise ValueError(f"nlist: {nlist} lists need at least {nlist} embeddings, got {n}")
             rng = np.random.default_rng(self.params["seed"])

@@ -526,7 +526,13 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
         _say(f"thresher {thresher.__version__}: {mode} run on {source.path} ({source.format}); "
              f"criteria: {', '.join(c.name for c in plan.criteria) or 'none'}; selector: {plan.selector.name}"
              + (f"; recipe: {plan.recipe}" if plan.recipe else ""), cfg.quiet)
-        return _run(cfg, plan, source, checksum, out, cache, mode, t0, on_shard)
+        try:
+            return _run(cfg, plan, source, checksum, out, cache, mode, t0, on_shard)
+        except DataError as exc:
+            log.error("%s", exc)
+            raise DataError(f"{exc.reason}; the scores computed so far are kept in {cache.root} "
+                            "(fix the row and rerun with --overwrite to reuse them, or pass --on-bad-row skip)",
+                            file=exc.file, line=exc.line, field=exc.field) from None
     finally:
         if handler is not None:
             log.removeHandler(handler)

@@ -15,7 +15,7 @@ from typing import Any
 from ._common import print_summary
 
 DEMO_POOL = Path(__file__).resolve().parents[1] / "data" / "bigbench-sample.jsonl.gz"
-DEMO_LIMIT = 1000
+DEMO_LIMIT = 800
 DEMO_MAX_LENGTH = 256
 
 
@@ -26,11 +26,10 @@ def run(args: Any) -> int:
     if not data.exists():
         raise FileNotFoundError(f"demo pool {data} is missing (regenerate it with benchmarks/make_sample_pool.py)")
     opts = {"method": args.method, "max_length": args.max_length, "diversity_tau": args.diversity_tau}
-    crit_opts = {}
     cfg = PipelineConfig(
         data=str(data), out=args.out, recipe="multi-objective", recipe_options=opts, ratio=args.ratio,
         model=args.model, embedder=args.embedder, limit=args.limit, overwrite=args.overwrite, quiet=args.quiet,
-        shard_size=args.shard_size, engine_options=crit_opts)
+        shard_size=args.shard_size)
     if not args.quiet:
         print(f"thresher demo: {data.name} (first {args.limit} rows), IFD ({args.model}) + kNN diversity "
               f"({args.embedder}), {args.method} selection of {args.ratio:.0%} -> {args.out}")

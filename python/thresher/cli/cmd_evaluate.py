@@ -118,7 +118,7 @@ def run(args: Any) -> int:
                       lr=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=args.seed,
                       max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
                       template=args.template, metric=args.metric, decode=args.decode,
-                      lora_layers=args.lora_layers, threads=args.threads).validate()
+                      lora_layers=args.lora_layers or None, threads=args.threads, device=args.device).validate()
     recipe, feas = resolve_feasibility(args, sel_dir)  # before any expensive work
     name = args.name or recipe or sel_dir.resolve().name
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -163,8 +163,8 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="default",
                    help="default | local folder | HF id | tiny[:SEED] (a tiny random model, for tests)")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per arm (default 200)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example (prompt + answer)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=96, help="tokens per example (prompt + answer)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -174,8 +174,9 @@ def register(sub: Any) -> None:
     p.add_argument("--decode", choices=["teacher", "generate"], default="teacher",
                    help="exact match from one teacher-forced pass (token-exact greedy decode; default) "
                         "or from model.generate with string comparison")
-    p.add_argument("--lora-layers", type=int, default=None, metavar="N",
-                   help="LoRA on the top N decoder layers only (cheaper backward on CPU)")
+    p.add_argument("--lora-layers", type=int, default=8, metavar="N",
+                   help="LoRA on the top N decoder layers only (default 8; 0 = all layers)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     p.add_argument("--metric", choices=["accuracy", "likelihood"], default="accuracy",
                    help="benchmark score behind the ratio (likelihood = exp(-answer loss))")

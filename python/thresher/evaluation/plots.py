@@ -24,20 +24,18 @@ PUBLISHED_COLOR = "#1f5fa8"
 USER_COLOR = "#d62728"
 
 
-def _mpl():
+def _figure(figsize):
+    """A matplotlib Figure without pyplot (no global backend or state is touched)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover
         raise ValueError("plots need matplotlib (pip install 'thresher[report]')") from exc
-    return plt
+    fig = Figure(figsize=figsize, dpi=110)
+    return fig, fig.subplots()
 
 
 def efficiency_plot(table, path: Path, *, line: BaselineLine = L_BASE, title: Optional[str] = None) -> Path:
     """PIR vs SDF with l_base; above shaded green, below shaded red."""
-    plt = _mpl()
     x = table["sdf"].to_numpy(float)
     y = table["pir"].to_numpy(float)
     xmin, xmax = 0.0, max(0.25, float(x.max()) * 1.1)
@@ -45,7 +43,7 @@ def efficiency_plot(table, path: Path, *, line: BaselineLine = L_BASE, title: Op
     hi = max(float(y.max()), line(xmin), line(xmax))
     pad = 0.08 * (hi - lo if hi > lo else 1.0)
     ylo, yhi = lo - pad, hi + pad
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    fig, ax = _figure((9, 6))
     xs = np.linspace(xmin, xmax, 200)
     ls = np.array([line(v) for v in xs])
     ax.fill_between(xs, ls, yhi, color="#2ca02c", alpha=0.10, label="above l_base (more efficient)")
@@ -77,17 +75,15 @@ def efficiency_plot(table, path: Path, *, line: BaselineLine = L_BASE, title: Op
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
 def feasibility_plot(table, path: Path, *, title: Optional[str] = None) -> Path:
     """Simplicity rank (x) vs flexibility rank (y) with the diagonal."""
-    plt = _mpl()
     t = table[table["simplicity_rank"].notna()]
     sr = t["simplicity_rank"].to_numpy(int)
     fr = t["flexibility_rank"].to_numpy(int)
-    fig, ax = plt.subplots(figsize=(9, 7), dpi=110)
+    fig, ax = _figure((9, 7))
     m = int(max(sr.max(initial=1), fr.max(initial=1))) + 1
     ax.plot([0, m], [0, m], color="grey", ls="--", lw=1, label="simplicity rank = flexibility rank")
     groups: dict[tuple[int, int], list[tuple[str, bool, int]]] = defaultdict(list)
@@ -109,7 +105,6 @@ def feasibility_plot(table, path: Path, *, title: Optional[str] = None) -> Path:
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -310,23 +310,26 @@ class GradientFeaturizer:
         mask = att.bool()
         return acts, grads, mask
 
-    def _features(self, enc: list[Encoded]) -> torch.Tensor:
+    def _features(self, enc: list[Encoded], modes: Sequence[str] = ()) -> dict:
+        """{transform: [B, dim]} for each transform in ``modes`` (default: this featurizer's)."""
+        modes = list(modes) or [self.adam]
         acts, grads, mask = self._capture(enc)
         B = len(enc)
         dev = next(self.pm.parameters()).device
         m = mask[..., None].to(torch.float32)
         if self.mode == "dense":
-            pr = Projector(B, self.dim, self.seed, self.kind, device=dev, backend=self.backend)
+            prs = {md: Projector(B, self.dim, self.seed, self.kind, device=dev, backend=self.backend)
+                   for md in modes}
             for name, _ in self.params:
                 X = acts[name].to(torch.float32) * m
                 D = grads[name].to(torch.float32)
                 G = torch.einsum("bto,bti->boi", D, X)  # per-sample weight gradient [B, out, in]
                 self._check_finite(G.reshape(B, -1), enc, name)
-                if self.adam != "none":
-                    G = self.adam_state.transform(name, G, self.adam)
-                G = torch.nan_to_num(G, nan=0.0, posinf=0.0, neginf=0.0)  # NaN rows handled above
-                pr.update(G.reshape(B, -1))
-            return pr.result()
+                G = torch.nan_to_num(G, nan=0.0, posinf=0.0, neginf=0.0)  # bad rows are marked above
+                for md in modes:
+                    Gt = G if md == "none" else self.adam_state.transform(name, G, md)
+                    prs[md].update(Gt.reshape(B, -1))
+            return {md: pr.result() for md, pr in prs.items()}
         parts = []
         for name, mod in self.modules.items():
             X = acts[name].to(torch.float32) * m
@@ -339,7 +342,7 @@ class GradientFeaturizer:
             self._check_finite(f, enc, name)
             parts.append(torch.nan_to_num(f))
         flat = torch.cat(parts, 1)
-        return random_project(flat, self.dim, self.seed, self.kind, backend=self.backend)
+        return {"none": random_project(flat, self.dim, self.seed, self.kind, backend=self.backend)}
 
     def _check_finite(self, G: torch.Tensor, enc: list[Encoded], name: str) -> None:
         bad = ~torch.isfinite(G).all(1)
@@ -352,10 +355,22 @@ class GradientFeaturizer:
                 enc[i].reason = enc[i].reason or f"non-finite gradient ({name})"
 
     def __call__(self, rows: Any, encoded: Optional[list[Encoded]] = None):
+        ids, feats, reasons = self.multi(rows, [self.adam], encoded=encoded)
+        return ids, feats[self.adam], reasons
+
+    def multi(self, rows: Any, modes: Sequence[str], encoded: Optional[list[Encoded]] = None):
+        """Several transforms (e.g. ``["none", "less"]``) from ONE backward pass per batch:
+        ``(ids, {transform: float32 [N, dim]}, reasons)``."""
+        for md in modes:
+            if md not in ADAM_MODES:
+                raise ValueError(f"modes: {md!r} not one of {ADAM_MODES}")
+            if md != "none" and (self.adam_state is None or self.mode != "dense"):
+                raise ValueError(f"modes: {md!r} needs mode='dense' and an adam_state")
         enc = encoded if encoded is not None else encode_rows(rows, self.tokenizer, template=self.template,
                                                               max_length=self.max_length)
+        enc = [Encoded(e.id, e.ids, e.score, e.reason) for e in enc]  # reasons are added per call
         N = len(enc)
-        out = np.full((N, self.dim), np.nan, dtype=np.float32)
+        out = {md: np.full((N, self.dim), np.nan, dtype=np.float32) for md in modes}
         good = [i for i, e in enumerate(enc) if not e.reason]
         # length-sorted batches: less padding
         good.sort(key=lambda i: len(enc[i].ids))
@@ -365,10 +380,11 @@ class GradientFeaturizer:
             for s in range(0, len(good), self.batch_size):
                 idx = good[s:s + self.batch_size]
                 batch = [enc[i] for i in idx]
-                f = self._features(batch).cpu().numpy()
+                fs = {md: f.cpu().numpy() for md, f in self._features(batch, modes).items()}
                 for j, i in enumerate(idx):
                     if not enc[i].reason:
-                        out[i] = f[j]
+                        for md in modes:
+                            out[md][i] = fs[md][j]
         finally:
             self.pm.train(was_training)
         return [e.id for e in enc], out, [e.reason for e in enc]

@@ -156,7 +156,7 @@ def _triton_supports(device: Optional[str] = None, k: int = 1, dtype=None, **_: 
 def knn_triton(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
                exclude_self: bool = False, query_offset: int = 0,
                block_m: Optional[int] = None, block_n: Optional[int] = None,
-               block_k: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+               block_k: int = 32, max_candidate_bytes: int = 1 << 30) -> tuple[torch.Tensor, torch.Tensor]:
     import triton
 
     from .._native import kernel
@@ -178,21 +178,32 @@ def knn_triton(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
     KP = min(k, BN)
     T = triton.cdiv(N, BN)
     bn = (b.float() * b.float()).sum(1) if metric == "l2" else torch.zeros(1, device=b.device)
-    cv = torch.empty((Q, T, KP), dtype=torch.float32, device=q.device)
-    ci = torch.empty((Q, T, KP), dtype=torch.int64, device=q.device)
-    grid = (triton.cdiv(Q, BM), T)
-    mod.knn_tile_kernel[grid](q, b, bn, cv, ci, Q, N, D, T, query_offset,
-                              L2=metric == "l2", EXCLUDE_SELF=exclude_self, KP=KP,
-                              BM=BM, BN=BN, BK=BK, IEEE=not low)
-    cv = cv.view(Q, T * KP)
-    ci = ci.view(Q, T * KP)
-    v, order = torch.sort(cv, dim=1, descending=True, stable=True)
-    v = v[:, :k].contiguous()
-    i = torch.gather(ci, 1, order[:, :k])
+    # candidates are [chunk, T, KP] (value + index = 12 bytes each): bound them to ~1 GiB
+    per_q = T * KP * 12
+    chunk = max(BM, min(Q, (int(max_candidate_bytes) // per_q) // BM * BM))
+    vals = torch.empty((Q, k), dtype=torch.float32, device=q.device)
+    idx = torch.empty((Q, k), dtype=torch.int64, device=q.device)
+    for s in range(0, Q, chunk):
+        e = min(Q, s + chunk)
+        qc = q[s:e]
+        nq = e - s
+        cv = torch.empty((nq, T, KP), dtype=torch.float32, device=q.device)
+        ci = torch.empty((nq, T, KP), dtype=torch.int64, device=q.device)
+        grid = (triton.cdiv(nq, BM), T)
+        mod.knn_tile_kernel[grid](qc, b, bn, cv, ci, nq, N, D, T, query_offset + s,
+                                  L2=metric == "l2", EXCLUDE_SELF=exclude_self, KP=KP,
+                                  BM=BM, BN=BN, BK=BK, IEEE=not low)
+        cv = cv.view(nq, T * KP)
+        ci = ci.view(nq, T * KP)
+        # stable: candidates are laid out in increasing tile order, so equal scores keep
+        # the lower base index first
+        v, order = torch.sort(cv, dim=1, descending=True, stable=True)
+        vals[s:e] = v[:, :k]
+        idx[s:e] = torch.gather(ci, 1, order[:, :k])
     if metric == "l2":
         qq = (q.float() * q.float()).sum(1, keepdim=True)
-        v = (qq - v).clamp_min(0.0)
-    return v, i
+        vals = (qq - vals).clamp_min(0.0)
+    return vals, idx
 
 
 def knn_merge_tile(scores: np.ndarray, col0: int, row0: int, exclude_self: bool,

@@ -88,7 +88,7 @@ def as_objectives(x: Any, arg: str = "objectives", allow_1d: bool = False) -> to
     if t.shape[1] == 0:
         raise ValueError(f"{arg}: expected at least one column (objective), got shape {tuple(t.shape)}")
     try:
-        return t.to(torch.float64)
+        return t.detach().to(torch.float64)
     except Exception as exc:
         raise ValueError(f"{arg}: cannot be cast to float64 ({exc})") from None
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import numpy as np
 import torch
@@ -214,8 +214,6 @@ def _cpu(x, dim, seed, kind, row_offset):
     shared), generates its L2-sized tiles of P once and multiplies the whole batch with them
     through a single-threaded BLAS call. No barrier per tile: a thread pool wake-up per tile costs
     milliseconds on a loaded machine, which is why the GEMM is not left to torch's pool."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from .._native import cpu_ext
 
     ext = cpu_ext()

@@ -116,8 +116,8 @@ def normalize(x: Any, method: str = "minmax", *, backend: Optional[str] = None) 
     """
     if not isinstance(method, str) or method not in NORMALIZE_METHODS:
         raise ValueError(f"method: expected one of {list(NORMALIZE_METHODS)}, got {method!r}")
-    one_d = (x.dim() if isinstance(x, torch.Tensor) else np.ndim(x)) == 1
     obj = as_objectives(x, "x", allow_1d=True)
+    one_d = (x.dim() if isinstance(x, torch.Tensor) else np.asarray(x).ndim) == 1
     out = normalize_op.dispatch(device_type(obj), obj, method, backend=backend)
     return out[:, 0] if one_d else out
 

@@ -105,7 +105,7 @@ def _validate(values: Any, offsets: Any, op: Any) -> tuple[torch.Tensor, torch.T
     return values.contiguous(), offsets, op
 
 
-def segment_reduce(values: Any, offsets: Any, op: str = "mean", *, backend: Optional[str] = None) -> torch.Tensor:
+def segment_reduce(values: Any, offsets: Any, op: str, *, backend: Optional[str] = None) -> torch.Tensor:
     """Reduce ``values[offsets[s]:offsets[s+1]]`` for every segment ``s`` with ``op``.
 
     Args:

@@ -21,7 +21,8 @@ rescaling. The target logit z_y is a separate row-wise dot product. At the end
 * rank     = r: the number of vocabulary entries whose logit is strictly larger
   than the target's (0 = the target is the arg-max; entries tied with the
   target do not count, so a tie for the top gives rank 0 to every tied target;
-  NaN logits compare false). Ties are exact ties of the computed fp32 logits:
+  NaN logits compare false; a token whose logits contain NaN gets NaN NLL,
+  entropy and EL2N). Ties are exact ties of the computed fp32 logits:
   backends that round the logits differently can resolve near-ties (within a
   few ulps) differently.
 
@@ -33,10 +34,16 @@ Backends (see :mod:`thresher.ops._dispatch`):
 
 * ``reference`` - full fp32 logits per block of tokens + ``F.cross_entropy``
   (reduction="none"), ``softmax`` etc.: the oracle, any device.
-* ``cpu``       - the chunked online algorithm above with torch matmuls (BLAS,
-  multi-threaded) on cache-sized [tokens x vocab-chunk] tiles, fp32
-  accumulation. Low-precision inputs are upcast chunk by chunk (each weight
-  chunk once).
+* ``cpu``       - the chunked online algorithm above: the vocabulary is split
+  into contiguous ranges of whole chunks, one per worker thread (torch's
+  thread count; torch is set to one intra-op thread meanwhile, so no per-op
+  thread synchronisation); each worker forms cache-sized [token-block x chunk]
+  fp32 tiles with ``torch.mm`` (BLAS) and folds each tile with the C++ kernel
+  ``thresher._C.token_loss_tile_reduce`` (one fused pass: max, rank count,
+  exp and the three sums; torch tile ops when ``_C`` is not built or for
+  fp64); the workers' states are merged at the end. Low-precision inputs are
+  upcast to fp32 one weight chunk at a time (fp32 accumulation; the logits
+  are never rounded to bf16/fp16).
 * ``triton``    - ``thresher.kernels.token_loss``: one program per (token
   block, vocabulary split), tiles via ``tl.dot`` with the online state in
   registers; the per-split states are merged here.
@@ -317,9 +324,11 @@ def cpu_plan(m: int, v: int, chunk_size: Optional[int] = None,
     Each worker owns a contiguous range of whole chunks and a tile of
     block x chunk fp32 logits (about ``_CPU_TILE_ELEMS``, cache-sized).
     """
-    c = min(v, chunk_size or _CPU_DEFAULT_CHUNK)
-    n_chunks = -(-v // c)
     t = threads if threads is not None else torch.get_num_threads()
+    c = min(v, chunk_size or _CPU_DEFAULT_CHUNK)
+    if chunk_size is None and -(-v // c) < t:  # more workers than chunks: smaller chunks
+        c = min(v, max(256, -(-v // t)))
+    n_chunks = -(-v // c)
     t = max(1, min(t, n_chunks))
     tile = max(1 << 14, min(_CPU_TILE_ELEMS, _CPU_TOTAL_TILE_ELEMS // t))
     b = max(1, min(m, tile // max(c, 1)))

@@ -78,7 +78,7 @@ def topk(scores: Any, k: int, largest: bool = True, *, backend: Optional[str] = 
     """
     scores = _check_scores(scores)
     k = min(_check_k(k), scores.numel())
-    if not isinstance(largest, (bool, int)):
+    if not isinstance(largest, (bool, numbers.Integral)) and type(largest).__name__ != "bool_":
         raise ValueError(f"largest: expected a bool, got {largest!r}")
     dev = device_type(scores)
     ctx = {"dtype": scores.dtype, "n": scores.numel()}
