@@ -54,8 +54,20 @@ def collect() -> dict[str, Any]:
             ),
         },
         "ops": {name: op.table() for name, op in sorted(OPS.items())},
+        "components": _components(),
     }
     return info
+
+
+def _components() -> dict[str, Any]:
+    """Registered criteria, selectors and recipes, and modules that failed to load."""
+    from thresher import registry
+
+    out: dict[str, Any] = {}
+    for reg in (registry.CRITERIA, registry.SELECTORS, registry.RECIPES, registry.READERS):
+        out[reg.kind] = reg.names()
+    out["load_errors"] = dict(registry.LOAD_ERRORS)
+    return out
 
 
 def _status(reasons: Any) -> str:
@@ -80,14 +92,44 @@ def render(info: dict[str, Any]) -> str:
         detail = ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("built", "installed", "reason", "ops"))
         lines.append(f"  {name:15s} {'yes' if ok else 'no'}  {detail}" + ("" if ok else f"  ({e.get('reason', '')})"))
     lines.append("")
-    lines.append("ops x backends (cpu tensors | cuda tensors):")
+    lines.append("ops x backends (per tensor device; [n] = reason below, - = not applicable):")
+    names = ("triton", "cuda", "cpu", "reference")
+    reasons: list[str] = []
+
+    def cell(row: Any) -> str:
+        if row is None:
+            return ""
+        parts = []
+        for dev in ("cpu", "cuda"):
+            r = row.get(dev)
+            if r is None:
+                continue
+            if not r:
+                parts.append(f"{dev}:ok")
+            else:
+                why = "; ".join(r)
+                if why not in reasons:
+                    reasons.append(why)
+                parts.append(f"{dev}:no[{reasons.index(why) + 1}]")
+        return " ".join(parts)
+
+    width = max([len(o) for o in info["ops"]] + [4])
+    header = f"  {'op':{width}s}  " + "  ".join(f"{n:20s}" for n in names)
+    lines.append(header)
     for op, backends in info["ops"].items():
-        lines.append(f"  {op}")
-        for b, row in backends.items():
-            lines.append(
-                f"    {b:10s} cpu: {_status(row.get('cpu'))}\n"
-                f"    {'':10s} cuda: {_status(row.get('cuda'))}"
-            )
+        lines.append(f"  {op:{width}s}  " + "  ".join(f"{(cell(backends.get(n)) or '-'):20s}" for n in names))
+    for i, why in enumerate(reasons, 1):
+        lines.append(f"  [{i}] {why}")
+    comp = info.get("components", {})
+    if comp:
+        lines.append("")
+        lines.append("components:")
+        for kind, names in comp.items():
+            if kind == "load_errors":
+                continue
+            lines.append(f"  {kind:10s} {', '.join(names) or '-'}")
+        for mod, err in comp.get("load_errors", {}).items():
+            lines.append(f"  not loaded: {mod} ({err})")
     return "\n".join(lines)
 
 
