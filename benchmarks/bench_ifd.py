@@ -150,7 +150,7 @@ def main() -> int:
     torch.set_num_threads(THREADS)
     import pandas as pd
 
-    from thresher.features.tokens import _effective, plan_buckets, trunk_hidden
+    from thresher.features.tokens import _effective, plan_groups, unit_losses
     from thresher.models import shared_lm
     from thresher.registry import CRITERIA
 
@@ -188,22 +188,14 @@ def main() -> int:
         results["thresher_ifd"] = results["thresher_ifd_subset"]
     print("thresher", results["thresher_ifd"], flush=True)
 
-    # trunk-only ceiling on thresher's own batches (all rows)
-    eff = [_effective(u) for u in prep["units"]]
-    lengths = [len(e[0]) for e in eff]
-    groups = plan_buckets(lengths, args.batch_tokens)
-    pad = lm.tokenizer.pad_token_id
+    # trunk-only ceiling: exactly thresher's batches (same planning, shared prefixes), no loss step
+    st: dict = {}
     t = time.perf_counter()
-    with torch.inference_mode():
-        for grp in groups:
-            L = max(lengths[i] for i in grp)
-            ids = torch.full((len(grp), L), pad, dtype=torch.long)
-            for b, i in enumerate(grp):
-                ids[b, :lengths[i]] = torch.as_tensor(eff[i][0])
-            trunk_hidden(lm, ids, None, None)
+    unit_losses(lm, prep["units"], batch_tokens=args.batch_tokens, trunk_only=True, stats=st)
     results["trunk_only"] = rate(len(rows), time.perf_counter() - t)
+    results["trunk_only"]["batch_stats"] = st
     results["trunk_only"]["padding_overhead"] = round(
-        sum(len(g) * max(lengths[i] for i in g) for g in groups) / max(sum(lengths), 1) - 1, 4)
+        (st["forward_tokens"] + st["shared_prefix_tokens"]) / max(st["real_tokens"], 1) - 1, 4)
     print("trunk", results["trunk_only"], flush=True)
 
     # reference loop (Cherry) on the subset
@@ -235,6 +227,9 @@ def main() -> int:
         print(f"b{bs}", results[f"hf_batched_b{bs}"], flush=True)
 
     # loss-step memory on the largest thresher batch
+    eff = [_effective(u) for u in prep["units"]]
+    lengths = [len(e[0]) for e in eff]
+    groups = plan_groups([e[0] for e in eff], args.batch_tokens)
     big = max(groups, key=lambda g: len(g) * max(lengths[i] for i in g))
     rows_big = len(big) * max(lengths[i] for i in big)
     scored_big = sum(len(eff[i][1]) for i in big)

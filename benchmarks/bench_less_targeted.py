@@ -70,7 +70,7 @@ def precision_at_k(scores: np.ndarray, truth: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/bigbench/bigbench-pool-100k.jsonl.gz")
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", default="default", help="default (SmolLM2-135M) | tiny | path/HF id")
     ap.add_argument("--tasks", type=int, default=4)
     ap.add_argument("--per-task", type=int, default=30)
     ap.add_argument("--n-target", type=int, default=16)
@@ -99,7 +99,14 @@ def main() -> None:
     tasks, pool_df, target_df = build_pool(args.data, args.tasks, args.per_task, args.n_target, args.pool,
                                            args.seed, args.max_chars)
     print(f"tasks: {tasks}; pool {len(pool_df)} rows; targets {len(target_df)}", flush=True)
-    lm = load_causal_lm(args.model)
+    if args.model.startswith("tiny"):
+        # a tiny random Llama-style model with SmolLM2's tokenizer (CPU-time fallback)
+        from thresher.models import tiny_causal_lm
+
+        lm = tiny_causal_lm(seed=args.seed, tokenizer="smollm2", hidden=128, layers=2, heads=4, kv_heads=2,
+                            intermediate=256)
+    else:
+        lm = load_causal_lm(args.model)
     res: dict = {"model": lm.spec, "model_fingerprint": lm.fingerprint, "tasks": tasks, "pool": len(pool_df),
                  "per_task_in_pool": args.per_task, "n_target": args.n_target, "dim": args.dim,
                  "lora_r": args.r, "warmup_fraction": args.warmup_fraction, "epochs": args.epochs, "lr": args.lr,

@@ -24,6 +24,9 @@ Methods (all minimise, numpy float64 input):
   (``efficient_non_dominated_sort``, O(M N^2) worst case), only for N <= --ens-max-n;
 * ``numpy_lexsort``:   ``np.lexsort`` of the same data, for scale (not a ranking).
 
+Each case: an untimed warm-up round, then up to --repeat interleaved timed
+rounds (a method stops after ~3 s of timed runs; N = 10^6 gets --repeat-large
+rounds for M = 2 and a single timed round for M = 3, where moocore needs minutes).
 Every baseline's ranks must equal thresher's (``identical``). Ratios are
 ``baseline time / thresher time`` (> 1: thresher is faster). Writes
 ``benchmarks/results/pareto-cpu.json``. The machine is shared and noisy: read the
@@ -44,6 +47,10 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
+# Idle OpenMP threads of one library (torch, pymoo, ...) must not spin on the
+# 2 shared cores while the next method runs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np  # noqa: E402
 
 
@@ -61,21 +68,25 @@ def make(kind: str, n: int, m: int, seed: int = 0) -> np.ndarray:
     raise ValueError(kind)
 
 
-def side_by_side(methods: dict[str, Callable[[], np.ndarray]], repeat: int) -> tuple[dict, dict]:
-    """`repeat` interleaved rounds; the first round's results are kept for the
-    identity check. With repeat > 1 the first round is an untimed warm-up."""
+def side_by_side(methods: dict[str, Callable[[], np.ndarray]], repeat: int,
+                 budget_s: float = 3.0) -> tuple[dict, dict]:
+    """Interleaved rounds: an untimed warm-up (its results kept for the identity
+    check; skipped when repeat == 1, where the single timed round is kept), then
+    `repeat` timed rounds; a method stops being timed once its timed rounds
+    exceed `budget_s` seconds (slow baselines), keeping at least one."""
     results: dict[str, np.ndarray] = {}
     times: dict[str, list[float]] = {k: [] for k in methods}
-    rounds = repeat + 1 if repeat > 1 else 1
-    for i in range(rounds):
+    if repeat > 1:
         for k, fn in methods.items():
+            results[k] = np.asarray(fn())
+    for _ in range(repeat):
+        for k, fn in methods.items():
+            if times[k] and sum(times[k]) > budget_s:
+                continue
             t0 = time.perf_counter()
             r = fn()
-            dt = time.perf_counter() - t0
-            if i == 0:
-                results[k] = np.asarray(r)
-            if i > 0 or rounds == 1:
-                times[k].append(dt)
+            times[k].append(time.perf_counter() - t0)
+            results.setdefault(k, np.asarray(r))
     return ({k: {"median_s": statistics.median(v), "min_s": min(v), "runs": len(v)} for k, v in times.items()},
             results)
 
@@ -85,7 +96,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--objectives", default="2,3")
     ap.add_argument("--kinds", default="uniform,corr,ties,simplex")
-    ap.add_argument("--repeat", type=int, default=5, help="timed rounds for N < 10^6 (after a warm-up)")
+    ap.add_argument("--repeat", type=int, default=15,
+                    help="timed rounds for N < 10^6 (after a warm-up; slow baselines stop after ~3 s)")
     ap.add_argument("--repeat-large", type=int, default=3,
                     help="timed rounds for N >= 10^6 (M = 3: 1, no warm-up: moocore takes minutes)")
     ap.add_argument("--ens-max-n", type=int, default=10000, help="largest N for pymoo_ens")

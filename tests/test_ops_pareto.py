@@ -67,6 +67,12 @@ def _pymoo_ens(a: np.ndarray) -> np.ndarray:
     return r
 
 
+def NonDominatedSorting():  # noqa: N802 - pymoo's class (in pymoo 0.6.2 it runs moocore.pareto_rank)
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting as NDS
+
+    return NDS()
+
+
 def _brute(a: np.ndarray) -> np.ndarray:
     """Definition, minimisation: rank = longest chain of dominators."""
     n = len(a)
@@ -104,6 +110,7 @@ def test_matches_pymoo_and_definition(m):
         a = _data("ties" if seed % 2 else "uniform", 40, m, seed)
         want = _brute(a)
         np.testing.assert_array_equal(_pymoo_ens(a), want)  # the baselines agree with the definition
+        np.testing.assert_array_equal(NonDominatedSorting().do(a, return_rank=True)[1], want)
         for b in BACKENDS:
             np.testing.assert_array_equal(pareto_ranks(a, maximize=False, backend=b).numpy(), want)
 

@@ -96,7 +96,7 @@ def test_generator_statistics_and_seeds():
 @pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("B,D,dim", [(1, 1, 8), (3, 129, 136), (17, 300, 256), (0, 50, 16), (4, 0, 8)])
 def test_backends_match_dense_matrix(backend, kind, B, D, dim):
-    if backend == "triton" and B * D * dim > 2_000_000:
+    if backend == "triton" and B * D * dim > 200_000:
         pytest.skip("interpreter")
     g = torch.Generator().manual_seed(B * 1000 + D)
     x = torch.randn(B, D, generator=g)

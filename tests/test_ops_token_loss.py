@@ -435,3 +435,24 @@ def test_score_at_position_bad_input():
         expected_score(torch.rand(2, 3), [1.0, 2.0])
     with pytest.raises(ValueError, match="probs"):
         expected_score(torch.rand(3), [1.0, 2.0, 3.0])
+
+
+# ------------------------------------------------------------- GPU (if any)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 64, 7, None), (257, 576, 4099, None), (1000, 128, 32000, 5000)],
+                         ids=lambda s: "N%d-H%d-V%d-c%s" % s)
+def test_triton_on_cuda_matches_oracle(dtype, shape):
+    n, h, v, cs = shape
+    hidden, weight, targets, mask = _data(n, h, v, seed=v, dtype=dtype)
+    hidden, weight, targets, mask = (x.cuda() for x in (hidden, weight, targets, mask))
+    res = token_loss(hidden, weight, targets, mask, entropy=True, el2n=True, rank=True, chunk_size=cs,
+                     backend="triton")
+    assert res.nll.device.type == "cuda"
+    hidden, weight, targets, mask = (x.cpu() for x in (hidden, weight, targets, mask))
+    ref, sel = _oracle(hidden, weight, targets, mask)
+    for f in FIELDS:
+        x = getattr(res, f).cpu()
+        assert torch.isnan(x[~sel]).all()
+        torch.testing.assert_close(x[sel].double(), ref[f], rtol=1e-4, atol=1e-4 * math.sqrt(h))
+    _check_rank(res.rank.cpu(), hidden, weight, targets, sel, rel=1e-4)

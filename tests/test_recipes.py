@@ -58,6 +58,9 @@ def test_recipe_steps_match_the_methods():
     d = expand_recipe("deita")
     assert [(c.name, c.alias) for c in d.criteria] == [("rating", "complexity"), ("rating", "quality")]
     assert d.selector.options["method"] == "product" and d.selector.options["diversity_tau"] == 0.9
+    assert "{instruction}" in d.criteria[0].options["prompt"] and "prompt" not in d.criteria[1].options
+    a = expand_recipe("alpagasus")
+    assert a.criteria[0].options["score_tokens"] == "0,1,2,3,4,5" and a.selector.options["value"] == 4.5
     assert d.needs_embeddings
     sd = expand_recipe("superfiltering-d")
     assert sd.selector.options["first"]["ratio"] == 0.2 and sd.budget["ratio"] == 0.02
@@ -69,7 +72,7 @@ def test_variants_switch_to_reference_semantics():
     assert ref.criteria[0].options["context"] == "none" and ref.budget["ratio_base"] == 52002
     assert expand_recipe("superfiltering").budget.get("ratio_base") is None
     sel = expand_recipe("selectit", {"semantics": "reference"})
-    assert sel.criteria[0].options["model_weights"] == "reference"
+    assert sel.criteria[0].options["model_weights"] == "0.35,0.65,0.7777777777777778"
     assert "model_weights" not in expand_recipe("selectit").criteria[0].options
     with pytest.raises(ValueError, match="semantics"):
         expand_recipe("superfiltering", {"semantics": "code"})

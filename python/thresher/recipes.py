@@ -115,6 +115,20 @@ def feasibility(trained_llms: int, steps: int, model_free: bool, dataset_free: b
             "proprietary_judge": proprietary_judge, "public_code": public_code, "small_proxy": small_proxy}
 
 
+# Judge prompts (thresher's own wording of the published rubrics; {input_block} is the input, if any).
+DEITA_COMPLEXITY_PROMPT = (
+    "You are a helpful assistant. Estimate how complex the following user request is to answer well, on a "
+    "scale from 1 (trivial) to 6 (very demanding). Reply with the number only.\n"
+    "##Request: {instruction}{input_block}\n##Complexity: "
+)
+ALPAGASUS_PROMPT = (
+    "You are a strict grader. Read the instruction, its input (if any) and the response, then rate how "
+    "accurate the response is on a scale from 0 (wrong or unhelpful) to 5 (fully accurate). Reply with the "
+    "score only.\n#Instruction#:\n{instruction}{input_block}\n#Response#:\n{output}\n#Accuracy score#: "
+)
+# SelectIT's reference code weights its three rating models 7/20, 13/20 and 70/90 (not summing to 1).
+SELECTIT_REFERENCE_WEIGHTS = "0.35,0.65,0.7777777777777778"
+
 _MODEL = Option("model", None, "causal LM for the loss criteria: default (SmolLM2-135M-Instruct), a folder or an HF id")
 _MAXLEN = Option("max_length", None, "max tokens per sample, truncation aligned across the two IFD passes "
                  "(criterion default when unset)")
@@ -177,8 +191,8 @@ _reg("superfiltering-d", Recipe(
 
 _reg("deita", Recipe(
     criteria=[{"name": "rating", "as": "complexity", "options": {"model": "$complexity_model",
-                                                                 "prompt": "deita_complexity"}},
-              {"name": "rating", "as": "quality", "options": {"model": "$quality_model", "prompt": "deita_quality"}}],
+                                                                 "prompt": DEITA_COMPLEXITY_PROMPT}},
+              {"name": "rating", "as": "quality", "options": {"model": "$quality_model"}}],
     selector={"name": "aggregate", "options": {"objectives": ["complexity:max", "quality:max"], "method": "product",
                                                 "normalize": "none", "diversity_tau": "$tau"}},
     budget={"ratio": 0.10}, embeddings=True,
@@ -196,7 +210,7 @@ _reg("deita", Recipe(
     paper="Liu et al., What Makes Good Data for Alignment? (DEITA), ICLR 2024")
 
 _reg("car", Recipe(
-    criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model", "prompt": "car_quality"}}],
+    criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model"}}],
     selector={"name": "car", "options": {"criterion": "quality", "n1": "$n1", "n2": "$n2"}},
     budget={"ratio": 0.0196}, embeddings=True,
     notes="Quality from a small expert scorer; Sentence-BERT embeddings, PCA to 95% variance, k-means with "
@@ -233,10 +247,10 @@ _reg("selectit", Recipe(
                                                "model_weights": "$model_weights"}}],
     selector={"name": "topk", "options": {"criterion": "selectit", "direction": "max"}},
     budget={"ratio": 0.20},
-    variants={"semantics": {"reference": {"criteria": {"selectit": {"model_weights": "reference"}}}}},
+    variants={"semantics": {"reference": {"criteria": {"selectit": {"model_weights": SELECTIT_REFERENCE_WEIGHTS}}}}},
     notes="K rating prompts; token-, sentence- (mean / (1 + alpha std)) and model-level (weights proportional "
-          "to parameter count) uncertainty; keep the top 20%. semantics=reference: the reference code's model "
-          "weights (7/20, 13/20, 70/90, not summing to 1)."),
+          "to parameter count) uncertainty; keep the top 20%. semantics=reference: the reference code's weights "
+          "for its three models (7/20, 13/20, 70/90, not summing to 1; give three models with models=[...])."),
     doc="SelectIT: self-reflection rating uncertainty at token, sentence and model level",
     options=[Option("models", None, "rating LMs (criterion default: the default LM)"),
              Option("alpha", None, "sentence-level std penalty (criterion default)"),
@@ -261,7 +275,8 @@ _reg("nuggets", Recipe(
     paper="Li et al., One-Shot Learning as Instruction Data Prospector for LLMs, ACL 2024")
 
 _reg("alpagasus", Recipe(
-    criteria=[{"name": "rating", "as": "judge", "options": {"model": "$model", "prompt": "alpagasus"}}],
+    criteria=[{"name": "rating", "as": "judge", "options": {"model": "$model", "prompt": ALPAGASUS_PROMPT,
+                                                            "score_tokens": "0,1,2,3,4,5"}}],
     selector={"name": "threshold", "options": {"criterion": "judge", "direction": "max", "mode": "absolute",
                                                "value": "$threshold"}},
     budget={"ratio": 1.0},
@@ -293,7 +308,7 @@ _reg("instruction-mining", Recipe(
     paper="Cao et al., Instruction Mining: Instruction Data Selection for Tuning Large Language Models, COLM 2024")
 
 _reg("mods", Recipe(
-    criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model", "prompt": "quality"}}],
+    criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model"}}],
     selector={"name": "cascade", "options": {
         "first": {"name": "threshold", "options": {"criterion": "quality", "direction": "max",
                                                    "mode": "$quality_mode", "value": "$quality_value"}},

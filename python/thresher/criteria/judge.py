@@ -95,7 +95,8 @@ def _pair(row: dict, sid: str) -> tuple[str, str, str]:
 
 
 def _ckey(name: str, options: dict, fingerprints: list[str]) -> str:
-    opts = {k: v for k, v in options.items() if k not in ("device", "batch_tokens", "batching", "backend")}
+    opts = {k: v for k, v in options.items()
+            if k not in ("device", "batch_tokens", "batching", "backend", "share_prefix")}
     opts["model"] = fingerprints
     opts.pop("models", None)
     blob = json.dumps({"criterion": name, "version": VERSION, "options": opts}, sort_keys=True, default=str)

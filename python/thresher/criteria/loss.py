@@ -53,6 +53,8 @@ MODEL_OPTIONS = [
     Option("batching", "bucket", "bucket: length-sorted buckets; pack: packed rows with position ids",
            choices=("bucket", "pack")),
     Option("backend", None, "force a thresher.ops.token_loss backend (reference|cpu|triton|...)"),
+    Option("share_prefix", True, "run a bucket's common token prefix (template boilerplate) once, reusing its "
+                                 "KV cache"),
 ]
 
 
@@ -111,7 +113,8 @@ class LMCriterion:
         return min(ml, ctx) if ctx else ml
 
     def cache_key(self) -> str:
-        opts = {k: v for k, v in self.options.items() if k not in ("device", "batch_tokens", "batching", "backend")}
+        opts = {k: v for k, v in self.options.items()
+                if k not in ("device", "batch_tokens", "batching", "backend", "share_prefix")}
         opts["model"] = self.lm.fingerprint
         blob = json.dumps({"criterion": self.NAME, "version": self.VERSION, "options": opts},
                           sort_keys=True, default=str)
@@ -120,7 +123,7 @@ class LMCriterion:
     def run_units(self, units: list[Unit], **want: bool):
         o = self.options
         return unit_losses(self.lm, units, batch_tokens=o["batch_tokens"], mode=o["batching"],
-                           backend=o["backend"], **want)
+                           backend=o["backend"], share_prefix=bool(o["share_prefix"]), **want)
 
     def context_ids(self) -> list[int]:
         tok = self.tokenizer

@@ -23,6 +23,14 @@ Batching (``mode``):
 
 Every unit is cut after its last scored token (later tokens cannot change
 earlier positions' losses under causal attention).
+
+Shared prefixes (``share_prefix``, bucket mode, right padding): units are first
+partitioned by their first ``min_prefix`` tokens (partitions smaller than
+``min_partition`` are pooled), so units rendered with the same template land
+in the same buckets; within a bucket the longest common token prefix (the
+template's boilerplate, e.g. Alpaca's preamble) runs through the trunk ONCE,
+its KV cache is repeated over the rows, and only the remainders run batched.
+Causal attention makes this exact (up to float rounding).
 """
 from __future__ import annotations
 
@@ -74,22 +82,45 @@ def _effective(u: Unit) -> tuple[list[int], list[int]]:
     return list(u.ids[: pos[-1] + 1]), pos
 
 
-def plan_buckets(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped into buckets: sorted by length (longest first), each bucket's
-    ``rows x longest`` <= batch_tokens (a single longer unit gets its own bucket)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    buckets: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        if lengths[i] == 0:
-            continue
-        if cur and (len(cur) + 1) * lengths[cur[0]] > batch_tokens:
-            buckets.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        buckets.append(cur)
-    return buckets
+BUCKET_OVERHEAD_TOKENS = 64  # cost of one extra forward call, in padded tokens (DP bucketing)
+MAX_BUCKET_ROWS = 256
+
+
+def plan_buckets(lengths: Sequence[int], batch_tokens: int, *,
+                 overhead: int = BUCKET_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Indices grouped into buckets of length-sorted units (longest first).
+
+    Each bucket's ``rows x longest`` stays <= ``batch_tokens`` (a single longer
+    unit gets its own bucket). Among such contiguous splits of the sorted order,
+    dynamic programming picks the one minimising padded tokens + ``overhead`` per
+    bucket, so a bucket is cut where the next unit is much shorter than its
+    longest instead of being filled with padding. O(n * MAX_BUCKET_ROWS).
+    """
+    order = [i for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if lengths[i] > 0]
+    n = len(order)
+    if n == 0:
+        return []
+    L = [lengths[i] for i in order]
+    INF = float("inf")
+    best = [INF] * (n + 1)
+    cut = [0] * (n + 1)
+    best[n] = 0.0
+    for s in range(n - 1, -1, -1):  # bucket starts at s (its longest unit is L[s])
+        cap = max(1, min(MAX_BUCKET_ROWS, batch_tokens // L[s]))
+        top = min(n, s + cap)
+        b = INF
+        arg = s + 1
+        for e in range(s + 1, top + 1):
+            c = (e - s) * L[s] + overhead + best[e]
+            if c < b:
+                b, arg = c, e
+        best[s], cut[s] = b, arg
+    out = []
+    s = 0
+    while s < n:
+        out.append(order[s:cut[s]])
+        s = cut[s]
+    return out
 
 
 def plan_packs(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -120,13 +151,75 @@ def trunk_hidden(lm: Any, input_ids: torch.Tensor, attention_mask: Optional[torc
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
+def plan_groups(effs: Sequence[Sequence[int]], batch_tokens: int, *, share_prefix: bool = True,
+                min_prefix: int = 8, min_partition: int = 16) -> list[list[int]]:
+    """Buckets (see :func:`plan_buckets`) formed within partitions of units that share
+    their first ``min_prefix`` tokens (small partitions pooled), when ``share_prefix``."""
+    lengths = [len(e) for e in effs]
+    if not share_prefix:
+        return plan_buckets(lengths, batch_tokens)
+    parts: dict = {}
+    for i, e in enumerate(effs):
+        if len(e) > min_prefix:
+            parts.setdefault(tuple(e[:min_prefix]), []).append(i)
+    pooled = [i for i, e in enumerate(effs) if len(e) <= min_prefix]
+    groups: list[list[int]] = []
+    for key, members in parts.items():
+        if len(members) < min_partition:
+            pooled.extend(members)
+            continue
+        sub = plan_buckets([lengths[i] for i in members], batch_tokens)
+        groups.extend([[members[j] for j in g] for g in sub])
+    pooled.sort()
+    sub = plan_buckets([lengths[i] for i in pooled], batch_tokens)
+    groups.extend([[pooled[j] for j in g] for g in sub])
+    return groups
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of the sequences."""
+    if not seqs:
+        return 0
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    k = 0
+    while k < n and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return k
+
+
+def _cache_kw(trunk: Any) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
+
+
+def trunk_hidden_shared(lm: Any, ids_t: torch.Tensor, cp: int) -> torch.Tensor:
+    """Like :func:`trunk_hidden` for right-padded rows that share their first ``cp`` tokens:
+    the prefix runs once and its KV cache is repeated over the rows. -> [B, L, H]."""
+    trunk = lm.trunk()
+    B = ids_t.shape[0]
+    pre = trunk(input_ids=ids_t[:1, :cp], use_cache=True)
+    cache = getattr(pre, "cache", None)
+    if cache is None:
+        cache = pre.past_key_values
+    cache.batch_repeat_interleave(B)
+    rest = trunk(input_ids=ids_t[:, cp:], use_cache=True, **{_cache_kw(trunk): cache})
+    h0 = pre.last_hidden_state.expand(B, -1, -1)
+    return torch.cat([h0, rest.last_hidden_state], dim=1)
+
+
 def unit_losses(lm: Any, units: Sequence[Unit], *, batch_tokens: int = 4096, entropy: bool = False,
                 el2n: bool = False, rank: bool = False, mode: str = "bucket", padding_side: str = "right",
-                backend: Optional[str] = None, stats: Optional[dict] = None) -> list[UnitLoss]:
+                backend: Optional[str] = None, stats: Optional[dict] = None, share_prefix: bool = True,
+                min_prefix: int = 8, trunk_only: bool = False) -> list[UnitLoss]:
     """Per-token losses for every unit (see the module doc). ``lm`` is a
     :class:`thresher.models.LoadedLM`. Units with nothing to score get empty arrays.
-    ``stats`` (a dict) receives ``forward_tokens`` (incl. padding), ``real_tokens``,
-    ``scored_tokens`` and ``batches``."""
+    ``stats`` (a dict) receives ``forward_tokens`` (incl. padding, shared prefixes
+    counted once), ``real_tokens``, ``scored_tokens``, ``batches`` and
+    ``shared_prefix_tokens`` (tokens not recomputed thanks to shared prefixes).
+    ``trunk_only=True`` runs the same batches without the loss (benchmark ceiling;
+    the results are then empty)."""
     from ..ops import token_loss
 
     _validate(units, batch_tokens, mode, padding_side)
@@ -138,8 +231,13 @@ def unit_losses(lm: Any, units: Sequence[Unit], *, batch_tokens: int = 4096, ent
     pad_id = lm.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = 0
-    st = {"forward_tokens": 0, "real_tokens": 0, "scored_tokens": 0, "batches": 0}
-    groups = plan_buckets(lengths, batch_tokens) if mode == "bucket" else plan_packs(lengths, batch_tokens)
+    st = {"forward_tokens": 0, "real_tokens": 0, "scored_tokens": 0, "batches": 0, "shared_prefix_tokens": 0}
+    share = share_prefix and mode == "bucket" and padding_side == "right"
+    if mode == "bucket":
+        groups = plan_groups([e[0] for e in eff], batch_tokens, share_prefix=share, min_prefix=min_prefix)
+    else:
+        groups = plan_packs(lengths, batch_tokens)
+    cp = 0
     with torch.inference_mode():
         for grp in groups:
             rows_idx: list[int] = []
@@ -169,7 +267,13 @@ def unit_losses(lm: Any, units: Sequence[Unit], *, batch_tokens: int = 4096, ent
                     pos_t = (am.cumsum(-1) - 1).clamp(min=0)
                     am = am.to(device)
                     pos_t = pos_t.to(device)
-                st["forward_tokens"] += B * L
+                cp = 0
+                if share and B > 1:
+                    cp = min(common_prefix([eff[i][0] for i in grp]), min(lengths[i] for i in grp) - 1)
+                    if cp < min_prefix:
+                        cp = 0
+                st["forward_tokens"] += B * L - (B - 1) * cp
+                st["shared_prefix_tokens"] += (B - 1) * cp
             else:
                 L = sum(lengths[i] for i in grp)
                 ids_t = torch.empty((1, L), dtype=torch.long)
@@ -190,7 +294,13 @@ def unit_losses(lm: Any, units: Sequence[Unit], *, batch_tokens: int = 4096, ent
                 st["forward_tokens"] += L
             st["real_tokens"] += sum(lengths[i] for i in grp)
             st["batches"] += 1
-            hidden = trunk_hidden(lm, ids_t.to(device), am, pos_t)
+            if mode == "bucket" and cp > 0:
+                hidden = trunk_hidden_shared(lm, ids_t.to(device), cp)
+            else:
+                hidden = trunk_hidden(lm, ids_t.to(device), am, pos_t)
+            if trunk_only:
+                del hidden
+                continue
             r = torch.as_tensor(rows_idx, dtype=torch.long, device=device)
             c = torch.as_tensor(cols_idx, dtype=torch.long, device=device)
             hs = hidden[r, c]  # [M, H]
