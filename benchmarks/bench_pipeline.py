@@ -89,6 +89,13 @@ def child(code: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def same_selection(work: Path) -> bool:
+    """thresher's subset (input order) and the pandas baseline's hold the same ids in the same order."""
+    a = [json.loads(ln)["id"] for ln in gzip.open(work / "out-k" / "selected.jsonl.gz", "rt", encoding="utf-8")]
+    b = [json.loads(ln)["id"] for ln in open(work / "pandas-selected.jsonl", encoding="utf-8")]
+    return a == b
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -125,6 +132,7 @@ def main() -> None:
             results["thresher_topk_k"]["peak_rss_mb"] / results["pandas_baseline"]["peak_rss_mb"], 3)
         out["time_ratio_thresher_over_pandas"] = round(
             results["thresher_topk_k"]["seconds"] / results["pandas_baseline"]["seconds"], 3)
+        out["same_selection_as_pandas"] = same_selection(a.work)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.out}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -126,6 +126,8 @@ def run(args: Any) -> int:
     pool = read_samples(args.data)
     selected = read_samples(sel_path)
     target = read_samples(args.target, group_field=args.group)
+    if args.group is not None and "group" not in target:
+        raise ValueError(f"--group: {args.target} has no field {args.group!r}")
     if args.max_target is not None and len(target) > args.max_target:
         target = target.sample(n=args.max_target, random_state=args.seed).sort_index()
     log(f"pool {len(pool)}, selected {len(selected)} (SDF {len(selected) / max(1, len(pool)):.4g}), "

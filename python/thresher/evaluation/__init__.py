@@ -15,3 +15,12 @@ from .comparison import (  # noqa: F401
 )
 from .leaderboard import PUBLISHED, PublishedMethod, leaderboard, published, published_methods  # noqa: F401
 from .runs import feasibility_from_recipe, load_runs, parse_runs, run_entry, run_to_method  # noqa: F401
+
+__all__ = [
+    "FEASIBILITY_FIELDS", "L_BASE", "OTHER_BENCH_MAP", "SAME_BENCH_MAP", "SETTINGS", "SUPPORTED_SETTINGS",
+    "BaselineLine", "Feasibility", "FlexibilityWeights", "LinearMap", "Method", "SimplicityWeights", "check_sdf",
+    "compare_methods", "dense_rank", "efficiency_ranks", "feasibility_ranks", "flexibility_penalty", "mean_ratio",
+    "perpendicular_distance", "pir", "pir_from_wtl", "residual", "sdf", "simplicity_penalty",
+    "PUBLISHED", "PublishedMethod", "leaderboard", "published", "published_methods",
+    "feasibility_from_recipe", "load_runs", "parse_runs", "run_entry", "run_to_method",
+]

@@ -177,7 +177,6 @@ def _train_batch(enc: Encoded, idx: Sequence[int], pad_id: int):
 
 def _answer_loss(lm, ids, att, lab, *, reduction: str = "mean"):
     """Cross-entropy over answer tokens; the LM head only at those positions."""
-    import torch
     import torch.nn.functional as F
 
     hidden = lm.trunk()(input_ids=ids, attention_mask=att).last_hidden_state  # [B, L, H]

@@ -320,6 +320,19 @@ class GradientFeaturizer:
         if self.mode == "dense":
             prs = {md: Projector(B, self.dim, self.seed, self.kind, device=dev, backend=self.backend)
                    for md in modes}
+            # small parameters are buffered into blocks of >= 2^20 columns per projection call (few
+            # calls, tiles amortised); the row offsets are those of the concatenated gradient
+            buf: dict[str, list] = {md: [] for md in modes}
+            state = {"start": 0, "cols": 0}
+
+            def flush():
+                if state["cols"]:
+                    for md in modes:
+                        prs[md].update(torch.cat(buf[md], 1), row_offset=state["start"])
+                        buf[md].clear()
+                    state["start"] += state["cols"]
+                    state["cols"] = 0
+
             for name, _ in self.params:
                 X = acts[name].to(torch.float32) * m
                 D = grads[name].to(torch.float32)
@@ -328,7 +341,11 @@ class GradientFeaturizer:
                 G = torch.nan_to_num(G, nan=0.0, posinf=0.0, neginf=0.0)  # bad rows are marked above
                 for md in modes:
                     Gt = G if md == "none" else self.adam_state.transform(name, G, md)
-                    prs[md].update(Gt.reshape(B, -1))
+                    buf[md].append(Gt.reshape(B, -1))
+                state["cols"] += G[0].numel()
+                if state["cols"] >= 1 << 20:
+                    flush()
+            flush()
             return {md: pr.result() for md, pr in prs.items()}
         parts = []
         for name, mod in self.modules.items():

@@ -87,14 +87,16 @@ MAX_BUCKET_ROWS = 256
 
 
 def plan_buckets(lengths: Sequence[int], batch_tokens: int, *,
-                 overhead: int = BUCKET_OVERHEAD_TOKENS) -> list[list[int]]:
+                 overhead: int = BUCKET_OVERHEAD_TOKENS, shared: int = 0) -> list[list[int]]:
     """Indices grouped into buckets of length-sorted units (longest first).
 
     Each bucket's ``rows x longest`` stays <= ``batch_tokens`` (a single longer
     unit gets its own bucket). Among such contiguous splits of the sorted order,
     dynamic programming picks the one minimising padded tokens + ``overhead`` per
     bucket, so a bucket is cut where the next unit is much shorter than its
-    longest instead of being filled with padding. O(n * MAX_BUCKET_ROWS).
+    longest instead of being filled with padding. ``shared``: a token prefix
+    common to all units, computed once per bucket (its savings enter the cost).
+    O(n * MAX_BUCKET_ROWS).
     """
     order = [i for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if lengths[i] > 0]
     n = len(order)
@@ -111,7 +113,8 @@ def plan_buckets(lengths: Sequence[int], batch_tokens: int, *,
         b = INF
         arg = s + 1
         for e in range(s + 1, top + 1):
-            c = (e - s) * L[s] + overhead + best[e]
+            cp = min(shared, L[e - 1] - 1)
+            c = (e - s) * L[s] - (e - s - 1) * cp + overhead + best[e]
             if c < b:
                 b, arg = c, e
         best[s], cut[s] = b, arg
@@ -152,7 +155,7 @@ def trunk_hidden(lm: Any, input_ids: torch.Tensor, attention_mask: Optional[torc
 
 
 def plan_groups(effs: Sequence[Sequence[int]], batch_tokens: int, *, share_prefix: bool = True,
-                min_prefix: int = 8, min_partition: int = 16) -> list[list[int]]:
+                min_prefix: int = 8, min_partition: int = 4) -> list[list[int]]:
     """Buckets (see :func:`plan_buckets`) formed within partitions of units that share
     their first ``min_prefix`` tokens (small partitions pooled), when ``share_prefix``."""
     lengths = [len(e) for e in effs]
@@ -168,7 +171,8 @@ def plan_groups(effs: Sequence[Sequence[int]], batch_tokens: int, *, share_prefi
         if len(members) < min_partition:
             pooled.extend(members)
             continue
-        sub = plan_buckets([lengths[i] for i in members], batch_tokens)
+        g_shared = common_prefix([effs[i] for i in members])
+        sub = plan_buckets([lengths[i] for i in members], batch_tokens, shared=g_shared)
         groups.extend([[members[j] for j in g] for g in sub])
     pooled.sort()
     sub = plan_buckets([lengths[i] for i in pooled], batch_tokens)
