@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from thresher.cache import ScoreCache, cache_key
 

@@ -226,6 +226,13 @@ def test_cli_evaluate_missing_feasibility_fails_before_training(files, capsys):
     assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
+def test_cli_evaluate_unknown_group_field(files, capsys):
+    assert main(_cli(files, "--recipe", "random", "--group", "topic")) == 2
+    err = capsys.readouterr().err
+    assert "--group:" in err and "no field 'topic'" in err
+    assert not (files / "sel" / "evaluation").exists()  # nothing trained or written
+
+
 def test_cli_evaluate_bad_selected_dir(files, capsys):
     empty = files / "empty"
     empty.mkdir()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thresher.io import DataError, Source, content_hash, open_dataset, read_samples
+from thresher.io import DataError, content_hash, open_dataset, read_samples
 from thresher.io.writers import write_selected
 
 

@@ -70,14 +70,14 @@ def test_streaming_topk_equals_in_memory_path(pool, tmp_path):
 
 
 def test_token_budget_filters_and_min_direction(pool, tmp_path):
-    res = run(pool, tmp_path / "t", criteria=["fake_len"], tokens=3000, filters=["fake_len >= 5"])
+    run(pool, tmp_path / "t", criteria=["fake_len"], tokens=3000, filters=["fake_len >= 5"])
     s = pd.read_parquet(tmp_path / "t" / "scores.parquet")
     sel = s[s["selected"]].sort_values("rank")
     assert sel["tokens"].sum() <= 3000
     nxt = s[~s["selected"] & s["eligible"]].sort_values(["fake_len", "rank"], ascending=[False, True])
     assert sel["tokens"].sum() + nxt["tokens"].iloc[0] > 3000  # the next one in order would not fit
     assert (s.loc[~s["eligible"], "fake_len"].fillna(-1) < 5).all() and (sel["fake_len"] >= 5).all()
-    res2 = run(pool, tmp_path / "m", criteria=["fake_len"], k=10,
+    run(pool, tmp_path / "m", criteria=["fake_len"], k=10,
                selector={"name": "topk", "options": {"criterion": "fake_len", "direction": "min"}})
     s2 = pd.read_parquet(tmp_path / "m" / "scores.parquet")
     assert s2.loc[s2["selected"], "fake_len"].max() == np.sort(s2["fake_len"].dropna().to_numpy())[9]

@@ -53,7 +53,7 @@ import thresher
 from .cache import ScoreCache, cache_key
 from .io import DataError, Source
 from .io.writers import AtomicFile, write_json_atomic, write_selected
-from .registry import CRITERIA, RECIPES, SELECTORS, _load_builtins
+from .registry import CRITERIA, SELECTORS, _load_builtins
 
 log = logging.getLogger("thresher.pipeline")
 

@@ -107,7 +107,7 @@ def _loader(spec: str):
 
 def run(args: Any) -> int:
     from thresher.evaluation.proxy import ProxyConfig, evaluate_selection, run_entries, write_outputs
-    from thresher.io import read_samples
+    from thresher.io import open_dataset, read_samples
 
     sel_path = _selected_file(Path(args.selected))
     sel_dir = sel_path.parent if Path(args.selected).is_file() else Path(args.selected)
@@ -125,9 +125,10 @@ def run(args: Any) -> int:
 
     pool = read_samples(args.data)
     selected = read_samples(sel_path)
-    target = read_samples(args.target, group_field=args.group)
-    if args.group is not None and "group" not in target:
-        raise ValueError(f"--group: {args.target} has no field {args.group!r}")
+    src = open_dataset(args.target, group_field=args.group)
+    target = src.read_all()
+    if args.group is not None and args.group not in (src.columns or []):
+        raise ValueError(f"--group: {args.target} has no field {args.group!r} (fields: {src.columns})")
     if args.max_target is not None and len(target) > args.max_target:
         target = target.sample(n=args.max_target, random_state=args.seed).sort_index()
     log(f"pool {len(pool)}, selected {len(selected)} (SDF {len(selected) / max(1, len(pool)):.4g}), "

@@ -39,8 +39,8 @@ import numpy as np
 
 from ..features.tokens import Unit, unit_losses
 from ..registry import CRITERIA, Option, as_pandas
-from ..render import (TEMPLATES, TRUNCATION, Rendered, SampleError, get_str, render_prompt, render_sample,
-                      tokenize_rendered)
+from ..render import (TEMPLATES, TRUNCATION, Rendered, SampleError, get_conversation, get_str, render_prompt,
+                      render_sample, tokenize_rendered)
 
 VERSION = "1"
 
@@ -283,6 +283,8 @@ class ReverseIFD(LMCriterion):
         skip_first = o["context"] == "none"
         for i, row in enumerate(_records(df)):
             try:
+                if get_conversation(row, ids[i]) is not None:
+                    raise SampleError(f"sample {ids[i]!r}: multi-turn samples are not supported by reverse_ifd")
                 instr = get_str(row, "instruction", ids[i], required=True)
                 inp = get_str(row, "input", ids[i], required=False)
                 out = get_str(row, "output", ids[i], required=True)

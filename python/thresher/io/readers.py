@@ -192,7 +192,6 @@ def _iter_parquet(path: Path, batch: int):
 
 def _iter_hf(path: Path, batch: int):
     try:
-        import datasets  # noqa: F401
         from datasets import load_from_disk
     except ImportError as exc:  # pragma: no cover
         raise ValueError(f"data: {path} is a saved HF dataset; reading it needs `pip install datasets` ({exc})")

@@ -14,7 +14,7 @@ the direction the criterion registered, else max). Hot paths go through
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
