@@ -167,6 +167,10 @@ def main() -> int:
             cond_tokens[i] = len(u.ids)
     results: dict = {}
 
+    def partial() -> None:  # so a killed run still leaves what it measured
+        tmp = Path(args.out).with_suffix(".partial.json")
+        tmp.write_text(json.dumps({"partial": True, "results": results}, indent=2))
+
     def rate(n_rows: int, seconds: float) -> dict:
         toks = int(cond_tokens[:n_rows].sum())
         return {"rows": n_rows, "seconds": round(seconds, 3), "text_tokens": toks,
@@ -187,6 +191,7 @@ def main() -> int:
         full = sub
         results["thresher_ifd"] = results["thresher_ifd_subset"]
     print("thresher", results["thresher_ifd"], flush=True)
+    partial()
 
     # trunk-only ceiling: exactly thresher's batches (same planning, shared prefixes), no loss step
     st: dict = {}
@@ -197,6 +202,7 @@ def main() -> int:
     results["trunk_only"]["padding_overhead"] = round(
         (st["forward_tokens"] + st["shared_prefix_tokens"]) / max(st["real_tokens"], 1) - 1, 4)
     print("trunk", results["trunk_only"], flush=True)
+    partial()
 
     # reference loop (Cherry) on the subset
     agree = None
@@ -207,6 +213,7 @@ def main() -> int:
                for r in rows[:n_ref]]
         results["reference_loop"] = rate(n_ref, time.perf_counter() - t)
         print("reference", results["reference_loop"], flush=True)
+        partial()
         both = [(g, r_["ifd"]) for g, r_ in zip(sub["ifd"], ref) if r_ is not None and not np.isnan(g)]
         if both:
             g, r_ = np.array(both).T
@@ -225,6 +232,7 @@ def main() -> int:
         results[f"hf_batched_b{bs}"] = rate(n_ref, time.perf_counter() - t)
         results[f"hf_batched_b{bs}"]["peak_logits_bytes"] = pk
         print(f"b{bs}", results[f"hf_batched_b{bs}"], flush=True)
+        partial()
 
     # loss-step memory on the largest thresher batch
     eff = [_effective(u) for u in prep["units"]]
@@ -268,6 +276,9 @@ def main() -> int:
     tmp = Path(args.out).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=2))
     os.replace(tmp, args.out)
+    part = Path(args.out).with_suffix(".partial.json")
+    if part.exists():
+        part.unlink()
     print(json.dumps(out["ratios"], indent=2))
     return 0
 

@@ -249,6 +249,7 @@ def main():
     ap.add_argument("--n-approx", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--nprobes", default="8,32,64,128,256", help="IVF nprobe values to measure")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: exact,approx,sklearn")
     ap.add_argument("--out", default=None)
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to check the script")
@@ -270,7 +271,7 @@ def main():
             res["exact"] = bench_exact(a.n_exact, a.dim, 10, skip_sklearn="sklearn" in skip)
             print(json.dumps(res["exact"], indent=1), flush=True)
         if "approx" not in skip:
-            res["approx"] = bench_approx(a.n_approx, a.dim, 10, a.queries, (2, 4, 8, 16, 32))
+            res["approx"] = bench_approx(a.n_approx, a.dim, 10, a.queries, tuple(int(v) for v in a.nprobes.split(",")))
             print(json.dumps(res["approx"], indent=1), flush=True)
         out = Path(a.out or ROOT / "benchmarks/results/knn-cpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,17 +54,28 @@ def efficiency_plot(table, path: Path, *, line: BaselineLine = L_BASE, title: Op
     ax.scatter(x[~user], y[~user], s=40, color=PUBLISHED_COLOR, zorder=3, label="published methods")
     if user.any():
         ax.scatter(x[user], y[user], s=110, marker="*", color=USER_COLOR, zorder=4, label="your runs")
-    # Labels of points closer than ~2% of the axes to an earlier point are stacked below it.
-    placed: list[tuple[float, float]] = []
+    # Labels go right of their point; a label that would overlap an earlier one (boxes
+    # estimated in axes fractions: ~0.65% of the width per character, ~2.4% of the height
+    # per line) goes left of it, or a line lower or higher.
+    boxes: list[tuple[float, float, float, float]] = []
     order = np.lexsort((x, -y))
-    sx, sy = (xmax - xmin), (yhi - ylo)
     for i in order:
-        xi, yi = x[i], y[i]
-        near = sum(1 for px, py in placed if abs(px - xi) < 0.08 * sx and abs(py - yi) < 0.03 * sy)
-        placed.append((xi, yi))
         u = bool(user[i])
-        ax.annotate(f"{table['name'].iloc[i]} (#{table['efficiency_rank'].iloc[i]})", (xi, yi),
-                    xytext=(5, 4 - 11 * near), textcoords="offset points", fontsize=8,
+        text = f"{table['name'].iloc[i]} (#{table['efficiency_rank'].iloc[i]})"
+        fx = (x[i] - xmin) / (xmax - xmin) + 0.006
+        fy = (y[i] - ylo) / (yhi - ylo)
+        w, h = 0.0065 * len(text) * (1.1 if u else 1.0), 0.024
+        cands = [(side, dy) for dy in (0, -1, 1, -2, 2, -3, 3) for side in (1, -1)]
+        for side, dy in cands:
+            x0 = fx if side > 0 else fx - 0.012 - w
+            y0 = fy + (4 + 11 * dy) / 500.0
+            b = (x0, y0, x0 + w, y0 + h)
+            if 0.0 <= b[0] and b[2] <= 1.0 and not any(
+                    b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in boxes):
+                break
+        boxes.append(b)
+        ax.annotate(text, (x[i], y[i]), xytext=(5 * side, 4 + 11 * dy), textcoords="offset points", fontsize=8,
+                    ha="left" if side > 0 else "right",
                     color=USER_COLOR if u else "#222222", weight="bold" if u else "normal")
     ax.set_xlim(xmin, xmax)
     ax.set_ylim(ylo, yhi)
