@@ -104,18 +104,20 @@ def plot_tradeoff(scores, a: tuple[str, str], b: tuple[str, str]) -> str:
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
     ax.scatter(x[m & ~sel], y[m & ~sel], s=4, c=REJ_COLOR, alpha=0.5, label="rejected", rasterized=True)
     ax.scatter(x[m & sel], y[m & sel], s=8, c=SEL_COLOR, alpha=0.9, label="selected", rasterized=True)
-    if m.any():
+    me = m & scores["eligible"].to_numpy(bool) if "eligible" in scores.columns else m
+    if me.any():
         try:
             import torch
 
             from .. import ops
 
-            obj = torch.from_numpy(np.stack([x[m], y[m]], 1))
+            obj = torch.from_numpy(np.stack([x[me], y[me]], 1))
             r = ops.pareto_ranks(obj, maximize=[a[1] == "max", b[1] == "max"])
             r = np.asarray(r.cpu().numpy() if hasattr(r, "cpu") else r)
-            front = np.flatnonzero(m)[r == 0]
+            front = np.flatnonzero(me)[r == 0]
             front = front[np.argsort(x[front])]
-            ax.plot(x[front], y[front], "-o", color="black", ms=3, lw=1, label="Pareto front (rank 0)")
+            ax.plot(x[front], y[front], "-o", color="black", ms=3, lw=1,
+                    label="Pareto front of eligible rows" if me.sum() < m.sum() else "Pareto front (rank 0)")
         except (ImportError, AttributeError, RuntimeError, ValueError):
             pass
     ax.set_xlabel(f"{a[0]} ({a[1]})")
