@@ -101,6 +101,12 @@ def test_compare_json(tmp_path, capsys):
 _TEST_RECIPE = object()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _drop_test_recipe():
+    yield
+    RECIPES.unregister("_eval_test_recipe")  # keep the global registry clean for other test modules
+
+
 def _test_recipe_entry():
     if "_eval_test_recipe" not in RECIPES:
         RECIPES.register("_eval_test_recipe", doc="test only",

@@ -76,6 +76,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (plugins and tests that register temporary components)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> Entry[T]:
         _load_builtins()
         try:
