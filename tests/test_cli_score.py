@@ -55,7 +55,8 @@ def test_same_scores_as_python_api(model_dir, tmp_path):
     df = pd.read_csv(out, keep_default_na=True)
     rows = [json.loads(line) for line in FIX.read_text().splitlines() if line.startswith("{\"")]
     api = CRITERIA.get("ifd").obj(model=model_dir, ratio="ppl", max_length=300)(pd.DataFrame(rows[:2]))
-    assert df["ifd"][:2].tolist() == pytest.approx(api["ifd"].tolist(), rel=1e-9)
+    # same scores up to float rounding (the CLI batches 7 rows together, the API call 2)
+    assert df["ifd"][:2].tolist() == pytest.approx(api["ifd"].tolist(), rel=1e-5)
 
 
 def test_fail_fast_stops_with_location(model_dir, tmp_path, capsys):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np

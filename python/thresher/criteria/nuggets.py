@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..features.tokens import Unit, prefix_reuse_losses, unit_losses
+from ..features.tokens import Unit, prefix_reuse_losses
 from ..registry import CRITERIA, Option, as_pandas
 from ..render import TEMPLATES, SampleError, render_sample, tokenize_rendered
 from .loss import LMCriterion, _opts, _records, sample_ids
@@ -139,9 +139,8 @@ class Nuggets(LMCriterion):
             return self._zero_cache[key]
         tok = self.tokenizer
         lead = tok("", add_special_tokens=True)["input_ids"]  # e.g. BOS for tokenizers that add one
+        # (the first token of an anchor is never an answer token: checked in _anchors)
         units = [Unit(list(lead) + tk.ids, [False] * len(lead) + tk.score) for _, tk in anchors]
-        if not lead:  # first token of an anchor is never an answer token (checked in _anchors)
-            pass
         losses = self.run_units(units)
         lp = np.array([-ul.nll.sum() for ul in losses])
         self._zero_cache = {key: lp}
