@@ -15,7 +15,7 @@ from typing import Any
 from ._common import print_summary
 
 DEMO_POOL = Path(__file__).resolve().parents[1] / "data" / "bigbench-sample.jsonl.gz"
-DEMO_LIMIT = 600
+DEMO_LIMIT = 1500
 DEMO_MAX_LENGTH = 256
 
 
