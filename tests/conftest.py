@@ -45,6 +45,18 @@ def bigbench_path(shared_dir: Path) -> Path:
     return p
 
 
+def write_bigbench_head(bigbench_path: Path, dst: Path, n: int) -> Path:
+    """The first ``n`` rows of the real BIG-bench pool as a plain JSONL file."""
+    import gzip
+
+    with gzip.open(bigbench_path, "rt", encoding="utf-8") as src, open(dst, "w", encoding="utf-8") as out:
+        for i, line in enumerate(src):
+            if i == n:
+                break
+            out.write(line)
+    return dst
+
+
 def pytest_report_header(config):
     try:
         from thresher import _native

@@ -1,13 +1,13 @@
 """CLI verbs select / rank / run / recipes / demo, and their error messages."""
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import write_bigbench_head
 from thresher.cli.main import main
 
 PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
@@ -15,13 +15,7 @@ PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
 
 @pytest.fixture(scope="module")
 def pool(bigbench_path, tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("pool") / "pool.jsonl"
-    with gzip.open(bigbench_path, "rt", encoding="utf-8") as src, open(p, "w", encoding="utf-8") as dst:
-        for i, line in enumerate(src):
-            if i == 400:
-                break
-            dst.write(line)
-    return p
+    return write_bigbench_head(bigbench_path, tmp_path_factory.mktemp("pool") / "pool.jsonl", 400)
 
 
 def test_select_with_criteria_and_rank(pool, tmp_path, capsys):

@@ -1,7 +1,6 @@
 """The pipeline end to end on real rows with light criteria (thresher.pipeline)."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import write_bigbench_head
 from thresher.pipeline import PipelineConfig, run_pipeline
 
 PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
@@ -18,13 +18,7 @@ PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
 @pytest.fixture(scope="module")
 def pool(bigbench_path, tmp_path_factory) -> Path:
     """1,200 real BIG-bench rows as a plain JSONL file."""
-    p = tmp_path_factory.mktemp("pool") / "pool.jsonl"
-    with gzip.open(bigbench_path, "rt", encoding="utf-8") as src, open(p, "w", encoding="utf-8") as dst:
-        for i, line in enumerate(src):
-            if i == 1200:
-                break
-            dst.write(line)
-    return p
+    return write_bigbench_head(bigbench_path, tmp_path_factory.mktemp("pool") / "pool.jsonl", 1200)
 
 
 def run(pool, out, **kw):

@@ -185,6 +185,21 @@ class Encoded:
     reason: str = ""
 
 
+def pad_encoded(enc: list["Encoded"], pad: int, dev: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad encoded samples into (ids [B,T] long, attention [B,T] long, scored [B,T] bool) on ``dev``."""
+    T = max(len(e.ids) for e in enc)
+    B = len(enc)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    att = torch.zeros((B, T), dtype=torch.long)
+    score = torch.zeros((B, T), dtype=torch.bool)
+    for b, e in enumerate(enc):
+        n = len(e.ids)
+        ids[b, :n] = torch.tensor(e.ids)
+        att[b, :n] = 1
+        score[b, :n] = torch.tensor(e.score)
+    return ids.to(dev), att.to(dev), score.to(dev)
+
+
 def encode_rows(rows: Any, tokenizer: Any, *, template: str = "alpaca", max_length: int = 512) -> list[Encoded]:
     """Render + tokenise each row (the loss engine's alignment); a reason instead of raising for bad rows."""
     from ..registry import as_pandas
@@ -271,18 +286,8 @@ class GradientFeaturizer:
     # -- one batch: hooks -> per-module (X, D) -------------------------------
     def _capture(self, enc: list[Encoded]):
         dev = next(self.pm.parameters()).device
-        T = max(len(e.ids) for e in enc)
-        B = len(enc)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((B, T), pad, dtype=torch.long)
-        att = torch.zeros((B, T), dtype=torch.long)
-        score = torch.zeros((B, T), dtype=torch.bool)
-        for b, e in enumerate(enc):
-            n = len(e.ids)
-            ids[b, :n] = torch.tensor(e.ids)
-            att[b, :n] = 1
-            score[b, :n] = torch.tensor(e.score)
-        ids, att, score = ids.to(dev), att.to(dev), score.to(dev)
+        ids, att, score = pad_encoded(enc, pad, dev)
         acts: dict[str, torch.Tensor] = {}
         grads: dict[str, torch.Tensor] = {}
         handles = []

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..features.gradients import (DEFAULT_TARGETS, AdamState, Encoded, add_lora, encode_rows, load_lora,
+from ..features.gradients import (DEFAULT_TARGETS, AdamState, Encoded, add_lora, encode_rows, load_lora, pad_encoded,
                                   lora_named_parameters, save_lora)
 
 
@@ -61,24 +61,14 @@ class WarmupResult:
 
 
 def _batch_loss(causal, enc: list[Encoded], pad: int, dev) -> torch.Tensor:
-    T = max(len(e.ids) for e in enc)
-    B = len(enc)
-    ids = torch.full((B, T), pad, dtype=torch.long)
-    att = torch.zeros((B, T), dtype=torch.long)
-    score = torch.zeros((B, T), dtype=torch.bool)
-    for b, e in enumerate(enc):
-        n = len(e.ids)
-        ids[b, :n] = torch.tensor(e.ids)
-        att[b, :n] = 1
-        score[b, :n] = torch.tensor(e.score)
-    ids, att, score = ids.to(dev), att.to(dev), score.to(dev)
+    ids, att, score = pad_encoded(enc, pad, dev)
     trunk = getattr(causal, causal.base_model_prefix)
     h = trunk(input_ids=ids, attention_mask=att).last_hidden_state
     pb, pt = torch.nonzero(score[:, 1:], as_tuple=True)
     logits = causal.get_output_embeddings()(h[pb, pt]).float()
     ce = F.cross_entropy(logits, ids[pb, pt + 1], reduction="none")
     counts = score[:, 1:].sum(1).clamp(min=1).to(ce.dtype)
-    return (ce / counts[pb]).sum() / B
+    return (ce / counts[pb]).sum() / len(enc)
 
 
 def warmup_lora(rows: Any, lm: Any, out: Path, *, fraction: float = 0.05, epochs: int = 4, lr: float = 2e-5,
