@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from thresher.registry import CRITERIA, Option, as_pandas
+from thresher.frames import as_pandas
+from thresher.registry import CRITERIA, Option
 
 
 def _log(path, line):

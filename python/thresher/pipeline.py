@@ -328,7 +328,7 @@ def check_scores(df: Any, table: Any, name: str, alias: Optional[str] = None):
     import pandas as pd
 
     if not isinstance(df, pd.DataFrame):
-        from .registry import as_pandas
+        from .frames import as_pandas
 
         df = as_pandas(df)
     if "id" not in df.columns or name not in df.columns:

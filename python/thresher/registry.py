@@ -25,15 +25,112 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
 
+from .errors import OptionError
+
 T = TypeVar("T")
 
 
-@dataclass
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
 class Option:
+    """A documented option with its type, range and choices, validated in one place.
+
+    ``type``: ``int``, ``float``, ``bool``, ``str``, ``list``, ``dict`` or a tuple of
+    them; left out, it is inferred from a ``bool``/``int``/``float`` default (other
+    defaults leave the type open). ``min``/``max`` bound numbers (inclusive unless
+    ``min_exclusive``/``max_exclusive``). ``nullable`` says whether ``None`` is
+    accepted (default: when the default is ``None``). ``choices`` lists the allowed
+    values. An ``int`` option takes an integral float (``6.0``); a ``float`` option
+    takes an ``int``; a ``bool`` is never a number."""
+
     name: str
     default: Any
     doc: str
     choices: Optional[tuple] = None
+    type: Any = _UNSET
+    min: Optional[float] = None
+    max: Optional[float] = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    nullable: Optional[bool] = None
+
+    def kind(self) -> Any:
+        if self.type is not _UNSET:
+            return self.type
+        d = self.default
+        if isinstance(d, bool):
+            return bool
+        if isinstance(d, int):
+            return int
+        if isinstance(d, float):
+            return float
+        return None
+
+    def describe_type(self) -> str:
+        """``int in [1, inf)``, ``one of ['a', 'b']``, ``float or None``: for help texts."""
+        k = self.kind()
+        names = "/".join(t.__name__ for t in (k if isinstance(k, tuple) else (k,))) if k else "any"
+        if self.choices is not None:
+            names = f"one of {list(self.choices)}"
+        if self.min is not None or self.max is not None:
+            lo = "(" if self.min_exclusive or self.min is None else "["
+            hi = ")" if self.max_exclusive or self.max is None else "]"
+            names += f" in {lo}{'-inf' if self.min is None else self.min}, {'inf' if self.max is None else self.max}{hi}"
+        if self._nullable():
+            names += " or None"
+        return names
+
+    def _nullable(self) -> bool:
+        return self.default is None if self.nullable is None else bool(self.nullable)
+
+    def validate(self, value: Any, owner: str = "") -> Any:
+        """The value converted to the option's type; :class:`OptionError` naming the option if it is not valid."""
+        where = f"{owner}: option {self.name}" if owner else f"option {self.name}"
+        if value is None:
+            if self._nullable() or self.choices is not None and None in self.choices:
+                return None
+            raise OptionError(f"{where}: a value is required (expected {self.describe_type()})")
+        k = self.kind()
+        if k is not None:
+            value = _convert(value, k, where, self.describe_type())
+        if self.choices is not None and value not in self.choices:
+            raise OptionError(f"{where}={value!r} not in {list(self.choices)}")
+        if self.min is not None or self.max is not None:
+            _check_range(self, value, where)
+        return value
+
+
+def _convert(value: Any, kind: Any, where: str, expected: str) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    for t in kinds:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+        if t is list and isinstance(value, (list, tuple)):
+            return list(value)
+        if t not in (bool, int, float, str, list) and isinstance(value, t):
+            return value
+    raise OptionError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _check_range(opt: Option, value: Any, where: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if value != value:  # NaN
+        raise OptionError(f"{where}: expected {opt.describe_type()}, got nan")
+    lo_bad = opt.min is not None and (value <= opt.min if opt.min_exclusive else value < opt.min)
+    hi_bad = opt.max is not None and (value >= opt.max if opt.max_exclusive else value > opt.max)
+    if lo_bad or hi_bad:
+        raise OptionError(f"{where}: expected {opt.describe_type()}, got {value!r}")
 
 
 @dataclass
@@ -45,19 +142,15 @@ class Entry(Generic[T]):
     meta: dict[str, Any] = field(default_factory=dict)
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Defaults filled in; unknown or out-of-choice options raise ValueError."""
+        """Defaults filled in, every given value validated; unknown or invalid options raise OptionError."""
         unknown = set(given) - set(self.options)
         if unknown:
-            raise ValueError(
-                f"{self.name}: unknown option(s) {sorted(unknown)}; "
-                f"known: {sorted(self.options) or 'none'}"
+            raise OptionError(
+                f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.options) or 'none'}"
             )
         out = {k: o.default for k, o in self.options.items()}
         for k, v in given.items():
-            o = self.options[k]
-            if o.choices is not None and v not in o.choices:
-                raise ValueError(f"{self.name}: option {k}={v!r} not in {list(o.choices)}")
-            out[k] = v
+            out[k] = self.options[k].validate(v, self.name)
         return out
 
 
@@ -72,6 +165,8 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = Entry(name, obj, doc, {o.name: o for o in options or []}, meta)
+            if isinstance(obj, type) and "NAME" not in vars(obj):
+                obj.NAME = name  # the name is written once, here; a class reads it as self.NAME
             return obj
 
         return deco
@@ -106,6 +201,7 @@ CRITERIA: Registry[Any] = Registry("criterion")
 SELECTORS: Registry[Any] = Registry("selector")
 RECIPES: Registry[Any] = Registry("recipe")
 READERS: Registry[Any] = Registry("reader")
+ENGINES: Registry[Any] = Registry("engine")
 
 # Modules that register built-in components on import. Each capability adds
 # its module here; a module that fails to import (missing optional extra) is
@@ -134,21 +230,3 @@ def _load_builtins() -> None:
             importlib.import_module(mod)
         except ImportError as exc:
             LOAD_ERRORS[mod] = f"{type(exc).__name__}: {exc}"
-
-
-def as_pandas(batch: Any):
-    """Accept a pandas DataFrame, a pyarrow Table/RecordBatch or a dict of columns."""
-    import pandas as pd
-
-    if isinstance(batch, pd.DataFrame):
-        return batch
-    try:
-        import pyarrow as pa
-
-        if isinstance(batch, (pa.Table, pa.RecordBatch)):
-            return batch.to_pandas()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(batch, dict):
-        return pd.DataFrame(batch)
-    raise ValueError(f"batch: expected a pandas DataFrame, pyarrow Table or dict, got {type(batch).__name__}")

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..registry import CRITERIA, Option, as_pandas
+from ..frames import as_pandas
+from ..registry import CRITERIA, Option
 
 VERSION = 1
 
@@ -231,7 +232,7 @@ def max_sim_to_earlier(x: torch.Tensor, block: int = 2048, kept_only: bool = Fal
             m = s.max(1).values
             out[a:b] = torch.where(m < -1.5, torch.full_like(m, -1.0), m).cpu()
         return out
-    from ..selectors.diversity import repr_filter_order
+    from ..cluster import repr_filter_order
 
     kept = repr_filter_order(x.cpu().numpy(), np.arange(n), n, threshold)
     kmask = torch.zeros(n, dtype=torch.bool)
@@ -288,7 +289,7 @@ class SemDeDup(_PoolCriterion):
 def semdedup_scores(emb: np.ndarray, eps: float = 0.05, n_clusters: Optional[int] = None, order: str = "hard",
                     against: str = "earlier", seed: int = 0) -> dict:
     """{"": max sim to an earlier sample of the cluster, "keep": 0/1, "cluster": id} per row."""
-    from ..selectors.diversity import kmeans
+    from ..cluster import kmeans
 
     n = emb.shape[0]
     sim = np.full(n, -1.0)

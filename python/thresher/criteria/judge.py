@@ -37,7 +37,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..features.tokens import last_position_hidden
-from ..registry import CRITERIA, Option, as_pandas
+from ..frames import as_pandas
+from ..registry import CRITERIA, Option
 from ..render import SampleError, get_conversation, get_str
 from .loss import MODEL_OPTIONS, VERSION, sample_ids
 

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..registry import CRITERIA, Option, as_pandas
+from ..frames import as_pandas
+from ..registry import CRITERIA, Option
 
 VERSION = "1"
 

@@ -37,7 +37,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ..features.tokens import Unit, unit_losses
-from ..registry import CRITERIA, Option, as_pandas
+from ..frames import as_pandas
+from ..registry import CRITERIA, Option
 from ..render import (TEMPLATES, TRUNCATION, Rendered, SampleError, get_conversation, get_str, render_prompt,
                       render_sample, tokenize_rendered)
 

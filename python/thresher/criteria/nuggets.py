@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..features.tokens import Unit, prefix_reuse_losses
-from ..registry import CRITERIA, Option, as_pandas
+from ..frames import as_pandas
+from ..registry import CRITERIA, Option
 from ..render import TEMPLATES, SampleError, render_sample, tokenize_rendered
 from .loss import LMCriterion, _opts, _records, sample_ids
 

@@ -108,7 +108,7 @@ def embed_texts(texts: Sequence[str], embedder: Any = "default", *, batch_size: 
 def sample_texts(df: Any) -> list[str]:
     """instruction, input and output of each row joined by newlines (empty parts skipped);
     multi-turn rows (``conversation``) join their turns' contents."""
-    from ..registry import as_pandas
+    from ..frames import as_pandas
 
     df = as_pandas(df)
     cols = [c for c in ("instruction", "input", "output") if c in df.columns]
@@ -128,7 +128,7 @@ def sample_texts(df: Any) -> list[str]:
 
 def embed_table(df: Any, embedder: Any = "default", **kw: Any) -> np.ndarray:
     """Embeddings of a sample table's rows (ids from its ``id`` column key the cache)."""
-    from ..registry import as_pandas
+    from ..frames import as_pandas
 
     df = as_pandas(df)
     ids = df["id"].astype(str).tolist() if "id" in df.columns else None

@@ -46,7 +46,7 @@ class ScoreColumns:
 
     def __call__(self, batch):
         from ..io.schema import content_hash
-        from ..registry import as_pandas
+        from ..frames import as_pandas
 
         df = as_pandas(batch).reset_index(drop=True)
         work = df.copy()

@@ -202,7 +202,7 @@ def pad_encoded(enc: list["Encoded"], pad: int, dev: Any) -> tuple[torch.Tensor,
 
 def encode_rows(rows: Any, tokenizer: Any, *, template: str = "alpaca", max_length: int = 512) -> list[Encoded]:
     """Render + tokenise each row (the loss engine's alignment); a reason instead of raising for bad rows."""
-    from ..registry import as_pandas
+    from ..frames import as_pandas
     from ..render import SampleError, render_sample, tokenize_rendered
 
     df = as_pandas(rows)

@@ -14,7 +14,8 @@ import numpy as np
 
 import thresher
 
-from ..registry import CRITERIA, Option, as_pandas
+from ..frames import as_pandas
+from ..registry import CRITERIA, Option
 
 _TOK = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"\w+")

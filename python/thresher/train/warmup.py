@@ -76,7 +76,7 @@ def warmup_lora(rows: Any, lm: Any, out: Path, *, fraction: float = 0.05, epochs
                 max_length: int = 512, template: str = "alpaca", seed: int = 0, warmup_ratio: float = 0.03,
                 max_rows: Optional[int] = None, log: Callable[[str], None] = print) -> WarmupResult:
     """Train LoRA on a random ``fraction`` of ``rows`` (a sample table); see module doc."""
-    from ..registry import as_pandas
+    from ..frames import as_pandas
 
     df = as_pandas(rows)
     if not 0 < fraction <= 1:

@@ -1,0 +1,157 @@
+"""Geometry on embeddings shared by criteria and selectors: k-means, DEITA's repr
+filter walk and greedy k-center. Array in, array out; no registry, no data frames.
+
+Every function is deterministic for a given seed; ``device`` ``auto`` runs on a
+GPU when one is visible.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .index import faiss_threads
+
+
+def torch_device(device: Optional[str]) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def repr_filter_order(embeddings: np.ndarray, order: np.ndarray, budget: int, tau: float, *,
+                      block: Optional[int] = None, device: Optional[str] = None,
+                      borderline: float = 1e-5) -> np.ndarray:
+    """DEITA's repr filter: walk ``order``; keep x if max cos(x, kept) <= tau; stop at ``budget``.
+
+    embeddings: [N, d] L2-normalised float32. Blocked: a block of candidates is
+    compared with the kept set in one GEMM (a candidate above tau there is
+    rejected for good: the kept set only grows), then the survivors are resolved
+    in order against the block's own accepted rows with a B x B similarity
+    matrix. Similarities within ``borderline`` of tau are recomputed in float64,
+    so the result does not depend on the block size. Returns kept positions in
+    order. O(N_walked * budget * d) multiply-adds, O(budget * d) memory.
+    """
+    tau = float(tau)
+    if not -1.0 <= tau <= 1.0:
+        raise ValueError(f"tau: expected a cosine similarity in [-1, 1], got {tau!r}")
+    dev = torch_device(device)
+    B = int(block or (4096 if dev.type == "cuda" else 1024))
+    emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
+    d = emb.shape[1]
+    kept = torch.empty((max(budget, 1), d), dtype=torch.float32, device=dev)
+    kept_pos: list[int] = []
+    nk = 0
+    pos = 0
+    order = np.asarray(order, dtype=np.int64)
+    while pos < len(order) and nk < budget:
+        cand = order[pos:pos + B]
+        pos += B
+        ci = torch.from_numpy(cand).to(dev)
+        X = emb[ci]
+        if nk:
+            m1 = (X @ kept[:nk].T).max(1).values
+            near = (m1 - tau).abs() <= borderline
+            if bool(near.any()):
+                r = torch.nonzero(near).flatten()
+                above = (X[r].double() @ kept[:nk].double().T).max(1).values > tau
+                m1[r] = torch.where(above, float("inf"), float("-inf")).to(m1.dtype)
+            surv = torch.nonzero(m1 <= tau).flatten()
+        else:
+            surv = torch.arange(len(cand), device=dev)
+        if surv.numel() == 0:
+            continue
+        Xs = X[surv]
+        G = (Xs @ Xs.T).cpu().numpy()
+        s_np = surv.cpu().numpy()
+        near = np.abs(G - tau) <= borderline
+        if near.any():
+            Gd = (Xs.double() @ Xs.double().T).cpu().numpy()
+            G = np.where(near, np.where(Gd > tau, np.inf, -np.inf), G)
+        blocked = np.zeros(len(s_np), dtype=bool)
+        acc: list[int] = []
+        for i in range(len(s_np)):
+            if blocked[i]:
+                continue
+            acc.append(i)
+            if nk + len(acc) >= budget:
+                break
+            blocked[i + 1:] |= G[i, i + 1:] > tau
+        if acc:
+            a = torch.from_numpy(np.asarray(acc, dtype=np.int64)).to(dev)
+            kept[nk:nk + len(acc)] = Xs[a]
+            nk += len(acc)
+            kept_pos.extend(int(cand[s_np[i]]) for i in acc)
+    return np.asarray(kept_pos, dtype=np.int64)
+
+
+def kcenter_greedy(embeddings: np.ndarray, k: int, *, first: int = 0, pool: Optional[np.ndarray] = None,
+                   device: Optional[str] = None) -> np.ndarray:
+    """Greedy k-center (Gonzalez): repeatedly add the pool row farthest (Euclidean) from the chosen set.
+
+    O(k N d); ties by lower position. Returns positions in pick order, ``first`` first.
+    """
+    dev = torch_device(device)
+    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
+    n = x.shape[0]
+    allowed = torch.ones(n, dtype=torch.bool, device=dev)
+    if pool is not None:
+        allowed[:] = False
+        allowed[torch.from_numpy(np.asarray(pool, dtype=np.int64)).to(dev)] = True
+    sq = (x * x).sum(1)
+    mind = torch.full((n,), float("inf"), device=dev)
+    mind[~allowed] = -1.0
+    out = []
+    c = int(first)
+    for _ in range(min(k, int(allowed.sum()))):
+        out.append(c)
+        d2 = (sq + sq[c] - 2.0 * (x @ x[c])).clamp_min(0.0)
+        mind = torch.minimum(mind, d2)
+        mind[c] = -1.0
+        mind[~allowed] = -1.0
+        c = int(torch.argmax(mind))
+    return np.asarray(out, dtype=np.int64)
+
+
+def kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, spherical: bool = False, niter: int = 20,
+           max_points_per_centroid: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids [c, d], labels [N]) by Lloyd's k-means (FAISS when installed, else torch).
+
+    ``spherical``: centroids re-normalised each iteration, assignment by inner
+    product (SemDeDup). Deterministic for a given seed.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"n_clusters: expected 1..{n}, got {n_clusters}")
+    try:
+        import faiss
+
+        km = faiss.Kmeans(d, int(n_clusters), niter=niter, seed=int(seed) + 1, spherical=spherical,
+                          max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
+                           verbose=False)
+        with faiss_threads(n * n_clusters, small=1 << 24):
+            km.train(x)
+        cent = km.centroids
+        _, lab = km.index.search(x, 1)
+        return cent.copy(), lab[:, 0].astype(np.int64)
+    except ImportError:
+        pass
+    g = torch.Generator().manual_seed(int(seed))
+    xt = torch.from_numpy(x)
+    cent = xt[torch.randperm(n, generator=g)[:n_clusters]].clone()
+    lab = torch.zeros(n, dtype=torch.int64)
+    for _ in range(niter):
+        if spherical:
+            lab = torch.argmax(xt @ cent.T, 1)
+        else:
+            lab = torch.argmin((cent * cent).sum(1)[None] - 2 * xt @ cent.T, 1)
+        sums = torch.zeros_like(cent).index_add_(0, lab, xt)
+        cnt = torch.bincount(lab, minlength=n_clusters).float()
+        nz = cnt > 0
+        cent[nz] = sums[nz] / cnt[nz, None]
+        if spherical:
+            cent = cent / cent.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return cent.numpy(), lab.numpy()
