@@ -30,6 +30,7 @@ for both; the CPU-time ratios are the ones to trust here.
 
     PYTHONPATH=python python benchmarks/bench_ifd.py --n 300 --n-ref 100
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +79,7 @@ def naive_batched(lm, units, batch_size):
     peak_logits = 0
     with torch.inference_mode():
         for s in range(0, len(units), batch_size):
-            grp = units[s:s + batch_size]
+            grp = units[s : s + batch_size]
             L = max(len(u.ids) for u in grp)
             ids = torch.full((len(grp), L), pad, dtype=torch.long)
             am = torch.zeros((len(grp), L), dtype=torch.long)
@@ -92,8 +93,9 @@ def naive_batched(lm, units, batch_size):
             logits = lm.model(input_ids=ids, attention_mask=am).logits
             peak_logits = max(peak_logits, logits.numel() * logits.element_size())
             V = logits.shape[-1]
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), labels[:, 1:].reshape(-1),
-                                   reduction="none").view(len(grp), L - 1)
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, V).float(), labels[:, 1:].reshape(-1), reduction="none"
+            ).view(len(grp), L - 1)
             m = labels[:, 1:] != -100
             out.extend(((loss * m).sum(1) / m.sum(1).clamp(min=1)).tolist())
     return out, peak_logits
@@ -137,8 +139,12 @@ print(max(status("VmHWM") - base, 0))
 def loss_step_memory(M: int, rows: int, H: int, V: int) -> dict:
     res = {}
     for mode in ("fused", "naive"):
-        out = subprocess.run([sys.executable, "-c", MEM_CHILD, str(ROOT / "python"), str(M), str(H), str(V), mode,
-                              str(rows)], capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", MEM_CHILD, str(ROOT / "python"), str(M), str(H), str(V), mode, str(rows)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if out.returncode != 0:
             res[mode] = f"failed: {out.stderr[-300:]}"
         else:
@@ -154,9 +160,14 @@ def main() -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "bigbench" / "bigbench-pool-100k.jsonl.gz"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ifd-cpu.json"))
     ap.add_argument("--skip", default="", help="comma-separated methods to skip")
-    ap.add_argument("--only-ceiling", type=int, default=0, metavar="K",
-                    help="only run K interleaved rounds of thresher IFD / trunk-only on --n rows (min of each) "
-                         "and add them to the existing --out JSON")
+    ap.add_argument(
+        "--only-ceiling",
+        type=int,
+        default=0,
+        metavar="K",
+        help="only run K interleaved rounds of thresher IFD / trunk-only on --n rows (min of each) "
+        "and add them to the existing --out JSON",
+    )
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     import pandas as pd
@@ -191,9 +202,15 @@ def main() -> int:
         wall = time.perf_counter() - clock["wall"]
         cpu = time.process_time() - clock["cpu"]
         toks = int(cond_tokens[:n_rows].sum())
-        return {"rows": n_rows, "seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "text_tokens": toks,
-                "tokens_per_s": round(toks / wall, 1), "tokens_per_cpu_s": round(toks / cpu, 1),
-                "samples_per_s": round(n_rows / wall, 3)}
+        return {
+            "rows": n_rows,
+            "seconds": round(wall, 3),
+            "cpu_seconds": round(cpu, 3),
+            "text_tokens": toks,
+            "tokens_per_s": round(toks / wall, 1),
+            "tokens_per_cpu_s": round(toks / cpu, 1),
+            "samples_per_s": round(n_rows / wall, 3),
+        }
 
     # warm-up (first-call costs: thread pools, allocator)
     scorer(df.iloc[:4])
@@ -209,16 +226,21 @@ def main() -> int:
             unit_losses(lm, prep["units"], batch_tokens=args.batch_tokens, trunk_only=True)
             tk.append(time.perf_counter() - t0)
         toks = int(cond_tokens.sum())
-        res = {"rows": len(rows), "rounds": args.only_ceiling, "thresher_seconds": [round(x, 3) for x in th],
-               "trunk_only_seconds": [round(x, 3) for x in tk],
-               "thresher_tokens_per_s_best": round(toks / min(th), 1),
-               "trunk_only_tokens_per_s_best": round(toks / min(tk), 1),
-               "trunk_only_ceiling_over_thresher_best": round(min(th) / min(tk), 3)}
+        res = {
+            "rows": len(rows),
+            "rounds": args.only_ceiling,
+            "thresher_seconds": [round(x, 3) for x in th],
+            "trunk_only_seconds": [round(x, 3) for x in tk],
+            "thresher_tokens_per_s_best": round(toks / min(th), 1),
+            "trunk_only_tokens_per_s_best": round(toks / min(tk), 1),
+            "trunk_only_ceiling_over_thresher_best": round(min(th) / min(tk), 3),
+        }
         print("interleaved", res, flush=True)
         d = json.loads(Path(args.out).read_text())
         d["ceiling_interleaved"] = res
-        d.setdefault("ratios", {})["interleaved best-of: trunk_only_ceiling_over_thresher"] = \
-            res["trunk_only_ceiling_over_thresher_best"]
+        d.setdefault("ratios", {})["interleaved best-of: trunk_only_ceiling_over_thresher"] = res[
+            "trunk_only_ceiling_over_thresher_best"
+        ]
         Path(args.out).write_text(json.dumps(d, indent=2))
         return 0
 
@@ -243,7 +265,8 @@ def main() -> int:
     results["trunk_only"] = rate(len(rows), 0.0)
     results["trunk_only"]["batch_stats"] = st
     results["trunk_only"]["padding_overhead"] = round(
-        (st["forward_tokens"] + st["shared_prefix_tokens"]) / max(st["real_tokens"], 1) - 1, 4)
+        (st["forward_tokens"] + st["shared_prefix_tokens"]) / max(st["real_tokens"], 1) - 1, 4
+    )
     print("trunk", results["trunk_only"], flush=True)
     partial()
 
@@ -252,16 +275,21 @@ def main() -> int:
     if "reference" not in skip:
         cherry = cherry_module()
         start()
-        ref = [cherry.cherry_ifd(lm.model, lm.tokenizer, r["instruction"], r["output"], r["input"], max_length=512)
-               for r in rows[:n_ref]]
+        ref = [
+            cherry.cherry_ifd(lm.model, lm.tokenizer, r["instruction"], r["output"], r["input"], max_length=512)
+            for r in rows[:n_ref]
+        ]
         results["reference_loop"] = rate(n_ref, 0.0)
         print("reference", results["reference_loop"], flush=True)
         partial()
         both = [(g, r_["ifd"]) for g, r_ in zip(sub["ifd"], ref) if r_ is not None and not np.isnan(g)]
         if both:
             g, r_ = np.array(both).T
-            agree = {"compared": len(both), "max_rel_diff": float(np.max(np.abs(g - r_) / np.abs(r_))),
-                     "skipped_by_reference": int(sum(r_ is None for r_ in ref))}
+            agree = {
+                "compared": len(both),
+                "max_rel_diff": float(np.max(np.abs(g - r_) / np.abs(r_))),
+                "skipped_by_reference": int(sum(r_ is None for r_ in ref)),
+            }
     # naive batched full-logits on the subset
     sub_units = [(k, u) for k, ((i, kind), u) in enumerate(zip(prep["owner"], prep["units"])) if i < n_ref]
     units_sub = [u for _, u in sub_units]
@@ -287,8 +315,13 @@ def main() -> int:
     V, H = lm.head_weight().shape
     mem = loss_step_memory(scored_big, rows_big, H, V)
     logits_bytes = rows_big * V * 4
-    mem_res = {"batch_positions": rows_big, "scored_tokens": scored_big, "naive_logits_tensor_bytes": logits_bytes,
-               "fused_peak_rss_growth_bytes": mem.get("fused"), "naive_peak_rss_growth_bytes": mem.get("naive")}
+    mem_res = {
+        "batch_positions": rows_big,
+        "scored_tokens": scored_big,
+        "naive_logits_tensor_bytes": logits_bytes,
+        "fused_peak_rss_growth_bytes": mem.get("fused"),
+        "naive_peak_rss_growth_bytes": mem.get("naive"),
+    }
     if isinstance(mem.get("fused"), int):
         mem_res["fused_over_logits"] = round(mem["fused"] / logits_bytes, 4)
     print("memory", mem_res, flush=True)
@@ -306,14 +339,25 @@ def main() -> int:
         "benchmark": "ifd",
         "model": "SmolLM2-135M-Instruct (default, fp32)",
         "data": f"first {len(rows)} rows of bigbench-pool-100k.jsonl.gz (slow baselines: first {n_ref})",
-        "settings": {"template": "alpaca", "max_length": 512, "batch_tokens": args.batch_tokens,
-                     "torch_threads": THREADS},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "note": "shared machine (about 8 engineers on 2 cores): single noisy run, compare ratios"},
+        "settings": {
+            "template": "alpaca",
+            "max_length": 512,
+            "batch_tokens": args.batch_tokens,
+            "torch_threads": THREADS,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "note": "shared machine (about 8 engineers on 2 cores): single noisy run, compare ratios",
+        },
         "results": results,
         "ratios": ratios,
-        "targets": {"thresher_over_reference_loop": ">= 1.5", "trunk_ceiling_over_thresher": "<= 1.2",
-                    "loss_step_memory_over_logits": "<= 0.05"},
+        "targets": {
+            "thresher_over_reference_loop": ">= 1.5",
+            "trunk_ceiling_over_thresher": "<= 1.2",
+            "loss_step_memory_over_logits": "<= 0.05",
+        },
         "agreement_with_reference": agree,
         "loss_step_memory": mem_res,
         "thresher_nan_rows": int(full["ifd"].isna().sum()),

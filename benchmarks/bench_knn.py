@@ -23,11 +23,11 @@ GPU (run for a fixed time budget and extrapolated: noted in the JSON).
 Writes ``benchmarks/results/knn-cpu.json`` (or ``knn-gpu.json``). The CPU machine is
 shared by several users and noisy: compare ratios within one run.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -88,7 +88,7 @@ def floor_time(x, block=4096):
     xt = torch.from_numpy(x)
     t = time.perf_counter()
     for s in range(0, len(x), block):
-        _ = xt[s:s + block] @ xt.T
+        _ = xt[s : s + block] @ xt.T
     return time.perf_counter() - t
 
 
@@ -139,8 +139,14 @@ def bench_approx(n, d, k, nq, nprobes):
     from thresher.ops import knn
 
     t, x = timed(clustered, n, d, n // 50, 0.05, 1)
-    res = {"n": n, "d": d, "k": k, "queries": nq, "data": f"clustered synthetic ({n // 50} blobs, noise 0.05), L2-normalised",
-           "generate_s": t}
+    res = {
+        "n": n,
+        "d": d,
+        "k": k,
+        "queries": nq,
+        "data": f"clustered synthetic ({n // 50} blobs, noise 0.05), L2-normalised",
+        "generate_s": t,
+    }
     rng = np.random.default_rng(5)
     qi = np.sort(rng.choice(n, nq, replace=False))
     t, (ev, exact) = timed(knn, x[qi], x, k, "ip", exclude_self=False)
@@ -168,7 +174,13 @@ def bench_gpu(n, d, k, nq, deita_budget_s, dev="cuda"):
 
     x = torch.from_numpy(clustered(n, d, 20_000, 0.06, seed=2)).to(dev)
     q = x[:nq].contiguous()
-    res = {"n": n, "d": d, "k": k, "queries": nq, "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu (dry run)"}
+    res = {
+        "n": n,
+        "d": d,
+        "k": k,
+        "queries": nq,
+        "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu (dry run)",
+    }
 
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
@@ -187,7 +199,7 @@ def bench_gpu(n, d, k, nq, deita_budget_s, dev="cuda"):
     def torch_brute():
         vals, idx = [], []
         for s in range(0, nq, 1024):
-            sc = q[s:s + 1024] @ x.T
+            sc = q[s : s + 1024] @ x.T
             v, i = torch.topk(sc, k, dim=1)
             vals.append(v)
             idx.append(i)
@@ -224,7 +236,7 @@ def bench_gpu(n, d, k, nq, deita_budget_s, dev="cuda"):
     t0 = time.perf_counter()
     i = 1
     while time.perf_counter() - t0 < deita_budget_s and i < n and len(filtered) < 10_000:
-        cur = torch.tensor(emb[i:i + 1], dtype=torch.float32, device=dev)
+        cur = torch.tensor(emb[i : i + 1], dtype=torch.float32, device=dev)
         ex = torch.tensor(emb[filtered], dtype=torch.float32, device=dev)
         cur = cur / cur.norm(dim=1)[:, None]
         ex = ex / ex.norm(dim=1)[:, None]
@@ -255,9 +267,13 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to check the script")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "note": "shared, noisy machine: compare ratios within one run"}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "note": "shared, noisy machine: compare ratios within one run",
+    }
     if a.gpu:
         n = a.n_approx
         if a.dry_run:

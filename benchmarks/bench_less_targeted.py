@@ -21,6 +21,7 @@ Also measured: gradient feature throughput (samples/s) of dense vs structured (L
 mode on the same model at the same output dim (``--throughput``).
 Writes benchmarks/results/less-targeted-cpu.json. CPU-sized defaults (2 shared cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 
-def build_pool(path: Path, n_tasks: int, per_task: int, n_target: int, pool: int, seed: int,
-               max_chars: int):
+def build_pool(path: Path, n_tasks: int, per_task: int, n_target: int, pool: int, seed: int, max_chars: int):
     from thresher.io import read_samples
 
     df = read_samples(path)
@@ -52,7 +52,7 @@ def build_pool(path: Path, n_tasks: int, per_task: int, n_target: int, pool: int
     for t in tasks:
         rows = df[df["group"] == t].sample(frac=1.0, random_state=seed)
         targets.append(rows.iloc[:n_target])
-        inpool.append(rows.iloc[n_target:n_target + per_task])
+        inpool.append(rows.iloc[n_target : n_target + per_task])
     import pandas as pd
 
     others = df[~df["group"].isin(tasks)].sample(n=pool - per_task * n_tasks, random_state=seed)
@@ -96,26 +96,52 @@ def main() -> None:
     from thresher.train.warmup import lora_for_checkpoint, warmup_lora
 
     t_all = time.time()
-    tasks, pool_df, target_df = build_pool(args.data, args.tasks, args.per_task, args.n_target, args.pool,
-                                           args.seed, args.max_chars)
+    tasks, pool_df, target_df = build_pool(
+        args.data, args.tasks, args.per_task, args.n_target, args.pool, args.seed, args.max_chars
+    )
     print(f"tasks: {tasks}; pool {len(pool_df)} rows; targets {len(target_df)}", flush=True)
     if args.model.startswith("tiny"):
         # a tiny random Llama-style model with SmolLM2's tokenizer (CPU-time fallback)
         from thresher.models import tiny_causal_lm
 
-        lm = tiny_causal_lm(seed=args.seed, tokenizer="smollm2", hidden=128, layers=2, heads=4, kv_heads=2,
-                            intermediate=256)
+        lm = tiny_causal_lm(
+            seed=args.seed, tokenizer="smollm2", hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256
+        )
     else:
         lm = load_causal_lm(args.model)
-    res: dict = {"model": lm.spec, "model_fingerprint": lm.fingerprint, "tasks": tasks, "pool": len(pool_df),
-                 "per_task_in_pool": args.per_task, "n_target": args.n_target, "dim": args.dim,
-                 "lora_r": args.r, "warmup_fraction": args.warmup_fraction, "epochs": args.epochs, "lr": args.lr,
-                 "max_length": args.max_length, "template": args.template, "cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()}
+    res: dict = {
+        "model": lm.spec,
+        "model_fingerprint": lm.fingerprint,
+        "tasks": tasks,
+        "pool": len(pool_df),
+        "per_task_in_pool": args.per_task,
+        "n_target": args.n_target,
+        "dim": args.dim,
+        "lora_r": args.r,
+        "warmup_fraction": args.warmup_fraction,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "max_length": args.max_length,
+        "template": args.template,
+        "cpu_count": os.cpu_count(),
+        "load_avg_before": os.getloadavg(),
+    }
     tmp = Path(tempfile.mkdtemp(prefix="less-bench-"))
     t0 = time.time()
-    w = warmup_lora(pool_df, lm, tmp / "warm", fraction=args.warmup_fraction, epochs=args.epochs, lr=args.lr,
-                    r=args.r, alpha=4 * args.r, batch_size=args.batch_size, max_length=args.max_length,
-                    template=args.template, seed=args.seed)
+    w = warmup_lora(
+        pool_df,
+        lm,
+        tmp / "warm",
+        fraction=args.warmup_fraction,
+        epochs=args.epochs,
+        lr=args.lr,
+        r=args.r,
+        alpha=4 * args.r,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        template=args.template,
+        seed=args.seed,
+    )
     res["warmup_s"] = time.time() - t0
     pm = lora_for_checkpoint(lm, w)
     pool_enc = encode_rows(pool_df, lm.tokenizer, template=args.template, max_length=args.max_length)
@@ -125,8 +151,15 @@ def main() -> None:
     for ck in w.checkpoints:
         load_lora(pm, ck / "adapter.safetensors")
         st = AdamState.load(ck / "optimizer.safetensors")
-        kw = dict(dim=args.dim, seed=args.seed, batch_size=args.batch_size, template=args.template,
-                  max_length=args.max_length, on_nonfinite="nan", fingerprint=lm.fingerprint)
+        kw = dict(
+            dim=args.dim,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            template=args.template,
+            max_length=args.max_length,
+            on_nonfinite="nan",
+            fingerprint=lm.fingerprint,
+        )
         plain = GradientFeaturizer(pm, lm.tokenizer, **kw)
         adam = GradientFeaturizer(pm, lm.tokenizer, adam="less", adam_state=st, **kw)
         _, ft, rt = plain(target_df, encoded=tgt_enc)
@@ -157,16 +190,20 @@ def main() -> None:
         truth = (pool_df["group"] == t).to_numpy()
         tm = Et[(target_df["group"] == t).to_numpy()].mean(0)
         rand = [precision_at_k(rng.random(len(truth)), truth) for _ in range(100)]
-        per[t] = {"k": int(truth.sum()),
-                  "less": precision_at_k(S_adam[:, j], truth),
-                  "less_plain": precision_at_k(S_plain[:, j], truth),
-                  "embedding": precision_at_k(E @ tm, truth),
-                  "random_expected": float(truth.mean()),
-                  "random_measured": float(np.mean(rand))}
+        per[t] = {
+            "k": int(truth.sum()),
+            "less": precision_at_k(S_adam[:, j], truth),
+            "less_plain": precision_at_k(S_plain[:, j], truth),
+            "embedding": precision_at_k(E @ tm, truth),
+            "random_expected": float(truth.mean()),
+            "random_measured": float(np.mean(rand)),
+        }
         print(t, per[t], flush=True)
     res["per_task"] = per
-    res["mean"] = {k: float(np.mean([p[k] for p in per.values()]))
-                   for k in ("less", "less_plain", "embedding", "random_expected", "random_measured")}
+    res["mean"] = {
+        k: float(np.mean([p[k] for p in per.values()]))
+        for k in ("less", "less_plain", "embedding", "random_expected", "random_measured")
+    }
     res["unscorable_pool_rows"] = int(sum(1 for e in pool_enc if e.reason))
     # throughput: dense vs structured at equal output dim (plain gradients)
     if args.throughput:
@@ -174,21 +211,33 @@ def main() -> None:
         enc = pool_enc[: args.throughput]
         tp = {}
         for mode in ("dense", "structured"):
-            fz = GradientFeaturizer(pm, lm.tokenizer, dim=args.dim, seed=args.seed, mode=mode,
-                                    batch_size=args.batch_size, template=args.template, max_length=args.max_length,
-                                    on_nonfinite="nan")
+            fz = GradientFeaturizer(
+                pm,
+                lm.tokenizer,
+                dim=args.dim,
+                seed=args.seed,
+                mode=mode,
+                batch_size=args.batch_size,
+                template=args.template,
+                max_length=args.max_length,
+                on_nonfinite="nan",
+            )
             t0 = time.time()
             fz(sub, encoded=enc)
             tp[mode + "_samples_per_s"] = len(sub) / (time.time() - t0)
         tp["samples"] = len(sub)
-        tp["note"] = ("LoRA r=%d on q/k/v/o; structured projects each LoRA factor's wide side to 16 dims "
-                      "(rank side kept), then to dim" % args.r)
+        tp["note"] = (
+            "LoRA r=%d on q/k/v/o; structured projects each LoRA factor's wide side to 16 dims "
+            "(rank side kept), then to dim" % args.r
+        )
         res["throughput"] = tp
         print(tp, flush=True)
     res["total_s"] = time.time() - t_all
     res["load_avg_after"] = os.getloadavg()
-    res["notes"] = ("shared 2-core CPU machine under load; a small pool (CPU time), SmolLM2-135M-Instruct "
-                    "unless --model says otherwise; precision@k with k = the task's count in the pool")
+    res["notes"] = (
+        "shared 2-core CPU machine under load; a small pool (CPU time), SmolLM2-135M-Instruct "
+        "unless --model says otherwise; precision@k with k = the task's count in the pool"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res["mean"], indent=2))

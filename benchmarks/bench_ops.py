@@ -20,6 +20,7 @@ peak when torch reports the memory clock and bus width. Writes ``ops-gpu.json``.
 Writes ``benchmarks/results/ops-cpu.json`` (or ``ops-gpu.json``). The CPU machine is
 shared and noisy: compare the ratios of one run, not absolute times across runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ def ragged(n: int, s: int, device: str, seed: int = 0):
 
 def timer(device: str) -> Callable[[Callable[[], object]], float]:
     if device == "cuda":
+
         def run(fn):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -57,10 +59,12 @@ def timer(device: str) -> Callable[[Callable[[], object]], float]:
             end.synchronize()
             return start.elapsed_time(end) / 1e3
     else:
+
         def run(fn):
             t0 = time.perf_counter()
             fn()
             return time.perf_counter() - t0
+
     return run
 
 
@@ -94,7 +98,7 @@ def bench_segment(n: int, s: int, repeat: int, device: str) -> dict:
         if r:
             skipped[b] = r
             continue
-        methods[f"thresher_{b}"] = (lambda b=b: segment_reduce(x, off, "mean", backend=b))
+        methods[f"thresher_{b}"] = lambda b=b: segment_reduce(x, off, "mean", backend=b)
     base_out = baseline()
     check = {}
     for k in methods:
@@ -103,10 +107,17 @@ def bench_segment(n: int, s: int, repeat: int, device: str) -> dict:
             check[k] = bool(torch.allclose(out, base_out, rtol=1e-4, atol=1e-5, equal_nan=True))
     res = side_by_side(methods, repeat, device)
     b0 = res["torch_index_add_bincount"]["median_s"]
-    out = {"n": n, "segments": s, "op": "mean", "dtype": "float32", "times": res,
-           "speedup_vs_baseline": {k: b0 / v["median_s"] for k, v in res.items() if k.startswith("thresher_")},
-           "target": "thresher >= 2x faster than index_add_ + bincount", "matches_baseline": check,
-           "skipped": skipped}
+    out = {
+        "n": n,
+        "segments": s,
+        "op": "mean",
+        "dtype": "float32",
+        "times": res,
+        "speedup_vs_baseline": {k: b0 / v["median_s"] for k, v in res.items() if k.startswith("thresher_")},
+        "target": "thresher >= 2x faster than index_add_ + bincount",
+        "matches_baseline": check,
+        "skipped": skipped,
+    }
     if device == "cuda":
         nbytes = n * 4 + (s + 1) * 8 + s * 4
         gbs = {k: nbytes / v["median_s"] / 1e9 for k, v in res.items()}
@@ -144,7 +155,7 @@ def bench_topk(n: int, frac: float, repeat: int, device: str, ties: bool) -> dic
         if r:
             skipped[b] = r
             continue
-        methods[f"thresher_{b}"] = (lambda b=b: topk(x, k, backend=b))
+        methods[f"thresher_{b}"] = lambda b=b: topk(x, k, backend=b)
     tv, _ = torch.topk(x, k)
     _, ref_i = topk(x, k, backend="reference")
     check = {}
@@ -153,15 +164,23 @@ def bench_topk(n: int, frac: float, repeat: int, device: str, ties: bool) -> dic
             continue
         v1, i1 = fn()
         v2, i2 = fn()
-        check[name] = {"values_equal_torch": bool(torch.equal(v1, tv)),
-                       "indices_equal_reference": bool(torch.equal(i1, ref_i)),
-                       "deterministic": bool(torch.equal(i1, i2))}
+        check[name] = {
+            "values_equal_torch": bool(torch.equal(v1, tv)),
+            "indices_equal_reference": bool(torch.equal(i1, ref_i)),
+            "deterministic": bool(torch.equal(i1, i2)),
+        }
     res = side_by_side(methods, repeat, device)
     t0 = res["torch_topk"]["median_s"]
-    return {"n": n, "k": k, "data": "1000 distinct values (heavy ties)" if ties else "normal",
-            "times": res,
-            "time_ratio_vs_torch": {kk: v["median_s"] / t0 for kk, v in res.items() if kk.startswith("thresher_")},
-            "target": "thresher time <= 1.2x torch.topk", "checks": check, "skipped": skipped}
+    return {
+        "n": n,
+        "k": k,
+        "data": "1000 distinct values (heavy ties)" if ties else "normal",
+        "times": res,
+        "time_ratio_vs_torch": {kk: v["median_s"] / t0 for kk, v in res.items() if kk.startswith("thresher_")},
+        "target": "thresher time <= 1.2x torch.topk",
+        "checks": check,
+        "skipped": skipped,
+    }
 
 
 def main(argv=None) -> int:
@@ -181,13 +200,17 @@ def main(argv=None) -> int:
     from thresher import _native
 
     info = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__,
-                    "openmp_threads": (_native.cpu_ext().max_threads() if _native.cpu_ext() else None),
-                    "device": torch.cuda.get_device_name(0) if args.gpu else "cpu"},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "openmp_threads": (_native.cpu_ext().max_threads() if _native.cpu_ext() else None),
+            "device": torch.cuda.get_device_name(0) if args.gpu else "cpu",
+        },
         "note": "side by side in one run, interleaved repeats, median seconds; "
-                + ("CUDA-event timings" if args.gpu else "shared, noisy 2-core machine: read the ratios"),
+        + ("CUDA-event timings" if args.gpu else "shared, noisy 2-core machine: read the ratios"),
     }
     info["segment_reduce"] = bench_segment(args.n, args.segments, args.repeat, device)
     print(json.dumps(info["segment_reduce"], indent=1))

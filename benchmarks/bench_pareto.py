@@ -32,6 +32,7 @@ Every baseline's ranks must equal thresher's (``identical``). Ratios are
 ``benchmarks/results/pareto-cpu.json``. The machine is shared and noisy: read the
 ratios of one run, not absolute times across runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,7 @@ def make(kind: str, n: int, m: int, seed: int = 0) -> np.ndarray:
     raise ValueError(kind)
 
 
-def side_by_side(methods: dict[str, Callable[[], np.ndarray]], repeat: int,
-                 budget_s: float = 3.0) -> tuple[dict, dict]:
+def side_by_side(methods: dict[str, Callable[[], np.ndarray]], repeat: int, budget_s: float = 3.0) -> tuple[dict, dict]:
     """Interleaved rounds: an untimed warm-up (its results kept for the identity
     check; skipped when repeat == 1, where the single timed round is kept), then
     `repeat` timed rounds; a method stops being timed once its timed rounds
@@ -87,8 +87,7 @@ def side_by_side(methods: dict[str, Callable[[], np.ndarray]], repeat: int,
             r = fn()
             times[k].append(time.perf_counter() - t0)
             results.setdefault(k, np.asarray(r))
-    return ({k: {"median_s": statistics.median(v), "min_s": min(v), "runs": len(v)} for k, v in times.items()},
-            results)
+    return ({k: {"median_s": statistics.median(v), "min_s": min(v), "runs": len(v)} for k, v in times.items()}, results)
 
 
 def main() -> None:
@@ -96,13 +95,25 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--objectives", default="2,3")
     ap.add_argument("--kinds", default="uniform,corr,ties,simplex")
-    ap.add_argument("--repeat", type=int, default=15,
-                    help="timed rounds for N < 10^6 (after a warm-up; slow baselines stop after ~3 s)")
-    ap.add_argument("--repeat-large", type=int, default=3,
-                    help="timed rounds for N >= 10^6 (M = 3: 1, no warm-up: moocore takes minutes)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=15,
+        help="timed rounds for N < 10^6 (after a warm-up; slow baselines stop after ~3 s)",
+    )
+    ap.add_argument(
+        "--repeat-large",
+        type=int,
+        default=3,
+        help="timed rounds for N >= 10^6 (M = 3: 1, no warm-up: moocore takes minutes)",
+    )
     ap.add_argument("--ens-max-n", type=int, default=10000, help="largest N for pymoo_ens")
-    ap.add_argument("--pymoo-max-n3", type=int, default=100000,
-                    help="largest N for pymoo with M >= 3 (it runs moocore, then builds the fronts)")
+    ap.add_argument(
+        "--pymoo-max-n3",
+        type=int,
+        default=100000,
+        help="largest N for pymoo with M >= 3 (it runs moocore, then builds the fronts)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pareto-cpu.json"))
     args = ap.parse_args()
 
@@ -144,21 +155,30 @@ def main() -> None:
                 repeat = args.repeat if n < 1_000_000 else (args.repeat_large if m < 3 else 1)
                 times, res = side_by_side(methods, repeat)
                 ours = res["thresher"]
-                identical = {k: bool(np.array_equal(np.asarray(v, dtype=np.int64), ours))
-                             for k, v in res.items() if k not in ("thresher", "numpy_lexsort")}
+                identical = {
+                    k: bool(np.array_equal(np.asarray(v, dtype=np.int64), ours))
+                    for k, v in res.items()
+                    if k not in ("thresher", "numpy_lexsort")
+                }
                 t0 = times["thresher"]["median_s"]
                 row = {
-                    "objectives": m, "n": n, "data": kind, "fronts": int(ours.max()) + 1 if n else 0,
+                    "objectives": m,
+                    "n": n,
+                    "data": kind,
+                    "fronts": int(ours.max()) + 1 if n else 0,
                     "times": times,
                     "ratio_vs_thresher": {k: v["median_s"] / t0 for k, v in times.items() if k != "thresher"},
                     "identical_ranks": identical,
                     "target_met": times["moocore"]["median_s"] >= t0,
                 }
                 rows.append(row)
-                print(f"M={m} N={n:>8} {kind:7s} fronts={row['fronts']:5d}  "
-                      + "  ".join(f"{k}={v['median_s']:.4f}s" for k, v in times.items())
-                      + f"  moocore/thresher={row['ratio_vs_thresher']['moocore']:.2f}"
-                      + f"  identical={all(identical.values())}", flush=True)
+                print(
+                    f"M={m} N={n:>8} {kind:7s} fronts={row['fronts']:5d}  "
+                    + "  ".join(f"{k}={v['median_s']:.4f}s" for k, v in times.items())
+                    + f"  moocore/thresher={row['ratio_vs_thresher']['moocore']:.2f}"
+                    + f"  identical={all(identical.values())}",
+                    flush=True,
+                )
 
     out = {
         "machine": {
@@ -170,11 +190,13 @@ def main() -> None:
             "pymoo": __import__("pymoo").__version__,
             "thresher_C_openmp": bool(getattr(C, "has_openmp", False)),
         },
-        "note": ("side by side in one run, interleaved repeats, median seconds; ratios are baseline/thresher "
-                 "(> 1 = thresher faster); shared, noisy 2-core machine: read the ratios"),
+        "note": (
+            "side by side in one run, interleaved repeats, median seconds; ratios are baseline/thresher "
+            "(> 1 = thresher faster); shared, noisy 2-core machine: read the ratios"
+        ),
         "algorithm": "M=2 sort-and-sweep O(N log N); M=3 per-front staircase sweep, O(N log F log N) "
-                     "(divide-and-conquer fallback past a work budget); M>=4 Jensen/Fortin/Buzdalov divide "
-                     "and conquer O(N log^(M-1) N)",
+        "(divide-and-conquer fallback past a work budget); M>=4 Jensen/Fortin/Buzdalov divide "
+        "and conquer O(N log^(M-1) N)",
         "results": rows,
         "all_identical": all(all(r["identical_ranks"].values()) for r in rows),
         "all_targets_met": all(r["target_met"] for r in rows),

@@ -16,6 +16,7 @@ Writes benchmarks/results/pipeline-cpu.json. The machine is shared and noisy
 
     python benchmarks/bench_pipeline.py [--rows 1000000] [--shard-size 20000] [--work /tmp/thresher-bench]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,7 +66,8 @@ def make_pool(path: Path, rows: int) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = [ln for ln in gzip.open(SRC, "rt", encoding="utf-8", newline="").read().split("\n") if ln]
+    with gzip.open(SRC, "rt", encoding="utf-8", newline="") as fh:
+        base = [ln for ln in fh.read().split("\n") if ln]
     tmp = path.with_suffix(".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as out:
         n = 0
@@ -91,8 +93,10 @@ def child(code: str) -> dict:
 
 def same_selection(work: Path) -> bool:
     """thresher's subset (input order) and the pandas baseline's hold the same ids in the same order."""
-    a = [json.loads(ln)["id"] for ln in gzip.open(work / "out-k" / "selected.jsonl.gz", "rt", encoding="utf-8")]
-    b = [json.loads(ln)["id"] for ln in open(work / "pandas-selected.jsonl", encoding="utf-8")]
+    with gzip.open(work / "out-k" / "selected.jsonl.gz", "rt", encoding="utf-8") as fh:
+        a = [json.loads(ln)["id"] for ln in fh]
+    with open(work / "pandas-selected.jsonl", encoding="utf-8") as fh:
+        b = [json.loads(ln)["id"] for ln in fh]
     return a == b
 
 
@@ -112,10 +116,12 @@ def main() -> None:
     results = {}
     skip = set(a.skip.split(","))
     runs = {
-        "thresher_topk_k": CHILD_THRESHER.format(py=str(ROOT / "python"), out=str(a.work / "out-k"), data=str(pool),
-                                                 budget=f"k={k}", shard=a.shard_size),
-        "thresher_ratio": CHILD_THRESHER.format(py=str(ROOT / "python"), out=str(a.work / "out-r"), data=str(pool),
-                                                budget="ratio=0.01", shard=a.shard_size),
+        "thresher_topk_k": CHILD_THRESHER.format(
+            py=str(ROOT / "python"), out=str(a.work / "out-k"), data=str(pool), budget=f"k={k}", shard=a.shard_size
+        ),
+        "thresher_ratio": CHILD_THRESHER.format(
+            py=str(ROOT / "python"), out=str(a.work / "out-r"), data=str(pool), budget="ratio=0.01", shard=a.shard_size
+        ),
         "pandas_baseline": CHILD_PANDAS.format(data=str(pool), k=k, out=str(a.work / "pandas-selected.jsonl")),
     }
     for name, code in runs.items():
@@ -123,15 +129,25 @@ def main() -> None:
             continue
         results[name] = child(code)
         print(name, json.dumps(results[name]), flush=True)
-    out = {"benchmark": "pipeline", "rows": a.rows, "k": k, "shard_size": a.shard_size,
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                       "note": "shared 2-core machine, other jobs running: noisy"},
-           "results": results}
+    out = {
+        "benchmark": "pipeline",
+        "rows": a.rows,
+        "k": k,
+        "shard_size": a.shard_size,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "note": "shared 2-core machine, other jobs running: noisy",
+        },
+        "results": results,
+    }
     if "thresher_topk_k" in results and "pandas_baseline" in results:
         out["peak_rss_ratio_thresher_over_pandas"] = round(
-            results["thresher_topk_k"]["peak_rss_mb"] / results["pandas_baseline"]["peak_rss_mb"], 3)
+            results["thresher_topk_k"]["peak_rss_mb"] / results["pandas_baseline"]["peak_rss_mb"], 3
+        )
         out["time_ratio_thresher_over_pandas"] = round(
-            results["thresher_topk_k"]["seconds"] / results["pandas_baseline"]["seconds"], 3)
+            results["thresher_topk_k"]["seconds"] / results["pandas_baseline"]["seconds"], 3
+        )
         out["same_selection_as_pandas"] = same_selection(a.work)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2) + "\n")

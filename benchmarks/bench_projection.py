@@ -20,6 +20,7 @@ fraction of the card's peak. Writes benchmarks/results/projection-gpu.json.
 
 The machine is shared and noisy: numbers are single runs (best of ``--repeat``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,14 +56,14 @@ def floor_matmul(x: torch.Tensor, dim: int, rows: int, dtype=torch.float32) -> f
     B, D = x.shape
     rows = min(rows, D)
     P = torch.randn(rows, dim, dtype=dtype, device=x.device)  # untimed generation
-    out = torch.zeros(B, dim, dtype=torch.float32 if dtype == torch.float32 else dtype,
-                      device=x.device)
+    out = torch.zeros(B, dim, dtype=torch.float32 if dtype == torch.float32 else dtype, device=x.device)
 
     def run():
         out.zero_()
         for a in range(0, D, rows):
             b = min(D, a + rows)
             out.addmm_(x[:, a:b], P[: b - a])
+
     return run
 
 
@@ -92,6 +93,7 @@ def floor_matmul_split(x: torch.Tensor, dim: int, rows: int):
                 return torch.cat(list(pool.map(worker, range(T))), 1)
         finally:
             torch.set_num_threads(prev)
+
     return run
 
 
@@ -99,34 +101,49 @@ def cpu_main(args) -> dict:
     torch.manual_seed(0)
     B, D, dim = args.batch, args.rows, args.dim
     x = torch.randn(B, D)
-    res: dict = {"device": "cpu", "shape": [B, D], "dim": dim, "dtype": "float32",
-                 "kind": "rademacher", "cpu_count": os.cpu_count(),
-                 "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                 "load_avg_before": os.getloadavg()}
+    res: dict = {
+        "device": "cpu",
+        "shape": [B, D],
+        "dim": dim,
+        "dtype": "float32",
+        "kind": "rademacher",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "load_avg_before": os.getloadavg(),
+    }
     # full size: thresher vs floor
     t_floor = best_of(floor_matmul(x, dim, args.floor_rows), args.repeat)
     t_ours = best_of(lambda: random_project(x, dim, 0, backend="cpu", check_finite=False), args.repeat)
     t_ours_checked = best_of(lambda: random_project(x, dim, 0, backend="cpu"), 1)
     t_floor_split = best_of(floor_matmul_split(x, dim, args.floor_rows // 2), args.repeat)
-    res["full"] = {"floor_matmul_s": t_floor, "thresher_cpu_s": t_ours,
-                   "thresher_cpu_with_finite_check_s": t_ours_checked,
-                   "thresher_over_floor": t_ours / t_floor,
-                   "floor_matmul_column_split_threads_s": t_floor_split,
-                   "thresher_over_floor_column_split": t_ours / t_floor_split}
+    res["full"] = {
+        "floor_matmul_s": t_floor,
+        "thresher_cpu_s": t_ours,
+        "thresher_cpu_with_finite_check_s": t_ours_checked,
+        "thresher_over_floor": t_ours / t_floor,
+        "floor_matmul_column_split_threads_s": t_floor_split,
+        "thresher_over_floor_column_split": t_ours / t_floor_split,
+    }
     print(json.dumps(res["full"], indent=1), flush=True)
     # slice: traker BasicProjector side by side with the floor and thresher
     Ds = max(1, int(D * args.traker_fraction))
     xs = x[:, :Ds].contiguous()
     sl = {"rows": Ds, "fraction": Ds / D}
     sl["floor_matmul_s"] = best_of(floor_matmul(xs, dim, args.floor_rows), args.repeat)
-    sl["thresher_cpu_s"] = best_of(lambda: random_project(xs, dim, 0, backend="cpu", check_finite=False),
-                                   args.repeat)
+    sl["thresher_cpu_s"] = best_of(lambda: random_project(xs, dim, 0, backend="cpu", check_finite=False), args.repeat)
     try:
         from trak.projectors import BasicProjector, ProjectionType
 
-        proj = BasicProjector(grad_dim=Ds, proj_dim=dim, seed=0, proj_type=ProjectionType.rademacher,
-                              device=torch.device("cpu"), block_size=args.traker_block)
-        sl["traker_basic_s"] = best_of(lambda: proj.project(xs, model_id=0), 1)
+        proj = BasicProjector(
+            grad_dim=Ds,
+            proj_dim=dim,
+            seed=0,
+            proj_type=ProjectionType.rademacher,
+            device=torch.device("cpu"),
+            block_size=args.traker_block,
+        )
+        sl["traker_basic_s"] = best_of(lambda p=proj: p.project(xs, model_id=0), 1)
         sl["traker_version"] = __import__("importlib.metadata").metadata.version("traker")
         sl["traker_block_size"] = args.traker_block
         sl["traker_over_thresher"] = sl["traker_basic_s"] / sl["thresher_cpu_s"]
@@ -138,10 +155,12 @@ def cpu_main(args) -> dict:
     sl["thresher_over_floor"] = sl["thresher_cpu_s"] / sl["floor_matmul_s"]
     res["slice"] = sl
     res["load_avg_after"] = os.getloadavg()
-    res["notes"] = ("single shared 2-core machine, other jobs running; best of "
-                    f"{args.repeat}. Floor: one materialised [{args.floor_rows}, {dim}] block "
-                    "reused for every row block (the full P is 34 GB). traker timed on the slice "
-                    "only, extrapolated linearly in D.")
+    res["notes"] = (
+        "single shared 2-core machine, other jobs running; best of "
+        f"{args.repeat}. Floor: one materialised [{args.floor_rows}, {dim}] block "
+        "reused for every row block (the full P is 34 GB). traker timed on the slice "
+        "only, extrapolated linearly in D."
+    )
     return res
 
 
@@ -153,8 +172,14 @@ def gpu_main(args) -> dict:
     x = torch.randn(B, D, device=dev, dtype=torch.bfloat16)
     sync = torch.cuda.synchronize
     flops = 2.0 * B * D * dim
-    res: dict = {"device": props.name, "shape": [B, D], "dim": dim, "dtype": "bfloat16",
-                 "kind": "rademacher", "torch": torch.__version__}
+    res: dict = {
+        "device": props.name,
+        "shape": [B, D],
+        "dim": dim,
+        "dtype": "bfloat16",
+        "kind": "rademacher",
+        "torch": torch.__version__,
+    }
     # warm-up / compile on a small slice
     random_project(x[:, :4096], dim, 0, backend="triton", check_finite=False)
     sync()
@@ -185,8 +210,9 @@ def gpu_main(args) -> dict:
     try:
         from trak.projectors import CudaProjector, ProjectionType
 
-        proj = CudaProjector(grad_dim=D, proj_dim=dim, seed=0, proj_type=ProjectionType.rademacher,
-                             device=dev, max_batch_size=32)
+        proj = CudaProjector(
+            grad_dim=D, proj_dim=dim, seed=0, proj_type=ProjectionType.rademacher, device=dev, max_batch_size=32
+        )
         xh = x.half()
         proj.project(xh[:, :], model_id=0)
         sync()

@@ -23,6 +23,7 @@
 Writes ``benchmarks/results/selectors-cpu.json``. The machine is shared and noisy:
 compare the ratios within one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ from bench_knn import clustered, timed  # noqa: E402
 
 
 def _deita():
-    spec = importlib.util.spec_from_file_location("deita_repr_filter",
-                                                  ROOT / "benchmarks/baselines/deita_repr_filter.py")
+    spec = importlib.util.spec_from_file_location(
+        "deita_repr_filter", ROOT / "benchmarks/baselines/deita_repr_filter.py"
+    )
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     return m
@@ -75,7 +77,7 @@ def bench_repr_filter(n, d, budget, tau, deita_budget_s=600.0):
     res["deita_loop_s"] = t
     res["deita_loop_walked"] = walked
     res["deita_loop_completed"] = bool(len(base) >= budget or walked >= n)
-    res["deita_prefix_identical"] = bool(np.array_equal(mine[:len(base)], base))
+    res["deita_prefix_identical"] = bool(np.array_equal(mine[: len(base)], base))
     if res["deita_loop_completed"]:
         res["same_selection"] = bool(np.array_equal(mine, base))
         res["deita_loop_total_s"] = t
@@ -83,10 +85,10 @@ def bench_repr_filter(n, d, budget, tau, deita_budget_s=600.0):
     else:
         # per-candidate cost is linear in the kept-set size (host gather + matmul of it):
         # fit time(c) = a + b * kept(c) on the measured candidates, sum over the full walk
-        kept_before = np.cumsum(np.isin(order[:res["walked"]], mine)) - np.isin(order[:res["walked"]], mine)
-        kb = kept_before[1:walked + 1].astype(np.float64)
+        kept_before = np.cumsum(np.isin(order[: res["walked"]], mine)) - np.isin(order[: res["walked"]], mine)
+        kb = kept_before[1 : walked + 1].astype(np.float64)
         A = np.stack([np.ones_like(kb), kb], 1)
-        coef = np.linalg.lstsq(A, np.asarray(times[:len(kb)]), rcond=None)[0]
+        coef = np.linalg.lstsq(A, np.asarray(times[: len(kb)]), rcond=None)[0]
         full = kept_before[1:].astype(np.float64)
         res["deita_loop_total_s"] = float(max(coef[0], 0) * len(full) + max(coef[1], 0) * full.sum())
         res["deita_total_is_extrapolated"] = True
@@ -105,7 +107,7 @@ def sequential_loop(x, order, budget, tau):
         if len(out) >= budget:
             break
         v = xt[int(i)]
-        if out and float((kept[:len(out)] @ v).max()) > tau:
+        if out and float((kept[: len(out)] @ v).max()) > tau:
             continue
         kept[len(out)] = v
         out.append(int(i))
@@ -126,12 +128,12 @@ def deita_timeboxed(x, scores, budget, tau, budget_s):
     i = 1
     while i < n and len(filtered) < budget and time.perf_counter() - t0 < budget_s:
         ts = time.perf_counter()
-        cur = torch.tensor(emb[i:i + 1], dtype=torch.float32)
+        cur = torch.tensor(emb[i : i + 1], dtype=torch.float32)
         existing = emb[filtered]
         dist = torch.zeros((1, existing.shape[0]), dtype=torch.float32)
         for c in range(0, existing.shape[0], 100_000):
-            ch = torch.tensor(existing[c:c + 100_000], dtype=torch.float32)
-            dist[:, c:c + ch.shape[0]] = torch.mm(m._normalize(cur), m._normalize(ch).t())
+            ch = torch.tensor(existing[c : c + 100_000], dtype=torch.float32)
+            dist[:, c : c + ch.shape[0]] = torch.mm(m._normalize(cur), m._normalize(ch).t())
         if not bool(torch.any(dist > tau)):
             filtered.append(i)
         times.append(time.perf_counter() - ts)
@@ -148,25 +150,34 @@ def bench_facility_location(n, d, budget, neighbors, baseline=True):
     def raw_objective(sel):
         xt = torch.from_numpy(x.astype(np.float64))
         s = xt[torch.from_numpy(np.asarray(sel))]
-        return float(sum((xt[a:a + 4096] @ s.T).max(1).values.sum() for a in range(0, n, 4096)))
+        return float(sum((xt[a : a + 4096] @ s.T).max(1).values.sum() for a in range(0, n, 4096)))
 
     rows = []
     for nb in neighbors:
         t, (sel, _) = timed(facility_location_greedy, x, budget, n_neighbors=nb, metric="cosine")
-        rows.append({"n_neighbors": nb, "thresher_s": t, "objective": facility_location_objective(x, sel),
-                     "objective_unclipped": raw_objective(sel)})
+        rows.append(
+            {
+                "n_neighbors": nb,
+                "thresher_s": t,
+                "objective": facility_location_objective(x, sel),
+                "objective_unclipped": raw_objective(sel),
+            }
+        )
     res["thresher"] = rows
     if not baseline:
-        res["baseline"] = ("skipped: submodlib dense mode at this size exceeded 20 GB of RAM on this 23 GB "
-                           "machine and was stopped; see the smaller size for the side-by-side comparison")
+        res["baseline"] = (
+            "skipped: submodlib dense mode at this size exceeded 20 GB of RAM on this 23 GB "
+            "machine and was stopped; see the smaller size for the side-by-side comparison"
+        )
         return res
     try:
         from submodlib import FacilityLocationFunction
 
         def run_submodlib():
             f = FacilityLocationFunction(n=n, data=x, separate_rep=False, mode="dense", metric="cosine")
-            out = f.maximize(budget=budget, optimizer="LazyGreedy", stopIfZeroGain=False,
-                             stopIfNegativeGain=False, verbose=False)
+            out = f.maximize(
+                budget=budget, optimizer="LazyGreedy", stopIfZeroGain=False, stopIfNegativeGain=False, verbose=False
+            )
             return np.array([i for i, _ in out], dtype=np.int64)
 
         t, ref = timed(run_submodlib)
@@ -193,16 +204,29 @@ def main():
     ap.add_argument("--small", action="store_true", help="10x smaller sizes, to check the script")
     ap.add_argument("--out", default=None)
     ap.add_argument("--fl-sizes", default="5000:500,20000:2000", help="facility location sizes N:budget")
-    ap.add_argument("--fl-baseline-max", type=int, default=5000,
-                    help="largest N run with the dense baseline (submodlib dense needs > 20 GB at N = 20,000)")
-    ap.add_argument("--deita-budget", type=float, default=600.0,
-                    help="seconds DEITA's loop may run; beyond, its total is extrapolated (noted in the JSON)")
+    ap.add_argument(
+        "--fl-baseline-max",
+        type=int,
+        default=5000,
+        help="largest N run with the dense baseline (submodlib dense needs > 20 GB at N = 20,000)",
+    )
+    ap.add_argument(
+        "--deita-budget",
+        type=float,
+        default=600.0,
+        help="seconds DEITA's loop may run; beyond, its total is extrapolated (noted in the JSON)",
+    )
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     f = 10 if a.small else 1
-    res = {"meta": {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "note": "shared, noisy machine: compare ratios within one run"}}
+    res = {
+        "meta": {
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "note": "shared, noisy machine: compare ratios within one run",
+        }
+    }
     if "repr_filter" not in skip:
         res["repr_filter"] = bench_repr_filter(100_000 // f, 384, 10_000 // f, 0.9, a.deita_budget)
         print(json.dumps(res["repr_filter"], indent=1), flush=True)

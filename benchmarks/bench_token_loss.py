@@ -25,6 +25,7 @@ inputs. Writes ``benchmarks/results/token_loss-gpu.json`` with the device name.
 The CPU machine is shared and noisy: compare the ratios of one run, not
 absolute times across runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ CPU_METHODS = ("matmul", "naive", "naive_all", "chunked", "chunked_all")
 def make_inputs(n, h, v, dtype, device="cpu", seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     hidden = torch.randn(n, h, generator=g).mul_(2.0).to(dtype).to(device)
-    weight = torch.randn(v, h, generator=g).mul_(h ** -0.5).to(dtype).to(device)
+    weight = torch.randn(v, h, generator=g).mul_(h**-0.5).to(dtype).to(device)
     targets = torch.randint(0, v, (n,), generator=g).to(device)
     return hidden, weight, targets
 
@@ -106,8 +107,20 @@ def _child_peak(args) -> None:
 
 
 def peak_memory(name, args) -> int:
-    cmd = [sys.executable, __file__, "--child", name, "--n", str(args.n), "--h", str(args.h),
-           "--v", str(args.v), "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--n",
+        str(args.n),
+        "--h",
+        str(args.h),
+        "--v",
+        str(args.v),
+        "--dtype",
+        args.dtype,
+    ]
     # glibc: large blocks straight from mmap and trimmed on free, so that RSS
     # follows the live allocations instead of reusing freed, resident heap
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
@@ -121,7 +134,7 @@ def run_cpu(args) -> dict:
     fns = {m: cpu_method(m) for m in CPU_METHODS}
     times = {m: [] for m in CPU_METHODS}
     with torch.no_grad():
-        for m, f in fns.items():  # warm-up
+        for f in fns.values():  # warm-up
             f(hidden[:64], weight, targets[:64])
         for _ in range(args.repeats):  # interleaved: every method sees the same noise
             for m, f in fns.items():
@@ -132,26 +145,38 @@ def run_cpu(args) -> dict:
     res = {}
     for m in CPU_METHODS:
         peak = peak_memory(m, args)
-        res[m] = {"time_s_median": statistics.median(times[m]), "time_s_min": min(times[m]),
-                  "times_s": times[m], "peak_extra_bytes": peak,
-                  "peak_over_fp32_logits": peak / logits_bytes}
-        print(f"{m:12s} median {res[m]['time_s_median']:.3f}s  min {res[m]['time_s_min']:.3f}s  "
-              f"peak +{peak / 2**20:.1f} MiB ({100 * peak / logits_bytes:.1f}% of logits)", flush=True)
+        res[m] = {
+            "time_s_median": statistics.median(times[m]),
+            "time_s_min": min(times[m]),
+            "times_s": times[m],
+            "peak_extra_bytes": peak,
+            "peak_over_fp32_logits": peak / logits_bytes,
+        }
+        print(
+            f"{m:12s} median {res[m]['time_s_median']:.3f}s  min {res[m]['time_s_min']:.3f}s  "
+            f"peak +{peak / 2**20:.1f} MiB ({100 * peak / logits_bytes:.1f}% of logits)",
+            flush=True,
+        )
     ratios = {
         "chunked_time_over_matmul": res["chunked"]["time_s_median"] / res["matmul"]["time_s_median"],
         "chunked_time_over_naive": res["chunked"]["time_s_median"] / res["naive"]["time_s_median"],
         "chunked_all_time_over_naive_all": res["chunked_all"]["time_s_median"] / res["naive_all"]["time_s_median"],
         "chunked_all_time_over_matmul": res["chunked_all"]["time_s_median"] / res["matmul"]["time_s_median"],
         "chunked_peak_over_naive_peak": res["chunked"]["peak_extra_bytes"] / max(1, res["naive"]["peak_extra_bytes"]),
-        "chunked_all_peak_over_naive_all_peak":
-            res["chunked_all"]["peak_extra_bytes"] / max(1, res["naive_all"]["peak_extra_bytes"]),
+        "chunked_all_peak_over_naive_all_peak": res["chunked_all"]["peak_extra_bytes"]
+        / max(1, res["naive_all"]["peak_extra_bytes"]),
         "chunked_peak_over_fp32_logits": res["chunked"]["peak_over_fp32_logits"],
         "chunked_all_peak_over_fp32_logits": res["chunked_all"]["peak_over_fp32_logits"],
     }
     for k, x in ratios.items():
         print(f"{k:40s} {x:.3f}")
-    return {"shape": {"tokens": args.n, "hidden": args.h, "vocab": args.v, "dtype": args.dtype},
-            "threads": torch.get_num_threads(), "repeats": args.repeats, "methods": res, "ratios": ratios}
+    return {
+        "shape": {"tokens": args.n, "hidden": args.h, "vocab": args.v, "dtype": args.dtype},
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "methods": res,
+        "ratios": ratios,
+    }
 
 
 # --------------------------------------------------------------------- GPU
@@ -183,8 +208,12 @@ def gpu_methods():
 
 def run_gpu(args) -> dict:
     dev = torch.device("cuda")
-    shapes = [(16384, 4096, 128256, "bfloat16"), (4096, 576, 49152, "bfloat16"),
-              (16384, 576, 49152, "bfloat16"), (4096, 576, 49152, "float32")]
+    shapes = [
+        (16384, 4096, 128256, "bfloat16"),
+        (4096, 576, 49152, "bfloat16"),
+        (16384, 576, 49152, "bfloat16"),
+        (4096, 576, 49152, "float32"),
+    ]
     results = []
     for n, h, v, dt in shapes:
         hidden, weight, targets = make_inputs(n, h, v, DTYPES[dt], device=dev)
@@ -212,17 +241,25 @@ def run_gpu(args) -> dict:
                         torch.cuda.synchronize()
                         ts.append(e0.elapsed_time(e1) / 1e3)
                 err = None if ref is None else (out.float() - ref).abs().max().item()
-                row["methods"][name] = {"time_s_median": statistics.median(ts), "time_s_min": min(ts),
-                                        "peak_extra_bytes": peak, "max_abs_diff_vs_naive": err}
-                print(f"{n}x{h}x{v} {dt} {name:18s} {statistics.median(ts) * 1e3:8.2f} ms  "
-                      f"peak +{peak / 2**20:8.1f} MiB  maxdiff {err}", flush=True)
+                row["methods"][name] = {
+                    "time_s_median": statistics.median(ts),
+                    "time_s_min": min(ts),
+                    "peak_extra_bytes": peak,
+                    "max_abs_diff_vs_naive": err,
+                }
+                print(
+                    f"{n}x{h}x{v} {dt} {name:18s} {statistics.median(ts) * 1e3:8.2f} ms  "
+                    f"peak +{peak / 2**20:8.1f} MiB  maxdiff {err}",
+                    flush=True,
+                )
             except Exception as exc:
                 row["methods"][name] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"{name} failed: {exc}", flush=True)
             torch.cuda.empty_cache()
         m = row["methods"]
-        others = [m[k]["time_s_median"] for k in ("cut_cross_entropy", "liger_kernel")
-                  if k in m and "time_s_median" in m[k]]
+        others = [
+            m[k]["time_s_median"] for k in ("cut_cross_entropy", "liger_kernel") if k in m and "time_s_median" in m[k]
+        ]
         if others and "time_s_median" in m.get("thresher_triton", {}):
             row["thresher_time_over_fastest_baseline"] = m["thresher_triton"]["time_s_median"] / min(others)
         results.append(row)
@@ -245,9 +282,14 @@ def main(argv=None) -> int:
     if args.child:
         _child_peak(args)
         return 0
-    meta = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "note": "shared, noisy machine: compare ratios within this run"}
+    meta = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": "shared, noisy machine: compare ratios within this run",
+    }
     if args.gpu:
         if not torch.cuda.is_available():
             print("--gpu: no CUDA device visible", file=sys.stderr)

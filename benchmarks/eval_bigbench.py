@@ -23,6 +23,7 @@ Setting (all seeded):
 
 This runs on a shared 2-core machine; wall times are noisy. Numbers are whatever they are.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,21 @@ sys.path.insert(0, str(ROOT / "python"))
 DEFAULT_TARGETS = ["arithmetic/2_digit_addition", "multiemo/reviews_sentence_en", "color/rgb"]
 
 FEASIBILITY = {
-    "embed-sim": {"trained_llms": 0, "steps": 2, "model_free": False, "dataset_free": True,
-                  "proprietary_judge": False},
-    "knn-distance": {"trained_llms": 0, "steps": 2, "model_free": False, "dataset_free": True,
-                     "proprietary_judge": False},
-    "length-repr": {"trained_llms": 0, "steps": 3, "model_free": False, "dataset_free": True,
-                    "proprietary_judge": False},
+    "embed-sim": {"trained_llms": 0, "steps": 2, "model_free": False, "dataset_free": True, "proprietary_judge": False},
+    "knn-distance": {
+        "trained_llms": 0,
+        "steps": 2,
+        "model_free": False,
+        "dataset_free": True,
+        "proprietary_judge": False,
+    },
+    "length-repr": {
+        "trained_llms": 0,
+        "steps": 3,
+        "model_free": False,
+        "dataset_free": True,
+        "proprietary_judge": False,
+    },
 }
 
 
@@ -58,8 +68,9 @@ def load_bigbench(path: Path):
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
-            rows.append({"id": r["id"], "task": r["task"], "instruction": r["instruction"], "input": "",
-                         "output": r["output"]})
+            rows.append(
+                {"id": r["id"], "task": r["task"], "instruction": r["instruction"], "input": "", "output": r["output"]}
+            )
     return pd.DataFrame(rows)
 
 
@@ -103,7 +114,7 @@ def main() -> int:
         rows = df[df["task"] == t]
         perm = rng.permutation(len(rows))
         ref_parts.append(rows.iloc[perm[: args.ref]])
-        eval_parts.append(rows.iloc[perm[args.ref: args.ref + args.eval]])
+        eval_parts.append(rows.iloc[perm[args.ref : args.ref + args.eval]])
     import pandas as pd
 
     ref = pd.concat(ref_parts, ignore_index=True)
@@ -111,8 +122,10 @@ def main() -> int:
     others = df[~df["task"].isin(targets)].reset_index(drop=True)
     pool = others.iloc[np.sort(rng.choice(len(others), size=args.pool, replace=False))].reset_index(drop=True)
     k = int(round(args.sdf * len(pool)))
-    log(f"pool {len(pool)} from {pool['task'].nunique()} tasks (targets held out), k {k}, "
-        f"target {len(target)} ({len(targets)} tasks), reference {len(ref)}")
+    log(
+        f"pool {len(pool)} from {pool['task'].nunique()} tasks (targets held out), k {k}, "
+        f"target {len(target)} ({len(targets)} tasks), reference {len(ref)}"
+    )
 
     # ---------------------------------------------------------------- selection
     timings: dict[str, float] = {}
@@ -148,8 +161,9 @@ def main() -> int:
 
     t0 = time.perf_counter()
     ln = CRITERIA.get("length").obj()(pool)
-    selections["length-repr"] = SELECTORS.get("repr_filter").obj(ln, k, embeddings=emb, criterion="length",
-                                                                  direction="max", tau=0.9)
+    selections["length-repr"] = SELECTORS.get("repr_filter").obj(
+        ln, k, embeddings=emb, criterion="length", direction="max", tau=0.9
+    )
     timings["select_length-repr_s"] = time.perf_counter() - t0
 
     for name, idx in selections.items():
@@ -159,17 +173,27 @@ def main() -> int:
         fam = {t.split("/")[0] for t in targets}
         scores_info[name] = {
             "selected": int(len(idx)),
-            "same_family_as_targets": float(sel_tasks.map(lambda s: s.split("/")[0] in fam).mean()),
+            "same_family_as_targets": float(sel_tasks.map(lambda s, fam=fam: s.split("/")[0] in fam).mean()),
             "top_tasks": sel_tasks.value_counts().head(5).to_dict(),
         }
-        log(f"{name}: {len(idx)} selected; share from the targets' task families "
-            f"{scores_info[name]['same_family_as_targets']:.3f}; top tasks {scores_info[name]['top_tasks']}")
-    pool_family = float(pool["task"].map(lambda s: s.split("/")[0] in {t.split('/')[0] for t in targets}).mean())
+        log(
+            f"{name}: {len(idx)} selected; share from the targets' task families "
+            f"{scores_info[name]['same_family_as_targets']:.3f}; top tasks {scores_info[name]['top_tasks']}"
+        )
+    pool_family = float(pool["task"].map(lambda s: s.split("/")[0] in {t.split("/")[0] for t in targets}).mean())
 
     # ---------------------------------------------------------------- proxy fine-tuning
-    cfg = ProxyConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-                      lr=args.lr, lora_layers=args.lora_layers, seed=args.seed, threads=args.threads,
-                      metric="accuracy")
+    cfg = ProxyConfig(
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        lora_layers=args.lora_layers,
+        seed=args.seed,
+        threads=args.threads,
+        metric="accuracy",
+    )
     arms: dict[str, dict] = {}
     first = True
     for name, idx in selections.items():
@@ -200,29 +224,49 @@ def main() -> int:
         prim = ratios[name]["accuracy_vs_full"]
         if prim.get("pir") is None:
             prim = ratios[name]["likelihood_vs_full"]
-        feas = FEASIBILITY.get(name, {"trained_llms": 0, "steps": 1, "model_free": True, "dataset_free": True,
-                                      "proprietary_judge": False})
-        runs.append({"name": name, "sdf": sdf_value, "setting": "same_bench", "sem": prim["sem"],
-                     "blm": prim["blm"], "feasibility": feas, "metrics": {"metric": prim["metric"]}})
+        feas = FEASIBILITY.get(
+            name, {"trained_llms": 0, "steps": 1, "model_free": True, "dataset_free": True, "proprietary_judge": False}
+        )
+        runs.append(
+            {
+                "name": name,
+                "sdf": sdf_value,
+                "setting": "same_bench",
+                "sem": prim["sem"],
+                "blm": prim["blm"],
+                "feasibility": feas,
+                "metrics": {"metric": prim["metric"]},
+            }
+        )
     methods = [run_to_method(r) for r in runs]
     table = leaderboard(extra=methods)
-    placed = table[table["user"]][["name", "sdf", "pir", "residual", "efficiency_rank", "simplicity_rank",
-                                   "flexibility_rank", "feasibility_rank"]]
+    placed = table[table["user"]][
+        ["name", "sdf", "pir", "residual", "efficiency_rank", "simplicity_rank", "flexibility_rank", "feasibility_rank"]
+    ]
     timings["total_s"] = time.perf_counter() - t_all
 
     out = {
         "benchmark": "eval-bigbench",
         "description": __doc__.split("\n\n")[0],
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-                    "note": "shared 2-core machine, ~8 concurrent users: wall times are noisy"},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": args.threads,
+            "note": "shared 2-core machine, ~8 concurrent users: wall times are noisy",
+        },
         "settings": {k: v for k, v in vars(args).items()},
         "targets": targets,
-        "pool_size": len(pool), "pool_tasks": int(pool["task"].nunique()), "k": k, "sdf": sdf_value,
+        "pool_size": len(pool),
+        "pool_tasks": int(pool["task"].nunique()),
+        "k": k,
+        "sdf": sdf_value,
         "pool_share_from_target_families": pool_family,
         "selection": scores_info,
         "truncated": truncated,
-        "arms": {a: {kk: v for kk, v in m.items() if kk not in ("correct", "teacher_exact", "examples")}
-                 for a, m in arms.items()},
+        "arms": {
+            a: {kk: v for kk, v in m.items() if kk not in ("correct", "teacher_exact", "examples")}
+            for a, m in arms.items()
+        },
         "ratios": ratios,
         "placement": json.loads(placed.to_json(orient="records")),
         "l_base": {"intercept": L_BASE.intercept, "slope": L_BASE.slope},
@@ -232,12 +276,30 @@ def main() -> int:
     tmp = Path(args.out + ".tmp")
     tmp.write_text(json.dumps(out, indent=2, default=float))
     tmp.replace(args.out)
-    print(json.dumps({"arms": {a: {"loss": round(m["loss"], 4), "accuracy": round(m["accuracy"], 4),
-                                   **{t: round(s["accuracy"], 3) for t, s in m["sets"].items()}}
-                               for a, m in arms.items()},
-                      "pir_vs_full": {n: {m: (r[f"{m}_vs_full"]["pir"] and round(r[f"{m}_vs_full"]["pir"], 4))
-                                          for m in ("accuracy", "likelihood")} for n, r in ratios.items()},
-                      "placement": out["placement"], "total_s": round(timings["total_s"], 1)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "arms": {
+                    a: {
+                        "loss": round(m["loss"], 4),
+                        "accuracy": round(m["accuracy"], 4),
+                        **{t: round(s["accuracy"], 3) for t, s in m["sets"].items()},
+                    }
+                    for a, m in arms.items()
+                },
+                "pir_vs_full": {
+                    n: {
+                        m: (r[f"{m}_vs_full"]["pir"] and round(r[f"{m}_vs_full"]["pir"], 4))
+                        for m in ("accuracy", "likelihood")
+                    }
+                    for n, r in ratios.items()
+                },
+                "placement": out["placement"],
+                "total_s": round(timings["total_s"], 1),
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ authors (Srivastava et al., TMLR 2023); see python/thresher/data/ATTRIBUTION.md.
 
     python benchmarks/make_sample_pool.py [--n 3000] [--seed 20231126] [--max-chars 1200]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -18,6 +18,7 @@ Re-written from the published algorithm of ``tianyi-lab/Cherry_LLM``
 
 Only the prompt templates ``alpaca`` and ``wiz`` of the reference exist here.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -42,8 +43,9 @@ def _encode(tokenizer: Any, text: str, max_length: Optional[int] = None) -> list
     return tokenizer.encode(text, truncation=True, max_length=max_length)
 
 
-def token_losses(model: Any, tokenizer: Any, text: str, target_span: str, max_length: int,
-                 device: str = "cpu") -> list[float]:
+def token_losses(
+    model: Any, tokenizer: Any, text: str, target_span: str, max_length: int, device: str = "cpu"
+) -> list[float]:
     """Cherry's get_perplexity_and_embedding_part_text: every position's loss, full logits, Python loop."""
     input_ids = torch.tensor([_encode(tokenizer, text, max_length)], device=device)
     start_index = text.rfind(target_span)
@@ -68,17 +70,27 @@ def _span(tokenizer: Any, text: str, target_span: str, max_length: int, loss_lis
     start_index = text.rfind(target_span)
     start_token = len(_encode(tokenizer, text[:start_index]))
     end_token_real = len(input_ids)
-    return end_token_real - start_token, loss_list[start_token - 1:end_token_real - 1]
+    return end_token_real - start_token, loss_list[start_token - 1 : end_token_real - 1]
 
 
-def cherry_ifd(model: Any, tokenizer: Any, instruction: str, output: str, input: str = "", *,
-               max_length: int = 512, prompt: str = "alpaca", device: str = "cpu") -> Optional[dict]:
+def cherry_ifd(
+    model: Any,
+    tokenizer: Any,
+    instruction: str,
+    output: str,
+    input: str = "",
+    *,
+    max_length: int = 512,
+    prompt: str = "alpaca",
+    device: str = "cpu",
+) -> Optional[dict]:
     """One sample: {"ifd", "loss_cond", "loss_direct", "n_cond", "n_direct"}, or None when the
     reference skips it. No batching, by design."""
     direct_answer_text = "### Response:" + output
     if prompt == "alpaca":
         prompt_text = (PROMPT_INPUT if input else PROMPT_NO_INPUT).format_map(
-            {"instruction": instruction, "input": input})
+            {"instruction": instruction, "input": input}
+        )
         whole_text = prompt_text + output
     elif prompt == "wiz":
         prompt_text = instruction + ("\nInput:" + input if input else "")

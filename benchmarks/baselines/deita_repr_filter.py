@@ -19,6 +19,7 @@ semantics that define the method):
 Cost: O(walked x kept x d) plus a host gather of the whole kept set per
 candidate, which is what makes it slow.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,25 +30,31 @@ def _normalize(m: torch.Tensor) -> torch.Tensor:
     return m / m.norm(dim=1)[:, None]
 
 
-def deita_repr_filter(embeddings: np.ndarray, scores: np.ndarray, data_size: int, threshold: float = 0.9,
-                      chunk_size: int = 100_000, device: str = "cpu") -> np.ndarray:
+def deita_repr_filter(
+    embeddings: np.ndarray,
+    scores: np.ndarray,
+    data_size: int,
+    threshold: float = 0.9,
+    chunk_size: int = 100_000,
+    device: str = "cpu",
+) -> np.ndarray:
     """Kept row positions (into ``embeddings``), in selection order."""
     scores = np.asarray(scores, dtype=np.float64)
     pos = np.arange(len(scores))
     order = np.lexsort((pos, -scores))
-    emb = np.asarray(embeddings, dtype=np.float64)[order]   # host float64, sorted
+    emb = np.asarray(embeddings, dtype=np.float64)[order]  # host float64, sorted
     if len(emb) == 0 or data_size == 0:
         return np.zeros(0, np.int64)
     filtered = [0]
     for i in range(1, emb.shape[0]):
         if data_size > -1 and len(filtered) >= data_size:
             break
-        cur = torch.tensor(emb[i:i + 1], dtype=torch.float32).to(device)
-        existing = emb[filtered]                           # host gather of the kept set, every step
+        cur = torch.tensor(emb[i : i + 1], dtype=torch.float32).to(device)
+        existing = emb[filtered]  # host gather of the kept set, every step
         dist = torch.zeros((1, existing.shape[0]), dtype=torch.float32, device=device)
         for c in range(0, existing.shape[0], chunk_size):
-            ch = torch.tensor(existing[c:c + chunk_size], dtype=torch.float32).to(device)
-            dist[:, c:c + ch.shape[0]] = torch.mm(_normalize(cur), _normalize(ch).t())
+            ch = torch.tensor(existing[c : c + chunk_size], dtype=torch.float32).to(device)
+            dist[:, c : c + ch.shape[0]] = torch.mm(_normalize(cur), _normalize(ch).t())
         if not bool(torch.any(dist > threshold)):
             filtered.append(i)
     kept = np.asarray(filtered[:data_size] if data_size > -1 else filtered, dtype=np.int64)

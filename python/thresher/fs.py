@@ -50,16 +50,14 @@ def atomic_file(path: Any, mode: str = "wb", encoding: str | None = None) -> Ite
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
-    fh = open(tmp, mode, encoding=encoding if "b" not in mode else None)
     try:
-        yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
+        with open(tmp, mode, encoding=encoding if "b" not in mode else None) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
-        fh.close()
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

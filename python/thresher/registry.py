@@ -20,6 +20,7 @@ Conventions shared by every component:
   :func:`thresher.registry.as_pandas`).
 * A **selector** is a function ``select(scores, *, k, **options) -> Selection``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -77,7 +78,9 @@ class Option:
         if self.min is not None or self.max is not None:
             lo = "(" if self.min_exclusive or self.min is None else "["
             hi = ")" if self.max_exclusive or self.max is None else "]"
-            names += f" in {lo}{'-inf' if self.min is None else self.min}, {'inf' if self.max is None else self.max}{hi}"
+            names += (
+                f" in {lo}{'-inf' if self.min is None else self.min}, {'inf' if self.max is None else self.max}{hi}"
+            )
         if self._nullable():
             names += " or None"
         return names
@@ -159,14 +162,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, *, doc: str, options: Optional[list[Option]] = None,
-                 **meta: Any) -> Callable[[T], T]:
+    def register(self, name: str, *, doc: str, options: Optional[list[Option]] = None, **meta: Any) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = Entry(name, obj, doc, {o.name: o for o in options or []}, meta)
             if isinstance(obj, type) and "NAME" not in vars(obj):
-                obj.NAME = name  # the name is written once, here; a class reads it as self.NAME
+                setattr(obj, "NAME", name)  # noqa: B010  (the name is written once, here; classes read self.NAME)
             return obj
 
         return deco
@@ -209,9 +211,12 @@ ENGINES: Registry[Any] = Registry("engine")
 BUILTIN_MODULES: list[str] = [
     "thresher.io.textstats",
     "thresher.selectors.basic",
-    "thresher.selectors.diversity", "thresher.criteria.diversity",
+    "thresher.selectors.diversity",
+    "thresher.criteria.diversity",
     "thresher.recipes",
-    "thresher.criteria.loss", "thresher.criteria.judge", "thresher.criteria.nuggets",
+    "thresher.criteria.loss",
+    "thresher.criteria.judge",
+    "thresher.criteria.nuggets",
     "thresher.criteria.less",
 ]
 _loaded = False

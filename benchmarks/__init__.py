@@ -1,0 +1,1 @@
+"""Benchmarks and the faithful baselines they compare against (importable as a package)."""

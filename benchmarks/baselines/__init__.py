@@ -1,0 +1,1 @@
+"""Faithful re-implementations of published reference code, used as test oracles and benchmark baselines."""
