@@ -4,6 +4,7 @@ Run: ``PYTHONPATH=python python -m pytest benchmarks/test_bench_ops.py --benchma
 Each group holds thresher and its torch baseline on the same data; compare within a
 group (the machine is shared and noisy). Not part of the test suite (no timed asserts).
 """
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ Run with ``PYTHONPATH=python python -m pytest benchmarks/test_bench_pareto.py``
 Each case first checks that both give identical ranks. Sizes stay at 10^5 so the
 file runs in seconds; ``bench_pareto.py`` covers 10^4..10^6 and writes JSON.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,11 @@ CASES = [(m, kind) for m in (2, 3) for kind in ("uniform", "corr", "ties")]
 def test_pareto_ranks(benchmark, impl, m, kind):
     a = _data(kind, m)
     want = moocore.pareto_rank(a)
-    fn = (lambda: pareto_ranks(a, maximize=False, backend="cpu").numpy()) if impl == "thresher" \
+    fn = (
+        (lambda: pareto_ranks(a, maximize=False, backend="cpu").numpy())
+        if impl == "thresher"
         else (lambda: moocore.pareto_rank(a))
+    )
     np.testing.assert_array_equal(fn(), want)
     benchmark.group = f"pareto M={m} {kind} N={N}"
     benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=0)

@@ -12,6 +12,7 @@ order, which keeps the lower-index-first tie rule across tiles.
 Complexity: O(Q N d) multiply-adds + O(Q N KP) comparisons for the
 extraction; memory O(Q (N/BN) KP) candidates, never Q x N.
 """
+
 from __future__ import annotations
 
 import triton
@@ -20,17 +21,22 @@ import triton.language as tl
 
 @triton.jit
 def knn_tile_kernel(
-    q_ptr,        # [Q, D] float (row-major)
-    b_ptr,        # [N, D] float (row-major)
-    bn_ptr,       # [N] float32 squared norms of base rows (read when L2)
-    out_v_ptr,    # [Q, T, KP] float32 candidate scores (larger is nearer)
-    out_i_ptr,    # [Q, T, KP] int64 candidate base indices (-1 when none)
-    Q, N, D, T,
+    q_ptr,  # [Q, D] float (row-major)
+    b_ptr,  # [N, D] float (row-major)
+    bn_ptr,  # [N] float32 squared norms of base rows (read when L2)
+    out_v_ptr,  # [Q, T, KP] float32 candidate scores (larger is nearer)
+    out_i_ptr,  # [Q, T, KP] int64 candidate base indices (-1 when none)
+    Q,
+    N,
+    D,
+    T,
     query_offset,
     L2: tl.constexpr,
     EXCLUDE_SELF: tl.constexpr,
     KP: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)

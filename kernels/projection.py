@@ -14,14 +14,24 @@ deterministic (no atomics). Work: O(B * D * dim) MACs + O(D * dim / 128)
 Philox calls per batch tile (O(D * dim) for Gaussian); memory: x is read
 ceil(dim / 128) times (mostly from L2), the output once.
 """
+
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-BLOCK_N = 128  # must equal philox.h kRademacherBlock: one Philox call covers a tile row
-STREAM_RADEMACHER = 0x52414430
-STREAM_GAUSSIAN = 0x47415530
+from thresher.ops.abi import CONSTANTS
+
+# The Philox layout of philox.h (thresher.ops.abi.CONSTANTS) as Triton constexprs.
+BLOCK_N = tl.constexpr(CONSTANTS["PHILOX_RADEMACHER_BLOCK"])  # one Philox call covers a tile row
+GAUSSIAN_BLOCK = tl.constexpr(CONSTANTS["PHILOX_GAUSSIAN_BLOCK"])
+STREAM_RADEMACHER = tl.constexpr(CONSTANTS["PHILOX_STREAM_RADEMACHER"])
+STREAM_GAUSSIAN = tl.constexpr(CONSTANTS["PHILOX_STREAM_GAUSSIAN"])
+ROUND_A = tl.constexpr(CONSTANTS["PHILOX_ROUND_A"])
+ROUND_B = tl.constexpr(CONSTANTS["PHILOX_ROUND_B"])
+KEY_A = tl.constexpr(CONSTANTS["PHILOX_KEY_A"])
+KEY_B = tl.constexpr(CONSTANTS["PHILOX_KEY_B"])
 
 
 @triton.jit
@@ -29,25 +39,29 @@ def _philox(c0, c1, c2, c3, k0, k1):
     # Philox4x32-10, identical to thresher::philox::philox4x32_10.
     for _ in tl.static_range(10):
         _c0, _c2 = c0, c2
-        c0 = tl.umulhi(0xCD9E8D57, _c2) ^ c1 ^ k0
-        c2 = tl.umulhi(0xD2511F53, _c0) ^ c3 ^ k1
-        c1 = tl.mul(0xCD9E8D57, _c2, sanitize_overflow=False)
-        c3 = tl.mul(0xD2511F53, _c0, sanitize_overflow=False)
-        k0 = tl.add(k0, 0x9E3779B9, sanitize_overflow=False)
-        k1 = tl.add(k1, 0xBB67AE85, sanitize_overflow=False)
+        c0 = tl.umulhi(ROUND_B, _c2) ^ c1 ^ k0
+        c2 = tl.umulhi(ROUND_A, _c0) ^ c3 ^ k1
+        c1 = tl.mul(ROUND_B, _c2, sanitize_overflow=False)
+        c3 = tl.mul(ROUND_A, _c0, sanitize_overflow=False)
+        k0 = tl.add(k0, KEY_A, sanitize_overflow=False)
+        k1 = tl.add(k1, KEY_B, sanitize_overflow=False)
     return c0, c1, c2, c3
 
 
 # seed halves and offsets may equal 1: never let Triton specialise them into constexprs
 @triton.jit(do_not_specialize=["B", "D", "seed_lo", "seed_hi", "row_offset", "k_per_split"])
 def _projection_kernel(
-    x_ptr,            # [B, D] fp32/fp16/bf16, strides (stride_xb, stride_xd)
-    ws_ptr,           # [S, B, dim] fp32 workspace (split-K partial sums, unscaled)
-    B, D, dim,
-    stride_xb, stride_xd,
-    seed_lo, seed_hi,  # the 64-bit seed as two 32-bit halves
-    row_offset,        # global row of x[:, 0]; row_offset + D < 2**63
-    k_per_split,       # rows of D per split (multiple of BLOCK_K)
+    x_ptr,  # [B, D] fp32/fp16/bf16, strides (stride_xb, stride_xd)
+    ws_ptr,  # [S, B, dim] fp32 workspace (split-K partial sums, unscaled)
+    B,
+    D,
+    dim,
+    stride_xb,
+    stride_xd,
+    seed_lo,
+    seed_hi,  # the 64-bit seed as two 32-bit halves
+    row_offset,  # global row of x[:, 0]; row_offset + D < 2**63
+    k_per_split,  # rows of D per split (multiple of BLOCK_K)
     GAUSSIAN: tl.constexpr,
     DOT_FP32: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -70,20 +84,21 @@ def _projection_kernel(
     for kk in range(k_start, k_end, BLOCK_K):
         offs_k = kk + tl.arange(0, BLOCK_K).to(tl.int64)
         k_mask = offs_k < k_end
-        xt = tl.load(x_ptr + row_base[:, None] + offs_k[None, :] * stride_xd,
-                     mask=b_mask[:, None] & k_mask[None, :], other=0.0)
+        xt = tl.load(
+            x_ptr + row_base[:, None] + offs_k[None, :] * stride_xd, mask=b_mask[:, None] & k_mask[None, :], other=0.0
+        )
         grow = base + offs_k
         c0 = (grow & 0xFFFFFFFF).to(tl.uint32)
         c1 = ((grow >> 32) & 0xFFFFFFFF).to(tl.uint32)
         if GAUSSIAN:
             # per entry: counter (row, col // 4), words (a, b) for the Box-Muller pair
-            cg = offs_n // 4
+            cg = offs_n // GAUSSIAN_BLOCK
             c0g = c0[:, None] + tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.uint32)
             c1g = c1[:, None] + tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.uint32)
             c2g = cg.to(tl.uint32)[None, :] + tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.uint32)
             c3g = tl.full((BLOCK_K, BLOCK_N), STREAM_GAUSSIAN, tl.uint32)
             w0, w1, w2, w3 = _philox(c0g, c1g, c2g, c3g, k0, k1)
-            idx = (offs_n % 4)[None, :]
+            idx = (offs_n % GAUSSIAN_BLOCK)[None, :]
             a = tl.where(idx < 2, w0, w2)
             b = tl.where(idx < 2, w1, w3)
             u1 = ((a >> 8) + 1).to(tl.float32) * 5.9604644775390625e-08
@@ -98,8 +113,7 @@ def _projection_kernel(
             c3 = tl.full((BLOCK_K,), STREAM_RADEMACHER, tl.uint32)
             w0, w1, w2, w3 = _philox(c0, c1, c2, c3, k0, k1)
             q = (cols // 32)[None, :]
-            w = tl.where(q == 0, w0[:, None],
-                         tl.where(q == 1, w1[:, None], tl.where(q == 2, w2[:, None], w3[:, None])))
+            w = tl.where(q == 0, w0[:, None], tl.where(q == 1, w1[:, None], tl.where(q == 2, w2[:, None], w3[:, None])))
             bit = (w >> (cols % 32).to(tl.uint32)[None, :]) & 1
             p = tl.where(bit == 1, -1.0, 1.0)
             if DOT_FP32:
@@ -111,19 +125,16 @@ def _projection_kernel(
     tl.store(out_ptrs, acc, mask=b_mask[:, None] & (offs_n < dim)[None, :])
 
 
-def random_project(x, dim: int, seed: int, gaussian: bool, row_offset: int, scale: float,
-                   *, splits: int | None = None):
+def random_project(x, dim: int, seed: int, gaussian: bool, row_offset: int, scale: float, *, splits: int | None = None):
     """x: [B, D] (fp32/fp16/bf16, CUDA or CPU under TRITON_INTERPRET=1) -> fp32 [B, dim].
 
     Arguments are validated by thresher.ops.random_project."""
-    import torch
-
     B, D = x.shape
     interpret = x.device.type == "cpu"
     BLOCK_B = 16 if interpret else (64 if B <= 64 else 128)
     BLOCK_K = 16 if interpret else (32 if gaussian else 64)
     nb = triton.cdiv(B, BLOCK_B)
-    nn = triton.cdiv(dim, BLOCK_N)
+    nn = triton.cdiv(dim, BLOCK_N.value)
     if splits is None:
         if interpret:
             splits = 2 if D > 2 * BLOCK_K else 1
@@ -135,11 +146,23 @@ def random_project(x, dim: int, seed: int, gaussian: bool, row_offset: int, scal
     ws = torch.empty((splits, B, dim), device=x.device, dtype=torch.float32)
     grid = (nn, nb, splits)
     _projection_kernel[grid](
-        x, ws, B, D, dim, x.stride(0), x.stride(1),
-        seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, row_offset, k_per_split,
-        GAUSSIAN=bool(gaussian), DOT_FP32=(x.dtype == torch.float32),
-        BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K,
-        num_warps=4 if interpret else 8, num_stages=1 if interpret else 3,
+        x,
+        ws,
+        B,
+        D,
+        dim,
+        x.stride(0),
+        x.stride(1),
+        seed & 0xFFFFFFFF,
+        (seed >> 32) & 0xFFFFFFFF,
+        row_offset,
+        k_per_split,
+        GAUSSIAN=bool(gaussian),
+        DOT_FP32=(x.dtype == torch.float32),
+        BLOCK_B=BLOCK_B,
+        BLOCK_K=BLOCK_K,
+        num_warps=4 if interpret else 8,
+        num_stages=1 if interpret else 3,
     )
     out = ws[0] if splits == 1 else ws.sum(dim=0)
     return out.mul_(scale)

@@ -11,13 +11,21 @@ logmeanexp), no atomics, deterministic. ``count`` needs no data and is
 computed by the caller from the offsets. Inputs float32/float16/bfloat16,
 accumulation and output float32.
 """
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-OP_SUM, OP_MEAN, OP_MAX, OP_MIN, OP_COUNT, OP_LME = 0, 1, 2, 3, 4, 5
+from thresher.ops.abi import SegmentOp
+
+# The reduction codes of thresher/abi.h as Triton constexprs (jit code may read only constexpr globals).
+OP_SUM = tl.constexpr(int(SegmentOp.SUM))
+OP_MEAN = tl.constexpr(int(SegmentOp.MEAN))
+OP_MIN = tl.constexpr(int(SegmentOp.MIN))
+OP_LME = tl.constexpr(int(SegmentOp.LOGMEANEXP))
+# (`OP == A or OP == B` below, not `OP in (A, B)`: the jit compiler does not lower `in`; hence noqa SIM109.)
 
 
 @triton.jit
@@ -37,9 +45,9 @@ def _segment_reduce_kernel(
     cols = cblk * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows = tl.arange(0, BLOCK_N)
-    if OP == 3:  # min
+    if OP == OP_MIN:
         fill = float("inf")
-    elif OP == 0 or OP == 1:  # sum / mean
+    elif OP == OP_SUM or OP == OP_MEAN:  # noqa: SIM109
         fill = 0.0
     else:  # max / logmeanexp
         fill = float("-inf")
@@ -50,23 +58,23 @@ def _segment_reduce_kernel(
         m = (r < end)[:, None] & cmask[None, :]
         v = tl.load(x_ptr + r[:, None] * D + cols[None, :], mask=m, other=fill).to(tl.float32)
         nans += (v != v).to(tl.int32)
-        if OP == 0 or OP == 1:
+        if OP == OP_SUM or OP == OP_MEAN:  # noqa: SIM109
             acc += v
-        elif OP == 3:
+        elif OP == OP_MIN:
             acc = tl.where(v < acc, v, acc)
         else:
             acc = tl.where(v > acc, v, acc)
     n = (end - start).to(tl.float32)
     has_nan = tl.sum(nans, axis=0) > 0
-    if OP == 0 or OP == 1:
+    if OP == OP_SUM or OP == OP_MEAN:  # noqa: SIM109
         res = tl.sum(acc, axis=0)
-        if OP == 1:
+        if OP == OP_MEAN:
             res = res / n  # 0 / 0 -> NaN for an empty segment
-    elif OP == 3:
+    elif OP == OP_MIN:
         res = tl.min(acc, axis=0)
     else:
         res = tl.max(acc, axis=0)
-    if OP == 5:
+    if OP == OP_LME:
         mx = res
         finite = tl.abs(mx) < float("inf")
         msafe = tl.where(finite, mx, 0.0)
@@ -78,18 +86,18 @@ def _segment_reduce_kernel(
             ssum += tl.where(m, tl.exp(v - msafe[None, :]), 0.0)
         lme = msafe + tl.log(tl.sum(ssum, axis=0)) - tl.log(n)
         res = tl.where(finite, lme, mx)
-    if OP != 0:
+    if OP != OP_SUM:
         res = tl.where(n > 0, res, float("nan"))
     res = tl.where(has_nan, float("nan"), res)
     tl.store(out_ptr + s * D + cols, res, mask=cmask)
 
 
-def segment_reduce(x: torch.Tensor, offsets: torch.Tensor, op: int, out: torch.Tensor) -> torch.Tensor:
+def segment_reduce(x: torch.Tensor, offsets: torch.Tensor, op: SegmentOp, out: torch.Tensor) -> torch.Tensor:
     """x [N, D] contiguous (float32/float16/bfloat16), offsets [S+1] int64, out [S, D] float32.
 
-    ``op`` is an OP_* code other than OP_COUNT. Arguments are validated by thresher.ops.segment.
+    ``op`` is any SegmentOp but COUNT. Arguments are validated by thresher.ops.segment.
     """
-    if op == OP_COUNT:
+    if op == SegmentOp.COUNT:
         raise ValueError("op: count is computed from the offsets, not by the kernel")
     s = offsets.numel() - 1
     d = x.shape[1]
@@ -99,5 +107,5 @@ def segment_reduce(x: torch.Tensor, offsets: torch.Tensor, op: int, out: torch.T
     mean_len = max(1, n // max(s, 1))
     block_n = max(16, min(1024 // block_d, triton.next_power_of_2(mean_len)))
     grid = (s, triton.cdiv(d, block_d))
-    _segment_reduce_kernel[grid](x, offsets, out, d, OP=op, BLOCK_N=block_n, BLOCK_D=block_d)
+    _segment_reduce_kernel[grid](x, offsets, out, d, OP=int(op), BLOCK_N=block_n, BLOCK_D=block_d)
     return out

@@ -14,6 +14,7 @@ Logits never reach global memory: O(M V H) FLOPs, O(M V) exp, O(S M) extra
 memory. fp32 inputs use IEEE fp32 dot products (no TF32); fp16/bf16 inputs use
 tensor-core dots with fp32 accumulation.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _target_logit_kernel(H, W, T, ZY, n_tok, hid, stride_h, stride_w,
-                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _target_logit_kernel(H, W, T, ZY, n_tok, hid, stride_h, stride_w, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     # H: [n_tok, hid], W: [V, hid], T: [n_tok] int64 -> ZY: [n_tok] fp32
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -42,11 +42,31 @@ def _target_logit_kernel(H, W, T, ZY, n_tok, hid, stride_h, stride_w,
 
 
 @triton.jit
-def _partial_kernel(H, W, T, ZY, PM, PS, PT, PQ, PR,
-                    n_tok, vocab, hid, split, stride_h, stride_w,
-                    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-                    NEED_T: tl.constexpr, NEED_Q: tl.constexpr, NEED_R: tl.constexpr,
-                    IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _partial_kernel(
+    H,
+    W,
+    T,
+    ZY,
+    PM,
+    PS,
+    PT,
+    PQ,
+    PR,
+    n_tok,
+    vocab,
+    hid,
+    split,
+    stride_h,
+    stride_w,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NEED_T: tl.constexpr,
+    NEED_Q: tl.constexpr,
+    NEED_R: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     # H: [n_tok, hid]; W: [vocab, hid]; T: [n_tok] int64; ZY: [n_tok] fp32
     # PM/PS/PT/PQ: [n_split, n_tok] fp32; PR: [n_split, n_tok] int32
     pid_m = tl.program_id(0)
@@ -129,8 +149,9 @@ def target_logits(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> to
     zy = torch.empty(m_tok, dtype=torch.float32, device=h.device)
     bm = 16 if _interpret(h) else 32
     bk = 16 if _interpret(h) else min(256, triton.next_power_of_2(hid))
-    _target_logit_kernel[(triton.cdiv(m_tok, bm),)](h, w, targets, zy, m_tok, hid, h.stride(0), w.stride(0),
-                                                    BLOCK_M=bm, BLOCK_K=bk)
+    _target_logit_kernel[(triton.cdiv(m_tok, bm),)](
+        h, w, targets, zy, m_tok, hid, h.stride(0), w.stride(0), BLOCK_M=bm, BLOCK_K=bk
+    )
     return zy
 
 
@@ -162,9 +183,29 @@ def partial_states(h, w, targets, zy, *, entropy: bool, el2n: bool, rank: bool, 
     pr = torch.empty((n_split, m_tok), dtype=torch.int32, device=dev) if rank else pm
     kw = {} if interp else {"num_warps": warps, "num_stages": stages}
     _partial_kernel[(grid_m, n_split)](
-        h, w, targets, zy, pm, ps, pt, pq, pr,
-        m_tok, vocab, hid, split_size, h.stride(0), w.stride(0),
-        BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk,
-        NEED_T=entropy, NEED_Q=el2n, NEED_R=rank,
-        IEEE=(h.dtype == torch.float32 or interp), UPCAST=(interp and h.dtype == torch.bfloat16), **kw)
+        h,
+        w,
+        targets,
+        zy,
+        pm,
+        ps,
+        pt,
+        pq,
+        pr,
+        m_tok,
+        vocab,
+        hid,
+        split_size,
+        h.stride(0),
+        w.stride(0),
+        BLOCK_M=bm,
+        BLOCK_V=bv,
+        BLOCK_K=bk,
+        NEED_T=entropy,
+        NEED_Q=el2n,
+        NEED_R=rank,
+        IEEE=(h.dtype == torch.float32 or interp),
+        UPCAST=(interp and h.dtype == torch.bfloat16),
+        **kw,
+    )
     return pm, ps, (pt if entropy else None), (pq if el2n else None), (pr if rank else None)

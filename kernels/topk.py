@@ -15,6 +15,7 @@ all indices with key > T followed by the first ``need`` indices with key == T
 winners are ordered by a stable sort of their keys (descending). Work O(N)
 per pass (6 reads of the input) + O(k log k); no data-dependent output size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,7 @@ def _order_key(x, LARGEST: tl.constexpr):
 
 
 @triton.jit
-def _hist_kernel(x_ptr, n, hist_ptr, prefix, pmask,
-                 SHIFT: tl.constexpr, LARGEST: tl.constexpr, BLOCK: tl.constexpr):
+def _hist_kernel(x_ptr, n, hist_ptr, prefix, pmask, SHIFT: tl.constexpr, LARGEST: tl.constexpr, BLOCK: tl.constexpr):
     # x [n] scores; hist [256] int32 (accumulated); prefix/pmask: bits of the unsigned key fixed so far.
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -75,8 +75,9 @@ def _count_kernel(x_ptr, n, thr, cnt_ptr, nprog, LARGEST: tl.constexpr, BLOCK: t
 
 
 @triton.jit
-def _compact_kernel(x_ptr, n, thr, base_ptr, nprog, n_gt, need, out_idx_ptr, out_key_ptr,
-                    LARGEST: tl.constexpr, BLOCK: tl.constexpr):
+def _compact_kernel(
+    x_ptr, n, thr, base_ptr, nprog, n_gt, need, out_idx_ptr, out_key_ptr, LARGEST: tl.constexpr, BLOCK: tl.constexpr
+):
     # base [2 * nprog] exclusive prefix sums of cnt; out_idx [k] int64, out_key [k] int32.
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -107,8 +108,7 @@ def topk(scores: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     need = k
     for shift in (24, 16, 8, 0):
         hist.zero_()
-        _hist_kernel[grid](scores, n, hist, _i32(prefix), _i32(pmask),
-                           SHIFT=shift, LARGEST=largest, BLOCK=BLOCK)
+        _hist_kernel[grid](scores, n, hist, _i32(prefix), _i32(pmask), SHIFT=shift, LARGEST=largest, BLOCK=BLOCK)
         h = hist.cpu().tolist()
         cum = 0
         digit = 0
@@ -130,7 +130,6 @@ def topk(scores: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     n_gt = k - need
     out_idx = torch.empty(k, dtype=torch.int64, device=dev)
     out_key = torch.empty(k, dtype=torch.int32, device=dev)
-    _compact_kernel[grid](scores, n, thr, base, nprog, n_gt, need, out_idx, out_key,
-                          LARGEST=largest, BLOCK=BLOCK)
+    _compact_kernel[grid](scores, n, thr, base, nprog, n_gt, need, out_idx, out_key, LARGEST=largest, BLOCK=BLOCK)
     perm = torch.argsort(out_key, descending=True, stable=True)
     return out_idx[perm]

@@ -4,11 +4,14 @@
   TRITON_INTERPRET=1 before anything imports triton.
 * ``shared_dir`` / ``bigbench_path``: the real data beside the checkout
   (``../shared``), overridable with THRESHER_SHARED.
+* ``backend_available``: the one answer to "can this backend of this op run
+  here"; op tests skip exactly the cases whose backend cannot, with the
+  dispatcher's reasons.
 """
+
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +29,41 @@ def _has_cuda() -> bool:
 if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from typing import Any, Optional  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+def backend_device(backend: str) -> str:
+    """Where a backend's test tensors live: cuda for the cuda backend, and for triton when a GPU
+    is visible (else CPU tensors under the Triton interpreter); CPU for the others."""
+    return "cuda" if backend == "cuda" or (backend == "triton" and _has_cuda()) else "cpu"
+
+
+class BackendProbe:
+    """``probe(op, backend, device=None, **ctx)`` -> the device to run ``backend`` of ``op`` on,
+    or a skip of the calling test naming the dispatcher's reasons; ``probe.reasons(...)`` the
+    reasons themselves ([] = it can run). ``ctx`` is the per-call context of the op (dtype, n, k...)."""
+
+    def reasons(self, op: str, backend: str, device: Optional[str] = None, **ctx: Any) -> list[str]:
+        from thresher.ops import OPS
+
+        if backend not in OPS[op].backends:
+            return [f"op {op!r} has no {backend!r} backend"]
+        dev = device or backend_device(backend)
+        return OPS[op].backends[backend].not_supported_reasons(device=dev, **ctx)
+
+    def __call__(self, op: str, backend: str, device: Optional[str] = None, **ctx: Any) -> str:
+        dev = device or backend_device(backend)
+        why = self.reasons(op, backend, dev, **ctx)
+        if why:
+            pytest.skip(f"{op}: backend {backend!r} cannot run on {dev} here: {'; '.join(why)}")
+        return dev
+
+
+@pytest.fixture(scope="session")
+def backend_available() -> BackendProbe:
+    return BackendProbe()
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +99,9 @@ def pytest_report_header(config):
         from thresher import _native
 
         c = _native.cpu_ext()
-        return [f"thresher._C: {'built' if c is not None else _native.why_unavailable('cpu')}",
-                f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}"]
+        return [
+            f"thresher._C: {'built' if c is not None else _native.why_unavailable('cpu')}",
+            f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}",
+        ]
     except Exception as exc:  # pragma: no cover
         return [f"thresher import failed: {exc}"]

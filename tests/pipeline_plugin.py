@@ -4,6 +4,7 @@
 ``sleep`` seconds per call so a test can kill a run mid-way. ``fake_pool``: a
 pool-scoped criterion (the rank of the output length within the whole pool).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,10 +25,17 @@ def _log(path, line):
             os.fsync(fh.fileno())
 
 
-@CRITERIA.register("fake_len", doc="output length x scale (test criterion)",
-                   options=[Option("scale", 1.0, "multiplier"), Option("sleep", 0.0, "seconds per call"),
-                            Option("log", None, "append one line per call to this file")],
-                   direction="max", needs=())
+@CRITERIA.register(
+    "fake_len",
+    doc="output length x scale (test criterion)",
+    options=[
+        Option("scale", 1.0, "multiplier"),
+        Option("sleep", 0.0, "seconds per call"),
+        Option("log", None, "append one line per call to this file"),
+    ],
+    direction="max",
+    needs=(),
+)
 class FakeLen:
     def __init__(self, scale=1.0, sleep=0.0, log=None):
         self.scale, self.sleep, self.log = float(scale), float(sleep), log
@@ -38,16 +46,27 @@ class FakeLen:
         time.sleep(self.sleep)
         v = df["output"].str.len().to_numpy(np.float64) * self.scale
         v[df["output"].str.len().to_numpy() == 0] = np.nan
-        return pd.DataFrame({"id": df["id"], "fake_len": v,
-                             "fake_len.instruction": df["instruction"].str.len().to_numpy(np.float64),
-                             "fake_len.reason": np.where(np.isnan(v), "empty output", "")})
+        return pd.DataFrame(
+            {
+                "id": df["id"],
+                "fake_len": v,
+                "fake_len.instruction": df["instruction"].str.len().to_numpy(np.float64),
+                "fake_len.reason": np.where(np.isnan(v), "empty output", ""),
+            }
+        )
 
     def cache_key(self):
         return f"fake_len/v1/scale={self.scale}"
 
 
-@CRITERIA.register("fake_pool", doc="rank of the output length within the pool (test, pool-scoped)",
-                   options=[Option("log", None, "call log")], direction="max", needs=(), scope="pool")
+@CRITERIA.register(
+    "fake_pool",
+    doc="rank of the output length within the pool (test, pool-scoped)",
+    options=[Option("log", None, "call log")],
+    direction="max",
+    needs=(),
+    scope="pool",
+)
 class FakePool:
     def __init__(self, log=None):
         self.log = log

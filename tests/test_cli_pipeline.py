@@ -1,4 +1,5 @@
 """CLI verbs select / rank / run / recipes / demo, and their error messages."""
+
 from __future__ import annotations
 
 import json
@@ -20,21 +21,64 @@ def pool(bigbench_path, tmp_path_factory) -> Path:
 
 def test_select_with_criteria_and_rank(pool, tmp_path, capsys):
     out = tmp_path / "o"
-    rc = main(["select", str(pool), "--criteria", "length,mtld", "--selector", "topk",
-               "--selector-option", "criterion=mtld", "--k", "12", "--out", str(out), "--quiet", "--no-report"])
+    rc = main(
+        [
+            "select",
+            str(pool),
+            "--criteria",
+            "length,mtld",
+            "--selector",
+            "topk",
+            "--selector-option",
+            "criterion=mtld",
+            "--k",
+            "12",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-report",
+        ]
+    )
     assert rc == 0
     s = pd.read_parquet(out / "scores.parquet")
     assert int(s["selected"].sum()) == 12 and {"length", "mtld", "length.output"} <= set(s.columns)
     assert len((out / "selected.jsonl").read_text().rstrip("\n").split("\n")) == 12
-    rc = main(["rank", str(out / "scores.parquet"), "--objective", "length:min", "--objective", "mtld:max",
-               "--method", "rrf", "--k", "5", "--out", str(tmp_path / "ranked.parquet")])
+    rc = main(
+        [
+            "rank",
+            str(out / "scores.parquet"),
+            "--objective",
+            "length:min",
+            "--objective",
+            "mtld:max",
+            "--method",
+            "rrf",
+            "--k",
+            "5",
+            "--out",
+            str(tmp_path / "ranked.parquet"),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "5 of 400 rows selected by rrf" in printed
     r = pd.read_parquet(tmp_path / "ranked.parquet")
     assert int(r["selected"].sum()) == 5
-    assert main(["rank", str(out / "scores.parquet"), "--objective", "length:max", "--k", "3",
-                 "--out", str(tmp_path / "ranked.parquet")]) == 2
+    assert (
+        main(
+            [
+                "rank",
+                str(out / "scores.parquet"),
+                "--objective",
+                "length:max",
+                "--k",
+                "3",
+                "--out",
+                str(tmp_path / "ranked.parquet"),
+            ]
+        )
+        == 2
+    )
     assert "exists; pass --overwrite" in capsys.readouterr().err
 
 
@@ -69,19 +113,52 @@ def test_errors_are_one_clear_line(pool, tmp_path, capsys):
     assert "unknown criterion 'lenght'" in capsys.readouterr().err
     # an output folder holding another run's results
     assert main(["select", str(pool), *args, "--out", str(tmp_path / "h")]) == 0
-    assert main(["select", str(pool), "--criteria", "length", "--k", "4", "--quiet", "--no-report",
-                 "--out", str(tmp_path / "h")]) == 2
+    assert (
+        main(
+            [
+                "select",
+                str(pool),
+                "--criteria",
+                "length",
+                "--k",
+                "4",
+                "--quiet",
+                "--no-report",
+                "--out",
+                str(tmp_path / "h"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "already holds another run's results (differs in: budget)" in err and "--overwrite" in err
-    assert main(["select", str(pool), "--criteria", "length", "--k", "4", "--quiet", "--no-report",
-                 "--out", str(tmp_path / "h"), "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "select",
+                str(pool),
+                "--criteria",
+                "length",
+                "--k",
+                "4",
+                "--quiet",
+                "--no-report",
+                "--out",
+                str(tmp_path / "h"),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
 
 
 def test_run_config_and_recipes(pool, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {pool}\nout: res\ncriteria: [{{name: fake_len, options: {{scale: 2}}}}]\n"
-                   f"selector: {{name: threshold, options: {{criterion: fake_len, mode: knee}}}}\nratio: 1.0\n"
-                   f"plugins: [{PLUGIN}]\nreport: false\n")
+    cfg.write_text(
+        f"data: {pool}\nout: res\ncriteria: [{{name: fake_len, options: {{scale: 2}}}}]\n"
+        f"selector: {{name: threshold, options: {{criterion: fake_len, mode: knee}}}}\nratio: 1.0\n"
+        f"plugins: [{PLUGIN}]\nreport: false\n"
+    )
     assert main(["run", str(cfg), "--quiet"]) == 0
     m = json.loads((tmp_path / "res" / "manifest.json").read_text())
     assert m["selector"]["name"] == "threshold" and 0 < m["selected"] < 400
@@ -121,8 +198,21 @@ def test_score_any_reader_and_pool_scoped_criteria(pool, tmp_path, capsys):
     df.to_parquet(src)
     log = tmp_path / "calls.log"
     out = tmp_path / "scores.parquet"
-    rc = main(["score", str(src), "--criteria", "length,fake_pool", "--chunk", "100", "--out", str(out),
-               "--option", f"fake_pool.log={log}", "--quiet"])
+    rc = main(
+        [
+            "score",
+            str(src),
+            "--criteria",
+            "length,fake_pool",
+            "--chunk",
+            "100",
+            "--out",
+            str(out),
+            "--option",
+            f"fake_pool.log={log}",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     s = pd.read_parquet(out)
     assert s["id"].tolist() == df["id"].tolist()

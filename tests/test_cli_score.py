@@ -1,4 +1,5 @@
-"""`thresher score`: rows in, a scores table keyed by id out; bad rows reported, never fatal."""
+"""`thresher score`: rows in, a scores table keyed by id out; bad rows handled like every other verb."""
+
 from __future__ import annotations
 
 import gzip
@@ -24,25 +25,52 @@ def model_dir(tmp_path_factory):
     return str(d)
 
 
-def test_score_fixture_with_bad_rows(model_dir, tmp_path, capsys):
+def test_score_bad_row_stops_naming_file_and_line(model_dir, tmp_path, capsys):
+    # the same reader as every other verb: a bad row is an error (exit 2, one line), not a silent drop
     out = tmp_path / "scores.parquet"
-    rc = main(["score", str(FIX), "--criteria", "ifd,perplexity", "--model", model_dir, "--batch-tokens", "512",
-               "--out", str(out)])
+    rc = main(["score", str(FIX), "--criteria", "ifd,perplexity", "--model", model_dir, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("thresher: error:")]
+    assert len(lines) == 1 and f"{FIX}, line 4: malformed JSON" in lines[0]
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_score_fixture_with_bad_rows_skipped(model_dir, tmp_path, capsys):
+    out = tmp_path / "scores.parquet"
+    rc = main(
+        [
+            "score",
+            str(FIX),
+            "--criteria",
+            "ifd,perplexity",
+            "--model",
+            model_dir,
+            "--batch-tokens",
+            "512",
+            "--out",
+            str(out),
+            "--on-bad-row",
+            "skip",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     df = pd.read_parquet(out)
-    assert list(df["id"]) == ["good-1", "good-2", "2", "empty-answer", "missing-output", "number-output", "chat-1"]
+    ids = df["id"].tolist()
+    assert ids[:2] == ["good-1", "good-2"] and ids[3:] == ["empty-answer", "number-output", "chat-1"]
+    assert len(ids[2]) == 16  # no own id: the content hash, as for every verb
     for c in ("ifd", "ifd.loss_cond", "ifd.loss_direct", "ifd.reason", "perplexity", "perplexity.loss"):
         assert c in df.columns
-    good = df["id"].isin(["good-1", "good-2", "2", "chat-1"])
+    good = df["id"] != "empty-answer"
     assert df.loc[good, "ifd"].notna().all() and df.loc[good, "perplexity"].notna().all()
     assert df.loc[~good, "ifd"].isna().all()
     assert (df.loc[good, "ifd.reason"] == "").all()
     # reports name the file, line and field
-    assert f"{FIX}:4: invalid JSON" in err
-    assert f"{FIX}:6: missing field 'output'" in err
-    assert f"{FIX}:7: field 'output' must be a string" in err
-    assert f"{FIX}:5: ifd: empty answer" in err
+    assert f"{FIX}, line 4: malformed JSON" in err
+    assert f"{FIX}, line 6, field 'output': missing field" in err
+    assert "not scored: empty-answer: ifd: empty answer" in err
     assert not [p for p in tmp_path.iterdir() if p.name != "scores.parquet"]  # no temp leftovers
 
 
@@ -50,10 +78,29 @@ def test_same_scores_as_python_api(model_dir, tmp_path):
     from thresher.registry import CRITERIA
 
     out = tmp_path / "s.csv"
-    assert main(["score", str(FIX), "--criteria", "ifd", "--model", model_dir, "--out", str(out),
-                 "--option", "ifd.ratio=ppl", "--max-length", "300"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(FIX),
+                "--criteria",
+                "ifd",
+                "--model",
+                model_dir,
+                "--out",
+                str(out),
+                "--option",
+                "ifd.ratio=ppl",
+                "--max-length",
+                "300",
+                "--on-bad-row",
+                "skip",
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(out, keep_default_na=True)
-    rows = [json.loads(line) for line in FIX.read_text().splitlines() if line.startswith("{\"")]
+    rows = [json.loads(line) for line in FIX.read_text().splitlines() if line.startswith('{"')]
     api = CRITERIA.get("ifd").obj(model=model_dir, ratio="ppl", max_length=300)(pd.DataFrame(rows[:2]))
     # same scores up to float rounding (the CLI batches 7 rows together, the API call 2)
     assert df["ifd"][:2].tolist() == pytest.approx(api["ifd"].tolist(), rel=1e-5)
@@ -61,18 +108,37 @@ def test_same_scores_as_python_api(model_dir, tmp_path):
 
 def test_fail_fast_stops_with_location(model_dir, tmp_path, capsys):
     out = tmp_path / "x.parquet"
-    rc = main(["score", str(FIX), "--criteria", "perplexity", "--model", model_dir, "--out", str(out),
-               "--fail-fast"])
+    rc = main(["score", str(FIX), "--criteria", "perplexity", "--model", model_dir, "--out", str(out), "--fail-fast"])
     assert rc == 2
-    assert f"{FIX}:4: invalid JSON" in capsys.readouterr().err
+    assert f"{FIX}, line 4: malformed JSON" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_gzip_input_and_limit(model_dir, tmp_path, bigbench_path):
     out = tmp_path / "bb.jsonl"
-    assert main(["score", str(bigbench_path), "--criteria", "entropy,el2n", "--model", model_dir,
-                 "--limit", "4", "--out", str(out), "--max-length", "256",
-                 "--option", "entropy.truncation=left", "--option", "el2n.truncation=left"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(bigbench_path),
+                "--criteria",
+                "entropy,el2n",
+                "--model",
+                model_dir,
+                "--limit",
+                "4",
+                "--out",
+                str(out),
+                "--max-length",
+                "256",
+                "--option",
+                "entropy.truncation=left",
+                "--option",
+                "el2n.truncation=left",
+            ]
+        )
+        == 0
+    )
     df = pd.read_json(out, lines=True)
     with gzip.open(bigbench_path, "rt") as f:
         ids = [json.loads(next(f))["id"] for _ in range(4)]
@@ -81,13 +147,16 @@ def test_gzip_input_and_limit(model_dir, tmp_path, bigbench_path):
     assert (df["entropy.truncated"] > 0).any()  # long BIG-bench prompts were cut from the left
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--criteria", "nope"], "unknown criterion 'nope'"),
-    (["--criteria", "ifd", "--option", "ifd.ratio"], "--option"),
-    (["--criteria", "ifd", "--option", "perplexity.x=1"], "not in --criteria"),
-    (["--criteria", "ifd", "--batch-tokens", "0"], "--batch-tokens"),
-    (["--criteria", "ifd", "--option", "ifd.ratio=cube"], "ratio"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--criteria", "nope"], "unknown criterion 'nope'"),
+        (["--criteria", "ifd", "--option", "ifd.ratio"], "--option"),
+        (["--criteria", "ifd", "--option", "perplexity.x=1"], "not in --criteria"),
+        (["--criteria", "ifd", "--batch-tokens", "0"], "--batch-tokens"),
+        (["--criteria", "ifd", "--option", "ifd.ratio=cube"], "ratio"),
+    ],
+)
 def test_bad_arguments(model_dir, tmp_path, capsys, argv, msg):
     rc = main(["score", str(FIX), "--model", model_dir, "--out", str(tmp_path / "o.parquet")] + argv)
     assert rc == 2
@@ -97,10 +166,25 @@ def test_bad_arguments(model_dir, tmp_path, capsys, argv, msg):
 def test_missing_inputs(tmp_path, capsys):
     assert main(["score", str(tmp_path / "none.jsonl"), "--criteria", "ifd", "--out", str(tmp_path / "o.parquet")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["score", str(FIX), "--criteria", "ifd", "--model", str(tmp_path / "no-model"),
-                 "--out", str(tmp_path / "o.parquet")]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(FIX),
+                "--criteria",
+                "ifd",
+                "--model",
+                str(tmp_path / "no-model"),
+                "--out",
+                str(tmp_path / "o.parquet"),
+                "--on-bad-row",
+                "skip",
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     assert main(["score", str(empty), "--criteria", "ifd", "--out", str(tmp_path / "o.parquet")]) == 2
-    assert "no rows" in capsys.readouterr().err
+    assert "empty file" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 A table-lookup encoder (text "t<i>" -> row i of a fixed matrix) makes the
 embeddings known exactly; one test runs the real default embedder on real rows.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,9 @@ def table(n, d, seed, dup=()):
 
 
 def frame(rows):
-    return pd.DataFrame({"id": [f"s{i}" for i in rows], "instruction": [f"t{i}" for i in rows],
-                         "input": "", "output": ""})
+    return pd.DataFrame(
+        {"id": [f"s{i}" for i in rows], "instruction": [f"t{i}" for i in rows], "input": "", "output": ""}
+    )
 
 
 def make(name, x, **kw):
@@ -80,7 +82,7 @@ def test_fit_pool_then_score_batches():
 
 def test_small_pool_and_empty_text_give_nan_with_reason():
     x = table(5, 4, 2)
-    out = make("knn_distance", x)(frame(range(5)))              # k=6 > 4 others
+    out = make("knn_distance", x)(frame(range(5)))  # k=6 > 4 others
     assert out["knn_distance"].isna().all()
     assert out["knn_distance.reason"].str.contains("fewer than 6").all()
     x = table(20, 4, 3)
@@ -88,7 +90,8 @@ def test_small_pool_and_empty_text_give_nan_with_reason():
     df.loc[3, "instruction"] = "t3"
     sc = make("knn_distance", x, k=2)
     sc.encoder.encode = lambda texts, batch_size=64: np.stack(
-        [x[int(t[1:])] if t else np.ones(4, np.float32) / 2 for t in texts])
+        [x[int(t[1:])] if t else np.ones(4, np.float32) / 2 for t in texts]
+    )
     df.loc[4, "instruction"] = ""
     out = sc(df)
     assert np.isnan(out.loc[4, "knn_distance"]) and out.loc[4, "knn_distance.reason"] == "empty text"
@@ -137,7 +140,7 @@ def test_semdedup_duplicates_and_clusters_match_brute_force():
         want = s[i, earlier].max() if earlier else -1.0
         assert abs(out.loc[i, "semdedup"] - want) < 1e-5
     hard = make("semdedup", x, eps=0.01, n_clusters=4)(frame(range(60)))
-    assert hard["semdedup.keep"].sum() == keep.sum()          # one copy of each duplicate group kept
+    assert hard["semdedup.keep"].sum() == keep.sum()  # one copy of each duplicate group kept
 
 
 def test_real_embedder_on_bigbench_rows(bigbench_path, tmp_path):
@@ -149,8 +152,8 @@ def test_real_embedder_on_bigbench_rows(bigbench_path, tmp_path):
     df = pd.DataFrame(rows)
     df["input"] = ""
     df["instruction"] = df["instruction"].str.slice(0, 200)
-    df.loc[11] = df.loc[3]                                  # an exact duplicate sample...
-    df.loc[11, "id"] = "dup"                                # ...under another id
+    df.loc[11] = df.loc[3]  # an exact duplicate sample...
+    df.loc[11, "id"] = "dup"  # ...under another id
     out = CRITERIA.get("knn_distance").obj(k=2, cache_dir=tmp_path)(df)
     assert out["knn_distance.nearest"].iloc[11] < 1e-3 and out["knn_distance.nearest"].iloc[3] < 1e-3
     assert out["knn_distance"].notna().all()

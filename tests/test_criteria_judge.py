@@ -1,4 +1,5 @@
 """selectit, rating and nuggets against direct re-computation with full logits."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ def lm2():
 
 @pytest.fixture(scope="module")
 def rows():
-    r = [{"id": f"s{i}", "instruction": f"Describe the number {i}." + " Please." * (i % 3), "input": "",
-          "output": f"{i} is a number" + ", a nice one" * (i % 2)} for i in range(5)]
+    r = [
+        {
+            "id": f"s{i}",
+            "instruction": f"Describe the number {i}." + " Please." * (i % 3),
+            "input": "",
+            "output": f"{i} is a number" + ", a nice one" * (i % 2),
+        }
+        for i in range(5)
+    ]
     r.append({"id": "inp", "instruction": "Translate.", "input": "chat", "output": "cat"})
     return r
 
@@ -76,14 +84,24 @@ def test_selectit_options_and_bad_rows(lm, tmp_path):
     f.write_text("Rate it 1-5.\n\nScore 1 to 5 please.\n")
     sc = CRITERIA.get("selectit").obj(models=[lm], prompts=str(f), model_weights="1")
     assert sc.prompts == ["Rate it 1-5.", "Score 1 to 5 please."]
-    out = sc(pd.DataFrame([{"id": "a", "instruction": "x", "output": "y"},
-                           {"id": "b", "instruction": "x", "output": ""},
-                           {"id": "c", "instruction": None, "output": "y"}]))
+    out = sc(
+        pd.DataFrame(
+            [
+                {"id": "a", "instruction": "x", "output": "y"},
+                {"id": "b", "instruction": "x", "output": ""},
+                {"id": "c", "instruction": None, "output": "y"},
+            ]
+        )
+    )
     assert out["selectit"].notna().tolist() == [True, False, False]
     assert out["selectit.reason"][1] == "empty answer" and "sample 'c'" in out["selectit.reason"][2]
-    for bad, msg in [({"k": 9}, "option k"), ({"prompts": str(tmp_path / "none.txt")}, "does not exist"),
-                     ({"model_weights": "1,2"}, "model_weights"), ({"alpha": -1}, "alpha"),
-                     ({"score_tokens": "1,10"}, "score token '10'")]:
+    for bad, msg in [
+        ({"k": 9}, "option k"),
+        ({"prompts": str(tmp_path / "none.txt")}, "does not exist"),
+        ({"model_weights": "1,2"}, "model_weights"),
+        ({"alpha": -1}, "alpha"),
+        ({"score_tokens": "1,10"}, "score token '10'"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             CRITERIA.get("selectit").obj(models=[lm], **bad)
     k1 = CRITERIA.get("selectit").obj(models=[lm]).cache_key()
@@ -107,11 +125,21 @@ def test_rating_matches_direct_recomputation(lm, rows, chat):
 
 
 def test_rating_custom_values_and_errors(lm):
-    sc = CRITERIA.get("rating").obj(model=lm, score_tokens="a,b", values="0,10", chat="no",
-                                    prompt="Q: {instruction}\nA: {output}\nGood (b) or bad (a)? ")
-    out = sc(pd.DataFrame([{"id": "x", "instruction": "hi", "output": "hello"},
-                           {"id": "y", "conversation": [{"role": "user", "content": "q"},
-                                                        {"role": "assistant", "content": "a"}]}]))
+    sc = CRITERIA.get("rating").obj(
+        model=lm,
+        score_tokens="a,b",
+        values="0,10",
+        chat="no",
+        prompt="Q: {instruction}\nA: {output}\nGood (b) or bad (a)? ",
+    )
+    out = sc(
+        pd.DataFrame(
+            [
+                {"id": "x", "instruction": "hi", "output": "hello"},
+                {"id": "y", "conversation": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            ]
+        )
+    )
     assert 0 <= out["rating"][0] <= 10 and np.isnan(out["rating"][1])
     assert "multi-turn" in out["rating.reason"][1]
     with pytest.raises(ValueError, match="values"):
@@ -135,8 +163,12 @@ def test_last_position_hidden_matches_single(lm):
 
 def test_prefix_reuse_equals_full_recomputation(lm):
     prefix = list(range(5, 25))
-    conts = [Unit([30, 31, 32, 33], [True, False, True, True]), Unit([40], [True]),
-             Unit([50, 51, 52, 53, 54, 55, 56], [False] * 3 + [True] * 4), Unit([60, 61], [False, False])]
+    conts = [
+        Unit([30, 31, 32, 33], [True, False, True, True]),
+        Unit([40], [True]),
+        Unit([50, 51, 52, 53, 54, 55, 56], [False] * 3 + [True] * 4),
+        Unit([60, 61], [False, False]),
+    ]
     full = full_logits_losses(lm, [Unit(prefix + u.ids, [False] * len(prefix) + list(u.score)) for u in conts])
     for bt in (1, 30, 4096):
         got = prefix_reuse_losses(lm, prefix, conts, batch_tokens=bt)
@@ -153,8 +185,10 @@ def _logp_answer(lm, ids, score):
 
 
 def test_nuggets_matches_direct_recomputation(lm, rows, tmp_path):
-    anchors = [{"id": f"a{j}", "instruction": f"Spell {w}.", "output": " ".join(w)}
-               for j, w in enumerate(["cat", "house", "tree", "sun"])]
+    anchors = [
+        {"id": f"a{j}", "instruction": f"Spell {w}.", "output": " ".join(w)}
+        for j, w in enumerate(["cat", "house", "tree", "sun"])
+    ]
     f = tmp_path / "anchors.jsonl"
     f.write_text("\n".join(json.dumps(a) for a in anchors))
     sc = CRITERIA.get("nuggets").obj(model=lm, anchors=str(f), batch_tokens=256)

@@ -1,8 +1,8 @@
 """Loss criteria (ifd, reverse_ifd, perplexity, entropy, el2n) against full-logits oracles."""
+
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -21,10 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_cherry():
-    spec = importlib.util.spec_from_file_location("cherry_ifd", ROOT / "benchmarks" / "baselines" / "cherry_ifd.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from benchmarks.baselines import cherry_ifd
+
+    return cherry_ifd
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,9 @@ def rows(bigbench_path):
                 out.append({"id": r["id"], "instruction": r["instruction"], "input": "", "output": r["output"]})
             if len(out) >= 10:
                 break
-    out.append({"id": "with-input", "instruction": "Translate to French.", "input": "good morning",
-                "output": " bonjour"})
+    out.append(
+        {"id": "with-input", "instruction": "Translate to French.", "input": "good morning", "output": " bonjour"}
+    )
     out.append({"id": "unicode", "instruction": "Reply with an emoji.", "input": "", "output": "😀 ok"})
     return out
 
@@ -134,7 +134,17 @@ def test_ifd_options_ppl_bos_none(lm, rows):
         nll = -lp[torch.arange(len(ans)), x[0, 1:]].double().numpy()
         assert rel(b["ifd.loss_direct"][k], nll.mean()) < 1e-5
         if len(ans) > 1:
-            assert rel(n["ifd.loss_direct"][k], nll[1:].mean() if False else n["ifd.loss_direct"][k]) < 1e-12
+            # oracle for context=none: the answer alone, its first token (no predictor) left out; the
+            # conditional pass leaves out the same first answer token
+            a = torch.tensor([ans])
+            with torch.no_grad():
+                lpa = torch.log_softmax(lm.model(input_ids=a).logits[0].float(), -1)
+            direct = -lpa[torch.arange(len(ans) - 1), a[0, 1:]].double().numpy()
+            assert rel(n["ifd.loss_direct"][k], direct.mean()) < 1e-5
+            tk = tokenize_rendered(render_sample(row, "plain", tok), tok)
+            cond = full_logits_losses(lm, [Unit(tk.ids, tk.score)])[0].nll
+            assert rel(n["ifd.loss_cond"][k], cond[1:].mean()) < 1e-5
+            assert rel(n["ifd"][k], cond[1:].mean() / direct.mean()) < 1e-5
             assert n["ifd.n_tokens"][k] == b["ifd.n_tokens"][k] - 1
         else:
             assert math.isnan(n["ifd"][k]) and n["ifd.reason"][k]
@@ -154,8 +164,9 @@ def test_reverse_ifd_matches_oracle(lm, rows):
         ids = enc.input_ids
         pos = [t for t, (a, b) in enumerate(enc.offset_mapping) if a >= len(prompt) and b > a and t > 0]
         qd = [tok.bos_token_id] + tok(q, add_special_tokens=False).input_ids
-        lc, ld = full_logits_losses(lm, [Unit(ids, [t in pos for t in range(len(ids))]),
-                                         Unit(qd, [False] + [True] * (len(qd) - 1))])
+        lc, ld = full_logits_losses(
+            lm, [Unit(ids, [t in pos for t in range(len(ids))]), Unit(qd, [False] + [True] * (len(qd) - 1))]
+        )
         assert rel(got["reverse_ifd"][k], math.exp(lc.nll.mean() - ld.nll.mean())) < 1e-4
 
 
@@ -192,8 +203,10 @@ def test_perplexity_entropy_el2n_match_full_logits(lm, rows):
 
 
 # ------------------------------------------------------------------ batching invariance
-@pytest.mark.parametrize("batching,bt,share", [("bucket", 700, True), ("bucket", 100_000, True),
-                                               ("bucket", 100_000, False), ("pack", 700, False)])
+@pytest.mark.parametrize(
+    "batching,bt,share",
+    [("bucket", 700, True), ("bucket", 100_000, True), ("bucket", 100_000, False), ("pack", 700, False)],
+)
 def test_batched_equals_unbatched(lm, rows, batching, bt, share):
     df = pd.DataFrame(rows[:6] + rows[-2:])
     one = scorer("ifd", lm, batch_tokens=1, share_prefix=False)(df)  # one sequence per batch
@@ -233,8 +246,7 @@ def test_unit_losses_padding_sides_and_extras(lm, rows, side):
     ref = full_logits_losses(lm, units)
     for bt in (150, 4096):
         st = {}
-        out = unit_losses(lm, units, batch_tokens=bt, padding_side=side, entropy=True, el2n=True, rank=True,
-                          stats=st)
+        out = unit_losses(lm, units, batch_tokens=bt, padding_side=side, entropy=True, el2n=True, rank=True, stats=st)
         for a, b in zip(out, ref):
             np.testing.assert_allclose(a.nll, b.nll, rtol=1e-5, atol=1e-6)
             assert a.entropy.shape == a.nll.shape and a.rank.dtype == np.int64
@@ -266,8 +278,9 @@ def test_bucket_and_pack_plans():
             cur.append(i)
         greedy.append(cur)
         assert cost <= sum(len(g) * max(ls[i] for i in g) + ov for g in greedy)
-    assert plan_buckets(ls, 4096, overhead=0) == [[i] for i in sorted(range(300), key=lambda i: (-ls[i], i))] \
-        or sum(len(g) * max(ls[i] for i in g) for g in plan_buckets(ls, 4096, overhead=0)) == sum(ls)
+    assert plan_buckets(ls, 4096, overhead=0) == [[i] for i in sorted(range(300), key=lambda i: (-ls[i], i))] or sum(
+        len(g) * max(ls[i] for i in g) for g in plan_buckets(ls, 4096, overhead=0)
+    ) == sum(ls)
     p = plan_packs(lengths, 20)
     assert sorted(i for g in p for i in g) == [0, 2, 3, 4, 5]
     assert all(sum(lengths[i] for i in g) <= 20 for g in p)
@@ -287,9 +300,11 @@ def test_unit_losses_bad_arguments(lm):
 
 # ------------------------------------------------------------------ bad input and multi-turn
 def test_bad_rows_get_reasons_and_do_not_abort(lm, rows):
-    bad = [{"id": "empty", "instruction": "x", "input": "", "output": "   "},
-           {"id": "missing", "instruction": "x", "input": "", "output": None},
-           {"id": "nonstr", "instruction": 7, "input": "", "output": "y"}]
+    bad = [
+        {"id": "empty", "instruction": "x", "input": "", "output": "   "},
+        {"id": "missing", "instruction": "x", "input": "", "output": None},
+        {"id": "nonstr", "instruction": 7, "input": "", "output": "y"},
+    ]
     df = pd.DataFrame(rows[:2] + bad)
     for name in ("ifd", "perplexity", "entropy", "el2n", "reverse_ifd"):
         out = scorer(name, lm)(df)
@@ -305,8 +320,12 @@ def test_bad_rows_get_reasons_and_do_not_abort(lm, rows):
 @pytest.mark.parametrize("which", ["lm", "lm_smol"])
 def test_multi_turn_scores_every_assistant_turn(which, request):
     lm = request.getfixturevalue(which)
-    conv = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
-            {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Green, or red."}]
+    conv = [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Green, or red."},
+    ]
     df = pd.DataFrame([{"id": "c1", "conversation": conv}])
     ppl = scorer("perplexity", lm)(df)
     tok = lm.tokenizer

@@ -1,4 +1,5 @@
 """Backend dispatch: keyword and environment forcing, reasons, doctor output."""
+
 from __future__ import annotations
 
 import json
@@ -32,18 +33,18 @@ def test_ops_registered_with_all_backends():
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
-def test_backend_keyword_forces(backend):
-    if OPS["topk"].backends[backend].not_supported_reasons(device="cpu"):
-        pytest.skip(f"{backend} cannot run here")
+def test_backend_keyword_forces(backend, backend_available):
+    backend_available("topk", backend, device="cpu")
+    backend_available("segment_reduce", backend, device="cpu")
     topk(X, 2, backend=backend)
     assert last_backend() == ("topk", backend)
     segment_reduce(X, OFF, "sum", backend=backend)
     assert last_backend() == ("segment_reduce", backend)
 
 
-def test_default_on_cpu_is_native():
-    if OPS["topk"].backends["cpu"].not_supported_reasons(device="cpu"):
-        pytest.skip("thresher._C not built")
+def test_default_on_cpu_is_native(backend_available):
+    backend_available("topk", "cpu")
+    backend_available("segment_reduce", "cpu")
     topk(X, 2)
     assert last_backend() == ("topk", "cpu")
     segment_reduce(X, OFF, "mean")
@@ -84,8 +85,8 @@ def test_forced_triton_without_interpreter_raises(monkeypatch):
         topk(X, 2, backend="triton")
 
 
-def test_per_call_reason_float64_triton():
-    reasons = OPS["segment_reduce"].backends["triton"].not_supported_reasons(device="cpu", dtype=torch.float64)
+def test_per_call_reason_float64_triton(backend_available):
+    reasons = backend_available.reasons("segment_reduce", "triton", device="cpu", dtype=torch.float64)
     assert any("float64" in r for r in reasons)
     with pytest.raises(RuntimeError, match="float64"):
         segment_reduce(X.double(), OFF, "sum", backend="triton")
@@ -123,16 +124,23 @@ def test_disable_native_falls_back_to_reference():
         "v,i=o.topk(torch.tensor([1.,3.,2.]),2); print(o.last_backend(), i.tolist());"
         "print(o.OPS['topk'].backends['cpu'].not_supported_reasons(device='cpu'))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=_env(THRESHER_DISABLE_NATIVE="1"))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env(THRESHER_DISABLE_NATIVE="1")
+    )
     assert out.returncode == 0, out.stderr
     assert "('topk', 'reference') [1, 2]" in out.stdout
     assert "THRESHER_DISABLE_NATIVE" in out.stdout
 
 
 def test_doctor_json_lists_ops():
-    out = subprocess.run([sys.executable, "-m", "thresher", "doctor", "--json"], capture_output=True, text=True,
-                         timeout=180, env=_env(), cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "thresher", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_env(),
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     for name in ("segment_reduce", "topk"):

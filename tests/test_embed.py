@@ -1,5 +1,6 @@
 """thresher.embed: the bundled MiniLM encoder, LM hidden-state pooling, the
 embedding store (reuse, atomicity, keys) and centring/whitening/PCA."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,12 +8,25 @@ import pandas as pd
 import pytest
 import torch
 
-from thresher.embed import (EmbeddingStore, EmbeddingTransform, embed_table, embed_texts, get_embedder,
-                            sample_key, sample_texts)
+from thresher.embed import (
+    EmbeddingStore,
+    EmbeddingTransform,
+    embed_table,
+    embed_texts,
+    get_embedder,
+    sample_key,
+    sample_texts,
+)
 from thresher.embed.encoders import LMEncoder, default_model_dir
 
-TEXTS = ["a cat sat on the mat", "a kitten was sitting on a rug", "the stock market crashed today",
-         "", "Translate to French: good morning", "x " * 60]
+TEXTS = [
+    "a cat sat on the mat",
+    "a kitten was sitting on a rug",
+    "the stock market crashed today",
+    "",
+    "Translate to French: good morning",
+    "x " * 60,
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +41,9 @@ def test_default_embedder_matches_sentence_transformers(minilm):
     assert e.shape == (6, 384) and e.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     ref = SentenceTransformer(str(default_model_dir()), device="cpu").encode(TEXTS, normalize_embeddings=True)
-    np.testing.assert_allclose(e, ref, atol=2e-5)          # batching / length sorting changes nothing
+    np.testing.assert_allclose(e, ref, atol=2e-5)  # batching / length sorting changes nothing
     s = e @ e.T
-    assert s[0, 1] > s[0, 2] + 0.2                          # paraphrase closer than unrelated text
+    assert s[0, 1] > s[0, 2] + 0.2  # paraphrase closer than unrelated text
 
 
 def test_store_reuse_float16_and_keys(tmp_path, minilm, monkeypatch):
@@ -39,15 +53,15 @@ def test_store_reuse_float16_and_keys(tmp_path, minilm, monkeypatch):
     orig = minilm.encode
     monkeypatch.setattr(minilm, "encode", lambda t, batch_size=64: calls.append(list(t)) or orig(t, batch_size))
     b = embed_texts(TEXTS, minilm, cache_dir=tmp_path, ids=ids)
-    assert calls == []                                       # all read back from the store
+    assert calls == []  # all read back from the store
     np.testing.assert_array_equal(a, b)
     fresh = embed_texts(TEXTS, minilm)
-    assert np.abs(a - fresh).max() < 2e-3                   # float16 storage rounding only
+    assert np.abs(a - fresh).max() < 2e-3  # float16 storage rounding only
     calls.clear()
     changed = list(TEXTS)
     changed[2] = "bond yields rose sharply"
     c = embed_texts(changed, minilm, cache_dir=tmp_path, ids=ids)
-    assert calls == [["bond yields rose sharply"]]          # only the changed sample recomputed
+    assert calls == [["bond yields rose sharply"]]  # only the changed sample recomputed
     np.testing.assert_array_equal(c[[0, 1, 3, 4, 5]], a[[0, 1, 3, 4, 5]])
     c32 = embed_texts(TEXTS[:2], minilm, cache_dir=tmp_path / "f32", store_dtype="float32")
     np.testing.assert_allclose(c32, fresh[:2], atol=1e-6)
@@ -57,7 +71,7 @@ def test_store_ignores_uncommitted_shards(tmp_path):
     st = EmbeddingStore(tmp_path, "fp-test", dtype="float32")
     keys = [sample_key(i, "t") for i in range(3)]
     vf = st.put(keys, np.arange(6, dtype=np.float32).reshape(3, 2))
-    (vf.parent / ".part-x.npy.tmp123").write_bytes(b"garbage")          # a killed writer's leftover
+    (vf.parent / ".part-x.npy.tmp123").write_bytes(b"garbage")  # a killed writer's leftover
     np.save(vf.parent / "part-orphan.npy", np.ones((1, 2), np.float32))  # vectors without keys file
     again = EmbeddingStore(tmp_path, "fp-test")
     found, v = again.lookup(keys + [sample_key(9, "t")], 2)
@@ -96,12 +110,19 @@ def test_embed_inputs_errors(minilm):
 
 
 def test_sample_texts_and_table(minilm):
-    df = pd.DataFrame({"id": ["a", "b"], "instruction": ["Add 2+2", "Say hi"], "input": ["", "politely"],
-                       "output": ["4", "Hello!"]})
+    df = pd.DataFrame(
+        {"id": ["a", "b"], "instruction": ["Add 2+2", "Say hi"], "input": ["", "politely"], "output": ["4", "Hello!"]}
+    )
     assert sample_texts(df) == ["Add 2+2\n4", "Say hi\npolitely\nHello!"]
-    conv = pd.DataFrame({"id": ["c"], "instruction": [""], "input": [""], "output": [""],
-                         "conversation": [[{"role": "user", "content": "hi"},
-                                           {"role": "assistant", "content": "hello"}]]})
+    conv = pd.DataFrame(
+        {
+            "id": ["c"],
+            "instruction": [""],
+            "input": [""],
+            "output": [""],
+            "conversation": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]],
+        }
+    )
     assert sample_texts(conv) == ["hi\nhello"]
     e = embed_table(df, minilm)
     np.testing.assert_allclose(e, embed_texts(sample_texts(df), minilm), atol=1e-6)
@@ -138,7 +159,7 @@ def test_transform_center_whiten_pca():
     np.testing.assert_allclose(np.cov(w.T), np.eye(6), atol=1e-3)
     p = EmbeddingTransform(pca=0.95)
     z = p.fit_apply(x)
-    assert z.shape[1] == 2 and p.explained.sum() >= 0.95          # 25+9 of 35.0 variance
+    assert z.shape[1] == 2 and p.explained.sum() >= 0.95  # 25+9 of 35.0 variance
     assert EmbeddingTransform(pca=3).fit_apply(x).shape[1] == 3
     n = EmbeddingTransform(pca=3, normalize=True).fit_apply(x)
     np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1, atol=1e-5)

@@ -1,4 +1,5 @@
 """`thresher compare`: leaderboard, RUNS.yaml placement, plots, report; bad RUNS files."""
+
 from __future__ import annotations
 
 import base64
@@ -11,8 +12,20 @@ from thresher.cli.main import main
 from thresher.evaluation import Feasibility, feasibility_from_recipe, load_runs, parse_runs
 from thresher.registry import RECIPES, Entry
 
-PUBLISHED = ["IFD", "LESS", "Superfiltering", "SelectIT", "InstructionGPT-4", "Instruction-Mining", "SHED",
-             "Nuggets", "InsTag", "CaR", "DEITA", "AlpaGasus"]
+PUBLISHED = [
+    "IFD",
+    "LESS",
+    "Superfiltering",
+    "SelectIT",
+    "InstructionGPT-4",
+    "Instruction-Mining",
+    "SHED",
+    "Nuggets",
+    "InsTag",
+    "CaR",
+    "DEITA",
+    "AlpaGasus",
+]
 
 FEAS = "{trained_llms: 0, steps: 3, model_free: false, dataset_free: true, proprietary_judge: false}"
 
@@ -28,8 +41,18 @@ def test_compare_prints_leaderboard(capsys):
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.strip()]
     header = lines[0].split()
-    assert header == ["name", "sdf", "pir", "residual", "efficiency_rank", "simplicity_penalty", "simplicity_rank",
-                      "flexibility_penalty", "flexibility_rank", "feasibility_rank"]
+    assert header == [
+        "name",
+        "sdf",
+        "pir",
+        "residual",
+        "efficiency_rank",
+        "simplicity_penalty",
+        "simplicity_rank",
+        "flexibility_penalty",
+        "flexibility_rank",
+        "feasibility_rank",
+    ]
     rows = {ln.split()[0]: ln.split() for ln in lines[1:13]}
     assert sorted(rows) == sorted(PUBLISHED)
     assert rows["IFD"][1:] == ["0.05", "1.7470", "+0.3144", "1", "5", "4", "5", "4", "4"]
@@ -47,7 +70,9 @@ def test_compare_include_mods(capsys):
 
 
 def test_compare_runs_writes_plots_and_report(tmp_path, capsys):
-    runs = _write(tmp_path, f"""
+    runs = _write(
+        tmp_path,
+        f"""
 runs:
   - name: mine-bench
     sdf: 0.05
@@ -62,7 +87,8 @@ runs:
     sem: [44, 85]
     blm: [21, 59]
     feasibility: {FEAS}
-""")
+""",
+    )
     out_dir = tmp_path / "report"
     assert main(["compare", str(runs), "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
@@ -109,9 +135,17 @@ def _drop_test_recipe():
 
 def _test_recipe_entry():
     if "_eval_test_recipe" not in RECIPES:
-        RECIPES.register("_eval_test_recipe", doc="test only",
-                         feasibility={"trained_llms": 1, "steps": 3, "model_free": False, "dataset_free": False,
-                                      "proprietary_judge": False})(_TEST_RECIPE)
+        RECIPES.register(
+            "_eval_test_recipe",
+            doc="test only",
+            feasibility={
+                "trained_llms": 1,
+                "steps": 3,
+                "model_free": False,
+                "dataset_free": False,
+                "proprietary_judge": False,
+            },
+        )(_TEST_RECIPE)
     return RECIPES.get("_eval_test_recipe")
 
 
@@ -140,46 +174,73 @@ def test_every_registered_recipe_declares_feasibility():
 
 def test_run_with_recipe_needs_no_feasibility(tmp_path):
     _test_recipe_entry()
-    runs = _write(tmp_path, "- {name: r1, sdf: 0.1, pir: 1.5, recipe: _eval_test_recipe}\n"
-                            "- {name: r2, sdf: 0.1, pir: 1.5, recipe: _eval_test_recipe, feasibility: {steps: 7}}\n")
+    runs = _write(
+        tmp_path,
+        "- {name: r1, sdf: 0.1, pir: 1.5, recipe: _eval_test_recipe}\n"
+        "- {name: r2, sdf: 0.1, pir: 1.5, recipe: _eval_test_recipe, feasibility: {steps: 7}}\n",
+    )
     m1, m2 = load_runs(runs)
     assert m1.feasibility == Feasibility(1, 3, False, False, False)
     assert m2.feasibility.steps == 7 and m2.feasibility.trained_llms == 1  # explicit overrides the recipe's
 
 
 # ------------------------------------------------------------------ bad RUNS files
-@pytest.mark.parametrize("text,pattern", [
-    ("runs: [{name: a, sdf: 0.1, pir: 1.5}]", r"runs\[0\] \(a\): missing feasibility inputs"),
-    (f"runs: [{{name: a, sdf: 1.5, pir: 1.5, feasibility: {FEAS}}}]", r"runs\[0\] \(a\): field sdf: .*\(0, 1\]"),
-    (f"runs: [{{name: a, sdf: 0, pir: 1.5, feasibility: {FEAS}}}]", r"field sdf"),
-    (f"runs: [{{name: a, selected: 20, pool: 10, pir: 1.5, feasibility: {FEAS}}}]", r"larger than pool"),
-    (f"runs: [{{name: a, sdf: 0.1, setting: other_win, sem: [1], blm: [1], feasibility: {FEAS}}}]",
-     r"field setting: 'other_win'.*not supported"),
-    (f"runs: [{{name: a, sdf: 0.1, setting: bogus, sem: [1], blm: [1], feasibility: {FEAS}}}]",
-     r"field setting: unknown setting 'bogus'"),
-    (f"runs: [{{name: a, sdf: 0.1, setting: same_bench, sem: [1, 2, 3], blm: [1, 2], feasibility: {FEAS}}}]",
-     r"field blm: 2 values for 3 sem values"),
-    (f"runs: [{{name: a, sdf: 0.1, setting: same_win, sem: [4], blm: [0], feasibility: {FEAS}}}]",
-     r"field blm\[0\]: zero wins"),
-    (f"runs: [{{name: a, sdf: 0.1, setting: same_bench, sem: [1], feasibility: {FEAS}}}]",
-     r"field 'pir': missing.*\['blm'\]"),
-    (f"runs: [{{name: a, pir: 1.5, feasibility: {FEAS}}}]", r"field 'sdf': missing"),
-    (f"runs: [{{name: a, sdf: 0.1, pir: abc, feasibility: {FEAS}}}]", r"field 'pir': expected a number"),
-    (f"runs: [{{sdf: 0.1, pir: 1.5, feasibility: {FEAS}}}]", r"runs\[0\]: field 'name': required"),
-    (f"runs: [{{name: a, sdf: 0.1, pir: 1.5, color: red, feasibility: {FEAS}}}]", r"unknown field\(s\) \['color'\]"),
-    ("runs: [{name: a, sdf: 0.1, pir: 1.5, feasibility: {trained_llms: 0, steps: 1}}]",
-     r"field 'feasibility': missing feasibility input\(s\) \['model_free'"),
-    ("runs: [{name: a, sdf: 0.1, pir: 1.5, feasibility: {trained_llms: 0, steps: 1, model_free: maybe, "
-     "dataset_free: true, proprietary_judge: false}}]", r"feasibility'.model_free: expected true or false"),
-    ("runs: [{name: a, sdf: 0.1, pir: 1.5, recipe: no-such-recipe}]", r"field 'recipe'.*unknown recipe"),
-    (f"runs: [{{name: a, sdf: 0.1, pir: 1.5, feasibility: {FEAS}}}, {{name: a, sdf: 0.2, pir: 1.5, "
-     f"feasibility: {FEAS}}}]", r"duplicate run name\(s\) \['a'\]"),
-    ("runs: []", r"field 'runs': no runs"),
-    ("runs: {name: a}", r"field 'runs': expected a list"),
-    ("name: a\nsdf: 0.1", r"expected a list of runs or a mapping with a 'runs:' list"),
-    ("", r"empty RUNS file"),
-    ("runs: [{name: a, sdf: 0.1\n", r"line \d+ malformed YAML"),
-])
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ("runs: [{name: a, sdf: 0.1, pir: 1.5}]", r"runs\[0\] \(a\): missing feasibility inputs"),
+        (f"runs: [{{name: a, sdf: 1.5, pir: 1.5, feasibility: {FEAS}}}]", r"runs\[0\] \(a\): field sdf: .*\(0, 1\]"),
+        (f"runs: [{{name: a, sdf: 0, pir: 1.5, feasibility: {FEAS}}}]", r"field sdf"),
+        (f"runs: [{{name: a, selected: 20, pool: 10, pir: 1.5, feasibility: {FEAS}}}]", r"larger than pool"),
+        (
+            f"runs: [{{name: a, sdf: 0.1, setting: other_win, sem: [1], blm: [1], feasibility: {FEAS}}}]",
+            r"field setting: 'other_win'.*not supported",
+        ),
+        (
+            f"runs: [{{name: a, sdf: 0.1, setting: bogus, sem: [1], blm: [1], feasibility: {FEAS}}}]",
+            r"field setting: unknown setting 'bogus'",
+        ),
+        (
+            f"runs: [{{name: a, sdf: 0.1, setting: same_bench, sem: [1, 2, 3], blm: [1, 2], feasibility: {FEAS}}}]",
+            r"field blm: 2 values for 3 sem values",
+        ),
+        (
+            f"runs: [{{name: a, sdf: 0.1, setting: same_win, sem: [4], blm: [0], feasibility: {FEAS}}}]",
+            r"field blm\[0\]: zero wins",
+        ),
+        (
+            f"runs: [{{name: a, sdf: 0.1, setting: same_bench, sem: [1], feasibility: {FEAS}}}]",
+            r"field 'pir': missing.*\['blm'\]",
+        ),
+        (f"runs: [{{name: a, pir: 1.5, feasibility: {FEAS}}}]", r"field 'sdf': missing"),
+        (f"runs: [{{name: a, sdf: 0.1, pir: abc, feasibility: {FEAS}}}]", r"field 'pir': expected a number"),
+        (f"runs: [{{sdf: 0.1, pir: 1.5, feasibility: {FEAS}}}]", r"runs\[0\]: field 'name': required"),
+        (
+            f"runs: [{{name: a, sdf: 0.1, pir: 1.5, color: red, feasibility: {FEAS}}}]",
+            r"unknown field\(s\) \['color'\]",
+        ),
+        (
+            "runs: [{name: a, sdf: 0.1, pir: 1.5, feasibility: {trained_llms: 0, steps: 1}}]",
+            r"field 'feasibility': missing feasibility input\(s\) \['model_free'",
+        ),
+        (
+            "runs: [{name: a, sdf: 0.1, pir: 1.5, feasibility: {trained_llms: 0, steps: 1, model_free: maybe, "
+            "dataset_free: true, proprietary_judge: false}}]",
+            r"feasibility'.model_free: expected true or false",
+        ),
+        ("runs: [{name: a, sdf: 0.1, pir: 1.5, recipe: no-such-recipe}]", r"field 'recipe'.*unknown recipe"),
+        (
+            f"runs: [{{name: a, sdf: 0.1, pir: 1.5, feasibility: {FEAS}}}, {{name: a, sdf: 0.2, pir: 1.5, "
+            f"feasibility: {FEAS}}}]",
+            r"duplicate run name\(s\) \['a'\]",
+        ),
+        ("runs: []", r"field 'runs': no runs"),
+        ("runs: {name: a}", r"field 'runs': expected a list"),
+        ("name: a\nsdf: 0.1", r"expected a list of runs or a mapping with a 'runs:' list"),
+        ("", r"empty RUNS file"),
+        ("runs: [{name: a, sdf: 0.1\n", r"line \d+ malformed YAML"),
+    ],
+)
 def test_bad_runs_file(tmp_path, text, pattern):
     p = _write(tmp_path, text)
     with pytest.raises(ValueError, match=pattern) as ei:
@@ -191,7 +252,7 @@ def test_bad_runs_via_cli(tmp_path, capsys):
     p = _write(tmp_path, "runs: [{name: a, sdf: 0.1, pir: 1.5}]")
     assert main(["compare", str(p), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "thresher compare: error:" in err and str(p) in err and "missing feasibility inputs" in err
+    assert "thresher: error:" in err and str(p) in err and "missing feasibility inputs" in err
     assert main(["compare", str(tmp_path / "missing.yaml")]) == 2
     assert "no such RUNS file" in capsys.readouterr().err
 
@@ -203,7 +264,20 @@ def test_run_name_clash_with_published(tmp_path, capsys):
 
 
 def test_parse_runs_accepts_plain_list():
-    ms = parse_runs([{"name": "x", "sdf": 0.5, "pir": 1.0,
-                      "feasibility": {"trained_llms": 0, "steps": 1, "model_free": True, "dataset_free": True,
-                                      "proprietary_judge": False}}])
+    ms = parse_runs(
+        [
+            {
+                "name": "x",
+                "sdf": 0.5,
+                "pir": 1.0,
+                "feasibility": {
+                    "trained_llms": 0,
+                    "steps": 1,
+                    "model_free": True,
+                    "dataset_free": True,
+                    "proprietary_judge": False,
+                },
+            }
+        ]
+    )
     assert ms[0].user and ms[0].sdf == 0.5

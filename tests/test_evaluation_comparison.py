@@ -1,8 +1,9 @@
 """The survey's unified comparison: formulas, test vectors and both published tables.
 
-The expected values below are transcribed from shared/reference/comparison.md
+The expected values below are transcribed from docs/comparison.md
 (the paper's tables), not computed by the code under test.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,9 +12,26 @@ import numpy as np
 import pytest
 
 from thresher.evaluation import (
-    L_BASE, OTHER_BENCH_MAP, SAME_BENCH_MAP, Feasibility, FlexibilityWeights, LinearMap, Method,
-    SimplicityWeights, compare_methods, dense_rank, feasibility_ranks, flexibility_penalty, leaderboard,
-    mean_ratio, perpendicular_distance, pir, published, residual, sdf, simplicity_penalty,
+    L_BASE,
+    OTHER_BENCH_MAP,
+    SAME_BENCH_MAP,
+    Feasibility,
+    FlexibilityWeights,
+    LinearMap,
+    Method,
+    SimplicityWeights,
+    compare_methods,
+    dense_rank,
+    feasibility_ranks,
+    flexibility_penalty,
+    leaderboard,
+    mean_ratio,
+    perpendicular_distance,
+    pir,
+    published,
+    residual,
+    sdf,
+    simplicity_penalty,
 )
 
 # name: (SDF, PIR, residual to 4 decimals, efficiency rank) -- the efficiency table.
@@ -89,7 +107,7 @@ def test_l_base():
     assert residual(0.05, 1.747) == pytest.approx(0.3144, abs=5e-5)
     assert residual(0.173, 1.284) == pytest.approx(-0.3088, abs=5e-5)
     d = perpendicular_distance(0.05, 1.747)
-    assert d == pytest.approx(residual(0.05, 1.747) / math.sqrt(1 + L_BASE.slope ** 2), rel=1e-12)
+    assert d == pytest.approx(residual(0.05, 1.747) / math.sqrt(1 + L_BASE.slope**2), rel=1e-12)
     assert perpendicular_distance(0.173, 1.284) < 0
 
 
@@ -187,8 +205,11 @@ def test_penalty_special_cases_are_parameters():
 
 
 def test_feasibility_ranks_dense():
-    fs = [Feasibility(0, 2, True, True, True, public_code=False), Feasibility(0, 4, True, True, False),
-          Feasibility(0, 4, True, True, False)]
+    fs = [
+        Feasibility(0, 2, True, True, True, public_code=False),
+        Feasibility(0, 4, True, True, False),
+        Feasibility(0, 4, True, True, False),
+    ]
     r = feasibility_ranks(fs)
     assert r["simplicity_rank"].tolist() == [1, 2, 2]
     assert r["flexibility_rank"].tolist() == [2, 1, 1]
@@ -256,11 +277,20 @@ def test_sdf_counts_bad():
 
 def test_feasibility_validation():
     with pytest.raises(ValueError, match="missing feasibility input.*'steps'"):
-        Feasibility.from_mapping({"trained_llms": 0, "model_free": True, "dataset_free": True,
-                                  "proprietary_judge": False})
+        Feasibility.from_mapping(
+            {"trained_llms": 0, "model_free": True, "dataset_free": True, "proprietary_judge": False}
+        )
     with pytest.raises(ValueError, match="unknown field.*'judge'"):
-        Feasibility.from_mapping({"trained_llms": 0, "steps": 1, "model_free": True, "dataset_free": True,
-                                  "proprietary_judge": False, "judge": 1})
+        Feasibility.from_mapping(
+            {
+                "trained_llms": 0,
+                "steps": 1,
+                "model_free": True,
+                "dataset_free": True,
+                "proprietary_judge": False,
+                "judge": 1,
+            }
+        )
     with pytest.raises(ValueError, match="steps: expected an integer >= 0"):
         Feasibility(0, -1, True, True, False)
     with pytest.raises(ValueError, match="model_free: expected true or false"):

@@ -1,4 +1,5 @@
 """Proxy fine-tuning (`thresher evaluate`) on a tiny random model: determinism, exact match, CLI, bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -41,20 +42,42 @@ def tiny_loader(seed: int = 0):
 def _table(n: int, start: int = 0, groups=("a", "b")) -> pd.DataFrame:
     rows = []
     for i in range(start, start + n):
-        rows.append({"id": f"s{i}", "instruction": f"What is {i} plus {i % 7}?", "input": "",
-                     "output": str(i + i % 7), "task": groups[i % len(groups)]})
+        rows.append(
+            {
+                "id": f"s{i}",
+                "instruction": f"What is {i} plus {i % 7}?",
+                "input": "",
+                "output": str(i + i % 7),
+                "task": groups[i % len(groups)],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def test_teacher_forced_exact_match_equals_greedy_generation():
-    tr = pd.DataFrame({"instruction": ["Is 2 even?", "Is 3 even?", "Capital of France?", "Color of sky?"],
-                       "input": [""] * 4, "output": ["yes", "no", "Paris", "blue"]})
-    te = pd.concat([tr, pd.DataFrame({"instruction": ["Zebra stripes count?"], "input": [""],
-                                      "output": ["many"]})], ignore_index=True)
+    tr = pd.DataFrame(
+        {
+            "instruction": ["Is 2 even?", "Is 3 even?", "Capital of France?", "Color of sky?"],
+            "input": [""] * 4,
+            "output": ["yes", "no", "Paris", "blue"],
+        }
+    )
+    te = pd.concat(
+        [tr, pd.DataFrame({"instruction": ["Zebra stripes count?"], "input": [""], "output": ["many"]})],
+        ignore_index=True,
+    )
     load = tiny_loader()
     tok = load().tokenizer
-    cfg = ProxyConfig(model="tiny", steps=40, batch_size=4, max_length=64, lr=3e-2, target_modules=ALL_LINEAR,
-                      decode="generate", max_new_tokens=8)
+    cfg = ProxyConfig(
+        model="tiny",
+        steps=40,
+        batch_size=4,
+        max_length=64,
+        lr=3e-2,
+        target_modules=ALL_LINEAR,
+        decode="generate",
+        max_new_tokens=8,
+    )
     lm, losses = finetune(load, encode(tr, tok, max_length=64), cfg)
     assert losses[-1] < losses[0]
     m = measure(lm, encode(te, tok, max_length=64), list(te["output"]), np.array(["x"] * 5), cfg)
@@ -63,8 +86,13 @@ def test_teacher_forced_exact_match_equals_greedy_generation():
     assert any(m["teacher_exact"]) and not all(m["teacher_exact"])  # both outcomes exercised
     assert m["correct"] == m["generate_token_exact"]  # string match agrees here
     # teacher mode gives the same accuracy without generating
-    m2 = measure(lm, encode(te, tok, max_length=64), list(te["output"]), np.array(["x"] * 5),
-                 ProxyConfig(**{**cfg.__dict__, "decode": "teacher"}))
+    m2 = measure(
+        lm,
+        encode(te, tok, max_length=64),
+        list(te["output"]),
+        np.array(["x"] * 5),
+        ProxyConfig(**{**cfg.__dict__, "decode": "teacher"}),
+    )
     assert m2["correct"] == m["teacher_exact"] and m2["loss"] == pytest.approx(m["loss"], rel=1e-6)
 
 
@@ -126,12 +154,22 @@ def test_encode_truncation_policy():
     assert tok.decode(enc.prompt[0]).endswith("Answer:")  # the end of the prompt is kept
 
 
-@pytest.mark.parametrize("kw,field", [({"steps": 0}, "steps"), ({"batch_size": -1}, "batch_size"),
-                                      ({"template": "alpaca"}, "template"), ({"metric": "f1"}, "metric"),
-                                      ({"decode": "beam"}, "decode"), ({"lora_layers": 0}, "lora_layers"),
-                                      ({"lr": 0.0}, "lr"), ({"max_length": 4}, "max_length"),
-                                      ({"arms": ("selected", "other")}, "arms"), ({"threads": 0}, "threads"),
-                                      ({"device": "tpu"}, "device")])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        ({"steps": 0}, "steps"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"template": "alpaca"}, "template"),
+        ({"metric": "f1"}, "metric"),
+        ({"decode": "beam"}, "decode"),
+        ({"lora_layers": 0}, "lora_layers"),
+        ({"lr": 0.0}, "lr"),
+        ({"max_length": 4}, "max_length"),
+        ({"arms": ("selected", "other")}, "arms"),
+        ({"threads": 0}, "threads"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
 def test_config_validation(kw, field):
     with pytest.raises(ValueError, match=f"^{field}:"):
         ProxyConfig(**kw).validate()
@@ -158,9 +196,13 @@ def test_bad_tables():
     with pytest.raises(ValueError, match="group: target data has no column 'topic'"):
         evaluate_selection(pool, pool.iloc[:2], _table(2), cfg, group="topic", loader=tiny_loader())
     with pytest.raises(ValueError, match=r"target_modules: \['w_proj'\] not found"):
-        evaluate_selection(pool, pool.iloc[:2], _table(2), ProxyConfig(model="tiny", steps=1, batch_size=2,
-                                                                        max_length=32, target_modules=("w_proj",)),
-                           loader=tiny_loader())
+        evaluate_selection(
+            pool,
+            pool.iloc[:2],
+            _table(2),
+            ProxyConfig(model="tiny", steps=1, batch_size=2, max_length=32, target_modules=("w_proj",)),
+            loader=tiny_loader(),
+        )
 
 
 # ------------------------------------------------------------------ CLI
@@ -178,9 +220,26 @@ def files(tmp_path, bigbench_path):
 
 
 def _cli(files, *extra):
-    return ["evaluate", str(files / "pool.jsonl"), "--selected", str(files / "sel"), "--target",
-            str(files / "target.jsonl"), "--model", "tiny", "--steps", "2", "--batch-size", "2", "--max-length", "48",
-            "--threads", "1", "--quiet", *extra]
+    return [
+        "evaluate",
+        str(files / "pool.jsonl"),
+        "--selected",
+        str(files / "sel"),
+        "--target",
+        str(files / "target.jsonl"),
+        "--model",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "48",
+        "--threads",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_cli_evaluate_writes_run_entry_that_compare_accepts(files, capsys):

@@ -1,4 +1,5 @@
 """thresher.features.store.FeatureStore: formats, normalisation, resumption, compatibility checks."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Per-sample LoRA gradient features (thresher.features.gradients) on a tiny random model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,18 +7,32 @@ import pandas as pd
 import pytest
 import torch
 
-from thresher.features.gradients import (AdamState, GradientFeaturizer, add_lora, check_target_modules,
-                                         encode_rows, lora_named_parameters, per_sample_grads_loop)
+from thresher.features.gradients import (
+    AdamState,
+    GradientFeaturizer,
+    add_lora,
+    check_target_modules,
+    encode_rows,
+    lora_named_parameters,
+    per_sample_grads_loop,
+)
 from thresher.models import tiny_causal_lm
 from thresher.ops import random_project
 
-ROWS = pd.DataFrame({
-    "id": ["a", "b", "c", "d", "e"],
-    "instruction": ["Add 2 and 3.", "Name a colour of the sky on a clear day, please.", "Translate 'chat'",
-                    "Say hi", "Empty answer"],
-    "input": ["", "", "to English", "", ""],
-    "output": ["5", "Blue, usually.", "cat", "hi there, friend", ""],
-})
+ROWS = pd.DataFrame(
+    {
+        "id": ["a", "b", "c", "d", "e"],
+        "instruction": [
+            "Add 2 and 3.",
+            "Name a colour of the sky on a clear day, please.",
+            "Translate 'chat'",
+            "Say hi",
+            "Empty answer",
+        ],
+        "input": ["", "", "to English", "", ""],
+        "output": ["5", "Blue, usually.", "cat", "hi there, friend", ""],
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +45,7 @@ def pm(lm):
     m = add_lora(lm.model, r=4, alpha=8, targets=["q_proj", "v_proj"], seed=3)
     with torch.no_grad():  # B is zero-initialised: give it values so both factors have gradients
         g = torch.Generator().manual_seed(0)
-        for n, p in lora_named_parameters(m):
+        for _n, p in lora_named_parameters(m):
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return m
 
@@ -72,10 +87,9 @@ def test_adam_transform_matches_formula(lm, pm, mode):
         T = m1 / torch.sqrt(v1 + 1e-8)
     else:
         t = st.step + 1
-        T = (m1 / (1 - 0.9 ** t)) / (torch.sqrt(v1 / (1 - 0.999 ** t)) + 1e-8)
+        T = (m1 / (1 - 0.9**t)) / (torch.sqrt(v1 / (1 - 0.999**t)) + 1e-8)
     expect = random_project(T, 64, 2, backend="reference").numpy()
-    feats = GradientFeaturizer(pm, lm.tokenizer, dim=64, seed=2, adam=mode, adam_state=st,
-                               max_length=256)(ROWS)[1][:4]
+    feats = GradientFeaturizer(pm, lm.tokenizer, dim=64, seed=2, adam=mode, adam_state=st, max_length=256)(ROWS)[1][:4]
     np.testing.assert_allclose(feats, expect, rtol=2e-3, atol=2e-3 * np.abs(expect).max())
     # the transform changes the features
     plain = GradientFeaturizer(pm, lm.tokenizer, dim=64, seed=2, max_length=256)(ROWS)[1][:4]
@@ -93,8 +107,9 @@ def test_adam_state_save_load_roundtrip(tmp_path, pm):
 
 def test_structured_mode_tracks_dense_inner_products(lm, pm):
     d = GradientFeaturizer(pm, lm.tokenizer, dim=2048, seed=4, max_length=256)(ROWS)[1][:4]
-    s = GradientFeaturizer(pm, lm.tokenizer, dim=2048, seed=4, mode="structured", side_dim=32,
-                           max_length=256)(ROWS)[1][:4]
+    s = GradientFeaturizer(pm, lm.tokenizer, dim=2048, seed=4, mode="structured", side_dim=32, max_length=256)(ROWS)[1][
+        :4
+    ]
     assert s.shape == d.shape and np.isfinite(s).all()
     # both are unbiased sketches of the same gradients: the Gram matrices agree up to JL noise
     gd, gs = d @ d.T, s @ s.T
@@ -132,7 +147,7 @@ def test_bad_input(lm, pm):
 def test_non_finite_gradients(lm):
     m = add_lora(lm.model, r=4, alpha=8, targets=["q_proj"], seed=0)
     with torch.no_grad():
-        for n, p in lora_named_parameters(m):
+        for _n, p in lora_named_parameters(m):
             p.fill_(0.1)
         lin = m.get_base_model().model.layers[0].mlp.down_proj
         lin.weight[0, 0] = float("inf")

@@ -1,4 +1,5 @@
 """thresher.index: exact and FAISS approximate kinds, ids, persistence, errors."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Readers, schema detection, ids, bad input and writers (thresher.io)."""
+
 from __future__ import annotations
 
 import gzip
@@ -57,8 +58,11 @@ def test_alpaca_jsonl_real_rows_shards_and_ids(tmp_path, real_rows):
 
 
 def test_content_hash_ids_stable_and_deduplicated(tmp_path):
-    rows = [{"instruction": "Add 2 and 2", "output": "4"}, {"instruction": "Name a colour", "output": "red"},
-            {"instruction": "Add 2 and 2", "output": "4"}]
+    rows = [
+        {"instruction": "Add 2 and 2", "output": "4"},
+        {"instruction": "Name a colour", "output": "red"},
+        {"instruction": "Add 2 and 2", "output": "4"},
+    ]
     p = write_jsonl(tmp_path / "a.jsonl", rows)
     df = read_samples(p)
     h = content_hash({"instruction": "Add 2 and 2", "input": "", "output": "4"})[:16]
@@ -70,9 +74,18 @@ def test_content_hash_ids_stable_and_deduplicated(tmp_path):
 
 
 def test_sharegpt_openai_prompt_and_mapping(tmp_path):
-    share = [{"id": "s1", "conversations": [{"from": "system", "value": "be brief"},
-                                            {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"},
-                                            {"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}]
+    share = [
+        {
+            "id": "s1",
+            "conversations": [
+                {"from": "system", "value": "be brief"},
+                {"from": "human", "value": "hi"},
+                {"from": "gpt", "value": "hello"},
+                {"from": "human", "value": "2+2?"},
+                {"from": "gpt", "value": "4"},
+            ],
+        }
+    ]
     df = read_samples(write_jsonl(tmp_path / "share.jsonl", share))
     assert df["instruction"][0] == "2+2?" and df["output"][0] == "4"
     assert [t["role"] for t in df["conversation"][0]] == ["system", "user", "assistant", "user", "assistant"]
@@ -84,9 +97,10 @@ def test_sharegpt_openai_prompt_and_mapping(tmp_path):
     df = read_samples(write_jsonl(tmp_path / "pr.jsonl", pr))
     assert (df["instruction"][0], df["output"][0]) == ("P", "C")
     custom = [{"uid": 7, "question": "Why?", "answer": "Because.", "ctx": "x", "topic": "t"}]
-    src = open_dataset(write_jsonl(tmp_path / "c.jsonl", custom),
-                       fields={"instruction": "question", "output": "answer", "input": "ctx", "id": "uid",
-                               "group": "topic"})
+    src = open_dataset(
+        write_jsonl(tmp_path / "c.jsonl", custom),
+        fields={"instruction": "question", "output": "answer", "input": "ctx", "id": "uid", "group": "topic"},
+    )
     df = src.read_all()
     assert df.iloc[0][["id", "instruction", "input", "output", "group"]].tolist() == ["7", "Why?", "x", "Because.", "t"]
     with pytest.raises(DataError, match="cannot detect the schema"):
@@ -97,8 +111,9 @@ def test_sharegpt_openai_prompt_and_mapping(tmp_path):
 
 def test_json_array_streaming_with_line_numbers(tmp_path, real_rows, monkeypatch):
     p = tmp_path / "pool.json"
-    p.write_text("[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in real_rows[:20]) + "\n]\n",
-                 encoding="utf-8")
+    p.write_text(
+        "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in real_rows[:20]) + "\n]\n", encoding="utf-8"
+    )
     from thresher.io import readers
 
     orig = readers._iter_json_array
@@ -120,8 +135,10 @@ def test_parquet_csv_and_gzip(tmp_path, real_rows):
     df0.to_parquet(tmp_path / "p.parquet")
     a = read_samples(tmp_path / "p.parquet", shard_size=7)
     assert a["id"].tolist() == df0["id"].tolist()
-    rows = [{"instruction": "line one\nline two, with comma", "output": "ok", "id": "x1"},
-            {"instruction": "second", "output": "fine", "id": "x2"}]
+    rows = [
+        {"instruction": "line one\nline two, with comma", "output": "ok", "id": "x1"},
+        {"instruction": "second", "output": "fine", "id": "x2"},
+    ]
     pd.DataFrame(rows)[["id", "instruction", "output"]].to_csv(tmp_path / "c.csv", index=False)
     c = read_samples(tmp_path / "c.csv")
     assert c["instruction"].tolist() == [rows[0]["instruction"], "second"]
@@ -147,11 +164,16 @@ def test_hf_dataset(tmp_path, real_rows):
 
 def test_bad_rows_error_and_skip(tmp_path, real_rows):
     good = real_rows[:3]
-    p = write_jsonl(tmp_path / "bad.jsonl", good, raw_lines=[
-        '{"instruction": "x", "output": ',                      # line 4: malformed
-        '{"instruction": "y"}',                                 # line 5: missing output
-        '{"instruction": ["not", "a", "string"], "output": "z"}',  # line 6: wrong type
-        '"just a string"'])                                     # line 7: not an object
+    p = write_jsonl(
+        tmp_path / "bad.jsonl",
+        good,
+        raw_lines=[
+            '{"instruction": "x", "output": ',  # line 4: malformed
+            '{"instruction": "y"}',  # line 5: missing output
+            '{"instruction": ["not", "a", "string"], "output": "z"}',  # line 6: wrong type
+            '"just a string"',
+        ],
+    )  # line 7: not an object
     with pytest.raises(DataError) as e:
         read_samples(p)
     assert "bad.jsonl, line 4: malformed JSON" in str(e.value)
@@ -177,8 +199,10 @@ def test_bad_rows_error_and_skip(tmp_path, real_rows):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "json", "csv", "parquet"])
 def test_write_selected_keeps_format_and_field_order(tmp_path, real_rows, fmt):
-    rows = [{"task": r["task"], "output": r["output"], "id": r["id"], "instruction": r["instruction"]}
-            for r in real_rows[:20]]  # an unusual field order
+    rows = [
+        {"task": r["task"], "output": r["output"], "id": r["id"], "instruction": r["instruction"]}
+        for r in real_rows[:20]
+    ]  # an unusual field order
     p = tmp_path / f"in.{fmt}"
     if fmt == "jsonl":
         write_jsonl(p, rows)

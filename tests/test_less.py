@@ -1,4 +1,5 @@
 """The `less` criterion: the scoring math against a naive oracle, and the pipeline on a tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -62,21 +63,34 @@ def test_less_scores_bad_input():
 
 
 # ------------------------------------------------------------------ pipeline on a tiny model
-POOL = pd.DataFrame({
-    "id": [f"p{i}" for i in range(8)] + ["t0copy", "empty"],
-    "instruction": ["Add 2 and 3.", "What is 10 minus 4?", "Translate 'chat' to English.", "Say hi",
-                    "Name a colour.", "Multiply 3 by 3.", "Translate 'hund' to English.", "Spell cat.",
-                    "Add 7 and 1.", "Nothing"],
-    "input": [""] * 10,
-    "output": ["5", "6", "cat", "hi", "blue", "9", "dog", "c-a-t", "8", ""],
-})
-TARGET = pd.DataFrame({
-    "id": ["t0", "t1", "t2"],
-    "instruction": ["Add 7 and 1.", "Translate 'gato' to English.", "Translate 'hond' to English."],
-    "input": [""] * 3,
-    "output": ["8", "cat", "dog"],
-    "group": ["math", "translate", "translate"],
-})
+POOL = pd.DataFrame(
+    {
+        "id": [f"p{i}" for i in range(8)] + ["t0copy", "empty"],
+        "instruction": [
+            "Add 2 and 3.",
+            "What is 10 minus 4?",
+            "Translate 'chat' to English.",
+            "Say hi",
+            "Name a colour.",
+            "Multiply 3 by 3.",
+            "Translate 'hund' to English.",
+            "Spell cat.",
+            "Add 7 and 1.",
+            "Nothing",
+        ],
+        "input": [""] * 10,
+        "output": ["5", "6", "cat", "hi", "blue", "9", "dog", "c-a-t", "8", ""],
+    }
+)
+TARGET = pd.DataFrame(
+    {
+        "id": ["t0", "t1", "t2"],
+        "instruction": ["Add 7 and 1.", "Translate 'gato' to English.", "Translate 'hond' to English."],
+        "input": [""] * 3,
+        "output": ["8", "cat", "dog"],
+        "group": ["math", "translate", "translate"],
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +100,22 @@ def tiny(tmp_path_factory):
 
     lm = tiny_causal_lm(seed=2, tokenizer="bytes", hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64)
     out = tmp_path_factory.mktemp("warm") / "w"
-    res = warmup_lora(POOL, lm, out, fraction=0.8, epochs=2, lr=5e-3, r=4, alpha=8, targets=["q_proj", "v_proj"],
-                      batch_size=3, max_length=256, template="plain", seed=1, log=lambda s: None)
+    res = warmup_lora(
+        POOL,
+        lm,
+        out,
+        fraction=0.8,
+        epochs=2,
+        lr=5e-3,
+        r=4,
+        alpha=8,
+        targets=["q_proj", "v_proj"],
+        batch_size=3,
+        max_length=256,
+        template="plain",
+        seed=1,
+        log=lambda s: None,
+    )
     return lm, res
 
 
@@ -114,8 +142,7 @@ def test_less_scorer_end_to_end(tiny, tmp_path):
     lm, res = tiny
     assert "less" in CRITERIA.names()
     Less = CRITERIA.get("less").obj
-    sc = Less(warmup=str(res.out), target=TARGET, model=lm, dim=256, seed=5, adam="none",
-              store=str(tmp_path / "feats"))
+    sc = Less(warmup=str(res.out), target=TARGET, model=lm, dim=256, seed=5, adam="none", store=str(tmp_path / "feats"))
     assert sc.subtasks == ["math", "translate"]
     df = sc(POOL)
     assert list(df.columns) == ["id", "less", "less.subtask", "less.reason"]
@@ -131,8 +158,9 @@ def test_less_scorer_end_to_end(tiny, tmp_path):
     np.testing.assert_allclose(df2["less"].to_numpy(), df["less"].to_numpy(), atol=2e-3)
     assert (tmp_path / "feats" / "checkpoint-1" / "manifest.json").is_file()
     # another projection seed refuses to reuse that store
-    sc2 = Less(warmup=str(res.out), target=TARGET, model=lm, dim=256, seed=6, adam="none",
-               store=str(tmp_path / "feats"))
+    sc2 = Less(
+        warmup=str(res.out), target=TARGET, model=lm, dim=256, seed=6, adam="none", store=str(tmp_path / "feats")
+    )
     with pytest.raises(ValueError, match="seed="):
         sc2(POOL.iloc[:2])
     # LESS default: Adam-transformed training gradients; still finite, still ranks the copy first
@@ -168,8 +196,31 @@ def test_cli_warmup_and_grads(tmp_path):
     data = tmp_path / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in POOL.drop(columns=["input"]).to_dict("records")))
     out = tmp_path / "warm"
-    assert main(["warmup", str(data), "--out", str(out), "--fraction", "0.5", "--epochs", "2", "--model", str(mdir),
-                 "--r", "4", "--targets", "q_proj", "--template", "plain", "--lr", "1e-3"]) == 0
+    assert (
+        main(
+            [
+                "warmup",
+                str(data),
+                "--out",
+                str(out),
+                "--fraction",
+                "0.5",
+                "--epochs",
+                "2",
+                "--model",
+                str(mdir),
+                "--r",
+                "4",
+                "--targets",
+                "q_proj",
+                "--template",
+                "plain",
+                "--lr",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
     assert (out / "checkpoint-2" / "optimizer.safetensors").is_file()
     store = tmp_path / "feats"
     args = ["grads", str(data), "--warmup", str(out), "--out", str(store), "--dim", "64", "--checkpoints", "2"]

@@ -1,11 +1,20 @@
 """Model loading: tiny models, fingerprints, local folders, clear errors."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from thresher.models import (LoadedLM, byte_tokenizer, cache_root, default_gguf_path, fingerprint_model,
-                             load_causal_lm, shared_lm, tiny_causal_lm)
+from thresher.models import (
+    LoadedLM,
+    byte_tokenizer,
+    cache_root,
+    default_gguf_path,
+    fingerprint_model,
+    load_causal_lm,
+    shared_lm,
+    tiny_causal_lm,
+)
 
 
 def test_tiny_is_deterministic_and_fingerprinted():

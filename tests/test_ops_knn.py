@@ -5,6 +5,7 @@ real ties and indices must match exactly (lower index first). Random float data
 checks values within the float32 reference's own rounding error. Tiny tiles
 force the tiled paths (several base tiles, partial panels, partial strips).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,10 +14,10 @@ import torch
 
 from thresher import _native
 from thresher.ops import knn, knn_merge_tile, last_backend
-from thresher.ops.knn import knn_cpu, knn_reference, knn_triton
+from thresher.ops.knn import NEAR_TIE_RTOL, TOLERANCES, knn_cpu, knn_reference, knn_triton
 
-HAS_CPU = _native.cpu_ext() is not None and hasattr(_native.cpu_ext(), "knn_exact")
-HAS_TRITON = _native.kernel("knn") is not None and (_native.triton_interpret() or torch.cuda.is_available())
+OP = "knn"
+BACKENDS = ["reference", "cpu", "triton"]
 
 
 def oracle(q: np.ndarray, b: np.ndarray, k: int, metric: str, exclude_self: bool = False, offset: int = 0):
@@ -43,15 +44,6 @@ def oracle(q: np.ndarray, b: np.ndarray, k: int, metric: str, exclude_self: bool
     return np.array(vals).reshape(q.shape[0], k), np.array(idx, dtype=np.int64).reshape(q.shape[0], k)
 
 
-def _backends():
-    out = ["reference"]
-    if HAS_CPU:
-        out.append("cpu")
-    if HAS_TRITON:
-        out.append("triton")
-    return out
-
-
 def _run(backend, q, b, k, metric, exclude_self=False, offset=0, tiny=False):
     qt, bt = torch.from_numpy(q), torch.from_numpy(b)
     if backend == "cpu" and tiny:
@@ -68,14 +60,15 @@ def _run(backend, q, b, k, metric, exclude_self=False, offset=0, tiny=False):
     return v.cpu(), i.cpu()
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("shape", [(37, 53, 19), (1, 70, 3), (9, 9, 1), (40, 33, 64)])
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_integer_data_exact_with_ties(backend, metric, shape, exclude_self):
+def test_integer_data_exact_with_ties(backend, metric, shape, exclude_self, backend_available):
+    backend_available(OP, backend)
     Q, N, d = shape
     rng = np.random.default_rng(Q * 1000 + N + d)
-    b = rng.integers(-2, 3, size=(N, d)).astype(np.float32)   # many exact ties
+    b = rng.integers(-2, 3, size=(N, d)).astype(np.float32)  # many exact ties
     if exclude_self:
         Q = min(Q, N)
         q = b[:Q].copy()
@@ -84,16 +77,18 @@ def test_integer_data_exact_with_ties(backend, metric, shape, exclude_self):
     k = min(7, N - (1 if exclude_self else 0))
     ov, oi = oracle(q, b, k, metric, exclude_self)
     interp = backend == "triton" and not torch.cuda.is_available()
-    for tiny in ((True,) if interp else (False, True)):   # interpreter: default blocks are the tiny ones
+    for tiny in (True,) if interp else (False, True):  # interpreter: default blocks are the tiny ones
         v, i = _run(backend, q, b, k, metric, exclude_self, tiny=tiny)
         assert v.dtype == torch.float32 and i.dtype == torch.int64
         np.testing.assert_array_equal(i.numpy(), oi, err_msg=f"{backend} tiny={tiny}")
         np.testing.assert_array_equal(v.numpy(), ov.astype(np.float32))
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_random_float_within_reference_error(backend, metric):
+def test_random_float_within_reference_error(backend, metric, backend_available):
+    backend_available(OP, backend)
+    rtol, _ = TOLERANCES[torch.float32]
     rng = np.random.default_rng(1)
     Q, N, d = (45, 301, 48) if backend != "triton" else (20, 90, 32)
     q = rng.standard_normal((Q, d)).astype(np.float32)
@@ -105,31 +100,35 @@ def test_random_float_within_reference_error(backend, metric):
     v, i = _run(backend, q, b, k, metric, tiny=True)
     err = np.abs(v.numpy() - ov).max()
     scale = np.abs(ov).max()
-    assert err <= max(4 * ref_err, 1e-5 * scale), (err, ref_err)
+    assert err <= max(4 * ref_err, rtol * scale), (err, ref_err)
     # indices agree except where the float64 values are within rounding of each other
     diff = i.numpy() != oi
     if diff.any():
-        tol = 1e-4 * scale
+        tol = NEAR_TIE_RTOL * scale
         for r, c in zip(*np.nonzero(diff)):
-            got = float((q[r].astype(np.float64) @ b[i[r, c]].astype(np.float64)) if metric == "ip"
-                        else ((q[r].astype(np.float64) - b[i[r, c]]) ** 2).sum())
+            got = float(
+                (q[r].astype(np.float64) @ b[i[r, c]].astype(np.float64))
+                if metric == "ip"
+                else ((q[r].astype(np.float64) - b[i[r, c]]) ** 2).sum()
+            )
             assert abs(got - ov[r, c]) <= tol
 
 
-@pytest.mark.parametrize("backend", _backends())
-def test_query_offset_chunks_match_full(backend):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_query_offset_chunks_match_full(backend, backend_available):
+    backend_available(OP, backend)
     rng = np.random.default_rng(2)
     x = rng.integers(-3, 4, size=(50, 11)).astype(np.float32)
     fv, fi = _run(backend, x, x, 4, "l2", exclude_self=True)
-    parts = [_run(backend, x[s:s + 17], x, 4, "l2", exclude_self=True, offset=s) for s in range(0, 50, 17)]
+    parts = [_run(backend, x[s : s + 17], x, 4, "l2", exclude_self=True, offset=s) for s in range(0, 50, 17)]
     np.testing.assert_array_equal(torch.cat([p[1] for p in parts]).numpy(), fi.numpy())
     assert not (fi.numpy() == np.arange(50)[:, None]).any()
 
 
-def test_dispatch_picks_native_on_cpu():
+def test_dispatch_picks_native_on_cpu(backend_available):
     x = torch.randn(20, 8)
     knn(x, x, 3)
-    assert last_backend() == ("knn", "cpu" if HAS_CPU else "reference")
+    assert last_backend() == ("knn", "reference" if backend_available.reasons(OP, "cpu") else "cpu")
 
 
 def test_low_precision_inputs():
@@ -153,20 +152,24 @@ def test_numpy_inputs_and_empty():
     assert i.shape[0] == 0
 
 
-def test_all_equal_rows_tie_to_lower_index():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_equal_rows_tie_to_lower_index(backend, backend_available):
+    backend_available(OP, backend)
     b = np.ones((12, 5), np.float32)
-    for be in _backends():
-        _, i = _run(be, b[:3], b, 4, "ip", exclude_self=True)
-        assert i.tolist() == [[1, 2, 3, 4], [0, 2, 3, 4], [0, 1, 3, 4]], be
+    _, i = _run(backend, b[:3], b, 4, "ip", exclude_self=True)
+    assert i.tolist() == [[1, 2, 3, 4], [0, 2, 3, 4], [0, 1, 3, 4]]
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(k=6), "k: 6 is larger"),
-    (dict(k=5, exclude_self=True), "k: 5 is larger"),
-    (dict(k=-1), "k: expected"),
-    (dict(k=2.0), "k: expected"),
-    (dict(k=2, metric="cos"), "metric"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(k=6), "k: 6 is larger"),
+        (dict(k=5, exclude_self=True), "k: 5 is larger"),
+        (dict(k=-1), "k: expected"),
+        (dict(k=2.0), "k: expected"),
+        (dict(k=2, metric="cos"), "metric"),
+    ],
+)
 def test_bad_arguments(bad, match):
     x = torch.randn(5, 3)
     kw = dict(bad)
@@ -195,8 +198,8 @@ def test_bad_inputs_named():
         knn(x, x, 2, backend="nope")
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="thresher._C not built")
-def test_native_raises_value_error_not_crash():
+def test_native_raises_value_error_not_crash(backend_available):
+    backend_available(OP, "cpu")
     ext = _native.cpu_ext()
     a = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match="base: dimension"):
@@ -210,11 +213,11 @@ def test_native_raises_value_error_not_crash():
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_merge_tile_matches_reference(native, monkeypatch):
+def test_merge_tile_matches_reference(native, monkeypatch, backend_available):
     if not native:
         monkeypatch.setattr(_native, "cpu_ext", lambda: None)
-    elif not HAS_CPU:
-        pytest.skip("thresher._C not built")
+    else:
+        backend_available(OP, "cpu")
     rng = np.random.default_rng(4)
     b = rng.integers(-2, 3, size=(41, 6)).astype(np.float32)
     q = b[:9]
@@ -222,18 +225,18 @@ def test_merge_tile_matches_reference(native, monkeypatch):
     vals = np.full((9, k), -np.inf, np.float32)
     idx = np.full((9, k), -1, np.int64)
     for c0 in range(0, 41, 10):
-        knn_merge_tile(q @ b[c0:c0 + 10].T, c0, 0, True, vals, idx)
+        knn_merge_tile(q @ b[c0 : c0 + 10].T, c0, 0, True, vals, idx)
     ov, oi = oracle(q, b, k, "ip", exclude_self=True)
     np.testing.assert_array_equal(idx, oi)
     np.testing.assert_array_equal(vals, ov.astype(np.float32))
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton kernel unavailable")
-def test_triton_query_chunks_with_offset():
+def test_triton_query_chunks_with_offset(backend_available):
+    dev = backend_available(OP, "triton")
     rng = np.random.default_rng(5)
     x = torch.from_numpy(rng.integers(-2, 3, size=(40, 8)).astype(np.float32))
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    v, i = knn_triton(x.to(dev), x.to(dev), 3, "ip", True, 0, block_m=16, block_n=16, block_k=16,
-                      max_candidate_bytes=1)            # forces one BM-row chunk per launch
+    v, i = knn_triton(
+        x.to(dev), x.to(dev), 3, "ip", True, 0, block_m=16, block_n=16, block_k=16, max_candidate_bytes=1
+    )  # forces one BM-row chunk per launch
     ov, oi = oracle(x.numpy(), x.numpy(), 3, "ip", exclude_self=True)
     np.testing.assert_array_equal(i.cpu().numpy(), oi)

@@ -1,5 +1,6 @@
 """pareto_ranks and crowding_distance: backends against each other, against
 moocore and pymoo, ties, NaN policy, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,13 +9,24 @@ import torch
 
 from thresher import _native
 from thresher.ops import crowding_distance, last_backend, pareto_ranks
-from thresher.ops.pareto import pareto_op
 
 moocore = pytest.importorskip("moocore")
 
-HAS_CPU = not pareto_op.backends["cpu"].available()
-needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="thresher._C not built")
-BACKENDS = ["reference"] + (["cpu"] if HAS_CPU else [])
+OP = "pareto_ranks"
+BACKENDS = ["reference", "cpu"]
+needs_cpu = pytest.mark.usefixtures("cpu_backend")
+
+
+@pytest.fixture
+def cpu_backend(backend_available):
+    backend_available(OP, "cpu", device="cpu")
+
+
+@pytest.fixture(params=BACKENDS)
+def b(request, backend_available):
+    """Each backend that can run on CPU tensors here."""
+    backend_available(OP, request.param, device="cpu")
+    return request.param
 
 
 def _data(kind: str, n: int, m: int, seed: int) -> np.ndarray:
@@ -93,46 +105,41 @@ def _brute(a: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 1000])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("kind", ["ties", "uniform", "dups"])
-def test_backends_match_moocore(n, m, kind):
+def test_backends_match_moocore(n, m, kind, b):
     a = _data(kind, n, m, seed=n * 31 + m)
     maximize = [bool(j % 2) for j in range(m)]  # a mix
     want = _moocore(a, maximize)
-    for b in BACKENDS:
-        got = pareto_ranks(torch.from_numpy(a), maximize=maximize, backend=b)
-        assert last_backend() == ("pareto_ranks", b)
-        assert got.dtype == torch.int64 and got.shape == (n,)
-        np.testing.assert_array_equal(got.numpy(), want, err_msg=f"backend={b}")
+    got = pareto_ranks(torch.from_numpy(a), maximize=maximize, backend=b)
+    assert last_backend() == ("pareto_ranks", b)
+    assert got.dtype == torch.int64 and got.shape == (n,)
+    np.testing.assert_array_equal(got.numpy(), want, err_msg=f"backend={b}")
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])
-def test_matches_pymoo_and_definition(m):
+def test_matches_pymoo_and_definition(m, b):
     for seed in range(4):
         a = _data("ties" if seed % 2 else "uniform", 40, m, seed)
         want = _brute(a)
         np.testing.assert_array_equal(_pymoo_ens(a), want)  # the baselines agree with the definition
         np.testing.assert_array_equal(NonDominatedSorting().do(a, return_rank=True)[1], want)
-        for b in BACKENDS:
-            np.testing.assert_array_equal(pareto_ranks(a, maximize=False, backend=b).numpy(), want)
+        np.testing.assert_array_equal(pareto_ranks(a, maximize=False, backend=b).numpy(), want)
 
 
-def test_tie_semantics():
+def test_tie_semantics(b):
     # duplicates share a rank; equal in one objective and better in the other dominates
     a = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 2.0], [2.0, 1.0], [2.0, 2.0], [0.0, 3.0]])
     want = torch.tensor([0, 0, 1, 1, 2, 0])
-    for b in BACKENDS:
-        assert torch.equal(pareto_ranks(a, maximize=False, backend=b), want)
-        # maximise the negated data: the same ranks
-        assert torch.equal(pareto_ranks(-a, maximize=True, backend=b), want)
+    assert torch.equal(pareto_ranks(a, maximize=False, backend=b), want)
+    # maximise the negated data: the same ranks
+    assert torch.equal(pareto_ranks(-a, maximize=True, backend=b), want)
     # -0.0 == 0.0, +-inf are ordinary values
     z = torch.tensor([[0.0, float("inf")], [-0.0, float("inf")], [-float("inf"), 5.0], [1.0, 1.0]])
-    for b in BACKENDS:
-        assert pareto_ranks(z, maximize=False, backend=b).tolist() == [1, 1, 0, 0]
+    assert pareto_ranks(z, maximize=False, backend=b).tolist() == [1, 1, 0, 0]
 
 
 @needs_cpu
 @pytest.mark.parametrize("m", [2, 3, 4, 5])
-@pytest.mark.parametrize("kind", ["ties", "corr", "uniform", "dups", "simplex", "simplex_round", "antichain",
-                                  "stairs"])
+@pytest.mark.parametrize("kind", ["ties", "corr", "uniform", "dups", "simplex", "simplex_round", "antichain", "stairs"])
 def test_cpu_algorithms_large(m, kind):
     """Every C++ path (sweep, staircase, divide and conquer, staircase fallback) on
     enough points to reach the recursive cases; correlated data has hundreds of fronts."""
@@ -166,17 +173,17 @@ def test_cpu_matches_reference_permutation_and_dtypes():
     assert torch.equal(pareto_ranks(b, backend="cpu"), pareto_ranks(b.astype(float), backend="reference"))
 
 
-def test_default_backend_and_env(monkeypatch):
+def test_default_backend_and_env(monkeypatch, backend_available):
     a = torch.rand(20, 2, dtype=torch.float64)
     pareto_ranks(a)
-    assert last_backend() == ("pareto_ranks", "cpu" if HAS_CPU else "reference")
+    has_cpu = not backend_available.reasons(OP, "cpu", device="cpu")
+    assert last_backend() == ("pareto_ranks", "cpu" if has_cpu else "reference")
     monkeypatch.setenv("THRESHER_BACKEND_PARETO_RANKS", "reference")
     pareto_ranks(a)
     assert last_backend() == ("pareto_ranks", "reference")
 
 
 # ------------------------------------------------------------------- NaN
-@pytest.mark.parametrize("b", BACKENDS)
 def test_nan_rows_ranked_last(b):
     a = torch.tensor([[1.0, 1.0], [float("nan"), 0.0], [2.0, 2.0], [0.0, float("nan")], [3.0, 0.0]])
     # maximise: [2,2] and [3,0] on front 0, [1,1] dominated by [2,2]; NaN rows after

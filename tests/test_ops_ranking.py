@@ -1,5 +1,6 @@
 """normalize and aggregate: against direct numpy/scipy formulations, ties, NaN,
 constant columns, permutation invariance, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,9 @@ def test_normalize_matches_numpy(method):
     np.testing.assert_allclose(got.numpy(), _normalize_np(x, method), rtol=1e-12, atol=1e-12)
     # 1-D input, numpy input, float32 input
     np.testing.assert_allclose(normalize(x[:, 0], method).numpy(), got[:, 0].numpy(), rtol=1e-12)
-    np.testing.assert_allclose(normalize(torch.from_numpy(x[:, 1]).float(), method).numpy(),
-                               got[:, 1].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        normalize(torch.from_numpy(x[:, 1]).float(), method).numpy(), got[:, 1].numpy(), rtol=1e-12
+    )
     # permutation equivariance, ties never broken by position
     perm = np.random.default_rng(1).permutation(len(x))
     np.testing.assert_allclose(normalize(x[perm], method).numpy(), got.numpy()[perm], rtol=1e-12, atol=1e-12)
@@ -114,11 +116,13 @@ def test_aggregate_matches_numpy(method):
     assert got.dtype == torch.float64 and got.shape == (97,)
     np.testing.assert_allclose(got.numpy(), _aggregate_np(x, method, w, np.array(mx)), rtol=1e-12)
     perm = rng.permutation(97)
-    np.testing.assert_allclose(aggregate(x[perm], method, weights=w, maximize=mx).numpy(),
-                               got.numpy()[perm], rtol=1e-12)
+    np.testing.assert_allclose(
+        aggregate(x[perm], method, weights=w, maximize=mx).numpy(), got.numpy()[perm], rtol=1e-12
+    )
     # default weights are all 1
-    np.testing.assert_allclose(aggregate(x, method, maximize=mx).numpy(),
-                               _aggregate_np(x, method, np.ones(3), np.array(mx)), rtol=1e-12)
+    np.testing.assert_allclose(
+        aggregate(x, method, maximize=mx).numpy(), _aggregate_np(x, method, np.ones(3), np.array(mx)), rtol=1e-12
+    )
 
 
 def test_aggregate_semantics():

@@ -1,5 +1,6 @@
 """segment_reduce: every backend that can run here against the reference, and the
 reference against a float64 per-segment loop (the oracle of the oracle)."""
+
 from __future__ import annotations
 
 import math
@@ -8,30 +9,22 @@ import pytest
 import torch
 
 from thresher.ops import segment_reduce
-from thresher.ops.segment import SEGMENT_OPS, segment_reduce_op, segment_reduce_reference
+from thresher.ops.segment import SEGMENT_OPS, TOLERANCES, segment_reduce_reference
 
 OPS = list(SEGMENT_OPS)
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # The Triton interpreter evaluates NaN/inf lanes with numpy, which warns; the results are checked.
-pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")]
-EPS = {torch.float32: 2.0**-23, torch.float64: 2.0**-52}
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
+]
+OP = "segment_reduce"
 
 
-def device_for(backend: str) -> str:
-    """cuda tensors for the cuda backend, and for triton when a GPU is visible (else the interpreter)."""
-    return "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
-
-
-def usable(backend: str, dtype=torch.float32) -> tuple[str, list[str]]:
-    dev = device_for(backend)
-    return dev, segment_reduce_op.backends[backend].not_supported_reasons(device=dev, dtype=dtype)
-
-
-def test_cpu_and_triton_backends_present():
-    assert usable("reference")[1] == []
-    assert usable("cpu")[1] == []  # the C++ extension is built in dev and CI
-    assert usable("triton")[1] == []  # GPU, or TRITON_INTERPRET=1 set by conftest
+def test_cpu_and_triton_backends_present(backend_available):
+    assert backend_available.reasons(OP, "reference") == []
+    assert backend_available.reasons(OP, "cpu") == []  # the C++ extension is built in dev and CI
+    assert backend_available.reasons(OP, "triton") == []  # GPU, or TRITON_INTERPRET=1 set by conftest
 
 
 def ragged_offsets(n: int, s: int, gen: torch.Generator, empty_frac: float = 0.2) -> torch.Tensor:
@@ -50,7 +43,7 @@ def naive(values: torch.Tensor, offsets: torch.Tensor, op: str) -> torch.Tensor:
     x = values.to(torch.float64).reshape(values.shape[0], -1 if values.dim() == 2 else 1)
     rows = []
     for s in range(offsets.numel() - 1):
-        seg = x[int(offsets[s]): int(offsets[s + 1])]
+        seg = x[int(offsets[s]) : int(offsets[s + 1])]
         n = seg.shape[0]
         if op == "count":
             rows.append(torch.full((x.shape[1],), float(n), dtype=torch.float64))
@@ -77,8 +70,9 @@ def naive(values: torch.Tensor, offsets: torch.Tensor, op: str) -> torch.Tensor:
     return out.reshape(-1) if values.dim() == 1 else out
 
 
-def assert_matches(got: torch.Tensor, exact: torch.Tensor, ref: torch.Tensor, values: torch.Tensor,
-                   offsets: torch.Tensor, op: str) -> None:
+def assert_matches(
+    got: torch.Tensor, exact: torch.Tensor, ref: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, op: str
+) -> None:
     """got within a bound tied to the reference's own error against the float64 value."""
     assert got.shape == exact.shape
     g, e, r = got.to(torch.float64), exact, ref.to(torch.float64)
@@ -91,7 +85,7 @@ def assert_matches(got: torch.Tensor, exact: torch.Tensor, ref: torch.Tensor, va
     if op in ("count", "max", "min"):
         assert torch.equal(g[m], e[m]), f"{op} must be exact"
         return
-    acc_eps = EPS[torch.float64] if got.dtype == torch.float64 else EPS[torch.float32]
+    acc_eps = TOLERANCES[values.dtype][0]
     x = values.to(torch.float64).reshape(values.shape[0], -1 if values.dim() == 2 else 1).abs()
     x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
     lengths = (offsets[1:] - offsets[:-1]).to(torch.float64).reshape(-1, 1)
@@ -113,8 +107,16 @@ def assert_matches(got: torch.Tensor, exact: torch.Tensor, ref: torch.Tensor, va
 
 
 CASES = [  # (N, S, D)
-    (0, 1, None), (0, 3, None), (1, 1, None), (7, 3, None), (1023, 17, None), (4097, 40, None),
-    (7, 4, 1), (33, 5, 3), (257, 9, 33), (300, 4, 70),
+    (0, 1, None),
+    (0, 3, None),
+    (1, 1, None),
+    (7, 3, None),
+    (1023, 17, None),
+    (4097, 40, None),
+    (7, 4, 1),
+    (33, 5, 3),
+    (257, 9, 33),
+    (300, 4, 70),
 ]
 
 
@@ -132,10 +134,8 @@ def test_reference_matches_naive(n, s, d):
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @pytest.mark.parametrize("n,s,d", CASES)
-def test_backend_matches_reference(backend, n, s, d):
-    dev, reasons = usable(backend)
-    if reasons:
-        pytest.skip(f"{backend} cannot run here: {reasons}")
+def test_backend_matches_reference(backend, n, s, d, backend_available):
+    dev = backend_available(OP, backend)
     gen = torch.Generator().manual_seed(n * 7 + s)
     shape = (n,) if d is None else (n, d)
     x = torch.randn(shape, generator=gen) * 2
@@ -153,16 +153,17 @@ def test_backend_matches_reference(backend, n, s, d):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
-def test_dtypes(dtype, backend):
-    dev, reasons = usable(backend, dtype)
-    if reasons:
-        if backend == "triton" and dtype == torch.float64:
-            assert any("float64" in r for r in reasons)
-            with pytest.raises(RuntimeError, match="float64"):
-                segment_reduce(torch.zeros(3, dtype=dtype, device=dev), torch.tensor([0, 3], device=dev), "sum",
-                               backend="triton")
-            return
-        pytest.skip(f"{backend}: {reasons}")
+def test_dtypes(dtype, backend, backend_available):
+    if backend == "triton" and dtype == torch.float64 and not backend_available.reasons(OP, backend):
+        reasons = backend_available.reasons(OP, backend, dtype=dtype)
+        assert any("float64" in r for r in reasons)
+        dev = backend_available(OP, backend)
+        with pytest.raises(RuntimeError, match="float64"):
+            segment_reduce(
+                torch.zeros(3, dtype=dtype, device=dev), torch.tensor([0, 3], device=dev), "sum", backend="triton"
+            )
+        return
+    dev = backend_available(OP, backend, dtype=dtype)
     gen = torch.Generator().manual_seed(5)
     x = (torch.randn(301, 2, generator=gen) * 4).to(dtype)
     off = ragged_offsets(301, 11, gen)
@@ -175,39 +176,34 @@ def test_dtypes(dtype, backend):
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
-def test_special_values(backend):
+def test_special_values(backend, backend_available):
     inf, nan = float("inf"), float("nan")
     segs = [
-        [],                    # empty
-        [1.0, nan, 2.0],       # NaN propagates
-        [inf, 1.0],            # +inf
-        [-inf, -inf],          # all -inf
-        [inf, -inf],           # sum NaN, max inf, min -inf, lme inf
-        [-inf, 0.0],           # lme finite: log(0.5)
+        [],  # empty
+        [1.0, nan, 2.0],  # NaN propagates
+        [inf, 1.0],  # +inf
+        [-inf, -inf],  # all -inf
+        [inf, -inf],  # sum NaN, max inf, min -inf, lme inf
+        [-inf, 0.0],  # lme finite: log(0.5)
         [5.0],
-        [],                    # empty at the end
+        [],  # empty at the end
     ]
     x = torch.tensor([v for s in segs for v in s], dtype=torch.float32)
     off = torch.tensor([0] + list(torch.cumsum(torch.tensor([len(s) for s in segs]), 0)), dtype=torch.int64)
-    dev, reasons = usable(backend)
-    if reasons:
-        pytest.skip(str(reasons))
+    dev = backend_available(OP, backend)
     res = {op: segment_reduce(x.to(dev), off.to(dev), op, backend=backend).cpu() for op in OPS}
     t = lambda *v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
     torch.testing.assert_close(res["sum"], t(0, nan, inf, -inf, nan, -inf, 5, 0), equal_nan=True)
     torch.testing.assert_close(res["mean"], t(nan, nan, inf, -inf, nan, -inf, 5, nan), equal_nan=True)
     torch.testing.assert_close(res["max"], t(nan, nan, inf, -inf, inf, 0, 5, nan), equal_nan=True)
     torch.testing.assert_close(res["min"], t(nan, nan, 1, -inf, -inf, -inf, 5, nan), equal_nan=True)
-    torch.testing.assert_close(res["logmeanexp"], t(nan, nan, inf, -inf, inf, math.log(0.5), 5, nan),
-                               equal_nan=True)
+    torch.testing.assert_close(res["logmeanexp"], t(nan, nan, inf, -inf, inf, math.log(0.5), 5, nan), equal_nan=True)
     assert res["count"].tolist() == [0, 3, 2, 2, 2, 2, 1, 0]
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
-def test_no_segments_and_empty_values(backend):
-    dev, reasons = usable(backend)
-    if reasons:
-        pytest.skip(str(reasons))
+def test_no_segments_and_empty_values(backend, backend_available):
+    dev = backend_available(OP, backend)
     z = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
     out = segment_reduce(z(0), z(1, dtype=torch.int64), "mean", backend=backend)
     assert out.shape == (0,)
@@ -217,27 +213,32 @@ def test_no_segments_and_empty_values(backend):
     assert torch.equal(out, torch.zeros(2, 4))
 
 
-def test_logmeanexp_is_stable():
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_logmeanexp_is_stable(backend, backend_available):
     x = torch.tensor([1000.0, 1000.0, -1000.0, 80.0, 90.0])
     off = torch.tensor([0, 2, 3, 5])
-    for backend in ("reference", "cpu", "triton"):
-        dev, reasons = usable(backend)
-        if reasons:
-            continue
-        got = segment_reduce(x.to(dev), off.to(dev), "logmeanexp", backend=backend).cpu()
-        exp = torch.tensor([1000.0, -1000.0, 90.0 + math.log((1 + math.exp(-10)) / 2)])
-        torch.testing.assert_close(got, exp)
+    dev = backend_available(OP, backend)
+    got = segment_reduce(x.to(dev), off.to(dev), "logmeanexp", backend=backend).cpu()
+    exp = torch.tensor([1000.0, -1000.0, 90.0 + math.log((1 + math.exp(-10)) / 2)])
+    torch.testing.assert_close(got, exp)
 
 
-def test_long_segment_cpu_parallel_path():
+def test_long_segment_cpu_parallel_path(backend_available):
+    backend_available(OP, "cpu")
     # Enough work for the OpenMP path; one long segment and many short ones.
     gen = torch.Generator().manual_seed(3)
     n = 300_000  # OpenMP from 2**18 values
     x = torch.rand(n, generator=gen)
     off = torch.cat([torch.tensor([0, 250_000]), torch.arange(250_000, n + 1, 37)[1:], torch.tensor([n])]).unique()
     for op in OPS:
-        assert_matches(segment_reduce(x, off, op, backend="cpu"), naive_fast(x, off, op),
-                       segment_reduce_reference(x, off, op), x, off, op)
+        assert_matches(
+            segment_reduce(x, off, op, backend="cpu"),
+            naive_fast(x, off, op),
+            segment_reduce_reference(x, off, op),
+            x,
+            off,
+            op,
+        )
 
 
 def naive_fast(x, off, op):

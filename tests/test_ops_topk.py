@@ -1,5 +1,6 @@
 """topk and TopKAccumulator: every backend that can run here against the reference,
 and the reference against a plain-Python sort (the oracle of the oracle)."""
+
 from __future__ import annotations
 
 import math
@@ -8,22 +9,22 @@ import pytest
 import torch
 
 from thresher.ops import TopKAccumulator, topk
-from thresher.ops.topk import order_indices, topk_op, topk_reference
+from thresher.ops.topk import order_indices, topk_reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # The Triton interpreter evaluates NaN/inf lanes with numpy, which warns; the results are checked.
-pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
+]
 
 
-def runnable(backend: str, dtype=torch.float32, n: int = 10):
-    """(device, reasons): cuda tensors for cuda, and for triton when a GPU is visible (else the interpreter)."""
-    dev = "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
-    return dev, topk_op.backends[backend].not_supported_reasons(device=dev, dtype=dtype, n=n)
+OP = "topk"
 
 
 def python_topk(values: list[float], k: int, largest: bool) -> list[int]:
     """Definition: sort by (NaN last, value best first, index asc)."""
+
     def key(i):
         v = values[i]
         if math.isnan(v):
@@ -69,10 +70,8 @@ def test_reference_matches_python_sort(n):
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @pytest.mark.parametrize("n", SIZES)
-def test_backend_matches_reference(backend, n):
-    dev, reasons = runnable(backend)
-    if reasons:
-        pytest.skip(f"{backend} cannot run here: {reasons}")
+def test_backend_matches_reference(backend, n, backend_available):
+    dev = backend_available(OP, backend, dtype=torch.float32, n=n)
     gen = torch.Generator().manual_seed(100 + n)
     x = tricky(n, torch.float32, gen)
     for largest in (True, False):
@@ -86,15 +85,13 @@ def test_backend_matches_reference(backend, n):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_dtypes(backend, dtype):
-    dev, reasons = runnable(backend, dtype)
-    if reasons:
-        if backend == "triton" and dtype == torch.float64:
-            assert any("float64" in r for r in reasons)
-            with pytest.raises(RuntimeError, match="float64"):
-                topk(torch.zeros(4, dtype=dtype, device=dev), 2, backend="triton")
-            return
-        pytest.skip(f"{backend}: {reasons}")
+def test_dtypes(backend, dtype, backend_available):
+    if backend == "triton" and dtype == torch.float64 and not backend_available.reasons(OP, backend):
+        assert any("float64" in r for r in backend_available.reasons(OP, backend, dtype=dtype))
+        with pytest.raises(RuntimeError, match="float64"):
+            topk(torch.zeros(4, dtype=dtype, device=backend_available(OP, backend)), 2, backend="triton")
+        return
+    dev = backend_available(OP, backend, dtype=dtype, n=10)
     gen = torch.Generator().manual_seed(7)
     for x in (tricky(1500, dtype, gen), (torch.randn(777, generator=gen) * 1e3).to(dtype)):
         for largest in (True, False):
@@ -104,11 +101,9 @@ def test_dtypes(backend, dtype):
                 assert v.dtype == dtype
 
 
-def test_cpu_large_parallel_and_refinement():
+def test_cpu_large_parallel_and_refinement(backend_available):
     """Big enough for the multi-threaded passes; ties deep in the lower radix digits."""
-    dev, reasons = runnable("cpu")
-    if reasons:
-        pytest.skip(str(reasons))
+    backend_available(OP, "cpu")
     gen = torch.Generator().manual_seed(11)
     n = 1_200_000  # the C++ kernel goes multi-threaded from 2**20 scores
     base = torch.randn(n // 3, generator=gen)
@@ -128,42 +123,39 @@ def test_cpu_large_parallel_and_refinement():
         assert torch.equal(topk(y, 2000, backend="cpu")[1], topk_reference(y, 2000, True)[1])
 
 
-def test_matches_torch_topk_without_ties():
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_matches_torch_topk_without_ties(backend, backend_available):
+    backend_available(OP, backend)
     gen = torch.Generator().manual_seed(3)
     x = torch.randperm(50_000, generator=gen).float() / 7.0  # distinct values
-    for backend in ("cpu", "reference"):
-        for largest in (True, False):
-            v, i = topk(x, 500, largest, backend=backend)
-            tv, ti = torch.topk(x, 500, largest=largest)
-            assert torch.equal(v, tv) and torch.equal(i, ti)
+    for largest in (True, False):
+        v, i = topk(x, 500, largest, backend=backend)
+        tv, ti = torch.topk(x, 500, largest=largest)
+        assert torch.equal(v, tv) and torch.equal(i, ti)
 
 
-def test_nan_never_before_finite():
-    for backend in ("reference", "cpu", "triton"):
-        dev, reasons = runnable(backend)
-        if reasons:
-            continue
-        x = torch.tensor([math.nan, -math.inf, math.nan, 1.0, math.inf], device=dev)
-        v, i = topk(x, 5, True, backend=backend)
-        assert i.tolist() == [4, 3, 1, 0, 2]
-        v, i = topk(x, 5, False, backend=backend)
-        assert i.tolist() == [1, 3, 4, 0, 2]
-        v, i = topk(x, 3, False, backend=backend)
-        assert not torch.isnan(v).any()
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_nan_never_before_finite(backend, backend_available):
+    dev = backend_available(OP, backend)
+    x = torch.tensor([math.nan, -math.inf, math.nan, 1.0, math.inf], device=dev)
+    v, i = topk(x, 5, True, backend=backend)
+    assert i.tolist() == [4, 3, 1, 0, 2]
+    v, i = topk(x, 5, False, backend=backend)
+    assert i.tolist() == [1, 3, 4, 0, 2]
+    v, i = topk(x, 3, False, backend=backend)
+    assert not torch.isnan(v).any()
 
 
-def test_k_clamps_and_empty():
-    for backend in ("reference", "cpu", "triton"):
-        dev, reasons = runnable(backend)
-        if reasons:
-            continue
-        x = torch.tensor([3.0, 1.0, 2.0], device=dev)
-        v, i = topk(x, 10, backend=backend)
-        assert i.tolist() == [0, 2, 1]
-        v, i = topk(x, 0, backend=backend)
-        assert v.shape == (0,) and i.shape == (0,) and i.dtype == torch.int64
-        v, i = topk(torch.zeros(0, device=dev), 5, backend=backend)
-        assert v.shape == (0,) and i.shape == (0,)
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_k_clamps_and_empty(backend, backend_available):
+    dev = backend_available(OP, backend)
+    x = torch.tensor([3.0, 1.0, 2.0], device=dev)
+    v, i = topk(x, 10, backend=backend)
+    assert i.tolist() == [0, 2, 1]
+    v, i = topk(x, 0, backend=backend)
+    assert v.shape == (0,) and i.shape == (0,) and i.dtype == torch.int64
+    v, i = topk(torch.zeros(0, device=dev), 5, backend=backend)
+    assert v.shape == (0,) and i.shape == (0,)
 
 
 # ------------------------------------------------------------- accumulator
@@ -182,11 +174,12 @@ def test_accumulator_equals_topk_of_concatenation(largest):
         assert torch.equal(v.view(torch.int32), rv.view(torch.int32))
 
 
-def test_accumulator_out_of_order_shards_with_offsets():
+def test_accumulator_out_of_order_shards_with_offsets(backend_available):
+    backend_available(OP, "cpu")
     gen = torch.Generator().manual_seed(22)
     full = tricky(3000, torch.float32, gen)
     bounds = [0, 700, 701, 1900, 3000]
-    pieces = [(bounds[j], full[bounds[j]:bounds[j + 1]]) for j in range(len(bounds) - 1)]
+    pieces = [(bounds[j], full[bounds[j] : bounds[j + 1]]) for j in range(len(bounds) - 1)]
     acc = TopKAccumulator(250, True, backend="cpu")
     for off, s in reversed(pieces):
         acc.update(s, offset=off)

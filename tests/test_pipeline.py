@@ -1,4 +1,5 @@
 """The pipeline end to end on real rows with light criteria (thresher.pipeline)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +40,7 @@ def test_topk_outputs_scores_manifest(pool, tmp_path):
     assert list(s.columns[:3]) == ["id", "group", "tokens"]
     assert {"fake_len", "fake_len.instruction", "fake_len.reason", "eligible", "selected", "rank"} <= set(s.columns)
     # oracle: the 40 longest outputs, ties by position, from the raw file
-    rows = [json.loads(line) for line in open(pool, encoding="utf-8")]
+    rows = [json.loads(line) for line in pool.read_text(encoding="utf-8").splitlines()]
     L = np.array([len(r["output"]) for r in rows], dtype=np.float64)
     L[L == 0] = np.nan
     order = sorted([i for i in range(len(L)) if not np.isnan(L[i])], key=lambda i: (-L[i], i))[:40]
@@ -47,19 +48,23 @@ def test_topk_outputs_scores_manifest(pool, tmp_path):
     assert s.loc[s["selected"], "rank"].sort_values().tolist() == list(range(40))
     assert s["rank"].to_numpy()[order].tolist() == list(range(40))
     # the subset: the input's lines verbatim, in input order
-    lines = open(pool, encoding="utf-8").read().rstrip("\n").split("\n")
-    assert (tmp_path / "o" / "selected.jsonl").read_text(encoding="utf-8").rstrip("\n").split("\n") == [lines[i] for i in sorted(order)]
+    lines = pool.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    assert (tmp_path / "o" / "selected.jsonl").read_text(encoding="utf-8").rstrip("\n").split("\n") == [
+        lines[i] for i in sorted(order)
+    ]
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["inputs"][0]["sha256"] == hashlib.sha256(pool.read_bytes()).hexdigest()
     assert m["inputs"][0]["rows"] == 1200 and m["selected"] == 40 and m["budget"]["resolved_k"] == 40
     assert m["criteria"][0]["name"] == "fake_len" and m["criteria"][0]["cache_key"] == "fake_len/v1/scale=1.0"
-    assert m["outputs"]["selected.jsonl"] == hashlib.sha256((tmp_path / "o" / "selected.jsonl").read_bytes()).hexdigest()
+    assert (
+        m["outputs"]["selected.jsonl"] == hashlib.sha256((tmp_path / "o" / "selected.jsonl").read_bytes()).hexdigest()
+    )
     assert (tmp_path / "o" / "run.log").read_text().count("selected 40 of 1200") == 1
 
 
 def test_streaming_topk_equals_in_memory_path(pool, tmp_path):
-    a = run(pool, tmp_path / "a", criteria=["fake_len"], k=60)               # out-of-core TopKAccumulator
-    b = run(pool, tmp_path / "b", criteria=["fake_len"], ratio=0.05)         # in-memory selector (k = 60)
+    a = run(pool, tmp_path / "a", criteria=["fake_len"], k=60)  # out-of-core TopKAccumulator
+    b = run(pool, tmp_path / "b", criteria=["fake_len"], ratio=0.05)  # in-memory selector (k = 60)
     assert b.k == 60 and a.selected.tolist() == b.selected.tolist()
 
 
@@ -71,8 +76,13 @@ def test_token_budget_filters_and_min_direction(pool, tmp_path):
     nxt = s[~s["selected"] & s["eligible"]].sort_values(["fake_len", "rank"], ascending=[False, True])
     assert sel["tokens"].sum() + nxt["tokens"].iloc[0] > 3000  # the next one in order would not fit
     assert (s.loc[~s["eligible"], "fake_len"].fillna(-1) < 5).all() and (sel["fake_len"] >= 5).all()
-    run(pool, tmp_path / "m", criteria=["fake_len"], k=10,
-               selector={"name": "topk", "options": {"criterion": "fake_len", "direction": "min"}})
+    run(
+        pool,
+        tmp_path / "m",
+        criteria=["fake_len"],
+        k=10,
+        selector={"name": "topk", "options": {"criterion": "fake_len", "direction": "min"}},
+    )
     s2 = pd.read_parquet(tmp_path / "m" / "scores.parquet")
     assert s2.loc[s2["selected"], "fake_len"].max() == np.sort(s2["fake_len"].dropna().to_numpy())[9]
 
@@ -106,7 +116,7 @@ def test_existing_output_refused_option_change_invalidates_only_its_cache(pool, 
     assert len(calls(log)) == 10
     assert r3.cache_misses == 5 and r3.cache_hits == 10  # 5 tokens + 5 length entries reused
     s = pd.read_parquet(out / "scores.parquet")
-    rows = [json.loads(line) for line in open(pool, encoding="utf-8")]
+    rows = [json.loads(line) for line in pool.read_text(encoding="utf-8").splitlines()]
     L = np.array([len(r["output"]) for r in rows], dtype=np.float64)
     L[L == 0] = np.nan
     np.testing.assert_array_equal(s["fake_len"].to_numpy(), 2.0 * L)
@@ -133,15 +143,23 @@ def test_refuses_foreign_folder_and_bad_budget(pool, tmp_path):
 def test_alias_pool_scope_and_skipped_rows(pool, tmp_path):
     log = tmp_path / "calls.log"
     bad = tmp_path / "bad.jsonl"
-    lines = open(pool, encoding="utf-8").read().split("\n")[:300]
+    lines = pool.read_text(encoding="utf-8").split("\n")[:300]
     lines.insert(10, '{"instruction": "broken", "output": ')
     lines.insert(20, '{"instruction": 3.5e400}')
     bad.write_text("\n".join(lines) + "\n")
-    res = run(bad, tmp_path / "o", on_bad_row="skip", k=15, shard_size=100,
-              criteria=[{"name": "fake_len", "as": "short", "options": {"scale": -1.0}},
-                        {"name": "fake_len", "as": "long", "options": {"scale": 1.0}},
-                        {"name": "fake_pool", "options": {"log": str(log)}}],
-              selector={"name": "topk", "options": {"criterion": "long"}})
+    res = run(
+        bad,
+        tmp_path / "o",
+        on_bad_row="skip",
+        k=15,
+        shard_size=100,
+        criteria=[
+            {"name": "fake_len", "as": "short", "options": {"scale": -1.0}},
+            {"name": "fake_len", "as": "long", "options": {"scale": 1.0}},
+            {"name": "fake_pool", "options": {"log": str(log)}},
+        ],
+        selector={"name": "topk", "options": {"criterion": "long"}},
+    )
     assert res.n_rows == 300 and len(res.skipped) == 2
     assert [s["line"] for s in res.skipped] == [11, 21]
     s = pd.read_parquet(tmp_path / "o" / "scores.parquet")
@@ -166,3 +184,95 @@ def test_config_file_and_random_recipe(pool, tmp_path):
     bad.write_text("data: x\nselectr: topk\n")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['selectr'\]"):
         PipelineConfig.from_file(bad)
+
+
+def test_overwrite_deletes_only_the_previous_runs_files(pool, tmp_path):
+    out = tmp_path / "o"
+    run(pool, out, criteria=["fake_len"], k=5)
+    listed = json.loads((out / "run.json").read_text())["outputs"]
+    assert set(listed) == {"run.log", "scores.parquet", "manifest.json", "selected.jsonl"}
+    (out / "selected_photos").mkdir()
+    (out / "selected_photos" / "cat.jpg").write_bytes(b"meow")
+    (out / "selected.txt").write_text("my notes")
+    (out / "notes.txt").write_text("mine")
+    res = run(pool, out, criteria=["fake_len"], k=7, overwrite=True)
+    assert len(res.selected) == 7 and len((out / "selected.jsonl").read_text().splitlines()) == 7
+    assert (out / "selected_photos" / "cat.jpg").read_bytes() == b"meow"
+    assert (out / "selected.txt").read_text() == "my notes" and (out / "notes.txt").read_text() == "mine"
+    # a folder that holds no thresher run is never written into, even with overwrite
+    d = tmp_path / "foreign"
+    (d / "selected_photos").mkdir(parents=True)
+    (d / "selected_photos" / "dog.jpg").write_bytes(b"woof")
+    from thresher.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="holds no thresher run"):
+        run(pool, d, criteria=["fake_len"], k=5, overwrite=True)
+    assert sorted(p.name for p in d.rglob("*")) == ["dog.jpg", "selected_photos"]
+
+
+def test_options_and_budgets_are_checked_before_any_scoring(pool, tmp_path):
+    from thresher.errors import OptionError
+
+    log = tmp_path / "calls.log"
+    crit = [{"name": "fake_len", "options": {"log": str(log)}}]
+    bad = [
+        dict(ratio=1.5),
+        dict(tokens=0),
+        dict(k=-1),
+        dict(k=5, ratio=0.1),
+        dict(k=5, selector={"name": "topk", "options": {"criterion": "fake_len", "direction": "up"}}),
+        dict(k=5, selector={"name": "topk", "options": {"criterion": "nope"}}),
+        dict(k=5, filters=["nope < 3"]),
+        dict(k=5, engine="spark"),
+        dict(k=5, engine_options={"batch_size": 0}),
+        dict(k=5, shard_size=0),
+    ]
+    for i, kw in enumerate(bad):
+        out = tmp_path / f"o{i}"
+        with pytest.raises(ValueError):  # OptionError; an unknown registry name is a ValueError
+            run(pool, out, criteria=crit, **kw)
+        assert not out.exists(), kw  # no run.json left to block the corrected command
+    assert calls(log) == []
+    with pytest.raises(OptionError, match="ratio"):
+        run(pool, tmp_path / "r", criteria=crit, ratio=1.5)
+    with pytest.raises(OptionError, match="batch_size"):
+        run(pool, tmp_path / "r", criteria=crit, k=5, engine_options={"batch_size": 0})
+
+
+def test_alias_names_are_validated_and_work_for_one_criterion(pool, tmp_path):
+    from thresher.errors import OptionError
+
+    for alias in ("..", "a/b", "x.y", "", "../../etc"):
+        with pytest.raises(OptionError, match="not a valid column name"):
+            run(pool, tmp_path / "bad", criteria=[{"name": "fake_len", "as": alias}], k=5)
+    assert not (tmp_path / "bad").exists()
+    res = run(pool, tmp_path / "o", criteria=[{"name": "fake_len", "as": "chars"}], k=9)
+    s = pd.read_parquet(tmp_path / "o" / "scores.parquet")
+    assert {"chars", "chars.instruction", "chars.reason"} <= set(s.columns) and "fake_len" not in s.columns
+    assert len(res.selected) == 9 and s.loc[s["selected"], "chars"].min() >= s["chars"].dropna().nlargest(9).min()
+    assert (tmp_path / "o" / "cache" / "chars").is_dir()
+
+
+def test_a_cache_entry_with_another_shards_scores_is_recomputed(pool, tmp_path):
+    log = tmp_path / "calls.log"
+    crit = [{"name": "fake_len", "options": {"log": str(log)}}]
+    first = run(pool, tmp_path / "a", criteria=crit, ratio=0.1)
+    before = (tmp_path / "a" / "scores.parquet").read_bytes()
+    entries = sorted((tmp_path / "a" / "cache" / "fake_len").glob("*.parquet"))
+    assert len(entries) == 5 and len(calls(log)) == 5
+    entries[0].write_bytes(entries[1].read_bytes())  # a valid file, the wrong shard
+    again = run(pool, tmp_path / "a", criteria=crit, ratio=0.1)
+    assert len(calls(log)) == 6  # that one shard recomputed, the others reused
+    assert again.selected.tolist() == first.selected.tolist()
+    assert (tmp_path / "a" / "scores.parquet").read_bytes() == before
+
+
+def test_engines_come_from_the_registry():
+    from thresher.engines import Engine, LocalEngine, get_engine
+    from thresher.registry import ENGINES
+
+    assert {"local", "ray"} <= set(ENGINES.names())
+    e = get_engine("local", batch_size=3)
+    assert isinstance(e, LocalEngine) and isinstance(e, Engine) and e.batch_size == 3 and e.NAME == "local"
+    with pytest.raises(ValueError, match="unknown engine 'spark'"):
+        get_engine("spark")

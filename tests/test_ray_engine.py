@@ -1,4 +1,5 @@
 """The Ray engine (Ray Data map_batches over the scorer classes) gives the local engine's results."""
+
 from __future__ import annotations
 
 import gzip
@@ -23,17 +24,31 @@ def test_ray_engine_matches_local(bigbench_path, tmp_path):
             dst.write(line)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        common = dict(data=str(p), criteria=["fake_len"], selector={"name": "topk", "options":
-                      {"criterion": "fake_len"}}, k=10, plugins=[PLUGIN], quiet=True, report=False, shard_size=120)
-        a = run_pipeline(PipelineConfig(out=str(tmp_path / "ray"), engine="ray",
-                                        engine_options={"batch_size": 16}, **common))
+        common = dict(
+            data=str(p),
+            criteria=["fake_len"],
+            selector={"name": "topk", "options": {"criterion": "fake_len"}},
+            k=10,
+            plugins=[PLUGIN],
+            quiet=True,
+            report=False,
+            shard_size=120,
+        )
+        a = run_pipeline(
+            PipelineConfig(out=str(tmp_path / "ray"), engine="ray", engine_options={"batch_size": 16}, **common)
+        )
         b = run_pipeline(PipelineConfig(out=str(tmp_path / "local"), **common))
         # the README pattern: a scorer dropped into the user's own Ray Data pipeline
         from thresher.engines import ScoreColumns
 
         df = pd.read_json(p, lines=True).head(40)
-        got = ray.data.from_pandas(df).map_batches(ScoreColumns, fn_constructor_args=("length",),
-                                                   batch_format="pandas", batch_size=16, concurrency=1).to_pandas()
+        got = (
+            ray.data.from_pandas(df)
+            .map_batches(
+                ScoreColumns, fn_constructor_args=("length",), batch_format="pandas", batch_size=16, concurrency=1
+            )
+            .to_pandas()
+        )
     finally:
         ray.shutdown()
     assert a.selected.tolist() == b.selected.tolist()

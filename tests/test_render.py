@@ -1,11 +1,19 @@
 """Rendering: templates, answer spans, one-tokenisation alignment, truncation policies."""
+
 from __future__ import annotations
 
 import pytest
 
 from thresher.models import byte_tokenizer, load_tokenizer
-from thresher.render import (ALPACA_INPUT, ALPACA_NO_INPUT, Rendered, SampleError, render_prompt, render_sample,
-                             tokenize_rendered)
+from thresher.render import (
+    ALPACA_INPUT,
+    ALPACA_NO_INPUT,
+    Rendered,
+    SampleError,
+    render_prompt,
+    render_sample,
+    tokenize_rendered,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +43,12 @@ def test_chat_template_single_and_multi_turn(tok):
     r = render_sample({"id": "c", "instruction": "Hi there", "input": "", "output": "Hello!"}, "chat", tok)
     assert r.answers == ["Hello!"]
     assert r.text.startswith("<|im_start|>") and r.special_in_text
-    conv = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
-            {"from": "human", "value": "three"}, {"from": "gpt", "value": "four"}]
+    conv = [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "two"},
+        {"from": "human", "value": "three"},
+        {"from": "gpt", "value": "four"},
+    ]
     r = render_sample({"id": "m", "conversation": conv}, "alpaca", tok)  # conversation overrides the template
     assert r.answers == ["two", "four"]
     tk = tokenize_rendered(r, tok)
@@ -46,10 +58,12 @@ def test_chat_template_single_and_multi_turn(tok):
 
 
 def test_answer_alignment_from_one_tokenisation(tok):
-    rows = [{"id": "1", "instruction": "What is the capital of France?", "output": " Paris, of course."},
-            {"id": "2", "instruction": "Continue", "output": "ing the word"},
-            {"id": "4", "instruction": "Which?", "output": "(b)"},  # ':(' merges across the boundary
-            {"id": "3", "instruction": "Smile", "output": "😀 ok"}]
+    rows = [
+        {"id": "1", "instruction": "What is the capital of France?", "output": " Paris, of course."},
+        {"id": "2", "instruction": "Continue", "output": "ing the word"},
+        {"id": "4", "instruction": "Which?", "output": "(b)"},  # ':(' merges across the boundary
+        {"id": "3", "instruction": "Smile", "output": "😀 ok"},
+    ]
     for row in rows:
         for template in ("alpaca", "plain", "wiz", "chat"):
             r = render_sample(row, template, tok)
@@ -107,16 +121,19 @@ def test_byte_tokenizer_offsets_multibyte():
     assert bt.decode([i for i, s in zip(tk.ids, tk.score) if s]) == "ñá"
 
 
-@pytest.mark.parametrize("row,msg", [
-    ({"id": "x", "instruction": "a"}, "missing field 'output'"),
-    ({"id": "x", "output": "a"}, "missing field 'instruction'"),
-    ({"id": "x", "instruction": 3, "output": "a"}, "field 'instruction' must be a string"),
-    ({"id": "x", "instruction": "a", "output": None}, "missing field 'output'"),
-    ({"id": "x", "conversation": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
-    ({"id": "x", "conversation": [{"role": "robot", "content": "hi"}]}, "role 'robot'"),
-    ({"id": "x", "conversation": "hello"}, "must be a list"),
-    ({"id": "x", "conversation": [{"role": "assistant", "content": 5}]}, "content must be a string"),
-])
+@pytest.mark.parametrize(
+    "row,msg",
+    [
+        ({"id": "x", "instruction": "a"}, "missing field 'output'"),
+        ({"id": "x", "output": "a"}, "missing field 'instruction'"),
+        ({"id": "x", "instruction": 3, "output": "a"}, "field 'instruction' must be a string"),
+        ({"id": "x", "instruction": "a", "output": None}, "missing field 'output'"),
+        ({"id": "x", "conversation": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
+        ({"id": "x", "conversation": [{"role": "robot", "content": "hi"}]}, "role 'robot'"),
+        ({"id": "x", "conversation": "hello"}, "must be a list"),
+        ({"id": "x", "conversation": [{"role": "assistant", "content": 5}]}, "content must be a string"),
+    ],
+)
 def test_bad_samples_name_id_and_field(row, msg):
     with pytest.raises(SampleError, match="sample 'x'") as ei:
         render_sample(row, "alpaca", byte_tokenizer())

@@ -1,4 +1,5 @@
 """report.html: self-contained, renders in headless Chromium."""
+
 from __future__ import annotations
 
 import gzip
@@ -27,10 +28,23 @@ def run_dir(bigbench_path, tmp_path_factory) -> Path:
             dst.write(line)
     from thresher import ops
 
-    sel = ({"name": "pareto", "options": {"objectives": ["fake_len:max", "mtld:max"]}}
-           if hasattr(ops, "pareto_ranks") else {"name": "topk", "options": {"criterion": "fake_len"}})
-    run_pipeline(PipelineConfig(data=str(p), out=str(d / "out"), criteria=["fake_len", "mtld"], selector=sel,
-                                ratio=0.05, plugins=[PLUGIN], quiet=True, shard_size=200))
+    sel = (
+        {"name": "pareto", "options": {"objectives": ["fake_len:max", "mtld:max"]}}
+        if hasattr(ops, "pareto_ranks")
+        else {"name": "topk", "options": {"criterion": "fake_len"}}
+    )
+    run_pipeline(
+        PipelineConfig(
+            data=str(p),
+            out=str(d / "out"),
+            criteria=["fake_len", "mtld"],
+            selector=sel,
+            ratio=0.05,
+            plugins=[PLUGIN],
+            quiet=True,
+            shard_size=200,
+        )
+    )
     return d / "out"
 
 
@@ -41,8 +55,14 @@ def test_report_is_self_contained(run_dir):
     srcs = re.findall(r"src='([^']*)'", html)
     assert len(srcs) >= 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r"(href|src)=['\"]https?://", html)
-    for section in ("distribution and threshold", "Score vs length", "Pareto front", "per task/source",
-                    "Top selected", "Bottom rejected"):
+    for section in (
+        "distribution and threshold",
+        "Score vs length",
+        "Pareto front",
+        "per task/source",
+        "Top selected",
+        "Bottom rejected",
+    ):
         assert section in html, section
     # the top example shown is the run's rank-0 row
     import pandas as pd
@@ -57,9 +77,18 @@ def test_report_renders_in_headless_chromium(run_dir):
     if exe is None:
         pytest.skip("headless Chromium not installed (apt-get install -y chromium)")
     shot = run_dir / "report.png"
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-           f"--screenshot={shot}", "--window-size=1280,2400", "--virtual-time-budget=3000",
-           (run_dir / "report.html").as_uri()]
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        "--window-size=1280,2400",
+        "--virtual-time-budget=3000",
+        (run_dir / "report.html").as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20000, r.stderr[-2000:]
     from PIL import Image

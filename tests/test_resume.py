@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-run resumes: only unfinished shards are recomputed
 and the outputs are byte-identical to an uninterrupted run."""
+
 from __future__ import annotations
 
 import gzip
@@ -18,12 +19,36 @@ N_SHARDS = 8
 
 
 def cli(pool, out, log, *extra):
-    return [sys.executable, "-m", "thresher", "select", str(pool), "--criteria", "fake_len,length",
-            "--criterion-option", "fake_len.sleep=0.25", "--criterion-option", f"fake_len.log={log}",
-            "--selector", "pareto" if _has_pareto() else "topk",
-            *(["--selector-option", "objectives=[fake_len:max, length:min]"] if _has_pareto()
-              else ["--selector-option", "criterion=fake_len"]),
-            "--ratio", "0.05", "--shard-size", "100", "--plugin", PLUGIN, "--out", str(out), "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "thresher",
+        "select",
+        str(pool),
+        "--criteria",
+        "fake_len,length",
+        "--criterion-option",
+        "fake_len.sleep=0.25",
+        "--criterion-option",
+        f"fake_len.log={log}",
+        "--selector",
+        "pareto" if _has_pareto() else "topk",
+        *(
+            ["--selector-option", "objectives=[fake_len:max, length:min]"]
+            if _has_pareto()
+            else ["--selector-option", "criterion=fake_len"]
+        ),
+        "--ratio",
+        "0.05",
+        "--shard-size",
+        "100",
+        "--plugin",
+        PLUGIN,
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _has_pareto() -> bool:
@@ -59,8 +84,7 @@ def pool(bigbench_path, tmp_path_factory):
 def test_sigkill_then_resume_is_byte_identical(pool, tmp_path):
     log = tmp_path / "calls.log"
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cli(pool, killed, log), env=env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cli(pool, killed, log), env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while n_lines(log) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

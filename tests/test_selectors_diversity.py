@@ -4,25 +4,24 @@ repr_filter is compared with a faithful re-implementation of DEITA's sequential
 loop (benchmarks/baselines/deita_repr_filter.py); facility_location's lazy greedy
 on a full kNN graph with the dense greedy; kcenter with a dense numpy greedy.
 """
-from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from benchmarks.baselines import deita_repr_filter as deita
 
-from thresher.registry import SELECTORS
-from thresher.selectors.diversity import (dense_similarity, facility_location_dense,
-                                          facility_location_greedy, facility_location_objective, kmeans,
-                                          repr_filter_order)
 from thresher.embed.transform import EmbeddingTransform
-
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("deita_repr_filter", ROOT / "benchmarks/baselines/deita_repr_filter.py")
-deita = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(deita)
+from thresher.registry import SELECTORS
+from thresher.selectors.diversity import (
+    dense_similarity,
+    facility_location_dense,
+    facility_location_greedy,
+    facility_location_objective,
+    kmeans,
+    repr_filter_order,
+)
 
 
 def clustered(n, d, centers, noise, seed):
@@ -52,14 +51,14 @@ def sel(name, scores, k, **kw):
 def test_repr_filter_identical_to_deita_loop(tau, block):
     x = clustered(600, 24, 30, 0.35, seed=0)
     s = np.random.default_rng(1).random(600)
-    s[::17] = 0.5                                  # score ties: lower position first
+    s[::17] = 0.5  # score ties: lower position first
     want = deita.deita_repr_filter(x, s, 120, tau)
     got = sel("repr_filter", s, 120, embeddings=x, tau=tau, block=block, device="cpu")
     np.testing.assert_array_equal(got, want)
 
 
 def test_repr_filter_stops_at_budget_and_keeps_order():
-    x = distinct(300, 16, 2)        # 300 distinct directions
+    x = distinct(300, 16, 2)  # 300 distinct directions
     s = np.linspace(1, 0, 300)
     got = sel("repr_filter", s, 25, embeddings=x, tau=0.99)
     assert len(got) == 25
@@ -69,8 +68,8 @@ def test_repr_filter_stops_at_budget_and_keeps_order():
 
 def test_repr_filter_exact_duplicates_removed():
     base = distinct(10, 64, 3)
-    x = np.concatenate([base, base, base])           # every row three times
-    s = np.ones(30)                                   # all tied: walk in position order
+    x = np.concatenate([base, base, base])  # every row three times
+    s = np.ones(30)  # all tied: walk in position order
     got = sel("repr_filter", s, 30, embeddings=x, tau=0.9)
     np.testing.assert_array_equal(np.sort(got), np.arange(10))
 
@@ -89,7 +88,7 @@ def test_repr_filter_borderline_independent_of_block():
     x = clustered(400, 12, 20, 0.3, seed=5)
     s = np.random.default_rng(6).random(400)
     sims = (x @ x.T)[np.triu_indices(400, 1)]
-    tau = float(np.sort(sims)[len(sims) // 2])       # tau equal to an actual pair similarity
+    tau = float(np.sort(sims)[len(sims) // 2])  # tau equal to an actual pair similarity
     a = repr_filter_order(x, np.argsort(-s, kind="stable"), 100, tau, block=1)
     b = repr_filter_order(x, np.argsort(-s, kind="stable"), 100, tau, block=1000)
     np.testing.assert_array_equal(a, b)
@@ -103,11 +102,14 @@ def test_repr_filter_bad_tau(tau):
 
 
 @pytest.mark.parametrize("name", ["repr_filter", "kcenter", "facility_location", "car", "cluster_balanced"])
-def test_bad_inputs(name):
+def test_bad_inputs(name, caplog):
     x = distinct(20, 4, 0)
     s = np.random.default_rng(0).random(20)
-    with pytest.raises(ValueError, match="k: budget 21 is larger than the pool"):
-        sel(name, s, 21, embeddings=x)
+    # issue 15: one budget policy for every selector, k > rows is clamped with a notice (it used to raise here)
+    with caplog.at_level("WARNING", logger="thresher.selectors"):
+        got = sel(name, s, 21, embeddings=x)
+    assert len(got) <= 20 and len(set(got.tolist())) == len(got)
+    assert f"selector {name}: budget k=21 is larger than the 20 eligible rows; selecting 20" in caplog.text
     with pytest.raises(ValueError, match="embeddings: 19 rows for 20 score rows"):
         sel(name, s, 5, embeddings=x[:19])
     y = x.copy()
@@ -159,7 +161,7 @@ def test_facility_location_full_graph_equals_dense_greedy(metric):
     got, gains = facility_location_greedy(x, 20, n_neighbors=149, metric=metric)
     want = facility_location_dense(x, 20, metric)
     np.testing.assert_array_equal(got, want)
-    assert (np.diff(gains) <= 1e-9).all()        # greedy gains of a submodular function never increase
+    assert (np.diff(gains) <= 1e-9).all()  # greedy gains of a submodular function never increase
     np.testing.assert_allclose(gains.sum(), facility_location_objective(x, got, metric), rtol=1e-6)
 
 
@@ -195,28 +197,28 @@ def test_car_union_of_global_top_and_cluster_tops():
     assert set(best.values()) <= set(got.tolist())
     assert set(got.tolist()) == set(order[:12].tolist()) | set(best.values())
     assert len(got) == len(set(got.tolist()))
-    full = sel("car", s, 40, embeddings=x, seed=0)        # default n1 fills the budget
+    full = sel("car", s, 40, embeddings=x, seed=0)  # default n1 fills the budget
     assert len(full) == 40 and set(best.values()) <= set(full.tolist())
 
 
 def test_cluster_balanced_round_robin():
-    x = clustered(120, 6, 4, 0.05, seed=15)           # 4 tight clusters
+    x = clustered(120, 6, 4, 0.05, seed=15)  # 4 tight clusters
     s = np.random.default_rng(16).random(120)
     got = sel("cluster_balanced", s, 12, embeddings=x, n_clusters=4)
     lab = np.argmax(x @ x[got[:4]].T, 1)
-    assert len(set(lab[got[:4]].tolist())) == 4       # first round: one per cluster
+    assert len(set(lab[got[:4]].tolist())) == 4  # first round: one per cluster
     assert len(set(lab[got[4:8]].tolist())) == 4
 
 
 def test_group_topk_equal_and_proportional():
-    s = np.arange(30, dtype=float)[::-1].copy()       # row 0 best
+    s = np.arange(30, dtype=float)[::-1].copy()  # row 0 best
     g = np.array(["a"] * 20 + ["b"] * 8 + ["c"] * 2)
     eq = sel("group_topk", s, 9, groups=g)
     assert list(eq) == [0, 20, 28, 1, 21, 29, 2, 22, 3]
     pr = sel("group_topk", s, 10, groups=g, quota="proportional")
     cnt = pd.Series(g[pr]).value_counts().to_dict()
     assert cnt == {"a": 7, "b": 3} or cnt == {"a": 7, "b": 2, "c": 1}
-    assert (np.diff(pr) > 0).all()                     # overall score order
+    assert (np.diff(pr) > 0).all()  # overall score order
     df = frame(s)
     df["task"] = g
     np.testing.assert_array_equal(sel("group_topk", df, 9, criterion="q", group_column="task"), eq)

@@ -24,6 +24,7 @@
 // packed copies + O(Q k) for the results; nothing of size Q x N exists.
 // The micro-kernel is compiled for AVX-512, AVX2 and a portable default, chosen
 // at load time (GCC target_clones).
+#include <thresher/abi_bind.h>
 #include <thresher/common.h>
 #include <thresher/registry.h>
 
@@ -36,8 +37,8 @@
 namespace {
 namespace py = pybind11;
 
-constexpr int MR = 8;    // queries per strip (broadcast operand)
-constexpr int NR = 32;   // base rows per panel (two 16-float vectors)
+constexpr int MR = 8;   // queries per strip (broadcast operand)
+constexpr int NR = 32;  // base rows per panel (two 16-float vectors)
 
 typedef float v16 __attribute__((vector_size(64)));
 
@@ -56,8 +57,7 @@ inline void topk_insert(float* vals, int64_t* idx, int k, float s, int64_t j) {
 }
 
 // Merges one row of n scores (columns col0 .. col0+n-1) into a running top-k.
-inline void merge_row(const float* s, int n, int64_t col0, int64_t self, float* vals,
-                      int64_t* idx, int k) {
+inline void merge_row(const float* s, int n, int64_t col0, int64_t self, float* vals, int64_t* idx, int k) {
   float thr = vals[k - 1];
   int above = 0;
   for (int j = 0; j < n; ++j) above += s[j] > thr;  // vectorises: no branch
@@ -73,13 +73,14 @@ inline void merge_row(const float* s, int n, int64_t col0, int64_t self, float* 
 
 // One strip of MR packed queries (ap: d x MR) against np packed base panels
 // (bp: np x d x NR); writes MR x (np*NR) inner products into c (row stride ldc).
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void strip_kernel(const float* __restrict ap, const float* __restrict bp, int d, int np,
-                  float* __restrict c, int ldc) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void strip_kernel(const float* __restrict ap,
+                                                                               const float* __restrict bp, int d,
+                                                                               int np, float* __restrict c, int ldc) {
   for (int q = 0; q < np; ++q) {
     const float* b = bp + (size_t)q * d * NR;
     v16 c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
     v16 c40 = {}, c41 = {}, c50 = {}, c51 = {}, c60 = {}, c61 = {}, c70 = {}, c71 = {};
+    // clang-format off: one line per query row of the 8 x 32 register block
     for (int p = 0; p < d; ++p) {
       v16 b0, b1;
       std::memcpy(&b0, b + (size_t)p * NR, 64);
@@ -101,27 +102,29 @@ void strip_kernel(const float* __restrict ap, const float* __restrict bp, int d,
     THRESHER_KNN_ST(0) THRESHER_KNN_ST(1) THRESHER_KNN_ST(2) THRESHER_KNN_ST(3)
     THRESHER_KNN_ST(4) THRESHER_KNN_ST(5) THRESHER_KNN_ST(6) THRESHER_KNN_ST(7)
 #undef THRESHER_KNN_ST
+    // clang-format on
   }
 }
 
 // queries: float32 [Q, d]; base: float32 [N, d]; returns (scores [Q, k] float32,
-// idx [Q, k] int64). metric 0 = inner product, 1 = squared L2. For l2 the
+// idx [Q, k] int64). metric: a thresher::abi::KnnMetric code. For l2 the
 // returned value is the squared distance (ascending); for ip the inner
 // product (descending).
-py::tuple knn_exact(py::array queries_a, py::array base_a, int64_t k, int metric,
-                    bool exclude_self, int64_t query_offset, int64_t tile_n, int64_t block_q) {
+py::tuple knn_exact(py::array queries_a, py::array base_a, int64_t k, int metric_code, bool exclude_self,
+                    int64_t query_offset, int64_t tile_n, int64_t block_q) {
   using thresher::check;
+  using thresher::abi::KnnMetric;
+  const bool l2 = thresher::abi::to_enum<KnnMetric>(metric_code, "metric") == KnnMetric::kL2;
   const float* Qp = thresher::cptr<float>(queries_a, "queries", 2);
   const float* Bp = thresher::cptr<float>(base_a, "base", 2);
   const int64_t Q = queries_a.shape(0), d = queries_a.shape(1);
   const int64_t N = base_a.shape(0);
-  check(base_a.shape(1) == d, "base: dimension " + std::to_string(base_a.shape(1)) +
-                                  " != queries dimension " + std::to_string(d));
-  check(metric == 0 || metric == 1, "metric: expected 0 (ip) or 1 (l2)");
+  check(base_a.shape(1) == d,
+        "base: dimension " + std::to_string(base_a.shape(1)) + " != queries dimension " + std::to_string(d));
   check(k >= 0, "k: must be >= 0");
   const int64_t avail = N - (exclude_self ? 1 : 0);
-  check(k <= std::max<int64_t>(avail, 0), "k: " + std::to_string(k) + " > number of candidates " +
-                                             std::to_string(std::max<int64_t>(avail, 0)));
+  check(k <= std::max<int64_t>(avail, 0),
+        "k: " + std::to_string(k) + " > number of candidates " + std::to_string(std::max<int64_t>(avail, 0)));
   check(d <= (1 << 30), "queries: dimension too large");
   check(tile_n >= NR && tile_n % NR == 0, "tile_n: must be a positive multiple of 32");
   check(block_q >= MR && block_q % MR == 0, "block_q: must be a positive multiple of 8");
@@ -182,18 +185,16 @@ py::tuple knn_exact(py::array queries_a, py::array base_a, int64_t k, int metric
         const int64_t np = std::min(pb, p0 + pan_per_tile) - p0;
         const int64_t col0 = p0 * NR;
         const int64_t ncols = std::min<int64_t>(N - col0, np * NR);
-        strip_kernel(qpack.data() + (size_t)s * d * MR, bpack.data() + (size_t)p0 * d * NR, (int)d,
-                     (int)np, cbuf, ldc);
+        strip_kernel(qpack.data() + (size_t)s * d * MR, bpack.data() + (size_t)p0 * d * NR, (int)d, (int)np, cbuf, ldc);
         for (int i = 0; i < MR; ++i) {
           const int64_t r = s * MR + i;
           if (r >= Q) break;
           float* row = cbuf + (size_t)i * ldc;
-          if (metric == 1) {
+          if (l2) {
             const float* bn = bnorm.data() + col0;
             for (int64_t j = 0; j < ncols; ++j) row[j] = 2.0f * row[j] - bn[j];
           }
-          merge_row(row, (int)ncols, col0, exclude_self ? query_offset + r : -1, V + r * k, I + r * k,
-                    (int)k);
+          merge_row(row, (int)ncols, col0, exclude_self ? query_offset + r : -1, V + r * k, I + r * k, (int)k);
         }
       }
     };
@@ -203,7 +204,8 @@ py::tuple knn_exact(py::array queries_a, py::array base_a, int64_t k, int metric
     // base for all queries into private top-k arrays, merged at the end.
     const int64_t want_blocks = (int64_t)nt * 4;
     if (nt == 1 || nstrip >= want_blocks) {
-      const int64_t spb = std::max<int64_t>(1, std::min<int64_t>(block_q / MR, (nstrip + want_blocks - 1) / want_blocks));
+      const int64_t spb =
+          std::max<int64_t>(1, std::min<int64_t>(block_q / MR, (nstrip + want_blocks - 1) / want_blocks));
       const int64_t nblk = (nstrip + spb - 1) / spb;
       const int64_t tile_cols = pan_per_tile;
 #pragma omp parallel
@@ -212,8 +214,8 @@ py::tuple knn_exact(py::array queries_a, py::array base_a, int64_t k, int metric
 #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b < nblk; ++b) {
           const int64_t sb = b * spb, se = std::min(nstrip, sb + spb);
-          for (int64_t p0 = 0; p0 < npan; p0 += tile_cols)       // base tile: L2-resident
-            for (int64_t s = sb; s < se; ++s)                   // every strip of the block
+          for (int64_t p0 = 0; p0 < npan; p0 += tile_cols)  // base tile: L2-resident
+            for (int64_t s = sb; s < se; ++s)               // every strip of the block
               run_strip_range(s, p0, std::min(npan, p0 + tile_cols), cbuf.data(), ov, oi);
         }
       }
@@ -252,7 +254,7 @@ py::tuple knn_exact(py::array queries_a, py::array base_a, int64_t k, int metric
         }
       }
     }
-    if (metric == 1) {
+    if (l2) {
       // squared distance = |q|^2 - (2 q.b - |b|^2), clamped at 0
 #pragma omp parallel for schedule(static)
       for (int64_t r = 0; r < Q; ++r) {
@@ -270,8 +272,8 @@ py::tuple knn_exact(py::array queries_a, py::array base_a, int64_t k, int metric
 // top-k arrays vals/idx ([T, k], sorted, updated in place). Columns are base
 // indices col0 .. col0+n-1 and must come in increasing order across calls; row
 // i is query row0 + i (for exclude_self). Used with an external GEMM (torch/BLAS).
-void knn_merge_tile(py::array scores_a, int64_t col0, int64_t row0, bool exclude_self,
-                    py::array vals_a, py::array idx_a) {
+void knn_merge_tile(py::array scores_a, int64_t col0, int64_t row0, bool exclude_self, py::array vals_a,
+                    py::array idx_a) {
   using thresher::check;
   const float* S = thresher::cptr<float>(scores_a, "scores", 2);
   float* V = const_cast<float*>(thresher::cptr<float>(vals_a, "vals", 2));
@@ -291,11 +293,9 @@ void knn_merge_tile(py::array scores_a, int64_t col0, int64_t row0, bool exclude
 }  // namespace
 
 THRESHER_REGISTER(knn) {
-  m.def("knn_exact", &knn_exact, py::arg("queries"), py::arg("base"), py::arg("k"),
-        py::arg("metric"), py::arg("exclude_self"), py::arg("query_offset"),
-        py::arg("tile_n") = 512, py::arg("block_q") = 2048,
+  m.def("knn_exact", &knn_exact, py::arg("queries"), py::arg("base"), py::arg("k"), py::arg("metric"),
+        py::arg("exclude_self"), py::arg("query_offset"), py::arg("tile_n") = 512, py::arg("block_q") = 2048,
         "Exact kNN: blocked GEMM + running top-k. Returns (values [Q,k], idx [Q,k]).");
-  m.def("knn_merge_tile", &knn_merge_tile, py::arg("scores"), py::arg("col0"), py::arg("row0"),
-        py::arg("exclude_self"), py::arg("vals"), py::arg("idx"),
-        "Merge a score tile [T,n] into running top-k arrays (in place).");
+  m.def("knn_merge_tile", &knn_merge_tile, py::arg("scores"), py::arg("col0"), py::arg("row0"), py::arg("exclude_self"),
+        py::arg("vals"), py::arg("idx"), "Merge a score tile [T,n] into running top-k arrays (in place).");
 }

@@ -1,5 +1,7 @@
 // thresher._C: the CPU extension module. Kernels register themselves (see
-// thresher/registry.h); this file only creates the module and reports build info.
+// thresher/registry.h); this file only creates the module, exports the ABI codes
+// (thresher/abi.h) and reports build info.
+#include <thresher/abi_bind.h>
 #include <thresher/common.h>
 #include <thresher/registry.h>
 
@@ -12,6 +14,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.attr("compiler") = THRESHER_VERSION_INFO;
   m.def("max_threads", &thresher::max_threads, "OpenMP max threads (1 without OpenMP)");
+  thresher::abi::bind_abi(m);  // enums and constants shared with Python (thresher/abi.h)
   thresher::register_all(m);
   pybind11::list names;
   for (auto& kv : thresher::registry()) names.append(kv.first);

@@ -37,11 +37,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <numeric>
 #include <string>
-#include <cstdint>
 #include <vector>
 
 namespace thresher {
@@ -92,7 +92,10 @@ void radix_sort64(std::vector<Rec>& a, std::vector<Rec>& tmp, KeyFn key) {
 
 // ------------------------------------------------------------------ M = 1, 2
 void ranks1(const double* x, int64_t n, int64_t* out) {
-  struct R { uint64_t k; uint32_t i; };
+  struct R {
+    uint64_t k;
+    uint32_t i;
+  };
   std::vector<R> r(n), tmp;
   for (int64_t i = 0; i < n; ++i) r[i] = {dkey(x[i]), static_cast<uint32_t>(i)};
   radix_sort64(r, tmp, [](const R& v) { return v.k; });
@@ -120,7 +123,10 @@ void lex_sort(std::vector<R>& r, Less rest_less) {
 }
 
 void ranks2(const double* a, int64_t n, int64_t* out) {
-  struct R { uint64_t k[2]; uint32_t i; };
+  struct R {
+    uint64_t k[2];
+    uint32_t i;
+  };
   std::vector<R> r(n);
   for (int64_t i = 0; i < n; ++i) r[i] = {{dkey(a[2 * i]), dkey(a[2 * i + 1])}, static_cast<uint32_t>(i)};
   lex_sort(r, [](const R& u, const R& v) { return u.k[1] < v.k[1]; });
@@ -132,7 +138,10 @@ void ranks2(const double* a, int64_t n, int64_t* out) {
     while (j < n && r[j].k[0] == r[i].k[0] && r[j].k[1] == r[i].k[1]) ++j;  // duplicates share a rank
     const uint64_t y = r[i].k[1];
     const size_t f = std::upper_bound(fy.begin(), fy.end(), y) - fy.begin();
-    if (f == fy.size()) fy.push_back(y); else fy[f] = y;
+    if (f == fy.size())
+      fy.push_back(y);
+    else
+      fy[f] = y;
     for (int64_t t = i; t < j; ++t) out[r[t].i] = static_cast<int64_t>(f);
     i = j;
   }
@@ -146,7 +155,9 @@ void ranks2(const double* a, int64_t n, int64_t* out) {
 class Staircase {
  public:
   static constexpr size_t kChunk = 256;
-  struct S { uint64_t y, z; };
+  struct S {
+    uint64_t y, z;
+  };
 
   // Does some entry weakly dominate (y, z)? The last entry with entry.y <= y
   // has the smallest z among those.
@@ -170,13 +181,13 @@ class Staircase {
     size_t c = std::upper_bound(first_.begin(), first_.end(), y) - first_.begin();
     c = c == 0 ? 0 : c - 1;
     std::vector<S>& ch = chunks_[c];
-    const size_t pos = std::upper_bound(ch.begin(), ch.end(), y,
-                                        [](uint64_t v, const S& e) { return v < e.y; }) - ch.begin();
+    const size_t pos =
+        std::upper_bound(ch.begin(), ch.end(), y, [](uint64_t v, const S& e) { return v < e.y; }) - ch.begin();
     size_t start = pos;
     if (start > 0 && ch[start - 1].y == y) --start;  // same y, larger z: dropped
     size_t end = pos;
     while (end < ch.size() && ch[end].z >= z) ++end;  // larger y, z >= p's: dropped
-    const bool spill = end == ch.size();            // may continue into the next chunks
+    const bool spill = end == ch.size();              // may continue into the next chunks
     if (start != end) {
       ch[start] = {y, z};
       moved += ch.size() - end;
@@ -230,13 +241,14 @@ class Staircase {
 // `budget` elements, so that no input can make it quadratic; the caller then
 // runs the divide and conquer.
 bool ranks3_staircase(const double* a, int64_t n, int64_t* out, int64_t budget) {
-  struct R { uint64_t k[3]; uint32_t i; };
+  struct R {
+    uint64_t k[3];
+    uint32_t i;
+  };
   std::vector<R> r(n);
   for (int64_t i = 0; i < n; ++i)
     r[i] = {{dkey(a[3 * i]), dkey(a[3 * i + 1]), dkey(a[3 * i + 2])}, static_cast<uint32_t>(i)};
-  lex_sort(r, [](const R& u, const R& v) {
-    return u.k[1] < v.k[1] || (u.k[1] == v.k[1] && u.k[2] < v.k[2]);
-  });
+  lex_sort(r, [](const R& u, const R& v) { return u.k[1] < v.k[1] || (u.k[1] == v.k[1] && u.k[2] < v.k[2]); });
   std::vector<Staircase> fronts;
   int64_t moved = 0;
   int64_t i = 0;
@@ -247,7 +259,10 @@ bool ranks3_staircase(const double* a, int64_t n, int64_t* out, int64_t budget) 
     size_t lo = 0, hi = fronts.size();  // first front that does not dominate p
     while (lo < hi) {
       const size_t mid = (lo + hi) / 2;
-      if (fronts[mid].dominates(y, z)) lo = mid + 1; else hi = mid;
+      if (fronts[mid].dominates(y, z))
+        lo = mid + 1;
+      else
+        hi = mid;
     }
     if (lo == fronts.size()) fronts.emplace_back();
     moved += fronts[lo].insert(y, z);
@@ -264,8 +279,12 @@ bool ranks3_staircase(const double* a, int64_t n, int64_t* out, int64_t budget) 
 class DivideConquer {
  public:
   DivideConquer(std::vector<std::vector<int32_t>>&& o, int32_t u, int32_t range1)
-      : o_(std::move(o)), m_(static_cast<int>(o_.size())), u_(u), rank_(u, 0),
-        fen_(static_cast<size_t>(range1) + 1, -1), fn_(range1),
+      : o_(std::move(o)),
+        m_(static_cast<int>(o_.size())),
+        u_(u),
+        rank_(u, 0),
+        fen_(static_cast<size_t>(range1) + 1, -1),
+        fn_(range1),
         pool_(static_cast<size_t>(u) * (6 * m_ + 4) + 4096) {}
 
   const std::vector<int32_t>& run() {
@@ -276,7 +295,7 @@ class DivideConquer {
   }
 
  private:
-  static constexpr int kSmallA = 24;     // direct comparison below this size
+  static constexpr int kSmallA = 24;       // direct comparison below this size
   static constexpr int64_t kSmallB = 256;  // ... and below this |L| * |H|
 
   std::vector<std::vector<int32_t>> o_;
@@ -321,7 +340,10 @@ class DivideConquer {
 
   void fen_update(int32_t pos, int32_t val) {
     for (int32_t i = pos + 1; i <= fn_; i += i & -i)
-      if (fen_[i] < val) fen_[i] = val; else break;  // ancestors cover this node: already >= val
+      if (fen_[i] < val)
+        fen_[i] = val;
+      else
+        break;  // ancestors cover this node: already >= val
   }
   int32_t fen_query(int32_t pos) const {
     int32_t r = -1;
@@ -360,8 +382,7 @@ class DivideConquer {
     for (int32_t t = 0; t < i; ++t) fen_clear(y[l[t]]);
   }
 
-  int32_t median(const int32_t* s, int32_t n, const int32_t* ok, const int32_t* s2 = nullptr,
-                 int32_t n2 = 0) {
+  int32_t median(const int32_t* s, int32_t n, const int32_t* ok, const int32_t* s2 = nullptr, int32_t n2 = 0) {
     Frame f(*this);
     int32_t* v = f.get(static_cast<size_t>(n) + n2);
     for (int32_t i = 0; i < n; ++i) v[i] = ok[s[i]];
@@ -372,8 +393,8 @@ class DivideConquer {
   }
 
   // Split s (index order) by ok[.] vs m into lt | eq | gt (each in index order) at dst.
-  static void split3(const int32_t* s, int32_t n, const int32_t* ok, int32_t m, int32_t* dst,
-                     int32_t& nlt, int32_t& neq) {
+  static void split3(const int32_t* s, int32_t n, const int32_t* ok, int32_t m, int32_t* dst, int32_t& nlt,
+                     int32_t& neq) {
     nlt = neq = 0;
     for (int32_t i = 0; i < n; ++i) {
       const int32_t v = ok[s[i]];
@@ -383,7 +404,12 @@ class DivideConquer {
     int32_t a = 0, b = nlt, c = nlt + neq;
     for (int32_t i = 0; i < n; ++i) {
       const int32_t v = ok[s[i]];
-      if (v < m) dst[a++] = s[i]; else if (v == m) dst[b++] = s[i]; else dst[c++] = s[i];
+      if (v < m)
+        dst[a++] = s[i];
+      else if (v == m)
+        dst[b++] = s[i];
+      else
+        dst[c++] = s[i];
     }
   }
 
@@ -432,7 +458,10 @@ class DivideConquer {
   void helper_b(const int32_t* l, int32_t nl, const int32_t* h, int32_t nh, int k) {
     // Only l preceding some h, and h following some l, can matter.
     while (nl > 0 && nh > 0 && l[nl - 1] > h[nh - 1]) --nl;
-    while (nh > 0 && nl > 0 && h[0] < l[0]) { ++h; --nh; }
+    while (nh > 0 && nl > 0 && h[0] < l[0]) {
+      ++h;
+      --nh;
+    }
     if (nl == 0 || nh == 0) return;
     if (static_cast<int64_t>(nl) * nh <= kSmallB || nl == 1 || nh == 1) {
       for (int32_t j = 0; j < nh; ++j) {
@@ -482,7 +511,10 @@ class DivideConquer {
 
 // Dense rank (0-based, ties equal) of column j of a[n, m]; returns the number of distinct values.
 int32_t dense_rank(const double* a, int64_t n, int m, int j, int32_t* out) {
-  struct R { uint64_t k; uint32_t i; };
+  struct R {
+    uint64_t k;
+    uint32_t i;
+  };
   std::vector<R> r(n), tmp;
   for (int64_t i = 0; i < n; ++i) r[i] = {dkey(a[i * m + j]), static_cast<uint32_t>(i)};
   radix_sort64(r, tmp, [](const R& v) { return v.k; });
@@ -548,7 +580,8 @@ py::array_t<int64_t> pareto_ranks_py(const py::array& objectives, const std::str
   check(algorithm != "staircase" || m == 3, "algorithm: 'staircase' needs exactly 3 objectives");
   const bool dc = algorithm == "dc";
   const int64_t budget = algorithm == "staircase" ? INT64_MAX
-                         : staircase_budget >= 0 ? staircase_budget : 1024 * n + 65536;
+                         : staircase_budget >= 0  ? staircase_budget
+                                                  : 1024 * n + 65536;
   check(n < (int64_t(1) << 31) - 1, "objectives: at most 2^31 - 2 rows are supported");
   py::array_t<int64_t> out(n);
   int64_t* o = out.mutable_data();
@@ -557,10 +590,13 @@ py::array_t<int64_t> pareto_ranks_py(const py::array& objectives, const std::str
     py::gil_scoped_release nogil;
     for (int64_t i = 0; i < n * m && !has_nan; ++i) has_nan = std::isnan(a[i]);
     if (!has_nan && n > 0) {
-      if (m == 1) ranks1(a, n, o);
-      else if (m == 2 && !dc) ranks2(a, n, o);
-      else if (m == 3 && !dc && ranks3_staircase(a, n, o, budget)) {}
-      else ranks_general(a, n, static_cast<int>(m), o);
+      if (m == 1)
+        ranks1(a, n, o);
+      else if (m == 2 && !dc)
+        ranks2(a, n, o);
+      else if (m == 3 && !dc && ranks3_staircase(a, n, o, budget)) {
+      } else
+        ranks_general(a, n, static_cast<int>(m), o);
     }
   }
   check(!has_nan, "objectives: contains NaN (the Python wrapper ranks NaN rows last)");

@@ -11,6 +11,7 @@
 // generates each tile once and multiplies the whole batch with it through a
 // BLAS GEMM (torch.addmm on numpy-shared buffers), so generation is amortised
 // over the batch: total O(D * dim) generation + O(B * D * dim) GEMM flops.
+#include <thresher/abi_bind.h>
 #include <thresher/common.h>
 #include <thresher/philox.h>
 #include <thresher/registry.h>
@@ -48,15 +49,15 @@ inline void box_muller(uint32_t a, uint32_t b, float& z0, float& z1) {
 }
 
 // tile: float32 [K, N] C-contiguous, written in place.
-void projection_tile(pybind11::array tile, uint64_t seed, int64_t row0, int64_t col0, int kind,
-                     double scale, int threads) {
+void projection_tile(pybind11::array tile, uint64_t seed, int64_t row0, int64_t col0, int kind_code, double scale,
+                     int threads) {
+  using thresher::abi::ProjectionKind;
+  const ProjectionKind kind = thresher::abi::to_enum<ProjectionKind>(kind_code, "kind");
   thresher::check(tile.ndim() == 2, "tile: expected a 2-d float32 array");
-  float* out = static_cast<float*>(
-      const_cast<void*>(static_cast<const void*>(thresher::cptr<float>(tile, "tile", 2))));
+  float* out = static_cast<float*>(const_cast<void*>(static_cast<const void*>(thresher::cptr<float>(tile, "tile", 2))));
   thresher::check(tile.writeable(), "tile: must be writeable");
   thresher::check(row0 >= 0, "row0: must be >= 0");
   thresher::check(col0 >= 0, "col0: must be >= 0");
-  thresher::check(kind == 0 || kind == 1, "kind: 0 (rademacher) or 1 (gaussian)");
   const int64_t K = tile.shape(0), N = tile.shape(1);
   thresher::check(col0 + N <= (int64_t(1) << 32) * 4, "col0: column index out of range");
   const float s = static_cast<float>(scale);
@@ -76,7 +77,7 @@ void projection_tile(pybind11::array tile, uint64_t seed, int64_t row0, int64_t 
     for (int64_t i = 0; i < K; ++i) {
       const uint64_t row = static_cast<uint64_t>(row0 + i);
       float* o = out + i * N;
-      if (kind == 0) {
+      if (kind == ProjectionKind::kRademacher) {
         alignas(64) float buf[128];
         int64_t j = 0;
         while (j < N) {
@@ -129,11 +130,9 @@ pybind11::array_t<uint32_t> philox_words(pybind11::array counters, uint32_t k0, 
 }  // namespace
 
 THRESHER_REGISTER(projection) {
-  m.def("projection_tile", &projection_tile, pybind11::arg("tile"), pybind11::arg("seed"),
-        pybind11::arg("row0"), pybind11::arg("col0"), pybind11::arg("kind"),
-        pybind11::arg("scale"), pybind11::arg("threads") = 1,
-        "Fill tile[K, N] (float32) with scale * P[row0:row0+K, col0:col0+N] (kind 0 rademacher, "
-        "1 gaussian)");
-  m.def("philox4x32_10", &philox_words, pybind11::arg("counters"), pybind11::arg("k0"),
-        pybind11::arg("k1"), "Philox4x32-10 of counters[n, 4] under key (k0, k1) -> [n, 4]");
+  m.def("projection_tile", &projection_tile, pybind11::arg("tile"), pybind11::arg("seed"), pybind11::arg("row0"),
+        pybind11::arg("col0"), pybind11::arg("kind"), pybind11::arg("scale"), pybind11::arg("threads") = 1,
+        "Fill tile[K, N] (float32) with scale * P[row0:row0+K, col0:col0+N] (kind: a ProjectionKind code)");
+  m.def("philox4x32_10", &philox_words, pybind11::arg("counters"), pybind11::arg("k0"), pybind11::arg("k1"),
+        "Philox4x32-10 of counters[n, 4] under key (k0, k1) -> [n, 4]");
 }

@@ -10,6 +10,7 @@
 // count) or NaN. Work O(N * D), extra memory O(D) per thread.
 // Arguments are validated in Python (thresher/ops/segment.py); this file
 // re-checks shapes and dtypes and raises ValueError, never crashes.
+#include <thresher/abi_bind.h>
 #include <thresher/common.h>
 #include <thresher/registry.h>
 
@@ -22,8 +23,10 @@
 namespace thresher {
 namespace {
 
-enum SegOp { kSum = 0, kMean = 1, kMax = 2, kMin = 3, kCount = 4, kLogMeanExp = 5 };
-enum DType { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+using abi::DType;
+using abi::SegmentOp;
+constexpr SegmentOp kSum = SegmentOp::kSum, kMean = SegmentOp::kMean, kMin = SegmentOp::kMin, kMax = SegmentOp::kMax,
+                    kCount = SegmentOp::kCount, kLogMeanExp = SegmentOp::kLogMeanExp;
 
 inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -70,7 +73,7 @@ struct LoadBF16 {
 
 // --------------------------------------------------------------- D == 1 path
 template <class L>
-inline typename L::Acc reduce_1d(const typename L::In* x, int64_t b, int64_t e, int op) {
+inline typename L::Acc reduce_1d(const typename L::In* x, int64_t b, int64_t e, SegmentOp op) {
   using Acc = typename L::Acc;
   const Acc nan = std::numeric_limits<Acc>::quiet_NaN();
   const Acc inf = std::numeric_limits<Acc>::infinity();
@@ -117,7 +120,7 @@ inline typename L::Acc reduce_1d(const typename L::In* x, int64_t b, int64_t e, 
 
 // --------------------------------------------------------------- D > 1 path
 template <class L>
-void reduce_rows(const typename L::In* x, int64_t d, int64_t b, int64_t e, int op, typename L::Acc* out,
+void reduce_rows(const typename L::In* x, int64_t d, int64_t b, int64_t e, SegmentOp op, typename L::Acc* out,
                  std::vector<unsigned char>& nanflag) {
   using Acc = typename L::Acc;
   const Acc nan = std::numeric_limits<Acc>::quiet_NaN();
@@ -174,7 +177,7 @@ void reduce_rows(const typename L::In* x, int64_t d, int64_t b, int64_t e, int o
 }
 
 template <class L>
-void run(const typename L::In* x, int64_t d, const int64_t* off, int64_t s, int op, typename L::Acc* out) {
+void run(const typename L::In* x, int64_t d, const int64_t* off, int64_t s, SegmentOp op, typename L::Acc* out) {
   const int64_t total = off[s] * d;
   const bool par = total >= (int64_t(1) << 18) && s > 1;
   if (d == 1) {
@@ -191,10 +194,11 @@ void run(const typename L::In* x, int64_t d, const int64_t* off, int64_t s, int 
 }
 
 // values: [N, D] array (float32, float64, or int16 bit patterns for float16/bfloat16)
-// dtype:  0 f32, 1 f64, 2 f16, 3 bf16
-// offsets: [S+1] int64; op: SegOp; out: [S, D] float32 (float64 for f64; int64 for count)
-void segment_reduce(py::array values, int dtype, py::array offsets, int op, py::array out) {
-  check(op >= 0 && op <= 5, "op: unknown op code " + std::to_string(op));
+// dtype:  thresher::abi::DType code
+// offsets: [S+1] int64; op: thresher::abi::SegmentOp code; out: [S, D] float32 (float64 for f64; int64 for count)
+void segment_reduce(py::array values, int dtype_code, py::array offsets, int op_code, py::array out) {
+  const SegmentOp op = abi::to_enum<SegmentOp>(op_code, "op");
+  const DType dtype = abi::to_enum<DType>(dtype_code, "values: dtype");
   check(values.ndim() == 2, "values: expected a 2-d [N, D] array");
   const int64_t n = values.shape(0), d = values.shape(1);
   const int64_t* off = cptr<int64_t>(offsets, "offsets", 1);
@@ -210,33 +214,31 @@ void segment_reduce(py::array values, int dtype, py::array offsets, int op, py::
     return;
   }
   switch (dtype) {
-    case kF32: {
+    case DType::kFloat32: {
       const float* x = cptr<float>(values, "values", 2);
       float* o = const_cast<float*>(cptr<float>(out, "out", 2));
       py::gil_scoped_release nogil;
       run<LoadF32>(x, d, off, s, op, o);
       break;
     }
-    case kF64: {
+    case DType::kFloat64: {
       const double* x = cptr<double>(values, "values", 2);
       double* o = const_cast<double*>(cptr<double>(out, "out", 2));
       py::gil_scoped_release nogil;
       run<LoadF64>(x, d, off, s, op, o);
       break;
     }
-    case kF16:
-    case kBF16: {
+    case DType::kFloat16:
+    case DType::kBFloat16: {
       const uint16_t* x = reinterpret_cast<const uint16_t*>(cptr<int16_t>(values, "values", 2));
       float* o = const_cast<float*>(cptr<float>(out, "out", 2));
       py::gil_scoped_release nogil;
-      if (dtype == kF16)
+      if (dtype == DType::kFloat16)
         run<LoadF16>(x, d, off, s, op, o);
       else
         run<LoadBF16>(x, d, off, s, op, o);
       break;
     }
-    default:
-      value_error("values: unknown dtype code " + std::to_string(dtype));
   }
 }
 

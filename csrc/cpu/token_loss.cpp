@@ -100,7 +100,8 @@ RowState reduce_row(float* z, int64_t nc, float y, int64_t tc, bool need_t, bool
 template <class T>
 T* mptr(py::array& a, const char* name, int64_t n) {
   if (!py::isinstance<py::array_t<T>>(a)) value_error(std::string(name) + ": wrong dtype");
-  if (a.ndim() != 1 || a.shape(0) != n) value_error(std::string(name) + ": expected shape (" + std::to_string(n) + ",)");
+  if (a.ndim() != 1 || a.shape(0) != n)
+    value_error(std::string(name) + ": expected shape (" + std::to_string(n) + ",)");
   if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + ": must be C-contiguous");
   if (!a.writeable()) value_error(std::string(name) + ": must be writeable");
   return static_cast<T*>(a.mutable_data());

@@ -14,6 +14,7 @@
 // extra memory O(k + candidates + 65536 * T); two reads of the input.
 // Arguments are validated in Python (thresher/ops/topk.py); this file
 // re-checks shapes and raises ValueError, never crashes.
+#include <thresher/abi_bind.h>
 #include <thresher/common.h>
 #include <thresher/registry.h>
 
@@ -191,8 +192,10 @@ void run(py::array scores, int64_t k, bool largest, U inf, int64_t* out) {
 }
 
 // scores: [N] raw IEEE bits (int32 for float32, int64 for float64, int16 for float16/bfloat16)
-// dtype:  0 f32, 1 f64, 2 f16, 3 bf16; k in [0, N]; out: [k] int64 indices, best first.
-void topk(py::array scores, int dtype, int64_t k, bool largest, py::array out) {
+// dtype: thresher::abi::DType code; k in [0, N]; out: [k] int64 indices, best first.
+void topk(py::array scores, int dtype_code, int64_t k, bool largest, py::array out) {
+  using abi::DType;
+  const DType dtype = abi::to_enum<DType>(dtype_code, "scores: dtype");
   check(scores.ndim() == 1, "scores: expected a 1-d array");
   const int64_t n = scores.shape(0);
   check(k >= 0 && k <= n, "k: must be in [0, N] (got " + std::to_string(k) + ", N = " + std::to_string(n) + ")");
@@ -200,11 +203,10 @@ void topk(py::array scores, int dtype, int64_t k, bool largest, py::array out) {
   check(out.shape(0) == k, "out: expected shape [k]");
   if (k == 0) return;
   switch (dtype) {
-    case 0: run<uint32_t, int32_t>(scores, k, largest, 0x7f800000u, o); break;
-    case 1: run<uint64_t, int64_t>(scores, k, largest, 0x7ff0000000000000ull, o); break;
-    case 2: run<uint16_t, int16_t>(scores, k, largest, uint16_t(0x7c00), o); break;
-    case 3: run<uint16_t, int16_t>(scores, k, largest, uint16_t(0x7f80), o); break;
-    default: value_error("scores: unknown dtype code " + std::to_string(dtype));
+    case DType::kFloat32: run<uint32_t, int32_t>(scores, k, largest, 0x7f800000u, o); break;
+    case DType::kFloat64: run<uint64_t, int64_t>(scores, k, largest, 0x7ff0000000000000ull, o); break;
+    case DType::kFloat16: run<uint16_t, int16_t>(scores, k, largest, uint16_t(0x7c00), o); break;
+    case DType::kBFloat16: run<uint16_t, int16_t>(scores, k, largest, uint16_t(0x7f80), o); break;
   }
 }
 

@@ -3,6 +3,7 @@
 // device_error() report "no device" at call time. Kernels receive raw device
 // pointers (ints) and a stream handle from Python, so nothing links libtorch.
 #include <cuda_runtime.h>
+#include <thresher/abi_bind.h>
 #include <thresher/registry.h>
 
 #include <string>
@@ -33,6 +34,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("device_count", &device_count);
   m.def("device_error", &device_error, "empty string when a device is usable, else why not");
   m.attr("cuda_runtime_version") = CUDART_VERSION;
+  thresher::abi::bind_abi(m);  // enums and constants shared with Python (thresher/abi.h)
   thresher::register_all(m);
   pybind11::list names;
   for (auto& kv : thresher::registry()) names.append(kv.first);

@@ -15,19 +15,22 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <thresher/abi.h>
+#include <thresher/cuda_check.cuh>
 #include <thresher/philox.h>
 #include <thresher/registry.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 namespace {
 namespace ph = thresher::philox;
+using thresher::abi::DType;
+using thresher::abi::ProjectionKind;
 
-constexpr int TB = 64;   // batch rows per block
-constexpr int TN = 128;  // columns per block (= ph::kRademacherBlock)
-constexpr int TK = 32;   // rows of D per step
+constexpr int TB = 64;                    // batch rows per block
+constexpr int TN = ph::kRademacherBlock;  // columns per block: one Philox call per tile row
+constexpr int TK = 32;                    // rows of D per step
 constexpr int THREADS = 256;
 
 __device__ __forceinline__ float to_f(float v) { return v; }
@@ -37,9 +40,8 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float
 template <typename T>
 __global__ void projection_kernel(const T* __restrict__ x,  // [B, D], strides (sb, sd)
                                   float* __restrict__ ws,   // [splits, B, dim]
-                                  int64_t B, int64_t D, int64_t sb, int64_t sd, int64_t dim,
-                                  uint64_t seed, int64_t row_offset, int kind,
-                                  int64_t k_per_split) {
+                                  int64_t B, int64_t D, int64_t sb, int64_t sd, int64_t dim, uint64_t seed,
+                                  int64_t row_offset, ProjectionKind kind, int64_t k_per_split) {
   __shared__ float xs[TK][TB + 1];
   __shared__ float ps[TK][TN];
   __shared__ uint32_t words[TK][4];
@@ -63,10 +65,10 @@ __global__ void projection_kernel(const T* __restrict__ x,  // [B, D], strides (
       const int64_t b = b0 + bb, k = k0 + kk;
       xs[kk][bb] = (b < B && k < k_end) ? to_f(x[b * sb + k * sd]) : 0.f;
     }
-    if (kind == 0) {
+    if (kind == ProjectionKind::kRademacher) {
       if (tid < TK) {
-        const ph::Words w = ph::rademacher_words(seed, static_cast<uint64_t>(row_offset + k0 + tid),
-                                                 static_cast<uint32_t>(n0 / TN));
+        const ph::Words w =
+            ph::rademacher_words(seed, static_cast<uint64_t>(row_offset + k0 + tid), static_cast<uint32_t>(n0 / TN));
 #pragma unroll
         for (int q = 0; q < 4; ++q) words[tid][q] = w.w[q];
       }
@@ -79,8 +81,8 @@ __global__ void projection_kernel(const T* __restrict__ x,  // [B, D], strides (
     } else {
       for (int e = tid; e < TK * (TN / 4); e += THREADS) {
         const int kk = e / (TN / 4), g = e % (TN / 4);
-        const ph::Words w = ph::gaussian_words(seed, static_cast<uint64_t>(row_offset + k0 + kk),
-                                               static_cast<uint32_t>(n0 / 4 + g));
+        const ph::Words w =
+            ph::gaussian_words(seed, static_cast<uint64_t>(row_offset + k0 + kk), static_cast<uint32_t>(n0 / 4 + g));
         float z[4];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -126,8 +128,8 @@ __global__ void projection_kernel(const T* __restrict__ x,  // [B, D], strides (
 }
 
 // out[i] = scale * sum_s ws[s, i], summed in a fixed order.
-__global__ void reduce_kernel(const float* __restrict__ ws, float* __restrict__ out, int64_t n,
-                              int splits, float scale) {
+__global__ void reduce_kernel(const float* __restrict__ ws, float* __restrict__ out, int64_t n, int splits,
+                              float scale) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   float s = 0.f;
@@ -135,44 +137,45 @@ __global__ void reduce_kernel(const float* __restrict__ ws, float* __restrict__ 
   out[i] = s * scale;
 }
 
-void projection(uintptr_t x, int dtype, int64_t B, int64_t D, int64_t sb, int64_t sd, uintptr_t ws,
-                uintptr_t out, int64_t dim, uint64_t seed, int64_t row_offset, int kind,
-                double scale, int splits, uintptr_t stream_handle) {
-  if (B < 0 || D < 0 || dim <= 0 || dim % 8) throw std::invalid_argument("projection: bad shape");
-  if (splits < 1 || splits > 65535) throw std::invalid_argument("splits: out of range");
-  if (kind != 0 && kind != 1) throw std::invalid_argument("kind: 0 or 1");
+// x: device pointer [B, D] with strides (sb, sd) (dtype: thresher::abi::DType, float64 excluded);
+// ws: [splits, B, dim] fp32 scratch; out: [B, dim] fp32; kind: thresher::abi::ProjectionKind.
+void projection(uintptr_t x, int dtype_code, int64_t B, int64_t D, int64_t sb, int64_t sd, uintptr_t ws, uintptr_t out,
+                int64_t dim, uint64_t seed, int64_t row_offset, int kind_code, double scale, int splits,
+                uintptr_t stream_handle) {
+  namespace tc = thresher::cuda;
+  const DType dtype = thresher::abi::to_enum<DType>(dtype_code, "x: dtype");
+  const ProjectionKind kind = thresher::abi::to_enum<ProjectionKind>(kind_code, "kind");
+  tc::check_arg(B >= 0 && D >= 0 && dim > 0 && dim % 8 == 0, "projection: bad shape");
+  tc::check_arg(splits >= 1 && splits <= 65535, "splits: out of range");
   if (B == 0) return;
-  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  cudaStream_t stream = tc::stream(stream_handle);
   int64_t kps = (D + splits - 1) / splits;
   kps = (kps + TK - 1) / TK * TK;
   if (kps == 0) kps = TK;
   const int64_t nb = (B + TB - 1) / TB;
-  if (nb > 65535) throw std::invalid_argument("x: batch too large for the CUDA backend (> 4M rows)");
-  dim3 grid(static_cast<unsigned>((dim + TN - 1) / TN), static_cast<unsigned>(nb),
-            static_cast<unsigned>(splits));
-  float* wsp = reinterpret_cast<float*>(ws);
+  tc::check_arg(nb <= 65535, "x: batch too large for the CUDA backend (> 4M rows)");
+  dim3 grid(static_cast<unsigned>((dim + TN - 1) / TN), static_cast<unsigned>(nb), static_cast<unsigned>(splits));
+  float* wsp = tc::device_ptr<float>(ws);
   switch (dtype) {
-    case 0:
-      projection_kernel<float><<<grid, THREADS, 0, stream>>>(
-          reinterpret_cast<const float*>(x), wsp, B, D, sb, sd, dim, seed, row_offset, kind, kps);
+    case DType::kFloat32:
+      projection_kernel<float><<<grid, THREADS, 0, stream>>>(tc::device_ptr<const float>(x), wsp, B, D, sb, sd, dim,
+                                                             seed, row_offset, kind, kps);
       break;
-    case 1:
-      projection_kernel<__half><<<grid, THREADS, 0, stream>>>(
-          reinterpret_cast<const __half*>(x), wsp, B, D, sb, sd, dim, seed, row_offset, kind, kps);
+    case DType::kFloat16:
+      projection_kernel<__half><<<grid, THREADS, 0, stream>>>(tc::device_ptr<const __half>(x), wsp, B, D, sb, sd, dim,
+                                                              seed, row_offset, kind, kps);
       break;
-    case 2:
-      projection_kernel<__nv_bfloat16><<<grid, THREADS, 0, stream>>>(
-          reinterpret_cast<const __nv_bfloat16*>(x), wsp, B, D, sb, sd, dim, seed, row_offset,
-          kind, kps);
+    case DType::kBFloat16:
+      projection_kernel<__nv_bfloat16><<<grid, THREADS, 0, stream>>>(tc::device_ptr<const __nv_bfloat16>(x), wsp, B, D,
+                                                                     sb, sd, dim, seed, row_offset, kind, kps);
       break;
-    default:
-      throw std::invalid_argument("dtype: 0 (fp32), 1 (fp16) or 2 (bf16)");
+    case DType::kFloat64:
+      throw std::invalid_argument("x: float64 is not supported by the CUDA projection (float32, float16, bfloat16)");
   }
   const int64_t n = B * dim;
-  reduce_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(
-      wsp, reinterpret_cast<float*>(out), n, splits, static_cast<float>(scale));
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string("projection: ") + cudaGetErrorString(err));
+  reduce_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(wsp, tc::device_ptr<float>(out), n, splits,
+                                                                            static_cast<float>(scale));
+  tc::check_launch("projection");
 }
 
 }  // namespace

@@ -14,15 +14,23 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <thresher/abi.h>
+#include <thresher/cuda_check.cuh>
 #include <thresher/registry.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 namespace {
 
-enum SegOp { kSum = 0, kMean = 1, kMax = 2, kMin = 3, kCount = 4, kLogMeanExp = 5 };
+using thresher::abi::DType;
+using thresher::abi::SegmentOp;
+// Kernel template arguments: the reduction codes of thresher/abi.h as ints.
+constexpr int kSum = thresher::abi::code(SegmentOp::kSum);
+constexpr int kMean = thresher::abi::code(SegmentOp::kMean);
+constexpr int kMax = thresher::abi::code(SegmentOp::kMax);
+constexpr int kMin = thresher::abi::code(SegmentOp::kMin);
+constexpr int kLogMeanExp = thresher::abi::code(SegmentOp::kLogMeanExp);
 
 struct LF32 {
   using In = float;
@@ -48,16 +56,24 @@ struct LBF16 {
 template <class Acc>
 __device__ __forceinline__ Acc acc_inf();
 template <>
-__device__ __forceinline__ float acc_inf<float>() { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ float acc_inf<float>() {
+  return __int_as_float(0x7f800000);
+}
 template <>
-__device__ __forceinline__ double acc_inf<double>() { return __longlong_as_double(0x7ff0000000000000ll); }
+__device__ __forceinline__ double acc_inf<double>() {
+  return __longlong_as_double(0x7ff0000000000000ll);
+}
 
 template <class Acc>
 __device__ __forceinline__ Acc acc_nan();
 template <>
-__device__ __forceinline__ float acc_nan<float>() { return __int_as_float(0x7fc00000); }
+__device__ __forceinline__ float acc_nan<float>() {
+  return __int_as_float(0x7fc00000);
+}
 template <>
-__device__ __forceinline__ double acc_nan<double>() { return __longlong_as_double(0x7ff8000000000000ll); }
+__device__ __forceinline__ double acc_nan<double>() {
+  return __longlong_as_double(0x7ff8000000000000ll);
+}
 
 template <int OP, class Acc>
 __device__ __forceinline__ Acc init_value() {
@@ -184,45 +200,45 @@ void launch_op(const void* x, const int64_t* off, int64_t D, int64_t S, void* ou
 }
 
 template <class L>
-void launch(int op, const void* x, const int64_t* off, int64_t D, int64_t S, void* out, cudaStream_t st) {
+void launch(SegmentOp op, const void* x, const int64_t* off, int64_t D, int64_t S, void* out, cudaStream_t st) {
   switch (op) {
-    case kSum: launch_op<L, kSum>(x, off, D, S, out, st); break;
-    case kMean: launch_op<L, kMean>(x, off, D, S, out, st); break;
-    case kMax: launch_op<L, kMax>(x, off, D, S, out, st); break;
-    case kMin: launch_op<L, kMin>(x, off, D, S, out, st); break;
-    case kLogMeanExp: launch_op<L, kLogMeanExp>(x, off, D, S, out, st); break;
-    default: throw std::invalid_argument("op: unknown op code " + std::to_string(op));
+    case SegmentOp::kSum: launch_op<L, kSum>(x, off, D, S, out, st); break;
+    case SegmentOp::kMean: launch_op<L, kMean>(x, off, D, S, out, st); break;
+    case SegmentOp::kMax: launch_op<L, kMax>(x, off, D, S, out, st); break;
+    case SegmentOp::kMin: launch_op<L, kMin>(x, off, D, S, out, st); break;
+    case SegmentOp::kLogMeanExp: launch_op<L, kLogMeanExp>(x, off, D, S, out, st); break;
+    case SegmentOp::kCount: break;  // computed from the offsets by seg_count
   }
 }
 
-// values: device pointer to [N, D] (dtype 0 f32, 1 f64, 2 f16, 3 bf16); offsets: [S+1] int64;
-// out: [S, D] float32 (float64 for f64, int64 for count); stream: cudaStream_t as an int.
-void segment_reduce(uintptr_t values, int dtype, uintptr_t offsets, int64_t n, int64_t d, int64_t s, int op,
+// values: device pointer to [N, D] (dtype: thresher::abi::DType); offsets: [S+1] int64;
+// op: thresher::abi::SegmentOp; out: [S, D] float32 (float64 for f64, int64 for count);
+// stream: cudaStream_t as an int.
+void segment_reduce(uintptr_t values, int dtype_code, uintptr_t offsets, int64_t n, int64_t d, int64_t s, int op_code,
                     uintptr_t out, uintptr_t stream) {
-  if (op < 0 || op > 5) throw std::invalid_argument("op: unknown op code " + std::to_string(op));
-  if (n < 0 || d < 0 || s < 0) throw std::invalid_argument("values: negative shape");
+  namespace tc = thresher::cuda;
+  const SegmentOp op = thresher::abi::to_enum<SegmentOp>(op_code, "op");
+  const DType dtype = thresher::abi::to_enum<DType>(dtype_code, "values: dtype");
+  tc::check_arg(n >= 0 && d >= 0 && s >= 0, "values: negative shape");
   if (s == 0 || d == 0) return;
-  if (s > 0x7fffffffLL) throw std::invalid_argument("offsets: more than 2**31 - 1 segments");
-  if ((d + 31) / 32 > 65535) throw std::invalid_argument("values: D too large for the CUDA kernel (> 2097120)");
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
-  const int64_t* off = reinterpret_cast<const int64_t*>(offsets);
-  const void* x = reinterpret_cast<const void*>(values);
-  void* o = reinterpret_cast<void*>(out);
-  if (op == kCount) {
+  tc::check_arg(s <= 0x7fffffffLL, "offsets: more than 2**31 - 1 segments");
+  tc::check_arg((d + 31) / 32 <= 65535, "values: D too large for the CUDA kernel (> 2097120)");
+  cudaStream_t st = tc::stream(stream);
+  const int64_t* off = tc::device_ptr<const int64_t>(offsets);
+  const void* x = tc::device_ptr<const void>(values);
+  void* o = tc::device_ptr<void>(out);
+  if (op == SegmentOp::kCount) {
     const int64_t tot = s * d;
     seg_count<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, st>>>(off, s, d, static_cast<int64_t*>(o));
   } else {
     switch (dtype) {
-      case 0: launch<LF32>(op, x, off, d, s, o, st); break;
-      case 1: launch<LF64>(op, x, off, d, s, o, st); break;
-      case 2: launch<LF16>(op, x, off, d, s, o, st); break;
-      case 3: launch<LBF16>(op, x, off, d, s, o, st); break;
-      default: throw std::invalid_argument("values: unknown dtype code " + std::to_string(dtype));
+      case DType::kFloat32: launch<LF32>(op, x, off, d, s, o, st); break;
+      case DType::kFloat64: launch<LF64>(op, x, off, d, s, o, st); break;
+      case DType::kFloat16: launch<LF16>(op, x, off, d, s, o, st); break;
+      case DType::kBFloat16: launch<LBF16>(op, x, off, d, s, o, st); break;
     }
   }
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string("segment_reduce: CUDA launch failed: ") +
-                                                   cudaGetErrorString(err));
+  tc::check_launch("segment_reduce");
 }
 
 }  // namespace

@@ -17,15 +17,20 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <thresher/abi.h>
+#include <thresher/cuda_check.cuh>
 #include <thresher/registry.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 namespace {
 
-constexpr int kCompactBlock = 1024;  // the count and compaction kernels assume 32 full warps
+using thresher::abi::DType;
+constexpr int kCompactBlock = thresher::abi::kTopkCompactBlock;  // 32 full warps: count and compaction kernels
+constexpr int kRadixBins = thresher::abi::kTopkRadixBins;
+static_assert(kCompactBlock == 1024, "count_kernel/compact_kernel/exclusive_scan assume 1024 threads");
+static_assert(kRadixBins == 256, "8-bit digits");
 
 template <class U>
 __device__ __forceinline__ U order_key(U u, U inf, bool largest) {
@@ -37,15 +42,19 @@ __device__ __forceinline__ U order_key(U u, U inf, bool largest) {
   return largest ? k : U(~k);
 }
 
-// Key of element i for dtype DT (0 f32, 1 f64, 2 f16, 3 bf16); f16/bf16 widen exactly to f32.
+// Key of element i for dtype DT (a thresher::abi::DType code); f16/bf16 widen exactly to f32.
+constexpr int kF32 = thresher::abi::code(DType::kFloat32);
+constexpr int kF64 = thresher::abi::code(DType::kFloat64);
+constexpr int kF16 = thresher::abi::code(DType::kFloat16);
+constexpr int kBF16 = thresher::abi::code(DType::kBFloat16);
 template <int DT>
 struct KeyOf {
   using U = uint32_t;
   static __device__ __forceinline__ U get(const void* x, int64_t i, bool largest) {
     float f;
-    if (DT == 2)
+    if (DT == kF16)
       f = __half2float(static_cast<const __half*>(x)[i]);
-    else if (DT == 3)
+    else if (DT == kBF16)
       f = __bfloat162float(static_cast<const __nv_bfloat16*>(x)[i]);
     else
       f = static_cast<const float*>(x)[i];
@@ -53,7 +62,7 @@ struct KeyOf {
   }
 };
 template <>
-struct KeyOf<1> {
+struct KeyOf<kF64> {
   using U = uint64_t;
   static __device__ __forceinline__ U get(const void* x, int64_t i, bool largest) {
     const uint64_t u = static_cast<const uint64_t*>(x)[i];
@@ -73,8 +82,8 @@ template <int DT>
 __global__ void hist_kernel(const void* __restrict__ x, int64_t n, bool largest, const long long* __restrict__ state,
                             int shift, unsigned long long* __restrict__ hist) {
   using U = typename KeyOf<DT>::U;
-  __shared__ unsigned int sh[256];
-  for (int t = threadIdx.x; t < 256; t += blockDim.x) sh[t] = 0;
+  __shared__ unsigned int sh[kRadixBins];
+  for (int t = threadIdx.x; t < kRadixBins; t += blockDim.x) sh[t] = 0;
   __syncthreads();
   const U prefix = static_cast<U>(state[0]);
   const U pmask = static_cast<U>(state[1]);
@@ -84,7 +93,7 @@ __global__ void hist_kernel(const void* __restrict__ x, int64_t n, bool largest,
     if ((key & pmask) == prefix) atomicAdd(&sh[static_cast<unsigned>((key >> shift) & U(255))], 1u);
   }
   __syncthreads();
-  for (int t = threadIdx.x; t < 256; t += blockDim.x)
+  for (int t = threadIdx.x; t < kRadixBins; t += blockDim.x)
     if (sh[t]) atomicAdd(&hist[t], static_cast<unsigned long long>(sh[t]));
 }
 
@@ -151,10 +160,9 @@ __global__ void exclusive_scan(long long* a, int64_t len) {
 }
 
 template <int DT>
-__global__ void compact_kernel(const void* __restrict__ x, int64_t n, bool largest,
-                               const long long* __restrict__ state, const long long* __restrict__ base,
-                               int64_t nblocks, typename KeyOf<DT>::U* __restrict__ out_key,
-                               int64_t* __restrict__ out_idx) {
+__global__ void compact_kernel(const void* __restrict__ x, int64_t n, bool largest, const long long* __restrict__ state,
+                               const long long* __restrict__ base, int64_t nblocks,
+                               typename KeyOf<DT>::U* __restrict__ out_key, int64_t* __restrict__ out_idx) {
   using U = typename KeyOf<DT>::U;
   __shared__ int wg[32];
   __shared__ int we[32];
@@ -217,7 +225,7 @@ void run(const void* x, int64_t n, int64_t k, bool largest, void* keys, int64_t*
   if (hblocks > 4096) hblocks = 4096;
   if (hblocks < 1) hblocks = 1;
   for (int shift = kBits - 8; shift >= 0; shift -= 8) {
-    cudaMemsetAsync(hist, 0, 256 * sizeof(unsigned long long), st);
+    thresher::cuda::check(cudaMemsetAsync(hist, 0, kRadixBins * sizeof(unsigned long long), st), "topk: memset");
     hist_kernel<DT><<<hblocks, 256, 0, st>>>(x, n, largest, state, shift, hist);
     select_digit<<<1, 1, 0, st>>>(hist, state, shift);
   }
@@ -227,34 +235,33 @@ void run(const void* x, int64_t n, int64_t k, bool largest, void* keys, int64_t*
   compact_kernel<DT><<<g, kCompactBlock, 0, st>>>(x, n, largest, state, counts, nblocks, static_cast<U*>(keys), idx);
 }
 
-// scores: device pointer [N] (dtype 0 f32, 1 f64, 2 f16, 3 bf16); 1 <= k <= N.
+// scores: device pointer [N] (dtype: thresher::abi::DType); 1 <= k <= N.
 // keys: [k] int32 (int64 for f64) order keys out; idx: [k] int64 out (unordered: the caller sorts by key);
-// hist: [256] int64 scratch; state: [4] int64 scratch; counts: [2 * nblocks] int64 scratch;
-// nblocks = ceil(N / 1024); stream: cudaStream_t as an int.
-void topk(uintptr_t scores, int dtype, int64_t n, int64_t k, bool largest, uintptr_t keys, uintptr_t idx,
+// hist: [kTopkRadixBins] int64 scratch; state: [kTopkStateWords] int64 scratch; counts: [2 * nblocks] int64
+// scratch; nblocks = ceil(N / kTopkCompactBlock); stream: cudaStream_t as an int.
+void topk(uintptr_t scores, int dtype_code, int64_t n, int64_t k, bool largest, uintptr_t keys, uintptr_t idx,
           uintptr_t hist, uintptr_t state, uintptr_t counts, int64_t nblocks, uintptr_t stream) {
-  if (n < 0) throw std::invalid_argument("scores: negative length");
-  if (k < 0 || k > n) throw std::invalid_argument("k: must be in [0, N]");
+  namespace tc = thresher::cuda;
+  const DType dtype = thresher::abi::to_enum<DType>(dtype_code, "scores: dtype");
+  tc::check_arg(n >= 0, "scores: negative length");
+  tc::check_arg(k >= 0 && k <= n, "k: must be in [0, N]");
   if (k == 0) return;
-  if (nblocks != (n + kCompactBlock - 1) / kCompactBlock)
-    throw std::invalid_argument("nblocks: must be ceil(N / 1024)");
-  if (nblocks > 0x7fffffffLL) throw std::invalid_argument("scores: too long for the CUDA kernel");
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
-  const void* x = reinterpret_cast<const void*>(scores);
-  void* kp = reinterpret_cast<void*>(keys);
-  int64_t* ip = reinterpret_cast<int64_t*>(idx);
-  auto* hp = reinterpret_cast<unsigned long long*>(hist);
-  auto* sp = reinterpret_cast<long long*>(state);
-  auto* cp = reinterpret_cast<long long*>(counts);
+  tc::check_arg(nblocks == (n + kCompactBlock - 1) / kCompactBlock, "nblocks: must be ceil(N / 1024)");
+  tc::check_arg(nblocks <= 0x7fffffffLL, "scores: too long for the CUDA kernel");
+  cudaStream_t st = tc::stream(stream);
+  const void* x = tc::device_ptr<const void>(scores);
+  void* kp = tc::device_ptr<void>(keys);
+  int64_t* ip = tc::device_ptr<int64_t>(idx);
+  auto* hp = tc::device_ptr<unsigned long long>(hist);
+  auto* sp = tc::device_ptr<long long>(state);
+  auto* cp = tc::device_ptr<long long>(counts);
   switch (dtype) {
-    case 0: run<0>(x, n, k, largest, kp, ip, hp, sp, cp, nblocks, st); break;
-    case 1: run<1>(x, n, k, largest, kp, ip, hp, sp, cp, nblocks, st); break;
-    case 2: run<2>(x, n, k, largest, kp, ip, hp, sp, cp, nblocks, st); break;
-    case 3: run<3>(x, n, k, largest, kp, ip, hp, sp, cp, nblocks, st); break;
-    default: throw std::invalid_argument("scores: unknown dtype code " + std::to_string(dtype));
+    case DType::kFloat32: run<kF32>(x, n, k, largest, kp, ip, hp, sp, cp, nblocks, st); break;
+    case DType::kFloat64: run<kF64>(x, n, k, largest, kp, ip, hp, sp, cp, nblocks, st); break;
+    case DType::kFloat16: run<kF16>(x, n, k, largest, kp, ip, hp, sp, cp, nblocks, st); break;
+    case DType::kBFloat16: run<kBF16>(x, n, k, largest, kp, ip, hp, sp, cp, nblocks, st); break;
   }
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string("topk: CUDA launch failed: ") + cudaGetErrorString(err));
+  tc::check_launch("topk");
 }
 
 }  // namespace

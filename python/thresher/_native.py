@@ -7,6 +7,7 @@ and are installed as ``thresher.kernels`` (see pyproject.toml). When thresher
 runs from a source checkout (``PYTHONPATH=python``), the folder is mounted as
 ``thresher.kernels`` from here.
 """
+
 from __future__ import annotations
 
 import functools
@@ -90,9 +91,9 @@ def kernels() -> Optional[ModuleType]:
         _errors["kernels"] = "thresher.kernels is not installed and no source checkout was found"
         return None
     try:
-        spec = importlib.util.spec_from_file_location(
-            "thresher.kernels", init, submodule_search_locations=[str(src)]
-        )
+        spec = importlib.util.spec_from_file_location("thresher.kernels", init, submodule_search_locations=[str(src)])
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {init}")
         mod = importlib.util.module_from_spec(spec)
         sys.modules["thresher.kernels"] = mod
         spec.loader.exec_module(mod)
@@ -116,6 +117,34 @@ def kernel(name: str) -> Optional[ModuleType]:
 
 def why_unavailable(part: str) -> str:
     return _errors.get(part, "")
+
+
+# ---------------------------------------------------------------- for backends
+# A backend runs only after the dispatcher has checked that its part loads; these
+# return the part itself (not Optional) and raise with the recorded reason otherwise.
+def require_cpu() -> ModuleType:
+    """thresher._C, or RuntimeError saying why it is unavailable."""
+    ext = cpu_ext()
+    if ext is None:
+        raise RuntimeError(why_unavailable("cpu") or "thresher._C is not built")
+    return ext
+
+
+def require_cuda() -> ModuleType:
+    """thresher._cuda, or RuntimeError saying why it is unavailable."""
+    ext = cuda_ext()
+    if ext is None:
+        raise RuntimeError(why_unavailable("cuda") or "thresher._cuda is not built")
+    return ext
+
+
+def require_kernel(name: str) -> ModuleType:
+    """The Triton kernel module ``thresher.kernels.<name>``, or RuntimeError saying why not."""
+    mod = kernel(name)
+    if mod is None:
+        why = why_unavailable(f"kernels.{name}") or why_unavailable("kernels") or "triton is not installed"
+        raise RuntimeError(f"thresher.kernels.{name} is unavailable: {why}")
+    return mod
 
 
 def cuda_device_available() -> tuple[bool, str]:

@@ -7,12 +7,12 @@ GPU when one is visible.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from .index import faiss_threads
+from .index import faiss_module, faiss_threads
 
 
 def torch_device(device: Optional[str]) -> torch.device:
@@ -21,9 +21,16 @@ def torch_device(device: Optional[str]) -> torch.device:
     return torch.device(device)
 
 
-def repr_filter_order(embeddings: np.ndarray, order: np.ndarray, budget: int, tau: float, *,
-                      block: Optional[int] = None, device: Optional[str] = None,
-                      borderline: float = 1e-5) -> np.ndarray:
+def repr_filter_order(
+    embeddings: np.ndarray,
+    order: np.ndarray,
+    budget: int,
+    tau: float,
+    *,
+    block: Optional[int] = None,
+    device: Optional[str] = None,
+    borderline: float = 1e-5,
+) -> np.ndarray:
     """DEITA's repr filter: walk ``order``; keep x if max cos(x, kept) <= tau; stop at ``budget``.
 
     embeddings: [N, d] L2-normalised float32. Blocked: a block of candidates is
@@ -39,56 +46,66 @@ def repr_filter_order(embeddings: np.ndarray, order: np.ndarray, budget: int, ta
         raise ValueError(f"tau: expected a cosine similarity in [-1, 1], got {tau!r}")
     dev = torch_device(device)
     B = int(block or (4096 if dev.type == "cuda" else 1024))
+    if B < 1:
+        raise ValueError(f"block: expected an integer >= 1, got {block!r}")
     emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
-    d = emb.shape[1]
-    kept = torch.empty((max(budget, 1), d), dtype=torch.float32, device=dev)
+    kept = torch.empty((max(budget, 1), emb.shape[1]), dtype=torch.float32, device=dev)
     kept_pos: list[int] = []
     nk = 0
-    pos = 0
     order = np.asarray(order, dtype=np.int64)
-    while pos < len(order) and nk < budget:
-        cand = order[pos:pos + B]
-        pos += B
-        ci = torch.from_numpy(cand).to(dev)
-        X = emb[ci]
-        if nk:
-            m1 = (X @ kept[:nk].T).max(1).values
-            near = (m1 - tau).abs() <= borderline
-            if bool(near.any()):
-                r = torch.nonzero(near).flatten()
-                above = (X[r].double() @ kept[:nk].double().T).max(1).values > tau
-                m1[r] = torch.where(above, float("inf"), float("-inf")).to(m1.dtype)
-            surv = torch.nonzero(m1 <= tau).flatten()
-        else:
-            surv = torch.arange(len(cand), device=dev)
+    for pos in range(0, len(order), B):
+        if nk >= budget:
+            break
+        cand = order[pos : pos + B]
+        X = emb[torch.from_numpy(cand).to(dev)]
+        surv = _survivors(X, kept[:nk], tau, borderline)
         if surv.numel() == 0:
             continue
         Xs = X[surv]
-        G = (Xs @ Xs.T).cpu().numpy()
-        s_np = surv.cpu().numpy()
-        near = np.abs(G - tau) <= borderline
-        if near.any():
-            Gd = (Xs.double() @ Xs.double().T).cpu().numpy()
-            G = np.where(near, np.where(Gd > tau, np.inf, -np.inf), G)
-        blocked = np.zeros(len(s_np), dtype=bool)
-        acc: list[int] = []
-        for i in range(len(s_np)):
-            if blocked[i]:
-                continue
-            acc.append(i)
-            if nk + len(acc) >= budget:
-                break
-            blocked[i + 1:] |= G[i, i + 1:] > tau
+        acc = _accept_in_block(Xs, tau, borderline, budget - nk)
         if acc:
-            a = torch.from_numpy(np.asarray(acc, dtype=np.int64)).to(dev)
-            kept[nk:nk + len(acc)] = Xs[a]
+            kept[nk : nk + len(acc)] = Xs[torch.from_numpy(np.asarray(acc, dtype=np.int64)).to(dev)]
             nk += len(acc)
+            s_np = surv.cpu().numpy()
             kept_pos.extend(int(cand[s_np[i]]) for i in acc)
     return np.asarray(kept_pos, dtype=np.int64)
 
 
-def kcenter_greedy(embeddings: np.ndarray, k: int, *, first: int = 0, pool: Optional[np.ndarray] = None,
-                   device: Optional[str] = None) -> np.ndarray:
+def _survivors(X: torch.Tensor, kept: torch.Tensor, tau: float, borderline: float) -> torch.Tensor:
+    """Positions in ``X`` whose max similarity to ``kept`` is <= tau (borderline cases in float64)."""
+    if kept.shape[0] == 0:
+        return torch.arange(X.shape[0], device=X.device)
+    m1 = (X @ kept.T).max(1).values
+    near = (m1 - tau).abs() <= borderline
+    if bool(near.any()):
+        r = torch.nonzero(near).flatten()
+        above = (X[r].double() @ kept.double().T).max(1).values > tau
+        m1[r] = torch.where(above, float("inf"), float("-inf")).to(m1.dtype)
+    return torch.nonzero(m1 <= tau).flatten()
+
+
+def _accept_in_block(Xs: torch.Tensor, tau: float, borderline: float, room: int) -> list[int]:
+    """The sequential walk within one block: row i is kept unless an earlier kept row is above tau."""
+    G = (Xs @ Xs.T).cpu().numpy()
+    near = np.abs(G - tau) <= borderline
+    if near.any():
+        Gd = (Xs.double() @ Xs.double().T).cpu().numpy()
+        G = np.where(near, np.where(Gd > tau, np.inf, -np.inf), G)
+    blocked = np.zeros(G.shape[0], dtype=bool)
+    acc: list[int] = []
+    for i in range(G.shape[0]):
+        if blocked[i]:
+            continue
+        acc.append(i)
+        if len(acc) >= room:
+            break
+        blocked[i + 1 :] |= G[i, i + 1 :] > tau
+    return acc
+
+
+def kcenter_greedy(
+    embeddings: np.ndarray, k: int, *, first: int = 0, pool: Optional[np.ndarray] = None, device: Optional[str] = None
+) -> np.ndarray:
     """Greedy k-center (Gonzalez): repeatedly add the pool row farthest (Euclidean) from the chosen set.
 
     O(k N d); ties by lower position. Returns positions in pick order, ``first`` first.
@@ -115,33 +132,54 @@ def kcenter_greedy(embeddings: np.ndarray, k: int, *, first: int = 0, pool: Opti
     return np.asarray(out, dtype=np.int64)
 
 
-def kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, spherical: bool = False, niter: int = 20,
-           max_points_per_centroid: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    x: np.ndarray,
+    n_clusters: int,
+    *,
+    seed: int = 0,
+    spherical: bool = False,
+    niter: int = 20,
+    max_points_per_centroid: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
     """(centroids [c, d], labels [N]) by Lloyd's k-means (FAISS when installed, else torch).
 
     ``spherical``: centroids re-normalised each iteration, assignment by inner
     product (SemDeDup). Deterministic for a given seed.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n, d = x.shape
+    n = x.shape[0]
     if not 1 <= n_clusters <= n:
         raise ValueError(f"n_clusters: expected 1..{n}, got {n_clusters}")
-    try:
-        import faiss
+    faiss = faiss_module()
+    if faiss is not None:
+        return _kmeans_faiss(faiss, x, int(n_clusters), seed, spherical, niter, max_points_per_centroid)
+    return _kmeans_torch(x, int(n_clusters), seed, spherical, niter)
 
-        km = faiss.Kmeans(d, int(n_clusters), niter=niter, seed=int(seed) + 1, spherical=spherical,
-                          max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
-                           verbose=False)
-        with faiss_threads(n * n_clusters, small=1 << 24):
-            km.train(x)
-        cent = km.centroids
-        _, lab = km.index.search(x, 1)
-        return cent.copy(), lab[:, 0].astype(np.int64)
-    except ImportError:
-        pass
+
+def _kmeans_faiss(
+    faiss: Any, x: np.ndarray, c: int, seed: int, spherical: bool, niter: int, max_points_per_centroid: int
+) -> tuple[np.ndarray, np.ndarray]:
+    km = faiss.Kmeans(
+        x.shape[1],
+        c,
+        niter=niter,
+        seed=int(seed) + 1,
+        spherical=spherical,
+        max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
+    with faiss_threads(x.shape[0] * c, small=1 << 24):
+        km.train(x)
+    _, lab = km.index.search(x, 1)
+    return km.centroids.copy(), lab[:, 0].astype(np.int64)
+
+
+def _kmeans_torch(x: np.ndarray, c: int, seed: int, spherical: bool, niter: int) -> tuple[np.ndarray, np.ndarray]:
+    n = x.shape[0]
     g = torch.Generator().manual_seed(int(seed))
     xt = torch.from_numpy(x)
-    cent = xt[torch.randperm(n, generator=g)[:n_clusters]].clone()
+    cent = xt[torch.randperm(n, generator=g)[:c]].clone()
     lab = torch.zeros(n, dtype=torch.int64)
     for _ in range(niter):
         if spherical:
@@ -149,7 +187,7 @@ def kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, spherical: bool = F
         else:
             lab = torch.argmin((cent * cent).sum(1)[None] - 2 * xt @ cent.T, 1)
         sums = torch.zeros_like(cent).index_add_(0, lab, xt)
-        cnt = torch.bincount(lab, minlength=n_clusters).float()
+        cnt = torch.bincount(lab, minlength=c).float()
         nz = cnt > 0
         cent[nz] = sums[nz] / cnt[nz, None]
         if spherical:

@@ -26,18 +26,19 @@ Errors: a query dimension or metric that differs from the index's, NaN rows,
 ``ids`` that do not match the embeddings in length or are not unique, ``k`` larger
 than the index: ``ValueError`` naming the argument.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
+from .fs import atomic_file, atomic_save, atomic_write_text
 from .ops.knn import check_finite_rows, knn
 
 KINDS = ("auto", "exact", "flat", "ivf_flat", "ivf_pq", "hnsw")
@@ -100,12 +101,24 @@ def _as_f32(x: Any, name: str) -> np.ndarray:
 class KNNIndex:
     """Nearest-neighbour index over a fixed set of embeddings (see module doc)."""
 
-    def __init__(self, dim: int, metric: str = "ip", kind: str = "auto", *,
-                 nlist: Optional[int] = None, nprobe: Optional[int] = None,
-                 pq_m: Optional[int] = None, pq_bits: int = 8,
-                 hnsw_m: int = 32, ef_search: int = 128, ef_construction: int = 80,
-                 exact_max: int = 200_000, train_size: Optional[int] = None,
-                 use_gpu: Any = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "ip",
+        kind: str = "auto",
+        *,
+        nlist: Optional[int] = None,
+        nprobe: Optional[int] = None,
+        pq_m: Optional[int] = None,
+        pq_bits: int = 8,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+        ef_construction: int = 80,
+        exact_max: int = 200_000,
+        train_size: Optional[int] = None,
+        use_gpu: Any = "auto",
+        seed: int = 0,
+    ) -> None:
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ValueError(f"dim: expected a positive integer, got {dim!r}")
         if metric not in ("ip", "l2"):
@@ -116,9 +129,18 @@ class KNNIndex:
         self.metric = metric
         self.requested_kind = kind
         self.kind: Optional[str] = None
-        self.params = dict(nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m,
-                           ef_search=ef_search, ef_construction=ef_construction,
-                           exact_max=exact_max, train_size=train_size, seed=seed)
+        self.params = dict(
+            nlist=nlist,
+            nprobe=nprobe,
+            pq_m=pq_m,
+            pq_bits=pq_bits,
+            hnsw_m=hnsw_m,
+            ef_search=ef_search,
+            ef_construction=ef_construction,
+            exact_max=exact_max,
+            train_size=train_size,
+            seed=seed,
+        )
         if use_gpu == "auto":
             use_gpu = faiss_has_gpu()
         elif use_gpu and not faiss_has_gpu():
@@ -200,8 +222,9 @@ class KNNIndex:
         return self
 
     # ----------------------------------------------------------------- search
-    def search(self, queries: Any, k: int, *, exclude_self: bool = False,
-               query_offset: int = 0, nprobe: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: Any, k: int, *, exclude_self: bool = False, query_offset: int = 0, nprobe: Optional[int] = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(values [Q, k] float32, ids [Q, k]) of the k nearest indexed rows.
 
         ``exclude_self``: query ``i`` is indexed row ``query_offset + i`` and is
@@ -218,13 +241,21 @@ class KNNIndex:
         if k > cap:
             raise ValueError(f"k: {k} is larger than the {cap} indexed rows available")
         if exclude_self and query_offset + q.shape[0] > self.ntotal:
-            raise ValueError(f"query_offset: rows {query_offset}..{query_offset + q.shape[0] - 1} "
-                             f"are not all in the index ({self.ntotal} rows)")
+            raise ValueError(
+                f"query_offset: rows {query_offset}..{query_offset + q.shape[0] - 1} "
+                f"are not all in the index ({self.ntotal} rows)"
+            )
         if self.kind == "exact" and (self._faiss_index is None or k > FAISS_GPU_MAX_K):
             base = self._base
             if self.use_gpu and torch.cuda.is_available():
-                v, i = knn(torch.from_numpy(q).cuda(), torch.from_numpy(base).cuda(), k, self.metric,
-                           exclude_self=exclude_self, query_offset=query_offset)
+                v, i = knn(
+                    torch.from_numpy(q).cuda(),
+                    torch.from_numpy(base).cuda(),
+                    k,
+                    self.metric,
+                    exclude_self=exclude_self,
+                    query_offset=query_offset,
+                )
             else:
                 v, i = knn(q, base, k, self.metric, exclude_self=exclude_self, query_offset=query_offset)
             vals, pos = v.cpu().numpy(), i.cpu().numpy()
@@ -247,8 +278,11 @@ class KNNIndex:
             vals = np.where(pos < 0, np.nan, vals).astype(np.float32)
         if self.ids is None:
             return vals, pos
-        out = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1) if self.ids.dtype.kind in "iu" \
+        out = (
+            np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
+            if self.ids.dtype.kind in "iu"
             else np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], None)
+        )
         return vals, out
 
     # ------------------------------------------------------------ persistence
@@ -256,16 +290,13 @@ class KNNIndex:
         """Write the index to a folder (FAISS index file or the exact base as .npy + meta.json)."""
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        meta = dict(dim=self.dim, metric=self.metric, kind=self.kind, ntotal=self.ntotal,
-                    params=self.params, format=1)
+        meta = dict(dim=self.dim, metric=self.metric, kind=self.kind, ntotal=self.ntotal, params=self.params, format=1)
         if self._faiss_index is not None and self.kind != "exact":
             f = faiss_module()
             idx = self._faiss_index
             if self.use_gpu:
                 idx = f.index_gpu_to_cpu(idx)
-            tmp = p / "index.faiss.tmp"
-            f.write_index(idx, str(tmp))
-            os.replace(tmp, p / "index.faiss")
+            atomic_save(p / "index.faiss", lambda tmp: f.write_index(idx, str(tmp)))
         else:
             _save_npy(p / "base.npy", self._base)
         if self.ids is not None:
@@ -273,14 +304,13 @@ class KNNIndex:
                 _save_npy(p / "ids.npy", self.ids.astype(np.int64))
             else:
                 meta["ids"] = [str(i) for i in self.ids]
-        tmp = p / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, p / "meta.json")
+        atomic_write_text(p / "meta.json", json.dumps(meta))  # last: the index's commit marker
         return p
 
     @classmethod
-    def load(cls, path: Any, *, dim: Optional[int] = None, metric: Optional[str] = None,
-             use_gpu: Any = False) -> "KNNIndex":
+    def load(
+        cls, path: Any, *, dim: Optional[int] = None, metric: Optional[str] = None, use_gpu: Any = False
+    ) -> "KNNIndex":
         """Read a saved index. ``dim`` / ``metric``: expected values; a mismatch raises ValueError."""
         p = Path(path)
         mp = p / "meta.json"
@@ -310,12 +340,8 @@ class KNNIndex:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_file(path) as fh:
         np.save(fh, arr, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _drop_self(vals: np.ndarray, pos: np.ndarray, self_pos: np.ndarray, k: int):
@@ -332,15 +358,17 @@ def _drop_self(vals: np.ndarray, pos: np.ndarray, self_pos: np.ndarray, k: int):
     return v, p
 
 
-def build_index(embeddings: Any, metric: str = "ip", kind: str = "auto", ids: Optional[Sequence] = None,
-                **params: Any) -> KNNIndex:
+def build_index(
+    embeddings: Any, metric: str = "ip", kind: str = "auto", ids: Optional[Sequence] = None, **params: Any
+) -> KNNIndex:
     """Shorthand: ``KNNIndex(dim, metric, kind, **params).build(embeddings, ids)``."""
     x = _as_f32(embeddings, "embeddings")
     return KNNIndex(x.shape[1], metric, kind, **params).build(x, ids)
 
 
-def knn_graph(embeddings: Any, k: int, *, metric: str = "ip", kind: str = "auto",
-              **params: Any) -> tuple[np.ndarray, np.ndarray]:
+def knn_graph(
+    embeddings: Any, k: int, *, metric: str = "ip", kind: str = "auto", **params: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """Every row's k nearest other rows: (values [N, k], positions [N, k])."""
     idx = build_index(embeddings, metric, kind, **params)
     return idx.search(embeddings, k, exclude_self=True)

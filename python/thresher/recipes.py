@@ -5,29 +5,24 @@ Its steps are plain data; an option's value is substituted wherever the steps sa
 ``"$option"`` (a ``None`` value drops that criterion option, so the criterion's
 own default applies), and ``variants`` patch the steps for an option's value
 (e.g. ``semantics: reference`` switches to the reference code's behaviour where it
-departs from the paper). Every recipe declares ``meta["feasibility"]`` (the inputs
-of the survey's simplicity and flexibility penalties, read by ``thresher compare``)
-and its sources. Definitions: ../shared/reference/methods.md; feasibility:
-../shared/reference/comparison.md.
+departs from the paper). A recipe whose steps depend on its options in a way data
+cannot say (multi-objective: the criteria are the objectives) gives a ``derive``
+function. Every recipe declares ``meta["feasibility"]`` (the inputs of the survey's
+simplicity and flexibility penalties, read by ``thresher compare``) and its sources.
+Definitions: docs/methods.md; feasibility: docs/comparison.md.
 """
+
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .registry import RECIPES, Option
+import numpy as np
 
-
-@dataclass
-class Recipe:
-    criteria: list                      # [{"name", "options", optional "as"}]
-    selector: dict                      # {"name", "options"}
-    filters: list = field(default_factory=list)
-    budget: dict = field(default_factory=lambda: {"ratio": 0.05})
-    embeddings: bool = False            # the selector needs sentence embeddings
-    variants: dict = field(default_factory=dict)   # option -> value -> {"criteria": {name: {opts}}, ...}
-    notes: str = ""
+from .plan import Step, recipe_options
+from .registry import CRITERIA, RECIPES, Option
+from .selectors.base import parse_objectives
 
 
 @dataclass
@@ -40,6 +35,55 @@ class ExpandedRecipe:
     recipe_options: dict
 
 
+@dataclass
+class Recipe:
+    criteria: list  # [{"name", "options", optional "as"}]
+    selector: dict  # {"name", "options"}
+    filters: list = field(default_factory=list)
+    budget: dict = field(default_factory=lambda: {"ratio": 0.05})
+    embeddings: bool = False  # the selector needs sentence embeddings
+    variants: dict = field(default_factory=dict)  # option -> value -> {"criteria": {name: {opts}}, ...}
+    notes: str = ""
+    # options -> {"criteria": [...], "filters": [...]} (either key optional): steps computed from the options
+    derive: Optional[Callable[[dict], dict]] = None
+
+    def _apply_variants(self, opts: dict) -> None:
+        for opt, by_value in self.variants.items():
+            patch = by_value.get(opts.get(opt))
+            if not patch:
+                continue
+            for cname, copts in patch.get("criteria", {}).items():
+                for c in self.criteria:
+                    if c.get("as", c["name"]) == cname:
+                        c.setdefault("options", {}).update(copts)
+            if "selector" in patch:
+                self.selector.setdefault("options", {}).update(patch["selector"])
+            if "filters" in patch:
+                self.filters = list(patch["filters"])
+            if "budget" in patch:
+                self.budget = dict(patch["budget"])
+
+    def expand(self, opts: dict) -> ExpandedRecipe:
+        """The concrete steps for resolved options ``opts`` (the recipe itself is not changed)."""
+        r = copy.deepcopy(self)
+        r._apply_variants(opts)
+        crit_specs, filters = _subst(r.criteria, opts), _subst(r.filters, opts)
+        if r.derive is not None:
+            derived = r.derive(opts)
+            crit_specs = derived.get("criteria", crit_specs)
+            filters = derived.get("filters", filters)
+        criteria = [
+            Step(c["name"], {k: v for k, v in (c.get("options") or {}).items() if v is not None}, c.get("as"))
+            for c in crit_specs
+        ]
+        sel = _subst(r.selector, opts)
+        sel_opts = {k: v for k, v in (sel.get("options") or {}).items() if v is not None}
+        needs = bool(r.embeddings) or sel_opts.get("diversity_tau") is not None
+        return ExpandedRecipe(
+            criteria, Step(sel["name"], sel_opts), [f for f in filters if f], needs, dict(r.budget), opts
+        )
+
+
 def _subst(x: Any, opts: dict) -> Any:
     if isinstance(x, str) and x.startswith("$") and x[1:] in opts:
         return opts[x[1:]]
@@ -50,69 +94,47 @@ def _subst(x: Any, opts: dict) -> Any:
     return x
 
 
-def expand_recipe(name: str, options: Optional[dict] = None, *, model: Optional[str] = None,
-                  embedder: Optional[str] = None) -> ExpandedRecipe:
+def expand_recipe(
+    name: str, options: Optional[dict] = None, *, model: Optional[str] = None, embedder: Optional[str] = None
+) -> ExpandedRecipe:
     """Resolve a recipe's options and return its concrete steps."""
-    from .pipeline import Step
-
     entry = RECIPES.get(name)
-    given = dict(options or {})
-    if model is not None and "model" in entry.options and "model" not in given:
-        given["model"] = model
-    if embedder is not None and "embedder" in entry.options and "embedder" not in given:
-        given["embedder"] = embedder
-    opts = entry.resolve_options(given)
-    r: Recipe = copy.deepcopy(entry.obj)
-    for opt, by_value in r.variants.items():
-        patch = by_value.get(opts.get(opt))
-        if not patch:
-            continue
-        for cname, copts in patch.get("criteria", {}).items():
-            for c in r.criteria:
-                if c.get("as", c["name"]) == cname:
-                    c.setdefault("options", {}).update(copts)
-        if "selector" in patch:
-            r.selector.setdefault("options", {}).update(patch["selector"])
-        if "filters" in patch:
-            r.filters = list(patch["filters"])
-        if "budget" in patch:
-            r.budget = dict(patch["budget"])
-    crit_specs = _subst(r.criteria, opts)
-    if name == "multi-objective":
-        crit_specs = _multi_objective_criteria(opts)
-    criteria = []
-    for c in crit_specs:
-        o = {k: v for k, v in (c.get("options") or {}).items() if v is not None}
-        criteria.append(Step(c["name"], o, c.get("as")))
-    sel = _subst(r.selector, opts)
-    sel_opts = {k: v for k, v in (sel.get("options") or {}).items() if v is not None}
-    filters = [f for f in _subst(r.filters, opts) if f]
-    if name == "multi-objective" and not opts.get("filters_ifd", True):
-        filters = [f for f in filters if not f.startswith("ifd")]
-    needs = bool(r.embeddings) or sel_opts.get("diversity_tau") is not None
-    return ExpandedRecipe(criteria, Step(sel["name"], sel_opts), filters, needs, dict(r.budget), opts)
+    return entry.obj.expand(recipe_options(entry, options, model=model, embedder=embedder))
 
 
-def _multi_objective_criteria(opts: dict) -> list:
-    from .selectors.basic import parse_objectives
-
-    out = []
+def _multi_objective(opts: dict) -> dict:
+    """One criterion per objective (the recipe's model/embedder options passed to those that take them);
+    the IFD filter only when IFD is an objective and ``filters_ifd`` is on."""
+    criteria: list = []
     for col, _ in parse_objectives(opts["objectives"]):
         base = col.split(".")[0]
-        if base not in [c["name"] for c in out]:
-            o = {}
-            if base in ("ifd", "perplexity", "entropy", "el2n", "reverse_ifd"):
-                o = {"model": opts.get("model"), "max_length": opts.get("max_length")}
-            if base in ("knn_distance", "local_density"):
-                o = {"embedder": opts.get("embedder")}
-            out.append({"name": base, "options": o})
-    return out
+        if base in [c["name"] for c in criteria]:
+            continue
+        takes = CRITERIA.get(base).options
+        shared = {k: opts.get(k) for k in ("model", "max_length", "embedder") if k in takes}
+        criteria.append({"name": base, "options": shared})
+    has_ifd = any(c["name"] == "ifd" for c in criteria)
+    return {"criteria": criteria, "filters": ["ifd <= 1"] if has_ifd and opts.get("filters_ifd", True) else []}
 
 
-def feasibility(trained_llms: int, steps: int, model_free: bool, dataset_free: bool, proprietary_judge: bool,
-                public_code: bool = True, small_proxy: bool = False) -> dict:
-    return {"trained_llms": trained_llms, "steps": steps, "model_free": model_free, "dataset_free": dataset_free,
-            "proprietary_judge": proprietary_judge, "public_code": public_code, "small_proxy": small_proxy}
+def feasibility(
+    trained_llms: int,
+    steps: int,
+    model_free: bool,
+    dataset_free: bool,
+    proprietary_judge: bool,
+    public_code: bool = True,
+    small_proxy: bool = False,
+) -> dict:
+    return {
+        "trained_llms": trained_llms,
+        "steps": steps,
+        "model_free": model_free,
+        "dataset_free": dataset_free,
+        "proprietary_judge": proprietary_judge,
+        "public_code": public_code,
+        "small_proxy": small_proxy,
+    }
 
 
 # Judge prompts (thresher's own wording of the published rubrics; {input_block} is the input, if any).
@@ -130,221 +152,410 @@ ALPAGASUS_PROMPT = (
 SELECTIT_REFERENCE_WEIGHTS = "0.35,0.65,0.7777777777777778"
 
 _MODEL = Option("model", None, "causal LM for the loss criteria: default (SmolLM2-135M-Instruct), a folder or an HF id")
-_MAXLEN = Option("max_length", None, "max tokens per sample, truncation aligned across the two IFD passes "
-                 "(criterion default when unset)")
+_MAXLEN = Option(
+    "max_length",
+    None,
+    "max tokens per sample, truncation aligned across the two IFD passes (criterion default when unset)",
+)
 _EMB = Option("embedder", None, "sentence embedder (default all-MiniLM-L6-v2)")
-_SEM = Option("semantics", "paper", "paper (default) or the reference code's behaviour where they differ",
-              ("paper", "reference"))
+_SEM = Option(
+    "semantics", "paper", "paper (default) or the reference code's behaviour where they differ", ("paper", "reference")
+)
 
 
-def _reg(name: str, recipe: Recipe, *, doc: str, options: list, feas: dict, sources: list, paper: str,
-         **meta: Any) -> None:
-    RECIPES.register(name, doc=doc, options=options, feasibility=feas, sources=sources, paper=paper,
-                     **meta)(recipe)
+def _reg(
+    name: str, recipe: Recipe, *, doc: str, options: list, feas: dict, sources: list, paper: str, **meta: Any
+) -> None:
+    RECIPES.register(name, doc=doc, options=options, feasibility=feas, sources=sources, paper=paper, **meta)(recipe)
 
 
-_reg("ifd", Recipe(
-    criteria=[{"name": "ifd", "options": {"model": "$model", "max_length": "$max_length"}}],
-    selector={"name": "topk", "options": {"criterion": "ifd", "direction": "max"}},
-    filters=["ifd <= 1"], budget={"ratio": 0.05},
-    notes="IFD = s(A|Q)/s(A); samples with IFD > 1, empty or truncated-away answers (NaN) are dropped; "
-          "the top fraction by IFD is kept (5/10/15% released)."),
+_reg(
+    "ifd",
+    Recipe(
+        criteria=[{"name": "ifd", "options": {"model": "$model", "max_length": "$max_length"}}],
+        selector={"name": "topk", "options": {"criterion": "ifd", "direction": "max"}},
+        filters=["ifd <= 1"],
+        budget={"ratio": 0.05},
+        notes="IFD = s(A|Q)/s(A); samples with IFD > 1, empty or truncated-away answers (NaN) are dropped; "
+        "the top fraction by IFD is kept (5/10/15% released).",
+    ),
     doc="Cherry LLM: Instruction-Following Difficulty, keep the top fraction by IFD",
     options=[_MODEL, _MAXLEN],
     feas=feasibility(1, 3, False, False, False),
     sources=["tianyi-lab/Cherry_LLM: cherry_seletion/data_analysis.py, data_by_IFD.py"],
-    paper="Li et al., From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection, NAACL 2024")
+    paper="Li et al., From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection, NAACL 2024",
+)
 
-_reg("superfiltering", Recipe(
-    criteria=[{"name": "ifd", "options": {"model": "$model", "max_length": "$max_length", "ratio": "ppl",
-                                          "template": "plain", "context": "bos"}}],
-    selector={"name": "topk", "options": {"criterion": "ifd", "direction": "max"}},
-    filters=["ifd < 1"], budget={"ratio": 0.05},
-    variants={"semantics": {"reference": {"criteria": {"ifd": {"context": "none"}}, "budget": {"ratio": 0.05,
-                                                                                            "ratio_base": 52002}}}},
-    notes="IFD as a perplexity ratio exp(s(A|Q) - s(A)) from a small proxy LM, template '{instruction}\\n{input}\\n' "
-          "(plain), direct pass after BOS; drop IFD >= 1, keep the top fraction. semantics=reference: the direct "
-          "pass has no BOS (GPT-2 skips the first answer token) and the "
-          "keep count is int(52002 * ratio) as hard-coded in select_data.py (Alpaca's size). The reference's bare "
-          "`except` that turns failures into IFD = 0 is never reproduced: failures are NaN with a reason."),
+_reg(
+    "superfiltering",
+    Recipe(
+        criteria=[
+            {
+                "name": "ifd",
+                "options": {
+                    "model": "$model",
+                    "max_length": "$max_length",
+                    "ratio": "ppl",
+                    "template": "plain",
+                    "context": "bos",
+                },
+            }
+        ],
+        selector={"name": "topk", "options": {"criterion": "ifd", "direction": "max"}},
+        filters=["ifd < 1"],
+        budget={"ratio": 0.05},
+        variants={
+            "semantics": {
+                "reference": {"criteria": {"ifd": {"context": "none"}}, "budget": {"ratio": 0.05, "ratio_base": 52002}}
+            }
+        },
+        notes="IFD as a perplexity ratio exp(s(A|Q) - s(A)) from a small proxy LM, template "
+        "'{instruction}\\n{input}\\n' (plain), direct pass after BOS; drop IFD >= 1, keep the top fraction. "
+        "semantics=reference: the direct pass has no BOS (GPT-2 skips the first answer token) and the "
+        "keep count is int(52002 * ratio) as hard-coded in select_data.py (Alpaca's size). The reference's bare "
+        "`except` that turns failures into IFD = 0 is never reproduced: failures are NaN with a reason.",
+    ),
     doc="Superfiltering: IFD from a small proxy LM (GPT-2 in the paper) as a perplexity ratio",
-    options=[Option("model", "gpt2", "proxy LM (the paper: GPT-2 124M; any causal LM works, e.g. default)"),
-             _MAXLEN, _SEM],
+    options=[
+        Option("model", "gpt2", "proxy LM (the paper: GPT-2 124M; any causal LM works, e.g. default)"),
+        _MAXLEN,
+        _SEM,
+    ],
     feas=feasibility(1, 3, False, False, False, small_proxy=True),
     sources=["tianyi-lab/Superfiltering: code_ifd/data_analysis.py, code_ifd/select_data.py"],
-    paper="Li et al., Superfiltering: Weak-to-Strong Data Filtering for Fast Instruction-Tuning, ACL 2024")
+    paper="Li et al., Superfiltering: Weak-to-Strong Data Filtering for Fast Instruction-Tuning, ACL 2024",
+)
 
-_reg("superfiltering-d", Recipe(
-    criteria=[{"name": "ifd", "options": {"model": "$model", "max_length": "$max_length", "ratio": "ppl",
-                                          "template": "plain", "context": "bos"}}],
-    selector={"name": "cascade", "options": {
-        "first": {"name": "topk", "ratio": "$first_ratio", "options": {"criterion": "ifd", "direction": "max"}},
-        "then": {"name": "facility_location", "options": {"criterion": "ifd"}}}},
-    filters=["ifd < 1"], budget={"ratio": 0.02}, embeddings=True,
-    notes="Superfiltering.D: top 20% by IFD, embed with all-MiniLM-L6-v2, facility-location greedy to 2%."),
+_reg(
+    "superfiltering-d",
+    Recipe(
+        criteria=[
+            {
+                "name": "ifd",
+                "options": {
+                    "model": "$model",
+                    "max_length": "$max_length",
+                    "ratio": "ppl",
+                    "template": "plain",
+                    "context": "bos",
+                },
+            }
+        ],
+        selector={
+            "name": "cascade",
+            "options": {
+                "first": {"name": "topk", "ratio": "$first_ratio", "options": {"criterion": "ifd", "direction": "max"}},
+                "then": {"name": "facility_location", "options": {"criterion": "ifd"}},
+            },
+        },
+        filters=["ifd < 1"],
+        budget={"ratio": 0.02},
+        embeddings=True,
+        notes="Superfiltering.D: top 20% by IFD, embed with all-MiniLM-L6-v2, facility-location greedy to 2%.",
+    ),
     doc="Superfiltering.D: IFD prefilter (top 20%), then facility location on sentence embeddings",
-    options=[Option("model", "gpt2", "proxy LM"), _MAXLEN, _EMB,
-             Option("first_ratio", 0.2, "fraction kept by the IFD stage")],
+    options=[
+        Option("model", "gpt2", "proxy LM"),
+        _MAXLEN,
+        _EMB,
+        Option("first_ratio", 0.2, "fraction kept by the IFD stage", min=0, min_exclusive=True, max=1),
+    ],
     feas=feasibility(1, 4, False, False, False, small_proxy=True),
     sources=["tianyi-lab/Superfiltering: code_diversity_fla/do_fla.py"],
-    paper="Li et al., Superfiltering, ACL 2024")
+    paper="Li et al., Superfiltering, ACL 2024",
+)
 
-_reg("deita", Recipe(
-    criteria=[{"name": "rating", "as": "complexity", "options": {"model": "$complexity_model",
-                                                                 "prompt": DEITA_COMPLEXITY_PROMPT}},
-              {"name": "rating", "as": "quality", "options": {"model": "$quality_model"}}],
-    selector={"name": "aggregate", "options": {"objectives": ["complexity:max", "quality:max"], "method": "product",
-                                                "normalize": "none", "diversity_tau": "$tau"}},
-    budget={"ratio": 0.10}, embeddings=True,
-    notes="Evol score = complexity x quality (expected score over the digit tokens 1..6 at the first generated "
-          "position); repr filter: walk by descending score, keep x if its max cosine similarity to the kept set "
-          "is <= tau (exact sequential semantics). The paper embeds with the 7B scorer's last hidden state; any "
-          "embedder can be plugged in (--embedder). A missing digit never defaults to 3.0 (reference-code "
-          "behaviour): the probabilities are read for all six digit tokens."),
+_reg(
+    "deita",
+    Recipe(
+        criteria=[
+            {
+                "name": "rating",
+                "as": "complexity",
+                "options": {"model": "$complexity_model", "prompt": DEITA_COMPLEXITY_PROMPT},
+            },
+            {"name": "rating", "as": "quality", "options": {"model": "$quality_model"}},
+        ],
+        selector={
+            "name": "aggregate",
+            "options": {
+                "objectives": ["complexity:max", "quality:max"],
+                "method": "product",
+                "normalize": "none",
+                "diversity_tau": "$tau",
+            },
+        },
+        budget={"ratio": 0.10},
+        embeddings=True,
+        notes="Evol score = complexity x quality (expected score over the digit tokens 1..6 at the first generated "
+        "position); repr filter: walk by descending score, keep x if its max cosine similarity to the kept set "
+        "is <= tau (exact sequential semantics). The paper embeds with the 7B scorer's last hidden state; any "
+        "embedder can be plugged in (--embedder). A missing digit never defaults to 3.0 (reference-code "
+        "behaviour): the probabilities are read for all six digit tokens.",
+    ),
     doc="DEITA: complexity x quality ratings from LM scorers, then the score-first repr filter (tau 0.9)",
-    options=[Option("complexity_model", None, "DEITA complexity scorer (causal LM); default: the default LM"),
-             Option("quality_model", None, "DEITA quality scorer (causal LM); default: the default LM"),
-             Option("tau", 0.9, "repr filter cosine-similarity threshold"), _EMB],
+    options=[
+        Option("complexity_model", None, "DEITA complexity scorer (causal LM); default: the default LM"),
+        Option("quality_model", None, "DEITA quality scorer (causal LM); default: the default LM"),
+        Option("tau", 0.9, "repr filter cosine-similarity threshold", min=-1, max=1),
+        _EMB,
+    ],
     feas=feasibility(2, 5, False, False, True),
     sources=["hkust-nlp/deita: src/deita/selection/scorer, src/deita/selection/filter/base.py"],
-    paper="Liu et al., What Makes Good Data for Alignment? (DEITA), ICLR 2024")
+    paper="Liu et al., What Makes Good Data for Alignment? (DEITA), ICLR 2024",
+)
 
-_reg("car", Recipe(
-    criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model"}}],
-    selector={"name": "car", "options": {"criterion": "quality", "n1": "$n1", "n2": "$n2"}},
-    budget={"ratio": 0.0196}, embeddings=True,
-    notes="Quality from a small expert scorer; Sentence-BERT embeddings, PCA to 95% variance, k-means with "
-          "k = floor(sqrt(N/2)); top n1 by score plus the top n2 of every cluster."),
+_reg(
+    "car",
+    Recipe(
+        criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model"}}],
+        selector={"name": "car", "options": {"criterion": "quality", "n1": "$n1", "n2": "$n2"}},
+        budget={"ratio": 0.0196},
+        embeddings=True,
+        notes="Quality from a small expert scorer; Sentence-BERT embeddings, PCA to 95% variance, k-means with "
+        "k = floor(sqrt(N/2)); top n1 by score plus the top n2 of every cluster.",
+    ),
     doc="CaR (Clustering and Ranking): quality ranking plus per-cluster top picks",
-    options=[_MODEL, _EMB, Option("n1", None, "top-n1 by quality (selector default)"),
-             Option("n2", None, "top-n2 per cluster (selector default)")],
+    options=[
+        _MODEL,
+        _EMB,
+        Option("n1", None, "top-n1 by quality (selector default)", type=int, min=0),
+        Option("n2", None, "top-n2 per cluster (selector default)", type=int, min=0),
+    ],
     feas=feasibility(0, 4, True, True, False),
     sources=["IronBeliever/CaR"],
     paper="Ge et al., Clustering and Ranking: Diversity-preserved Instruction Selection through Expert-aligned "
-          "Quality Estimation, EMNLP 2024")
+    "Quality Estimation, EMNLP 2024",
+)
 
-_reg("less", Recipe(
-    criteria=[{"name": "less", "options": {"target": "$target", "model": "$model", "warmup": "$warmup",
-                                           "adam": "$adam", "dim": "$dim"}}],
-    selector={"name": "topk", "options": {"criterion": "less", "direction": "max"}},
-    budget={"ratio": 0.05},
-    notes="Warm-up LoRA on a random 5% (`thresher warmup`), per-sample LoRA gradients transformed by the Adam "
-          "state, projected to 8192 dims (Rademacher), cosine against the target set's gradients, "
-          "checkpoint-weighted, max over target subtasks; keep the top 5%. adam=less is the published transform "
-          "as the reference code computes it (no bias correction, eps inside the root); adam=bias_corrected "
-          "is textbook Adam."),
+_reg(
+    "less",
+    Recipe(
+        criteria=[
+            {
+                "name": "less",
+                "options": {
+                    "target": "$target",
+                    "model": "$model",
+                    "warmup": "$warmup",
+                    "adam": "$adam",
+                    "dim": "$dim",
+                },
+            }
+        ],
+        selector={"name": "topk", "options": {"criterion": "less", "direction": "max"}},
+        budget={"ratio": 0.05},
+        notes="Warm-up LoRA on a random 5% (`thresher warmup`), per-sample LoRA gradients transformed by the Adam "
+        "state, projected to 8192 dims (Rademacher), cosine against the target set's gradients, "
+        "checkpoint-weighted, max over target subtasks; keep the top 5%. adam=less is the published transform "
+        "as the reference code computes it (no bias correction, eps inside the root); adam=bias_corrected "
+        "is textbook Adam.",
+    ),
     doc="LESS: gradient-feature similarity to a target set (needs `thresher warmup` checkpoints)",
-    options=[_MODEL, Option("target", None, "target set (file) whose gradients define the task"),
-             Option("warmup", None, "folder written by `thresher warmup` (checkpoints + optimizer states)"),
-             Option("adam", "less", "training-gradient transform", ("less", "bias_corrected", "none")),
-             Option("dim", None, "projection dimension (criterion default 8192)")],
+    options=[
+        _MODEL,
+        Option("target", None, "target set (file) whose gradients define the task"),
+        Option("warmup", None, "folder written by `thresher warmup` (checkpoints + optimizer states)"),
+        Option("adam", "less", "training-gradient transform", ("less", "bias_corrected", "none")),
+        Option("dim", None, "projection dimension (criterion default 8192)", type=int, min=1),
+    ],
     feas=feasibility(1, 4, False, False, False),
     sources=["princeton-nlp/LESS"],
-    paper="Xia et al., LESS: Selecting Influential Data for Targeted Instruction Tuning, ICML 2024")
+    paper="Xia et al., LESS: Selecting Influential Data for Targeted Instruction Tuning, ICML 2024",
+)
 
-_reg("selectit", Recipe(
-    criteria=[{"name": "selectit", "options": {"models": "$models", "alpha": "$alpha",
-                                               "model_weights": "$model_weights"}}],
-    selector={"name": "topk", "options": {"criterion": "selectit", "direction": "max"}},
-    budget={"ratio": 0.20},
-    variants={"semantics": {"reference": {"criteria": {"selectit": {"model_weights": SELECTIT_REFERENCE_WEIGHTS}}}}},
-    notes="K rating prompts; token-, sentence- (mean / (1 + alpha std)) and model-level (weights proportional "
-          "to parameter count) uncertainty; keep the top 20%. semantics=reference: the reference code's weights "
-          "for its three models (7/20, 13/20, 70/90, not summing to 1; give three models with models=[...])."),
+_reg(
+    "selectit",
+    Recipe(
+        criteria=[
+            {"name": "selectit", "options": {"models": "$models", "alpha": "$alpha", "model_weights": "$model_weights"}}
+        ],
+        selector={"name": "topk", "options": {"criterion": "selectit", "direction": "max"}},
+        budget={"ratio": 0.20},
+        variants={
+            "semantics": {"reference": {"criteria": {"selectit": {"model_weights": SELECTIT_REFERENCE_WEIGHTS}}}}
+        },
+        notes="K rating prompts; token-, sentence- (mean / (1 + alpha std)) and model-level (weights proportional "
+        "to parameter count) uncertainty; keep the top 20%. semantics=reference: the reference code's weights "
+        "for its three models (7/20, 13/20, 70/90, not summing to 1; give three models with models=[...]).",
+    ),
     doc="SelectIT: self-reflection rating uncertainty at token, sentence and model level",
-    options=[Option("models", None, "rating LMs (criterion default: the default LM)"),
-             Option("alpha", None, "sentence-level std penalty (criterion default)"),
-             Option("model_weights", None, "model-level weights (criterion default: by parameter count)"), _SEM],
+    options=[
+        Option("models", None, "rating LMs (criterion default: the default LM)"),
+        Option("alpha", None, "sentence-level std penalty (criterion default)"),
+        Option("model_weights", None, "model-level weights (criterion default: by parameter count)"),
+        _SEM,
+    ],
     feas=feasibility(0, 4, True, True, False),
     sources=["Blue-Raincoat/SelectIT: self_reflection/*.py"],
     paper="Liu et al., SelectIT: Selective Instruction Tuning for LLMs via Uncertainty-Aware Self-Reflection, "
-          "NeurIPS 2024")
+    "NeurIPS 2024",
+)
 
-_reg("nuggets", Recipe(
-    criteria=[{"name": "nuggets", "options": {"model": "$model", "anchors": "$anchors"}}],
-    selector={"name": "threshold", "options": {"criterion": "nuggets", "direction": "max", "mode": "absolute",
-                                               "value": "$threshold"}},
-    budget={"ratio": 1.0},
-    notes="Golden score GS(z): fraction of anchor tasks whose answer log-probability rises with z as a one-shot "
-          "demonstration; keep GS above a threshold (budget caps the count; --ratio 0.01 for the top 1%)."),
+_reg(
+    "nuggets",
+    Recipe(
+        criteria=[{"name": "nuggets", "options": {"model": "$model", "anchors": "$anchors"}}],
+        selector={
+            "name": "threshold",
+            "options": {"criterion": "nuggets", "direction": "max", "mode": "absolute", "value": "$threshold"},
+        },
+        budget={"ratio": 1.0},
+        notes="Golden score GS(z): fraction of anchor tasks whose answer log-probability rises with z as a one-shot "
+        "demonstration; keep GS above a threshold (budget caps the count; --ratio 0.01 for the top 1%).",
+    ),
     doc="Nuggets: one-shot learning gain over an anchor set (golden score)",
-    options=[_MODEL, Option("anchors", None, "anchor set (file or count; criterion default)"),
-             Option("threshold", 0.85, "golden-score threshold")],
+    options=[
+        _MODEL,
+        Option("anchors", None, "anchor set (file or count; criterion default)"),
+        Option("threshold", 0.85, "golden-score threshold", min=0, max=1),
+    ],
     feas=feasibility(0, 4, True, True, False),
     sources=["pldlgb/nuggets"],
-    paper="Li et al., One-Shot Learning as Instruction Data Prospector for LLMs, ACL 2024")
+    paper="Li et al., One-Shot Learning as Instruction Data Prospector for LLMs, ACL 2024",
+)
 
-_reg("alpagasus", Recipe(
-    criteria=[{"name": "rating", "as": "judge", "options": {"model": "$model", "prompt": ALPAGASUS_PROMPT,
-                                                            "score_tokens": "0,1,2,3,4,5"}}],
-    selector={"name": "threshold", "options": {"criterion": "judge", "direction": "max", "mode": "absolute",
-                                               "value": "$threshold"}},
-    budget={"ratio": 1.0},
-    notes="A judge grades each (instruction, input, response) for accuracy 0-5; keep score >= 4.5. The paper's "
-          "judge is ChatGPT; thresher uses a local causal LM's expected score over the score tokens."),
+_reg(
+    "alpagasus",
+    Recipe(
+        criteria=[
+            {
+                "name": "rating",
+                "as": "judge",
+                "options": {"model": "$model", "prompt": ALPAGASUS_PROMPT, "score_tokens": "0,1,2,3,4,5"},
+            }
+        ],
+        selector={
+            "name": "threshold",
+            "options": {"criterion": "judge", "direction": "max", "mode": "absolute", "value": "$threshold"},
+        },
+        budget={"ratio": 1.0},
+        notes="A judge grades each (instruction, input, response) for accuracy 0-5; keep score >= 4.5. The paper's "
+        "judge is ChatGPT; thresher uses a local causal LM's expected score over the score tokens.",
+    ),
     doc="AlpaGasus with a local judge model: keep samples graded >= 4.5 of 5",
     options=[_MODEL, Option("threshold", 4.5, "keep judge score >= threshold")],
     feas=feasibility(0, 2, True, True, False),
     feasibility_published=feasibility(0, 2, True, True, True, public_code=False),
     sources=["AlpaGasus (paper; no reference selection code)"],
-    paper="Chen et al., AlpaGasus: Training a Better Alpaca with Fewer Data, ICLR 2024")
+    paper="Chen et al., AlpaGasus: Training a Better Alpaca with Fewer Data, ICLR 2024",
+)
 
-_reg("instruction-mining", Recipe(
-    criteria=[{"name": "length"}, {"name": "mtld", "options": {"field": "output"}},
-              {"name": "perplexity", "options": {"model": "$model"}},
-              {"name": "knn_distance", "options": {"k": 6, "embedder": "$embedder"}}],
-    selector={"name": "weighted", "options": {
-        "objectives": ["length:max", "mtld:max", "perplexity:min", "knn_distance:max"],
-        "weights": "$weights", "normalize": "zscore"}},
-    budget={"ratio": 0.025},
-    notes="Indicators (length, MTLD, perplexity, kNN-6 distance) combined by a linear rule: give the rule's "
-          "coefficients with weights=[...] (one per objective, on z-scored indicators oriented so that higher is "
-          "better), or fit them with thresher.recipes.fit_linear_rule on (indicators, eval loss) pairs. The "
-          "paper's reward-model and UniEval indicators are not built in."),
+_reg(
+    "instruction-mining",
+    Recipe(
+        criteria=[
+            {"name": "length"},
+            {"name": "mtld", "options": {"field": "output"}},
+            {"name": "perplexity", "options": {"model": "$model"}},
+            {"name": "knn_distance", "options": {"k": 6, "embedder": "$embedder"}},
+        ],
+        selector={
+            "name": "weighted",
+            "options": {
+                "objectives": ["length:max", "mtld:max", "perplexity:min", "knn_distance:max"],
+                "weights": "$weights",
+                "normalize": "zscore",
+            },
+        },
+        budget={"ratio": 0.025},
+        notes="Indicators (length, MTLD, perplexity, kNN-6 distance) combined by a linear rule: give the rule's "
+        "coefficients with weights=[...] (one per objective, on z-scored indicators oriented so that higher is "
+        "better), or fit them with thresher.recipes.fit_linear_rule on (indicators, eval loss) pairs. The "
+        "paper's reward-model and UniEval indicators are not built in.",
+    ),
     doc="Instruction-Mining: natural-language indicators combined by a linear rule",
     options=[_MODEL, _EMB, Option("weights", None, "linear-rule coefficients, one per indicator (default equal)")],
     feas=feasibility(129, 4, False, True, False, public_code=False),
     sources=["Instruction Mining (paper)"],
-    paper="Cao et al., Instruction Mining: Instruction Data Selection for Tuning Large Language Models, COLM 2024")
+    paper="Cao et al., Instruction Mining: Instruction Data Selection for Tuning Large Language Models, COLM 2024",
+)
 
-_reg("mods", Recipe(
-    criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model"}}],
-    selector={"name": "cascade", "options": {
-        "first": {"name": "threshold", "options": {"criterion": "quality", "direction": "max",
-                                                   "mode": "$quality_mode", "value": "$quality_value"}},
-        "then": {"name": "kcenter", "options": {"criterion": "quality", "direction": "max"}}}},
-    budget={"ratio": 0.0192}, embeddings=True,
-    notes="Quality threshold, then a k-center greedy seed set on embeddings. The third stage (the 'necessary' "
-          "samples that a seed-tuned model answers badly) needs a fine-tuning loop and is not part of this recipe."),
+_reg(
+    "mods",
+    Recipe(
+        criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model"}}],
+        selector={
+            "name": "cascade",
+            "options": {
+                "first": {
+                    "name": "threshold",
+                    "options": {
+                        "criterion": "quality",
+                        "direction": "max",
+                        "mode": "$quality_mode",
+                        "value": "$quality_value",
+                    },
+                },
+                "then": {"name": "kcenter", "options": {"criterion": "quality", "direction": "max"}},
+            },
+        },
+        budget={"ratio": 0.0192},
+        embeddings=True,
+        notes="Quality threshold, then a k-center greedy seed set on embeddings. The third stage (the 'necessary' "
+        "samples that a seed-tuned model answers badly) needs a fine-tuning loop and is not part of this recipe.",
+    ),
     doc="MoDS: quality threshold, then k-center coverage (first two stages)",
-    options=[_MODEL, _EMB, Option("quality_mode", "quantile", "quality threshold mode", ("quantile", "absolute", "knee")),
-             Option("quality_value", 0.5, "quantile or absolute quality threshold")],
+    options=[
+        _MODEL,
+        _EMB,
+        Option("quality_mode", "quantile", "quality threshold mode", ("quantile", "absolute", "knee")),
+        Option("quality_value", 0.5, "quantile or absolute quality threshold"),
+    ],
     feas=feasibility(0, 3, False, True, False),
     sources=["CASIA-LM/MoDS"],
-    paper="Du et al., MoDS: Model-oriented Data Selection for Instruction Tuning, 2023")
+    paper="Du et al., MoDS: Model-oriented Data Selection for Instruction Tuning, 2023",
+)
 
-_reg("random", Recipe(criteria=[], selector={"name": "random", "options": {}}, budget={"ratio": 0.05},
-                      notes="A uniform random subset: the baseline every method is compared with."),
-     doc="uniform random subset (the baseline)", options=[],
-     feas=feasibility(0, 1, True, True, False),
-     sources=["thresher"], paper="-")
+_reg(
+    "random",
+    Recipe(
+        criteria=[],
+        selector={"name": "random", "options": {}},
+        budget={"ratio": 0.05},
+        notes="A uniform random subset: the baseline every method is compared with.",
+    ),
+    doc="uniform random subset (the baseline)",
+    options=[],
+    feas=feasibility(0, 1, True, True, False),
+    sources=["thresher"],
+    paper="-",
+)
 
-_reg("multi-objective", Recipe(
-    criteria=[],
-    selector={"name": "$method", "options": {"objectives": "$objectives", "diversity_tau": "$diversity_tau"}},
-    filters=["ifd <= 1"], budget={"ratio": 0.05},
-    notes="Any set of criteria combined by Pareto rank (non-dominated fronts, crowding distance within a "
-          "front), weighted sum of normalised scores, or reciprocal rank fusion; optional diversity constraint "
-          "(max cosine similarity to the kept set <= diversity_tau); sample (--k/--ratio) or token (--tokens) "
-          "budget. Default: IFD (SmolLM2) and kNN distance (all-MiniLM-L6-v2), both maximised."),
+_reg(
+    "multi-objective",
+    Recipe(
+        criteria=[],
+        selector={"name": "$method", "options": {"objectives": "$objectives", "diversity_tau": "$diversity_tau"}},
+        filters=["ifd <= 1"],
+        budget={"ratio": 0.05},
+        derive=_multi_objective,
+        notes="Any set of criteria combined by Pareto rank (non-dominated fronts, crowding distance within a "
+        "front), weighted sum of normalised scores, or reciprocal rank fusion; optional diversity constraint "
+        "(max cosine similarity to the kept set <= diversity_tau); sample (--k/--ratio) or token (--tokens) "
+        "budget. Default: IFD (SmolLM2) and kNN distance (all-MiniLM-L6-v2), both maximised.",
+    ),
     doc="thresher's own: criteria combined by Pareto rank / weighted sum / rank fusion with a diversity constraint",
-    options=[Option("objectives", ["ifd:max", "knn_distance:max"], "criteria with directions"),
-             Option("method", "pareto", "how the objectives are combined", ("pareto", "weighted", "rrf")),
-             Option("diversity_tau", 0.9, "max cosine similarity to the kept set (None: no constraint)"),
-             Option("filters_ifd", True, "drop IFD > 1 when IFD is an objective"),
-             _MODEL, _MAXLEN, _EMB],
+    options=[
+        Option("objectives", ["ifd:max", "knn_distance:max"], "criteria with directions"),
+        Option("method", "pareto", "how the objectives are combined", ("pareto", "weighted", "rrf")),
+        Option(
+            "diversity_tau",
+            0.9,
+            "max cosine similarity to the kept set (None: no constraint)",
+            nullable=True,
+            min=-1,
+            max=1,
+        ),
+        Option("filters_ifd", True, "drop IFD > 1 when IFD is an objective"),
+        _MODEL,
+        _MAXLEN,
+        _EMB,
+    ],
     feas=feasibility(0, 3, False, True, False),
-    sources=["thresher"], paper="-")
+    sources=["thresher"],
+    paper="-",
+)
 
 
 def fit_linear_rule(indicators: Any, target: Any, *, ridge: float = 0.0) -> dict:
@@ -355,8 +566,6 @@ def fit_linear_rule(indicators: Any, target: Any, *, ridge: float = 0.0) -> dict
     ``weights`` are ready for the instruction-mining recipe (negated, so that a higher
     combined score means a lower predicted loss).
     """
-    import numpy as np
-
     X = np.asarray(indicators, dtype=np.float64)
     y = np.asarray(target, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(y):
@@ -371,5 +580,8 @@ def fit_linear_rule(indicators: Any, target: Any, *, ridge: float = 0.0) -> dict
     A = Z.T @ Z + ridge * np.diag([0.0] + [1.0] * X.shape[1])
     beta = np.linalg.solve(A, Z.T @ y)
     names = list(getattr(indicators, "columns", range(X.shape[1])))
-    return {"intercept": float(beta[0]), "coef": {str(n): float(b) for n, b in zip(names, beta[1:])},
-            "weights": [float(-b) for b in beta[1:]]}
+    return {
+        "intercept": float(beta[0]),
+        "coef": {str(n): float(b) for n, b in zip(names, beta[1:])},
+        "weights": [float(-b) for b in beta[1:]],
+    }

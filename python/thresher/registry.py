@@ -182,7 +182,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise ValueError(
+            raise OptionError(
                 f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries)) or 'none'}"
             ) from None
 
@@ -209,7 +209,7 @@ ENGINES: Registry[Any] = Registry("engine")
 # its module here; a module that fails to import (missing optional extra) is
 # skipped and reported by `thresher doctor`.
 BUILTIN_MODULES: list[str] = [
-    "thresher.io.textstats",
+    "thresher.criteria.text",
     "thresher.selectors.basic",
     "thresher.selectors.diversity",
     "thresher.criteria.diversity",
@@ -218,6 +218,8 @@ BUILTIN_MODULES: list[str] = [
     "thresher.criteria.judge",
     "thresher.criteria.nuggets",
     "thresher.criteria.less",
+    "thresher.engines.local",
+    "thresher.engines.ray_engine",
 ]
 _loaded = False
 LOAD_ERRORS: dict[str, str] = {}

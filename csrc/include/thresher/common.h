@@ -36,11 +36,10 @@ using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 template <typename T>
 inline const T* cptr(const py::array& a, const char* arg, int ndim = -1) {
-  if (!py::isinstance<py::array_t<T>>(a))
-    value_error(std::string(arg) + ": wrong dtype");
+  if (!py::isinstance<py::array_t<T>>(a)) value_error(std::string(arg) + ": wrong dtype");
   if (ndim >= 0 && a.ndim() != ndim)
-    value_error(std::string(arg) + ": expected " + std::to_string(ndim) + "-d array, got " +
-                std::to_string(a.ndim()) + "-d");
+    value_error(std::string(arg) + ": expected " + std::to_string(ndim) + "-d array, got " + std::to_string(a.ndim()) +
+                "-d");
   if (!(a.flags() & py::array::c_style)) value_error(std::string(arg) + ": must be C-contiguous");
   return static_cast<const T*>(a.data());
 }

@@ -39,7 +39,7 @@ constexpr uint32_t kKeyA = 0x9E3779B9u;
 constexpr uint32_t kKeyB = 0xBB67AE85u;
 constexpr uint32_t kStreamRademacher = 0x52414430u;  // "RAD0"
 constexpr uint32_t kStreamGaussian = 0x47415530u;    // "GAU0"
-constexpr int kRademacherBlock = 128;                 // columns per Philox call
+constexpr int kRademacherBlock = 128;                // columns per Philox call
 constexpr int kGaussianBlock = 4;
 
 struct Words {
@@ -53,8 +53,7 @@ THRESHER_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 }
 
 // Philox4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1).
-THRESHER_HD Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
-                                uint32_t k1) {
+THRESHER_HD Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
@@ -76,16 +75,14 @@ THRESHER_HD Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t 
 
 // The 128 sign bits of row `row`, columns [128*block, 128*block + 128).
 THRESHER_HD Words rademacher_words(uint64_t seed, uint64_t row, uint32_t block) {
-  return philox4x32_10(static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32), block,
-                       kStreamRademacher, static_cast<uint32_t>(seed),
-                       static_cast<uint32_t>(seed >> 32));
+  return philox4x32_10(static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32), block, kStreamRademacher,
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 // The 4 raw words for Gaussian columns [4*group, 4*group + 4) of row `row`.
 THRESHER_HD Words gaussian_words(uint64_t seed, uint64_t row, uint32_t group) {
-  return philox4x32_10(static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32), group,
-                       kStreamGaussian, static_cast<uint32_t>(seed),
-                       static_cast<uint32_t>(seed >> 32));
+  return philox4x32_10(static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32), group, kStreamGaussian,
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 }  // namespace philox

@@ -33,8 +33,8 @@ inline void register_all(pybind11::module_& m) {
 
 #define THRESHER_CONCAT_(a, b) a##b
 #define THRESHER_CONCAT(a, b) THRESHER_CONCAT_(a, b)
-#define THRESHER_REGISTER(NAME)                                              \
-  static void THRESHER_CONCAT(thresher_register_, NAME)(pybind11::module_ & m); \
-  static ::thresher::Registrar THRESHER_CONCAT(thresher_registrar_, NAME)(     \
-      #NAME, &THRESHER_CONCAT(thresher_register_, NAME));                     \
+#define THRESHER_REGISTER(NAME)                                                                                        \
+  static void THRESHER_CONCAT(thresher_register_, NAME)(pybind11::module_ & m);                                        \
+  static ::thresher::Registrar THRESHER_CONCAT(thresher_registrar_, NAME)(#NAME,                                       \
+                                                                          &THRESHER_CONCAT(thresher_register_, NAME)); \
   static void THRESHER_CONCAT(thresher_register_, NAME)(pybind11::module_ & m)

@@ -1,4 +1,5 @@
 """Arguments shared by the pipeline verbs (select, score, run, demo)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,29 +27,49 @@ def parse_kv(items: Optional[list], what: str) -> dict:
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input")
-    g.add_argument("--format", choices=["jsonl", "json", "parquet", "csv", "hf"], default=None,
-                   help="input format (default: from the extension; folders: HF dataset or the files inside)")
-    g.add_argument("--field", action="append", metavar="TARGET=COLUMN", default=None,
-                   help="explicit field mapping, e.g. --field instruction=question --field output=answer "
-                        "(targets: instruction, input, output, conversation, id, group)")
+    g.add_argument(
+        "--format",
+        choices=["jsonl", "json", "parquet", "csv", "hf"],
+        default=None,
+        help="input format (default: from the extension; folders: HF dataset or the files inside)",
+    )
+    g.add_argument(
+        "--field",
+        action="append",
+        metavar="TARGET=COLUMN",
+        default=None,
+        help="explicit field mapping, e.g. --field instruction=question --field output=answer "
+        "(targets: instruction, input, output, conversation, id, group)",
+    )
     g.add_argument("--group-field", default=None, help="column holding the task/source (default: task, source, ...)")
-    g.add_argument("--on-bad-row", choices=["error", "skip"], default="error",
-                   help="error (default): stop at the first bad row naming file, line and field; skip: count and "
-                        "report skipped rows")
+    g.add_argument(
+        "--on-bad-row",
+        choices=["error", "skip"],
+        default="error",
+        help="error (default): stop at the first bad row naming file, line and field; skip: count and "
+        "report skipped rows",
+    )
     g.add_argument("--shard-size", type=int, default=4096, help="rows per shard (memory and cache granularity)")
     g.add_argument("--limit", type=int, default=None, help="read only the first N good rows")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace another run's results in --out (the content-keyed score cache is kept)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace another run's results in --out (the content-keyed score cache is kept)",
+    )
     g.add_argument("--cache-dir", default=None, help="score cache folder (default OUT/cache; share it across runs)")
     g.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or Ray Data")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--plugin", action="append", default=None, metavar="MODULE_OR_FILE",
-                   help="import a module or .py file that registers extra criteria/selectors/recipes "
-                        "(also THRESHER_PLUGINS)")
+    g.add_argument(
+        "--plugin",
+        action="append",
+        default=None,
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file that registers extra criteria/selectors/recipes (also THRESHER_PLUGINS)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars or messages (the log file still is written)")
 
 
@@ -63,11 +84,20 @@ def common_config(args: Any) -> dict:
     fields = parse_kv(args.field, "--field") if getattr(args, "field", None) else None
     if fields:
         fields = {k: (None if v in (None, "") else str(v)) for k, v in fields.items()}
-    return dict(format=args.format, fields=fields, group_field=args.group_field, on_bad_row=args.on_bad_row,
-                shard_size=args.shard_size, limit=args.limit, overwrite=getattr(args, "overwrite", False),
-                cache_dir=getattr(args, "cache_dir", None), engine=getattr(args, "engine", "local"),
-                seed=getattr(args, "seed", 0), plugins=getattr(args, "plugin", None) or [],
-                quiet=getattr(args, "quiet", False))
+    return dict(
+        format=args.format,
+        fields=fields,
+        group_field=args.group_field,
+        on_bad_row=args.on_bad_row,
+        shard_size=args.shard_size,
+        limit=args.limit,
+        overwrite=getattr(args, "overwrite", False),
+        cache_dir=getattr(args, "cache_dir", None),
+        engine=getattr(args, "engine", "local"),
+        seed=getattr(args, "seed", 0),
+        plugins=getattr(args, "plugin", None) or [],
+        quiet=getattr(args, "quiet", False),
+    )
 
 
 def criteria_steps(spec: Optional[str], options: Optional[list]) -> list:

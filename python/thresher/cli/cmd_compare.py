@@ -7,20 +7,38 @@ thresher.evaluation.runs): place the runs among the twelve, print the
 efficiency and feasibility rank tables, and write efficiency.png,
 feasibility.png and report.html into --out.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-LEADERBOARD_COLUMNS = ["name", "sdf", "pir", "residual", "efficiency_rank", "simplicity_penalty",
-                       "simplicity_rank", "flexibility_penalty", "flexibility_rank", "feasibility_rank"]
+from ..evaluation import leaderboard, load_runs
+from ..evaluation.plots import (
+    EFFICIENCY_COLUMNS,
+    FEASIBILITY_COLUMNS,
+    efficiency_table,
+    feasibility_table,
+    text_table,
+    write_report,
+)
+
+LEADERBOARD_COLUMNS = [
+    "name",
+    "sdf",
+    "pir",
+    "residual",
+    "efficiency_rank",
+    "simplicity_penalty",
+    "simplicity_rank",
+    "flexibility_penalty",
+    "flexibility_rank",
+    "feasibility_rank",
+]
 
 
 def run(args: Any) -> int:
-    from thresher.evaluation import leaderboard, load_runs
-    from thresher.evaluation.plots import (EFFICIENCY_COLUMNS, FEASIBILITY_COLUMNS, efficiency_table,
-                                           feasibility_table, text_table, write_report)
 
     user = []
     for p in args.runs:
@@ -67,13 +85,21 @@ def run(args: Any) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("compare", help="rank selectors by efficiency and feasibility (the survey's comparison)",
-                       description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    p = sub.add_parser(
+        "compare",
+        help="rank selectors by efficiency and feasibility (the survey's comparison)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
     p.add_argument("runs", nargs="*", metavar="RUNS.yaml", help="your runs to place among the published methods")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help="write efficiency.png, feasibility.png and report.html here (default with runs: compare-report)")
-    p.add_argument("--include-mods", action="store_true",
-                   help="include MoDS, excluded by default as an outlier (PIR 3.337)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="write efficiency.png, feasibility.png and report.html here (default with runs: compare-report)",
+    )
+    p.add_argument(
+        "--include-mods", action="store_true", help="include MoDS, excluded by default as an outlier (PIR 3.337)"
+    )
     p.add_argument("--json", action="store_true", help="print the full table as JSON")
     p.add_argument("--force", action="store_true", help="overwrite an existing report in --out")
     p.set_defaults(func=run)

@@ -1,4 +1,5 @@
 """`thresher doctor`: each op x backend, whether it can run here, and why not."""
+
 from __future__ import annotations
 
 import json
@@ -6,14 +7,15 @@ import platform
 import sys
 from typing import Any
 
+import torch
+
+import thresher
+
+from .. import _native, registry
+from ..ops import OPS
+
 
 def collect() -> dict[str, Any]:
-    import torch
-
-    import thresher
-    from thresher import _native
-    from thresher.ops import OPS
-
     cpu = _native.cpu_ext()
     cuda = _native.cuda_ext()
     tri = _native.triton_module()
@@ -33,22 +35,34 @@ def collect() -> dict[str, Any]:
         },
         "extensions": {
             "thresher._C": (
-                {"built": True, "openmp": bool(cpu.has_openmp), "threads": cpu.max_threads(),
-                 "compiler": cpu.compiler, "ops": list(cpu.registered)}
+                {
+                    "built": True,
+                    "openmp": bool(cpu.has_openmp),
+                    "threads": cpu.max_threads(),
+                    "compiler": cpu.compiler,
+                    "ops": list(cpu.registered),
+                }
                 if cpu is not None
                 else {"built": False, "reason": _native.why_unavailable("cpu")}
             ),
             "thresher._cuda": (
-                {"built": True, "cuda_runtime": int(cuda.cuda_runtime_version),
-                 "device": cuda.device_error() or "ok", "ops": list(cuda.registered)}
+                {
+                    "built": True,
+                    "cuda_runtime": int(cuda.cuda_runtime_version),
+                    "device": cuda.device_error() or "ok",
+                    "ops": list(cuda.registered),
+                }
                 if cuda is not None
                 else {"built": False, "reason": _native.why_unavailable("cuda")}
             ),
             "triton": (
-                {"installed": True, "version": getattr(tri, "__version__", "?"),
-                 "interpret": _native.triton_interpret(),
-                 "kernels": _native.kernels() is not None,
-                 **({} if _native.kernels() is not None else {"reason": _native.why_unavailable("kernels")})}
+                {
+                    "installed": True,
+                    "version": getattr(tri, "__version__", "?"),
+                    "interpret": _native.triton_interpret(),
+                    "kernels": _native.kernels() is not None,
+                    **({} if _native.kernels() is not None else {"reason": _native.why_unavailable("kernels")}),
+                }
                 if tri is not None
                 else {"installed": False, "reason": _native.why_unavailable("triton")}
             ),
@@ -61,8 +75,6 @@ def collect() -> dict[str, Any]:
 
 def _components() -> dict[str, Any]:
     """Registered criteria, selectors and recipes, and modules that failed to load."""
-    from thresher import registry
-
     out: dict[str, Any] = {}
     for reg in (registry.CRITERIA, registry.SELECTORS, registry.RECIPES, registry.READERS):
         out[reg.kind] = reg.names()
@@ -134,8 +146,6 @@ def render(info: dict[str, Any]) -> str:
 
 
 def run(args: Any) -> int:
-    import thresher.ops  # noqa: F401  (registers the ops)
-
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2, default=str))

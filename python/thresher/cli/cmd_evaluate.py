@@ -6,6 +6,7 @@ measures the answer loss and greedy exact-match accuracy on the target set;
 reports the benchmark ratio and PIR (same_bench setting) and writes
 evaluation.json and run.yaml (accepted by `thresher compare`) into --out.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from thresher.evaluation.comparison import FEASIBILITY_FIELDS, Feasibility
+
+from ..evaluation.proxy import ProxyConfig, evaluate_selection, run_entries, write_outputs
+from ..evaluation.runs import feasibility_from_recipe
+from ..io import open_dataset, read_samples
+from ..models import byte_tokenizer, tiny_causal_lm
 
 
 def _selected_file(path: Path) -> Path:
@@ -67,7 +73,6 @@ def _parse_kv(items: list[str]) -> dict[str, Any]:
 
 def resolve_feasibility(args: Any, sel_dir: Path) -> tuple[Optional[str], Optional[Feasibility]]:
     """(recipe name, explicit feasibility) for the run entry; raises when neither gives all inputs."""
-    from thresher.evaluation.runs import feasibility_from_recipe
 
     recipe = args.recipe or _manifest_recipe(sel_dir)
     given = _parse_kv(args.feasibility or [])
@@ -79,23 +84,22 @@ def resolve_feasibility(args: Any, sel_dir: Path) -> tuple[Optional[str], Option
         raise ValueError(
             "feasibility: missing feasibility inputs for the run entry: pass --recipe NAME (a thresher recipe), "
             f"or --feasibility {'=..,'.join(FEASIBILITY_FIELDS)}=.. (or select with `thresher select --recipe`, "
-            "whose manifest names the recipe)")
+            "whose manifest names the recipe)"
+        )
     feas = Feasibility.from_mapping(merged, where="--feasibility")
     return recipe, (feas if given else None)
 
 
 def _loader(spec: str):
     if spec == "tiny" or spec.startswith("tiny:"):
-        from thresher.models import tiny_causal_lm
-
         seed = 0
         if ":" in spec:
             try:
                 seed = int(spec.split(":", 1)[1])
             except ValueError:
                 raise ValueError(f"--model: expected tiny or tiny:SEED, got {spec!r}") from None
+
         def load():
-            from thresher.models import byte_tokenizer
 
             tok = byte_tokenizer()
             tok.eos_token = "<|im_end|>"  # EOS distinct from pad (pad's embedding row is zero-initialised)
@@ -106,19 +110,30 @@ def _loader(spec: str):
 
 
 def run(args: Any) -> int:
-    from thresher.evaluation.proxy import ProxyConfig, evaluate_selection, run_entries, write_outputs
-    from thresher.io import open_dataset, read_samples
 
     sel_path = _selected_file(Path(args.selected))
     sel_dir = sel_path.parent if Path(args.selected).is_file() else Path(args.selected)
     out = Path(args.out) if args.out else sel_dir / "evaluation"
     if (out / "evaluation.json").exists() and not args.force:
         raise FileExistsError(f"{out}: already holds evaluation.json; pass --force to overwrite it")
-    cfg = ProxyConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-                      lr=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=args.seed,
-                      max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
-                      template=args.template, metric=args.metric, decode=args.decode,
-                      lora_layers=args.lora_layers or None, threads=args.threads, device=args.device).validate()
+    cfg = ProxyConfig(
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        eval_batch_size=args.eval_batch_size,
+        template=args.template,
+        metric=args.metric,
+        decode=args.decode,
+        lora_layers=args.lora_layers or None,
+        threads=args.threads,
+        device=args.device,
+    ).validate()
     recipe, feas = resolve_feasibility(args, sel_dir)  # before any expensive work
     name = args.name or recipe or sel_dir.resolve().name
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -131,15 +146,20 @@ def run(args: Any) -> int:
         raise ValueError(f"--group: {args.target} has no field {args.group!r} (fields: {src.columns})")
     if args.max_target is not None and len(target) > args.max_target:
         target = target.sample(n=args.max_target, random_state=args.seed).sort_index()
-    log(f"pool {len(pool)}, selected {len(selected)} (SDF {len(selected) / max(1, len(pool)):.4g}), "
-        f"target {len(target)}")
-    result = evaluate_selection(pool, selected, target, cfg, group="group" if "group" in target else None,
-                                loader=_loader(args.model), log=log)
+    log(
+        f"pool {len(pool)}, selected {len(selected)} (SDF {len(selected) / max(1, len(pool)):.4g}), "
+        f"target {len(target)}"
+    )
+    result = evaluate_selection(
+        pool, selected, target, cfg, group="group" if "group" in target else None, loader=_loader(args.model), log=log
+    )
     entries = run_entries(result, name, recipe=recipe, feasibility=feas)
     paths = write_outputs(result, out, entries)
 
-    print(f"SDF {result.sdf:.4g} ({result.selected_size} of {result.pool_size}); target {len(target)} examples; "
-          f"{cfg.steps} steps x {cfg.batch_size}, seed {cfg.seed}, model {cfg.model}")
+    print(
+        f"SDF {result.sdf:.4g} ({result.selected_size} of {result.pool_size}); target {len(target)} examples; "
+        f"{cfg.steps} steps x {cfg.batch_size}, seed {cfg.seed}, model {cfg.model}"
+    )
     print(f"{'arm':10s} {'loss':>8s} {'accuracy':>9s}")
     for arm, m in result.arms.items():
         print(f"{arm:10s} {m['loss']:8.4f} {m['accuracy']:9.4f}")
@@ -156,15 +176,22 @@ def run(args: Any) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("evaluate", help="measure a selection by proxy LoRA fine-tuning (vs random and full pool)",
-                       description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    p = sub.add_parser(
+        "evaluate",
+        help="measure a selection by proxy LoRA fine-tuning (vs random and full pool)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
     p.add_argument("data", metavar="DATA", help="the candidate pool the selection was made from")
-    p.add_argument("--selected", required=True, metavar="DIR",
-                   help="output folder of `thresher select` (or a selected data file)")
+    p.add_argument(
+        "--selected", required=True, metavar="DIR", help="output folder of `thresher select` (or a selected data file)"
+    )
     p.add_argument("--target", required=True, metavar="TARGET_DATA", help="target set (answers scored by exact match)")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: DIR/evaluation)")
-    p.add_argument("--model", default="default",
-                   help="default | local folder | HF id | tiny[:SEED] (a tiny random model, for tests)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="default | local folder | HF id | tiny[:SEED] (a tiny random model, for tests)",
+    )
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per arm (default 200)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=96, help="tokens per example (prompt + answer)")
@@ -174,22 +201,43 @@ def register(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--template", choices=["plain", "chat"], default="plain")
-    p.add_argument("--decode", choices=["teacher", "generate"], default="teacher",
-                   help="exact match from one teacher-forced pass (token-exact greedy decode; default) "
-                        "or from model.generate with string comparison")
-    p.add_argument("--lora-layers", type=int, default=8, metavar="N",
-                   help="LoRA on the top N decoder layers only (default 8; 0 = all layers)")
+    p.add_argument(
+        "--decode",
+        choices=["teacher", "generate"],
+        default="teacher",
+        help="exact match from one teacher-forced pass (token-exact greedy decode; default) "
+        "or from model.generate with string comparison",
+    )
+    p.add_argument(
+        "--lora-layers",
+        type=int,
+        default=8,
+        metavar="N",
+        help="LoRA on the top N decoder layers only (default 8; 0 = all layers)",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
-    p.add_argument("--metric", choices=["accuracy", "likelihood"], default="accuracy",
-                   help="benchmark score behind the ratio (likelihood = exp(-answer loss))")
-    p.add_argument("--group", default=None, metavar="FIELD",
-                   help="target field splitting it into evaluation sets (default: task/source/... when present)")
+    p.add_argument(
+        "--metric",
+        choices=["accuracy", "likelihood"],
+        default="accuracy",
+        help="benchmark score behind the ratio (likelihood = exp(-answer loss))",
+    )
+    p.add_argument(
+        "--group",
+        default=None,
+        metavar="FIELD",
+        help="target field splitting it into evaluation sets (default: task/source/... when present)",
+    )
     p.add_argument("--max-target", type=int, default=None, help="evaluate on a seeded sample of N target examples")
     p.add_argument("--name", default=None, help="run name in run.yaml (default: recipe or folder name)")
     p.add_argument("--recipe", default=None, help="recipe whose feasibility inputs the run declares")
-    p.add_argument("--feasibility", action="append", metavar="KEY=VALUE,...",
-                   help=f"feasibility inputs ({', '.join(FEASIBILITY_FIELDS)}, public_code, small_proxy)")
+    p.add_argument(
+        "--feasibility",
+        action="append",
+        metavar="KEY=VALUE,...",
+        help=f"feasibility inputs ({', '.join(FEASIBILITY_FIELDS)}, public_code, small_proxy)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing evaluation in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)

@@ -1,27 +1,45 @@
 """`thresher grads DATA --warmup DIR --out STORE`: projected per-sample LoRA gradient features."""
+
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
 
+from ..features.gradients import AdamState, GradientFeaturizer, load_lora
+from ..features.store import FeatureStore
+from ..io import read_samples
+from ..models import load_causal_lm
+from ..train.warmup import load_warmup, lora_for_checkpoint
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grads", help="per-sample projected LoRA gradient features into a feature store",
-                       description="For each warm-up checkpoint, compute each sample's projected LoRA gradient "
-                                   "(Adam-transformed by default, as LESS does for training data) and append it to "
-                                   "the feature store STORE/checkpoint-<k>/ (resumable: stored ids are skipped).")
+    p = sub.add_parser(
+        "grads",
+        help="per-sample projected LoRA gradient features into a feature store",
+        description="For each warm-up checkpoint, compute each sample's projected LoRA gradient "
+        "(Adam-transformed by default, as LESS does for training data) and append it to "
+        "the feature store STORE/checkpoint-<k>/ (resumable: stored ids are skipped).",
+    )
     p.add_argument("data", type=Path)
     p.add_argument("--warmup", type=Path, required=True, help="folder written by `thresher warmup`")
     p.add_argument("--out", type=Path, required=True, help="feature store folder (one sub-store per checkpoint)")
     p.add_argument("--dim", type=int, default=8192, help="projection dimension (multiple of 8)")
     p.add_argument("--seed", type=int, default=0, help="projection seed")
     p.add_argument("--kind", default="rademacher", choices=["rademacher", "gaussian"])
-    p.add_argument("--adam", default="less", choices=["less", "bias_corrected", "none"],
-                   help="gradient transform: less (Adam, no bias correction), bias_corrected, none (plain; use "
-                        "it for target/validation sets)")
-    p.add_argument("--mode", default="dense", choices=["dense", "structured"],
-                   help="dense: per-sample gradient then projection; structured: LoGra-style (plain only)")
+    p.add_argument(
+        "--adam",
+        default="less",
+        choices=["less", "bias_corrected", "none"],
+        help="gradient transform: less (Adam, no bias correction), bias_corrected, none (plain; use "
+        "it for target/validation sets)",
+    )
+    p.add_argument(
+        "--mode",
+        default="dense",
+        choices=["dense", "structured"],
+        help="dense: per-sample gradient then projection; structured: LoGra-style (plain only)",
+    )
     p.add_argument("--store-dtype", default="float16", choices=["float16", "int8", "bit"])
     p.add_argument("--checkpoints", default="all", help="'all' or comma-separated epoch numbers")
     p.add_argument("--batch-size", type=int, default=8)
@@ -36,11 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..features.gradients import AdamState, GradientFeaturizer, load_lora
-    from ..features.store import FeatureStore
-    from ..io import read_samples
-    from ..models import load_causal_lm
-    from ..train.warmup import load_warmup, lora_for_checkpoint
 
     w = load_warmup(args.warmup)
     df = read_samples(args.data, format=args.format, limit=args.limit)
@@ -56,24 +69,39 @@ def run(args: argparse.Namespace) -> int:
     for ck in cks:
         load_lora(pm, ck / "adapter.safetensors")
         st = AdamState.load(ck / "optimizer.safetensors") if args.adam != "none" else None
-        fz = GradientFeaturizer(pm, lm.tokenizer, dim=args.dim, seed=args.seed, kind=args.kind, mode=args.mode,
-                                adam=args.adam, adam_state=st, batch_size=args.batch_size,
-                                template=w.meta.get("template", "alpaca"),
-                                max_length=int(w.meta.get("max_length", 512)), backend=args.backend,
-                                on_nonfinite="nan", fingerprint=lm.fingerprint)
+        fz = GradientFeaturizer(
+            pm,
+            lm.tokenizer,
+            dim=args.dim,
+            seed=args.seed,
+            kind=args.kind,
+            mode=args.mode,
+            adam=args.adam,
+            adam_state=st,
+            batch_size=args.batch_size,
+            template=w.meta.get("template", "alpaca"),
+            max_length=int(w.meta.get("max_length", 512)),
+            backend=args.backend,
+            on_nonfinite="nan",
+            fingerprint=lm.fingerprint,
+        )
         import hashlib
 
-        meta = dict(fz.describe(), checkpoint=hashlib.sha256((ck / "adapter.safetensors").read_bytes()).hexdigest()[:16])
+        meta = dict(
+            fz.describe(), checkpoint=hashlib.sha256((ck / "adapter.safetensors").read_bytes()).hexdigest()[:16]
+        )
         store = FeatureStore(args.out / ck.name, meta, dtype=args.store_dtype)
         todo = [i for i, s in enumerate(ids_all) if s not in store]
         t0, done, skipped = time.time(), 0, 0
         for a in range(0, len(todo), args.chunk):
-            part = df.iloc[todo[a:a + args.chunk]]
+            part = df.iloc[todo[a : a + args.chunk]]
             ids, f, reasons = fz(part)
             ok = [j for j, r in enumerate(reasons) if not r]
             skipped += len(ids) - len(ok)
             done += store.write([ids[j] for j in ok], f[ok])
         dt = time.time() - t0
-        print(f"grads: {ck.name}: {done} new rows ({len(ids_all) - len(todo)} already stored, {skipped} not "
-              f"scorable) -> {store.path} [{dt:.1f}s, {done / dt if dt > 0 and done else 0:.2f} samples/s]")
+        print(
+            f"grads: {ck.name}: {done} new rows ({len(ids_all) - len(todo)} already stored, {skipped} not "
+            f"scorable) -> {store.path} [{dt:.1f}s, {done / dt if dt > 0 and done else 0:.2f} samples/s]"
+        )
     return 0

@@ -5,12 +5,17 @@ several objectives without rescoring; prints the top rows, and with ``--out``
 writes the table with ``rank`` (selection order, -1 when not in the top k),
 ``selected`` and, for Pareto, ``pareto_rank`` and ``crowding``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io.writers import write_parquet_atomic
+from ..registry import SELECTORS
+from ..selectors.basic import objective_matrix, pareto_order
 
 
 def read_scores(path: Path):
@@ -29,9 +34,6 @@ def read_scores(path: Path):
 
 
 def run(args: Any) -> int:
-    from thresher.io.writers import write_parquet_atomic
-    from thresher.registry import SELECTORS
-    from thresher.selectors.basic import objective_matrix, pareto_order
 
     df = read_scores(Path(args.scores))
     if "id" not in df.columns:
@@ -79,8 +81,11 @@ def run(args: Any) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("rank", help="rank a scores table by several objectives (pareto, weighted, rrf)",
-                       description=__doc__.split("\n", 1)[1] if __doc__ else None)
+    p = sub.add_parser(
+        "rank",
+        help="rank a scores table by several objectives (pareto, weighted, rrf)",
+        description=__doc__.split("\n", 1)[1] if __doc__ else None,
+    )
     p.add_argument("scores", help="scores table (.parquet, .csv, .jsonl) with an id column")
     p.add_argument("--objective", action="append", metavar="NAME:max|min", help="repeatable")
     p.add_argument("--method", choices=["pareto", "weighted", "rrf"], default="pareto")

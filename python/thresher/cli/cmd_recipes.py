@@ -1,25 +1,38 @@
 """`thresher recipes [NAME] [--json]`: the recipes with their steps, options, feasibility and sources."""
+
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from ..registry import RECIPES
+
 
 def describe(entry: Any) -> dict:
     r = entry.obj
     return {
-        "name": entry.name, "doc": entry.doc, "paper": entry.meta.get("paper"),
-        "sources": entry.meta.get("sources", []), "feasibility": entry.meta.get("feasibility"),
-        "options": {k: {"default": o.default, "doc": o.doc, **({"choices": list(o.choices)} if o.choices else {})}
-                    for k, o in entry.options.items()},
-        "steps": {"criteria": r.criteria, "selector": r.selector, "filters": r.filters, "budget": r.budget,
-                  "embeddings": r.embeddings, "variants": r.variants},
+        "name": entry.name,
+        "doc": entry.doc,
+        "paper": entry.meta.get("paper"),
+        "sources": entry.meta.get("sources", []),
+        "feasibility": entry.meta.get("feasibility"),
+        "options": {
+            k: {"default": o.default, "doc": o.doc, **({"choices": list(o.choices)} if o.choices else {})}
+            for k, o in entry.options.items()
+        },
+        "steps": {
+            "criteria": r.criteria,
+            "selector": r.selector,
+            "filters": r.filters,
+            "budget": r.budget,
+            "embeddings": r.embeddings,
+            "variants": r.variants,
+        },
         "notes": r.notes,
     }
 
 
 def run(args: Any) -> int:
-    from thresher.registry import RECIPES
 
     entries = [RECIPES.get(args.name)] if args.name else list(RECIPES)
     info = [describe(e) for e in entries]
@@ -30,7 +43,10 @@ def run(args: Any) -> int:
         w = max(len(e["name"]) for e in info)
         for e in info:
             print(f"{e['name']:{w}s}  {e['doc']}")
-            print(f"{'':{w}s}  source: {'; '.join(e['sources'])}" + (f" | paper: {e['paper']}" if e['paper'] not in (None, '-') else ""))
+            print(
+                f"{'':{w}s}  source: {'; '.join(e['sources'])}"
+                + (f" | paper: {e['paper']}" if e["paper"] not in (None, "-") else "")
+            )
         print("\n`thresher recipes NAME` for steps, options and feasibility inputs.")
         return 0
     e = info[0]
@@ -39,8 +55,13 @@ def run(args: Any) -> int:
         print(f"paper:   {e['paper']}")
     print(f"sources: {'; '.join(e['sources'])}")
     s = e["steps"]
-    print("criteria: " + (", ".join(f"{c.get('as', c['name'])}={c['name']}{c.get('options') or ''}" for c in s["criteria"])
-                          or "(given by options)"))
+    print(
+        "criteria: "
+        + (
+            ", ".join(f"{c.get('as', c['name'])}={c['name']}{c.get('options') or ''}" for c in s["criteria"])
+            or "(given by options)"
+        )
+    )
     print(f"selector: {s['selector']['name']} {s['selector'].get('options') or ''}")
     print(f"filters:  {s['filters'] or 'none'}   default budget: {s['budget']}   embeddings: {s['embeddings']}")
     print("options:")

@@ -6,15 +6,16 @@ k | ratio | tokens, model, embedder, format, fields, group_field, on_bad_row,
 shard_size, limit, seed, cache_dir, overwrite, report, engine, engine_options,
 plugins. Relative paths are relative to the config file.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
+from ..pipeline import PipelineConfig, run_pipeline
 from ._common import print_summary
 
 
 def run(args: Any) -> int:
-    from thresher.pipeline import PipelineConfig, run_pipeline
 
     cfg = PipelineConfig.from_file(args.config)
     if args.overwrite:
@@ -29,8 +30,11 @@ def run(args: Any) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run a whole pipeline from a YAML/JSON config file",
-                       description=__doc__.split("\n", 1)[1] if __doc__ else None)
+    p = sub.add_parser(
+        "run",
+        help="run a whole pipeline from a YAML/JSON config file",
+        description=__doc__.split("\n", 1)[1] if __doc__ else None,
+    )
     p.add_argument("config", help="CONFIG.yaml or .json")
     p.add_argument("--out", default=None, help="override the config's output folder")
     p.add_argument("--overwrite", action="store_true", help="replace another run's results in the output folder")

@@ -1,14 +1,22 @@
 """`thresher warmup DATA --fraction 0.05 --epochs 4 --out DIR`: warm-up LoRA training (LESS step 1)."""
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..io import read_samples
+from ..models import load_causal_lm
+from ..train.warmup import warmup_lora
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("warmup", help="warm-up LoRA training on a random fraction of a pool (LESS)",
-                       description="Train LoRA on a random fraction of DATA, one checkpoint (LoRA weights + "
-                                   "Adam state + mean learning rate) per epoch under --out.")
+    p = sub.add_parser(
+        "warmup",
+        help="warm-up LoRA training on a random fraction of a pool (LESS)",
+        description="Train LoRA on a random fraction of DATA, one checkpoint (LoRA weights + "
+        "Adam state + mean learning rate) per epoch under --out.",
+    )
     p.add_argument("data", type=Path, help="pool (jsonl/json/parquet/csv/HF folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not hold a warm-up run)")
     p.add_argument("--fraction", type=float, default=0.05, help="random fraction of the pool to train on")
@@ -31,16 +39,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import read_samples
-    from ..models import load_causal_lm
-    from ..train.warmup import warmup_lora
 
     df = read_samples(args.data, format=args.format, limit=args.limit)
     lm = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    res = warmup_lora(df, lm, args.out, fraction=args.fraction, epochs=args.epochs, lr=args.lr, r=args.r,
-                      alpha=args.alpha, targets=targets, batch_size=args.batch_size, max_length=args.max_length,
-                      template=args.template, seed=args.seed, max_rows=args.max_rows)
-    print(f"warmup: {len(res.checkpoints)} checkpoint(s) in {res.out} "
-          f"(trained on {res.meta['n_train']} rows; checkpoint weights {[round(w, 4) for w in res.weights]})")
+    res = warmup_lora(
+        df,
+        lm,
+        args.out,
+        fraction=args.fraction,
+        epochs=args.epochs,
+        lr=args.lr,
+        r=args.r,
+        alpha=args.alpha,
+        targets=targets,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        template=args.template,
+        seed=args.seed,
+        max_rows=args.max_rows,
+    )
+    print(
+        f"warmup: {len(res.checkpoints)} checkpoint(s) in {res.out} "
+        f"(trained on {res.meta['n_train']} rows; checkpoint weights {[round(w, 4) for w in res.weights]})"
+    )
     return 0

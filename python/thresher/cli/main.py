@@ -1,13 +1,33 @@
-"""`thresher` entry point: discovers the verbs in thresher/cli/cmd_*.py."""
+"""`thresher` entry point: discovers the verbs in thresher/cli/cmd_*.py.
+
+Errors are handled here, once: a :class:`thresher.errors.ThresherError` (and the
+builtin exceptions older code still raises for user errors) prints one line
+``thresher: error: <message>`` and exits 2; anything else is a bug in thresher and
+prints its traceback with a request to report it (exit 1).
+"""
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import sys
+import traceback
 from typing import Optional, Sequence
 
 import thresher
+from thresher.errors import ThresherError
+
+# Raised for user errors by code not yet converted to ThresherError (kept until all are).
+_LEGACY_USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +45,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close live progress bars (each ends its line) so a message never lands glued onto one."""
+    try:
+        from tqdm import tqdm  # third-party; only needed when a bar may be open
+    except ImportError:  # pragma: no cover
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):  # a half-built bar
+            bar.close()
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for problems the user can fix (one line, exit 2); False for bugs (traceback, exit 1)."""
+    if isinstance(exc, (ThresherError, *_LEGACY_USER_ERRORS)):
+        return True
+    # a missing third-party package is the user's environment; a broken import inside thresher is a bug
+    return isinstance(exc, ImportError) and not str(getattr(exc, "name", None) or "").startswith("thresher")
+
+
+def error_line(exc: BaseException) -> str:
+    """``thresher: error: <message>`` on one line."""
+    msg = " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+    if isinstance(exc, KeyError):  # str(KeyError) is the quoted key alone
+        msg = f"{type(exc).__name__}: {msg}"
+    return f"thresher: error: {msg}"
+
+
+def report_error(exc: BaseException) -> int:
+    """Print ``exc`` the way the CLI does; returns the exit code (2 user error, 1 bug)."""
+    _close_progress_bars()
+    sys.stdout.flush()
+    if is_user_error(exc):
+        print(error_line(exc), file=sys.stderr, flush=True)
+        return getattr(exc, "exit_code", 2)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(
+        f"thresher: internal error ({type(exc).__name__}); this is a bug in thresher {thresher.__version__}. "
+        "Please report it with the command you ran and the traceback above.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -34,12 +98,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _close_progress_bars()
+        print("thresher: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        # User errors: one clear line, no traceback.
-        print(f"thresher {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # the one error path of the CLI
+        return report_error(exc)
     return int(rc or 0)
 
 

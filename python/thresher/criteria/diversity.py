@@ -12,51 +12,63 @@ all-MiniLM-L6-v2), L2-normalised, cached by sample when ``cache_dir`` is set.
 Neighbour search goes through :mod:`thresher.index` (the exact tiled kernel up
 to ``exact_max`` rows, FAISS IVF above).
 """
+
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..cluster import kmeans, repr_filter_order
+from ..embed import embed_texts, get_embedder, sample_key, sample_texts
 from ..frames import as_pandas
+from ..index import KINDS, KNNIndex
 from ..registry import CRITERIA, Option
-
-VERSION = 1
+from .base import Criterion, digest, embedder_fingerprint, sample_ids
 
 _EMB_OPTS = [
+    # type left open: besides a name, an encoder object (duck-typed: .encode, .dim, .fingerprint) is accepted
     Option("embedder", "default", "sentence-transformers name/path, 'default' (all-MiniLM-L6-v2) or lm:<spec>"),
-    Option("batch_size", 64, "texts per encoder batch"),
-    Option("cache_dir", None, "embedding cache folder (float16 shards keyed by sample id + text)"),
-    Option("device", None, "encoder device (default: cuda when available)"),
+    Option("batch_size", 64, "texts per encoder batch", min=1),
+    Option("cache_dir", None, "embedding cache folder (float16 shards keyed by sample id + text)", type=(str, Path)),
+    Option("device", None, "encoder device (default: cuda when available)", type=str),
 ]
+_INDEX_KIND = Option("index_kind", "auto", "kNN index kind (thresher.index)", choices=KINDS)
 
 
-class _PoolCriterion:
-    NAME = ""
+class _PoolCriterion(Criterion):
+    """Embeds batches (through the embeddings cache when ``cache_dir`` is set) and scores them
+    against the fitted pool, or against the batch itself."""
 
-    def __init__(self, embedder: str = "default", batch_size: int = 64, cache_dir: Any = None,
-                 device: Optional[str] = None, **options: Any) -> None:
-        from ..embed import get_embedder
-
-        self.embedder_spec = embedder
-        self.encoder = get_embedder(embedder, device=device)
-        self.batch_size = int(batch_size)
-        self.cache_dir = cache_dir
-        self.options = options
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.encoder = get_embedder(self.options["embedder"], device=self.options["device"])
         self._pool: Optional[tuple[np.ndarray, np.ndarray]] = None  # (keys, embeddings)
+
+    @classmethod
+    def key_options(cls, options: dict) -> dict:
+        out = super().key_options(options)
+        out["embedder"] = embedder_fingerprint(options["embedder"])
+        return out
+
+    def cache_key(self) -> str:
+        """:meth:`cache_key_for` of the options; a fitted scorer appends its pool's digest."""
+        key = super().cache_key()
+        if self._pool is not None:
+            key += "-pool" + digest([str(k) for k in self._pool[0]], 16)
+        return key
 
     # -------------------------------------------------------------- embedding
     def _embed(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        from ..embed import embed_texts, sample_key, sample_texts
-
         texts = sample_texts(df)
-        ids = df["id"].astype(str).tolist() if "id" in df.columns else [str(i) for i in range(len(df))]
-        emb = embed_texts(texts, self.encoder, batch_size=self.batch_size, cache_dir=self.cache_dir, ids=ids)
+        ids = sample_ids(df)
+        emb = embed_texts(
+            texts, self.encoder, batch_size=self.options["batch_size"], cache_dir=self.options["cache_dir"], ids=ids
+        )
         keys = np.asarray([sample_key(i, t) for i, t in zip(ids, texts)], dtype=object)
         return emb, keys, texts
 
@@ -76,11 +88,11 @@ class _PoolCriterion:
         df = as_pandas(batch)
         emb, keys, texts = self._embed(df)
         empty = np.array([not t.strip() for t in texts], dtype=bool)
-        return self.score_embeddings(df["id"].astype(str).to_numpy() if "id" in df.columns
-                                     else np.arange(len(df)).astype(str), emb, keys, empty)
+        return self.score_embeddings(np.asarray(sample_ids(df)), emb, keys, empty)
 
-    def score_embeddings(self, ids: np.ndarray, emb: np.ndarray, keys: Optional[np.ndarray] = None,
-                         empty: Optional[np.ndarray] = None) -> pd.DataFrame:
+    def score_embeddings(
+        self, ids: np.ndarray, emb: np.ndarray, keys: Optional[np.ndarray] = None, empty: Optional[np.ndarray] = None
+    ) -> pd.DataFrame:
         """Score rows given their embeddings ([n, d], L2-normalised)."""
         n = len(ids)
         emb = np.ascontiguousarray(emb, dtype=np.float32)
@@ -108,11 +120,10 @@ class _PoolCriterion:
         selfpos = np.array([pos.get(k, -1) for k in (keys if keys is not None else [None] * len(emb))])
         return pemb, selfpos
 
-    def _neighbors(self, emb: np.ndarray, keys: Optional[np.ndarray], k: int, metric: str,
-                   reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _neighbors(
+        self, emb: np.ndarray, keys: Optional[np.ndarray], k: int, metric: str, reasons: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(values [n, k], positions [n, k], ok mask) of each row's k nearest pool rows, self excluded."""
-        from ..index import KNNIndex
-
         base, selfpos = self._reference(emb, keys)
         n = len(emb)
         nb = base.shape[0]
@@ -128,7 +139,7 @@ class _PoolCriterion:
             ok &= ~short
         if not ok.any():
             return vals, pos, ok
-        idx = KNNIndex(emb.shape[1], metric, self.options.get("index_kind", "auto")).build(base)
+        idx = KNNIndex(emb.shape[1], metric, self.options["index_kind"]).build(base)
         # search k+1 and drop self (by position) so queries in and out of the pool share one path
         kk = min(k + 1, nb)
         v, p = idx.search(emb[ok], kk)
@@ -145,40 +156,24 @@ class _PoolCriterion:
     def _score(self, emb, keys, reasons) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def cache_key(self) -> str:
-        blob = json.dumps({"criterion": self.NAME, "version": VERSION, "embedder": self.encoder.fingerprint,
-                           "options": self.options,
-                           "pool": None if self._pool is None else
-                           hashlib.sha256("".join(str(k) for k in self._pool[0]).encode()).hexdigest()[:16]},
-                          sort_keys=True, default=str)
-        return f"{self.NAME}-v{VERSION}-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _check_int(name: str, v: Any, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    return int(v)
-
 
 @CRITERIA.register(
     "knn_distance",
     doc="InstructionMining kNN-k: mean distance from a sample's embedding to its k nearest other samples "
-        "of the pool (default k=6, Euclidean on L2-normalised all-MiniLM-L6-v2 embeddings of "
-        "instruction + input + output). Higher = more isolated / diverse.",
-    options=_EMB_OPTS + [Option("k", 6, "number of neighbours"),
-                         Option("metric", "l2", "l2 (Euclidean distance) or cosine (1 - cosine similarity)",
-                                ("l2", "cosine")),
-                         Option("index_kind", "auto", "kNN index kind (thresher.index)")],
-    direction="max", needs=("embedder",), scope="pool", components=("nearest",))
+    "of the pool (default k=6, Euclidean on L2-normalised all-MiniLM-L6-v2 embeddings of "
+    "instruction + input + output). Higher = more isolated / diverse.",
+    options=_EMB_OPTS
+    + [
+        Option("k", 6, "number of neighbours", min=1),
+        Option("metric", "l2", "l2 (Euclidean distance) or cosine (1 - cosine similarity)", ("l2", "cosine")),
+        _INDEX_KIND,
+    ],
+    direction="max",
+    needs=("embedder",),
+    scope="pool",
+    components=("nearest",),
+)
 class KNNDistance(_PoolCriterion):
-    NAME = "knn_distance"
-
-    def __init__(self, k: int = 6, metric: str = "l2", index_kind: str = "auto", **kw: Any) -> None:
-        _check_int("k", k)
-        if metric not in ("l2", "cosine"):
-            raise ValueError(f"metric: expected 'l2' or 'cosine', got {metric!r}")
-        super().__init__(k=int(k), metric=metric, index_kind=index_kind, **kw)
-
     def _score(self, emb, keys, reasons):
         k = self.options["k"]
         vals, _, ok = self._neighbors(emb, keys, k, "l2" if self.options["metric"] == "l2" else "ip", reasons)
@@ -192,17 +187,14 @@ class KNNDistance(_PoolCriterion):
 @CRITERIA.register(
     "local_density",
     doc="Local density: mean cosine similarity of a sample to its k nearest other samples of the pool "
-        "(default k=10). Higher = a crowded region (redundant); lower = rare.",
-    options=_EMB_OPTS + [Option("k", 10, "number of neighbours"),
-                         Option("index_kind", "auto", "kNN index kind (thresher.index)")],
-    direction="min", needs=("embedder",), scope="pool", components=("radius",))
+    "(default k=10). Higher = a crowded region (redundant); lower = rare.",
+    options=_EMB_OPTS + [Option("k", 10, "number of neighbours", min=1), _INDEX_KIND],
+    direction="min",
+    needs=("embedder",),
+    scope="pool",
+    components=("radius",),
+)
 class LocalDensity(_PoolCriterion):
-    NAME = "local_density"
-
-    def __init__(self, k: int = 10, index_kind: str = "auto", **kw: Any) -> None:
-        _check_int("k", k)
-        super().__init__(k=int(k), index_kind=index_kind, **kw)
-
     def _score(self, emb, keys, reasons):
         vals, _, ok = self._neighbors(emb, keys, self.options["k"], "ip", reasons)
         v = vals.astype(np.float64)
@@ -210,8 +202,9 @@ class LocalDensity(_PoolCriterion):
 
 
 # ---------------------------------------------------------------- semdedup
-def max_sim_to_earlier(x: torch.Tensor, block: int = 2048, kept_only: bool = False,
-                       threshold: float = 1.0) -> torch.Tensor:
+def max_sim_to_earlier(
+    x: torch.Tensor, block: int = 2048, kept_only: bool = False, threshold: float = 1.0
+) -> torch.Tensor:
     """For rows in order, max cosine similarity to an earlier row (-1 for the first).
 
     ``kept_only``: only earlier rows that were themselves kept (max sim <= threshold)
@@ -225,15 +218,13 @@ def max_sim_to_earlier(x: torch.Tensor, block: int = 2048, kept_only: bool = Fal
     if not kept_only:
         for a in range(0, n, block):
             b = min(n, a + block)
-            s = x[a:b] @ x[:b].T                       # [b-a, b]
+            s = x[a:b] @ x[:b].T  # [b-a, b]
             r = torch.arange(a, b)[:, None]
             c = torch.arange(b)[None, :]
             s = torch.where(c < r, s, torch.full_like(s, -2.0))
             m = s.max(1).values
             out[a:b] = torch.where(m < -1.5, torch.full_like(m, -1.0), m).cpu()
         return out
-    from ..cluster import repr_filter_order
-
     kept = repr_filter_order(x.cpu().numpy(), np.arange(n), n, threshold)
     kmask = torch.zeros(n, dtype=torch.bool)
     kmask[torch.from_numpy(kept)] = True
@@ -252,45 +243,49 @@ def max_sim_to_earlier(x: torch.Tensor, block: int = 2048, kept_only: bool = Fal
 @CRITERIA.register(
     "semdedup",
     doc="SemDeDup: spherical k-means on the embeddings, then within each cluster (ordered by distance to "
-        "the centroid, farthest first as SemDeDup's keep-hard) the max cosine similarity to an earlier "
-        "sample; semdedup.keep = 1 when it is <= 1 - eps. Main column: that similarity (lower = less "
-        "duplicated). No N x N matrix: clusters are scanned in row blocks.",
-    options=_EMB_OPTS + [Option("eps", 0.05, "duplicates have cosine similarity > 1 - eps"),
-                         Option("n_clusters", None, "k-means clusters (default round(sqrt(N)))"),
-                         Option("order", "hard", "order within a cluster: hard (farthest from centroid first), "
-                                "easy (closest first), index (input order)", ("hard", "easy", "index")),
-                         Option("against", "earlier", "earlier: any earlier sample (SemDeDup's code); kept: only "
-                                "earlier samples that were kept (greedy)", ("earlier", "kept")),
-                         Option("seed", 0, "k-means seed")],
-    direction="min", needs=("embedder",), scope="pool", components=("keep", "cluster"))
+    "the centroid, farthest first as SemDeDup's keep-hard) the max cosine similarity to an earlier "
+    "sample; semdedup.keep = 1 when it is <= 1 - eps. Main column: that similarity (lower = less "
+    "duplicated). No N x N matrix: clusters are scanned in row blocks.",
+    options=_EMB_OPTS
+    + [
+        Option("eps", 0.05, "duplicates have cosine similarity > 1 - eps", min=0, max=2),
+        Option("n_clusters", None, "k-means clusters (default round(sqrt(N)))", type=int, min=1),
+        Option(
+            "order",
+            "hard",
+            "order within a cluster: hard (farthest from centroid first), easy (closest first), index (input order)",
+            ("hard", "easy", "index"),
+        ),
+        Option(
+            "against",
+            "earlier",
+            "earlier: any earlier sample (SemDeDup's code); kept: only earlier samples that were kept (greedy)",
+            ("earlier", "kept"),
+        ),
+        Option("seed", 0, "k-means seed"),
+    ],
+    direction="min",
+    needs=("embedder",),
+    scope="pool",
+    components=("keep", "cluster"),
+)
 class SemDeDup(_PoolCriterion):
-    NAME = "semdedup"
-
-    def __init__(self, eps: float = 0.05, n_clusters: Optional[int] = None, order: str = "hard",
-                 against: str = "earlier", seed: int = 0, **kw: Any) -> None:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 2:
-            raise ValueError(f"eps: expected a number in [0, 2], got {eps!r}")
-        if n_clusters is not None:
-            _check_int("n_clusters", n_clusters)
-        if order not in ("hard", "easy", "index"):
-            raise ValueError(f"order: expected hard, easy or index, got {order!r}")
-        if against not in ("earlier", "kept"):
-            raise ValueError(f"against: expected earlier or kept, got {against!r}")
-        super().__init__(eps=float(eps), n_clusters=n_clusters, order=order, against=against, seed=int(seed), **kw)
-
     def fit(self, pool: Any):
         raise ValueError("semdedup: score the whole pool in one call (clusters are computed over it)")
 
     def _score(self, emb, keys, reasons):
-        return semdedup_scores(emb, **{k: self.options[k] for k in ("eps", "n_clusters", "order", "against",
-                                                                     "seed")})
+        return semdedup_scores(emb, **{k: self.options[k] for k in ("eps", "n_clusters", "order", "against", "seed")})
 
 
-def semdedup_scores(emb: np.ndarray, eps: float = 0.05, n_clusters: Optional[int] = None, order: str = "hard",
-                    against: str = "earlier", seed: int = 0) -> dict:
+def semdedup_scores(
+    emb: np.ndarray,
+    eps: float = 0.05,
+    n_clusters: Optional[int] = None,
+    order: str = "hard",
+    against: str = "earlier",
+    seed: int = 0,
+) -> dict:
     """{"": max sim to an earlier sample of the cluster, "keep": 0/1, "cluster": id} per row."""
-    from ..cluster import kmeans
-
     n = emb.shape[0]
     sim = np.full(n, -1.0)
     lab = np.zeros(n, np.int64)

@@ -27,20 +27,20 @@ of the tokenizer is an error, never a silent default.
 Prompts longer than ``max_length`` tokens are cut from the left (the end of a
 judge prompt is what the readout depends on) and the cut is reported.
 """
+
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..features.tokens import last_position_hidden
-from ..frames import as_pandas
+from ..models import LoadedLM, shared_lm
+from ..ops import expected_score, score_at_position
 from ..registry import CRITERIA, Option
-from ..render import SampleError, get_conversation, get_str
-from .loss import MODEL_OPTIONS, VERSION, sample_ids
+from .base import MODEL_OPTIONS, Batch, BatchCriterion, LMCriterion, Skip, model_fingerprint, single_turn, split_list
 
 SELECTIT_PROMPTS = (
     "Rate how well the response follows the instruction, on a scale from 1 (very poor) to 5 (excellent).",
@@ -57,26 +57,27 @@ RATING_PROMPT = (
 )
 
 
-def _split_list(v: Any, name: str) -> list:
-    if isinstance(v, str):
-        return [x.strip() for x in v.split(",") if x.strip()]
-    if isinstance(v, (list, tuple)):
-        return list(v)
-    raise ValueError(f"option {name}: expected a comma-separated string or a list, got {type(v).__name__}")
-
-
 def score_token_ids(tokenizer: Any, tokens: Sequence[str], who: str) -> list[int]:
     """Single-token ids of the score strings; ValueError naming a string that is not one token."""
     ids = []
     for s in tokens:
         enc = tokenizer.encode(str(s), add_special_tokens=False)
         if len(enc) != 1:
-            raise ValueError(f"{who}: score token {s!r} is {len(enc)} tokens for this tokenizer; "
-                             "give score strings that are single tokens")
+            raise ValueError(
+                f"{who}: score token {s!r} is {len(enc)} tokens for this tokenizer; "
+                "give score strings that are single tokens"
+            )
         ids.append(enc[0])
     if len(set(ids)) != len(ids):
         raise ValueError(f"{who}: score tokens {list(tokens)} map to repeated token ids {ids}")
     return ids
+
+
+def _score_strings(v: Any, who: str) -> list[str]:
+    out = [str(s) for s in split_list(v, "score_tokens")]
+    if len(out) < 2:
+        raise ValueError(f"{who}: option score_tokens needs at least 2 scores")
+    return out
 
 
 def _encode_left_cut(tokenizer: Any, text: str, max_length: Optional[int], special: bool) -> tuple[list[int], int]:
@@ -86,21 +87,56 @@ def _encode_left_cut(tokenizer: Any, text: str, max_length: Optional[int], speci
     return list(ids), 0
 
 
-def _pair(row: dict, sid: str) -> tuple[str, str, str]:
-    if get_conversation(row, sid) is not None:
-        raise SampleError(f"sample {sid!r}: multi-turn samples are not supported by this criterion "
-                          "(score each turn as its own row)")
-    return (get_str(row, "instruction", sid, required=True), get_str(row, "input", sid, required=False),
-            get_str(row, "output", sid, required=True))
+def _model_specs(models: Any) -> list:
+    specs = split_list(models, "models") if isinstance(models, (str, list, tuple)) else [models]
+    if not specs:
+        raise ValueError("selectit: option models is empty")
+    return specs
 
 
-def _ckey(name: str, options: dict, fingerprints: list[str]) -> str:
-    opts = {k: v for k, v in options.items()
-            if k not in ("device", "batch_tokens", "batching", "backend", "share_prefix")}
-    opts["model"] = fingerprints
-    opts.pop("models", None)
-    blob = json.dumps({"criterion": name, "version": VERSION, "options": opts}, sort_keys=True, default=str)
-    return f"{name}-v{VERSION}-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+def _load_prompts(prompts: Any) -> list[str]:
+    """The rating prompts: the built-in ones (None), a file with one prompt per line, or a list."""
+    if prompts is None:
+        return list(SELECTIT_PROMPTS)
+    if isinstance(prompts, str):
+        pth = Path(prompts).expanduser()
+        if not pth.is_file():
+            raise ValueError(f"selectit: option prompts: file {prompts!r} does not exist")
+        prompts = [ln.rstrip("\n") for ln in pth.read_text().splitlines() if ln.strip()]
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("selectit: option prompts must hold at least one string")
+    return list(prompts)
+
+
+class _Judge:
+    """Readout at the last prompt position: items are ``(model index, token ids)``; ``run`` runs
+    the trunk once per model over all prompts of the batch and returns the score-token
+    probabilities of each item."""
+
+    lms: list
+    token_ids: list[list[int]]
+    options: dict
+
+    def encode(self, b: Batch, i: int, lm: Any, text: str, special: bool) -> list[int]:
+        ids, cut = _encode_left_cut(lm.tokenizer, text, self.options["max_length"], special)
+        b.n_cut[i] = max(b.n_cut[i], cut)
+        return ids
+
+    def run(self, items: list) -> list:
+        out: list = [None] * len(items)
+        for m, lm in enumerate(self.lms):
+            where = [j for j, (mm, _) in enumerate(items) if mm == m]
+            if not where:
+                continue
+            h = last_position_hidden(lm, [items[j][1] for j in where], batch_tokens=self.options["batch_tokens"])
+            probs = score_at_position(h, lm.head_weight(), self.token_ids[m])
+            for j, row_p in zip(where, probs):
+                out[j] = row_p
+        return out
+
+
+def _judge_opts(*extra: Option) -> list[Option]:
+    return list(MODEL_OPTIONS) + list(extra)
 
 
 # ------------------------------------------------------------------ SelectIT math
@@ -124,227 +160,176 @@ def selectit_sentence_scores(s_tok: np.ndarray, alpha: float) -> np.ndarray:
 @CRITERIA.register(
     "selectit",
     doc="SelectIT self-reflection score: K rating prompts, score-token probabilities at the last position; "
-        "token level (argmax+1)*mean(p_max-p), sentence level mean/(1+alpha*std) over prompts, model level "
-        "weighted by parameter count over several models. Higher = better.",
-    options=[o for o in MODEL_OPTIONS if o.name != "model"] + [
-        Option("models", "default", "comma-separated model specs (default | path | HF id); several = model level"),
-        Option("model_weights", "params", "params: proportional to parameter count; or comma-separated weights"),
-        Option("prompts", None, "rating prompts: a list, or a text file with one prompt per line "
-                                "(default: 5 built-in prompts)"),
-        Option("k", None, "use the first k prompts (default: all)"),
-        Option("alpha", 0.2, "sentence-level uncertainty weight"),
-        Option("score_tokens", "1,2,3,4,5", "the score strings, lowest first (single tokens each)"),
-        Option("max_length", 2048, "max prompt tokens (cut from the left)"),
+    "token level (argmax+1)*mean(p_max-p), sentence level mean/(1+alpha*std) over prompts, model level "
+    "weighted by parameter count over several models. Higher = better.",
+    options=[o for o in MODEL_OPTIONS if o.name != "model"]
+    + [
+        Option(
+            "models",
+            "default",
+            "comma-separated model specs (default | path | HF id); several = model level",
+            type=(str, list, LoadedLM),
+        ),
+        Option(
+            "model_weights",
+            "params",
+            "params: proportional to parameter count; or comma-separated weights",
+            type=(str, list),
+        ),
+        Option(
+            "prompts",
+            None,
+            "rating prompts: a list, or a text file with one prompt per line (default: 5 built-in prompts)",
+            type=(str, list),
+        ),
+        Option("k", None, "use the first k prompts (default: all)", type=int, min=1),
+        Option("alpha", 0.2, "sentence-level uncertainty weight", min=0),
+        Option("score_tokens", "1,2,3,4,5", "the score strings, lowest first (single tokens each)", type=(str, list)),
+        Option("max_length", 2048, "max prompt tokens (cut from the left)", min=1),
     ],
     direction="max",
     needs=("model",),
     components=("sentence", "token", "truncated"),
 )
-class SelectIT:
-    NAME = "selectit"
-
+class SelectIT(_Judge, BatchCriterion):
     def __init__(self, **options: Any) -> None:
-        from ..models import shared_lm
-
-        self.options = o = CRITERIA.get(self.NAME).resolve_options(options)
-        specs = o["models"] if not isinstance(o["models"], str) else _split_list(o["models"], "models")
-        if not isinstance(specs, list):
-            specs = [specs]
-        if not specs:
-            raise ValueError("selectit: option models is empty")
-        self.lms = [shared_lm(s, dtype=o["dtype"], device=o["device"]) for s in specs]
-        prompts = o["prompts"]
-        if prompts is None:
-            prompts = list(SELECTIT_PROMPTS)
-        elif isinstance(prompts, str):
-            pth = Path(prompts).expanduser()
-            if not pth.is_file():
-                raise ValueError(f"selectit: option prompts: file {prompts!r} does not exist")
-            prompts = [ln.rstrip("\n") for ln in pth.read_text().splitlines() if ln.strip()]
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("selectit: option prompts must hold at least one string")
-        k = o["k"]
-        if k is not None:
-            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(prompts):
-                raise ValueError(f"selectit: option k must be an int in [1, {len(prompts)}], got {k!r}")
-            prompts = prompts[:k]
+        super().__init__(**options)
+        o = self.options
+        self.lms = [shared_lm(s, dtype=o["dtype"], device=o["device"]) for s in _model_specs(o["models"])]
+        prompts = _load_prompts(o["prompts"])
+        if o["k"] is not None:
+            if o["k"] > len(prompts):
+                raise ValueError(f"selectit: option k must be an int in [1, {len(prompts)}], got {o['k']!r}")
+            prompts = prompts[: o["k"]]
         self.prompts = prompts
-        alpha = o["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
-            raise ValueError(f"selectit: option alpha must be a number >= 0, got {alpha!r}")
-        self.score_tokens = [str(s) for s in _split_list(o["score_tokens"], "score_tokens")]
-        if len(self.score_tokens) < 2:
-            raise ValueError("selectit: option score_tokens needs at least 2 scores")
-        self.token_ids = [score_token_ids(lm.tokenizer, self.score_tokens, f"selectit ({lm.spec})")
-                          for lm in self.lms]
-        w = o["model_weights"]
+        self.score_tokens = _score_strings(o["score_tokens"], "selectit")
+        self.token_ids = [score_token_ids(lm.tokenizer, self.score_tokens, f"selectit ({lm.spec})") for lm in self.lms]
+        self.weights = self._weights(o["model_weights"])
+
+    def _weights(self, w: Any) -> np.ndarray:
         if w == "params":
             counts = np.array([sum(p.numel() for p in lm.model.parameters()) for lm in self.lms], dtype=np.float64)
-        else:
-            try:
-                counts = np.array([float(x) for x in _split_list(w, "model_weights")], dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(f"selectit: option model_weights must be 'params' or numbers, got {w!r}") from None
-            if counts.size != len(self.lms) or (counts < 0).any() or counts.sum() <= 0:
-                raise ValueError(f"selectit: option model_weights needs {len(self.lms)} non-negative numbers "
-                                 f"with a positive sum, got {w!r}")
-        self.weights = counts / counts.sum()
+            return counts / counts.sum()
+        try:
+            counts = np.array([float(x) for x in split_list(w, "model_weights")], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"selectit: option model_weights must be 'params' or numbers, got {w!r}") from None
+        if counts.size != len(self.lms) or (counts < 0).any() or counts.sum() <= 0:
+            raise ValueError(
+                f"selectit: option model_weights needs {len(self.lms)} non-negative numbers "
+                f"with a positive sum, got {w!r}"
+            )
+        return counts / counts.sum()
 
-    def cache_key(self) -> str:
-        return _ckey(self.NAME, {**self.options, "prompts": self.prompts}, [lm.fingerprint for lm in self.lms])
+    @classmethod
+    def key_options(cls, options: dict) -> dict:
+        out = super().key_options(options)
+        out.pop("models", None)
+        out["model"] = [model_fingerprint(s) for s in _model_specs(options["models"])]
+        out["prompts"] = _load_prompts(options["prompts"])
+        return out
 
     def prompt_texts(self, instruction: str, inp: str, output: str) -> list[str]:
         ins = instruction + ("\n" + inp if inp else "")
-        return [rp + "\n" + "Instruction:" + ins + "\n" + "Response:" + output + "\nThe answer is: \n"
-                for rp in self.prompts]
+        return [
+            rp + "\n" + "Instruction:" + ins + "\n" + "Response:" + output + "\nThe answer is: \n"
+            for rp in self.prompts
+        ]
 
-    def probabilities(self, df) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """p [N, M models, K prompts, L levels] (NaN for bad rows), reasons, tokens cut."""
-        from ..ops import score_at_position
+    def items(self, b: Batch, i: int, row: dict) -> list:
+        ins, inp, out = single_turn(row, b.ids[i], self.NAME)
+        if not out.strip():
+            raise Skip("empty answer")
+        texts = self.prompt_texts(ins, inp, out)
+        return [
+            ((m, k), (m, self.encode(b, i, lm, t, True))) for m, lm in enumerate(self.lms) for k, t in enumerate(texts)
+        ]
 
-        ids = sample_ids(df)
-        n, K, L, M = len(df), len(self.prompts), len(self.score_tokens), len(self.lms)
-        p = np.full((n, M, K, L), np.nan)
-        reason = [""] * n
-        cut = np.zeros(n, dtype=np.int64)
-        texts: dict[int, list[str]] = {}
-        for i, row in enumerate(df.to_dict("records")):
-            try:
-                ins, inp, out = _pair(row, ids[i])
-            except SampleError as exc:
-                reason[i] = str(exc)
-                continue
-            if not out.strip():
-                reason[i] = "empty answer"
-                continue
-            texts[i] = self.prompt_texts(ins, inp, out)
-        good = sorted(texts)
-        for m, lm in enumerate(self.lms):
-            seqs, where = [], []
-            for i in good:
-                for k, t in enumerate(texts[i]):
-                    s, c = _encode_left_cut(lm.tokenizer, t, self.options["max_length"], True)
-                    cut[i] = max(cut[i], c)
-                    seqs.append(s)
-                    where.append((i, k))
-            if not seqs:
-                continue
-            h = last_position_hidden(lm, seqs, batch_tokens=self.options["batch_tokens"])
-            probs = score_at_position(h, lm.head_weight(), self.token_ids[m]).double().cpu().numpy()
-            for (i, k), row_p in zip(where, probs):
-                p[i, m, k] = row_p
-        return p, reason, cut
-
-    def __call__(self, batch: Any):
-        import pandas as pd
-
-        df = as_pandas(batch)
-        ids = sample_ids(df)
-        p, reason, cut = self.probabilities(df)
+    def columns(self, b: Batch, results: list[dict]) -> dict:
+        M, K, L = len(self.lms), len(self.prompts), len(self.score_tokens)
+        p = np.full((b.n, M, K, L), np.nan)
+        for i, got in enumerate(results):
+            for (m, k), (probs,) in got.items():
+                p[i, m, k] = probs.double().cpu().numpy()
         s_tok = selectit_token_scores(p)  # [N, M, K]
         s_sent = selectit_sentence_scores(s_tok, float(self.options["alpha"]))  # [N, M]
-        s_model = (s_sent * self.weights[None, :]).sum(-1)
-        cols = {"id": ids, "selectit": s_model, "selectit.sentence": s_sent[:, 0], "selectit.token": s_tok[:, 0, 0]}
-        if len(self.lms) > 1:
-            for m in range(len(self.lms)):
-                cols[f"selectit.sentence_m{m}"] = s_sent[:, m]
-        cols["selectit.truncated"] = cut
-        cols["selectit.reason"] = reason
-        return pd.DataFrame(cols)
+        cols = {"": (s_sent * self.weights[None, :]).sum(-1), "sentence": s_sent[:, 0], "token": s_tok[:, 0, 0]}
+        if M > 1:
+            cols.update({f"sentence_m{m}": s_sent[:, m] for m in range(M)})
+        cols["truncated"] = b.n_cut
+        return cols
 
 
 # ------------------------------------------------------------------ rating
 @CRITERIA.register(
     "rating",
     doc="Judge-prompt expected score (AlpaGasus/DEITA style): sum_s value_s * softmax(z[score tokens]) at the "
-        "first generated position of a configurable prompt; no generation. Higher = better.",
-    options=list(MODEL_OPTIONS) + [
-        Option("prompt", RATING_PROMPT, "judge prompt; fields {instruction} {input} {input_block} {output}"),
-        Option("score_tokens", "1,2,3,4,5,6", "the score strings (single tokens each)"),
-        Option("values", None, "numeric value of each score token (default: the tokens read as numbers)"),
-        Option("chat", "auto", "wrap the prompt in the model's chat template: auto | yes | no",
-               choices=("auto", "yes", "no")),
-        Option("max_length", 2048, "max prompt tokens (cut from the left)"),
-    ],
+    "first generated position of a configurable prompt; no generation. Higher = better.",
+    options=_judge_opts(
+        Option("prompt", RATING_PROMPT, "judge prompt; fields {instruction} {input} {input_block} {output}", type=str),
+        Option("score_tokens", "1,2,3,4,5,6", "the score strings (single tokens each)", type=(str, list)),
+        Option(
+            "values", None, "numeric value of each score token (default: the tokens read as numbers)", type=(str, list)
+        ),
+        Option(
+            "chat",
+            "auto",
+            "wrap the prompt in the model's chat template: auto | yes | no",
+            choices=("auto", "yes", "no"),
+        ),
+        Option("max_length", 2048, "max prompt tokens (cut from the left)", min=1),
+    ),
     direction="max",
     needs=("model",),
     components=("argmax", "truncated"),
 )
-class Rating:
-    NAME = "rating"
-
-    def __init__(self, **options: Any) -> None:
-        from ..models import shared_lm
-
-        self.options = o = CRITERIA.get(self.NAME).resolve_options(options)
-        self.lm = shared_lm(o["model"], dtype=o["dtype"], device=o["device"])
-        self.score_tokens = [str(s) for s in _split_list(o["score_tokens"], "score_tokens")]
-        if len(self.score_tokens) < 2:
-            raise ValueError("rating: option score_tokens needs at least 2 scores")
-        self.token_ids = score_token_ids(self.lm.tokenizer, self.score_tokens, "rating")
+class Rating(_Judge, LMCriterion):
+    def setup(self) -> None:
+        o = self.options
+        self.lms = [self.lm]
+        self.score_tokens = _score_strings(o["score_tokens"], "rating")
+        self.token_ids = [score_token_ids(self.lm.tokenizer, self.score_tokens, "rating")]
         vals = o["values"]
         try:
-            vals = [float(v) for v in (_split_list(vals, "values") if vals is not None else self.score_tokens)]
+            vals = [float(v) for v in (split_list(vals, "values") if vals is not None else self.score_tokens)]
         except (TypeError, ValueError):
             raise ValueError("rating: option values must be numbers (or give numeric score_tokens)") from None
         if len(vals) != len(self.score_tokens):
             raise ValueError(f"rating: option values needs {len(self.score_tokens)} numbers, got {len(vals)}")
         self.values = np.asarray(vals, dtype=np.float64)
-        if not isinstance(o["prompt"], str) or "{output}" not in o["prompt"]:
+        if "{output}" not in o["prompt"]:
             raise ValueError("rating: option prompt must be a string containing {output}")
         has_tmpl = bool(getattr(self.lm.tokenizer, "chat_template", None))
         if o["chat"] == "yes" and not has_tmpl:
             raise ValueError("rating: chat=yes but the tokenizer has no chat template")
         self.use_chat = o["chat"] == "yes" or (o["chat"] == "auto" and has_tmpl)
 
-    def cache_key(self) -> str:
-        return _ckey(self.NAME, self.options, [self.lm.fingerprint])
-
     def prompt_text(self, instruction: str, inp: str, output: str) -> str:
         try:
-            body = self.options["prompt"].format(instruction=instruction, input=inp, output=output,
-                                                 input_block=("\n" + inp if inp else ""))
+            body = self.options["prompt"].format(
+                instruction=instruction, input=inp, output=output, input_block=("\n" + inp if inp else "")
+            )
         except (KeyError, IndexError) as exc:
             raise ValueError(f"rating: option prompt has an unknown field {exc}") from None
         if self.use_chat:
-            return self.lm.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                                         add_generation_prompt=True)
+            return self.lm.tokenizer.apply_chat_template(
+                [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
+            )
         return body
 
-    def __call__(self, batch: Any):
-        import pandas as pd
+    def items(self, b: Batch, i: int, row: dict) -> list:
+        ins, inp, out = single_turn(row, b.ids[i], self.NAME)
+        if not out.strip():
+            raise Skip("empty answer")
+        return [("p", (0, self.encode(b, i, self.lm, self.prompt_text(ins, inp, out), not self.use_chat)))]
 
-        from ..ops import expected_score, score_at_position
-
-        df = as_pandas(batch)
-        ids = sample_ids(df)
-        n = len(df)
-        reason = [""] * n
-        cut = np.zeros(n, dtype=np.int64)
-        seqs, where = [], []
-        for i, row in enumerate(df.to_dict("records")):
-            try:
-                ins, inp, out = _pair(row, ids[i])
-            except SampleError as exc:
-                reason[i] = str(exc)
-                continue
-            if not out.strip():
-                reason[i] = "empty answer"
-                continue
-            s, c = _encode_left_cut(self.lm.tokenizer, self.prompt_text(ins, inp, out), self.options["max_length"],
-                                    not self.use_chat)
-            cut[i] = c
-            seqs.append(s)
-            where.append(i)
-        score = np.full(n, np.nan)
-        top = np.full(n, np.nan)
-        if seqs:
-            h = last_position_hidden(self.lm, seqs, batch_tokens=self.options["batch_tokens"])
-            probs = score_at_position(h, self.lm.head_weight(), self.token_ids)
+    def columns(self, b: Batch, results: list[dict]) -> dict:
+        score, top = np.full(b.n, np.nan), np.full(b.n, np.nan)
+        rows = [i for i, got in enumerate(results) if "p" in got]
+        if rows:
+            probs = torch.stack([results[i]["p"][0] for i in rows])
             exp = expected_score(probs, self.values.tolist()).double().cpu().numpy()
             pn = probs.double().cpu().numpy()
-            for j, i in enumerate(where):
-                score[i] = exp[j]
-                top[i] = self.values[int(np.argmax(pn[j]))]
-        return pd.DataFrame({"id": ids, "rating": score, "rating.argmax": top, "rating.truncated": cut,
-                             "rating.reason": reason})
+            for j, i in enumerate(rows):
+                score[i], top[i] = exp[j], self.values[int(np.argmax(pn[j]))]
+        return {"": score, "argmax": top, "truncated": b.n_cut}

@@ -12,20 +12,25 @@ whole score is ONE matrix product: [N, C*d] (w_c-weighted unit train features
 of every checkpoint side by side) x [C*d, S] (per-subtask mean unit target
 features), then a max over S (:func:`less_scores`).
 """
+
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import torch
 
+from ..features.gradients import AdamState, GradientFeaturizer, load_lora
+from ..features.store import FeatureStore
 from ..frames import as_pandas
+from ..io import read_samples
+from ..models import LoadedLM, shared_lm
 from ..registry import CRITERIA, Option
-
-VERSION = "1"
+from ..train.warmup import load_warmup, lora_for_checkpoint
+from .base import Criterion, file_digest, model_fingerprint, sample_ids, table_digest
 
 
 # ------------------------------------------------------------------ the math
@@ -49,8 +54,9 @@ def subtask_means(feats: np.ndarray, labels: Sequence[Any]) -> tuple[list[str], 
     return [str(n) for n in names], (sums.numpy() / counts[:, None])
 
 
-def less_scores(train: Sequence[np.ndarray], target_means: Sequence[np.ndarray],
-                weights: Sequence[float]) -> np.ndarray:
+def less_scores(
+    train: Sequence[np.ndarray], target_means: Sequence[np.ndarray], weights: Sequence[float]
+) -> np.ndarray:
     """[N, S] checkpoint-weighted mean cosines: one product [N, C*d] @ [C*d, S].
 
     ``train[c]`` [N, d] raw features at checkpoint c (normalised here; NaN rows give NaN),
@@ -78,64 +84,59 @@ def _labels(df, field: str) -> list[str]:
 @CRITERIA.register(
     "less",
     doc="LESS targeted selection: max over target subtasks of the checkpoint-weighted mean cosine between "
-        "a sample's Adam-transformed projected LoRA gradient and the target samples' gradients "
-        "(needs `thresher warmup` checkpoints and a target set)",
+    "a sample's Adam-transformed projected LoRA gradient and the target samples' gradients "
+    "(needs `thresher warmup` checkpoints and a target set)",
     options=[
-        Option("warmup", None, "folder written by `thresher warmup` (checkpoints + optimizer states)"),
-        Option("target", None, "target set file (any reader format); subtasks from `target_field`"),
-        Option("target_field", "group", "column of the target set naming its subtask (missing: one subtask)"),
-        Option("model", "default", "causal LM the warm-up was trained on"),
+        Option(
+            "warmup", None, "folder written by `thresher warmup` (checkpoints + optimizer states)", type=(str, Path)
+        ),
+        Option(
+            "target",
+            None,
+            "target set file (any reader format) or table; subtasks from `target_field`",
+            type=(str, Path, pd.DataFrame, pa.Table),
+        ),
+        Option("target_field", "group", "column of the target set naming its subtask (missing: one subtask)", type=str),
+        Option("model", "default", "causal LM the warm-up was trained on", type=(str, LoadedLM)),
         Option("dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16")),
-        Option("device", "cpu", "torch device"),
-        Option("dim", 8192, "projection dimension (a multiple of 8)"),
+        Option("device", "cpu", "torch device", type=str),
+        Option("dim", 8192, "projection dimension (a multiple of 8)", min=8),
         Option("seed", 0, "projection seed"),
         Option("kind", "rademacher", "projection matrix", choices=("rademacher", "gaussian")),
-        Option("adam", "less", "training-gradient transform: less (no bias correction), bias_corrected, none",
-               choices=("less", "bias_corrected", "none")),
-        Option("batch_size", 8, "samples per backward pass"),
-        Option("store", None, "folder caching the training features (one feature store per checkpoint)"),
-        Option("backend", None, "force a thresher.ops.random_project backend"),
+        Option(
+            "adam",
+            "less",
+            "training-gradient transform: less (no bias correction), bias_corrected, none",
+            choices=("less", "bias_corrected", "none"),
+        ),
+        Option("batch_size", 8, "samples per backward pass", min=1),
+        Option(
+            "store", None, "folder caching the training features (one feature store per checkpoint)", type=(str, Path)
+        ),
+        Option("backend", None, "force a thresher.ops.random_project backend", type=str),
     ],
     direction="max",
     needs=("model",),
 )
-class Less:
-    name = "less"
-
+class Less(Criterion):
     def __init__(self, **options: Any) -> None:
-        from ..features.gradients import AdamState, GradientFeaturizer, load_lora
-        from ..train.warmup import load_warmup, lora_for_checkpoint
-
-        self.opts = CRITERIA.get("less").resolve_options(options)
-        o = self.opts
-        if not o["warmup"]:
-            raise ValueError("less: option warmup= (a `thresher warmup` folder) is required")
-        if o["target"] is None or (isinstance(o["target"], str) and not o["target"]):
-            raise ValueError("less: option target= (the target set file) is required")
+        super().__init__(**options)
+        o = self.options
+        _require(o)
         self.warm = load_warmup(Path(o["warmup"]))
-        from ..models import shared_lm
-
         # a LoadedLM passed as model= is used as is; the LoRA goes on a deep copy either way
-        self.lm = lm = shared_lm(o["model"], dtype=o["dtype"], device=o["device"])
-        self.pm = lora_for_checkpoint(lm, self.warm)
-        tgt = o["target"]
-        if isinstance(tgt, (str, Path)):
-            from ..io import read_samples
-
-            tdf = read_samples(tgt)
-        else:
-            tdf = as_pandas(tgt)
+        self.lm = shared_lm(o["model"], dtype=o["dtype"], device=o["device"])
+        self.pm = lora_for_checkpoint(self.lm, self.warm)
+        tdf = read_samples(o["target"]) if isinstance(o["target"], (str, Path)) else as_pandas(o["target"])
         labels = _labels(tdf, o["target_field"])
         meta = self.warm.meta
         self.template, self.max_length = meta.get("template", "alpaca"), int(meta.get("max_length", 512))
         self.weights = self.warm.weights
-        self.ckpt_hash = []
+        self.ckpt_hash = [file_digest(ck / "adapter.safetensors")[:16] for ck in self.warm.checkpoints]
         self.means, self.feat = [], []
         for ck in self.warm.checkpoints:
             load_lora(self.pm, ck / "adapter.safetensors")
-            self.ckpt_hash.append(hashlib.sha256((ck / "adapter.safetensors").read_bytes()).hexdigest()[:16])
-            plain = self._featurizer(None, "none")
-            ids, f, reasons = plain(tdf)
+            ids, f, reasons = self._featurizer(None, "none")(tdf)
             ok = [i for i, r in enumerate(reasons) if not r]
             if not ok:
                 raise ValueError(f"target: no target sample could be scored ({reasons[:3]})")
@@ -145,34 +146,47 @@ class Less:
             self.feat.append(self._featurizer(st, o["adam"]))
         self.n_target = len(tdf)
 
-    def _featurizer(self, st, adam):
-        from ..features.gradients import GradientFeaturizer
+    def _featurizer(self, st, adam) -> GradientFeaturizer:
+        o = self.options
+        return GradientFeaturizer(
+            self.pm,
+            self.lm.tokenizer,
+            dim=o["dim"],
+            seed=o["seed"],
+            kind=o["kind"],
+            adam=adam,
+            adam_state=st,
+            batch_size=o["batch_size"],
+            template=self.template,
+            max_length=self.max_length,
+            backend=o["backend"],
+            on_nonfinite="nan",
+            fingerprint=self.lm.fingerprint,
+        )
 
-        o = self.opts
-        return GradientFeaturizer(self.pm, self.lm.tokenizer, dim=o["dim"], seed=o["seed"], kind=o["kind"],
-                                  adam=adam, adam_state=st, batch_size=o["batch_size"],
-                                  template=self.template, max_length=self.max_length, backend=o["backend"],
-                                  on_nonfinite="nan", fingerprint=self.lm.fingerprint)
-
-    def cache_key(self) -> str:
-        o = {k: v for k, v in self.opts.items() if k not in ("device", "batch_size", "backend", "store")}
-        o["target_hash"] = hashlib.sha256(json.dumps(self.means[0][:4].round(5).tolist()).encode()).hexdigest()[:16]
-        blob = json.dumps({"v": VERSION, "model": self.lm.fingerprint, "ckpts": self.ckpt_hash, "opts": o},
-                          sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
+    @classmethod
+    def key_options(cls, options: dict) -> dict:
+        """Model fingerprint, the warm-up's checkpoint files and the target set's content."""
+        out = super().key_options(options)
+        _require(options)
+        warm = load_warmup(Path(options["warmup"]))
+        out["model"] = model_fingerprint(options["model"])
+        out["warmup"] = [
+            [file_digest(ck / f)[:16] for f in ("adapter.safetensors", "optimizer.safetensors")]
+            for ck in warm.checkpoints
+        ]
+        out["target"] = table_digest(options["target"])
+        return out
 
     def features(self, batch: Any, c: int) -> tuple[list[str], np.ndarray, list[str]]:
         """Training features of ``batch`` at checkpoint c (through the feature store when set)."""
-        from ..features.gradients import load_lora
-        from ..features.store import FeatureStore
-
         df = as_pandas(batch)
         load_lora(self.pm, self.warm.checkpoints[c] / "adapter.safetensors")
         fz = self.feat[c]
-        if not self.opts["store"]:
+        if not self.options["store"]:
             return fz(df)
         meta = dict(fz.describe(), checkpoint=self.ckpt_hash[c])
-        store = FeatureStore(Path(self.opts["store"]) / self.warm.checkpoints[c].name, meta)
+        store = FeatureStore(Path(self.options["store"]) / self.warm.checkpoints[c].name, meta)
         ids = [str(i) for i in df["id"].tolist()]
         todo = [i for i, s in enumerate(ids) if s not in store]
         reasons = [""] * len(ids)
@@ -188,21 +202,30 @@ class Less:
             out[have] = store.load([ids[i] for i in have])[1]
         return ids, out, reasons
 
-    def __call__(self, batch: Any):
-        import pandas as pd
-
+    def __call__(self, batch: Any) -> pd.DataFrame:
         df = as_pandas(batch)
         per_ck, reasons = [], None
         for c in range(len(self.warm.checkpoints)):
-            ids, f, r = self.features(df, c)
+            _, f, r = self.features(df, c)
             per_ck.append(f)
             reasons = r if reasons is None else [a or b for a, b in zip(reasons, r)]
         S = less_scores(per_ck, self.means, self.weights)  # [N, S], NaN rows stay NaN
         best = np.nanargmax(np.where(np.isnan(S), -np.inf, S), axis=1) if S.shape[0] else np.zeros(0, int)
         score = S.max(axis=1) if S.shape[1] else np.full(len(df), np.nan)
-        out = pd.DataFrame({"id": df["id"].astype(str).tolist() if "id" in df else [str(i) for i in range(len(df))],
-                            "less": score.astype(np.float64),
-                            "less.subtask": [self.subtasks[b] for b in best],
-                            "less.reason": reasons or [""] * len(df)})
+        out = pd.DataFrame(
+            {
+                "id": sample_ids(df),
+                "less": score.astype(np.float64),
+                "less.subtask": [self.subtasks[b] for b in best],
+                "less.reason": reasons or [""] * len(df),
+            }
+        )
         out.loc[out["less"].isna(), "less.subtask"] = ""
         return out
+
+
+def _require(o: dict) -> None:
+    if not o["warmup"]:
+        raise ValueError("less: option warmup= (a `thresher warmup` folder) is required")
+    if o["target"] is None or (isinstance(o["target"], str) and not o["target"]):
+        raise ValueError("less: option target= (the target set file) is required")

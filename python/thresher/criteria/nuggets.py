@@ -22,19 +22,23 @@ seeded random sample of ``n_anchors`` rows of the scored batch (the release
 picks 100 by k-means; the pipeline can pass such a set). A candidate that is
 itself an anchor (same id) is not compared with itself.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 from ..features.tokens import Unit, prefix_reuse_losses
 from ..frames import as_pandas
 from ..registry import CRITERIA, Option
 from ..render import TEMPLATES, SampleError, render_sample, tokenize_rendered
-from .loss import LMCriterion, _opts, _records, sample_ids
+from .base import Batch, Skip, digest
+from .loss import LossCriterion, _max_length, _opts
 
 
 def _read_anchor_file(path: str) -> list[dict]:
@@ -57,77 +61,78 @@ def _read_anchor_file(path: str) -> list[dict]:
     return rows
 
 
+def _anchor_rows(anchors: Any) -> Optional[list]:
+    """The anchor rows of the ``anchors`` option (None: sample them from each batch)."""
+    if anchors is None:
+        return None
+    if isinstance(anchors, str):
+        return _read_anchor_file(anchors)
+    return list(anchors) if isinstance(anchors, list) else as_pandas(anchors).to_dict("records")
+
+
 @CRITERIA.register(
     "nuggets",
     doc="Nuggets golden score: fraction of anchor tasks whose answer log-probability rises when the candidate "
-        "is a one-shot demonstration. The candidate prefix's KV cache is computed once and reused across "
-        "anchors. Higher = better.",
+    "is a one-shot demonstration. The candidate prefix's KV cache is computed once and reused across "
+    "anchors. Higher = better.",
     options=_opts(
-        Option("anchors", None, "anchor rows: JSONL/JSON path or list of rows (default: a sample of the batch)"),
-        Option("n_anchors", 100, "anchors sampled from the batch when anchors is not given"),
+        Option(
+            "anchors",
+            None,
+            "anchor rows: JSONL/JSON path, list of rows or table (default: a sample of the batch)",
+            type=(str, list, pd.DataFrame, pa.Table),
+        ),
+        Option("n_anchors", 100, "anchors sampled from the batch when anchors is not given", min=1),
         Option("seed", 0, "seed of the anchor sample"),
         Option("template", "alpaca", "prompt template of candidates and anchors", choices=TEMPLATES),
-        Option("separator", "\n\n", "text between the one-shot demonstration and the anchor"),
-        Option("max_length", 2048, "max tokens of prefix + anchor (the prefix is cut from the left)"),
+        Option("separator", "\n\n", "text between the one-shot demonstration and the anchor", type=str),
+        _max_length(2048, "max tokens of prefix + anchor (the prefix is cut from the left)"),
     ),
     direction="max",
     needs=("model",),
     components=("mean_gain", "n_anchors", "truncated"),
 )
-class Nuggets(LMCriterion):
-    NAME = "nuggets"
+class Nuggets(LossCriterion):
+    """Items: per candidate its one-shot prefix and the anchors it is compared on; ``run`` reuses
+    each prefix's KV cache across those anchors."""
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        a = self.options["anchors"]
-        if isinstance(a, str):
-            a = _read_anchor_file(a)
-        elif a is not None:
-            a = as_pandas(a).to_dict("records") if not isinstance(a, list) else list(a)
-        self._anchor_rows = a
-        n = self.options["n_anchors"]
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"nuggets: option n_anchors must be a positive int, got {n!r}")
-        if not isinstance(self.options["separator"], str):
-            raise ValueError("nuggets: option separator must be a string")
+    def setup(self) -> None:
+        self._anchor_rows = _anchor_rows(self.options["anchors"])
         self._zero_cache: dict = {}
+        self._batch_anchors: list = []
 
-    def cache_key(self) -> str:
-        key = super().cache_key()
-        if self._anchor_rows is not None:
-            import hashlib
-
-            blob = json.dumps(self._anchor_rows, sort_keys=True, default=str).encode()
-            key += "-" + hashlib.sha256(blob).hexdigest()[:12]
-        return key
+    @classmethod
+    def key_options(cls, options: dict) -> dict:
+        out = super().key_options(options)
+        rows = _anchor_rows(options["anchors"])
+        out["anchors"] = None if rows is None else digest(rows, 32)  # the rows, wherever they come from
+        return out
 
     # -------------------------------------------------------------- anchors
-    def _anchors(self, df) -> list[tuple[str, Any]]:
-        """[(anchor id, Tokenized)] of the usable anchors."""
-        tok = self.tokenizer
+    def _anchor_sample(self, b: Batch) -> tuple[list[str], list]:
         if self._anchor_rows is not None:
             rows = self._anchor_rows
-            aids = [str(r.get("id", f"anchor-{i}")) if isinstance(r, dict) else f"anchor-{i}"
-                    for i, r in enumerate(rows)]
-        else:
-            recs = _records(df)
-            ids = sample_ids(df)
-            rng = np.random.default_rng(self.options["seed"])
-            take = min(self.options["n_anchors"], len(recs))
-            pick = np.sort(rng.choice(len(recs), size=take, replace=False)) if take else []
-            rows = [recs[i] for i in pick]
-            aids = [ids[i] for i in pick]
+            return [
+                str(r.get("id", f"anchor-{i}")) if isinstance(r, dict) else f"anchor-{i}" for i, r in enumerate(rows)
+            ], rows
+        rng = np.random.default_rng(self.options["seed"])
+        take = min(self.options["n_anchors"], b.n)
+        pick = np.sort(rng.choice(b.n, size=take, replace=False)) if take else []
+        return [b.ids[i] for i in pick], [b.rows[i] for i in pick]
+
+    def _anchors(self, b: Batch) -> list[tuple[str, Any]]:
+        """[(anchor id, Tokenized)] of the usable anchors."""
         out = []
-        for aid, r in zip(aids, rows):
+        for aid, r in zip(*self._anchor_sample(b)):
             if not isinstance(r, dict):
                 raise ValueError(f"nuggets: anchor {aid!r} is not an object")
             try:
-                rr = render_sample(r, self.options["template"], tok, sid=aid)
+                rr = render_sample(r, self.options["template"], self.tokenizer, sid=aid)
             except SampleError:
                 continue  # unusable anchors are left out (the count is reported per candidate)
-            if not any(rr.text[a:b].strip() for a, b in rr.spans):
+            if not any(rr.text[a:e].strip() for a, e in rr.spans):
                 continue
-            tk = tokenize_rendered(rr, tok, add_special_tokens=False)
+            tk = tokenize_rendered(rr, self.tokenizer, add_special_tokens=False)
             if tk.answer_kept == 0 or tk.score[0]:
                 continue
             out.append((aid, tk))
@@ -138,65 +143,57 @@ class Nuggets(LMCriterion):
         key = tuple((aid, tuple(tk.ids)) for aid, tk in anchors)
         if key in self._zero_cache:
             return self._zero_cache[key]
-        tok = self.tokenizer
-        lead = tok("", add_special_tokens=True)["input_ids"]  # e.g. BOS for tokenizers that add one
+        lead = self.tokenizer("", add_special_tokens=True)["input_ids"]  # e.g. BOS for tokenizers that add one
         # (the first token of an anchor is never an answer token: checked in _anchors)
         units = [Unit(list(lead) + tk.ids, [False] * len(lead) + tk.score) for _, tk in anchors]
-        losses = self.run_units(units)
-        lp = np.array([-ul.nll.sum() for ul in losses])
+        lp = np.array([-ul.nll.sum() for ul in self.run_units(units)])
         self._zero_cache = {key: lp}
         return lp
 
     # -------------------------------------------------------------- scoring
-    def __call__(self, batch: Any):
-        import pandas as pd
-
-        df = as_pandas(batch)
-        ids = sample_ids(df)
-        n = len(df)
-        o = self.options
-        tok = self.tokenizer
-        anchors = self._anchors(df)
-        reason = [""] * n
-        gs = np.full(n, np.nan)
-        gain = np.full(n, np.nan)
-        n_used = np.zeros(n, dtype=np.int64)
-        cut = np.zeros(n, dtype=np.int64)
+    def begin(self, b: Batch) -> None:
+        anchors = self._anchors(b)
+        self._batch_anchors = anchors
         if not anchors:
-            reason = ["no usable anchor"] * n
-        else:
-            zero = self._zero_shot(anchors)
-            conts = [Unit(tk.ids, tk.score) for _, tk in anchors]
-            longest = max(len(u.ids) for u in conts)
-            ml = self.max_length()
-            for i, row in enumerate(_records(df)):
-                try:
-                    r = render_sample(row, o["template"], tok, sid=ids[i])
-                except SampleError as exc:
-                    reason[i] = str(exc)
-                    continue
-                if not any(r.text[a:b].strip() for a, b in r.spans):
-                    reason[i] = "empty answer"
-                    continue
-                prefix = tok(r.text + o["separator"], add_special_tokens=True)["input_ids"]
-                room = (ml - longest) if ml else len(prefix)
-                if room < 1:
-                    reason[i] = f"anchors leave no room for the demonstration (max_length={ml})"
-                    continue
-                if len(prefix) > room:
-                    cut[i] = len(prefix) - room
-                    prefix = prefix[-room:]
-                keep = [j for j, (aid, _) in enumerate(anchors) if aid != ids[i]]
-                if not keep:
-                    reason[i] = "no anchor other than the sample itself"
-                    continue
-                one = prefix_reuse_losses(self.lm, prefix, [conts[j] for j in keep],
-                                          batch_tokens=max(o["batch_tokens"], len(prefix) + longest),
-                                          backend=o["backend"])
-                lp1 = np.array([-ul.nll.sum() for ul in one])
-                lp0 = zero[keep]
-                gs[i] = float(np.mean(lp1 > lp0))
-                gain[i] = float(np.mean(lp1 - lp0))
-                n_used[i] = len(keep)
-        return pd.DataFrame({"id": ids, "nuggets": gs, "nuggets.mean_gain": gain, "nuggets.n_anchors": n_used,
-                             "nuggets.truncated": cut, "nuggets.reason": reason})
+            b.reason[:] = ["no usable anchor"] * b.n
+            return
+        self._zero = self._zero_shot(anchors)
+        self._conts = [Unit(tk.ids, tk.score) for _, tk in anchors]
+        self._longest = max(len(u.ids) for u in self._conts)
+
+    def items(self, b: Batch, i: int, row: dict) -> list:
+        r = self.render(b, i, row)
+        prefix = self.tokenizer(r.text + self.options["separator"], add_special_tokens=True)["input_ids"]
+        ml = self.max_length()
+        room = (ml - self._longest) if ml else len(prefix)
+        if room < 1:
+            raise Skip(f"anchors leave no room for the demonstration (max_length={ml})")
+        if len(prefix) > room:
+            b.n_cut[i] = len(prefix) - room
+            prefix = prefix[-room:]
+        keep = [j for j, (aid, _) in enumerate(self._batch_anchors) if aid != b.ids[i]]
+        if not keep:
+            raise Skip("no anchor other than the sample itself")
+        return [("p", (prefix, keep))]
+
+    def run(self, items: list) -> list:
+        out = []
+        for prefix, keep in items:
+            one = prefix_reuse_losses(
+                self.lm,
+                prefix,
+                [self._conts[j] for j in keep],
+                batch_tokens=max(self.options["batch_tokens"], len(prefix) + self._longest),
+                backend=self.options["backend"],
+            )
+            out.append((np.array([-ul.nll.sum() for ul in one]), self._zero[keep]))
+        return out
+
+    def columns(self, b: Batch, results: list[dict]) -> dict:
+        gs, gain = np.full(b.n, np.nan), np.full(b.n, np.nan)
+        n_used = np.zeros(b.n, dtype=np.int64)
+        for i, got in enumerate(results):
+            if "p" in got:
+                lp1, lp0 = got["p"][0]
+                gs[i], gain[i], n_used[i] = float(np.mean(lp1 > lp0)), float(np.mean(lp1 - lp0)), len(lp1)
+        return {"": gs, "mean_gain": gain, "n_anchors": n_used, "truncated": b.n_cut}

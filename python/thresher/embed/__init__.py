@@ -15,6 +15,7 @@ criteria and later runs reuse them (see :mod:`thresher.embed.store`).
 ``embed_table(df)`` embeds a sample table (text = instruction + input + output).
 :class:`EmbeddingTransform` centres / whitens / reduces with PCA.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,16 +24,16 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .store import EmbeddingStore, sample_key  # noqa: F401
-from .transform import EmbeddingTransform  # noqa: F401
+from ..frames import as_pandas
+from .encoders import LMEncoder, SentenceEncoder
+from .store import EmbeddingStore, sample_key
+from .transform import EmbeddingTransform
 
 _LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_embedder(spec: str, device: Optional[str]) -> Any:
-    from .encoders import LMEncoder, SentenceEncoder
-
     if spec.startswith("lm:") or spec.startswith("lm-last:"):
         kind, _, lm_spec = spec.partition(":")
         return LMEncoder(lm_spec or "default", pooling="last" if kind == "lm-last" else "mean", device=device)
@@ -59,9 +60,17 @@ def _normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
-def embed_texts(texts: Sequence[str], embedder: Any = "default", *, batch_size: int = 64,
-                cache_dir: Any = None, ids: Optional[Sequence[Any]] = None, store_dtype: str = "float16",
-                shard_size: int = 4096, device: Optional[str] = None) -> np.ndarray:
+def embed_texts(
+    texts: Sequence[str],
+    embedder: Any = "default",
+    *,
+    batch_size: int = 64,
+    cache_dir: Any = None,
+    ids: Optional[Sequence[Any]] = None,
+    store_dtype: str = "float16",
+    shard_size: int = 4096,
+    device: Optional[str] = None,
+) -> np.ndarray:
     """float32 ``[N, d]`` L2-normalised embeddings of ``texts`` (see module doc).
 
     ``ids``: sample ids keying the cache (default: the text itself). With a
@@ -93,7 +102,7 @@ def embed_texts(texts: Sequence[str], embedder: Any = "default", *, batch_size: 
         uniq.setdefault(keys[i], i)
     first = np.fromiter(uniq.values(), np.int64, len(uniq))
     for s in range(0, len(first), shard_size):
-        part = first[s:s + shard_size]
+        part = first[s : s + shard_size]
         v = enc.encode([texts[i] for i in part], batch_size=batch_size)
         path = store.put([keys[i] for i in part], v)
         stored = np.load(path, allow_pickle=False).astype(np.float32)  # what later runs will read
@@ -108,8 +117,6 @@ def embed_texts(texts: Sequence[str], embedder: Any = "default", *, batch_size: 
 def sample_texts(df: Any) -> list[str]:
     """instruction, input and output of each row joined by newlines (empty parts skipped);
     multi-turn rows (``conversation``) join their turns' contents."""
-    from ..frames import as_pandas
-
     df = as_pandas(df)
     cols = [c for c in ("instruction", "input", "output") if c in df.columns]
     if not cols and "conversation" not in df.columns:
@@ -127,13 +134,21 @@ def sample_texts(df: Any) -> list[str]:
 
 
 def embed_table(df: Any, embedder: Any = "default", **kw: Any) -> np.ndarray:
-    """Embeddings of a sample table's rows (ids from its ``id`` column key the cache)."""
-    from ..frames import as_pandas
+    """Embeddings of a sample table's rows (ids from its ``id`` column key the cache).
 
+    With ``cache_dir`` this is THE embeddings cache: vectors keyed by (sample id, text)
+    under the embedder's fingerprint, shared by criteria, selectors and later runs."""
     df = as_pandas(df)
     ids = df["id"].astype(str).tolist() if "id" in df.columns else None
     return embed_texts(sample_texts(df), embedder, ids=ids, **kw)
 
 
-__all__ = ["embed_texts", "embed_table", "sample_texts", "get_embedder", "EmbeddingStore",
-           "EmbeddingTransform", "sample_key"]
+__all__ = [
+    "embed_texts",
+    "embed_table",
+    "sample_texts",
+    "get_embedder",
+    "EmbeddingStore",
+    "EmbeddingTransform",
+    "sample_key",
+]

@@ -12,6 +12,7 @@ Both encode in length-sorted batches (short texts together, so padding is
 small) and return float32 ``[N, d]`` in input order (not normalised; see
 :func:`thresher.embed.embed_texts`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..models import load_causal_lm
+
 ENCODER_VERSION = 1
+#: Names that select the bundled all-MiniLM-L6-v2.
+DEFAULT_EMBEDDER_NAMES = ("default", "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
 def default_model_dir() -> Path:
@@ -37,7 +42,8 @@ def default_model_dir() -> Path:
     return p
 
 
-def _folder_fingerprint(p: Path) -> str:
+def folder_fingerprint(p: Path) -> str:
+    """Digest of a model folder: relative names and sizes of its files, bytes of its small JSON/text files."""
     h = hashlib.blake2b(digest_size=8)
     for f in sorted(p.rglob("*")):
         if f.is_file() and not f.name.startswith("."):
@@ -58,12 +64,13 @@ def length_order(texts: Sequence[str]) -> np.ndarray:
 class SentenceEncoder:
     """A sentence-transformers model; ``spec`` = "default", a hub name or a local path."""
 
-    def __init__(self, spec: str = "default", *, device: Optional[str] = None,
-                 max_length: Optional[int] = None) -> None:
-        from sentence_transformers import SentenceTransformer
+    def __init__(
+        self, spec: str = "default", *, device: Optional[str] = None, max_length: Optional[int] = None
+    ) -> None:
+        from sentence_transformers import SentenceTransformer  # optional dependency: imported on use
 
         self.spec = spec
-        if spec in ("default", "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        if spec in DEFAULT_EMBEDDER_NAMES:
             path = default_model_dir()
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             src = str(path)
@@ -75,13 +82,14 @@ class SentenceEncoder:
         try:
             self.model = SentenceTransformer(src, device=dev)
         except Exception as exc:
-            raise ValueError(f"embedder: cannot load sentence-transformers model {spec!r}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise ValueError(
+                f"embedder: cannot load sentence-transformers model {spec!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         if max_length:
             self.model.max_seq_length = int(max_length)
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(getdim())
-        base = _folder_fingerprint(path) if path is not None else spec
+        base = folder_fingerprint(path) if path is not None else spec
         self.fingerprint = f"st:{Path(src).name}:{base}:L{self.model.max_seq_length}:v{ENCODER_VERSION}"
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -91,9 +99,14 @@ class SentenceEncoder:
         out = np.empty((len(texts), self.dim), np.float32)
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
-                sel = order[s:s + batch_size]
-                e = self.model.encode([texts[i] for i in sel], batch_size=len(sel), convert_to_numpy=True,
-                                      normalize_embeddings=False, show_progress_bar=False)
+                sel = order[s : s + batch_size]
+                e = self.model.encode(
+                    [texts[i] for i in sel],
+                    batch_size=len(sel),
+                    convert_to_numpy=True,
+                    normalize_embeddings=False,
+                    show_progress_bar=False,
+                )
                 out[sel] = e
         return out
 
@@ -101,13 +114,19 @@ class SentenceEncoder:
 class LMEncoder:
     """Pooled final hidden states of a causal LM (``pooling`` = "mean" or "last")."""
 
-    def __init__(self, spec: str = "default", *, pooling: str = "mean", device: Optional[str] = None,
-                 dtype: Any = torch.float32, max_length: int = 512, lm: Any = None) -> None:
+    def __init__(
+        self,
+        spec: str = "default",
+        *,
+        pooling: str = "mean",
+        device: Optional[str] = None,
+        dtype: Any = torch.float32,
+        max_length: int = 512,
+        lm: Any = None,
+    ) -> None:
         if pooling not in ("mean", "last"):
             raise ValueError(f"pooling: expected 'mean' or 'last', got {pooling!r}")
         if lm is None:
-            from ..models import load_causal_lm
-
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             lm = load_causal_lm(spec, dtype=dtype, device=dev)
         self.lm = lm
@@ -130,9 +149,14 @@ class LMEncoder:
         out = np.empty((len(texts), self.dim), np.float32)
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
-                sel = order[s:s + batch_size]
-                enc = tok([texts[i] for i in sel], return_tensors="pt", padding=True, truncation=True,
-                          max_length=self.max_length)
+                sel = order[s : s + batch_size]
+                enc = tok(
+                    [texts[i] for i in sel],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                )
                 ids = enc["input_ids"].to(dev)
                 mask = enc["attention_mask"].to(dev)
                 h = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()

@@ -4,18 +4,20 @@ Layout: ``root/<embedder fingerprint digest>/part-<digest>.npy`` (vectors,
 ``[n, d]``) and ``part-<digest>.keys.json`` (the n keys, written last: it is the
 commit marker, so a shard without it is ignored). A key is
 ``blake2b(sample id, text)``: an id whose text changed is recomputed. Files are
-written atomically (temporary name, fsync, rename); only ``.npy`` (loaded with
+written atomically through :mod:`thresher.fs` (temporary name, fsync, rename, folder fsync); only ``.npy`` (loaded with
 ``allow_pickle=False``) and JSON are stored.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from ..fs import atomic_file
 
 
 def sample_key(sample_id: Any, text: str) -> str:
@@ -24,15 +26,6 @@ def sample_key(sample_id: Any, text: str) -> str:
     h.update(b"\x1f")
     h.update(text.encode("utf-8", "surrogatepass"))
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class EmbeddingStore:
@@ -99,8 +92,10 @@ class EmbeddingStore:
         name = f"part-{h.hexdigest()}"
         vf = self.dir / f"{name}.npy"
         arr = np.ascontiguousarray(vectors, dtype=self.dtype)
-        _atomic_write(vf, lambda fh: np.save(fh, arr, allow_pickle=False))
-        _atomic_write(self.dir / f"{name}.keys.json", lambda fh: fh.write(json.dumps(list(keys)).encode()))
+        with atomic_file(vf, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        with atomic_file(self.dir / f"{name}.keys.json", "wb") as fh:  # last: the shard's commit marker
+            fh.write(json.dumps(list(keys)).encode())
         if self._index is not None:
             for r, k in enumerate(keys):
                 self._index.setdefault(k, (vf, r))

@@ -7,6 +7,7 @@ integer number of components or a fraction in (0, 1) of the variance to keep
 (e.g. 0.95, as CaR does). ``whiten`` scales each kept component to unit
 variance. ``normalize`` re-projects rows onto the unit sphere afterwards.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Union
@@ -16,8 +17,14 @@ import torch
 
 
 class EmbeddingTransform:
-    def __init__(self, center: bool = True, whiten: bool = False, pca: Union[int, float, None] = None,
-                 normalize: bool = False, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        center: bool = True,
+        whiten: bool = False,
+        pca: Union[int, float, None] = None,
+        normalize: bool = False,
+        eps: float = 1e-8,
+    ) -> None:
         if pca is not None:
             if isinstance(pca, bool) or not isinstance(pca, (int, float, np.integer, np.floating)):
                 raise ValueError(f"pca: expected an int (components) or a float in (0, 1), got {pca!r}")
@@ -27,9 +34,9 @@ class EmbeddingTransform:
                 raise ValueError(f"pca: number of components must be >= 1, got {pca}")
         self.center, self.whiten, self.pca, self.normalize, self.eps = center, whiten, pca, normalize, eps
         self.mean: Optional[np.ndarray] = None
-        self.components: Optional[np.ndarray] = None   # [d, c]
-        self.scale: Optional[np.ndarray] = None        # [c]
-        self.explained: Optional[np.ndarray] = None    # variance ratio of kept components
+        self.components: Optional[np.ndarray] = None  # [d, c]
+        self.scale: Optional[np.ndarray] = None  # [c]
+        self.explained: Optional[np.ndarray] = None  # variance ratio of kept components
 
     def fit(self, x: Any) -> "EmbeddingTransform":
         x = np.asarray(x, dtype=np.float64)

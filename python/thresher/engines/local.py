@@ -1,28 +1,36 @@
 """Local engine: scorers run in this process, one shard (optionally split into
 batches of ``batch_size`` rows) at a time."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
 
+import pandas as pd
 
+from ..frames import as_pandas
+from ..io.schema import content_hash
+from ..registry import CRITERIA, ENGINES, Option
+
+
+@ENGINES.register(
+    "local",
+    doc="score in this process, one shard (or batch_size rows) at a time",
+    options=[Option("batch_size", None, "rows per scorer call (default: the whole shard)", type=int, min=1)],
+)
 class LocalEngine:
-    name = "local"
-
     def __init__(self, batch_size: Optional[int] = None) -> None:
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
 
     def make_scorer(self, cls: Any, options: dict) -> Any:
         return cls(**options)
 
-    def score(self, scorer: Any, table: Any, name: str):
-        import pandas as pd
-
+    def score(self, scorer: Any, table: Any, name: str) -> Any:
         if self.batch_size is None or len(table) <= self.batch_size:
             return scorer(table)
-        parts = [scorer(table.iloc[s:s + self.batch_size].reset_index(drop=True))
-                 for s in range(0, len(table), self.batch_size)]
+        parts = [
+            scorer(table.iloc[s : s + self.batch_size].reset_index(drop=True))
+            for s in range(0, len(table), self.batch_size)
+        ]
         return pd.concat(parts, ignore_index=True)
 
 
@@ -37,17 +45,12 @@ class ScoreColumns:
     ``id`` get their content hash.
     """
 
-    def __init__(self, criterion: str, **options):
-        from ..registry import CRITERIA
-
+    def __init__(self, criterion: str, **options: Any) -> None:
         entry = CRITERIA.get(criterion)
         self.name = criterion
         self.scorer = entry.obj(**entry.resolve_options(options))
 
-    def __call__(self, batch):
-        from ..io.schema import content_hash
-        from ..frames import as_pandas
-
+    def __call__(self, batch: Any) -> Any:
         df = as_pandas(batch).reset_index(drop=True)
         work = df.copy()
         for c in ("instruction", "output"):

@@ -7,47 +7,74 @@ into any Ray Data pipeline::
     ds = ds.map_batches(CRITERIA.get("ifd").obj, fn_constructor_kwargs={"model": "default"},
                         batch_format="pandas", batch_size=256, concurrency=2)
 
-Order is restored by id after the map (Ray Data may reorder blocks).
+Order is restored by id after the map (Ray Data may reorder blocks). Ray is an
+optional dependency (``pip install 'thresher[ray]'``): this module imports without
+it, and the engine says which extra to install when it is built.
 """
+
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
+
+from ..errors import MissingExtraError
+from ..registry import ENGINES, Option
 
 
 class _RayScorer:
-    """Handle: the class and options for the actors; a driver-side instance is built
-    lazily only when the pipeline needs ``cache_key()`` and the class lacks ``cache_key_for``."""
+    """Handle: the class and options for the actors; a driver-side instance is built lazily, only
+    for ``cache_key()`` (classes without ``cache_key_for``) and the model ``fingerprint``."""
 
     def __init__(self, cls: Any, options: dict) -> None:
         self.cls, self.options = cls, dict(options)
-        self._local = None
+        self._local: Any = None
 
-    def _instance(self):
+    def _instance(self) -> Any:
         if self._local is None:
             self._local = self.cls(**self.options)
         return self._local
 
     def cache_key(self) -> str:
-        if hasattr(self.cls, "cache_key_for"):
-            return str(self.cls.cache_key_for(**self.options))
+        # only asked when the class has no cache_key_for (the pipeline tries that first)
         return str(self._instance().cache_key())
 
     @property
-    def fingerprint(self):
+    def fingerprint(self) -> Any:
         return getattr(self._instance(), "fingerprint", None)
 
 
-class RayEngine:
-    name = "ray"
+def _ray() -> Any:
+    # ray is optional: imported only when the engine is used
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingExtraError("the ray engine", "ray", exc) from None
+    return ray
 
-    def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None,
-                 batch_size: int = 256, concurrency: int = 1, num_gpus: float = 0) -> None:
-        try:
-            import ray
-        except ImportError as exc:  # pragma: no cover
-            raise ValueError(f"engine: 'ray' needs `pip install 'ray[data]'` ({exc})") from None
+
+@ENGINES.register(
+    "ray",
+    doc="Ray Data map_batches over the scorer classes (actors load each model once)",
+    options=[
+        Option("address", None, "Ray cluster address (default: start a local Ray)", type=str),
+        Option("num_cpus", None, "CPUs for a local Ray", type=int, min=1),
+        Option("batch_size", 256, "rows per map_batches batch", min=1),
+        Option("concurrency", 1, "actors per criterion", min=1),
+        Option("num_gpus", 0.0, "GPUs per actor", type=float, min=0),
+    ],
+)
+class RayEngine:
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        num_cpus: Optional[int] = None,
+        batch_size: int = 256,
+        concurrency: int = 1,
+        num_gpus: float = 0,
+    ) -> None:
+        ray = _ray()
         if not ray.is_initialized():
-            kw = {"include_dashboard": False, "log_to_driver": False}
+            kw: dict = {"include_dashboard": False, "log_to_driver": False}
             if address:
                 kw["address"] = address
             if num_cpus is not None:
@@ -56,26 +83,22 @@ class RayEngine:
         self.batch_size, self.concurrency, self.num_gpus = batch_size, concurrency, num_gpus
 
     def make_scorer(self, cls: Any, options: dict) -> Any:
-        import sys
-
         mod = sys.modules.get(getattr(cls, "__module__", ""))
         if mod is not None and mod.__name__.startswith("thresher_plugin_"):
             # a plugin loaded from a .py file is not importable on the workers: ship it by value
-            from ray import cloudpickle
-
-            cloudpickle.register_pickle_by_value(mod)
+            _ray().cloudpickle.register_pickle_by_value(mod)
         return _RayScorer(cls, options)
 
-    def score(self, scorer: _RayScorer, table: Any, name: str):
-        import ray
-
+    def score(self, scorer: _RayScorer, table: Any, name: str) -> Any:
+        ray = _ray()
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ds = ray.data.from_pandas(table.reset_index(drop=True))
-        kw = {"concurrency": self.concurrency}
+        kw: dict = {"concurrency": self.concurrency}
         if self.num_gpus:
             kw["num_gpus"] = self.num_gpus
-        out = ds.map_batches(scorer.cls, fn_constructor_kwargs=scorer.options, batch_format="pandas",
-                             batch_size=self.batch_size, **kw).to_pandas()
+        out = ds.map_batches(
+            scorer.cls, fn_constructor_kwargs=scorer.options, batch_format="pandas", batch_size=self.batch_size, **kw
+        ).to_pandas()
         ids = table["id"].astype(str).to_numpy()
         return out.set_index(out["id"].astype(str)).reindex(ids).reset_index(drop=True)

@@ -3,7 +3,7 @@
 Formulas from Liu, Ke, Jiang, Li, "Take the Essence and Discard the Dross: A
 Rethinking on Data Selection for Fine-Tuning Large Language Models" (arXiv
 2406.14115, NAACL 2025), implemented from the paper's definitions (see
-``shared/reference/comparison.md``):
+``docs/comparison.md``):
 
 * **Efficiency** (ratio-based): a method is a point (SDF, PIR), where SDF is the
   selected dataset fraction and PIR the performance improvement ratio of the
@@ -21,6 +21,7 @@ Rethinking on Data Selection for Fine-Tuning Large Language Models" (arXiv
 Every constant of the paper is a named parameter with the paper's value as
 default, and the linear maps and l_base are computed from their anchor points.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,13 +29,32 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 
 __all__ = [
-    "SETTINGS", "SUPPORTED_SETTINGS", "LinearMap", "SAME_BENCH_MAP", "OTHER_BENCH_MAP",
-    "BaselineLine", "L_BASE", "sdf", "mean_ratio", "pir", "residual", "perpendicular_distance",
-    "dense_rank", "Feasibility", "SimplicityWeights", "FlexibilityWeights",
-    "simplicity_penalty", "flexibility_penalty", "feasibility_ranks", "efficiency_ranks",
-    "Method", "compare_methods", "FEASIBILITY_FIELDS",
+    "SETTINGS",
+    "SUPPORTED_SETTINGS",
+    "LinearMap",
+    "SAME_BENCH_MAP",
+    "OTHER_BENCH_MAP",
+    "BaselineLine",
+    "L_BASE",
+    "sdf",
+    "mean_ratio",
+    "pir",
+    "residual",
+    "perpendicular_distance",
+    "dense_rank",
+    "Feasibility",
+    "SimplicityWeights",
+    "FlexibilityWeights",
+    "simplicity_penalty",
+    "flexibility_penalty",
+    "feasibility_ranks",
+    "efficiency_ranks",
+    "Method",
+    "compare_methods",
+    "FEASIBILITY_FIELDS",
 ]
 
 SETTINGS = ("same_win", "same_bench", "other_bench", "other_win")
@@ -66,7 +86,7 @@ class LinearMap:
         return self.p0[1] + self.slope * (x - self.p0[0])
 
 
-# Published anchors (shared/reference/comparison.md): r -> PIR.
+# Published anchors (docs/comparison.md): r -> PIR.
 SAME_BENCH_MAP = LinearMap((0.949, 1.284), (1.010, 1.475))
 OTHER_BENCH_MAP = LinearMap((0.985, 1.344), (1.000, 1.426))
 
@@ -83,7 +103,7 @@ class BaselineLine(LinearMap):
 
     def distance(self, sdf_value: float, pir_value: float) -> float:
         """Signed perpendicular distance in data units; positive above the line."""
-        return self.residual(sdf_value, pir_value) / math.sqrt(1.0 + self.slope ** 2)
+        return self.residual(sdf_value, pir_value) / math.sqrt(1.0 + self.slope**2)
 
 
 L_BASE = BaselineLine((0.025, 1.400), (0.058, 1.443))
@@ -170,8 +190,14 @@ def _check_setting(setting: Any) -> str:
     return setting
 
 
-def pir(setting: str, sem: Any, blm: Any, *, same_bench_map: LinearMap = SAME_BENCH_MAP,
-        other_bench_map: LinearMap = OTHER_BENCH_MAP) -> float:
+def pir(
+    setting: str,
+    sem: Any,
+    blm: Any,
+    *,
+    same_bench_map: LinearMap = SAME_BENCH_MAP,
+    other_bench_map: LinearMap = OTHER_BENCH_MAP,
+) -> float:
     """Performance improvement ratio in one of the paper's settings.
 
     * ``same_win``: PIR = r, with SEM_i/BLM_i the win counts on test set i.
@@ -271,7 +297,9 @@ class Feasibility:
             raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
         missing = [f for f in FEASIBILITY_FIELDS if f not in data]
         if missing:
-            raise ValueError(f"{where}: missing feasibility input(s) {missing} (required: {', '.join(FEASIBILITY_FIELDS)})")
+            raise ValueError(
+                f"{where}: missing feasibility input(s) {missing} (required: {', '.join(FEASIBILITY_FIELDS)})"
+            )
         try:
             return cls(**dict(data))
         except ValueError as exc:
@@ -315,23 +343,36 @@ def simplicity_penalty(f: Feasibility, weights: SimplicityWeights = SimplicityWe
 
 
 def flexibility_penalty(f: Feasibility, weights: FlexibilityWeights = FlexibilityWeights()) -> float:
-    return float(weights.not_model_free * (not f.model_free) + weights.not_dataset_free * (not f.dataset_free)
-                 + weights.proprietary_judge * bool(f.proprietary_judge))
+    return float(
+        weights.not_model_free * (not f.model_free)
+        + weights.not_dataset_free * (not f.dataset_free)
+        + weights.proprietary_judge * bool(f.proprietary_judge)
+    )
 
 
-def feasibility_ranks(items: Sequence[Feasibility], *, simplicity: SimplicityWeights = SimplicityWeights(),
-                      flexibility: FlexibilityWeights = FlexibilityWeights()) -> dict[str, np.ndarray]:
+def feasibility_ranks(
+    items: Sequence[Feasibility],
+    *,
+    simplicity: SimplicityWeights = SimplicityWeights(),
+    flexibility: FlexibilityWeights = FlexibilityWeights(),
+) -> dict[str, np.ndarray]:
     """Penalties and dense ranks (ascending) for a set of methods compared together."""
     sp = np.array([simplicity_penalty(f, simplicity) for f in items], dtype=np.float64)
     fp = np.array([flexibility_penalty(f, flexibility) for f in items], dtype=np.float64)
     sr = dense_rank(sp)
     fr = dense_rank(fp)
-    return {"simplicity_penalty": sp, "simplicity_rank": sr, "flexibility_penalty": fp,
-            "flexibility_rank": fr, "feasibility_rank": dense_rank(sr + fr)}
+    return {
+        "simplicity_penalty": sp,
+        "simplicity_rank": sr,
+        "flexibility_penalty": fp,
+        "flexibility_rank": fr,
+        "feasibility_rank": dense_rank(sr + fr),
+    }
 
 
-def efficiency_ranks(points: Sequence[tuple[float, float]], line: BaselineLine = L_BASE,
-                     *, decimals: Optional[int] = 9) -> dict[str, np.ndarray]:
+def efficiency_ranks(
+    points: Sequence[tuple[float, float]], line: BaselineLine = L_BASE, *, decimals: Optional[int] = 9
+) -> dict[str, np.ndarray]:
     """Residuals, perpendicular distances and dense efficiency ranks (descending)."""
     res = np.array([residual(s, p, line) for s, p in points], dtype=np.float64)
     dist = np.array([perpendicular_distance(s, p, line) for s, p in points], dtype=np.float64)
@@ -359,31 +400,38 @@ class Method:
             self.feasibility = Feasibility.from_mapping(self.feasibility, where=f"{self.name}: feasibility")
 
 
-def compare_methods(methods: Sequence[Method], *, line: BaselineLine = L_BASE,
-                    simplicity: SimplicityWeights = SimplicityWeights(),
-                    flexibility: FlexibilityWeights = FlexibilityWeights()):
+def compare_methods(
+    methods: Sequence[Method],
+    *,
+    line: BaselineLine = L_BASE,
+    simplicity: SimplicityWeights = SimplicityWeights(),
+    flexibility: FlexibilityWeights = FlexibilityWeights(),
+):
     """One row per method with every column of both published tables.
 
     Returns a ``pandas.DataFrame`` with name, sdf, pir, residual, distance,
     efficiency_rank, the feasibility inputs, both penalties and ranks and the
     feasibility rank, in input order. All ranks are computed over the given set.
     """
-    import pandas as pd
-
     names = [m.name for m in methods]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"methods: duplicate method name(s) {dup}")
     eff = efficiency_ranks([(m.sdf, m.pir) for m in methods], line)
     with_f = [i for i, m in enumerate(methods) if m.feasibility is not None]
-    feas = feasibility_ranks([methods[i].feasibility for i in with_f], simplicity=simplicity,
-                             flexibility=flexibility)
+    feas = feasibility_ranks([methods[i].feasibility for i in with_f], simplicity=simplicity, flexibility=flexibility)
     pos = {i: j for j, i in enumerate(with_f)}
     rows = []
     for i, m in enumerate(methods):
-        row = {"name": m.name, "user": m.user, "sdf": m.sdf, "pir": m.pir,
-               "residual": float(eff["residual"][i]), "distance": float(eff["distance"][i]),
-               "efficiency_rank": int(eff["efficiency_rank"][i])}
+        row = {
+            "name": m.name,
+            "user": m.user,
+            "sdf": m.sdf,
+            "pir": m.pir,
+            "residual": float(eff["residual"][i]),
+            "distance": float(eff["distance"][i]),
+            "efficiency_rank": int(eff["efficiency_rank"][i]),
+        }
         j = pos.get(i)
         for f in fields(Feasibility):
             row[f.name] = getattr(m.feasibility, f.name) if j is not None else None

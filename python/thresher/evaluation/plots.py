@@ -8,6 +8,7 @@
 * ``write_report``: both PNGs and a self-contained HTML page (images embedded
   as base64, no external resources) with the two rank tables.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import pandas as pd
 
+from ..fs import atomic_save, atomic_write_text
 from .comparison import L_BASE, BaselineLine
 
 PUBLISHED_COLOR = "#1f5fa8"
@@ -26,12 +29,40 @@ USER_COLOR = "#d62728"
 
 def _figure(figsize):
     """A matplotlib Figure without pyplot (no global backend or state is touched)."""
-    try:
+    try:  # matplotlib is an optional extra (thresher[report]): imported where it is needed
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover
         raise ValueError("plots need matplotlib (pip install 'thresher[report]')") from exc
     fig = Figure(figsize=figsize, dpi=110)
     return fig, fig.subplots()
+
+
+def _save(fig, path: Path) -> Path:
+    """``fig`` written atomically to ``path`` (format from the suffix, PNG by default)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format=fmt))
+    return Path(path)
+
+
+def _label_slot(fx: float, fy: float, w: float, boxes: list) -> tuple[int, int]:
+    """Where a label goes: (side, line offset). Right of its point; a label that would overlap an
+    earlier one (boxes in axes fractions: ~0.65% of the width per character, ~2.4% of the height
+    per line) goes left of it, or a line lower or higher. The chosen box is appended to ``boxes``."""
+    h = 0.024
+    for dy in (0, -1, 1, -2, 2, -3, 3):
+        for side in (1, -1):
+            x0 = fx if side > 0 else fx - 0.012 - w
+            y0 = fy + (4 + 11 * dy) / 500.0
+            b = (x0, y0, x0 + w, y0 + h)
+            if (
+                b[0] >= 0.0
+                and b[2] <= 1.0
+                and not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in boxes)
+            ):
+                boxes.append(b)
+                return side, dy
+    boxes.append(b)
+    return side, dy
 
 
 def efficiency_plot(table, path: Path, *, line: BaselineLine = L_BASE, title: Optional[str] = None) -> Path:
@@ -48,35 +79,28 @@ def efficiency_plot(table, path: Path, *, line: BaselineLine = L_BASE, title: Op
     ls = np.array([line(v) for v in xs])
     ax.fill_between(xs, ls, yhi, color="#2ca02c", alpha=0.10, label="above l_base (more efficient)")
     ax.fill_between(xs, ylo, ls, color="#d62728", alpha=0.08, label="below l_base")
-    ax.plot(xs, ls, color="black", lw=1.3,
-            label=f"l_base: PIR = {line.intercept:.4f} + {line.slope:.4f} SDF")
+    ax.plot(xs, ls, color="black", lw=1.3, label=f"l_base: PIR = {line.intercept:.4f} + {line.slope:.4f} SDF")
     user = table["user"].to_numpy(bool)
     ax.scatter(x[~user], y[~user], s=40, color=PUBLISHED_COLOR, zorder=3, label="published methods")
     if user.any():
         ax.scatter(x[user], y[user], s=110, marker="*", color=USER_COLOR, zorder=4, label="your runs")
-    # Labels go right of their point; a label that would overlap an earlier one (boxes
-    # estimated in axes fractions: ~0.65% of the width per character, ~2.4% of the height
-    # per line) goes left of it, or a line lower or higher.
     boxes: list[tuple[float, float, float, float]] = []
-    order = np.lexsort((x, -y))
-    for i in order:
+    for i in np.lexsort((x, -y)):
         u = bool(user[i])
         text = f"{table['name'].iloc[i]} (#{table['efficiency_rank'].iloc[i]})"
         fx = (x[i] - xmin) / (xmax - xmin) + 0.006
         fy = (y[i] - ylo) / (yhi - ylo)
-        w, h = 0.0065 * len(text) * (1.1 if u else 1.0), 0.024
-        cands = [(side, dy) for dy in (0, -1, 1, -2, 2, -3, 3) for side in (1, -1)]
-        for side, dy in cands:
-            x0 = fx if side > 0 else fx - 0.012 - w
-            y0 = fy + (4 + 11 * dy) / 500.0
-            b = (x0, y0, x0 + w, y0 + h)
-            if 0.0 <= b[0] and b[2] <= 1.0 and not any(
-                    b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in boxes):
-                break
-        boxes.append(b)
-        ax.annotate(text, (x[i], y[i]), xytext=(5 * side, 4 + 11 * dy), textcoords="offset points", fontsize=8,
-                    ha="left" if side > 0 else "right",
-                    color=USER_COLOR if u else "#222222", weight="bold" if u else "normal")
+        side, dy = _label_slot(fx, fy, 0.0065 * len(text) * (1.1 if u else 1.0), boxes)
+        ax.annotate(
+            text,
+            (x[i], y[i]),
+            xytext=(5 * side, 4 + 11 * dy),
+            textcoords="offset points",
+            fontsize=8,
+            ha="left" if side > 0 else "right",
+            color=USER_COLOR if u else "#222222",
+            weight="bold" if u else "normal",
+        )
     ax.set_xlim(xmin, xmax)
     ax.set_ylim(ylo, yhi)
     ax.set_xlabel("SDF (selected dataset fraction)")
@@ -85,8 +109,7 @@ def efficiency_plot(table, path: Path, *, line: BaselineLine = L_BASE, title: Op
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return _save(fig, path)
 
 
 def feasibility_plot(table, path: Path, *, title: Optional[str] = None) -> Path:
@@ -102,11 +125,25 @@ def feasibility_plot(table, path: Path, *, title: Optional[str] = None) -> Path:
         groups[(int(s), int(f))].append((str(name), bool(u), int(r)))
     for (s, f), items in groups.items():
         anyu = any(u for _, u, _ in items)
-        ax.scatter([s], [f], s=60 + 30 * len(items), marker="*" if anyu else "o",
-                   color=USER_COLOR if anyu else PUBLISHED_COLOR, zorder=3)
+        ax.scatter(
+            [s],
+            [f],
+            s=60 + 30 * len(items),
+            marker="*" if anyu else "o",
+            color=USER_COLOR if anyu else PUBLISHED_COLOR,
+            zorder=3,
+        )
         label = "\n".join(f"{n} (#{r})" for n, _, r in items)
-        ax.annotate(label, (s, f), xytext=(6, 5), textcoords="offset points", fontsize=7.5, rotation=30,
-                    rotation_mode="anchor", color=USER_COLOR if anyu else "#222222")
+        ax.annotate(
+            label,
+            (s, f),
+            xytext=(6, 5),
+            textcoords="offset points",
+            fontsize=7.5,
+            rotation=30,
+            rotation_mode="anchor",
+            color=USER_COLOR if anyu else "#222222",
+        )
     ax.set_xlim(0, m + 0.5)
     ax.set_ylim(0, m + 0.5)
     ax.set_xlabel("simplicity rank (1 = simplest)")
@@ -115,26 +152,31 @@ def feasibility_plot(table, path: Path, *, title: Optional[str] = None) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return _save(fig, path)
 
 
 EFFICIENCY_COLUMNS = ["efficiency_rank", "name", "sdf", "pir", "residual", "distance"]
-FEASIBILITY_COLUMNS = ["feasibility_rank", "name", "trained_llms", "steps", "public_code", "simplicity_penalty",
-                       "simplicity_rank", "model_free", "dataset_free", "proprietary_judge",
-                       "flexibility_penalty", "flexibility_rank"]
+FEASIBILITY_COLUMNS = [
+    "feasibility_rank",
+    "name",
+    "trained_llms",
+    "steps",
+    "public_code",
+    "simplicity_penalty",
+    "simplicity_rank",
+    "model_free",
+    "dataset_free",
+    "proprietary_judge",
+    "flexibility_penalty",
+    "flexibility_rank",
+]
 
 
 def _fmt(v: Any, col: str) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "-"
-    try:
-        import pandas as pd
-
-        if v is pd.NA:
-            return "-"
-    except ImportError:  # pragma: no cover
-        pass
+    if v is pd.NA:
+        return "-"
     if col in ("residual", "distance"):
         return f"{v:+.4f}"
     if col == "sdf":
@@ -177,7 +219,9 @@ def _html_table(table, columns: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def write_report(table, out_dir: Path, *, line: BaselineLine = L_BASE, notes: Optional[list[str]] = None) -> dict[str, Path]:
+def write_report(
+    table, out_dir: Path, *, line: BaselineLine = L_BASE, notes: Optional[list[str]] = None
+) -> dict[str, Path]:
     """Write efficiency.png, feasibility.png and report.html (self-contained) into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +259,5 @@ ranks of the simplicity and flexibility penalties and of their sum. Highlighted 
 </body></html>
 """
     report = out_dir / "report.html"
-    tmp = report.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(report)
+    atomic_write_text(report, page)
     return {"efficiency": eff, "feasibility": feas, "report": report}

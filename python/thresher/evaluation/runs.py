@@ -27,23 +27,38 @@ with at least ``trained_llms``, ``steps``, ``model_free``, ``dataset_free``,
 ``proprietary_judge`` (optional ``public_code`` default true, ``small_proxy``
 default false). :func:`feasibility_from_recipe` turns one into a Feasibility.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+import yaml
+
+from ..registry import RECIPES
 from .comparison import FEASIBILITY_FIELDS, Feasibility, Method, check_sdf, pir, sdf
 
-RUN_FIELDS = ("name", "sdf", "selected", "pool", "pir", "setting", "sem", "blm", "recipe", "feasibility",
-              "notes", "source", "metrics")
+RUN_FIELDS = (
+    "name",
+    "sdf",
+    "selected",
+    "pool",
+    "pir",
+    "setting",
+    "sem",
+    "blm",
+    "recipe",
+    "feasibility",
+    "notes",
+    "source",
+    "metrics",
+)
 
 
 def feasibility_from_recipe(recipe: Any, *, where: str = "recipe") -> Feasibility:
     """Feasibility inputs of a recipe: a RECIPES entry, or a recipe name looked up in RECIPES."""
     entry = recipe
     if isinstance(recipe, str):
-        from thresher.registry import RECIPES
-
         try:
             entry = RECIPES.get(recipe)
         except ValueError as exc:
@@ -127,16 +142,26 @@ def run_to_method(run: Mapping[str, Any], *, where: str = "run") -> Method:
             raise ValueError(f"{where}: field {exc}") from None
     feas = _resolve_feasibility(run, where)
     extra = {k: run[k] for k in ("recipe", "setting", "sem", "blm", "metrics") if k in run}
-    return Method(name.strip(), s, p, feas, source=str(run.get("source", "user run")),
-                  notes=str(run.get("notes", "")), user=True, extra=extra)
+    return Method(
+        name.strip(),
+        s,
+        p,
+        feas,
+        source=str(run.get("source", "user run")),
+        notes=str(run.get("notes", "")),
+        user=True,
+        extra=extra,
+    )
 
 
 def parse_runs(data: Any, *, where: str = "RUNS") -> list[Method]:
     if isinstance(data, Mapping):
         unknown = sorted(set(data) - {"runs"})
         if "runs" not in data or unknown:
-            raise ValueError(f"{where}: expected a list of runs or a mapping with a 'runs:' list"
-                             + (f" (unknown top-level field(s) {unknown})" if unknown else ""))
+            raise ValueError(
+                f"{where}: expected a list of runs or a mapping with a 'runs:' list"
+                + (f" (unknown top-level field(s) {unknown})" if unknown else "")
+            )
         data = data["runs"]
     if not isinstance(data, list):
         raise ValueError(f"{where}: field 'runs': expected a list of runs, got {type(data).__name__}")
@@ -152,8 +177,6 @@ def parse_runs(data: Any, *, where: str = "RUNS") -> list[Method]:
 
 def load_runs(path: Union[str, Path]) -> list[Method]:
     """Read a RUNS.yaml file; errors name the file, the run and the field."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such RUNS file")
@@ -168,10 +191,19 @@ def load_runs(path: Union[str, Path]) -> list[Method]:
     return parse_runs(data, where=str(path))
 
 
-def run_entry(name: str, *, sdf_value: float, pir_value: Optional[float] = None, setting: Optional[str] = None,
-              sem: Any = None, blm: Any = None, recipe: Optional[str] = None,
-              feasibility: Optional[Union[Feasibility, Mapping[str, Any]]] = None,
-              metrics: Optional[Mapping[str, Any]] = None, notes: str = "") -> dict[str, Any]:
+def run_entry(
+    name: str,
+    *,
+    sdf_value: float,
+    pir_value: Optional[float] = None,
+    setting: Optional[str] = None,
+    sem: Any = None,
+    blm: Any = None,
+    recipe: Optional[str] = None,
+    feasibility: Optional[Union[Feasibility, Mapping[str, Any]]] = None,
+    metrics: Optional[Mapping[str, Any]] = None,
+    notes: str = "",
+) -> dict[str, Any]:
     """A run mapping that :func:`parse_runs` accepts (validated by building it)."""
     run: dict[str, Any] = {"name": name, "sdf": float(sdf_value)}
     if pir_value is not None:
@@ -181,7 +213,7 @@ def run_entry(name: str, *, sdf_value: float, pir_value: Optional[float] = None,
     if recipe is not None:
         run["recipe"] = recipe
     if feasibility is not None:
-        run["feasibility"] = (feasibility.to_dict() if isinstance(feasibility, Feasibility) else dict(feasibility))
+        run["feasibility"] = feasibility.to_dict() if isinstance(feasibility, Feasibility) else dict(feasibility)
     if metrics:
         run["metrics"] = dict(metrics)
     if notes:

@@ -24,6 +24,7 @@ Samples with no scorable answer token get NaN features and a reason; samples
 whose gradient is non-finite raise ValueError naming them (``on_nonfinite="nan"``
 turns that into NaN + reason instead).
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,7 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..frames import as_pandas
 from ..ops.projection import Projector, check_dim, check_kind, random_project, structured_project
+from ..render import SampleError, render_sample, tokenize_rendered
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 ADAM_MODES = ("none", "less", "bias_corrected")
@@ -54,12 +57,22 @@ def check_target_modules(model: torch.nn.Module, targets: Sequence[str]) -> None
     leaves = sorted({n.rsplit(".", 1)[-1] for n in lin})
     for t in targets:
         if not any(n == t or n.endswith("." + t) for n in lin):
-            raise ValueError(f"target_modules: {t!r} matches no linear module of the model "
-                             f"(linear module names: {', '.join(leaves)})")
+            raise ValueError(
+                f"target_modules: {t!r} matches no linear module of the model "
+                f"(linear module names: {', '.join(leaves)})"
+            )
 
 
-def add_lora(model: torch.nn.Module, *, r: int = 8, alpha: float = 16, targets: Sequence[str] = DEFAULT_TARGETS,
-             dropout: float = 0.0, seed: int = 0, copy_model: bool = True):
+def add_lora(
+    model: torch.nn.Module,
+    *,
+    r: int = 8,
+    alpha: float = 16,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    dropout: float = 0.0,
+    seed: int = 0,
+    copy_model: bool = True,
+):
     """A peft LoRA model over (a deep copy of) ``model``; LoRA A initialised from ``seed``."""
     from peft import LoraConfig, get_peft_model
 
@@ -107,8 +120,10 @@ def load_lora(pm, path: Path) -> None:
     missing = sorted(set(params) - set(state))
     extra = sorted(set(state) - set(params))
     if missing or extra:
-        raise ValueError(f"{path}: LoRA weights do not match the model (missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}): another LoRA rank/targets/model?")
+        raise ValueError(
+            f"{path}: LoRA weights do not match the model (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}): another LoRA rank/targets/model?"
+        )
     with torch.no_grad():
         for n, p in params.items():
             if state[n].shape != p.shape:
@@ -138,7 +153,7 @@ class AdamState:
             return m1 / torch.sqrt(v1 + self.eps)
         if mode == "bias_corrected":
             t = self.step + 1
-            return (m1 / (1 - b1 ** t)) / (torch.sqrt(v1 / (1 - b2 ** t)) + self.eps)
+            return (m1 / (1 - b1**t)) / (torch.sqrt(v1 / (1 - b2**t)) + self.eps)
         raise ValueError(f"adam: {mode!r} not one of {ADAM_MODES}")
 
     def save(self, path: Path) -> None:
@@ -146,8 +161,11 @@ class AdamState:
 
         t = {f"exp_avg.{k}": v.contiguous().cpu() for k, v in self.exp_avg.items()}
         t.update({f"exp_avg_sq.{k}": v.contiguous().cpu() for k, v in self.exp_avg_sq.items()})
-        save_file(t, str(path), metadata={"step": str(self.step), "betas": json.dumps(list(self.betas)),
-                                           "eps": repr(self.eps)})
+        save_file(
+            t,
+            str(path),
+            metadata={"step": str(self.step), "betas": json.dumps(list(self.betas)), "eps": repr(self.eps)},
+        )
 
     @classmethod
     def load(cls, path: Path) -> "AdamState":
@@ -156,13 +174,18 @@ class AdamState:
         m, v = {}, {}
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            for k in f.keys():
+            for k in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 kind, name = k.split(".", 1)
                 (m if kind == "exp_avg" else v)[name] = f.get_tensor(k)
         if set(m) != set(v) or not m:
             raise ValueError(f"{path}: not an Adam state (exp_avg and exp_avg_sq differ or are empty)")
-        return cls(m, v, int(meta.get("step", 0)), tuple(json.loads(meta.get("betas", "[0.9, 0.999]"))),
-                   float(meta.get("eps", "1e-8")))
+        return cls(
+            m,
+            v,
+            int(meta.get("step", 0)),
+            tuple(json.loads(meta.get("betas", "[0.9, 0.999]"))),
+            float(meta.get("eps", "1e-8")),
+        )
 
     @classmethod
     def from_optimizer(cls, opt: torch.optim.Optimizer, names: dict[int, str]) -> "AdamState":
@@ -202,8 +225,6 @@ def pad_encoded(enc: list["Encoded"], pad: int, dev: Any) -> tuple[torch.Tensor,
 
 def encode_rows(rows: Any, tokenizer: Any, *, template: str = "alpaca", max_length: int = 512) -> list[Encoded]:
     """Render + tokenise each row (the loss engine's alignment); a reason instead of raising for bad rows."""
-    from ..frames import as_pandas
-    from ..render import SampleError, render_sample, tokenize_rendered
 
     df = as_pandas(rows)
     out = []
@@ -258,8 +279,10 @@ class GradientFeaturizer:
         if self.adam != "none" and self.adam_state is None:
             raise ValueError(f"adam={self.adam!r} needs an optimizer state (adam_state)")
         if self.adam != "none" and self.mode == "structured":
-            raise ValueError("mode='structured' works on plain gradients only (the Adam transform is "
-                             "elementwise on the full gradient): use mode='dense' with adam")
+            raise ValueError(
+                "mode='structured' works on plain gradients only (the Adam transform is "
+                "elementwise on the full gradient): use mode='dense' with adam"
+            )
         if self.on_nonfinite not in ("raise", "nan"):
             raise ValueError(f"on_nonfinite: {self.on_nonfinite!r} not one of ('raise', 'nan')")
         if self.mode == "structured":
@@ -277,11 +300,18 @@ class GradientFeaturizer:
         self.n_params = sum(p.numel() for _, p in self.params)
 
     def describe(self) -> dict:
-        return {"dim": self.dim, "seed": self.seed, "kind": self.kind, "mode": self.mode,
-                "transform": self.adam if self.adam != "none" else "plain",
-                "side_dim": self.side_dim if self.mode == "structured" else None,
-                "model": self.fingerprint, "n_params": self.n_params, "template": self.template,
-                "max_length": self.max_length}
+        return {
+            "dim": self.dim,
+            "seed": self.seed,
+            "kind": self.kind,
+            "mode": self.mode,
+            "transform": self.adam if self.adam != "none" else "plain",
+            "side_dim": self.side_dim if self.mode == "structured" else None,
+            "model": self.fingerprint,
+            "n_params": self.n_params,
+            "template": self.template,
+            "max_length": self.max_length,
+        }
 
     # -- one batch: hooks -> per-module (X, D) -------------------------------
     def _capture(self, enc: list[Encoded]):
@@ -292,9 +322,11 @@ class GradientFeaturizer:
         grads: dict[str, torch.Tensor] = {}
         handles = []
         for name, mod in self.modules.items():
+
             def fwd(m, inp, out, name=name):
                 acts[name] = inp[0].detach()
                 out.register_hook(lambda g, name=name: grads.__setitem__(name, g.detach()))
+
             handles.append(mod.register_forward_hook(fwd))
         try:
             with torch.enable_grad():
@@ -323,8 +355,7 @@ class GradientFeaturizer:
         dev = next(self.pm.parameters()).device
         m = mask[..., None].to(torch.float32)
         if self.mode == "dense":
-            prs = {md: Projector(B, self.dim, self.seed, self.kind, device=dev, backend=self.backend)
-                   for md in modes}
+            prs = {md: Projector(B, self.dim, self.seed, self.kind, device=dev, backend=self.backend) for md in modes}
             # small parameters are buffered into blocks of >= 2^20 columns per projection call (few
             # calls, tiles amortised); the row offsets are those of the concatenated gradient
             buf: dict[str, list] = {md: [] for md in modes}
@@ -357,8 +388,11 @@ class GradientFeaturizer:
             X = acts[name].to(torch.float32) * m
             D = grads[name].to(torch.float32)
             a_side = mod.out_features <= mod.in_features  # lora_A: rank is the output side
-            k_in, k_out = (min(self.side_dim, 8 * math.ceil(mod.in_features / 8)), None) if a_side else \
-                (None, min(self.side_dim, 8 * math.ceil(mod.out_features / 8)))
+            k_in, k_out = (
+                (min(self.side_dim, 8 * math.ceil(mod.in_features / 8)), None)
+                if a_side
+                else (None, min(self.side_dim, 8 * math.ceil(mod.out_features / 8)))
+            )
             sd = hash_name(name, self.seed)
             f = structured_project(X, D, k_in, k_out, sd, self.kind, backend=self.backend)
             self._check_finite(f, enc, name)
@@ -371,8 +405,10 @@ class GradientFeaturizer:
         if bool(bad.any()):
             ids = [enc[i].id for i in torch.nonzero(bad).flatten().tolist()]
             if self.on_nonfinite == "raise":
-                raise ValueError(f"non-finite gradient for sample(s) {ids[:5]} in {name} "
-                                 "(overflow in the model's dtype? try dtype=float32)")
+                raise ValueError(
+                    f"non-finite gradient for sample(s) {ids[:5]} in {name} "
+                    "(overflow in the model's dtype? try dtype=float32)"
+                )
             for i in torch.nonzero(bad).flatten().tolist():
                 enc[i].reason = enc[i].reason or f"non-finite gradient ({name})"
 
@@ -388,8 +424,11 @@ class GradientFeaturizer:
                 raise ValueError(f"modes: {md!r} not one of {ADAM_MODES}")
             if md != "none" and (self.adam_state is None or self.mode != "dense"):
                 raise ValueError(f"modes: {md!r} needs mode='dense' and an adam_state")
-        enc = encoded if encoded is not None else encode_rows(rows, self.tokenizer, template=self.template,
-                                                              max_length=self.max_length)
+        enc = (
+            encoded
+            if encoded is not None
+            else encode_rows(rows, self.tokenizer, template=self.template, max_length=self.max_length)
+        )
         enc = [Encoded(e.id, e.ids, e.score, e.reason) for e in enc]  # reasons are added per call
         N = len(enc)
         out = {md: np.full((N, self.dim), np.nan, dtype=np.float32) for md in modes}
@@ -400,7 +439,7 @@ class GradientFeaturizer:
         self.pm.eval()
         try:
             for s in range(0, len(good), self.batch_size):
-                idx = good[s:s + self.batch_size]
+                idx = good[s : s + self.batch_size]
                 batch = [enc[i] for i in idx]
                 fs = {md: f.cpu().numpy() for md, f in self._features(batch, modes).items()}
                 for j, i in enumerate(idx):

@@ -16,38 +16,20 @@ id). Opening an existing folder with different metadata (another seed, model,
 dim, transform, ...) raises ValueError: features are never silently mixed.
 Nothing here unpickles: ``np.load(..., allow_pickle=False, mmap_mode="r")``.
 """
+
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..fs import atomic_file, atomic_write_bytes
+
 DTYPES = ("float16", "int8", "bit")
 FORMAT = "thresher-features"
 VERSION = 1
-
-
-def _fsync_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - platforms without directory fsync
-        pass
 
 
 class FeatureStore:
@@ -59,8 +41,9 @@ class FeatureStore:
     +-1/sqrt(dim)).
     """
 
-    def __init__(self, path, meta: Optional[dict] = None, *, dtype: str = "float16",
-                 shard_rows: int = 4096, create: bool = True) -> None:
+    def __init__(
+        self, path, meta: Optional[dict] = None, *, dtype: str = "float16", shard_rows: int = 4096, create: bool = True
+    ) -> None:
         self.path = Path(path)
         if dtype not in DTYPES:
             raise ValueError(f"dtype: {dtype!r} not one of {DTYPES}")
@@ -83,7 +66,8 @@ class FeatureStore:
                     if want.get(k) != self.meta.get(k):
                         raise ValueError(
                             f"feature store {self.path}: written with {k}={self.meta.get(k)!r}, this run has "
-                            f"{k}={want.get(k)!r}; refusing to mix incompatible features (use another folder)")
+                            f"{k}={want.get(k)!r}; refusing to mix incompatible features (use another folder)"
+                        )
                 if dtype != self.dtype and dtype != "float16":
                     raise ValueError(f"feature store {self.path}: stored as {self.dtype}, asked for {dtype}")
         else:
@@ -94,10 +78,10 @@ class FeatureStore:
             self.meta = json.loads(json.dumps(meta))
             self.dtype = dtype
             self.path.mkdir(parents=True, exist_ok=True)
-            body = json.dumps({"format": FORMAT, "version": VERSION, "dtype": dtype, "meta": self.meta},
-                              indent=2, sort_keys=True).encode()
-            _fsync_write(man, lambda f: f.write(body))
-            _fsync_dir(self.path)
+            body = json.dumps(
+                {"format": FORMAT, "version": VERSION, "dtype": dtype, "meta": self.meta}, indent=2, sort_keys=True
+            ).encode()
+            atomic_write_bytes(man, body)
         self.dim = int(self.meta["dim"])
         if self.dtype == "bit" and self.dim % 8:
             raise ValueError(f"dtype='bit' needs dim % 8 == 0, got dim={self.dim}")
@@ -193,7 +177,7 @@ class FeatureStore:
         norm = np.linalg.norm(x, axis=1, keepdims=True)
         x = x / np.where(norm > 0, norm, 1.0)
         for a in range(0, len(ids), self.shard_rows):
-            self._write_shard(ids[a:a + self.shard_rows], x[a:a + self.shard_rows])
+            self._write_shard(ids[a : a + self.shard_rows], x[a : a + self.shard_rows])
         return len(ids)
 
     def _write_shard(self, ids: list[str], x: np.ndarray) -> None:
@@ -206,13 +190,13 @@ class FeatureStore:
             amax = np.abs(x).max(1)
             scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
             data = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
-            _fsync_write(Path(f"{base}.scale.npy"), lambda f: np.save(f, scale, allow_pickle=False))
+            with atomic_file(Path(f"{base}.scale.npy")) as f:
+                np.save(f, scale, allow_pickle=False)
         else:
             data = np.packbits((x < 0).astype(np.uint8), axis=1)
-        _fsync_write(Path(f"{base}.data.npy"), lambda f: np.save(f, data, allow_pickle=False))
-        body = json.dumps(ids).encode()
-        _fsync_write(Path(f"{base}.ids.json"), lambda f: f.write(body))
-        _fsync_dir(self.path)
+        with atomic_file(Path(f"{base}.data.npy")) as f:
+            np.save(f, data, allow_pickle=False)
+        atomic_write_bytes(Path(f"{base}.ids.json"), json.dumps(ids).encode())  # last: the shard's commit marker
         self.shards.append((k, ids))
         si = len(self.shards) - 1
         for j, i in enumerate(ids):

@@ -21,6 +21,9 @@ Batching (``mode``):
   no compute is spent on padding in the linear layers, at the price of a
   dense [row x row] attention mask on backends without varlen attention.
 
+The batching choices and per-token extras travel in one :class:`LossOptions`
+(``unit_losses(lm, units, LossOptions(...))`` or its fields as keywords).
+
 Every unit is cut after its last scored token (later tokens cannot change
 earlier positions' losses under causal attention).
 
@@ -32,13 +35,18 @@ template's boilerplate, e.g. Alpaca's preamble) runs through the trunk ONCE,
 its KV cache is repeated over the rows, and only the remainders run batched.
 Causal attention makes this exact (up to float rounding).
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import inspect
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+
+from ..ops import token_loss
 
 MODES = ("bucket", "pack")
 PADDING_SIDES = ("right", "left")
@@ -62,13 +70,7 @@ class UnitLoss:
     rank: Optional[np.ndarray] = None
 
 
-def _validate(units: Sequence[Unit], batch_tokens: int, mode: str, padding_side: str) -> None:
-    if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens <= 0:
-        raise ValueError(f"batch_tokens: expected a positive int, got {batch_tokens!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode: {mode!r} not one of {MODES}")
-    if padding_side not in PADDING_SIDES:
-        raise ValueError(f"padding_side: {padding_side!r} not one of {PADDING_SIDES}")
+def _check_units(units: Sequence[Unit]) -> None:
     for i, u in enumerate(units):
         if len(u.ids) != len(u.score):
             raise ValueError(f"units[{i}]: ids ({len(u.ids)}) and score ({len(u.score)}) differ in length")
@@ -86,8 +88,9 @@ BUCKET_OVERHEAD_TOKENS = 64  # cost of one extra forward call, in padded tokens 
 MAX_BUCKET_ROWS = 256
 
 
-def plan_buckets(lengths: Sequence[int], batch_tokens: int, *,
-                 overhead: int = BUCKET_OVERHEAD_TOKENS, shared: int = 0) -> list[list[int]]:
+def plan_buckets(
+    lengths: Sequence[int], batch_tokens: int, *, overhead: int = BUCKET_OVERHEAD_TOKENS, shared: int = 0
+) -> list[list[int]]:
     """Indices grouped into buckets of length-sorted units (longest first).
 
     Each bucket's ``rows x longest`` stays <= ``batch_tokens`` (a single longer
@@ -121,7 +124,7 @@ def plan_buckets(lengths: Sequence[int], batch_tokens: int, *,
     out = []
     s = 0
     while s < n:
-        out.append(order[s:cut[s]])
+        out.append(order[s : cut[s]])
         s = cut[s]
     return out
 
@@ -146,16 +149,22 @@ def plan_packs(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return rows
 
 
-def trunk_hidden(lm: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                 position_ids: Optional[torch.Tensor]) -> torch.Tensor:
+def trunk_hidden(
+    lm: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], position_ids: Optional[torch.Tensor]
+) -> torch.Tensor:
     """Last hidden states [B, L, H] (final norm applied) of the decoder without the LM head."""
-    out = lm.trunk()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     use_cache=False)
+    out = lm.trunk()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def plan_groups(effs: Sequence[Sequence[int]], batch_tokens: int, *, share_prefix: bool = True,
-                min_prefix: int = 8, min_partition: int = 4) -> list[list[int]]:
+def plan_groups(
+    effs: Sequence[Sequence[int]],
+    batch_tokens: int,
+    *,
+    share_prefix: bool = True,
+    min_prefix: int = 8,
+    min_partition: int = 4,
+) -> list[list[int]]:
     """Buckets (see :func:`plan_buckets`) formed within partitions of units that share
     their first ``min_prefix`` tokens (small partitions pooled), when ``share_prefix``."""
     lengths = [len(e) for e in effs]
@@ -167,7 +176,7 @@ def plan_groups(effs: Sequence[Sequence[int]], batch_tokens: int, *, share_prefi
             parts.setdefault(tuple(e[:min_prefix]), []).append(i)
     pooled = [i for i, e in enumerate(effs) if len(e) <= min_prefix]
     groups: list[list[int]] = []
-    for key, members in parts.items():
+    for members in parts.values():
         if len(members) < min_partition:
             pooled.extend(members)
             continue
@@ -193,9 +202,14 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
 
 
 def _cache_kw(trunk: Any) -> str:
-    import inspect
-
     return "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
+
+
+def _prefix_cache(trunk: Any, ids: torch.Tensor) -> tuple[Any, Any]:
+    """(trunk output, its KV cache) of one prefix run with ``use_cache=True``."""
+    pre = trunk(input_ids=ids, use_cache=True)
+    cache = getattr(pre, "cache", None)
+    return pre, (cache if cache is not None else pre.past_key_values)
 
 
 def trunk_hidden_shared(lm: Any, ids_t: torch.Tensor, cp: int) -> torch.Tensor:
@@ -203,133 +217,199 @@ def trunk_hidden_shared(lm: Any, ids_t: torch.Tensor, cp: int) -> torch.Tensor:
     the prefix runs once and its KV cache is repeated over the rows. -> [B, L, H]."""
     trunk = lm.trunk()
     B = ids_t.shape[0]
-    pre = trunk(input_ids=ids_t[:1, :cp], use_cache=True)
-    cache = getattr(pre, "cache", None)
-    if cache is None:
-        cache = pre.past_key_values
+    pre, cache = _prefix_cache(trunk, ids_t[:1, :cp])
     cache.batch_repeat_interleave(B)
     rest = trunk(input_ids=ids_t[:, cp:], use_cache=True, **{_cache_kw(trunk): cache})
     h0 = pre.last_hidden_state.expand(B, -1, -1)
     return torch.cat([h0, rest.last_hidden_state], dim=1)
 
 
-def unit_losses(lm: Any, units: Sequence[Unit], *, batch_tokens: int = 4096, entropy: bool = False,
-                el2n: bool = False, rank: bool = False, mode: str = "bucket", padding_side: str = "right",
-                backend: Optional[str] = None, stats: Optional[dict] = None, share_prefix: bool = True,
-                min_prefix: int = 8, trunk_only: bool = False) -> list[UnitLoss]:
-    """Per-token losses for every unit (see the module doc). ``lm`` is a
-    :class:`thresher.models.LoadedLM`. Units with nothing to score get empty arrays.
-    ``stats`` (a dict) receives ``forward_tokens`` (incl. padding, shared prefixes
-    counted once), ``real_tokens``, ``scored_tokens``, ``batches`` and
-    ``shared_prefix_tokens`` (tokens not recomputed thanks to shared prefixes).
-    ``trunk_only=True`` runs the same batches without the loss (benchmark ceiling;
-    the results are then empty)."""
-    from ..ops import token_loss
+@dataclass(frozen=True)
+class LossOptions:
+    """How :func:`unit_losses` batches units and what it computes besides the loss.
 
-    _validate(units, batch_tokens, mode, padding_side)
+    ``batch_tokens``: padded-token budget of one batch (``mode="pack"``: tokens of one
+    row); ``mode``: ``bucket`` | ``pack``; ``padding_side``: ``right`` | ``left``
+    (bucket mode); ``backend``: force a :func:`thresher.ops.token_loss` backend;
+    ``share_prefix``/``min_prefix``: run a bucket's common token prefix once when it
+    is at least ``min_prefix`` tokens (bucket mode, right padding); ``entropy``,
+    ``el2n``, ``rank``: per-token extras; ``trunk_only``: run the batches without the
+    loss (benchmark ceiling; the results are then empty)."""
+
+    batch_tokens: int = 4096
+    mode: str = "bucket"
+    padding_side: str = "right"
+    backend: Optional[str] = None
+    share_prefix: bool = True
+    min_prefix: int = 8
+    entropy: bool = False
+    el2n: bool = False
+    rank: bool = False
+    trunk_only: bool = False
+
+    def __post_init__(self) -> None:
+        bt = self.batch_tokens
+        if not isinstance(bt, int) or isinstance(bt, bool) or bt <= 0:
+            raise ValueError(f"batch_tokens: expected a positive int, got {bt!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode: {self.mode!r} not one of {MODES}")
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side: {self.padding_side!r} not one of {PADDING_SIDES}")
+
+    @property
+    def shares(self) -> bool:
+        """Shared prefixes apply: bucket mode with right padding."""
+        return self.share_prefix and self.mode == "bucket" and self.padding_side == "right"
+
+
+STAT_KEYS = ("forward_tokens", "real_tokens", "scored_tokens", "batches", "shared_prefix_tokens")
+
+
+@dataclass
+class _Batch:
+    """One forward call: the token tensors and, per scored token, where its predictor sits."""
+
+    ids: torch.Tensor
+    attention_mask: Optional[torch.Tensor] = None
+    position_ids: Optional[torch.Tensor] = None
+    rows: list[int] = field(default_factory=list)
+    cols: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+    seg: list[tuple[int, int]] = field(default_factory=list)  # (unit, scored count) in gather order
+    shared: int = 0  # common prefix length run once (0: none)
+    forward_tokens: int = 0
+
+    def add(self, unit: int, ids: list[int], pos: list[int], row: int, off: int) -> None:
+        self.rows.extend([row] * len(pos))
+        self.cols.extend(off + t - 1 for t in pos)
+        self.targets.extend(ids[t] for t in pos)
+        self.seg.append((unit, len(pos)))
+
+
+def _bucket_batch(grp: list[int], eff: list, pad_id: int, opts: LossOptions) -> _Batch:
+    lengths = [len(eff[i][0]) for i in grp]
+    L, B = max(lengths), len(grp)
+    left = opts.padding_side == "left"
+    bt = _Batch(torch.full((B, L), pad_id, dtype=torch.long))
+    am = torch.zeros((B, L), dtype=torch.long) if left else None
+    for b, i in enumerate(grp):
+        ids, pos = eff[i]
+        off = L - len(ids) if left else 0
+        bt.ids[b, off : off + len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        if am is not None:
+            am[b, off:] = 1
+        bt.add(i, ids, pos, b, off)
+    if am is not None:
+        bt.attention_mask, bt.position_ids = am, (am.cumsum(-1) - 1).clamp(min=0)
+    if opts.shares and B > 1:
+        cp = min(common_prefix([eff[i][0] for i in grp]), min(lengths) - 1)
+        bt.shared = cp if cp >= opts.min_prefix else 0
+    bt.forward_tokens = B * L - (B - 1) * bt.shared
+    return bt
+
+
+def _pack_batch(grp: list[int], eff: list, pad_id: int) -> _Batch:
+    L = sum(len(eff[i][0]) for i in grp)
+    bt = _Batch(torch.empty((1, L), dtype=torch.long), position_ids=torch.empty((1, L), dtype=torch.long))
+    off = 0
+    for i in grp:
+        ids, pos = eff[i]
+        n = len(ids)
+        bt.ids[0, off : off + n] = torch.as_tensor(ids, dtype=torch.long)
+        bt.position_ids[0, off : off + n] = torch.arange(n)
+        bt.add(i, ids, pos, 0, off)
+        off += n
+    bt.forward_tokens = L
+    return bt
+
+
+def _forward(lm: Any, bt: _Batch, device: torch.device) -> torch.Tensor:
+    ids = bt.ids.to(device)
+    if bt.shared > 0:
+        return trunk_hidden_shared(lm, ids, bt.shared)
+    am = bt.attention_mask.to(device) if bt.attention_mask is not None else None
+    pos = bt.position_ids.to(device) if bt.position_ids is not None else None
+    return trunk_hidden(lm, ids, am, pos)
+
+
+def _losses(hidden: torch.Tensor, bt: _Batch, weight: torch.Tensor, opts: LossOptions) -> list[UnitLoss]:
+    """token_loss on the scored positions of one batch -> one UnitLoss per entry of ``bt.seg``."""
+    dev = weight.device
+    hs = hidden[
+        torch.as_tensor(bt.rows, dtype=torch.long, device=dev), torch.as_tensor(bt.cols, dtype=torch.long, device=dev)
+    ]  # [M, H]
+    targets = torch.as_tensor(bt.targets, dtype=torch.long, device=dev)
+    tl = token_loss(hs, weight, targets, entropy=opts.entropy, el2n=opts.el2n, rank=opts.rank, backend=opts.backend)
+    nll = tl.nll.double().cpu().numpy()
+    ent = tl.entropy.double().cpu().numpy() if opts.entropy else None
+    e2 = tl.el2n.double().cpu().numpy() if opts.el2n else None
+    rk = tl.rank.cpu().numpy() if opts.rank else None
+    out, k = [], 0
+    for _, cnt in bt.seg:
+        sl = slice(k, k + cnt)
+        out.append(
+            UnitLoss(
+                nll[sl],
+                ent[sl] if ent is not None else None,
+                e2[sl] if e2 is not None else None,
+                rk[sl] if rk is not None else None,
+            )
+        )
+        k += cnt
+    return out
+
+
+def _empty_loss(opts: LossOptions) -> UnitLoss:
+    empty = np.zeros(0, dtype=np.float64)
+    return UnitLoss(
+        empty,
+        empty if opts.entropy else None,
+        empty if opts.el2n else None,
+        np.zeros(0, dtype=np.int64) if opts.rank else None,
+    )
+
+
+def unit_losses(
+    lm: Any, units: Sequence[Unit], options: Optional[LossOptions] = None, *, stats: Optional[dict] = None, **kw: Any
+) -> list[UnitLoss]:
+    """Per-token losses for every unit (see the module doc). ``lm`` is a
+    :class:`thresher.models.LoadedLM`; ``options`` a :class:`LossOptions`, or its fields
+    as keywords (keywords override ``options``). Units with nothing to score get empty
+    arrays. ``stats`` (a dict) receives :data:`STAT_KEYS`: ``forward_tokens`` (incl.
+    padding, shared prefixes counted once), ``real_tokens``, ``scored_tokens``,
+    ``batches`` and ``shared_prefix_tokens`` (tokens not recomputed thanks to shared
+    prefixes)."""
+    opts = LossOptions(**kw) if options is None else replace(options, **kw)
+    _check_units(units)
     eff = [_effective(u) for u in units]
-    lengths = [len(ids) for ids, _ in eff]
     results: list[Optional[UnitLoss]] = [None] * len(units)
     weight = lm.head_weight()
-    device = weight.device
-    pad_id = lm.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = 0
-    st = {"forward_tokens": 0, "real_tokens": 0, "scored_tokens": 0, "batches": 0, "shared_prefix_tokens": 0}
-    share = share_prefix and mode == "bucket" and padding_side == "right"
-    if mode == "bucket":
-        groups = plan_groups([e[0] for e in eff], batch_tokens, share_prefix=share, min_prefix=min_prefix)
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    st = dict.fromkeys(STAT_KEYS, 0)
+    if opts.mode == "bucket":
+        groups = plan_groups(
+            [e[0] for e in eff], opts.batch_tokens, share_prefix=opts.shares, min_prefix=opts.min_prefix
+        )
     else:
-        groups = plan_packs(lengths, batch_tokens)
-    cp = 0
+        groups = plan_packs([len(e[0]) for e in eff], opts.batch_tokens)
     with torch.inference_mode():
         for grp in groups:
-            rows_idx: list[int] = []
-            cols_idx: list[int] = []
-            tgt: list[int] = []
-            seg: list[tuple[int, int]] = []  # (unit, count) in gather order
-            if mode == "bucket":
-                L = max(lengths[i] for i in grp)
-                B = len(grp)
-                ids_t = torch.full((B, L), pad_id, dtype=torch.long)
-                am = None
-                pos_t = None
-                if padding_side == "left":
-                    am = torch.zeros((B, L), dtype=torch.long)
-                for b, i in enumerate(grp):
-                    ids, pos = eff[i]
-                    n = len(ids)
-                    off = 0 if padding_side == "right" else L - n
-                    ids_t[b, off:off + n] = torch.as_tensor(ids, dtype=torch.long)
-                    if am is not None:
-                        am[b, off:] = 1
-                    rows_idx.extend([b] * len(pos))
-                    cols_idx.extend(off + t - 1 for t in pos)
-                    tgt.extend(ids[t] for t in pos)
-                    seg.append((i, len(pos)))
-                if am is not None:
-                    pos_t = (am.cumsum(-1) - 1).clamp(min=0)
-                    am = am.to(device)
-                    pos_t = pos_t.to(device)
-                cp = 0
-                if share and B > 1:
-                    cp = min(common_prefix([eff[i][0] for i in grp]), min(lengths[i] for i in grp) - 1)
-                    if cp < min_prefix:
-                        cp = 0
-                st["forward_tokens"] += B * L - (B - 1) * cp
-                st["shared_prefix_tokens"] += (B - 1) * cp
-            else:
-                L = sum(lengths[i] for i in grp)
-                ids_t = torch.empty((1, L), dtype=torch.long)
-                pos_t = torch.empty((1, L), dtype=torch.long)
-                am = None
-                off = 0
-                for i in grp:
-                    ids, pos = eff[i]
-                    n = len(ids)
-                    ids_t[0, off:off + n] = torch.as_tensor(ids, dtype=torch.long)
-                    pos_t[0, off:off + n] = torch.arange(n)
-                    rows_idx.extend([0] * len(pos))
-                    cols_idx.extend(off + t - 1 for t in pos)
-                    tgt.extend(ids[t] for t in pos)
-                    seg.append((i, len(pos)))
-                    off += n
-                pos_t = pos_t.to(device)
-                st["forward_tokens"] += L
-            st["real_tokens"] += sum(lengths[i] for i in grp)
+            bt = _bucket_batch(grp, eff, pad_id, opts) if opts.mode == "bucket" else _pack_batch(grp, eff, pad_id)
+            st["forward_tokens"] += bt.forward_tokens
+            st["shared_prefix_tokens"] += (len(grp) - 1) * bt.shared
+            st["real_tokens"] += sum(len(eff[i][0]) for i in grp)
             st["batches"] += 1
-            if mode == "bucket" and cp > 0:
-                hidden = trunk_hidden_shared(lm, ids_t.to(device), cp)
-            else:
-                hidden = trunk_hidden(lm, ids_t.to(device), am, pos_t)
-            if trunk_only:
+            hidden = _forward(lm, bt, weight.device)
+            if opts.trunk_only:
                 del hidden
                 continue
-            r = torch.as_tensor(rows_idx, dtype=torch.long, device=device)
-            c = torch.as_tensor(cols_idx, dtype=torch.long, device=device)
-            hs = hidden[r, c]  # [M, H]
+            st["scored_tokens"] += len(bt.targets)
+            for (i, _), ul in zip(bt.seg, _losses(hidden, bt, weight, opts)):
+                results[i] = ul
             del hidden
-            targets = torch.as_tensor(tgt, dtype=torch.long, device=device)
-            st["scored_tokens"] += int(targets.numel())
-            tl = token_loss(hs, weight, targets, entropy=entropy, el2n=el2n, rank=rank, backend=backend)
-            nll = tl.nll.double().cpu().numpy()
-            ent = tl.entropy.double().cpu().numpy() if entropy else None
-            e2 = tl.el2n.double().cpu().numpy() if el2n else None
-            rk = tl.rank.cpu().numpy() if rank else None
-            k = 0
-            for i, cnt in seg:
-                sl = slice(k, k + cnt)
-                results[i] = UnitLoss(nll[sl], ent[sl] if ent is not None else None,
-                                      e2[sl] if e2 is not None else None, rk[sl] if rk is not None else None)
-                k += cnt
-    empty = np.zeros(0, dtype=np.float64)
-    for i, r_ in enumerate(results):
-        if r_ is None:
-            results[i] = UnitLoss(empty, empty if entropy else None, empty if el2n else None,
-                                  np.zeros(0, dtype=np.int64) if rank else None)
     if stats is not None:
         stats.update({k: stats.get(k, 0) + v for k, v in st.items()})
-    return results  # type: ignore[return-value]
+    return [r if r is not None else _empty_loss(opts) for r in results]
 
 
 def full_logits_losses(lm: Any, units: Sequence[Unit]) -> list[UnitLoss]:
@@ -376,8 +456,20 @@ def last_position_hidden(lm: Any, seqs: Sequence[Sequence[int]], *, batch_tokens
     return out
 
 
-def prefix_reuse_losses(lm: Any, prefix: Sequence[int], conts: Sequence[Unit], *, batch_tokens: int = 4096,
-                        backend: Optional[str] = None) -> list[UnitLoss]:
+def _cont_effective(conts: Sequence[Unit]) -> list[tuple[list[int], list[int]]]:
+    """(ids cut after the last scored token, scored positions) of each continuation (t = 0 may be scored)."""
+    eff = []
+    for j, u in enumerate(conts):
+        if len(u.ids) != len(u.score):
+            raise ValueError(f"conts[{j}]: ids ({len(u.ids)}) and score ({len(u.score)}) differ in length")
+        pos = [t for t, s in enumerate(u.score) if s]
+        eff.append((list(u.ids[: pos[-1] + 1]) if pos else [], pos))
+    return eff
+
+
+def prefix_reuse_losses(
+    lm: Any, prefix: Sequence[int], conts: Sequence[Unit], *, batch_tokens: int = 4096, backend: Optional[str] = None
+) -> list[UnitLoss]:
     """Losses of ``prefix + cont`` for many continuations, the prefix's KV cache computed once.
 
     ``conts[j].score[t]`` marks continuation token t (its loss is predicted from the
@@ -386,59 +478,31 @@ def prefix_reuse_losses(lm: Any, prefix: Sequence[int], conts: Sequence[Unit], *
     continuations (right-padded, so no attention mask is needed) and reused.
     Equals running each ``prefix + cont`` from scratch (see tests).
     """
-    import copy
-
-    from ..ops import token_loss
-
     if len(prefix) == 0:
         raise ValueError("prefix: must hold at least one token")
     weight = lm.head_weight()
-    device = weight.device
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    P = len(prefix)
-    results: list[Optional[UnitLoss]] = [None] * len(conts)
-    eff = []
-    for j, u in enumerate(conts):
-        if len(u.ids) != len(u.score):
-            raise ValueError(f"conts[{j}]: ids ({len(u.ids)}) and score ({len(u.score)}) differ in length")
-        pos = [t for t, s in enumerate(u.score) if s]
-        eff.append((list(u.ids[: pos[-1] + 1]) if pos else [], pos))
+    eff = _cont_effective(conts)
     lengths = [len(e[0]) for e in eff]
+    results: list[Optional[UnitLoss]] = [None] * len(conts)
     with torch.inference_mode():
         trunk = lm.trunk()
-        pre = trunk(input_ids=torch.as_tensor([list(prefix)], device=device), use_cache=True)
-        cache = getattr(pre, "cache", None)
-        if cache is None:
-            cache = pre.past_key_values
-        import inspect
-
-        cache_kw = "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
+        pre, cache = _prefix_cache(trunk, torch.as_tensor([list(prefix)], device=weight.device))
         last_prefix_h = pre.last_hidden_state[0, -1]
-        budget = max(batch_tokens - P, 1)
-        for grp in plan_buckets(lengths, budget):
-            L = max(lengths[i] for i in grp)
-            B = len(grp)
-            ids_t = torch.full((B, L), pad_id, dtype=torch.long)
+        for grp in plan_buckets(lengths, max(batch_tokens - len(prefix), 1)):
+            ids_t = torch.full((len(grp), max(lengths[i] for i in grp)), pad_id, dtype=torch.long)
             for b, i in enumerate(grp):
                 ids_t[b, : lengths[i]] = torch.as_tensor(eff[i][0], dtype=torch.long)
             c = copy.deepcopy(cache)
-            if B > 1:
-                c.batch_repeat_interleave(B)
-            out = trunk(input_ids=ids_t.to(device), use_cache=True, **{cache_kw: c})
-            h = out.last_hidden_state  # [B, L, H]
+            if len(grp) > 1:
+                c.batch_repeat_interleave(len(grp))
+            h = trunk(input_ids=ids_t.to(weight.device), use_cache=True, **{_cache_kw(trunk): c}).last_hidden_state
             # predictor of token t is position t-1; for t = 0 it is the prefix's last position
-            hs, tg, seg = [], [], []
-            for b, i in enumerate(grp):
-                ids, pos = eff[i]
-                for t in pos:
-                    hs.append(h[b, t - 1] if t > 0 else last_prefix_h)
-                    tg.append(ids[t])
-                seg.append((i, len(pos)))
-            tl = token_loss(torch.stack(hs), weight, torch.as_tensor(tg, dtype=torch.long, device=device),
-                            backend=backend)
-            nll = tl.nll.double().cpu().numpy()
+            hs = [h[b, t - 1] if t > 0 else last_prefix_h for b, i in enumerate(grp) for t in eff[i][1]]
+            tg = torch.as_tensor([eff[i][0][t] for i in grp for t in eff[i][1]], dtype=torch.long, device=h.device)
+            nll = token_loss(torch.stack(hs), weight, tg, backend=backend).nll.double().cpu().numpy()
             k = 0
-            for i, cnt in seg:
-                results[i] = UnitLoss(nll[k:k + cnt])
-                k += cnt
+            for i in grp:
+                results[i] = UnitLoss(nll[k : k + len(eff[i][1])])
+                k += len(eff[i][1])
     return [r if r is not None else UnitLoss(np.zeros(0)) for r in results]

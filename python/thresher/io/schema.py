@@ -14,6 +14,7 @@ Multi-turn samples keep the whole dialogue in ``conversation`` (list of
 ``{"role", "content"}``); ``instruction``/``output`` hold the last user turn
 and the last assistant turn so that single-turn criteria still see text.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,26 +22,27 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..errors import InputError, OptionError
+
 SAMPLE_FIELDS = ("instruction", "input", "output")
 ID_FIELDS = ("id", "idx", "uid", "sample_id")
 GROUP_FIELDS = ("task", "source", "category", "dataset", "group")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
-                  "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "system": "system",
+}
 
 
-class DataError(ValueError):
-    """A bad row or file: names the file, the line (1-based) and the field."""
+class DataError(InputError):
+    """A bad row or file: names the file, the line (1-based) and the field.
 
-    def __init__(self, message: str, *, file: Any = None, line: Optional[int] = None,
-                 field: Optional[str] = None) -> None:
-        where = str(file) if file is not None else "<data>"
-        if line is not None:
-            where += f", line {line}"
-        if field is not None:
-            where += f", field {field!r}"
-        super().__init__(f"{where}: {message}")
-        self.file, self.line, self.field, self.reason = file, line, field, message
+    The io layer's name for :class:`thresher.errors.InputError` (kept for callers that import it)."""
 
 
 @dataclass
@@ -60,8 +62,14 @@ class Schema:
         return {k: v for k, v in self.__dict__.items() if v not in (None, {}, [])}
 
 
-def detect_schema(record: dict, mapping: Optional[dict] = None, *, file: Any = None,
-                  line: Optional[int] = None, group_field: Optional[str] = None) -> Schema:
+def detect_schema(
+    record: dict,
+    mapping: Optional[dict] = None,
+    *,
+    file: Any = None,
+    line: Optional[int] = None,
+    group_field: Optional[str] = None,
+) -> Schema:
     """Detect the schema from one record's keys; ``mapping`` overrides detection."""
     if not isinstance(record, dict):
         raise DataError(f"expected a JSON object (record), got {type(record).__name__}", file=file, line=line)
@@ -71,35 +79,52 @@ def detect_schema(record: dict, mapping: Optional[dict] = None, *, file: Any = N
     if mapping:
         unknown = set(mapping) - {"instruction", "input", "output", "conversation", "id", "group"}
         if unknown:
-            raise ValueError(f"fields: unknown target(s) {sorted(unknown)}; expected instruction, input, "
-                             "output, conversation, id, group")
+            raise OptionError(
+                f"fields: unknown target(s) {sorted(unknown)}; expected instruction, input, "
+                "output, conversation, id, group"
+            )
         s = Schema("mapped", id=mapping.get("id", id_f), group=mapping.get("group", grp))
         if mapping.get("conversation"):
             s.conversation = mapping["conversation"]
             conv = record.get(s.conversation)
-            s.kind = "sharegpt" if conv and isinstance(conv, list) and isinstance(conv[0], dict) \
-                and "from" in conv[0] else "openai"
+            s.kind = (
+                "sharegpt"
+                if conv and isinstance(conv, list) and isinstance(conv[0], dict) and "from" in conv[0]
+                else "openai"
+            )
             s.extra["mapped"] = True
         else:
             for f in ("instruction", "output"):
                 if not mapping.get(f):
-                    raise ValueError(f"fields: mapping needs {f!r} (or 'conversation')")
+                    raise OptionError(f"fields: mapping needs {f!r} (or 'conversation')")
             s.instruction, s.output, s.input = mapping["instruction"], mapping["output"], mapping.get("input")
         return s
     if "conversations" in keys:
         return Schema("sharegpt", conversation="conversations", id=id_f, group=grp)
     if "messages" in keys:
         return Schema("openai", conversation="messages", id=id_f, group=grp)
+    if "conversation" in keys and isinstance(record["conversation"], list):
+        conv = record["conversation"]
+        kind = "sharegpt" if conv and isinstance(conv[0], dict) and "from" in conv[0] else "openai"
+        return Schema(kind, conversation="conversation", id=id_f, group=grp)
     if "instruction" in keys and "output" in keys:
-        return Schema("alpaca", instruction="instruction", input="input" if "input" in keys else None,
-                      output="output", id=id_f, group=grp)
+        # ``input`` is optional per row: rows after the first may have it even when the first has not
+        return Schema("alpaca", instruction="instruction", input="input", output="output", id=id_f, group=grp)
     if "prompt" in keys and ("response" in keys or "completion" in keys):
-        return Schema("prompt", instruction="prompt", output="response" if "response" in keys else "completion",
-                      id=id_f, group=grp)
+        return Schema(
+            "prompt",
+            instruction="prompt",
+            output="response" if "response" in keys else "completion",
+            id=id_f,
+            group=grp,
+        )
     raise DataError(
         f"cannot detect the schema from fields {sorted(keys)}: expected instruction/output (Alpaca), "
         "conversations (ShareGPT), messages (OpenAI) or prompt/response; pass an explicit field mapping "
-        "(--field instruction=COL --field output=COL)", file=file, line=line)
+        "(--field instruction=COL --field output=COL)",
+        file=file,
+        line=line,
+    )
 
 
 def _text(record: dict, name: Optional[str], *, file: Any, line: Optional[int], required: bool) -> str:
@@ -129,8 +154,9 @@ def _conversation(record: dict, s: Schema, *, file: Any, line: Optional[int]) ->
     out = []
     for i, turn in enumerate(conv):
         if not isinstance(turn, dict):
-            raise DataError(f"turn {i}: expected an object, got {type(turn).__name__}",
-                            file=file, line=line, field=name)
+            raise DataError(
+                f"turn {i}: expected an object, got {type(turn).__name__}", file=file, line=line, field=name
+            )
         if s.kind == "sharegpt":
             role_raw, content = turn.get("from"), turn.get("value")
             role = SHAREGPT_ROLES.get(str(role_raw).lower()) if role_raw is not None else None
@@ -140,12 +166,28 @@ def _conversation(record: dict, s: Schema, *, file: Any, line: Optional[int]) ->
         if role is None:
             raise DataError(f"turn {i}: unknown role {role_raw!r}", file=file, line=line, field=name)
         if not isinstance(content, str):
-            raise DataError(f"turn {i}: content must be a string, got {type(content).__name__}",
-                            file=file, line=line, field=name)
+            raise DataError(
+                f"turn {i}: content must be a string, got {type(content).__name__}", file=file, line=line, field=name
+            )
         out.append({"role": role, "content": content})
     if not any(t["role"] == "assistant" for t in out):
         raise DataError("conversation has no assistant turn", file=file, line=line, field=name)
     return out
+
+
+CONVERSATION_FIELDS = ("conversation", "messages", "conversations")
+
+
+def _row_schema(record: dict, s: Schema) -> Schema:
+    """A dialogue row in a single-turn file (no instruction, a conversation list) is read as a dialogue."""
+    if s.conversation or s.kind not in ("alpaca", "prompt") or record.get(s.instruction) is not None:
+        return s
+    for key in CONVERSATION_FIELDS:
+        conv = record.get(key)
+        if isinstance(conv, list) and conv:
+            kind = "sharegpt" if isinstance(conv[0], dict) and "from" in conv[0] else "openai"
+            return Schema(kind, conversation=key, id=s.id, group=s.group)
+    return s
 
 
 def normalize_record(record: dict, s: Schema, *, file: Any = None, line: Optional[int] = None) -> dict:
@@ -153,6 +195,7 @@ def normalize_record(record: dict, s: Schema, *, file: Any = None, line: Optiona
     if not isinstance(record, dict):
         raise DataError(f"expected a JSON object, got {type(record).__name__}", file=file, line=line)
     row: dict[str, Any] = {}
+    s = _row_schema(record, s)
     if s.conversation:
         conv = _conversation(record, s, file=file, line=line)
         last_a = max(i for i, t in enumerate(conv) if t["role"] == "assistant")
@@ -172,8 +215,9 @@ def normalize_record(record: dict, s: Schema, *, file: Any = None, line: Optiona
     if s.id is not None and record.get(s.id) is not None:
         v = record[s.id]
         if isinstance(v, bool) or not isinstance(v, (str, int)):
-            raise DataError(f"id must be a string or an integer, got {type(v).__name__}",
-                            file=file, line=line, field=s.id)
+            raise DataError(
+                f"id must be a string or an integer, got {type(v).__name__}", file=file, line=line, field=s.id
+            )
         own = str(v)
     row["_own_id"] = own
     return row

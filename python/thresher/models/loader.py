@@ -7,20 +7,21 @@ model from its config without ``quantization_config``, copies the state dict and
 saves a plain safetensors folder (plus the tokenizer) under the cache, atomically
 (temporary folder, then ``os.replace``). Later loads read that folder.
 """
+
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
+
+from ..fs import atomic_dir
 
 DEFAULT_SPEC = "default"
 _CONVERT_VERSION = 1  # bump when the converted layout changes
@@ -112,9 +113,16 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+    }
     if isinstance(dtype, str) and dtype.lower() in names:
         return names[dtype.lower()]
     raise ValueError(f"dtype: expected a torch dtype or one of {sorted(names)}, got {dtype!r}")
@@ -139,26 +147,14 @@ def _slug(path: Path) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
 
 
-def _atomic_dir(final: Path, build) -> Path:
-    """Build a folder in a temporary sibling, then rename it into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
+    """:func:`thresher.fs.atomic_dir`, with the folder readable by others (a shared model cache)."""
+
+    def build_shared(tmp: Path) -> None:
         build(tmp)
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "thresher.json").is_file():  # someone else won the race: keep theirs
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700
+
+    return atomic_dir(final, build_shared)
 
 
 # ---------------------------------------------------------------- GGUF
@@ -204,8 +200,7 @@ def _gguf_converted_dir(gguf: Path) -> Path:
 
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                       dtype=torch.float32)
+            src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except Exception as exc:
             raise _gguf_error(gguf, exc) from exc
         cfg = src.config
@@ -219,12 +214,14 @@ def _gguf_converted_dir(gguf: Path) -> Path:
         missing, unexpected = clean.load_state_dict(src.state_dict(), strict=False)
         missing = [k for k in missing if k not in getattr(clean, "_tied_weights_keys", {}) and "lm_head" not in k]
         if missing or unexpected:
-            raise ValueError(f"model {str(gguf)!r}: converting the GGUF failed "
-                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ValueError(
+                f"model {str(gguf)!r}: converting the GGUF failed (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         clean.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        (tmp / "thresher.json").write_text(json.dumps(
-            {"source": str(gguf), "sha256": _file_hash(gguf), "version": _CONVERT_VERSION}))
+        (tmp / "thresher.json").write_text(
+            json.dumps({"source": str(gguf), "sha256": _file_hash(gguf), "version": _CONVERT_VERSION})
+        )
 
     with _LOCK:
         if (final / "thresher.json").is_file():
@@ -234,8 +231,13 @@ def _gguf_converted_dir(gguf: Path) -> Path:
 
 # ---------------------------------------------------------------- resolution
 def _looks_like_path(spec: str) -> bool:
-    return (spec.startswith(("/", "./", "../", "~", ".\\")) or spec.endswith(".gguf")
-            or spec.count("/") > 1 or os.sep != "/" and os.sep in spec)
+    return (
+        spec.startswith(("/", "./", "../", "~", ".\\"))
+        or spec.endswith(".gguf")
+        or spec.count("/") > 1
+        or os.sep != "/"
+        and os.sep in spec
+    )
 
 
 def _resolve(spec: str) -> tuple[str, Optional[Path], dict]:
@@ -258,8 +260,10 @@ def _resolve(spec: str) -> tuple[str, Optional[Path], dict]:
         raise ValueError(f"model path {spec!r}: folder has no config.json and no .gguf file")
     if _looks_like_path(spec):
         raise ValueError(f"model path {spec!r} does not exist")
-    offline = any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-                  for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    offline = any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
     return "hub", None, ({"local_files_only": True} if offline else {})
 
 
@@ -293,8 +297,17 @@ def fingerprint_model(model: Any, tokenizer: Any = None) -> str:
     and an evenly strided sample of its values. Independent of the path it was loaded from."""
     h = hashlib.sha256()
     cfg = model.config.to_dict() if hasattr(model, "config") else {}
-    for k in ("_name_or_path", "transformers_version", "quantization_config", "torch_dtype", "dtype",
-              "_attn_implementation", "_attn_implementation_autoset", "use_cache", "architectures"):
+    for k in (
+        "_name_or_path",
+        "transformers_version",
+        "quantization_config",
+        "torch_dtype",
+        "dtype",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "use_cache",
+        "architectures",
+    ):
         cfg.pop(k, None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     with torch.no_grad():
@@ -320,8 +333,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()[:32]
 
 
-def load_causal_lm(spec: str = DEFAULT_SPEC, *, dtype: Union[str, torch.dtype] = torch.float32,
-                   device: Union[str, torch.device] = "cpu") -> LoadedLM:
+def load_causal_lm(
+    spec: str = DEFAULT_SPEC,
+    *,
+    dtype: Union[str, torch.dtype] = torch.float32,
+    device: Union[str, torch.device] = "cpu",
+) -> LoadedLM:
     """Load a causal LM for scoring: eval mode, gradients off, on ``device`` in ``dtype``.
 
     ``spec``: ``"default"`` | a local folder | a ``.gguf`` file | a Hugging Face id.
@@ -355,8 +372,12 @@ def load_causal_lm(spec: str = DEFAULT_SPEC, *, dtype: Union[str, torch.dtype] =
 _SHARED: dict[tuple, LoadedLM] = {}
 
 
-def shared_lm(spec: Any = DEFAULT_SPEC, *, dtype: Union[str, torch.dtype] = torch.float32,
-              device: Union[str, torch.device] = "cpu") -> LoadedLM:
+def shared_lm(
+    spec: Any = DEFAULT_SPEC,
+    *,
+    dtype: Union[str, torch.dtype] = torch.float32,
+    device: Union[str, torch.device] = "cpu",
+) -> LoadedLM:
     """``load_causal_lm`` memoised per (spec, dtype, device) in this process, so several
     criteria share one model. A :class:`LoadedLM` passed as ``spec`` is returned as is."""
     if isinstance(spec, LoadedLM):

@@ -21,12 +21,15 @@ Each backend states *why* it cannot run (``not_supported_reasons``), both for
 static causes (extension not built, Triton missing) and per call (dtype, size).
 ``thresher doctor`` prints these for every op.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
+
+from .. import _native
 
 BACKEND_NAMES = ("triton", "cuda", "cpu", "reference")
 
@@ -62,17 +65,13 @@ class Backend:
         if device is not None:
             dev_ok = device in self.devices
             if self.name == "triton" and device == "cpu":
-                from .._native import triton_interpret
-
-                dev_ok = triton_interpret()
+                dev_ok = _native.triton_interpret()
                 if not dev_ok:
                     reasons.append("CPU tensors need TRITON_INTERPRET=1")
             elif not dev_ok:
                 reasons.append(f"does not run on {device} tensors (runs on {', '.join(self.devices)})")
             if device == "cuda" and dev_ok:
-                from .._native import cuda_device_available
-
-                ok, why = cuda_device_available()
+                ok, why = _native.cuda_device_available()
                 if not ok:
                     reasons.append(why)
         if not reasons and self.supports is not None:
@@ -116,15 +115,11 @@ class Op:
         forced = backend or os.environ.get(f"THRESHER_BACKEND_{self.name.upper()}") or None
         if forced:
             if forced not in self.backends:
-                raise ValueError(
-                    f"backend={forced!r}: op {self.name!r} has backends {list(self.backends)}"
-                )
+                raise ValueError(f"backend={forced!r}: op {self.name!r} has backends {list(self.backends)}")
             b = self.backends[forced]
             reasons = b.not_supported_reasons(device=device, **ctx)
             if reasons:
-                raise RuntimeError(
-                    f"{self.name}: backend {forced!r} cannot run here: " + "; ".join(reasons)
-                )
+                raise RuntimeError(f"{self.name}: backend {forced!r} cannot run here: " + "; ".join(reasons))
             return b
         pref = os.environ.get("THRESHER_BACKEND")
         if pref and pref in self.backends:
@@ -133,17 +128,23 @@ class Op:
                 return b
         why: list[str] = []
         for name in DEVICE_ORDER.get(device, ("reference",)):
-            b = self.backends.get(name)
-            if b is None:
+            candidate = self.backends.get(name)
+            if candidate is None:
                 continue
-            reasons = b.not_supported_reasons(device=device, **ctx)
+            reasons = candidate.not_supported_reasons(device=device, **ctx)
             if not reasons:
-                return b
+                return candidate
             why.append(f"{name}: {'; '.join(reasons)}")
         raise RuntimeError(f"{self.name}: no backend can run on {device}: " + " | ".join(why))
 
-    def dispatch(self, device: str, *args: Any, backend: Optional[str] = None,
-                 ctx: Optional[dict] = None, **kwargs: Any) -> Any:
+    def dispatch(
+        self,
+        device: str,
+        *args: Any,
+        backend: Optional[str] = None,
+        ctx: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> Any:
         b = self.choose(device, backend, **(ctx or {}))
         _local.last = (self.name, b.name)
         return b.fn(*args, **kwargs)
@@ -151,7 +152,7 @@ class Op:
     # ------------------------------------------------------------------ report
     def table(self) -> dict[str, dict[str, Any]]:
         """{backend: {devices, cpu: reasons, cuda: reasons}} for doctor."""
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for name in BACKEND_NAMES:
             b = self.backends.get(name)
             if b is None:
@@ -179,30 +180,24 @@ def device_type(*tensors: Any) -> str:
 
 # ------------------------------------------------------------- common checks
 def cpu_available() -> list[str]:
-    from .._native import cpu_ext, why_unavailable
-
-    return [] if cpu_ext() is not None else [why_unavailable("cpu") or "thresher._C not built"]
+    return [] if _native.cpu_ext() is not None else [_native.why_unavailable("cpu") or "thresher._C not built"]
 
 
 def cpu_has(symbol: str) -> Callable[[], list[str]]:
     def check() -> list[str]:
-        from .._native import cpu_ext
-
         r = cpu_available()
         if r:
             return r
-        return [] if hasattr(cpu_ext(), symbol) else [f"thresher._C has no {symbol} (stale build?)"]
+        return [] if hasattr(_native.cpu_ext(), symbol) else [f"thresher._C has no {symbol} (stale build?)"]
 
     return check
 
 
 def cuda_has(symbol: str) -> Callable[[], list[str]]:
     def check() -> list[str]:
-        from .._native import cuda_ext, why_unavailable
-
-        m = cuda_ext()
+        m = _native.cuda_ext()
         if m is None:
-            return [why_unavailable("cuda") or "thresher._cuda not built"]
+            return [_native.why_unavailable("cuda") or "thresher._cuda not built"]
         if not hasattr(m, symbol):
             return [f"thresher._cuda has no {symbol}"]
         err = m.device_error()
@@ -213,12 +208,10 @@ def cuda_has(symbol: str) -> Callable[[], list[str]]:
 
 def triton_has(module: str) -> Callable[[], list[str]]:
     def check() -> list[str]:
-        from .._native import kernel, kernels, why_unavailable
-
-        if kernels() is None:
-            return [why_unavailable("kernels") or "triton not installed"]
-        if kernel(module) is None:
-            return [f"thresher.kernels.{module} failed to import: {why_unavailable('kernels.' + module)}"]
+        if _native.kernels() is None:
+            return [_native.why_unavailable("kernels") or "triton not installed"]
+        if _native.kernel(module) is None:
+            return [f"thresher.kernels.{module} failed to import: {_native.why_unavailable('kernels.' + module)}"]
         return []
 
     return check

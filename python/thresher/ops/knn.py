@@ -12,6 +12,7 @@ Backends: ``cpu`` (thresher._C: blocked GEMM tiles fused with a running top-k,
 OpenMP), ``triton`` (GPU: tiled matmul + per-tile top-k, then a stable merge),
 ``reference`` (plain PyTorch: chunked matmul + stable sort; the oracle).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -19,12 +20,23 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .. import _native
 from ._dispatch import Op, cpu_has, device_type, triton_has
+from .abi import KnnMetric
 
 knn_op = Op("knn", doc="exact k nearest neighbours (ip or squared l2), ties by lower index")
 
 TRITON_MAX_K = 64
-_METRICS = ("ip", "l2")
+_METRICS = tuple(m.name.lower() for m in KnnMetric)  # ip l2
+# Accuracy of the returned values of every backend against a float64 oracle, per input dtype:
+# (rtol, atol), rtol relative to the largest |value| of the result (tests/test_ops_knn.py; the
+# float32 reference's own rounding error is also allowed). Integer-valued data is exact.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (1e-5, 0.0),
+    torch.float64: (1e-5, 0.0),
+}
+# Two neighbours whose exact values differ by less than this (relative) may come in either order.
+NEAR_TIE_RTOL = 1e-4
 
 
 # ----------------------------------------------------------------- validation
@@ -47,18 +59,16 @@ def check_finite_rows(x: torch.Tensor, name: str) -> None:
     bad = ~torch.isfinite(x).all(dim=1)
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten()
-        raise ValueError(
-            f"{name}: {rows.numel()} row(s) contain NaN or inf (first: row {int(rows[0])})"
-        )
+        raise ValueError(f"{name}: {rows.numel()} row(s) contain NaN or inf (first: row {int(rows[0])})")
 
 
-def _validate(queries, base, k, metric, exclude_self, query_offset):
+def _validate(
+    queries: Any, base: Any, k: Any, metric: Any, exclude_self: bool, query_offset: Any
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     q = _as_tensor(queries, "queries")
     b = _as_tensor(base, "base")
     if q.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"base: dimension {b.shape[1]} does not match queries dimension {q.shape[1]}"
-        )
+        raise ValueError(f"base: dimension {b.shape[1]} does not match queries dimension {q.shape[1]}")
     if metric not in _METRICS:
         raise ValueError(f"metric: expected one of {_METRICS}, got {metric!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
@@ -83,8 +93,16 @@ def _validate(queries, base, k, metric, exclude_self, query_offset):
     return q, b, k
 
 
-def knn(queries, base, k: int, metric: str = "ip", *, exclude_self: bool = False,
-        query_offset: int = 0, backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def knn(
+    queries: Any,
+    base: Any,
+    k: int,
+    metric: str = "ip",
+    *,
+    exclude_self: bool = False,
+    query_offset: int = 0,
+    backend: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest base rows of every query row (see the module docstring).
 
     queries: [Q, d] float; base: [N, d] float (torch or numpy, same device).
@@ -94,24 +112,33 @@ def knn(queries, base, k: int, metric: str = "ip", *, exclude_self: bool = False
     q, b, k = _validate(queries, base, k, metric, exclude_self, query_offset)
     dev = device_type(q, b)
     if q.shape[0] == 0 or k == 0:
-        return (torch.empty((q.shape[0], k), dtype=torch.float32, device=q.device),
-                torch.empty((q.shape[0], k), dtype=torch.int64, device=q.device))
-    return knn_op.dispatch(dev, q, b, k, metric, bool(exclude_self), int(query_offset),
-                           backend=backend, ctx={"k": k, "dtype": q.dtype})
+        return (
+            torch.empty((q.shape[0], k), dtype=torch.float32, device=q.device),
+            torch.empty((q.shape[0], k), dtype=torch.int64, device=q.device),
+        )
+    return knn_op.dispatch(
+        dev, q, b, k, metric, bool(exclude_self), int(query_offset), backend=backend, ctx={"k": k, "dtype": q.dtype}
+    )
 
 
 # ------------------------------------------------------------------ reference
 @knn_op.register("reference", devices=("cpu", "cuda"), note="torch chunked matmul + stable sort")
-def knn_reference(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
-                  exclude_self: bool = False, query_offset: int = 0,
-                  chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_reference(
+    q: torch.Tensor,
+    b: torch.Tensor,
+    k: int,
+    metric: str = "ip",
+    exclude_self: bool = False,
+    query_offset: int = 0,
+    chunk: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Brute force: full score rows per query chunk, stable sort (lower index first on ties)."""
     q = q.float()
     b = b.float()
     Q = q.shape[0]
     vals = torch.empty((Q, k), dtype=torch.float32, device=q.device)
     idx = torch.empty((Q, k), dtype=torch.int64, device=q.device)
-    bn = (b * b).sum(1) if metric == "l2" else None
+    bn = (b * b).sum(1) if metric == "l2" else torch.zeros(b.shape[0], device=b.device)
     for s in range(0, Q, chunk):
         e = min(Q, s + chunk)
         sc = q[s:e] @ b.T
@@ -130,38 +157,56 @@ def knn_reference(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
 
 
 # ------------------------------------------------------------------------ cpu
-@knn_op.register("cpu", devices=("cpu",), available=cpu_has("knn_exact"),
-                 note="blocked GEMM + running top-k (C++/OpenMP)")
-def knn_cpu(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
-            exclude_self: bool = False, query_offset: int = 0,
-            tile_n: int = 512, block_q: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    from .._native import cpu_ext
-
+@knn_op.register(
+    "cpu", devices=("cpu",), available=cpu_has("knn_exact"), note="blocked GEMM + running top-k (C++/OpenMP)"
+)
+def knn_cpu(
+    q: torch.Tensor,
+    b: torch.Tensor,
+    k: int,
+    metric: str = "ip",
+    exclude_self: bool = False,
+    query_offset: int = 0,
+    tile_n: int = 512,
+    block_q: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor]:
     qn = np.ascontiguousarray(q.detach().float().numpy())
     bn = qn if b is q else np.ascontiguousarray(b.detach().float().numpy())
-    v, i = cpu_ext().knn_exact(qn, bn, k, 1 if metric == "l2" else 0, exclude_self,
-                               query_offset, tile_n, block_q)
+    v, i = _native.require_cpu().knn_exact(
+        qn, bn, k, KnnMetric.parse(metric), exclude_self, query_offset, tile_n, block_q
+    )
     return torch.from_numpy(v), torch.from_numpy(i)
 
 
 # --------------------------------------------------------------------- triton
-def _triton_supports(device: Optional[str] = None, k: int = 1, dtype=None, **_: Any) -> list[str]:
+def _triton_supports(device: Optional[str] = None, k: int = 1, **_: Any) -> list[str]:
     if k > TRITON_MAX_K:
         return [f"k={k} > {TRITON_MAX_K} (per-tile extraction is unrolled k times)"]
     return []
 
 
-@knn_op.register("triton", devices=("cuda",), available=triton_has("knn"), supports=_triton_supports,
-                 note="tiled tl.dot + per-tile top-k, stable merge")
-def knn_triton(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
-               exclude_self: bool = False, query_offset: int = 0,
-               block_m: Optional[int] = None, block_n: Optional[int] = None,
-               block_k: int = 32, max_candidate_bytes: int = 1 << 30) -> tuple[torch.Tensor, torch.Tensor]:
-    import triton
+@knn_op.register(
+    "triton",
+    devices=("cuda",),
+    available=triton_has("knn"),
+    supports=_triton_supports,
+    note="tiled tl.dot + per-tile top-k, stable merge",
+)
+def knn_triton(
+    q: torch.Tensor,
+    b: torch.Tensor,
+    k: int,
+    metric: str = "ip",
+    exclude_self: bool = False,
+    query_offset: int = 0,
+    block_m: Optional[int] = None,
+    block_n: Optional[int] = None,
+    block_k: int = 32,
+    max_candidate_bytes: int = 1 << 30,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import triton  # optional dependency: only this backend needs it (the dispatcher checked it loads)
 
-    from .._native import kernel
-
-    mod = kernel("knn")
+    mod = _native.require_kernel("knn")
     low = q.dtype in (torch.float16, torch.bfloat16) and b.dtype == q.dtype
     if not low:
         q = q.float()
@@ -190,9 +235,25 @@ def knn_triton(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
         cv = torch.empty((nq, T, KP), dtype=torch.float32, device=q.device)
         ci = torch.empty((nq, T, KP), dtype=torch.int64, device=q.device)
         grid = (triton.cdiv(nq, BM), T)
-        mod.knn_tile_kernel[grid](qc, b, bn, cv, ci, nq, N, D, T, query_offset + s,
-                                  L2=metric == "l2", EXCLUDE_SELF=exclude_self, KP=KP,
-                                  BM=BM, BN=BN, BK=BK, IEEE=not low)
+        mod.knn_tile_kernel[grid](
+            qc,
+            b,
+            bn,
+            cv,
+            ci,
+            nq,
+            N,
+            D,
+            T,
+            query_offset + s,
+            L2=metric == "l2",
+            EXCLUDE_SELF=exclude_self,
+            KP=KP,
+            BM=BM,
+            BN=BN,
+            BK=BK,
+            IEEE=not low,
+        )
         cv = cv.view(nq, T * KP)
         ci = ci.view(nq, T * KP)
         # stable: candidates are laid out in increasing tile order, so equal scores keep
@@ -206,20 +267,20 @@ def knn_triton(q: torch.Tensor, b: torch.Tensor, k: int, metric: str = "ip",
     return vals, idx
 
 
-def knn_merge_tile(scores: np.ndarray, col0: int, row0: int, exclude_self: bool,
-                   vals: np.ndarray, idx: np.ndarray) -> None:
+def knn_merge_tile(
+    scores: np.ndarray, col0: int, row0: int, exclude_self: bool, vals: np.ndarray, idx: np.ndarray
+) -> None:
     """Merge a score tile [T, n] (larger = nearer) into running top-k arrays in place.
 
     For callers that compute score tiles themselves (e.g. with BLAS on a memory
     map); columns must arrive in increasing base order across calls. Uses the C++
     kernel when built, otherwise numpy.
     """
-    from .._native import cpu_ext
-
-    ext = cpu_ext()
+    ext = _native.cpu_ext()
     if ext is not None and hasattr(ext, "knn_merge_tile"):
-        ext.knn_merge_tile(np.ascontiguousarray(scores, dtype=np.float32), int(col0), int(row0),
-                           bool(exclude_self), vals, idx)
+        ext.knn_merge_tile(
+            np.ascontiguousarray(scores, dtype=np.float32), int(col0), int(row0), bool(exclude_self), vals, idx
+        )
         return
     s = np.array(scores, dtype=np.float32)
     T, n = s.shape

@@ -39,80 +39,26 @@ GPU for small inputs (N <= ``GPU_REFERENCE_MAX_N``) and larger inputs go to the
 ``crowding_distance(objectives, ranks)`` is the NSGA-II crowding distance
 within each front (see its docstring for the tie and NaN rules).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from .. import _native
 from ._dispatch import Op, cpu_has, device_type
+from .objectives import MaximizeArg, as_objectives, maximize_flags
 
-__all__ = ["pareto_ranks", "crowding_distance", "normalize", "aggregate", "GPU_REFERENCE_MAX_N"]
+__all__ = ["pareto_ranks", "crowding_distance", "GPU_REFERENCE_MAX_N"]
 
 GPU_REFERENCE_MAX_N = 4096
 _BLOCK_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 26}  # elements of one [B, N, M] comparison block
 
 pareto_op = Op("pareto_ranks", doc="non-domination rank (0 = first front) of every row of [N,M] objectives")
 crowding_op = Op("crowding_distance", doc="NSGA-II crowding distance per front of [N,M] objectives")
-
-MaximizeArg = Union[bool, Sequence[bool]]
-
-
-# ----------------------------------------------------------------- validation
-def as_objectives(x: Any, arg: str = "objectives", allow_1d: bool = False) -> torch.Tensor:
-    """``x`` as a float64 tensor [N, M] (device kept); ValueError naming ``arg``.
-
-    With ``allow_1d`` a [N] input becomes [N, 1].
-    """
-    if isinstance(x, torch.Tensor):
-        t = x
-    else:
-        try:
-            arr = np.asarray(x)
-        except Exception as exc:
-            raise ValueError(f"{arg}: expected a numeric [N, M] tensor or array ({exc})") from None
-        if arr.dtype.kind not in "biuf":
-            raise ValueError(f"{arg}: expected a real (float, int or bool) dtype, got {arr.dtype}")
-        t = torch.as_tensor(arr)
-    if t.dtype.is_complex:
-        raise ValueError(f"{arg}: expected a real (float, int or bool) dtype, got {t.dtype}")
-    if allow_1d and t.dim() == 1:
-        t = t[:, None]
-    if t.dim() != 2:
-        raise ValueError(
-            f"{arg}: expected a 2-d [N, M] tensor (one row per point, one column per objective), "
-            f"got shape {tuple(t.shape)}" + ("; use x[:, None] for one objective" if t.dim() == 1 else "")
-        )
-    if t.shape[1] == 0:
-        raise ValueError(f"{arg}: expected at least one column (objective), got shape {tuple(t.shape)}")
-    try:
-        return t.detach().to(torch.float64)
-    except Exception as exc:
-        raise ValueError(f"{arg}: cannot be cast to float64 ({exc})") from None
-
-
-def maximize_flags(maximize: Any, m: int, arg: str = "maximize") -> list[bool]:
-    """One bool per objective from a bool or a length-``m`` sequence of bools (or 0/1)."""
-
-    def one(v: Any) -> bool:
-        if isinstance(v, (bool, np.bool_)):
-            return bool(v)
-        if isinstance(v, (int, np.integer)) and int(v) in (0, 1):
-            return bool(v)
-        raise ValueError(f"{arg}: expected booleans, got {v!r}")
-
-    if isinstance(maximize, (bool, np.bool_)):
-        return [bool(maximize)] * m
-    if isinstance(maximize, torch.Tensor):
-        maximize = maximize.detach().cpu().tolist()
-    if isinstance(maximize, (str, bytes)) or not hasattr(maximize, "__len__"):
-        raise ValueError(f"{arg}: expected a bool or a sequence of {m} bools, got {maximize!r}")
-    flags = [one(v) for v in maximize]
-    if len(flags) != m:
-        raise ValueError(f"{arg}: expected {m} values (one per objective), got {len(flags)}")
-    return flags
 
 
 def _to_minimisation(obj: torch.Tensor, flags: list[bool]) -> torch.Tensor:
@@ -130,8 +76,9 @@ def _dominates_block(a: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
     return le & lt
 
 
-@pareto_op.register("reference", devices=("cpu", "cuda"),
-                    note="PyTorch blocked dominance counting + front peeling, O(M N^2)")
+@pareto_op.register(
+    "reference", devices=("cpu", "cuda"), note="PyTorch blocked dominance counting + front peeling, O(M N^2)"
+)
 def _pareto_reference(obj: torch.Tensor) -> torch.Tensor:
     """obj: float64 [N, M], minimised, no NaN -> int64 [N]."""
     n, m = obj.shape
@@ -144,12 +91,12 @@ def _pareto_reference(obj: torch.Tensor) -> torch.Tensor:
     # the rows of each front (same O(M N^2) work, O(block * N * M) memory).
     full = None
     if n * n <= _BLOCK_ELEMS.get(dev.type, 1 << 22) * 4:
-        full = torch.cat([_dominates_block(obj[s:s + block], obj) for s in range(0, n, block)])
+        full = torch.cat([_dominates_block(obj[s : s + block], obj) for s in range(0, n, block)])
         count = full.sum(0)
     else:
         count = torch.zeros(n, dtype=torch.int64, device=dev)
         for s in range(0, n, block):
-            count += _dominates_block(obj[s:s + block], obj).sum(0)
+            count += _dominates_block(obj[s : s + block], obj).sum(0)
     remaining = torch.ones(n, dtype=torch.bool, device=dev)
     r = 0
     while True:
@@ -162,25 +109,25 @@ def _pareto_reference(obj: torch.Tensor) -> torch.Tensor:
             count -= full.index_select(0, front).sum(0)  # (indexing with [] is slow on CPU)
         else:
             for s in range(0, front.numel(), block):
-                count -= _dominates_block(obj.index_select(0, front[s:s + block]), obj).sum(0)
+                count -= _dominates_block(obj.index_select(0, front[s : s + block]), obj).sum(0)
         r += 1
     return ranks
 
 
-@pareto_op.register("cpu", devices=("cpu", "cuda"), available=cpu_has("pareto_ranks"),
-                    note="C++ sort-and-sweep (M<=2), staircase (M=3), Jensen-Buzdalov D&C (M>=3); "
-                         "CUDA tensors via host memory")
+@pareto_op.register(
+    "cpu",
+    devices=("cpu", "cuda"),
+    available=cpu_has("pareto_ranks"),
+    note="C++ sort-and-sweep (M<=2), staircase (M=3), Jensen-Buzdalov D&C (M>=3); CUDA tensors via host memory",
+)
 def _pareto_cpu(obj: torch.Tensor) -> torch.Tensor:
-    from .._native import cpu_ext
-
     a = np.ascontiguousarray(obj.detach().cpu().numpy(), dtype=np.float64)
-    out = torch.from_numpy(cpu_ext().pareto_ranks(a))
+    out = torch.from_numpy(_native.require_cpu().pareto_ranks(a))
     return out.to(obj.device) if obj.device.type != "cpu" else out
 
 
 # --------------------------------------------------------------- public ops
-def pareto_ranks(objectives: Any, maximize: MaximizeArg = True, *,
-                 backend: Optional[str] = None) -> torch.Tensor:
+def pareto_ranks(objectives: Any, maximize: MaximizeArg = True, *, backend: Optional[str] = None) -> torch.Tensor:
     """Non-domination rank of every row of ``objectives``.
 
     Args:
@@ -203,7 +150,7 @@ def pareto_ranks(objectives: Any, maximize: MaximizeArg = True, *,
     obj = _to_minimisation(obj, flags)
     nan_rows = torch.isnan(obj).any(1)
     has_nan = bool(nan_rows.any()) if n else False
-    keep = torch.nonzero(~nan_rows).flatten() if has_nan else None
+    keep = torch.nonzero(~nan_rows).flatten()  # every row when there is no NaN
     sub = obj.index_select(0, keep) if has_nan else obj
     route = dev
     cpu_ok = not pareto_op.backends["cpu"].available()  # available() lists reasons; [] = usable
@@ -257,8 +204,9 @@ def _as_ranks(ranks: Any, n: int, device: torch.device) -> torch.Tensor:
     return r
 
 
-@crowding_op.register("reference", devices=("cpu", "cuda"),
-                      note="PyTorch: one lexicographic sort per objective, O(M N log N)")
+@crowding_op.register(
+    "reference", devices=("cpu", "cuda"), note="PyTorch: one lexicographic sort per objective, O(M N log N)"
+)
 def _crowding_reference(obj: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     """obj float64 [N, M] without NaN, ranks int64 [N] -> float64 [N]."""
     n, m = obj.shape
@@ -341,8 +289,3 @@ def crowding_distance(objectives: Any, ranks: Any, *, backend: Optional[str] = N
         d = crowding_op.dispatch(dev, obj.index_select(0, keep), r.index_select(0, keep), backend=backend)
         return out.index_copy_(0, keep, d)
     return crowding_op.dispatch(dev, obj, r, backend=backend)
-
-
-# normalize / aggregate live in ranking.py (which imports the validators above);
-# re-exported here so that thresher.ops imports the whole family in one line.
-from .ranking import aggregate, normalize  # noqa: E402,F401

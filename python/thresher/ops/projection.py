@@ -25,37 +25,55 @@ Kronecker checks), :class:`Projector` (streaming accumulation over parameter
 blocks) and :func:`structured_project` (LoGra-style projection of linear-layer
 gradients from activations and output gradients without forming the gradient).
 """
+
 from __future__ import annotations
 
 import math
 import operator
-from typing import Optional
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
+from .. import _native
 from ._dispatch import Op, cpu_has, cuda_has, device_type, triton_has
+from .abi import CONSTANTS, ProjectionKind, dtype_code
 
-KINDS = ("rademacher", "gaussian")
+KINDS = tuple(k.name.lower() for k in ProjectionKind)  # rademacher gaussian
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _M32 = 0xFFFFFFFF
-_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
-_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
-STREAM_RADEMACHER = 0x52414430
-STREAM_GAUSSIAN = 0x47415530
-RADEMACHER_BLOCK = 128
+_ROUND_A, _ROUND_B = CONSTANTS["PHILOX_ROUND_A"], CONSTANTS["PHILOX_ROUND_B"]
+_KEY_A, _KEY_B = CONSTANTS["PHILOX_KEY_A"], CONSTANTS["PHILOX_KEY_B"]
+STREAM_RADEMACHER = CONSTANTS["PHILOX_STREAM_RADEMACHER"]
+STREAM_GAUSSIAN = CONSTANTS["PHILOX_STREAM_GAUSSIAN"]
+RADEMACHER_BLOCK = CONSTANTS["PHILOX_RADEMACHER_BLOCK"]
+GAUSSIAN_BLOCK = CONSTANTS["PHILOX_GAUSSIAN_BLOCK"]
+# Accuracy of every backend of random_project against a float64 ``x @ P``, per input dtype, as
+# (rtol, atol): the only error is fp32 accumulation (half inputs are exact in fp32), so atol is a
+# floor added to accumulation_atol(x, dim, kind), the bound for sums of D terms (tests/test_ops_projection.py).
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (0.0, 1e-6),
+    torch.float16: (0.0, 1e-6),
+    torch.bfloat16: (0.0, 1e-6),
+}
+# The Gaussian matrix of every backend against the reference generator: libm precision.
+GAUSSIAN_MATRIX_TOL = (1e-5, 1e-6)
+# structured_project against the dense Kronecker projection of the weight gradient (float32 einsums).
+STRUCTURED_TOL = (1e-4, 1e-4)
 _MAX_ROW = 1 << 63
 _GOLDEN64 = 0x9E3779B97F4A7C15
 
 random_project_op = Op(
     "random_project",
     doc="x[B, D] @ P[row_offset:row_offset+D, :dim] with P (Rademacher or Gaussian, / sqrt(dim)) "
-        "generated from Philox4x32-10 counters, never stored",
+    "generated from Philox4x32-10 counters, never stored",
 )
 
 
 # ----------------------------------------------------------------- validation
-def _as_int(value, name: str, lo: int, hi: int) -> int:
+def _as_int(value: Any, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{name}: expected an integer, got a bool")
     try:
@@ -67,20 +85,22 @@ def _as_int(value, name: str, lo: int, hi: int) -> int:
     return v
 
 
-def check_dim(dim, name: str = "dim") -> int:
+def check_dim(dim: Any, name: str = "dim") -> int:
     d = _as_int(dim, name, 1, 1 << 40)
     if d % 8:
         raise ValueError(f"{name}: {d} is not a multiple of 8 (supported: any positive multiple of 8)")
     return d
 
 
-def check_kind(kind) -> str:
+def check_kind(kind: Any) -> str:
     if kind not in KINDS:
         raise ValueError(f"kind: {kind!r}; expected one of {KINDS}")
     return kind
 
 
-def _validate(x, dim, seed, kind, row_offset, check_finite):
+def _validate(
+    x: Any, dim: Any, seed: Any, kind: Any, row_offset: Any, check_finite: bool
+) -> tuple[torch.Tensor, int, int, str, int]:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
@@ -100,16 +120,34 @@ def _validate(x, dim, seed, kind, row_offset, check_finite):
     return x, dim, seed, kind, row_offset
 
 
+def accumulation_atol(x: torch.Tensor, dim: int, kind: str = "rademacher") -> float:
+    """Bound on the fp32 accumulation error of ``x @ P`` (|P| = 1/sqrt(dim); Gaussian entries 4x that)."""
+    d = max(x.shape[1], 1)
+    amax = float(x.abs().max()) if x.numel() else 1.0
+    tol = 4 * d * 2.0**-23 * amax / math.sqrt(dim) + TOLERANCES.get(x.dtype, (0.0, 1e-6))[1]
+    return 4 * tol if kind == "gaussian" else tol
+
+
 # ------------------------------------------------- the generator in torch
-def _mulhilo(a: int, b: torch.Tensor):
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     p = b * a  # int64 wraps mod 2**64: the low 64 bits of the exact product
     return (p >> 32) & _M32, p & _M32
 
 
-def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
+_Counter = Union[torch.Tensor, int]
+
+
+def philox4x32_10(
+    c0: _Counter, c1: _Counter, c2: _Counter, c3: _Counter, k0: int, k1: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Philox4x32-10 on int64 tensors holding uint32 values (broadcasting); keys are ints."""
-    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) for c in (c0, c1, c2, c3))
-    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
+    t0, t1, t2, t3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) for c in (c0, c1, c2, c3)))
+    return _philox_rounds(t0, t1, t2, t3, k0, k1)
+
+
+def _philox_rounds(
+    c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: int, k1: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     for _ in range(10):
         hi0, lo0 = _mulhilo(_ROUND_A, c0)
         hi1, lo1 = _mulhilo(_ROUND_B, c2)
@@ -119,9 +157,18 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
     return c0, c1, c2, c3
 
 
-def projection_matrix(rows: int, dim: int, seed: int, kind: str = "rademacher", *,
-                      row_offset: int = 0, col_offset: int = 0, ncols: Optional[int] = None,
-                      scaled: bool = True, device=None) -> torch.Tensor:
+def projection_matrix(
+    rows: int,
+    dim: int,
+    seed: int,
+    kind: str = "rademacher",
+    *,
+    row_offset: int = 0,
+    col_offset: int = 0,
+    ncols: Optional[int] = None,
+    scaled: bool = True,
+    device: Optional[Union[str, torch.device]] = None,
+) -> torch.Tensor:
     """Rows ``row_offset .. row_offset+rows`` (columns ``col_offset .. +ncols``) of P as fp32.
 
     ``scaled=False`` gives the raw +-1 (or N(0,1)) entries. Plain PyTorch: the reference generator.
@@ -144,10 +191,10 @@ def projection_matrix(rows: int, dim: int, seed: int, kind: str = "rademacher", 
         bit = (word >> (cols % 32)[None, :]) & 1
         p = 1.0 - 2.0 * bit.to(torch.float32)
     else:
-        groups = torch.unique(cols // 4)
+        groups = torch.unique(cols // GAUSSIAN_BLOCK)
         w0, w1, w2, w3 = philox4x32_10(r0, r1, groups[None, :], STREAM_GAUSSIAN, k0, k1)
-        gi = torch.searchsorted(groups, cols // 4)
-        idx = (cols % 4)[None, :]
+        gi = torch.searchsorted(groups, cols // GAUSSIAN_BLOCK)
+        idx = (cols % GAUSSIAN_BLOCK)[None, :]
         a = torch.where(idx < 2, w0[:, gi], w2[:, gi])
         b = torch.where(idx < 2, w1[:, gi], w3[:, gi])
         u1 = ((a >> 8) + 1).to(torch.float32) * 5.9604644775390625e-08
@@ -165,9 +212,10 @@ def _rows_per_block(dim: int, budget: int) -> int:
     return max(8, min(1 << 20, budget // max(dim, 1)))
 
 
-@random_project_op.register("reference", devices=("cpu", "cuda"),
-                            note="P materialised in row blocks by the torch generator")
-def _reference(x, dim, seed, kind, row_offset):
+@random_project_op.register(
+    "reference", devices=("cpu", "cuda"), note="P materialised in row blocks by the torch generator"
+)
+def _reference(x: torch.Tensor, dim: int, seed: int, kind: str, row_offset: int) -> torch.Tensor:
     B, D = x.shape
     out = torch.zeros((B, dim), dtype=torch.float32, device=x.device)
     step = _rows_per_block(dim, 1 << 21)
@@ -179,20 +227,18 @@ def _reference(x, dim, seed, kind, row_offset):
 
 
 def _gen_threads() -> int:
-    import os
-
     return int(os.environ.get("THRESHER_PROJECTION_THREADS", "1"))
 
 
 def _cpu_tile_rows(ncols: int) -> int:
     # ~512 KB fp32 tiles: the generated tile stays in L2 while the GEMM reuses it for the whole batch.
-    import os
-
     budget = int(os.environ.get("THRESHER_PROJECTION_TILE_KB", "512")) * 256
     return max(16, min(1 << 16, budget // max(ncols, 1)))
 
 
-def _cpu_worker(ext, x, seed, kid, scale, row_offset, c0, c1):
+def _cpu_worker(
+    ext: Any, x: torch.Tensor, seed: int, kid: int, scale: float, row_offset: int, c0: int, c1: int
+) -> torch.Tensor:
     """out[:, c0:c1] of the projection: one generated [kc, c1-c0] tile at a time, GEMM with all rows."""
     B, D = x.shape
     acc = torch.zeros((B, c1 - c0), dtype=torch.float32)
@@ -206,21 +252,22 @@ def _cpu_worker(ext, x, seed, kid, scale, row_offset, c0, c1):
     return acc
 
 
-@random_project_op.register("cpu", devices=("cpu",), available=cpu_has("projection_tile"),
-                            note="C++ Philox tile generation + single-threaded BLAS GEMM per tile, "
-                                 "column ranges on parallel threads")
-def _cpu(x, dim, seed, kind, row_offset):
+@random_project_op.register(
+    "cpu",
+    devices=("cpu",),
+    available=cpu_has("projection_tile"),
+    note="C++ Philox tile generation + single-threaded BLAS GEMM per tile, column ranges on parallel threads",
+)
+def _cpu(x: torch.Tensor, dim: int, seed: int, kind: str, row_offset: int) -> torch.Tensor:
     """Each of T threads owns a range of output columns (multiples of 128, so no Philox call is
     shared), generates its L2-sized tiles of P once and multiplies the whole batch with them
     through a single-threaded BLAS call. No barrier per tile: a thread pool wake-up per tile costs
     milliseconds on a loaded machine, which is why the GEMM is not left to torch's pool."""
-    from .._native import cpu_ext
-
-    ext = cpu_ext()
+    ext = _native.require_cpu()
     B, D = x.shape
     if B == 0 or D == 0:
         return torch.zeros((B, dim), dtype=torch.float32)
-    kid = 0 if kind == "rademacher" else 1
+    kid = int(ProjectionKind.parse(kind))
     scale = 1.0 / math.sqrt(dim)
     threads = torch.get_num_threads()
     nblk = -(-dim // RADEMACHER_BLOCK)
@@ -231,7 +278,7 @@ def _cpu(x, dim, seed, kind, row_offset):
         if T == 1:
             return _cpu_worker(ext, x, seed, kid, scale, row_offset, 0, dim)
         bounds = [D * i // T for i in range(T + 1)]
-        jobs = [(x[:, bounds[i]:bounds[i + 1]], row_offset + bounds[i], 0, dim) for i in range(T)]
+        jobs = [(x[:, bounds[i] : bounds[i + 1]], row_offset + bounds[i], 0, dim) for i in range(T)]
         parts = _run_threads(ext, jobs, seed, kid, scale)
         out = parts[0]
         for p in parts[1:]:
@@ -244,60 +291,82 @@ def _cpu(x, dim, seed, kind, row_offset):
     return torch.cat(_run_threads(ext, jobs, seed, kid, scale), dim=1)
 
 
-def _run_threads(ext, jobs, seed, kid, scale):
-    from concurrent.futures import ThreadPoolExecutor
+_Job = tuple[torch.Tensor, int, int, int]  # (x block, row offset, first column, end column)
 
+
+def _run_threads(ext: Any, jobs: list[_Job], seed: int, kid: int, scale: float) -> list[torch.Tensor]:
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futs = [pool.submit(_cpu_worker, ext, xx, seed, kid, scale, ro, c0, c1)
-                    for xx, ro, c0, c1 in jobs]
+            futs = [pool.submit(_cpu_worker, ext, xx, seed, kid, scale, ro, c0, c1) for xx, ro, c0, c1 in jobs]
             return [f.result() for f in futs]
     finally:
         torch.set_num_threads(prev)
 
 
-def _triton_supports(device=None, **ctx):
+def _triton_supports(device: Optional[str] = None, **ctx: Any) -> list[str]:
     return []
 
 
-@random_project_op.register("triton", devices=("cuda",), available=triton_has("projection"),
-                            supports=_triton_supports,
-                            note="P tiles generated in registers, tl.dot, deterministic split-K")
-def _triton(x, dim, seed, kind, row_offset):
-    from .._native import kernel
-
+@random_project_op.register(
+    "triton",
+    devices=("cuda",),
+    available=triton_has("projection"),
+    supports=_triton_supports,
+    note="P tiles generated in registers, tl.dot, deterministic split-K",
+)
+def _triton(x: torch.Tensor, dim: int, seed: int, kind: str, row_offset: int) -> torch.Tensor:
     B, D = x.shape
     if B == 0 or D == 0:
         return torch.zeros((B, dim), dtype=torch.float32, device=x.device)
-    return kernel("projection").random_project(x, dim, seed, kind == "gaussian", row_offset,
-                                               1.0 / math.sqrt(dim))
+    gaussian = ProjectionKind.parse(kind) == ProjectionKind.GAUSSIAN
+    return _native.require_kernel("projection").random_project(x, dim, seed, gaussian, row_offset, 1.0 / math.sqrt(dim))
 
 
-@random_project_op.register("cuda", devices=("cuda",), available=cuda_has("projection"),
-                            note="tiled CUDA-core kernel, deterministic split-K")
-def _cuda(x, dim, seed, kind, row_offset):
-    from .._native import cuda_ext
-
+@random_project_op.register(
+    "cuda", devices=("cuda",), available=cuda_has("projection"), note="tiled CUDA-core kernel, deterministic split-K"
+)
+def _cuda(x: torch.Tensor, dim: int, seed: int, kind: str, row_offset: int) -> torch.Tensor:
     B, D = x.shape
     out = torch.zeros((B, dim), dtype=torch.float32, device=x.device)
     if B == 0 or D == 0:
         return out
-    ext = cuda_ext()
-    code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[x.dtype]
+    ext = _native.require_cuda()
     splits = max(1, min(64, D // 4096))
     ws = torch.empty((splits, B, dim), dtype=torch.float32, device=x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    ext.projection(x.data_ptr(), code, B, D, x.stride(0), x.stride(1), ws.data_ptr(),
-                   out.data_ptr(), dim, seed, row_offset, 0 if kind == "rademacher" else 1,
-                   1.0 / math.sqrt(dim), splits, stream)
+    ext.projection(
+        x.data_ptr(),
+        dtype_code(x.dtype),
+        B,
+        D,
+        x.stride(0),
+        x.stride(1),
+        ws.data_ptr(),
+        out.data_ptr(),
+        dim,
+        seed,
+        row_offset,
+        ProjectionKind.parse(kind),
+        1.0 / math.sqrt(dim),
+        splits,
+        stream,
+    )
     return out
 
 
 # ------------------------------------------------------------------ public API
-def random_project(x, dim: int, seed: int, kind: str = "rademacher", *, row_offset: int = 0,
-                   backend: Optional[str] = None, check_finite: bool = True) -> torch.Tensor:
+def random_project(
+    x: Any,
+    dim: int,
+    seed: int,
+    kind: str = "rademacher",
+    *,
+    row_offset: int = 0,
+    backend: Optional[str] = None,
+    check_finite: bool = True,
+) -> torch.Tensor:
     """Project rows of ``x[B, D]`` to ``dim`` dimensions: ``x @ P[row_offset:row_offset+D]``.
 
     ``P[i, j] = s(seed, i, j) / sqrt(dim)`` with s a Rademacher sign or a standard
@@ -309,8 +378,7 @@ def random_project(x, dim: int, seed: int, kind: str = "rademacher", *, row_offs
     """
     x, dim, seed, kind, row_offset = _validate(x, dim, seed, kind, row_offset, check_finite)
     dev = device_type(x)
-    return random_project_op.dispatch(dev, x, dim, seed, kind, row_offset, backend=backend,
-                                      ctx={"dtype": x.dtype})
+    return random_project_op.dispatch(dev, x, dim, seed, kind, row_offset, backend=backend, ctx={"dtype": x.dtype})
 
 
 class Projector:
@@ -322,8 +390,17 @@ class Projector:
     >>> feats = pr.result()             # [4, 1024], equal to random_project(cat(grads, 1), ...)
     """
 
-    def __init__(self, batch: int, dim: int, seed: int, kind: str = "rademacher", *,
-                 device=None, backend: Optional[str] = None, row_offset: int = 0) -> None:
+    def __init__(
+        self,
+        batch: int,
+        dim: int,
+        seed: int,
+        kind: str = "rademacher",
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        backend: Optional[str] = None,
+        row_offset: int = 0,
+    ) -> None:
         self.batch = _as_int(batch, "batch", 0, 1 << 40)
         self.dim = check_dim(dim)
         self.seed = _as_int(seed, "seed", 0, 1 << 64)
@@ -332,7 +409,7 @@ class Projector:
         self.rows = _as_int(row_offset, "row_offset", 0, _MAX_ROW)
         self.acc = torch.zeros((self.batch, self.dim), dtype=torch.float32, device=device)
 
-    def update(self, block, *, row_offset: Optional[int] = None) -> "Projector":
+    def update(self, block: Any, *, row_offset: Optional[int] = None) -> Projector:
         """Add ``block[batch, n] @ P[row_offset : row_offset + n]`` (default: the next rows)."""
         if isinstance(block, torch.Tensor) and block.dim() == 1 and self.batch == 1:
             block = block[None]
@@ -342,8 +419,9 @@ class Projector:
             shape = tuple(block.shape) if isinstance(block, torch.Tensor) else type(block).__name__
             raise ValueError(f"block: expected a [{self.batch}, n] tensor, got {shape}")
         ro = self.rows if row_offset is None else row_offset
-        self.acc += random_project(block, self.dim, self.seed, self.kind, row_offset=ro,
-                                   backend=self.backend).to(self.acc.device)
+        self.acc += random_project(block, self.dim, self.seed, self.kind, row_offset=ro, backend=self.backend).to(
+            self.acc.device
+        )
         self.rows = max(self.rows, ro + block.shape[1])
         return self
 
@@ -359,9 +437,19 @@ def derive_seed(seed: int, stream: int) -> int:
     return z ^ (z >> 31)
 
 
-def structured_project(x, d, dim_in: Optional[int], dim_out: Optional[int], seed: int,
-                       kind: str = "rademacher", *, mask=None, row_offset_in: int = 0,
-                       row_offset_out: int = 0, backend: Optional[str] = None) -> torch.Tensor:
+def structured_project(
+    x: torch.Tensor,
+    d: torch.Tensor,
+    dim_in: Optional[int],
+    dim_out: Optional[int],
+    seed: int,
+    kind: str = "rademacher",
+    *,
+    mask: Optional[torch.Tensor] = None,
+    row_offset_in: int = 0,
+    row_offset_out: int = 0,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
     """LoGra-style projection of per-sample linear-layer gradients.
 
     ``x[B, T, n_in]`` are a linear layer's input activations and ``d[B, T, n_out]``
@@ -380,8 +468,7 @@ def structured_project(x, d, dim_in: Optional[int], dim_out: Optional[int], seed
             raise ValueError(f"{name}: expected a 3-d [B, T, n] tensor")
     if x.shape[:2] != d.shape[:2]:
         raise ValueError(f"d: batch/time shape {tuple(d.shape[:2])} != x's {tuple(x.shape[:2])}")
-    B, T, n_in = x.shape
-    n_out = d.shape[2]
+    B, T = x.shape[:2]
     if mask is not None:
         if mask.shape != (B, T):
             raise ValueError(f"mask: expected shape {(B, T)}, got {tuple(mask.shape)}")
@@ -389,7 +476,7 @@ def structured_project(x, d, dim_in: Optional[int], dim_out: Optional[int], seed
         x = x.to(torch.float32) * m
         d = d.to(torch.float32) * m
 
-    def side(t, dim, sd, ro, name):
+    def side(t: torch.Tensor, dim: Optional[int], sd: int, ro: int, name: str) -> torch.Tensor:
         n = t.shape[2]
         if dim is None:
             return t.to(torch.float32)
@@ -402,5 +489,14 @@ def structured_project(x, d, dim_in: Optional[int], dim_out: Optional[int], seed
     return torch.einsum("bta,btc->bac", dp, xp).reshape(B, -1)
 
 
-__all__ = ["random_project", "Projector", "projection_matrix", "structured_project",
-           "philox4x32_10", "derive_seed", "KINDS"]
+__all__ = [
+    "random_project",
+    "Projector",
+    "projection_matrix",
+    "structured_project",
+    "philox4x32_10",
+    "derive_seed",
+    "KINDS",
+    "TOLERANCES",
+    "accumulation_atol",
+]

@@ -33,16 +33,17 @@ the values only (ties are shared, never broken by position), so the result does
 not depend on the order of the rows. Results are float64 on the input's device.
 These are O(N log N) sorts: no native kernel is needed.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ._dispatch import Op, device_type
-from .pareto import as_objectives, maximize_flags
+from .objectives import MaximizeArg, as_objectives, maximize_flags
 
 __all__ = ["normalize", "aggregate", "NORMALIZE_METHODS", "AGGREGATE_METHODS"]
 
@@ -126,8 +127,9 @@ def _weights(weights: Any, m: int, device: torch.device) -> torch.Tensor:
     if weights is None:
         return torch.ones(m, dtype=torch.float64, device=device)
     try:
-        w = torch.as_tensor(np.asarray(weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights,
-                                       dtype=np.float64))
+        w = torch.as_tensor(
+            np.asarray(weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights, dtype=np.float64)
+        )
     except Exception as exc:
         raise ValueError(f"weights: expected {m} non-negative numbers ({exc})") from None
     if w.dim() != 1 or w.shape[0] != m:
@@ -140,8 +142,7 @@ def _weights(weights: Any, m: int, device: torch.device) -> torch.Tensor:
 
 
 @aggregate_op.register("reference", devices=("cpu", "cuda"), note="PyTorch, O(N log N) per column")
-def _aggregate_reference(x: torch.Tensor, method: str, w: torch.Tensor, s: torch.Tensor,
-                         k: float) -> torch.Tensor:
+def _aggregate_reference(x: torch.Tensor, method: str, w: torch.Tensor, s: torch.Tensor, k: float) -> torch.Tensor:
     """x float64 [N, M], weights w [M], signs s [M] (+1 maximise, -1 minimise) -> float64 [N]."""
     n, m = x.shape
     if method == "weighted_sum":
@@ -164,9 +165,15 @@ def _aggregate_reference(x: torch.Tensor, method: str, w: torch.Tensor, s: torch
     return torch.where(nan, torch.zeros_like(contrib), contrib).sum(1)
 
 
-def aggregate(matrix: Any, method: str = "weighted_sum", weights: Any = None,
-              maximize: Union[bool, Sequence[bool]] = True, *, k: float = 60.0,
-              backend: Optional[str] = None) -> torch.Tensor:
+def aggregate(
+    matrix: Any,
+    method: str = "weighted_sum",
+    weights: Any = None,
+    maximize: MaximizeArg = True,
+    *,
+    k: float = 60.0,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
     """Fold the columns of ``matrix[N, M]`` into one score per row (higher is better).
 
     Args:
@@ -185,8 +192,12 @@ def aggregate(matrix: Any, method: str = "weighted_sum", weights: Any = None,
     n, m = x.shape
     flags = maximize_flags(maximize, m)
     w = _weights(weights, m, x.device)
-    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(k)) or float(k) < 0:
+    if (
+        isinstance(k, bool)
+        or not isinstance(k, (int, float, np.integer, np.floating))
+        or not math.isfinite(float(k))
+        or float(k) < 0
+    ):
         raise ValueError(f"k: expected a finite number >= 0, got {k!r}")
     if method == "product" and n and bool((x < 0).any()):
         raise ValueError("matrix: method='product' needs values >= 0 (normalise first, e.g. minmax)")

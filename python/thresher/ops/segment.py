@@ -22,21 +22,31 @@ Backends: ``reference`` (plain PyTorch, any device, the test oracle), ``cpu``
 segment x column block) and ``cuda`` (``thresher._cuda``, one warp per
 segment for ``[N]``, one block per segment x 32 columns for ``[N, D]``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
+from .. import _native
 from ._dispatch import Op, cpu_has, cuda_has, device_type, triton_has
+from .abi import SegmentOp, dtype_code
 
-__all__ = ["segment_reduce", "SEGMENT_OPS"]
+__all__ = ["segment_reduce", "SEGMENT_OPS", "TOLERANCES"]
 
-SEGMENT_OPS = ("sum", "mean", "max", "min", "count", "logmeanexp")
-OP_CODE = {name: i for i, name in enumerate(SEGMENT_OPS)}
+SEGMENT_OPS = tuple(op.name.lower() for op in SegmentOp)  # sum mean max min count logmeanexp
 VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# dtype codes shared with the C++/CUDA kernels
-DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+# Accuracy of every backend against the exact (float64) per-segment value, per value dtype:
+# (rtol, atol) in units of the accumulation epsilon, scaled by the segment's abs-sum and
+# log2(length) in tests/test_ops_segment.py (max/min/count are exact).
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (2.0**-52, 0.0),
+    torch.float32: (2.0**-23, 0.0),
+    torch.float16: (2.0**-23, 0.0),
+    torch.bfloat16: (2.0**-23, 0.0),
+}
 
 segment_reduce_op = Op(
     "segment_reduce",
@@ -68,14 +78,12 @@ def _as_tensor(x: Any, arg: str) -> torch.Tensor:
 
 
 def _validate(values: Any, offsets: Any, op: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
-    if not isinstance(op, str) or op not in OP_CODE:
+    if not isinstance(op, str) or op not in SEGMENT_OPS:
         raise ValueError(f"op: expected one of {list(SEGMENT_OPS)}, got {op!r}")
     values = _as_tensor(values, "values")
     offsets = _as_tensor(offsets, "offsets")
     if values.dtype not in VALUE_DTYPES:
-        raise ValueError(
-            f"values: expected dtype float16, bfloat16, float32 or float64, got {values.dtype}"
-        )
+        raise ValueError(f"values: expected dtype float16, bfloat16, float32 or float64, got {values.dtype}")
     if values.dim() not in (1, 2):
         raise ValueError(f"values: expected a [N] or [N, D] tensor, got shape {tuple(values.shape)}")
     if offsets.dtype not in (torch.int64, torch.int32):
@@ -166,23 +174,24 @@ def segment_reduce_reference(values: torch.Tensor, offsets: torch.Tensor, op: st
 
 
 # ---------------------------------------------------------------- cpu (_C)
-def _np_view(t: torch.Tensor):
+def _np_view(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor; half types are viewed as int16 bit patterns."""
     if t.dtype in (torch.float16, torch.bfloat16):
         return t.view(torch.int16).numpy()
     return t.numpy()
 
 
-@segment_reduce_op.register("cpu", devices=("cpu",), available=cpu_has("segment_reduce"),
-                            note="C++ OpenMP over segments")
+@segment_reduce_op.register(
+    "cpu", devices=("cpu",), available=cpu_has("segment_reduce"), note="C++ OpenMP over segments"
+)
 def segment_reduce_cpu(values: torch.Tensor, offsets: torch.Tensor, op: str) -> torch.Tensor:
-    from .._native import cpu_ext
-
     squeeze = values.dim() == 1
     x = _as2d(values)
     s, d = offsets.numel() - 1, x.shape[1]
     out = torch.empty((s, d), dtype=_out_dtype(values.dtype, op))
-    cpu_ext().segment_reduce(_np_view(x), DTYPE_CODE[values.dtype], offsets.numpy(), OP_CODE[op], out.numpy())
+    _native.require_cpu().segment_reduce(
+        _np_view(x), dtype_code(values.dtype), offsets.numpy(), SegmentOp.parse(op), out.numpy()
+    )
     return out.reshape(s) if squeeze else out
 
 
@@ -193,27 +202,32 @@ def _triton_supports(device: Optional[str] = None, dtype: Optional[torch.dtype] 
     return []
 
 
-@segment_reduce_op.register("triton", devices=("cuda",), available=triton_has("segment_reduce"),
-                            supports=_triton_supports, note="one program per segment x column block")
+@segment_reduce_op.register(
+    "triton",
+    devices=("cuda",),
+    available=triton_has("segment_reduce"),
+    supports=_triton_supports,
+    note="one program per segment x column block",
+)
 def segment_reduce_triton(values: torch.Tensor, offsets: torch.Tensor, op: str) -> torch.Tensor:
-    from .._native import kernel
-
     squeeze = values.dim() == 1
     x = _as2d(values)
     s, d = offsets.numel() - 1, x.shape[1]
     if op == "count" or s == 0 or d == 0:
         return segment_reduce_reference(values, offsets, op)  # no data to read: lengths only
     out = torch.empty((s, d), dtype=torch.float32, device=x.device)
-    kernel("segment_reduce").segment_reduce(x, offsets, OP_CODE[op], out)
+    _native.require_kernel("segment_reduce").segment_reduce(x, offsets, SegmentOp.parse(op), out)
     return out.reshape(s) if squeeze else out
 
 
 # -------------------------------------------------------------------- cuda
-@segment_reduce_op.register("cuda", devices=("cuda",), available=cuda_has("segment_reduce"),
-                            note="warp per segment ([N]) / block per segment x 32 columns ([N,D])")
+@segment_reduce_op.register(
+    "cuda",
+    devices=("cuda",),
+    available=cuda_has("segment_reduce"),
+    note="warp per segment ([N]) / block per segment x 32 columns ([N,D])",
+)
 def segment_reduce_cuda(values: torch.Tensor, offsets: torch.Tensor, op: str) -> torch.Tensor:
-    from .._native import cuda_ext
-
     squeeze = values.dim() == 1
     x = _as2d(values)
     n, d = x.shape
@@ -222,6 +236,15 @@ def segment_reduce_cuda(values: torch.Tensor, offsets: torch.Tensor, op: str) ->
     if s > 0 and d > 0:
         with torch.cuda.device(x.device):
             stream = torch.cuda.current_stream(x.device).cuda_stream
-            cuda_ext().segment_reduce(x.data_ptr(), DTYPE_CODE[values.dtype], offsets.data_ptr(),
-                                      n, d, s, OP_CODE[op], out.data_ptr(), stream)
+            _native.require_cuda().segment_reduce(
+                x.data_ptr(),
+                dtype_code(values.dtype),
+                offsets.data_ptr(),
+                n,
+                d,
+                s,
+                SegmentOp.parse(op),
+                out.data_ptr(),
+                stream,
+            )
     return out.reshape(s) if squeeze else out

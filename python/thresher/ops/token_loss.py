@@ -51,18 +51,20 @@ Backends (see :mod:`thresher.ops._dispatch`):
 Inputs are fp32, fp16 or bf16 (fp64 too on reference/cpu); results are fp32
 (rank int64). No gradient is computed.
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .. import _native
 from ._dispatch import Op, device_type, triton_has
 
-__all__ = ["TokenLoss", "token_loss", "score_at_position", "expected_score", "token_loss_op",
-           "reference_token_loss"]
+__all__ = ["TokenLoss", "token_loss", "score_at_position", "expected_score", "token_loss_op", "reference_token_loss"]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INTS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -89,6 +91,22 @@ class TokenLoss(NamedTuple):
     el2n: Optional[torch.Tensor]
     rank: Optional[torch.Tensor]
 
+
+# Accuracy of every backend against a float64 oracle of the same (rounded) inputs, per input
+# dtype, as (rtol, atol) on nll / entropy / el2n (tests/test_ops_token_loss.py). Half inputs on
+# the GPU: atol per unit of sqrt(H) (tensor-core products of H terms).
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-5, 2e-5),
+    torch.float32: (1e-5, 2e-5),
+    torch.float16: (1e-4, 1e-4),
+    torch.bfloat16: (1e-4, 1e-4),
+}
+# Logits of magnitude ~1e3 (no overflow; relative accuracy of the fp32 logits).
+EXTREME_LOGITS_TOL = (1e-4, 1e-3)
+
+# Results of a backend: nll, entropy, el2n (float32) and rank (int64) of the scored tokens,
+# None for the fields not requested.
+Result = dict[str, Optional[torch.Tensor]]
 
 token_loss_op = Op(
     "token_loss",
@@ -126,8 +144,10 @@ def _validate(hidden, weight, targets, mask, chunk_size) -> None:
     n, h = hidden.shape
     v, hw = weight.shape
     if hw != h:
-        raise ValueError(f"weight: hidden size {hw} (shape {tuple(weight.shape)}) does not match "
-                         f"hidden's {h} (shape {tuple(hidden.shape)})")
+        raise ValueError(
+            f"weight: hidden size {hw} (shape {tuple(weight.shape)}) does not match "
+            f"hidden's {h} (shape {tuple(hidden.shape)})"
+        )
     if h == 0:
         raise ValueError("hidden: hidden size must be >= 1")
     if v == 0:
@@ -177,49 +197,67 @@ def token_loss(
     """
     _validate(hidden, weight, targets, mask, chunk_size)
     dev = device_type(hidden, weight, targets, mask)
-    n = hidden.shape[0]
     v = weight.shape[0]
     with torch.no_grad():
-        if mask is None:
-            idx = None
-            h, t = hidden, targets
-        else:
-            idx = mask.nonzero().squeeze(1)
-            h = hidden.index_select(0, idx)
-            t = targets.index_select(0, idx)
-        t = t.to(torch.int64)
-        if t.numel():
-            lo, hi = int(t.min()), int(t.max())
-            if lo < 0 or hi >= v:
-                bad = int(((t < 0) | (t >= v)).nonzero()[0, 0])
-                pos = bad if idx is None else int(idx[bad])
-                raise ValueError(f"targets: value {int(t[bad])} at position {pos} is outside "
-                                 f"[0, {v}) (vocabulary size of weight)")
+        idx, h, t = _scored_tokens(hidden, targets, mask, v)
         ctx = {"dtype": hidden.dtype, "n": h.shape[0], "vocab": v, "hidden": hidden.shape[1]}
-        res = token_loss_op.dispatch(dev, h, weight, t, entropy=entropy, el2n=el2n, rank=rank,
-                                     chunk_size=chunk_size, backend=backend, ctx=ctx)
-
-        def place(x: Optional[torch.Tensor], fill) -> Optional[torch.Tensor]:
-            if x is None:
-                return None
-            if idx is None:
-                return x
-            out = torch.full((n,), fill, dtype=x.dtype, device=x.device)
-            out[idx] = x
-            return out
-
+        res = token_loss_op.dispatch(
+            dev, h, weight, t, entropy=entropy, el2n=el2n, rank=rank, chunk_size=chunk_size, backend=backend, ctx=ctx
+        )
+        n = hidden.shape[0]
         return TokenLoss(
-            place(res["nll"], math.nan),
-            place(res.get("entropy") if entropy else None, math.nan),
-            place(res.get("el2n") if el2n else None, math.nan),
-            place(res.get("rank") if rank else None, -1),
+            _place(res["nll"], idx, n, math.nan),
+            _place_opt(res["entropy"] if entropy else None, idx, n, math.nan),
+            _place_opt(res["el2n"] if el2n else None, idx, n, math.nan),
+            _place_opt(res["rank"] if rank else None, idx, n, -1),
         )
 
 
+def _scored_tokens(
+    hidden: torch.Tensor, targets: torch.Tensor, mask: Optional[torch.Tensor], v: int
+) -> tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(positions or None for all, hidden [M, H], int64 targets [M]) of the scored tokens;
+    ValueError naming the first target outside [0, v)."""
+    idx = None if mask is None else mask.nonzero().squeeze(1)
+    h = hidden if idx is None else hidden.index_select(0, idx)
+    t = (targets if idx is None else targets.index_select(0, idx)).to(torch.int64)
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= v:
+            bad = int(((t < 0) | (t >= v)).nonzero()[0, 0])
+            pos = bad if idx is None else int(idx[bad])
+            raise ValueError(
+                f"targets: value {int(t[bad])} at position {pos} is outside [0, {v}) (vocabulary size of weight)"
+            )
+    return idx, h, t
+
+
+def _place(x: Optional[torch.Tensor], idx: Optional[torch.Tensor], n: int, fill: float) -> torch.Tensor:
+    """Scored-token results [M] back at their positions of [N] (``fill`` elsewhere)."""
+    if x is None:
+        raise RuntimeError("token_loss: a backend returned no nll")
+    if idx is None:
+        return x
+    out = torch.full((n,), fill, dtype=x.dtype, device=x.device)
+    out[idx] = x
+    return out
+
+
+def _place_opt(x: Optional[torch.Tensor], idx: Optional[torch.Tensor], n: int, fill: float) -> Optional[torch.Tensor]:
+    return None if x is None else _place(x, idx, n, fill)
+
+
 # ------------------------------------------------------------------ reference
-def reference_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                         entropy: bool = True, el2n: bool = True, rank: bool = True,
-                         compute_dtype: Optional[torch.dtype] = None) -> dict:
+def reference_token_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    entropy: bool = True,
+    el2n: bool = True,
+    rank: bool = True,
+    compute_dtype: Optional[torch.dtype] = None,
+) -> Result:
     """Full-logits oracle on already-gathered tokens: hidden [M,H], targets [M] int64.
 
     Logits are formed in ``compute_dtype`` (default: fp32, or fp64 for fp64
@@ -229,11 +267,11 @@ def reference_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     cd = compute_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
     m, v = hidden.shape[0], weight.shape[0]
     w = weight.to(cd)
-    out = {k: [] for k in ("nll", "entropy", "el2n", "rank")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("nll", "entropy", "el2n", "rank")}
     step = max(1, _REF_BLOCK_ELEMS // max(v, 1))
     for b0 in range(0, m, step):
-        hb = hidden[b0:b0 + step].to(cd)
-        tb = targets[b0:b0 + step]
+        hb = hidden[b0 : b0 + step].to(cd)
+        tb = targets[b0 : b0 + step]
         logits = hb @ w.T  # [B, V]
         out["nll"].append(F.cross_entropy(logits, tb, reduction="none"))
         if entropy or el2n:
@@ -247,7 +285,7 @@ def reference_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         if rank:
             zy = logits.gather(1, tb[:, None])
             out["rank"].append((logits > zy).sum(-1))
-    res = {}
+    res: Result = {}
     for k, want in (("nll", True), ("entropy", entropy), ("el2n", el2n), ("rank", rank)):
         if not want:
             res[k] = None
@@ -262,14 +300,21 @@ def _as_result(d: dict) -> dict:
     return {k: (None if x is None else (x if k == "rank" else x.to(torch.float32))) for k, x in d.items()}
 
 
-@token_loss_op.register("reference", devices=("cpu", "cuda"),
-                        note="full fp32 logits per token block + F.cross_entropy (oracle)")
+@token_loss_op.register(
+    "reference", devices=("cpu", "cuda"), note="full fp32 logits per token block + F.cross_entropy (oracle)"
+)
 def _reference_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
     return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
 
 
 # ------------------------------------------------------ online-softmax algebra
-def _merge(a, b):
+# Online-softmax state (m, s, t, q) of a set of tokens; t / q are None when not tracked.
+_State = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]
+# ... and with the rank count r (None when not requested).
+_RankedState = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]
+
+
+def _merge(a: _State, b: _State) -> _State:
     """Merge two states (m, s, t, q) over disjoint vocabulary sets (t/q may be None).
 
     m must be finite or NaN on both sides (every state covers >= 1 entry).
@@ -280,9 +325,13 @@ def _merge(a, b):
     d1, d2 = m1 - m, m2 - m
     a1, a2 = torch.exp(d1), torch.exp(d2)
     s = s1 * a1 + s2 * a2
-    t = None if t1 is None else a1 * (t1 + d1 * s1) + a2 * (t2 + d2 * s2)
-    q = None if q1 is None else q1 * (a1 * a1) + q2 * (a2 * a2)
+    t = None if t1 is None or t2 is None else a1 * (t1 + d1 * s1) + a2 * (t2 + d2 * s2)
+    q = None if q1 is None or q2 is None else q1 * (a1 * a1) + q2 * (a2 * a2)
     return m, s, t, q
+
+
+def _opt(x: torch.Tensor, want: bool) -> Optional[torch.Tensor]:
+    return x if want else None
 
 
 def _finalize(m, s, t, q, zy, r, *, entropy, el2n, rank) -> dict:
@@ -310,15 +359,14 @@ def _target_logits(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     """zy[i] = <h[i], weight[targets[i]]> in ``cd``, in blocks of tokens. h is already in cd."""
     out = torch.empty(h.shape[0], dtype=cd, device=h.device)
     for b0 in range(0, h.shape[0], block):
-        hb = h[b0:b0 + block]
-        wb = weight.index_select(0, targets[b0:b0 + block]).to(cd)
-        out[b0:b0 + block] = torch.bmm(hb.unsqueeze(1), wb.unsqueeze(2)).view(-1)
+        hb = h[b0 : b0 + block]
+        wb = weight.index_select(0, targets[b0 : b0 + block]).to(cd)
+        out[b0 : b0 + block] = torch.bmm(hb.unsqueeze(1), wb.unsqueeze(2)).view(-1)
     return out
 
 
 # ------------------------------------------------------------------- cpu path
-def cpu_plan(m: int, v: int, chunk_size: Optional[int] = None,
-             threads: Optional[int] = None) -> tuple[int, int, int]:
+def cpu_plan(m: int, v: int, chunk_size: Optional[int] = None, threads: Optional[int] = None) -> tuple[int, int, int]:
     """(vocabulary chunk, token block, worker threads) of the cpu backend for M tokens, V entries.
 
     Each worker owns a contiguous range of whole chunks and a tile of
@@ -340,12 +388,10 @@ def cpu_plan(m: int, v: int, chunk_size: Optional[int] = None,
 USE_NATIVE_TILE = True
 
 
-def _native_tile():
+def _native_tile() -> Optional[Callable[..., None]]:
     if not USE_NATIVE_TILE:
         return None
-    from .._native import cpu_ext
-
-    ext = cpu_ext()
+    ext = _native.cpu_ext()
     return getattr(ext, "token_loss_tile_reduce", None) if ext is not None else None
 
 
@@ -358,13 +404,14 @@ def _cpu_range(h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
         return _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank)
     need_e = entropy  # exp() into a second buffer: entropy needs z - m too
     buf = torch.empty(blk * c, dtype=cd)
-    ebuf = torch.empty(blk * c, dtype=cd) if need_e else None
-    gtbuf = torch.empty(blk * c, dtype=torch.bool) if rank else None
+    # buffers of the fields not requested are empty and never touched
+    ebuf = torch.empty(blk * c if need_e else 0, dtype=cd)
+    gtbuf = torch.empty(blk * c if rank else 0, dtype=torch.bool)
     st_m = torch.empty(m_tok, dtype=cd)
     st_s = torch.empty(m_tok, dtype=cd)
-    st_t = torch.empty(m_tok, dtype=cd) if entropy else None
-    st_q = torch.empty(m_tok, dtype=cd) if el2n else None
-    st_r = torch.zeros(m_tok, dtype=torch.int64) if rank else None
+    st_t = torch.empty(m_tok if entropy else 0, dtype=cd)
+    st_q = torch.empty(m_tok if el2n else 0, dtype=cd)
+    st_r = torch.zeros(m_tok if rank else 0, dtype=torch.int64)
     for c0 in range(v_lo, v_hi, c):
         c1 = min(c0 + c, v_hi)
         nc = c1 - c0
@@ -380,7 +427,8 @@ def _cpu_range(h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
             nb = b1 - b0
             z = torch.mm(h[b0:b1], wct, out=buf[: nb * nc].view(nb, nc))
             zyb = zy[b0:b1]
-            ri = ci = None
+            ri: Optional[torch.Tensor] = None
+            ci: Optional[torch.Tensor] = None
             if rows_c.numel():
                 lo, hi = torch.searchsorted(rows_c, torch.tensor([b0, b1])).tolist()
                 if hi > lo:
@@ -395,27 +443,21 @@ def _cpu_range(h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
             mc = z.amax(1)
             z.sub_(mc[:, None])
             e = torch.exp(z, out=ebuf[: nb * nc].view(nb, nc)) if need_e else z.exp_()
-            if ri is not None:
+            if ri is not None and ci is not None:
                 e[ri, ci] = 0.0
             sc = e.sum(1)
             qc = torch.linalg.vector_norm(e, dim=1).square_() if el2n else None
             tc = e.mul_(z).sum(1) if entropy else None  # e is not needed after this
             sl = slice(b0, b1)
-            if c0 == v_lo:
-                st_m[sl], st_s[sl] = mc, sc
-                if entropy:
-                    st_t[sl] = tc
-                if el2n:
-                    st_q[sl] = qc
-            else:
-                old = (st_m[sl], st_s[sl], st_t[sl] if entropy else None, st_q[sl] if el2n else None)
-                mn, sn, tn, qn = _merge(old, (mc, sc, tc, qc))
-                st_m[sl], st_s[sl] = mn, sn
-                if entropy:
-                    st_t[sl] = tn
-                if el2n:
-                    st_q[sl] = qn
-    return st_m, st_s, st_t, st_q, st_r
+            if c0 != v_lo:
+                old = (st_m[sl], st_s[sl], _opt(st_t[sl], entropy), _opt(st_q[sl], el2n))
+                mc, sc, tc, qc = _merge(old, (mc, sc, tc, qc))
+            st_m[sl], st_s[sl] = mc, sc
+            if tc is not None:
+                st_t[sl] = tc
+            if qc is not None:
+                st_q[sl] = qc
+    return st_m, st_s, _opt(st_t, entropy), _opt(st_q, el2n), _opt(st_r, rank)
 
 
 def _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
@@ -424,13 +466,12 @@ def _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entrop
     buf = torch.empty(blk * c, dtype=torch.float32)
     st_m = torch.empty(m_tok, dtype=torch.float32)
     st_s = torch.empty(m_tok, dtype=torch.float32)
-    st_t = torch.empty(m_tok, dtype=torch.float32) if entropy else None
-    st_q = torch.empty(m_tok, dtype=torch.float32) if el2n else None
-    st_r = torch.zeros(m_tok, dtype=torch.int64) if rank else None
+    # the kernel reads/writes t, q, r only when requested: unrequested ones are placeholders
+    st_t = torch.empty(m_tok, dtype=torch.float32) if entropy else st_m
+    st_q = torch.empty(m_tok, dtype=torch.float32) if el2n else st_m
+    st_r = torch.zeros(m_tok, dtype=torch.int64)
     np_m, np_s, np_zy = st_m.numpy(), st_s.numpy(), zy.numpy()
-    np_t = st_t.numpy() if entropy else np_m
-    np_q = st_q.numpy() if el2n else np_m
-    np_r = st_r.numpy() if rank else torch.zeros(m_tok, dtype=torch.int64).numpy()
+    np_t, np_q, np_r = st_t.numpy(), st_q.numpy(), st_r.numpy()
     for c0 in range(v_lo, v_hi, c):
         c1 = min(c0 + c, v_hi)
         nc = c1 - c0
@@ -443,13 +484,26 @@ def _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entrop
             b1 = min(b0 + blk, m_tok)
             nb = b1 - b0
             z = torch.mm(h[b0:b1], wct, out=buf[: nb * nc].view(nb, nc))
-            native(z.numpy(), np_zy[b0:b1], tcol[b0:b1], np_m[b0:b1], np_s[b0:b1], np_t[b0:b1], np_q[b0:b1],
-                   np_r[b0:b1], c0 == v_lo, entropy, el2n, rank)
-    return st_m, st_s, st_t, st_q, st_r
+            native(
+                z.numpy(),
+                np_zy[b0:b1],
+                tcol[b0:b1],
+                np_m[b0:b1],
+                np_s[b0:b1],
+                np_t[b0:b1],
+                np_q[b0:b1],
+                np_r[b0:b1],
+                c0 == v_lo,
+                entropy,
+                el2n,
+                rank,
+            )
+    return st_m, st_s, _opt(st_t, entropy), _opt(st_q, el2n), _opt(st_r, rank)
 
 
-@token_loss_op.register("cpu", devices=("cpu",),
-                        note="chunked torch matmul (BLAS) + online log-sum-exp, bounded memory, threads")
+@token_loss_op.register(
+    "cpu", devices=("cpu",), note="chunked torch matmul (BLAS) + online log-sum-exp, bounded memory, threads"
+)
 def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
     m_tok, v = hidden.shape[0], weight.shape[0]
     cd = torch.float64 if hidden.dtype == torch.float64 else torch.float32
@@ -466,14 +520,14 @@ def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=Fal
     else:
         # One single-threaded worker per vocabulary range: no per-op thread
         # synchronisation (costly on a loaded machine), one merge at the end.
-        from concurrent.futures import ThreadPoolExecutor
-
         prev = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(max_workers=n_thr) as ex:
-                futs = [ex.submit(_cpu_range, h, weight, targets, zy, bounds[i], bounds[i + 1], c, blk, *args)
-                        for i in range(n_thr)]
+                futs = [
+                    ex.submit(_cpu_range, h, weight, targets, zy, bounds[i], bounds[i + 1], c, blk, *args)
+                    for i in range(n_thr)
+                ]
                 states = [f.result() for f in futs]
         finally:
             torch.set_num_threads(prev)
@@ -492,21 +546,24 @@ def _triton_supports(device=None, dtype=None, **_):
     return []
 
 
-@token_loss_op.register("triton", devices=("cuda",), available=triton_has("token_loss"),
-                        supports=_triton_supports,
-                        note="tl.dot tiles x vocabulary splits, online LSE in registers")
+@token_loss_op.register(
+    "triton",
+    devices=("cuda",),
+    available=triton_has("token_loss"),
+    supports=_triton_supports,
+    note="tl.dot tiles x vocabulary splits, online LSE in registers",
+)
 def _triton_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
-    from .._native import kernel
-
-    k = kernel("token_loss")
+    k = _native.require_kernel("token_loss")
     m_tok = hidden.shape[0]
     if m_tok == 0:
         return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
     h = hidden.contiguous()
     w = weight if weight.stride(1) == 1 else weight.contiguous()
     zy = k.target_logits(h, w, targets)
-    pm, ps, pt, pq, pr = k.partial_states(h, w, targets, zy, entropy=entropy, el2n=el2n, rank=rank,
-                                          split_size=chunk_size)
+    pm, ps, pt, pq, pr = k.partial_states(
+        h, w, targets, zy, entropy=entropy, el2n=el2n, rank=rank, split_size=chunk_size
+    )
     # merge the vocabulary splits: [S, M] -> [M]
     mm = pm.max(0).values
     d = pm - mm

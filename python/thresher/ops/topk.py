@@ -23,6 +23,7 @@ final ordering of those k (by key desc, index asc) is part of each backend.
 :class:`TopKAccumulator` merges per-shard results: feeding shards of a long score stream
 with their global ``offset`` gives exactly ``topk`` of the concatenation.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -30,14 +31,19 @@ from typing import Any, Optional
 
 import torch
 
+from .. import _native
 from ._dispatch import Op, cpu_has, cuda_has, device_type, triton_has
+from .abi import CONSTANTS, dtype_code
 
 __all__ = ["topk", "TopKAccumulator"]
 
 SCORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-_BITS_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64,
-              torch.float16: torch.int16, torch.bfloat16: torch.int16}
+_BITS_VIEW = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
 
 topk_op = Op("topk", doc="k best scores, ties by lower index, NaN last")
 
@@ -68,8 +74,9 @@ def _check_scores(scores: Any) -> torch.Tensor:
     return scores.contiguous()
 
 
-def topk(scores: Any, k: int, largest: bool = True, *, backend: Optional[str] = None
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+def topk(
+    scores: Any, k: int, largest: bool = True, *, backend: Optional[str] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``min(k, N)`` best ``scores``: ``(values, indices int64)``, best first.
 
     Ties by lower index, NaN last, ``k > N`` clamps to N, negative ``k`` raises ValueError.
@@ -118,18 +125,18 @@ def topk_reference(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.T
 # ---------------------------------------------------------------- cpu (_C)
 @topk_op.register("cpu", devices=("cpu",), available=cpu_has("topk"), note="C++ parallel radix select")
 def topk_cpu(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from .._native import cpu_ext
-
     if k == 0:
         return _empty(scores)
     idx = torch.empty(k, dtype=torch.int64)
-    cpu_ext().topk(scores.view(_BITS_VIEW[scores.dtype]).numpy(), DTYPE_CODE[scores.dtype], k, largest, idx.numpy())
+    bits = scores.view(_BITS_VIEW[scores.dtype]).numpy()
+    _native.require_cpu().topk(bits, dtype_code(scores.dtype), k, largest, idx.numpy())
     return scores[idx], idx
 
 
 # ------------------------------------------------------------------ triton
-def _triton_supports(device: Optional[str] = None, dtype: Optional[torch.dtype] = None,
-                     n: Optional[int] = None, **_: Any) -> list[str]:
+def _triton_supports(
+    device: Optional[str] = None, dtype: Optional[torch.dtype] = None, n: Optional[int] = None, **_: Any
+) -> list[str]:
     if dtype == torch.float64:
         return ["float64 is not supported by the Triton kernel (use cuda/cpu/reference)"]
     if n is not None and n >= 2**31:
@@ -137,14 +144,17 @@ def _triton_supports(device: Optional[str] = None, dtype: Optional[torch.dtype] 
     return []
 
 
-@topk_op.register("triton", devices=("cuda",), available=triton_has("topk"), supports=_triton_supports,
-                  note="radix-select threshold + compaction")
+@topk_op.register(
+    "triton",
+    devices=("cuda",),
+    available=triton_has("topk"),
+    supports=_triton_supports,
+    note="radix-select threshold + compaction",
+)
 def topk_triton(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from .._native import kernel
-
     if k == 0:
         return _empty(scores)
-    idx = kernel("topk").topk(scores, k, largest)
+    idx = _native.require_kernel("topk").topk(scores, k, largest)
     return scores[idx], idx
 
 
@@ -153,24 +163,23 @@ def topk_triton(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tens
 def topk_cuda(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Device radix select writes the k winners (unordered keys, index order within equal
     keys); a stable torch sort of their keys gives the final order."""
-    from .._native import cuda_ext
-
     if k == 0:
         return _empty(scores)
     n = scores.numel()
     dev = scores.device
     wide = scores.dtype == torch.float64
     key_dtype = torch.int64 if wide else torch.int32
-    nblocks = (n + 1023) // 1024
+    block = CONSTANTS["TOPK_COMPACT_BLOCK"]
+    nblocks = (n + block - 1) // block
     keys = torch.empty(k, dtype=key_dtype, device=dev)
     idx = torch.empty(k, dtype=torch.int64, device=dev)
-    hist = torch.empty(256, dtype=torch.int64, device=dev)
-    state = torch.zeros(4, dtype=torch.int64, device=dev)
+    hist = torch.empty(CONSTANTS["TOPK_RADIX_BINS"], dtype=torch.int64, device=dev)
+    state = torch.zeros(CONSTANTS["TOPK_STATE_WORDS"], dtype=torch.int64, device=dev)
     counts = torch.empty(2 * nblocks + 2, dtype=torch.int64, device=dev)
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
-        cuda_ext().topk(scores.data_ptr(), DTYPE_CODE[scores.dtype], n, k, largest, keys.data_ptr(),
-                        idx.data_ptr(), hist.data_ptr(), state.data_ptr(), counts.data_ptr(), nblocks, stream)
+        ptrs = (keys.data_ptr(), idx.data_ptr(), hist.data_ptr(), state.data_ptr(), counts.data_ptr())
+        _native.require_cuda().topk(scores.data_ptr(), dtype_code(scores.dtype), n, k, largest, *ptrs, nblocks, stream)
     # keys are unsigned order keys stored in signed ints: flip the sign bit to sort them signed.
     skey = keys ^ torch.iinfo(key_dtype).min
     perm = torch.argsort(skey, descending=True, stable=True)
@@ -195,8 +204,7 @@ class TopKAccumulator:
         self.largest = bool(largest)
         self.backend = backend
         self.seen = 0
-        self._values: Optional[torch.Tensor] = None
-        self._index: Optional[torch.Tensor] = None
+        self._best: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (values, global indices)
 
     def update(self, scores: Any, offset: Optional[int] = None) -> "TopKAccumulator":
         scores = _check_scores(scores)
@@ -207,19 +215,20 @@ class TopKAccumulator:
         self.seen = max(self.seen, int(offset) + scores.numel())
         v, i = topk(scores, self.k, self.largest, backend=self.backend)
         i = i + int(offset)
-        if self._values is None:
-            self._values, self._index = v, i
+        if self._best is None:
+            self._best = (v, i)
             return self
-        if v.device != self._values.device:
-            raise ValueError(f"scores: on {v.device} but earlier shards on {self._values.device}")
-        dt = torch.promote_types(self._values.dtype, v.dtype)
-        vals = torch.cat([self._values.to(dt), v.to(dt)])
-        index = torch.cat([self._index, i])
+        best_v, best_i = self._best
+        if v.device != best_v.device:
+            raise ValueError(f"scores: on {v.device} but earlier shards on {best_v.device}")
+        dt = torch.promote_types(best_v.dtype, v.dtype)
+        vals = torch.cat([best_v.to(dt), v.to(dt)])
+        index = torch.cat([best_i, i])
         order = order_indices(vals, self.largest, index)[: self.k]
-        self._values, self._index = vals[order], index[order]
+        self._best = (vals[order], index[order])
         return self
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._values is None:
+        if self._best is None:
             return torch.empty(0), torch.empty(0, dtype=torch.int64)
-        return self._values.clone(), self._index.clone()
+        return self._best[0].clone(), self._best[1].clone()

@@ -29,12 +29,12 @@ first ``max_length`` tokens (the end of the answer is cut, Cherry's policy);
 whole while it fits, then cutting its end). The number of tokens cut and of
 answer tokens lost is reported in :class:`Tokenized`.
 """
+
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
-
-import math
 
 TEMPLATES = ("chat", "alpaca", "wiz", "plain")
 TRUNCATION = ("right", "left")
@@ -136,8 +136,15 @@ def get_conversation(row: Any, sid: str) -> Optional[list[dict]]:
     key, v = conv
     if not isinstance(v, (list, tuple)):
         raise SampleError(f"sample {sid!r}: field {key!r} must be a list of messages, got {type(v).__name__}")
-    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-             "system": "system", "bot": "assistant"}
+    roles = {
+        "human": "user",
+        "user": "user",
+        "gpt": "assistant",
+        "assistant": "assistant",
+        "model": "assistant",
+        "system": "system",
+        "bot": "assistant",
+    }
     out = []
     for i, m in enumerate(v):
         if not isinstance(m, dict):
@@ -164,14 +171,21 @@ def render_prompt(instruction: str, input: str, template: str, tokenizer: Any = 
     if template == "plain":
         return instruction + "\n" + (input + "\n" if input else "")
     if template == "chat":
-        r = _render_chat([{"role": "user", "content": instruction + ("\n\n" + input if input else "")},
-                          {"role": "assistant", "content": "\x00"}], tokenizer, "?")
+        r = _render_chat(
+            [
+                {"role": "user", "content": instruction + ("\n\n" + input if input else "")},
+                {"role": "assistant", "content": "\x00"},
+            ],
+            tokenizer,
+            "?",
+        )
         return r.text[: r.spans[0][0]]
     raise ValueError(f"template: {template!r} not one of {TEMPLATES}")
 
 
-def render_sample(row: Any, template: str = "alpaca", tokenizer: Any = None, *, sid: Optional[str] = None,
-                  allow_empty: bool = True) -> Rendered:
+def render_sample(
+    row: Any, template: str = "alpaca", tokenizer: Any = None, *, sid: Optional[str] = None, allow_empty: bool = True
+) -> Rendered:
     """Render one row. Raises :class:`SampleError` (a ValueError) naming the id and field."""
     if template not in TEMPLATES:
         raise ValueError(f"template: {template!r} not one of {TEMPLATES}")
@@ -188,8 +202,9 @@ def render_sample(row: Any, template: str = "alpaca", tokenizer: Any = None, *, 
     output = get_str(row, "output", sid, required=True)
     if template == "chat":
         user = instruction + ("\n\n" + inp if inp else "")
-        return _render_chat([{"role": "user", "content": user}, {"role": "assistant", "content": output}],
-                            tokenizer, sid)
+        return _render_chat(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": output}], tokenizer, sid
+        )
     prompt = render_prompt(instruction, inp, template)
     text = prompt + output
     return Rendered(sid, text, [(len(prompt), len(text))], prompt=prompt)
@@ -223,11 +238,63 @@ def _render_chat(messages: list[dict], tokenizer: Any, sid: str) -> Rendered:
     return Rendered(sid, text, spans, prompt=prompt, special_in_text=special)
 
 
+def _span_of(offs: list, spans: Sequence) -> list[int]:
+    """Per token, the index of the answer span its first character falls in (-1: none)."""
+    span_of = [-1] * len(offs)
+    si = 0
+    for t, (a, b) in enumerate(offs):
+        if b <= a:  # special tokens have empty offsets
+            continue
+        while si < len(spans) and spans[si][1] <= a:
+            si += 1
+        if si < len(spans) and spans[si][0] <= a < spans[si][1]:
+            span_of[t] = si
+    return span_of
+
+
+def _answer_mask(
+    span_of: list, offs: list, spans: Sequence, skip_first: bool, keep_chars: Optional[Sequence[int]]
+) -> list[bool]:
+    """Which tokens are scored: answer tokens after the first position, minus the optional exclusions."""
+    score = [s >= 0 and t > 0 for t, s in enumerate(span_of)]
+    if skip_first:
+        seen: set[int] = set()
+        for t, s in enumerate(span_of):
+            if s >= 0 and s not in seen:
+                seen.add(s)
+                score[t] = False
+    if keep_chars is not None:
+        for t, s in enumerate(span_of):
+            if s >= 0 and offs[t][0] >= spans[s][0] + keep_chars[s]:
+                score[t] = False
+    return score
+
+
+def _kept_positions(span_of: list, n_total: int, max_length: int, truncation: str, n_prepended: int) -> list[int]:
+    """Token positions kept by truncation to ``max_length``."""
+    if truncation == "right":
+        return list(range(max_length))
+    # left: drop prompt tokens from the start (after any prepended ids / first token), then the answer end
+    n_cut = n_total - max_length
+    first_ans = next((t for t, s in enumerate(span_of) if s >= 0), n_total)
+    head = min(max(n_prepended, 1), max_length)
+    drop = min(n_cut, max(first_ans - head - 1, 0))  # keep the token right before the answer
+    rest = n_cut - drop
+    return list(range(0, head)) + list(range(head + drop, n_total - rest))
+
+
 # ------------------------------------------------------------------ tokenisation
-def tokenize_rendered(r: Rendered, tokenizer: Any, *, max_length: Optional[int] = None,
-                      truncation: str = "right", add_special_tokens: Optional[bool] = None,
-                      prepend_ids: Sequence[int] = (), skip_first_answer_token: bool = False,
-                      keep_chars: Optional[Sequence[int]] = None) -> Tokenized:
+def tokenize_rendered(
+    r: Rendered,
+    tokenizer: Any,
+    *,
+    max_length: Optional[int] = None,
+    truncation: str = "right",
+    add_special_tokens: Optional[bool] = None,
+    prepend_ids: Sequence[int] = (),
+    skip_first_answer_token: bool = False,
+    keep_chars: Optional[Sequence[int]] = None,
+) -> Tokenized:
     """Tokenise ``r.text`` once (offsets) and mark its answer tokens.
 
     ``prepend_ids``: token ids placed before the text (e.g. BOS for a direct pass).
@@ -243,48 +310,17 @@ def tokenize_rendered(r: Rendered, tokenizer: Any, *, max_length: Optional[int] 
     enc = tokenizer(r.text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     ids = list(prepend_ids) + list(enc["input_ids"])
     offs = [(0, 0)] * len(prepend_ids) + [tuple(o) for o in enc["offset_mapping"]]
-    span_of = [-1] * len(ids)
     spans = r.spans
-    si = 0
-    for t, (a, b) in enumerate(offs):
-        if b <= a:  # special tokens have empty offsets
-            continue
-        while si < len(spans) and spans[si][1] <= a:
-            si += 1
-        if si < len(spans) and spans[si][0] <= a < spans[si][1]:
-            span_of[t] = si
-    score = [s >= 0 and t > 0 for t, s in enumerate(span_of)]
-    if skip_first_answer_token:
-        seen: set[int] = set()
-        for t, s in enumerate(span_of):
-            if s >= 0 and s not in seen:
-                seen.add(s)
-                score[t] = False
-    if keep_chars is not None:
-        for t, s in enumerate(span_of):
-            if s >= 0 and offs[t][0] >= spans[s][0] + keep_chars[s]:
-                score[t] = False
+    span_of = _span_of(offs, spans)
+    score = _answer_mask(span_of, offs, spans, skip_first_answer_token, keep_chars)
     answer_total = sum(score)
     n_total = len(ids)
     n_cut = 0
     if max_length is not None and n_total > max_length:
         n_cut = n_total - max_length
-        if truncation == "right":
-            sl = slice(0, max_length)
-        else:
-            # drop prompt tokens from the start (after any prepended ids / first token), then the answer end
-            first_ans = next((t for t, s in enumerate(span_of) if s >= 0), n_total)
-            head = min(max(len(prepend_ids), 1), max_length)
-            drop = min(n_cut, max(first_ans - head - 1, 0))  # keep the token right before the answer
-            rest = n_cut - drop
-            keep = list(range(0, head)) + list(range(head + drop, n_total - rest))
-            ids = [ids[i] for i in keep]
-            offs = [offs[i] for i in keep]
-            span_of = [span_of[i] for i in keep]
-            score = [score[i] for i in keep]
-            sl = None
-        if sl is not None:
-            ids, offs, span_of, score = ids[sl], offs[sl], span_of[sl], score[sl]
+        keep = _kept_positions(span_of, n_total, max_length, truncation, len(prepend_ids))
+        ids, offs = [ids[i] for i in keep], [offs[i] for i in keep]
+        span_of, score = [span_of[i] for i in keep], [score[i] for i in keep]
         score[0] = False
     kept_chars = []
     for s, (a, b) in enumerate(spans):

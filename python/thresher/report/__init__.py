@@ -6,6 +6,7 @@ with the selection threshold, score vs length, the Pareto front or trade-off
 between the first two criteria, selected vs rejected per task/source, and the
 top and bottom examples with their scores. No scripts, no external resources.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,6 +17,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
+
+from .. import ops
+from ..errors import MissingExtraError
+from ..fs import atomic_write_bytes
 
 SEL_COLOR = "#d62728"
 REJ_COLOR = "#9aa5b1"
@@ -107,17 +113,20 @@ def plot_tradeoff(scores, a: tuple[str, str], b: tuple[str, str]) -> str:
     me = m & scores["eligible"].to_numpy(bool) if "eligible" in scores.columns else m
     if me.any():
         try:
-            import torch
-
-            from .. import ops
-
             obj = torch.from_numpy(np.stack([x[me], y[me]], 1))
             r = ops.pareto_ranks(obj, maximize=[a[1] == "max", b[1] == "max"])
             r = np.asarray(r.cpu().numpy() if hasattr(r, "cpu") else r)
             front = np.flatnonzero(me)[r == 0]
             front = front[np.argsort(x[front])]
-            ax.plot(x[front], y[front], "-o", color="black", ms=3, lw=1,
-                    label="Pareto front of eligible rows" if me.sum() < m.sum() else "Pareto front (rank 0)")
+            ax.plot(
+                x[front],
+                y[front],
+                "-o",
+                color="black",
+                ms=3,
+                lw=1,
+                label="Pareto front of eligible rows" if me.sum() < m.sum() else "Pareto front (rank 0)",
+            )
         except (ImportError, AttributeError, RuntimeError, ValueError):
             pass
     ax.set_xlabel(f"{a[0]} ({a[1]})")
@@ -178,30 +187,43 @@ def render_report(scores, manifest: dict, examples: Optional[dict] = None) -> st
     crits = _criteria_columns(scores, manifest)
     sel = scores["selected"].to_numpy(bool)
     n, k = len(scores), int(sel.sum())
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>thresher report</title>"
-             f"<style>{CSS}</style></head><body>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>thresher report</title>"
+        f"<style>{CSS}</style></head><body>"
+    ]
     recipe = (manifest.get("recipe") or {}).get("name")
     parts.append(f"<h1>thresher selection report{(': ' + html.escape(recipe)) if recipe else ''}</h1>")
     inp = (manifest.get("inputs") or [{}])[0]
-    rows = [("input", f"{inp.get('path')} ({inp.get('format')}, {inp.get('rows')} rows, "
-                      f"{inp.get('skipped', 0)} skipped)"),
-            ("sha256", inp.get("sha256")),
-            ("selected", f"{k} of {n} ({100.0 * k / max(n, 1):.2f}%)"),
-            ("criteria", "; ".join(f"{c.get('as') or c['name']} = {c['name']} {json.dumps(c.get('options'))}"
-                                   for c in manifest.get("criteria") or [])),
-            ("models", "; ".join(f"{a}: {b}" for a, b in (manifest.get("models") or {}).items()) or "-"),
-            ("selector", f"{manifest['selector']['name']} {json.dumps(manifest['selector']['options'])}"),
-            ("filters", ", ".join(manifest.get("filters") or []) or "none"),
-            ("budget", json.dumps(manifest.get("budget"))),
-            ("seed / version", f"{manifest.get('seed')} / thresher {manifest.get('thresher')}")]
-    parts.append("<table class='kv'>" + "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(str(b))}</td></tr>"
-                                                for a, b in rows) + "</table>")
+    rows = [
+        ("input", f"{inp.get('path')} ({inp.get('format')}, {inp.get('rows')} rows, {inp.get('skipped', 0)} skipped)"),
+        ("sha256", inp.get("sha256")),
+        ("selected", f"{k} of {n} ({100.0 * k / max(n, 1):.2f}%)"),
+        (
+            "criteria",
+            "; ".join(
+                f"{c.get('as') or c['name']} = {c['name']} {json.dumps(c.get('options'))}"
+                for c in manifest.get("criteria") or []
+            ),
+        ),
+        ("models", "; ".join(f"{a}: {b}" for a, b in (manifest.get("models") or {}).items()) or "-"),
+        ("selector", f"{manifest['selector']['name']} {json.dumps(manifest['selector']['options'])}"),
+        ("filters", ", ".join(manifest.get("filters") or []) or "none"),
+        ("budget", json.dumps(manifest.get("budget"))),
+        ("seed / version", f"{manifest.get('seed')} / thresher {manifest.get('thresher')}"),
+    ]
+    parts.append(
+        "<table class='kv'>"
+        + "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(str(b))}</td></tr>" for a, b in rows)
+        + "</table>"
+    )
     parts.append("<h2>Criteria: distribution and threshold</h2><div class='grid'>")
     sel_opts = (manifest.get("selector") or {}).get("options") or {}
     single_col = sel_opts.get("criterion") if manifest["selector"]["name"] in ("topk", "threshold") else None
     for col, d in crits:
-        parts.append(f"<img alt='distribution of {html.escape(col)}' "
-                     f"src='{plot_distribution(scores, col, d, single=(col == single_col))}'>")
+        parts.append(
+            f"<img alt='distribution of {html.escape(col)}' "
+            f"src='{plot_distribution(scores, col, d, single=(col == single_col))}'>"
+        )
     parts.append("</div><h2>Score vs length</h2><div class='grid'>")
     for col, _ in crits:
         parts.append(f"<img alt='{html.escape(col)} vs length' src='{plot_vs_length(scores, col)}'>")
@@ -217,16 +239,25 @@ def render_report(scores, manifest: dict, examples: Optional[dict] = None) -> st
         parts.append(f"<h2>Selected vs rejected per task/source</h2><img alt='per group' src='{g}'>")
     if examples is not None:
         parts.append(_examples_html(scores, crits, examples))
-    parts.append("<p class='muted'>Generated by thresher; self-contained (no scripts, no external resources). "
-                 "Scores: scores.parquet; provenance: manifest.json.</p></body></html>")
+    parts.append(
+        "<p class='muted'>Generated by thresher; self-contained (no scripts, no external resources). "
+        "Scores: scores.parquet; provenance: manifest.json.</p></body></html>"
+    )
     return "".join(parts)
 
 
 def pick_examples(scores, n: int = 5) -> tuple[list[int], list[int]]:
     rank = scores["rank"].to_numpy()
-    top = list(np.argsort(np.where(rank >= 0, rank, np.iinfo(np.int64).max), kind="stable")[: min(n, int((rank >= 0).sum()))])
-    main = [c for c in scores.columns if c not in ("id", "group", "tokens", "eligible", "selected", "rank")
-            and "." not in c and np.issubdtype(scores[c].dtype, np.number)]
+    top = list(
+        np.argsort(np.where(rank >= 0, rank, np.iinfo(np.int64).max), kind="stable")[: min(n, int((rank >= 0).sum()))]
+    )
+    main = [
+        c
+        for c in scores.columns
+        if c not in ("id", "group", "tokens", "eligible", "selected", "rank")
+        and "." not in c
+        and np.issubdtype(scores[c].dtype, np.number)
+    ]
     rej = np.flatnonzero(rank < 0)
     if main and rej.size:
         v = scores[main[0]].to_numpy(np.float64, na_value=np.nan)[rej]
@@ -241,32 +272,44 @@ def _examples_html(scores, crits, examples: dict) -> str:
     cols = [c for c, _ in crits]
 
     def table(title, idx):
-        h = [f"<h3>{title}</h3><table class='ex'><tr><th>id</th><th>scores</th><th>instruction</th><th>output</th></tr>"]
+        h = [
+            f"<h3>{title}</h3><table class='ex'><tr><th>id</th><th>scores</th><th>instruction</th><th>output</th></tr>"
+        ]
         for i in idx:
             ex = examples.get(i, {})
             sc = "<br>".join(f"{c}={scores[c].iloc[i]:.4g}" for c in cols) + f"<br>rank={scores['rank'].iloc[i]}"
             ins = ex.get("instruction", "") + (("\n" + ex["input"]) if ex.get("input") else "")
-            h.append(f"<tr><td>{html.escape(str(scores['id'].iloc[i]))}</td><td>{sc}</td>"
-                     f"<td>{_clip(ins)}</td><td>{_clip(ex.get('output', ''))}</td></tr>")
+            h.append(
+                f"<tr><td>{html.escape(str(scores['id'].iloc[i]))}</td><td>{sc}</td>"
+                f"<td>{_clip(ins)}</td><td>{_clip(ex.get('output', ''))}</td></tr>"
+            )
         h.append("</table>")
         return "".join(h)
 
-    return ("<h2>Examples</h2>" + table("Top selected (selection order)", top)
-            + table(f"Bottom rejected (lowest {cols[0] if cols else 'score'})", bottom))
+    return (
+        "<h2>Examples</h2>"
+        + table("Top selected (selection order)", top)
+        + table(f"Bottom rejected (lowest {cols[0] if cols else 'score'})", bottom)
+    )
 
 
-def write_report(out: Any, *, source: Any = None, lines: Any = None, files: Any = None, quiet: bool = True,
-                 path: Optional[Path] = None) -> Path:
+def write_report(
+    out: Any,
+    *,
+    source: Any = None,
+    lines: Any = None,
+    files: Any = None,
+    quiet: bool = True,
+    path: Optional[Path] = None,
+) -> Path:
     """Render ``out/report.html`` from ``out/scores.parquet`` and ``out/manifest.json``."""
     try:
         import matplotlib
 
         matplotlib.use("Agg", force=True)
     except ImportError as exc:
-        raise ImportError(f"the report needs matplotlib (pip install 'thresher[report]'): {exc}") from None
+        raise MissingExtraError("the report (matplotlib)", "report", exc) from None
     import pandas as pd
-
-    from ..io.writers import atomic_write_bytes
 
     out = Path(out)
     scores = pd.read_parquet(out / "scores.parquet")

@@ -1,114 +1,81 @@
 """Basic selectors: topk, threshold (quantile / absolute / knee), pareto,
-weighted / rrf / aggregate, random.
+weighted / rrf / aggregate, random and cascade.
 
-Every selector follows the agreed signature
-``fn(scores: DataFrame, k: int, *, embeddings=None, groups=None, seed=0, **options)
--> np.ndarray[int64]``: row positions into ``scores`` in selection order (best
-first), at most ``k`` of them. Rows whose score is NaN are never selected (a
-criterion marks unscorable samples with NaN and a reason).
+Every selector follows the signature and budget policy of :mod:`thresher.selectors.base`
+(``fn(scores, k, *, embeddings=None, groups=None, seed=0, **options) -> np.ndarray[int64]``,
+options validated, ``k`` clamped to the rows given with a notice). Rows whose score is NaN
+are never selected (a criterion marks unscorable samples with NaN and a reason).
 
 Objectives are written ``"name:max"`` / ``"name:min"`` (or ``"name"``, which takes
 the direction the criterion registered, else max). Hot paths go through
 :mod:`thresher.ops` (``topk``, ``pareto_ranks``, ``crowding_distance``,
 ``normalize``, ``aggregate``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
-from ..registry import CRITERIA, SELECTORS, Option
+from .. import ops
+from ..registry import SELECTORS, Option
+from .base import (
+    CRITERION,
+    DIRECTION,
+    check_k,
+    column,
+    columns_read,
+    criterion_direction,
+    default_criterion,
+    order_by,
+    parse_objectives,
+    reads_objectives,
+    score_values,
+    selector,
+)
 
-
-# ----------------------------------------------------------------- helpers
-def criterion_direction(name: str) -> str:
-    """The direction a criterion registered (``max`` or ``min``); ``max`` for plain columns."""
-    base = name.split(".")[0]
-    try:
-        if base in CRITERIA:
-            d = CRITERIA.get(base).meta.get("direction", "max")
-            if name == base:
-                return d
-    except ValueError:  # pragma: no cover
-        pass
-    return "max"
-
-
-def parse_objectives(objectives: Any) -> list[tuple[str, bool]]:
-    """``["ifd:max", ("knn_distance", "min"), {"name": .., "direction": ..}]`` -> [(column, maximize)]."""
-    if objectives is None or (isinstance(objectives, (list, tuple)) and len(objectives) == 0):
-        raise ValueError("objectives: give at least one objective, e.g. ['ifd:max', 'knn_distance:max']")
-    if isinstance(objectives, str):
-        objectives = [o for o in objectives.split(",") if o]
-    out = []
-    for o in objectives:
-        if isinstance(o, dict):
-            name, d = o.get("name"), o.get("direction")
-        elif isinstance(o, (list, tuple)):
-            name, d = o[0], (o[1] if len(o) > 1 else None)
-        elif isinstance(o, str):
-            name, _, d = o.partition(":")
-            d = d or None
-        else:
-            raise ValueError(f"objectives: cannot read {o!r}; write 'name:max' or 'name:min'")
-        if not name:
-            raise ValueError(f"objectives: empty name in {o!r}")
-        d = d or criterion_direction(name)
-        if d not in ("max", "min"):
-            raise ValueError(f"objectives: direction of {name!r} must be 'max' or 'min', got {d!r}")
-        out.append((name, d == "max"))
-    return out
-
-
-def column(scores: Any, name: str) -> np.ndarray:
-    if name not in scores.columns:
-        raise ValueError(f"criterion: no column {name!r} in the scores; columns: {list(scores.columns)}")
-    try:
-        return scores[name].to_numpy(dtype=np.float64, na_value=np.nan)
-    except (TypeError, ValueError):
-        raise ValueError(f"criterion: column {name!r} is not numeric") from None
+__all__ = [
+    "aggregate",
+    "aggregate_scores",
+    "cascade",
+    "column",
+    "criterion_direction",
+    "default_criterion",
+    "diverse_greedy",
+    "knee_index",
+    "objective_matrix",
+    "ops_topk",
+    "order_by",
+    "pareto",
+    "pareto_order",
+    "parse_objectives",
+    "random",
+    "rrf",
+    "threshold",
+    "threshold_mask",
+    "topk",
+    "weighted",
+]
 
 
-def default_criterion(scores: Any) -> str:
-    cands = [c for c in scores.columns if c != "id" and "." not in c and c not in ("group", "selected", "rank")
-             and np.issubdtype(scores[c].dtype, np.number)]
-    if len(cands) != 1:
-        raise ValueError(f"criterion: name the score column to select on (numeric columns: {cands})")
-    return cands[0]
-
-
-def check_k(k: Any, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k: expected a non-negative integer, got {k!r}")
-    return int(min(k, n))
-
-
-def order_by(values: np.ndarray, maximize: bool) -> np.ndarray:
-    """Positions of the finite values, best first, ties by lower position (NaN dropped)."""
-    finite = np.flatnonzero(~np.isnan(values))
-    v = values[finite]
-    key = -v if maximize else v
-    return finite[np.lexsort((finite, key))]
+def _numpy(t: Any, dtype: Any) -> np.ndarray:
+    return np.asarray(t.cpu().numpy() if hasattr(t, "cpu") else t, dtype=dtype)
 
 
 def ops_topk(values: np.ndarray, k: int, maximize: bool) -> np.ndarray:
     """Top-k positions via thresher.ops.topk (NaN last, ties by lower index), NaN removed."""
     if k == 0 or values.size == 0:
         return np.zeros(0, dtype=np.int64)
-    try:
-        import torch
-
-        from ..ops import topk as _topk
-    except ImportError:
-        return order_by(values, maximize)[:k]
-    _, idx = _topk(torch.from_numpy(np.array(values, dtype=np.float64)), k, largest=maximize)
-    idx = np.asarray(idx.cpu().numpy() if hasattr(idx, "cpu") else idx, dtype=np.int64)
+    _, idx = ops.topk(torch.from_numpy(np.array(values, dtype=np.float64)), k, largest=maximize)
+    idx = _numpy(idx, np.int64)
     return idx[~np.isnan(values[idx])]
 
 
-def diverse_greedy(order: np.ndarray, embeddings: Optional[np.ndarray], tau: Optional[float], k: int,
-                   block: int = 1024) -> np.ndarray:
+def diverse_greedy(
+    order: np.ndarray, embeddings: Optional[np.ndarray], tau: Optional[float], k: int, block: int = 1024
+) -> np.ndarray:
     """Walk ``order``; keep a row if its max cosine similarity to the kept rows is <= tau.
 
     Exact sequential semantics (DEITA's repr filter) computed in blocks: a block of
@@ -127,7 +94,7 @@ def diverse_greedy(order: np.ndarray, embeddings: Optional[np.ndarray], tau: Opt
     for s in range(0, len(order), block):
         if len(kept) >= k:
             break
-        cand = order[s:s + block]
+        cand = order[s : s + block]
         x = emb[cand]
         sim_old = (x @ kept_mat.T).max(axis=1) if len(kept_mat) else np.full(len(cand), -np.inf)
         new_local: list[int] = []
@@ -162,36 +129,55 @@ def knee_index(sorted_desc: np.ndarray) -> int:
         return n
     y = (y - lo) / (hi - lo)
     x = np.linspace(0.0, 1.0, n)
-    d = y - (1.0 - x)          # signed distance (up to a constant) from the chord
+    d = y - (1.0 - x)  # signed distance (up to a constant) from the chord
     j = int(np.argmax(np.abs(d)))
     return j + 1
 
 
 # --------------------------------------------------------------- selectors
-_CRIT = Option("criterion", None, "score column to select on (default: the only criterion column)")
-_DIR = Option("direction", None, "max or min (default: the criterion's registered direction)", (None, "max", "min"))
-_TAU = Option("diversity_tau", None, "optional diversity constraint: skip a row whose max cosine similarity "
-              "to the already selected rows exceeds tau (needs embeddings)")
+_TAU = Option(
+    "diversity_tau",
+    None,
+    "optional diversity constraint: skip a row whose max cosine similarity "
+    "to the already selected rows exceeds tau (needs embeddings)",
+    type=float,
+    min=-1.0,
+    max=1.0,
+)
 
 
-def _dir(criterion: str, direction: Optional[str]) -> bool:
-    d = direction or criterion_direction(criterion)
-    if d not in ("max", "min"):
-        raise ValueError(f"direction: expected 'max' or 'min', got {d!r}")
-    return d == "max"
-
-
-@SELECTORS.register("topk", doc="the k best rows by one criterion (ties by lower position, NaN never)",
-                    options=[_CRIT, _DIR, _TAU], needs=())
-def topk(scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None,
-         diversity_tau=None) -> np.ndarray:
-    crit = criterion or default_criterion(scores)
-    v = column(scores, crit)
-    k = check_k(k, len(v))
-    maximize = _dir(crit, direction)
+@selector(
+    "topk",
+    doc="the k best rows by one criterion (ties by lower position, NaN never)",
+    options=[CRITERION, DIRECTION, _TAU],
+)
+def topk(
+    scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None, diversity_tau=None
+) -> np.ndarray:
+    v, maximize = score_values(scores, criterion, direction)
     if diversity_tau is None:
         return ops_topk(v, k, maximize)
     return diverse_greedy(order_by(v, maximize), embeddings, diversity_tau, k)
+
+
+def _threshold_value(v: np.ndarray, finite: np.ndarray, maximize: bool, mode: str, value: Any) -> float:
+    if mode == "absolute":
+        if value is None:
+            raise ValueError("value: threshold mode 'absolute' needs value=<score>")
+        return float(value)
+    s = np.sort(v[finite])[::-1] if maximize else np.sort(v[finite])
+    if mode == "quantile":
+        q = 0.5 if value is None else float(value)
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"value: quantile must be in [0, 1], got {value!r}")
+        # keep the best ceil((1 - q) * n) rows (ties at the threshold included)
+        m = int(np.ceil((1.0 - q) * len(s) - 1e-9))
+        if m <= 0:
+            return float("inf") if maximize else float("-inf")
+        return float(s[m - 1])
+    if mode == "knee":
+        return float(s[knee_index(s if maximize else -s) - 1])
+    raise ValueError(f"mode: expected quantile, absolute or knee, got {mode!r}")
 
 
 def threshold_mask(v: np.ndarray, maximize: bool, mode: str, value: Any) -> tuple[np.ndarray, float]:
@@ -199,43 +185,38 @@ def threshold_mask(v: np.ndarray, maximize: bool, mode: str, value: Any) -> tupl
     finite = ~np.isnan(v)
     if not finite.any():
         return finite, float("nan")
-    if mode == "absolute":
-        if value is None:
-            raise ValueError("value: threshold mode 'absolute' needs value=<score>")
-        t = float(value)
-    elif mode == "quantile":
-        q = 0.5 if value is None else float(value)
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"value: quantile must be in [0, 1], got {value!r}")
-        # keep the best ceil((1 - q) * n) rows (ties at the threshold included)
-        s = np.sort(v[finite])[::-1] if maximize else np.sort(v[finite])
-        m = int(np.ceil((1.0 - q) * len(s) - 1e-9))
-        if m <= 0:
-            return np.zeros_like(finite), float("inf") if maximize else float("-inf")
-        t = float(s[m - 1])
-    elif mode == "knee":
-        s = np.sort(v[finite])[::-1] if maximize else np.sort(v[finite])
-        cut = knee_index(s if maximize else -s)
-        t = float(s[cut - 1])
-    else:
-        raise ValueError(f"mode: expected quantile, absolute or knee, got {mode!r}")
+    t = _threshold_value(v, finite, maximize, mode, value)
     with np.errstate(invalid="ignore"):
         mask = (v >= t) if maximize else (v <= t)
     return mask & finite, t
 
 
-@SELECTORS.register("threshold", doc="rows past a dynamic threshold (quantile, absolute, or the knee of the "
-                    "sorted score curve), best first, at most k",
-                    options=[_CRIT, _DIR,
-                             Option("mode", "quantile", "how the threshold is set", ("quantile", "absolute", "knee")),
-                             Option("value", None, "quantile q in [0,1] (keep the best 1-q) or the absolute score"),
-                             _TAU], needs=())
-def threshold(scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None,
-              mode="quantile", value=None, diversity_tau=None) -> np.ndarray:
-    crit = criterion or default_criterion(scores)
-    v = column(scores, crit)
-    k = check_k(k, len(v))
-    maximize = _dir(crit, direction)
+@selector(
+    "threshold",
+    doc="rows past a dynamic threshold (quantile, absolute, or the knee of the "
+    "sorted score curve), best first, at most k",
+    options=[
+        CRITERION,
+        DIRECTION,
+        Option("mode", "quantile", "how the threshold is set", ("quantile", "absolute", "knee"), type=str),
+        Option("value", None, "quantile q in [0,1] (keep the best 1-q) or the absolute score", type=float),
+        _TAU,
+    ],
+)
+def threshold(
+    scores,
+    k,
+    *,
+    embeddings=None,
+    groups=None,
+    seed=0,
+    criterion=None,
+    direction=None,
+    mode="quantile",
+    value=None,
+    diversity_tau=None,
+) -> np.ndarray:
+    v, maximize = score_values(scores, criterion, direction)
     mask, _ = threshold_mask(v, maximize, mode, value)
     w = np.where(mask, v, np.nan)
     return diverse_greedy(order_by(w, maximize), embeddings, diversity_tau, k)
@@ -249,10 +230,6 @@ def objective_matrix(scores, objectives) -> tuple[np.ndarray, list[bool], list[s
 
 def pareto_order(mat: np.ndarray, maximize: list[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order, ranks, crowding) over rows with all objectives finite; order = rank asc, crowding desc, position."""
-    import torch
-
-    from .. import ops
-
     ok = np.flatnonzero(np.isfinite(mat).all(axis=1))
     ranks = np.full(len(mat), -1, dtype=np.int64)
     crowd = np.full(len(mat), np.nan)
@@ -260,9 +237,8 @@ def pareto_order(mat: np.ndarray, maximize: list[bool]) -> tuple[np.ndarray, np.
         return ok, ranks, crowd
     sub = torch.from_numpy(np.ascontiguousarray(mat[ok], dtype=np.float64))
     r = ops.pareto_ranks(sub, maximize=list(maximize))
-    r_np = np.asarray(r.cpu().numpy() if hasattr(r, "cpu") else r, dtype=np.int64)
-    c = ops.crowding_distance(sub, r if hasattr(r, "cpu") else torch.from_numpy(r_np))
-    c_np = np.asarray(c.cpu().numpy() if hasattr(c, "cpu") else c, dtype=np.float64)
+    r_np = _numpy(r, np.int64)
+    c_np = _numpy(ops.crowding_distance(sub, r if hasattr(r, "cpu") else torch.from_numpy(r_np)), np.float64)
     ranks[ok] = r_np
     crowd[ok] = c_np
     cc = np.where(np.isnan(c_np), -np.inf, c_np)
@@ -270,36 +246,54 @@ def pareto_order(mat: np.ndarray, maximize: list[bool]) -> tuple[np.ndarray, np.
     return order, ranks, crowd
 
 
-_OBJ = Option("objectives", None, "list of 'name:max|min' score columns")
+_OBJ = Option(
+    "objectives", None, "list of 'name:max|min' score columns (or one 'a:max,b:min' string)", type=(list, str)
+)
+_WEIGHTS = Option("weights", None, "one weight per objective (default equal)", type=list)
+_NORMALIZE = Option(
+    "normalize",
+    "rank",
+    "per-objective normaliser before a weighted sum",
+    ("rank", "minmax", "zscore", "quantile", "none"),
+    type=str,
+)
 
 
-@SELECTORS.register("pareto", doc="multi-objective: non-dominated fronts first (thresher.ops.pareto_ranks), "
-                    "within a front by crowding distance (spread along the front), then position",
-                    options=[_OBJ, _TAU], needs=())
+@selector(
+    "pareto",
+    doc="multi-objective: non-dominated fronts first (thresher.ops.pareto_ranks), "
+    "within a front by crowding distance (spread along the front), then position",
+    options=[_OBJ, _TAU],
+    reads=reads_objectives,
+)
 def pareto(scores, k, *, embeddings=None, groups=None, seed=0, objectives=None, diversity_tau=None) -> np.ndarray:
     mat, maxi, _ = objective_matrix(scores, objectives)
-    k = check_k(k, len(mat))
     order, _, _ = pareto_order(mat, maxi)
     return diverse_greedy(order, embeddings, diversity_tau, k)
 
 
-def aggregate_scores(mat: np.ndarray, maximize: list[bool], method: str, weights=None,
-                     normalize: str = "rank") -> np.ndarray:
+def _weights(weights: Any, m: int) -> Optional[list[float]]:
+    if weights is None:
+        return None
+    try:
+        w = [float(x) for x in weights]
+    except (TypeError, ValueError):
+        raise ValueError(f"weights: expected numbers, got {weights!r}") from None
+    if len(w) != m:
+        raise ValueError(f"weights: expected {m} weights (one per objective), got {len(w)}")
+    return w
+
+
+def aggregate_scores(
+    mat: np.ndarray, maximize: list[bool], method: str, weights=None, normalize: str = "rank"
+) -> np.ndarray:
     """One combined score per row (higher is better); NaN where any objective is NaN."""
-    import torch
-
-    from .. import ops
-
+    weights = _weights(weights, mat.shape[1])
     ok = np.isfinite(mat).all(axis=1)
     out = np.full(len(mat), np.nan)
     if not ok.any():
         return out
-    sub = np.ascontiguousarray(mat[ok], dtype=np.float64)
-    if weights is not None:
-        weights = [float(w) for w in weights]
-        if len(weights) != mat.shape[1]:
-            raise ValueError(f"weights: expected {mat.shape[1]} weights (one per objective), got {len(weights)}")
-    t = torch.from_numpy(sub)
+    t = torch.from_numpy(np.ascontiguousarray(mat[ok], dtype=np.float64))
     if method in ("weighted_sum", "product") and normalize != "none":
         # orient so that higher is better before normalising, then aggregate as maximise
         sign = torch.tensor([1.0 if m else -1.0 for m in maximize], dtype=t.dtype)
@@ -307,53 +301,80 @@ def aggregate_scores(mat: np.ndarray, maximize: list[bool], method: str, weights
         maxi = [True] * t.shape[1]
     else:
         maxi = list(maximize)
-    agg = ops.aggregate(t, method, weights=weights, maximize=maxi)
-    out[ok] = np.asarray(agg.cpu().numpy() if hasattr(agg, "cpu") else agg, dtype=np.float64)
+    out[ok] = _numpy(ops.aggregate(t, method, weights=weights, maximize=maxi), np.float64)
     return out
-
-
-_AGG_OPTS = [_OBJ, Option("weights", None, "one weight per objective (default equal)"),
-             Option("normalize", "rank", "per-objective normaliser before a weighted sum",
-                    ("rank", "minmax", "zscore", "quantile", "none")), _TAU]
 
 
 def _agg_select(scores, k, embeddings, objectives, method, weights, normalize, diversity_tau):
     mat, maxi, _ = objective_matrix(scores, objectives)
-    k = check_k(k, len(mat))
     combined = aggregate_scores(mat, maxi, method, weights, normalize)
     return diverse_greedy(order_by(combined, True), embeddings, diversity_tau, k)
 
 
-@SELECTORS.register("weighted", doc="weighted sum of normalised objectives (thresher.ops.normalize + aggregate)",
-                    options=_AGG_OPTS, needs=())
-def weighted(scores, k, *, embeddings=None, groups=None, seed=0, objectives=None, weights=None,
-             normalize="rank", diversity_tau=None) -> np.ndarray:
+@selector(
+    "weighted",
+    doc="weighted sum of normalised objectives (thresher.ops.normalize + aggregate)",
+    options=[_OBJ, _WEIGHTS, _NORMALIZE, _TAU],
+    reads=reads_objectives,
+)
+def weighted(
+    scores,
+    k,
+    *,
+    embeddings=None,
+    groups=None,
+    seed=0,
+    objectives=None,
+    weights=None,
+    normalize="rank",
+    diversity_tau=None,
+) -> np.ndarray:
     return _agg_select(scores, k, embeddings, objectives, "weighted_sum", weights, normalize, diversity_tau)
 
 
-@SELECTORS.register("rrf", doc="reciprocal rank fusion of the objectives' rankings (thresher.ops.aggregate)",
-                    options=[_OBJ, Option("weights", None, "one weight per objective (default equal)"), _TAU],
-                    needs=())
-def rrf(scores, k, *, embeddings=None, groups=None, seed=0, objectives=None, weights=None,
-        diversity_tau=None) -> np.ndarray:
+@selector(
+    "rrf",
+    doc="reciprocal rank fusion of the objectives' rankings (thresher.ops.aggregate)",
+    options=[_OBJ, _WEIGHTS, _TAU],
+    reads=reads_objectives,
+)
+def rrf(
+    scores, k, *, embeddings=None, groups=None, seed=0, objectives=None, weights=None, diversity_tau=None
+) -> np.ndarray:
     return _agg_select(scores, k, embeddings, objectives, "rrf", weights, "none", diversity_tau)
 
 
-@SELECTORS.register("aggregate", doc="any thresher.ops.aggregate method over the objectives",
-                    options=[_OBJ, Option("method", "weighted_sum", "aggregator",
-                                          ("weighted_sum", "product", "borda", "rrf"))] + _AGG_OPTS[1:],
-                    needs=())
-def aggregate(scores, k, *, embeddings=None, groups=None, seed=0, objectives=None, method="weighted_sum",
-              weights=None, normalize="rank", diversity_tau=None) -> np.ndarray:
+@selector(
+    "aggregate",
+    doc="any thresher.ops.aggregate method over the objectives",
+    options=[
+        _OBJ,
+        Option("method", "weighted_sum", "aggregator", ("weighted_sum", "product", "borda", "rrf"), type=str),
+        _WEIGHTS,
+        _NORMALIZE,
+        _TAU,
+    ],
+    reads=reads_objectives,
+)
+def aggregate(
+    scores,
+    k,
+    *,
+    embeddings=None,
+    groups=None,
+    seed=0,
+    objectives=None,
+    method="weighted_sum",
+    weights=None,
+    normalize="rank",
+    diversity_tau=None,
+) -> np.ndarray:
     return _agg_select(scores, k, embeddings, objectives, method, weights, normalize, diversity_tau)
 
 
-@SELECTORS.register("random", doc="a uniform random subset (numpy PCG64 with the given seed)", options=[],
-                    needs=())
+@selector("random", doc="a uniform random subset (numpy PCG64 with the given seed)", reads=lambda o: [])
 def random(scores, k, *, embeddings=None, groups=None, seed=0) -> np.ndarray:
-    n = len(scores)
-    k = check_k(k, n)
-    return np.random.default_rng(seed).permutation(n)[:k].astype(np.int64)
+    return np.random.default_rng(seed).permutation(len(scores))[:k].astype(np.int64)
 
 
 def _stage(spec: Any, what: str) -> tuple[str, dict, Optional[float], Optional[int]]:
@@ -367,28 +388,53 @@ def _stage(spec: Any, what: str) -> tuple[str, dict, Optional[float], Optional[i
     return spec["name"], dict(spec.get("options") or {}), spec.get("ratio"), spec.get("k")
 
 
-@SELECTORS.register("cascade", doc="two stages: a first selector keeps a ratio (or k) of the pool, a second "
-                    "selects the budget from those (Superfiltering.D: top 20% by IFD, then facility location; "
-                    "MoDS: quality threshold, then k-center)",
-                    options=[Option("first", None, "{name, options, ratio | k}: the first stage"),
-                             Option("then", None, "{name, options}: the second stage, given the budget k")],
-                    needs=())
+def _reads_cascade(options: dict) -> list:
+    out: list = []
+    for what in ("first", "then"):
+        if options.get(what) is not None:
+            name, opts, _, _ = _stage(options[what], what)
+            out += columns_read(SELECTORS.get(name), opts)
+    return out
+
+
+_STAGE_TYPES = (dict, str)
+
+
+@selector(
+    "cascade",
+    doc="two stages: a first selector keeps a ratio (or k) of the pool, a second "
+    "selects the budget from those (Superfiltering.D: top 20% by IFD, then facility location; "
+    "MoDS: quality threshold, then k-center)",
+    options=[
+        Option("first", None, "{name, options, ratio | k}: the first stage", type=_STAGE_TYPES, nullable=False),
+        Option(
+            "then", None, "{name, options}: the second stage, given the budget k", type=_STAGE_TYPES, nullable=False
+        ),
+    ],
+    reads=_reads_cascade,
+)
 def cascade(scores, k, *, embeddings=None, groups=None, seed=0, first=None, then=None) -> np.ndarray:
     n = len(scores)
-    k = check_k(k, n)
     n1, o1, r1, k1 = _stage(first, "first")
     n2, o2, _, _ = _stage(then, "then")
     if r1 is not None:
-        if not 0.0 < float(r1) <= 1.0:
+        if isinstance(r1, bool) or not isinstance(r1, (int, float)) or not 0.0 < float(r1) <= 1.0:
             raise ValueError(f"first: ratio must be in (0, 1], got {r1!r}")
         k1 = int(np.ceil(float(r1) * n))
-    k1 = n if k1 is None else check_k(k1, n)
-    s1 = SELECTORS.get(n1).obj
-    pos1 = np.asarray(s1(scores, k1, embeddings=embeddings, groups=groups, seed=seed, **o1), dtype=np.int64)
+    k1 = n if k1 is None else check_k(k1, n, f"cascade (first stage {n1})")
+    pos1 = np.asarray(
+        SELECTORS.get(n1).obj(scores, k1, embeddings=embeddings, groups=groups, seed=seed, **o1), dtype=np.int64
+    )
     sub = scores.iloc[pos1].reset_index(drop=True)
-    s2 = SELECTORS.get(n2).obj
-    pos2 = np.asarray(s2(sub, min(k, len(pos1)),
-                         embeddings=None if embeddings is None else np.asarray(embeddings)[pos1],
-                         groups=None if groups is None else np.asarray(groups)[pos1], seed=seed, **o2),
-                      dtype=np.int64)
+    pos2 = np.asarray(
+        SELECTORS.get(n2).obj(
+            sub,
+            k,
+            embeddings=None if embeddings is None else np.asarray(embeddings)[pos1],
+            groups=None if groups is None else np.asarray(groups)[pos1],
+            seed=seed,
+            **o2,
+        ),
+        dtype=np.int64,
+    )
     return pos1[pos2]

@@ -1,17 +1,18 @@
 """Diversity-aware selectors: repr_filter (DEITA), kcenter (MoDS), facility_location
 (Superfiltering.D), car (CaR), cluster_balanced and group_topk.
 
-Each registered selector follows the agreed signature
-``fn(scores: DataFrame, k: int, *, embeddings=None, groups=None, seed=0, **options)
--> np.ndarray[int64]`` (row positions into ``scores`` in selection order, at most
-``k``). Rows whose score is NaN are never selected. ``k`` larger than the number
-of rows raises ``ValueError`` (no silent truncation); a selector may return fewer
-than ``k`` rows when its rule says so (repr_filter's tau).
+Every selector follows the signature and budget policy of :mod:`thresher.selectors.base`
+(options validated before any work; ``k`` larger than the rows given is clamped to them
+with a logged notice). Rows whose score is NaN are never selected; a selector may return
+fewer than ``k`` rows when its rule says so (repr_filter's tau). The methods are described
+in ``docs/methods.md``.
 
 The array-level cores (``repr_filter_order``, ``kcenter_greedy``,
 ``facility_location_greedy``, ``facility_location_dense``, ``kmeans``) are public
-for callers that hold plain arrays.
+for callers that hold plain arrays; the geometry shared with criteria lives in
+:mod:`thresher.cluster`.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -21,117 +22,97 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..registry import SELECTORS, Option
-from ..cluster import kcenter_greedy, kmeans, repr_filter_order, torch_device
-from .basic import column, criterion_direction, default_criterion
+from ..cluster import kcenter_greedy, kmeans, repr_filter_order
+from ..embed.transform import EmbeddingTransform
+from ..index import KINDS, knn_graph
+from ..registry import Option
+from .base import CRITERION, DEVICE, DIRECTION, N_CLUSTERS, as_embeddings, column, order_by, score_values, selector
 
-# ------------------------------------------------------------------ helpers
-_CRIT = Option("criterion", None, "score column to rank by (default: the only criterion column)")
-_DIR = Option("direction", None, "max or min (default: the criterion's registered direction)",
-              (None, "max", "min"))
+__all__ = [
+    "car",
+    "cluster_balanced",
+    "dense_similarity",
+    "facility_location",
+    "facility_location_dense",
+    "facility_location_greedy",
+    "facility_location_objective",
+    "group_topk",
+    "kcenter",
+    "kcenter_greedy",
+    "kmeans",
+    "repr_filter",
+    "repr_filter_order",
+    "similarity_kernel",
+]
 
-
-def _check_k(k: Any, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k: expected a non-negative integer, got {k!r}")
-    if k > n:
-        raise ValueError(f"k: budget {k} is larger than the pool ({n} rows)")
-    return int(k)
-
-
-def _embeddings(embeddings: Any, n: int, who: str, *, normalize: bool = True) -> np.ndarray:
-    if embeddings is None:
-        raise ValueError(f"embeddings: selector {who!r} needs embeddings (one row per score row)")
-    if isinstance(embeddings, torch.Tensor):
-        embeddings = embeddings.detach().cpu().numpy()
-    e = np.asarray(embeddings)
-    if e.ndim != 2:
-        raise ValueError(f"embeddings: expected a 2-d [rows, dim] array, got shape {e.shape}")
-    if e.shape[0] != n:
-        raise ValueError(f"embeddings: {e.shape[0]} rows for {n} score rows (mismatched ids and embeddings?)")
-    if not np.issubdtype(e.dtype, np.floating):
-        raise ValueError(f"embeddings: expected floating point values, got dtype {e.dtype}")
-    e = np.ascontiguousarray(e, dtype=np.float32)
-    bad = ~np.isfinite(e).all(1)
-    if bad.any():
-        raise ValueError(f"embeddings: {int(bad.sum())} row(s) contain NaN or inf (first: row {int(np.argmax(bad))})")
-    if normalize:
-        nrm = np.linalg.norm(e, axis=1, keepdims=True)
-        if (nrm == 0).any():
-            raise ValueError(f"embeddings: row {int(np.argmax(nrm[:, 0] == 0))} is all zeros (no direction)")
-        e = e / nrm
-    return e
-
-
-def _scores(scores: Any, criterion: Optional[str], direction: Optional[str],
-            required: bool = True) -> tuple[Optional[np.ndarray], bool]:
-    """(values, maximize) of the ranking column; (None, True) when optional and absent."""
-    if criterion is None:
-        try:
-            criterion = default_criterion(scores)
-        except ValueError:
-            if required:
-                raise
-            return None, True
-    v = column(scores, criterion)
-    d = direction or criterion_direction(criterion)
-    if d not in ("max", "min"):
-        raise ValueError(f"direction: expected 'max' or 'min', got {d!r}")
-    return v, d == "max"
-
-
-def _order(v: np.ndarray, maximize: bool) -> np.ndarray:
-    """Positions of non-NaN values best first, ties by lower position."""
-    fin = np.flatnonzero(~np.isnan(v))
-    key = -v[fin] if maximize else v[fin]
-    return fin[np.lexsort((fin, key))]
-
-
+_EMPTY = np.zeros(0, np.int64)
 
 
 # ------------------------------------------------------------ repr_filter
-
-
-@SELECTORS.register(
+@selector(
     "repr_filter",
     doc="DEITA repr filter: walk rows by descending score, keep a row if its max cosine similarity to "
-        "the kept rows is <= tau, stop at k (exact sequential semantics, computed in blocks)",
-    options=[_CRIT, _DIR, Option("tau", 0.9, "cosine similarity threshold in [-1, 1]"),
-             Option("block", None, "candidates per block (default 1024 on CPU, 4096 on GPU)"),
-             Option("device", "auto", "auto, cpu or cuda")],
-    needs=("embeddings",))
-def repr_filter(scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None,
-                tau=0.9, block=None, device="auto") -> np.ndarray:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating)) or not -1.0 <= float(tau) <= 1.0:
-        raise ValueError(f"tau: expected a cosine similarity in [-1, 1], got {tau!r}")
-    n = len(scores)
-    k = _check_k(k, n)
-    emb = _embeddings(embeddings, n, "repr_filter")
-    v, maximize = _scores(scores, criterion, direction)
-    return repr_filter_order(emb, _order(v, maximize), k, float(tau), block=block, device=device)
+    "the kept rows is <= tau, stop at k (exact sequential semantics, computed in blocks)",
+    options=[
+        CRITERION,
+        DIRECTION,
+        Option("tau", 0.9, "cosine similarity threshold in [-1, 1]", type=float, min=-1.0, max=1.0),
+        Option("block", None, "candidates per block (default 1024 on CPU, 4096 on GPU)", type=int, min=1),
+        DEVICE,
+    ],
+    needs=("embeddings",),
+)
+def repr_filter(
+    scores,
+    k,
+    *,
+    embeddings=None,
+    groups=None,
+    seed=0,
+    criterion=None,
+    direction=None,
+    tau=0.9,
+    block=None,
+    device="auto",
+) -> np.ndarray:
+    emb = as_embeddings(embeddings, len(scores), "repr_filter")
+    v, maximize = score_values(scores, criterion, direction)
+    return repr_filter_order(emb, order_by(v, maximize), k, tau, block=block, device=device)
 
 
 # ---------------------------------------------------------------- kcenter
-
-
-@SELECTORS.register(
+@selector(
     "kcenter",
     doc="greedy k-center (MoDS seed set): start from the best-scored row (or a random one), then "
-        "repeatedly add the row farthest from the chosen set",
-    options=[_CRIT, _DIR, Option("start", "score", "first center: the best-scored row or a random one",
-                                 ("score", "random")),
-             Option("normalize", True, "L2-normalise embeddings first (cosine geometry)"),
-             Option("device", "auto", "auto, cpu or cuda")],
-    needs=("embeddings",))
-def kcenter(scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None,
-            start="score", normalize=True, device="auto") -> np.ndarray:
+    "repeatedly add the row farthest from the chosen set",
+    options=[
+        CRITERION,
+        DIRECTION,
+        Option("start", "score", "first center: the best-scored row or a random one", ("score", "random"), type=str),
+        Option("normalize", True, "L2-normalise embeddings first (cosine geometry)"),
+        DEVICE,
+    ],
+    needs=("embeddings",),
+)
+def kcenter(
+    scores,
+    k,
+    *,
+    embeddings=None,
+    groups=None,
+    seed=0,
+    criterion=None,
+    direction=None,
+    start="score",
+    normalize=True,
+    device="auto",
+) -> np.ndarray:
     n = len(scores)
-    k = _check_k(k, n)
-    emb = _embeddings(embeddings, n, "kcenter", normalize=normalize)
-    v, maximize = _scores(scores, criterion, direction, required=False)
-    pool = _order(v, maximize) if v is not None else np.arange(n)
+    emb = as_embeddings(embeddings, n, "kcenter", normalize=normalize)
+    v, maximize = score_values(scores, criterion, direction, required=False)
+    pool = order_by(v, maximize) if v is not None else np.arange(n)
     if k == 0 or len(pool) == 0:
-        return np.zeros(0, np.int64)
+        return _EMPTY
     if start == "score" and v is not None:
         first = int(pool[0])
     else:
@@ -160,8 +141,9 @@ def dense_similarity(x: np.ndarray, metric: str) -> np.ndarray:
     return np.exp(-np.sqrt(d2) / x.shape[1])
 
 
-def facility_location_objective(x: np.ndarray, selected: np.ndarray, metric: str = "cosine",
-                                chunk: int = 4096) -> float:
+def facility_location_objective(
+    x: np.ndarray, selected: np.ndarray, metric: str = "cosine", chunk: int = 4096
+) -> float:
     """f(S) = sum_i max_{j in S} sim(i, j) over all rows i (dense, computed in row chunks)."""
     sel = np.asarray(selected, dtype=np.int64)
     if len(sel) == 0:
@@ -170,7 +152,7 @@ def facility_location_objective(x: np.ndarray, selected: np.ndarray, metric: str
     s = xt[torch.from_numpy(sel)]
     tot = 0.0
     for a in range(0, xt.shape[0], chunk):
-        xa = xt[a:a + chunk]
+        xa = xt[a : a + chunk]
         if metric == "cosine":
             sim = (xa @ s.T).clamp_min(0)
         else:
@@ -180,27 +162,13 @@ def facility_location_objective(x: np.ndarray, selected: np.ndarray, metric: str
     return tot
 
 
-def facility_location_greedy(embeddings: np.ndarray, k: int, *, n_neighbors: int = 64,
-                             metric: str = "cosine", pool: Optional[np.ndarray] = None,
-                             index_kind: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Lazy greedy facility location on a kNN graph: f(S) = sum_i max_{j in S, j in kNN(i) + i} sim(i, j).
+def _serve_lists(
+    x: np.ndarray, n_neighbors: int, metric: str, index_kind: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every candidate j, the rows i it can serve and sim(i, j), as CSR arrays (rows, sims, starts).
 
-    The graph holds each row's ``n_neighbors`` nearest rows plus itself (sim 1 for
-    cosine, 1 for euclidean), so memory is O(N n_neighbors) instead of N^2.
-    Marginal gains are kept in a max-heap and re-evaluated lazily (valid because
-    f is submodular); ties go to the lower position. With n_neighbors >= N - 1 it
-    is exactly the dense greedy. Returns (positions in pick order, gains).
-    """
-    from ..index import knn_graph
-
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if pool is not None:
-        pool = np.asarray(pool, dtype=np.int64)
-        x = x[pool]
+    Row i can be served by its ``n_neighbors`` nearest rows and by itself (similarity 1)."""
     n = x.shape[0]
-    k = min(k, n)
-    if k == 0:
-        return np.zeros(0, np.int64), np.zeros(0)
     kk = min(int(n_neighbors), n - 1)
     if kk > 0:
         vals, nb = knn_graph(x, kk, metric="ip" if metric == "cosine" else "l2", kind=index_kind)
@@ -214,10 +182,36 @@ def facility_location_greedy(embeddings: np.ndarray, k: int, *, n_neighbors: int
     rows = np.concatenate([np.repeat(np.arange(n), kk)[valid.ravel()], np.arange(n)])
     cols = np.concatenate([nb.ravel()[valid.ravel()], np.arange(n)])
     sv = np.concatenate([sims.ravel()[valid.ravel()], np.ones(n)])
-    # reverse adjacency: candidate j -> rows i it can serve, with sim(i, j)
     o = np.argsort(cols, kind="stable")
-    rr, ss = rows[o], sv[o]
-    starts = np.searchsorted(cols[o], np.arange(n + 1))
+    return rows[o], sv[o], np.searchsorted(cols[o], np.arange(n + 1))
+
+
+def facility_location_greedy(
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    n_neighbors: int = 64,
+    metric: str = "cosine",
+    pool: Optional[np.ndarray] = None,
+    index_kind: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lazy greedy facility location on a kNN graph: f(S) = sum_i max_{j in S, j in kNN(i) + i} sim(i, j).
+
+    The graph holds each row's ``n_neighbors`` nearest rows plus itself (sim 1 for
+    cosine, 1 for euclidean), so memory is O(N n_neighbors) instead of N^2.
+    Marginal gains are kept in a max-heap and re-evaluated lazily (valid because
+    f is submodular); ties go to the lower position. With n_neighbors >= N - 1 it
+    is exactly the dense greedy. Returns (positions in pick order, gains).
+    """
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if pool is not None:
+        pool = np.asarray(pool, dtype=np.int64)
+        x = x[pool]
+    n = x.shape[0]
+    k = min(k, n)
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    rr, ss, starts = _serve_lists(x, n_neighbors, metric, index_kind)
     cur = np.zeros(n)
     gain0 = np.add.reduceat(ss, starts[:-1]) if len(ss) else np.zeros(n)
     heap = [(-float(g), j) for j, g in enumerate(gain0)]
@@ -260,34 +254,45 @@ def facility_location_dense(embeddings: np.ndarray, k: int, metric: str = "cosin
     return np.asarray(out, dtype=np.int64)
 
 
-@SELECTORS.register(
+@selector(
     "facility_location",
     doc="facility-location greedy (Superfiltering.D): maximise sum_i max_{j in S} sim(i, j), lazy greedy "
-        "on a kNN graph (O(N n_neighbors) memory; scales past 1e5 rows)",
-    options=[Option("n_neighbors", 64, "neighbours per row in the similarity graph"),
-             Option("metric", "cosine", "cosine (max(cos, 0)) or euclidean (exp(-dist/dim), submodlib's kernel)",
-                    ("cosine", "euclidean")),
-             Option("criterion", None, "optional: restrict the pool to rows with a finite score in this column"),
-             Option("index_kind", "auto", "kNN index kind (see thresher.index)")],
-    needs=("embeddings",))
-def facility_location(scores, k, *, embeddings=None, groups=None, seed=0, n_neighbors=64, metric="cosine",
-                      criterion=None, index_kind="auto") -> np.ndarray:
-    n = len(scores)
-    k = _check_k(k, n)
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
-        raise ValueError(f"n_neighbors: expected an integer >= 1, got {n_neighbors!r}")
-    emb = _embeddings(embeddings, n, "facility_location", normalize=(metric == "cosine"))
+    "on a kNN graph (O(N n_neighbors) memory; scales past 1e5 rows)",
+    options=[
+        Option("n_neighbors", 64, "neighbours per row in the similarity graph", min=1),
+        Option(
+            "metric",
+            "cosine",
+            "cosine (max(cos, 0)) or euclidean (exp(-dist/dim), submodlib's kernel)",
+            ("cosine", "euclidean"),
+            type=str,
+        ),
+        Option("criterion", None, "optional: restrict the pool to rows with a finite score in this column", type=str),
+        Option("index_kind", "auto", "kNN index kind (see thresher.index)", KINDS, type=str),
+    ],
+    needs=("embeddings",),
+)
+def facility_location(
+    scores,
+    k,
+    *,
+    embeddings=None,
+    groups=None,
+    seed=0,
+    n_neighbors=64,
+    metric="cosine",
+    criterion=None,
+    index_kind="auto",
+) -> np.ndarray:
+    emb = as_embeddings(embeddings, len(scores), "facility_location", normalize=(metric == "cosine"))
     pool = None
     if criterion is not None:
         pool = np.flatnonzero(~np.isnan(column(scores, criterion)))
-    sel, _ = facility_location_greedy(emb, k, n_neighbors=n_neighbors, metric=metric, pool=pool,
-                                      index_kind=index_kind)
+    sel, _ = facility_location_greedy(emb, k, n_neighbors=n_neighbors, metric=metric, pool=pool, index_kind=index_kind)
     return sel
 
 
 # ---------------------------------------------------------------- k-means
-
-
 def _round_robin(order_within: list[np.ndarray], k: int) -> np.ndarray:
     """Interleave per-group orders (rank 0 of every group, then rank 1, ...); groups in given order."""
     out = []
@@ -316,41 +321,69 @@ def _grouped_orders(labels: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-@SELECTORS.register(
+def _default_clusters(n_clusters: Optional[int], n: int) -> int:
+    return int(n_clusters or max(1, math.floor(math.sqrt(n / 2))))
+
+
+def _fill_n1(order: np.ndarray, per_cluster: list[int], k: int) -> int:
+    """As many global top rows as it takes for the union with ``per_cluster`` to reach k rows."""
+    pc = set(per_cluster)
+    extra, n1 = 0, 0
+    while n1 < len(order) and len(pc) + extra < k:
+        extra += int(order[n1]) not in pc
+        n1 += 1
+    return n1
+
+
+@selector(
     "car",
     doc="CaR: PCA to 95% variance, k-means with floor(sqrt(N/2)) clusters, keep the top n1 rows "
-        "globally plus the top n2 of every cluster (union, no duplicates)",
-    options=[_CRIT, _DIR, Option("n1", None, "rows taken globally by score (default: as many as needed for the union to reach k)"),
-             Option("n2", 1, "rows taken from every cluster"),
-             Option("n_clusters", None, "default floor(sqrt(N/2))"),
-             Option("variance", 0.95, "PCA variance fraction kept before clustering")],
-    needs=("embeddings",))
-def car(scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None, n1=None, n2=1,
-        n_clusters=None, variance=0.95) -> np.ndarray:
-    from ..embed.transform import EmbeddingTransform
-
+    "globally plus the top n2 of every cluster (union, no duplicates)",
+    options=[
+        CRITERION,
+        DIRECTION,
+        Option(
+            "n1",
+            None,
+            "rows taken globally by score (default: as many as needed for the union to reach k)",
+            type=int,
+            min=0,
+        ),
+        Option("n2", 1, "rows taken from every cluster", min=0),
+        N_CLUSTERS,
+        Option("variance", 0.95, "PCA variance fraction kept before clustering", min=0.0, max=1.0, min_exclusive=True),
+    ],
+    needs=("embeddings",),
+)
+def car(
+    scores,
+    k,
+    *,
+    embeddings=None,
+    groups=None,
+    seed=0,
+    criterion=None,
+    direction=None,
+    n1=None,
+    n2=1,
+    n_clusters=None,
+    variance=0.95,
+) -> np.ndarray:
     n = len(scores)
-    k = _check_k(k, n)
-    emb = _embeddings(embeddings, n, "car", normalize=False)
-    v, maximize = _scores(scores, criterion, direction)
-    order = _order(v, maximize)
+    emb = as_embeddings(embeddings, n, "car", normalize=False)
+    v, maximize = score_values(scores, criterion, direction)
+    order = order_by(v, maximize)
     if k == 0 or len(order) == 0:
-        return np.zeros(0, np.int64)
-    c = int(n_clusters or max(1, math.floor(math.sqrt(len(order) / 2))))
+        return _EMPTY
+    c = _default_clusters(n_clusters, len(order))
     z = EmbeddingTransform(center=True, pca=float(variance)).fit_apply(emb[order])
     _, lab_pool = kmeans(z, min(c, len(order)), seed=seed)
     labels = np.full(n, -1, np.int64)
     labels[order] = lab_pool
-    n2 = int(n2)
     per_cluster = [int(i) for grp in _grouped_orders(labels, order) for i in grp[:n2]]
     if n1 is None:
-        # as many global top rows as it takes for the union to reach k rows
-        pc = set(per_cluster)
-        extra, n1 = 0, 0
-        while n1 < len(order) and len(pc) + extra < k:
-            extra += int(order[n1]) not in pc
-            n1 += 1
-    picked = [int(i) for i in order[: int(n1)]]
+        n1 = _fill_n1(order, per_cluster, k)
+    picked = [int(i) for i in order[:n1]]
     seen = set(picked)
     for i in per_cluster:
         if i not in seen:
@@ -359,59 +392,45 @@ def car(scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, dire
     return np.asarray(picked[:k], dtype=np.int64)
 
 
-@SELECTORS.register(
+@selector(
     "cluster_balanced",
     doc="k-means clusters of the embeddings, then the best rows of every cluster in turn "
-        "(round robin by rank within cluster)",
-    options=[_CRIT, _DIR, Option("n_clusters", None, "default floor(sqrt(N/2))"),
-             Option("spherical", True, "spherical k-means (cosine)")],
-    needs=("embeddings",))
-def cluster_balanced(scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None,
-                     n_clusters=None, spherical=True) -> np.ndarray:
+    "(round robin by rank within cluster)",
+    options=[CRITERION, DIRECTION, N_CLUSTERS, Option("spherical", True, "spherical k-means (cosine)")],
+    needs=("embeddings",),
+)
+def cluster_balanced(
+    scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None, n_clusters=None, spherical=True
+) -> np.ndarray:
     n = len(scores)
-    k = _check_k(k, n)
-    emb = _embeddings(embeddings, n, "cluster_balanced", normalize=spherical)
-    v, maximize = _scores(scores, criterion, direction)
-    order = _order(v, maximize)
+    emb = as_embeddings(embeddings, n, "cluster_balanced", normalize=spherical)
+    v, maximize = score_values(scores, criterion, direction)
+    order = order_by(v, maximize)
     if k == 0 or len(order) == 0:
-        return np.zeros(0, np.int64)
-    c = int(n_clusters or max(1, math.floor(math.sqrt(len(order) / 2))))
+        return _EMPTY
+    c = _default_clusters(n_clusters, len(order))
     _, lab = kmeans(emb[order], min(c, len(order)), seed=seed, spherical=spherical)
     labels = np.full(n, -1, np.int64)
     labels[order] = lab
     return _round_robin(_grouped_orders(labels, order), k)
 
 
-@SELECTORS.register(
-    "group_topk",
-    doc="top-k within every group (task, source, ...): equal quotas by round robin, or quotas "
-        "proportional to group size",
-    options=[_CRIT, _DIR, Option("group_column", None, "column of scores holding the group (default: groups=)"),
-             Option("quota", "equal", "equal (round robin) or proportional (largest remainder)",
-                    ("equal", "proportional"))],
-    needs=())
-def group_topk(scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None,
-               group_column=None, quota="equal") -> np.ndarray:
+def _group_labels(scores: Any, groups: Any, group_column: Optional[str]) -> np.ndarray:
     n = len(scores)
-    k = _check_k(k, n)
     if group_column is not None:
         if group_column not in scores.columns:
             raise ValueError(f"group_column: no column {group_column!r} in the scores")
-        g = scores[group_column].to_numpy()
-    elif groups is not None:
-        g = np.asarray(groups)
-        if g.shape[0] != n:
-            raise ValueError(f"groups: {g.shape[0]} labels for {n} score rows")
-    else:
+        return scores[group_column].to_numpy()
+    if groups is None:
         raise ValueError("groups: group_topk needs groups= or group_column=")
-    v, maximize = _scores(scores, criterion, direction)
-    order = _order(v, maximize)
-    if k == 0 or len(order) == 0:
-        return np.zeros(0, np.int64)
-    codes = np.unique(g.astype(str), return_inverse=True)[1].astype(np.int64)
-    per = _grouped_orders(codes, order)
-    if quota == "equal":
-        return _round_robin(per, k)
+    g = np.asarray(groups)
+    if g.shape[0] != n:
+        raise ValueError(f"groups: {g.shape[0]} labels for {n} score rows")
+    return g
+
+
+def _proportional(per: list[np.ndarray], k: int, order: np.ndarray, n: int) -> np.ndarray:
+    """Quotas proportional to group size (largest remainder), the chosen rows in overall score order."""
     sizes = np.array([len(p) for p in per], dtype=np.float64)
     kk = min(k, int(sizes.sum()))
     exact = sizes / sizes.sum() * kk
@@ -420,8 +439,44 @@ def group_topk(scores, k, *, embeddings=None, groups=None, seed=0, criterion=Non
     frac_order = np.lexsort((np.arange(len(per)), -np.round(exact - q, 9)))
     q[frac_order[:rem]] += 1
     q = np.minimum(q, sizes.astype(np.int64))
-    chosen = np.concatenate([p[:qq] for p, qq in zip(per, q)]) if per else np.zeros(0, np.int64)
-    # selection order: by score rank overall
+    chosen = np.concatenate([p[:qq] for p, qq in zip(per, q)]) if per else _EMPTY
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(len(order))
     return chosen[np.argsort(rank[chosen], kind="stable")].astype(np.int64)
+
+
+def _reads_group_topk(options: dict) -> list:
+    return [c for c in (options.get("criterion"), options.get("group_column")) if c]
+
+
+@selector(
+    "group_topk",
+    doc="top-k within every group (task, source, ...): equal quotas by round robin, or quotas "
+    "proportional to group size",
+    options=[
+        CRITERION,
+        DIRECTION,
+        Option("group_column", None, "column of scores holding the group (default: groups=)", type=str),
+        Option(
+            "quota",
+            "equal",
+            "equal (round robin) or proportional (largest remainder)",
+            ("equal", "proportional"),
+            type=str,
+        ),
+    ],
+    reads=_reads_group_topk,
+)
+def group_topk(
+    scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None, group_column=None, quota="equal"
+) -> np.ndarray:
+    g = _group_labels(scores, groups, group_column)
+    v, maximize = score_values(scores, criterion, direction)
+    order = order_by(v, maximize)
+    if k == 0 or len(order) == 0:
+        return _EMPTY
+    codes = np.unique(g.astype(str), return_inverse=True)[1].astype(np.int64)
+    per = _grouped_orders(codes, order)
+    if quota == "equal":
+        return _round_robin(per, k)
+    return _proportional(per, k, order, len(scores))

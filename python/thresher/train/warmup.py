@@ -11,11 +11,11 @@ step, betas, eps: what the LESS gradient transform needs) and ``state.json``
 lists the checkpoints, the LoRA configuration, the base model fingerprint and the
 ids of the training subset; every file is written atomically.
 """
+
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,24 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..features.gradients import (DEFAULT_TARGETS, AdamState, Encoded, add_lora, encode_rows, load_lora, pad_encoded,
-                                  lora_named_parameters, save_lora)
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_file(path: Path, save: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    save(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from ..features.gradients import (
+    DEFAULT_TARGETS,
+    AdamState,
+    Encoded,
+    add_lora,
+    encode_rows,
+    load_lora,
+    lora_named_parameters,
+    pad_encoded,
+    save_lora,
+)
+from ..frames import as_pandas
+from ..fs import atomic_save, write_json_atomic
 
 
 @dataclass
@@ -71,91 +66,158 @@ def _batch_loss(causal, enc: list[Encoded], pad: int, dev) -> torch.Tensor:
     return (ce / counts[pb]).sum() / len(enc)
 
 
-def warmup_lora(rows: Any, lm: Any, out: Path, *, fraction: float = 0.05, epochs: int = 4, lr: float = 2e-5,
-                r: int = 8, alpha: float = 32, targets: Sequence[str] = DEFAULT_TARGETS, batch_size: int = 4,
-                max_length: int = 512, template: str = "alpaca", seed: int = 0, warmup_ratio: float = 0.03,
-                max_rows: Optional[int] = None, log: Callable[[str], None] = print) -> WarmupResult:
-    """Train LoRA on a random ``fraction`` of ``rows`` (a sample table); see module doc."""
-    from ..frames import as_pandas
-
-    df = as_pandas(rows)
+def _check_args(fraction: float, epochs: int, lr: float, out: Path) -> None:
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction: expected 0 < fraction <= 1, got {fraction}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
     if not lr > 0:
         raise ValueError(f"lr: expected > 0, got {lr}")
-    out = Path(out)
     if (out / "warmup.json").exists():
         raise FileExistsError(f"{out}: already holds a warm-up run (warmup.json); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _pick_subset(df: Any, fraction: float, max_rows: Optional[int], seed: int) -> Any:
+    """The seeded random training subset (rows in pool order)."""
     rng = np.random.default_rng(seed)
     n = max(1, int(round(len(df) * fraction)))
     if max_rows is not None:
         n = min(n, max_rows)
-    pick = np.sort(rng.choice(len(df), size=n, replace=False))
-    sub = df.iloc[pick]
+    return df.iloc[np.sort(rng.choice(len(df), size=n, replace=False))]
+
+
+def _linear_schedule(lr: float, total: int, warmup_ratio: float) -> Callable[[int], float]:
+    """HF's linear schedule with warm-up: learning rate at a 0-based optimizer step."""
+    n_warm = max(0, int(math.ceil(total * warmup_ratio)))
+
+    def lr_at(step: int) -> float:
+        if step < n_warm:
+            return lr * (step + 1) / max(1, n_warm)
+        return lr * max(0.0, (total - step) / max(1, total - n_warm))
+
+    return lr_at
+
+
+@dataclass
+class _Trainer:
+    """One LoRA warm-up: the peft model, its optimizer and the step counter."""
+
+    pm: Any
+    opt: Any
+    names: dict
+    enc: list
+    pad: int
+    batch_size: int
+    lr_at: Callable[[int], float]
+    step: int = 0
+
+    def epoch(self, ep: int, g: torch.Generator) -> tuple[float, float]:
+        """Train one epoch; returns (mean learning rate, mean loss)."""
+        causal = self.pm.get_base_model()
+        dev = next(self.pm.parameters()).device
+        order = torch.randperm(len(self.enc), generator=g).tolist()
+        ep_lrs, ep_loss = [], []
+        for s in range(0, len(order), self.batch_size):
+            batch = [self.enc[i] for i in order[s : s + self.batch_size]]
+            cur = self.lr_at(self.step)
+            for grp in self.opt.param_groups:
+                grp["lr"] = cur
+            with torch.enable_grad():
+                loss = _batch_loss(causal, batch, self.pad, dev)
+                if not torch.isfinite(loss):
+                    raise ValueError(
+                        f"warm-up: non-finite loss at epoch {ep} step {self.step} "
+                        f"(samples {[b.id for b in batch][:3]}); lower lr or use float32"
+                    )
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+            self.opt.step()
+            ep_lrs.append(cur)
+            ep_loss.append(float(loss.detach()))
+            self.step += 1
+        return float(np.mean(ep_lrs)), float(np.mean(ep_loss))
+
+    def save(self, ck: Path, state: dict) -> None:
+        """checkpoint folder: adapter, Adam state, state.json (each written atomically)."""
+        ck.mkdir(exist_ok=True)
+        atomic_save(ck / "adapter.safetensors", lambda p: save_lora(self.pm, p))
+        st = AdamState.from_optimizer(self.opt, self.names)
+        atomic_save(ck / "optimizer.safetensors", lambda p: st.save(p))
+        write_json_atomic(state, ck / "state.json")
+
+
+def warmup_lora(
+    rows: Any,
+    lm: Any,
+    out: Path,
+    *,
+    fraction: float = 0.05,
+    epochs: int = 4,
+    lr: float = 2e-5,
+    r: int = 8,
+    alpha: float = 32,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    batch_size: int = 4,
+    max_length: int = 512,
+    template: str = "alpaca",
+    seed: int = 0,
+    warmup_ratio: float = 0.03,
+    max_rows: Optional[int] = None,
+    log: Callable[[str], None] = print,
+) -> WarmupResult:
+    """Train LoRA on a random ``fraction`` of ``rows`` (a sample table); see module doc."""
+    df = as_pandas(rows)
+    out = Path(out)
+    _check_args(fraction, epochs, lr, out)
+    out.mkdir(parents=True, exist_ok=True)
+    sub = _pick_subset(df, fraction, max_rows, seed)
     enc = [e for e in encode_rows(sub, lm.tokenizer, template=template, max_length=max_length) if not e.reason]
     if not enc:
         raise ValueError("rows: no trainable sample in the warm-up subset (all empty or truncated away)")
     pm = add_lora(lm.model, r=r, alpha=alpha, targets=targets, seed=seed)
     params = lora_named_parameters(pm)
-    names = {id(p): n for n, p in params}
     opt = torch.optim.AdamW([p for _, p in params], lr=lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
-    steps_per_epoch = math.ceil(len(enc) / batch_size)
-    total = steps_per_epoch * epochs
-    n_warm = max(0, int(math.ceil(total * warmup_ratio)))
-
-    def lr_at(step: int) -> float:  # HF linear schedule with warm-up
-        if step < n_warm:
-            return lr * (step + 1) / max(1, n_warm)
-        return lr * max(0.0, (total - step) / max(1, total - n_warm))
-
-    causal = pm.get_base_model()
-    dev = next(pm.parameters()).device
+    total = math.ceil(len(enc) / batch_size) * epochs
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    tr = _Trainer(
+        pm, opt, {id(p): n for n, p in params}, enc, pad, batch_size, _linear_schedule(lr, total, warmup_ratio)
+    )
     pm.train()
     g = torch.Generator().manual_seed(seed)
-    step = 0
     ckpts, lrs, losses = [], [], []
     for ep in range(1, epochs + 1):
-        order = torch.randperm(len(enc), generator=g).tolist()
-        ep_lrs, ep_loss = [], []
         t0 = time.time()
-        for s in range(0, len(order), batch_size):
-            batch = [enc[i] for i in order[s:s + batch_size]]
-            cur = lr_at(step)
-            for grp in opt.param_groups:
-                grp["lr"] = cur
-            with torch.enable_grad():
-                loss = _batch_loss(causal, batch, pad, dev)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"warm-up: non-finite loss at epoch {ep} step {step} "
-                                     f"(samples {[b.id for b in batch][:3]}); lower lr or use float32")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-            ep_lrs.append(cur)
-            ep_loss.append(float(loss.detach()))
-            step += 1
+        lr_mean, loss_mean = tr.epoch(ep, g)
         ck = out / f"checkpoint-{ep}"
-        ck.mkdir(exist_ok=True)
-        _atomic_file(ck / "adapter.safetensors", lambda p: save_lora(pm, p))
-        st = AdamState.from_optimizer(opt, names)
-        _atomic_file(ck / "optimizer.safetensors", lambda p: st.save(p))
-        _atomic_json(ck / "state.json", {"epoch": ep, "step": step, "lr_mean": float(np.mean(ep_lrs)),
-                                         "loss_mean": float(np.mean(ep_loss)), "seconds": time.time() - t0})
+        tr.save(
+            ck, {"epoch": ep, "step": tr.step, "lr_mean": lr_mean, "loss_mean": loss_mean, "seconds": time.time() - t0}
+        )
         ckpts.append(ck)
-        lrs.append(float(np.mean(ep_lrs)))
-        losses.append(float(np.mean(ep_loss)))
-        log(f"warmup: epoch {ep}/{epochs} loss {losses[-1]:.4f} mean lr {lrs[-1]:.3g} ({time.time() - t0:.1f}s)")
+        lrs.append(lr_mean)
+        losses.append(loss_mean)
+        log(f"warmup: epoch {ep}/{epochs} loss {loss_mean:.4f} mean lr {lr_mean:.3g} ({time.time() - t0:.1f}s)")
     pm.eval()
-    meta = {"model": lm.fingerprint, "model_spec": lm.spec, "r": r, "alpha": alpha, "targets": list(targets),
-            "template": template, "max_length": max_length, "seed": seed, "fraction": fraction,
-            "epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup_ratio": warmup_ratio,
-            "n_train": len(enc), "train_ids": [e.id for e in enc],
-            "checkpoints": [c.name for c in ckpts], "lr_mean": lrs, "loss_mean": losses}
-    _atomic_json(out / "warmup.json", meta)
+    meta = {
+        "model": lm.fingerprint,
+        "model_spec": lm.spec,
+        "r": r,
+        "alpha": alpha,
+        "targets": list(targets),
+        "template": template,
+        "max_length": max_length,
+        "seed": seed,
+        "fraction": fraction,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "warmup_ratio": warmup_ratio,
+        "n_train": len(enc),
+        "train_ids": [e.id for e in enc],
+        "checkpoints": [c.name for c in ckpts],
+        "lr_mean": lrs,
+        "loss_mean": losses,
+    }
+    write_json_atomic(meta, out / "warmup.json")
     return WarmupResult(out, ckpts, lrs, losses, meta)
 
 

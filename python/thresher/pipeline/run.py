@@ -1,0 +1,164 @@
+"""run_pipeline: plan, open the output folder, then the four stages over one RunState."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+import thresher
+
+from ..cache import ScoreCache
+from ..engines import get_engine
+from ..errors import OptionError
+from ..io import DataError, Source, selected_name
+from ..plan import PipelineConfig, Plan, make_plan
+from .outdir import config_identity, prepare_out
+from .outputs import write_outputs
+from .scoring import score_pool_scoped, score_shards
+from .selection import make_selection, select
+from .state import RunState, log, say, setup_log
+
+
+@dataclass
+class PipelineResult:
+    out: Optional[Path]
+    n_rows: int
+    k: int
+    selected: np.ndarray  # pool positions in selection order
+    scores_path: Optional[Path]
+    selected_path: Optional[Path]
+    manifest: dict
+    report_path: Optional[Path] = None
+    skipped: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    table: Any = None  # the scores table, when no output folder was given
+
+    def scores(self) -> pd.DataFrame:
+        return self.table if self.table is not None else pd.read_parquet(self.scores_path)
+
+
+def load_plugins(names: list) -> None:
+    """Import user modules (or .py files) that register criteria/selectors/recipes."""
+    env = [p for p in os.environ.get("THRESHER_PLUGINS", "").split(os.pathsep) if p]
+    for name in list(names or []) + env:
+        if not (name.endswith(".py") or os.sep in name):
+            importlib.import_module(name)
+            continue
+        p = Path(name)
+        if not p.is_file():
+            raise FileNotFoundError(f"plugin: {p} does not exist")
+        mod_name = f"thresher_plugin_{p.stem}"
+        if mod_name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(mod_name, p)
+        if spec is None or spec.loader is None:
+            raise OptionError(f"plugin: {p} cannot be loaded as a Python module")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        spec.loader.exec_module(mod)
+
+
+def score_pool(cfg: PipelineConfig) -> pd.DataFrame:
+    """Score a pool with ``cfg.criteria`` (no selection): one table keyed by ``id``.
+
+    Streams the pool in shards through the score cache (``cfg.cache_dir``, required
+    when ``cfg.out`` is None); pool-scoped criteria (kNN distance, ...) see the whole
+    pool at once."""
+    cfg = copy.copy(cfg)
+    cfg.score_only = True
+    return run_pipeline(cfg).scores()
+
+
+def _with_budget(cfg: PipelineConfig, plan: Plan) -> PipelineConfig:
+    """The recipe's default budget (e.g. ifd: ratio 0.05) when the config gives none."""
+    if cfg.budget() or not plan.budget or cfg.score_only:
+        return cfg
+    cfg = copy.copy(cfg)
+    cfg.k, cfg.ratio, cfg.tokens = plan.budget.get("k"), plan.budget.get("ratio"), plan.budget.get("tokens")
+    return cfg
+
+
+def _planned_outputs(cfg: PipelineConfig, source: Source) -> list:
+    names = ["run.log", "scores.parquet", "manifest.json"]
+    if not cfg.score_only:
+        names.append(selected_name(source))
+        if cfg.report:
+            names.append("report.html")
+    return names
+
+
+def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None]] = None) -> PipelineResult:
+    """Run the whole pipeline; see the package docstring. Every option is checked before data is read."""
+    t0 = time.perf_counter()
+    load_plugins(cfg.plugins)
+    plan = make_plan(cfg)
+    cfg = _with_budget(cfg, plan)
+    if cfg.out is None and not cfg.score_only:
+        raise OptionError("out: a selection run needs an output folder (--out DIR)")
+    if cfg.out is None and cfg.cache_dir is None:
+        raise OptionError("cache_dir: needed when no output folder is given")
+    source = Source(cfg.data, format=cfg.format, fields=cfg.fields, group_field=cfg.group_field,
+                    on_bad_row=cfg.on_bad_row, shard_size=cfg.shard_size, limit=cfg.limit)  # fmt: skip
+    out = Path(cfg.out) if cfg.out is not None else None
+    cache = ScoreCache(Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(cfg.out) / "cache")
+    handler = None
+    try:
+        checksum = source.checksum()
+        identity = config_identity(cfg, plan, checksum)
+        mode = "fresh" if out is None else prepare_out(out, identity, cfg.overwrite, _planned_outputs(cfg, source))
+        handler = setup_log(out)
+        cache.clean_temp()
+        engine = get_engine(cfg.engine, **cfg.engine_options)
+        st = RunState(cfg, plan, source, checksum, out, cache, engine, mode=mode, on_shard=on_shard, t0=t0)
+        return _run(st)
+    except DataError as exc:
+        log.error("%s", exc)
+        raise DataError(
+            f"{exc.reason}; the scores computed so far are kept in {cache.root} "
+            "(fix the row and rerun with --overwrite to reuse them, or pass --on-bad-row skip)",
+            file=exc.file, line=exc.line, field=exc.field,
+        ) from None  # fmt: skip
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _run(st: RunState) -> PipelineResult:
+    """The stages: score shards, score pool-scoped criteria, select, write."""
+    plan = st.plan
+    st.say(
+        f"thresher {thresher.__version__}: {st.mode} run on {st.source.path} ({st.source.format}); criteria: "
+        f"{', '.join(c.name for c in plan.criteria) or 'none'}; selector: {plan.selector.name}"
+        + (f"; recipe: {plan.recipe}" if plan.recipe else "")
+    )
+    selection = make_selection(st)
+    score_shards(st, selection)
+    score_pool_scoped(st, selection)
+    st.cache_hits, st.cache_misses = st.cache.hits, st.cache.misses
+    select(st, selection)
+    table = write_outputs(st)
+    st.lap("total", st.t0)
+    log.info(
+        "timings (s): %s; cache entries reused %d, computed %d", json.dumps(st.timings), st.cache_hits, st.cache_misses
+    )
+    if st.out is not None:
+        names = ", ".join(st.outputs[k].name for k in ("selected", "scores", "report") if k in st.outputs)
+        say(f"wrote {st.out}/ ({names}, manifest.json) in {st.timings['total']:.1f} s", st.cfg.quiet)
+    o = st.outputs
+    return PipelineResult(st.out, st.n, st.k, st.order, o.get("scores"), o.get("selected"), st.manifest,
+                          o.get("report"), list(st.source.skipped), st.timings, st.cache_hits, st.cache_misses,
+                          table)  # fmt: skip

@@ -1,0 +1,159 @@
+"""The run-state object the pipeline's stages share, and the run's log and progress bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..cache import ScoreCache
+from ..io import Source
+from ..plan import PipelineConfig, Plan, Step
+from ..registry import CRITERIA
+
+log = logging.getLogger("thresher.pipeline")
+
+
+@dataclass
+class ShardRef:
+    """What the output stage needs to find a shard's cached scores again."""
+
+    key: str  # the shard's content key
+    n: int  # rows
+    ids: str  # digest of its ids (checked against each cache entry)
+    tokens_key: str  # cache key of its token counts (under "length")
+    keys: dict  # criterion column -> cache key
+
+
+@dataclass
+class RunState:
+    """Everything the stages (score shards, score pool-scoped criteria, select, write) share."""
+
+    cfg: PipelineConfig
+    plan: Plan
+    source: Source
+    checksum: str
+    out: Optional[Path]
+    cache: ScoreCache
+    engine: Any
+    mode: str = "fresh"
+    on_shard: Optional[Callable[[int], None]] = None
+    t0: float = field(default_factory=time.perf_counter)
+    timings: dict = field(default_factory=dict)
+    scorers: dict = field(default_factory=dict)  # column -> loaded scorer
+    keys: dict = field(default_factory=dict)  # column -> scorer cache key
+    shards: list = field(default_factory=list)  # ShardRef per shard
+    pool_frames: dict = field(default_factory=dict)  # column -> pool-scoped criterion's table
+    pool_keys: dict = field(default_factory=dict)  # column -> pool-scoped cache key
+    n: int = 0
+    lines: Any = None  # int64 source line per row
+    files: Any = None  # int32 file index per row
+    tokens: Any = None  # float64 approximate tokens per row
+    groups: Any = None  # group label per row, or None
+    embeddings: Any = None  # float32 [n, d] when the selector needs them
+    pool_tables: list = field(default_factory=list)  # shard tables, kept only for pool-scoped criteria
+    cache_hits: int = 0
+    cache_misses: int = 0
+    k: int = 0
+    order: Any = None  # selected pool positions, best first
+    eligible: Any = None  # bool per row: passed the filters
+    outputs: dict = field(default_factory=dict)  # kind -> path written
+    manifest: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------ criteria
+    def shard_criteria(self) -> list:
+        return [c for c in self.plan.criteria if not is_pool_scoped(c.name)]
+
+    def pool_criteria(self) -> list:
+        return [c for c in self.plan.criteria if is_pool_scoped(c.name)]
+
+    def scorer_for(self, step: Step) -> Any:
+        """The loaded scorer of a criterion (loaded once, when a cache miss needs it)."""
+        if step.col not in self.scorers:
+            t = time.perf_counter()
+            self.scorers[step.col] = self.engine.make_scorer(CRITERIA.get(step.name).obj, step.options)
+            self.timings[f"load {step.col}"] = round(time.perf_counter() - t, 3)
+            self.keys.setdefault(step.col, scorer_key(self.scorers[step.col], step))
+        return self.scorers[step.col]
+
+    def key_for(self, step: Step) -> str:
+        """The criterion's cache key, from its class (``cache_key_for``) without loading a model when it can."""
+        if step.col not in self.keys:
+            cls = CRITERIA.get(step.name).obj
+            if hasattr(cls, "cache_key_for"):
+                self.keys[step.col] = str(cls.cache_key_for(**step.options))
+            else:
+                self.scorer_for(step)
+        return self.keys[step.col]
+
+    def fingerprint(self, step: Step) -> Optional[str]:
+        """The loaded scorer's model fingerprint, if it has one."""
+        sc = self.scorers.get(step.col)
+        fp = getattr(sc, "fingerprint", None)
+        if fp is None and getattr(sc, "lm", None) is not None:
+            fp = getattr(sc.lm, "fingerprint", None)
+        return None if fp is None else str(fp)
+
+    def lap(self, name: str, t: float) -> None:
+        self.timings[name] = round(time.perf_counter() - t, 3)
+
+    def say(self, msg: str) -> None:
+        say(msg, self.cfg.quiet)
+
+
+def is_pool_scoped(name: str) -> bool:
+    """Whether a criterion scores a row against the whole pool (registered with ``scope="pool"``)."""
+    entry = CRITERIA.get(name)
+    return (entry.meta.get("scope") or getattr(entry.obj, "scope", None)) == "pool"
+
+
+def scorer_key(scorer: Any, step: Step) -> str:
+    """A loaded scorer's cache key (its ``cache_key()``; else its name and options)."""
+    if hasattr(scorer, "cache_key"):
+        return str(scorer.cache_key())
+    return json.dumps({"name": step.name, "options": step.options}, sort_keys=True, default=str)
+
+
+def concat(parts: list, dtype: Any) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+# ------------------------------------------------------------------ progress / logging
+class Progress:
+    def __init__(self, quiet: bool, desc: str, total: Optional[int] = None, unit: str = "rows") -> None:
+        self.bar = (
+            None if quiet else tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True, file=sys.stderr)
+        )
+
+    def update(self, n: int, **post: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if post:
+                self.bar.set_postfix(post, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def setup_log(out: Optional[Path]) -> Optional[logging.Handler]:
+    log.setLevel(logging.INFO)
+    if out is None:
+        return None
+    handler = logging.FileHandler(out / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def say(msg: str, quiet: bool) -> None:
+    log.info(msg)
+    if not quiet:
+        tqdm.write(msg, file=sys.stderr)

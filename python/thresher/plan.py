@@ -1,0 +1,341 @@
+"""A run's configuration and its plan: what to score, how to select, how much.
+
+:class:`PipelineConfig` is everything a run needs (the Python API, a config file or
+the CLI fill it in). :func:`make_plan` resolves it to concrete steps (a recipe is
+expanded, explicit ``criteria``/``selector``/``filters`` override it) and validates
+every name, option and budget against the registries *before* any data is read or
+scored: a mistake raises :class:`~thresher.errors.OptionError` naming the option.
+
+The recipe is looked up in the ``RECIPES`` registry (its :class:`~thresher.recipes.Recipe`
+expands itself), so this module does not import :mod:`thresher.recipes`: recipes build
+their steps from :class:`Step`, defined here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from .errors import OptionError
+from .registry import CRITERIA, ENGINES, RECIPES, SELECTORS, Entry, _load_builtins
+from .selectors.base import columns_read
+
+TOKENS = "tokens"
+# Columns a filter or a selector may name besides the criteria's own.
+BUILTIN_COLUMNS = frozenset({TOKENS, "group", "id"})
+
+_FILTER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|!=|<|>)\s*(-?[\d.eE+-]+|nan)\s*$")
+# A column name written by users (``as:``): it names files in the cache, so no path
+# separators, no dots (they separate a criterion from its components), no '..'.
+_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+def check_alias(alias: Any, what: str = "criteria") -> Optional[str]:
+    """``alias`` if it is a valid column name (letters, digits, ``_``, ``-``); OptionError otherwise."""
+    if alias is None:
+        return None
+    if not isinstance(alias, str) or not _ALIAS.match(alias):
+        raise OptionError(
+            f"{what}: 'as: {alias}' is not a valid column name; use letters, digits, '_' or '-' "
+            "(starting with a letter, no dots or path separators)"
+        )
+    return alias
+
+
+# ------------------------------------------------------------------ config
+@dataclass
+class Step:
+    """A criterion or selector with options; ``alias`` (``as:`` in configs) names the
+    column when one criterion is used twice (DEITA's complexity and quality ratings)."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+    alias: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_alias(self.alias)
+
+    @property
+    def col(self) -> str:
+        return self.alias or self.name
+
+    @classmethod
+    def of(cls, x: Any, what: str) -> "Step":
+        if isinstance(x, Step):
+            return Step(x.name, dict(x.options), x.alias)
+        if isinstance(x, str):
+            return Step(x, {})
+        if isinstance(x, dict) and "name" in x:
+            extra = set(x) - {"name", "options", "as"}
+            if extra:
+                raise OptionError(f"{what}: unknown key(s) {sorted(extra)}; write {{name: ..., options: {{...}}}}")
+            opts = x.get("options") or {}
+            if not isinstance(opts, dict):
+                raise OptionError(f"{what} {x['name']}: options must be a mapping, got {opts!r}")
+            return Step(str(x["name"]), dict(opts), check_alias(x.get("as"), what))
+        raise OptionError(f"{what}: expected a name or {{name: ..., options: {{...}}}}, got {x!r}")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run needs. ``recipe`` expands into criteria/selector/filters;
+    explicit ``criteria``/``selector`` override it. One budget: ``k``, ``ratio``
+    (of the pool) or ``tokens`` (sum of approximate tokens of the selected rows)."""
+
+    data: Any
+    out: Optional[Any] = None
+    recipe: Optional[str] = None
+    recipe_options: dict = field(default_factory=dict)
+    criteria: list = field(default_factory=list)
+    selector: Optional[Any] = None
+    filters: list = field(default_factory=list)
+    k: Optional[int] = None
+    ratio: Optional[float] = None
+    tokens: Optional[int] = None
+    model: Optional[str] = None
+    embedder: Optional[str] = None
+    format: Optional[str] = None
+    fields: Optional[dict] = None
+    group_field: Optional[str] = None
+    on_bad_row: str = "error"
+    shard_size: int = 4096
+    limit: Optional[int] = None
+    seed: int = 0
+    cache_dir: Optional[Any] = None
+    overwrite: bool = False
+    report: bool = True
+    engine: str = "local"
+    engine_options: dict = field(default_factory=dict)
+    quiet: bool = False
+    plugins: list = field(default_factory=list)
+    score_only: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict, *, base: Optional[Path] = None) -> "PipelineConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise OptionError(f"config: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if "data" not in d:
+            raise OptionError("config: missing key 'data' (the pool to select from)")
+        if base is not None:
+            for key in ("data", "out", "cache_dir"):
+                if d.get(key) is not None and not os.path.isabs(str(d[key])):
+                    d[key] = str(base / str(d[key]))
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: Any) -> "PipelineConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config: {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            d = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise OptionError(f"config: {path}: cannot parse ({exc})") from None
+        if not isinstance(d, dict):
+            raise OptionError(f"config: {path}: expected a mapping at the top level")
+        return cls.from_dict(d, base=path.parent)
+
+    def budget(self) -> dict:
+        """The budget keys that are set (``k``, ``ratio``, ``tokens``)."""
+        return {x: getattr(self, x) for x in ("k", "ratio", "tokens") if getattr(self, x) is not None}
+
+
+@dataclass
+class Plan:
+    """A recipe or config resolved to concrete steps."""
+
+    criteria: list
+    selector: Step
+    filters: list
+    needs_embeddings: bool
+    recipe: Optional[str] = None
+    recipe_options: dict = field(default_factory=dict)
+    ratio_base: Optional[int] = None  # recipe's reference semantics: k = int(ratio_base * ratio)
+    budget: dict = field(default_factory=dict)  # the recipe's default budget
+
+    def describe(self) -> dict:
+        return {
+            "recipe": self.recipe,
+            "recipe_options": self.recipe_options,
+            "criteria": [asdict(c) for c in self.criteria],
+            "selector": asdict(self.selector),
+            "filters": list(self.filters),
+            "ratio_base": self.ratio_base,
+        }
+
+
+# ------------------------------------------------------------------ planning
+def recipe_options(
+    entry: Entry, options: Optional[dict], *, model: Optional[str] = None, embedder: Optional[str] = None
+) -> dict:
+    """A recipe's options resolved, with the run-wide ``model``/``embedder`` where the recipe takes them."""
+    given = dict(options or {})
+    if model is not None and "model" in entry.options and "model" not in given:
+        given["model"] = model
+    if embedder is not None and "embedder" in entry.options and "embedder" not in given:
+        given["embedder"] = embedder
+    return entry.resolve_options(given)
+
+
+def _from_recipe(cfg: PipelineConfig, plan: Plan) -> None:
+    if not cfg.recipe:
+        return
+    entry = RECIPES.get(cfg.recipe)
+    opts = recipe_options(entry, cfg.recipe_options, model=cfg.model, embedder=cfg.embedder)
+    r = entry.obj.expand(opts)
+    plan.criteria, plan.selector, plan.filters = list(r.criteria), r.selector, list(r.filters)
+    plan.needs_embeddings, plan.recipe_options = bool(r.needs_embeddings), opts
+    plan.ratio_base = r.budget.get("ratio_base")
+    plan.budget = {k: v for k, v in r.budget.items() if k in ("k", "ratio", "tokens")}
+
+
+def _default_selector(cfg: PipelineConfig, criteria: list, selector: Optional[Step]) -> Step:
+    if not criteria and (cfg.score_only or selector is None or selector.name != "random"):
+        raise OptionError("criteria: give a recipe (--recipe NAME) or at least one criterion")
+    if selector is not None:
+        return selector
+    if cfg.score_only:
+        return Step("random", {})  # not run: score-only
+    if len(criteria) == 1:
+        return Step("topk", {"criterion": criteria[0].col})
+    raise OptionError("selector: several criteria need a selector (e.g. pareto, weighted, rrf)")
+
+
+def _resolve_criteria(cfg: PipelineConfig, criteria: list) -> None:
+    seen: set = set()
+    for c in criteria:
+        entry = CRITERIA.get(c.name)
+        if cfg.model and "model" in entry.options and "model" not in c.options:
+            c.options["model"] = cfg.model
+        if cfg.embedder and "embedder" in entry.options and "embedder" not in c.options:
+            c.options["embedder"] = cfg.embedder
+        c.options = entry.resolve_options(c.options)
+        if c.col in seen:
+            raise OptionError(f"criteria: {c.col!r} given twice (use 'as: NAME' to score one criterion twice)")
+        seen.add(c.col)
+
+
+def _resolve_selector(selector: Step, criteria: list) -> bool:
+    """Fill the selector's criterion, validate its options; True when it needs embeddings."""
+    sel = SELECTORS.get(selector.name)
+    selector.options = dict(selector.options)
+    if "criterion" in sel.options and not selector.options.get("criterion"):
+        if len(criteria) != 1:
+            raise OptionError(
+                f"selector {selector.name}: name the criterion to select on (one of {[c.col for c in criteria]})"
+            )
+        selector.options["criterion"] = criteria[0].col
+    resolved = sel.resolve_options(selector.options)
+    for value in resolved.values():  # nested stages (cascade's first/then)
+        if isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"] in SELECTORS:
+            SELECTORS.get(value["name"]).resolve_options(dict(value.get("options") or {}))
+    return "embeddings" in tuple(sel.meta.get("needs", ())) or resolved.get("diversity_tau") is not None
+
+
+def make_plan(cfg: PipelineConfig) -> Plan:
+    """The run's concrete steps, validated against the registries (see :func:`validate`)."""
+    _load_builtins()
+    plan = Plan(criteria=[], selector=Step("random"), filters=[], needs_embeddings=False, recipe=cfg.recipe)
+    _from_recipe(cfg, plan)
+    criteria = [Step.of(c, "criteria") for c in cfg.criteria] if cfg.criteria else plan.criteria
+    given = Step.of(cfg.selector, "selector") if cfg.selector is not None else (plan.selector if cfg.recipe else None)
+    plan.criteria, plan.selector = criteria, _default_selector(cfg, criteria, given)
+    if cfg.filters:
+        plan.filters = list(cfg.filters)
+    _resolve_criteria(cfg, plan.criteria)
+    plan.needs_embeddings = _resolve_selector(plan.selector, plan.criteria) or plan.needs_embeddings
+    validate(cfg, plan)
+    return plan
+
+
+# ------------------------------------------------------------------ validation
+def validate(cfg: PipelineConfig, plan: Plan) -> None:
+    """Every check that needs no data: budget, filters, the selector's columns, engine, shards."""
+    if not cfg.score_only:
+        check_budget(cfg.budget() or plan.budget)
+    cols = {c.col for c in plan.criteria} | BUILTIN_COLUMNS
+    for f in plan.filters:
+        name = parse_filter(f)[0]
+        if name.split(".")[0] not in cols:
+            raise OptionError(f"filters: {f!r} names column {name!r}, not among the criteria {sorted(cols)}")
+    if plan.criteria:
+        for name in columns_read(SELECTORS.get(plan.selector.name), plan.selector.options):
+            if name.split(".")[0] not in cols:
+                raise OptionError(
+                    f"selector {plan.selector.name}: reads column {name!r}, not among the criteria {sorted(cols)}"
+                )
+    ENGINES.get(cfg.engine).resolve_options(dict(cfg.engine_options or {}))
+    if isinstance(cfg.shard_size, bool) or not isinstance(cfg.shard_size, int) or cfg.shard_size < 1:
+        raise OptionError(f"shard_size: expected a positive integer, got {cfg.shard_size!r}")
+    if cfg.limit is not None and (isinstance(cfg.limit, bool) or not isinstance(cfg.limit, int) or cfg.limit < 1):
+        raise OptionError(f"limit: expected a positive integer, got {cfg.limit!r}")
+    if cfg.on_bad_row not in ("error", "skip"):
+        raise OptionError(f"on_bad_row: expected 'error' or 'skip', got {cfg.on_bad_row!r}")
+
+
+def check_budget(budget: dict) -> None:
+    """One of ``k`` (integer >= 0), ``ratio`` (in (0, 1]) or ``tokens`` (integer > 0)."""
+    if len(budget) > 1:
+        raise OptionError(f"budget: give one of k, ratio, tokens (got {sorted(budget)})")
+    if not budget:
+        raise OptionError("budget: give one of k, ratio or tokens (--k N | --ratio R | --tokens T)")
+    k, ratio, tokens = budget.get("k"), budget.get("ratio"), budget.get("tokens")
+    if "k" in budget and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise OptionError(f"k: expected a non-negative integer, got {k!r}")
+    if "ratio" in budget and not _fraction(ratio):
+        raise OptionError(f"ratio: expected a fraction in (0, 1], got {ratio!r}")
+    if "tokens" in budget and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0):
+        raise OptionError(f"tokens: expected a positive integer, got {tokens!r}")
+
+
+def _fraction(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 < float(x) <= 1.0
+
+
+def parse_filter(expr: str) -> tuple[str, str, float]:
+    m = _FILTER.match(str(expr))
+    if not m:
+        raise OptionError(f"filters: cannot read {expr!r}; write e.g. 'ifd < 1' or 'length.output >= 1'")
+    try:
+        value = float(m.group(3))
+    except ValueError:
+        raise OptionError(f"filters: {expr!r}: {m.group(3)!r} is not a number") from None
+    return m.group(1), m.group(2), value
+
+
+def apply_filters(cols: dict, filters: list, n: int) -> np.ndarray:
+    ok = np.ones(n, dtype=bool)
+    for f in filters:
+        name, op, v = parse_filter(f)
+        if name not in cols:
+            raise OptionError(f"filters: {f!r} names column {name!r}, not among the scores {sorted(cols)}")
+        x = cols[name]
+        with np.errstate(invalid="ignore"):
+            ok &= {"<": x < v, "<=": x <= v, ">": x > v, ">=": x >= v, "==": x == v, "!=": x != v}[op]
+    return ok
+
+
+def budget_k(cfg: PipelineConfig, n: int, ratio_base: Optional[int] = None) -> int:
+    """The number of rows to select from a pool of ``n`` (``n`` for a token budget)."""
+    budget = cfg.budget()
+    check_budget(budget)
+    if cfg.k is not None:
+        return min(cfg.k, n)
+    if cfg.ratio is not None:
+        r = float(cfg.ratio)
+        if ratio_base is not None:  # reference-code semantics (e.g. Superfiltering's int(52002 * rate))
+            return min(n, int(ratio_base * r))
+        return max(1, int(math.floor(r * n + 0.5))) if n else 0
+    return n

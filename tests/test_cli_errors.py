@@ -1,0 +1,182 @@
+"""The CLI's one error path: bad input is one line naming file (and line), exit 2; a bug is a traceback, exit 1.
+
+Model-free (the `length` criterion), on small files written here and on real BIG-bench rows.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import write_bigbench_head
+from thresher.cli import main as cli_main
+from thresher.errors import InputError, ResourceError
+from thresher.io import read_samples
+
+ROWS = [{"id": f"r{i}", "instruction": f"Say {i} twice.", "output": f"{i} {i}"} for i in range(6)]
+
+
+def jsonl(path: Path, rows=ROWS) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def score(data: Path, tmp_path: Path, *extra: str) -> int:
+    return cli_main.main(
+        ["score", str(data), "--criteria", "length", "--out", str(tmp_path / "o.parquet"), "--quiet", *extra]
+    )
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("thresher: error: "), err
+    return lines[0]
+
+
+def test_truncated_gzip(tmp_path, capsys):
+    full = gzip.compress("".join(json.dumps(r) + "\n" for r in ROWS * 50).encode())
+    p = tmp_path / "pool.jsonl.gz"
+    p.write_bytes(full[: len(full) // 2])
+    assert score(p, tmp_path) == 2
+    line = one_error_line(capsys)
+    assert str(p) in line and "truncated" in line
+
+
+def test_gz_that_is_not_gzip(tmp_path, capsys):
+    p = jsonl(tmp_path / "pool.jsonl.gz")
+    assert score(p, tmp_path) == 2
+    line = one_error_line(capsys)
+    assert str(p) in line and "not a gzip file" in line
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path, capsys):
+    p = jsonl(tmp_path / "pool.jsonl")
+    lines = p.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"Say", b"S\xff\xfey")
+    p.write_bytes(b"\n".join(lines))
+    assert score(p, tmp_path) == 2
+    line = one_error_line(capsys)
+    assert f"{p}, line 3" in line and "UTF-8" in line
+    # a JSON array and a CSV name the line too
+    arr = tmp_path / "pool.json"
+    arr.write_bytes(b"[\n" + b",\n".join(json.dumps(r).encode() for r in ROWS[:2]) + b',\n{"instruction": "\xff"}\n]')
+    with pytest.raises(InputError, match=r"pool.json, line 4: not valid UTF-8"):
+        read_samples(arr)
+    csv = tmp_path / "pool.csv"
+    csv.write_bytes(b"id,instruction,output\na,b,c\nd,\xe9,f\n")
+    with pytest.raises(InputError, match=r"pool.csv, line 3: not valid UTF-8"):
+        read_samples(csv)
+
+
+def test_permission_errors_name_the_path(tmp_path, capsys, monkeypatch):
+    p = jsonl(tmp_path / "pool.jsonl")
+    from thresher.io import readers, writers
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(readers, "open", denied, raising=False)  # as if chmod 000 (tests may run as root)
+        with pytest.raises(ResourceError, match="permission denied"):
+            read_samples(p)
+        assert score(p, tmp_path) == 2
+        line = one_error_line(capsys)
+        assert str(p) in line and "permission denied" in line
+    monkeypatch.setattr(writers, "atomic_file", denied)
+    out = tmp_path / "o.csv"
+    assert cli_main.main(["score", str(p), "--criteria", "length", "--out", str(out), "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert str(out) in line and "permission denied" in line
+
+
+def test_folder_mixing_formats_is_refused(tmp_path, capsys):
+    d = tmp_path / "pool"
+    d.mkdir()
+    jsonl(d / "a.jsonl", ROWS[:3])
+    pd.DataFrame(ROWS[3:]).to_csv(d / "b.csv", index=False)
+    assert score(d, tmp_path) == 2
+    line = one_error_line(capsys)
+    assert "mixes data formats" in line and "a.jsonl" in line and "b.csv" in line
+    with pytest.raises(InputError, match="mixes data formats"):
+        read_samples(d, format="jsonl")
+
+
+def test_bom_is_accepted_in_jsonl_and_csv(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + jsonl(tmp_path / "plain.jsonl").read_bytes())
+    assert read_samples(p)["id"].tolist() == [r["id"] for r in ROWS]
+    c = tmp_path / "bom.csv"
+    c.write_bytes(b"\xef\xbb\xbf" + pd.DataFrame(ROWS).to_csv(index=False).encode())
+    df = read_samples(c)
+    assert df["id"].tolist() == [r["id"] for r in ROWS]  # the id column is kept
+    assert score(p, tmp_path) == 0
+
+
+def test_skip_a_bad_first_row_and_a_bad_record_in_a_json_array(tmp_path, capsys):
+    p = tmp_path / "first.jsonl"
+    p.write_text('{"id": "bad", "instruction": "no answer"}\n' + jsonl(tmp_path / "x.jsonl").read_text())
+    assert score(p, tmp_path) == 2
+    assert f"{p}, line 1" in one_error_line(capsys)
+    src_rows = read_samples(p, on_bad_row="skip")
+    assert src_rows["id"].tolist() == [r["id"] for r in ROWS]
+    assert score(p, tmp_path, "--on-bad-row", "skip") == 0
+    assert pd.read_parquet(tmp_path / "o.parquet")["id"].tolist() == [r["id"] for r in ROWS]
+    capsys.readouterr()
+    arr = tmp_path / "pool.json"
+    body = [json.dumps(r) for r in ROWS]
+    body.insert(2, '{"id": "broken", "instruction": "x", "output": }')
+    arr.write_text("[\n" + ",\n".join(body) + "\n]\n")
+    assert score(arr, tmp_path) == 2
+    assert f"{arr}, line 4: malformed JSON" in one_error_line(capsys)
+    assert read_samples(arr, on_bad_row="skip")["id"].tolist() == [r["id"] for r in ROWS]
+
+
+def test_score_bigbench_rows_without_input(tmp_path, bigbench_path):
+    p = write_bigbench_head(bigbench_path, tmp_path / "pool.jsonl", 40)
+    assert all("input" not in json.loads(ln) for ln in p.read_text().splitlines())
+    assert score(p, tmp_path) == 0
+    df = pd.read_parquet(tmp_path / "o.parquet")
+    assert len(df) == 40 and df["length"].notna().all()
+
+
+def test_score_messages_rows(tmp_path):
+    rows = [
+        {
+            "id": f"m{i}",
+            "messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello " * (i + 1)}],
+        }
+        for i in range(4)
+    ]
+    p = jsonl(tmp_path / "chat.jsonl", rows)
+    out = tmp_path / "o.jsonl"
+    assert cli_main.main(["score", str(p), "--criteria", "length", "--out", str(out), "--quiet"]) == 0
+    df = pd.read_json(out, lines=True)
+    assert df["id"].tolist() == [r["id"] for r in rows] and df["length"].is_monotonic_increasing
+
+
+def test_a_bug_prints_a_traceback_and_exits_1(tmp_path, capsys, monkeypatch):
+    from thresher.cli import cmd_score
+
+    def broken(args):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(cmd_score, "run_pipeline", lambda cfg: broken(cfg))
+    assert score(jsonl(tmp_path / "p.jsonl"), tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "bug in thresher" in err
+
+
+def test_error_line_is_not_glued_to_a_progress_bar(capsys):
+    from tqdm import tqdm
+
+    bar = tqdm(total=10, desc="scoring")
+    bar.update(3)
+    assert cli_main.report_error(InputError("bad row", file="x.jsonl", line=3)) == 2
+    err = capsys.readouterr().err
+    assert "\nthresher: error: x.jsonl, line 3: bad row\n" in err
