@@ -66,13 +66,11 @@ ALLOWED_LATERAL: set[tuple[str, str]] = {
     ("embed", "models"),
     ("cluster", "index"),
     ("embed", "index"),
-    ("plan", "recipes"),
     ("recipes", "plan"),
     ("pipeline", "engines"),
     ("pipeline", "report"),
     ("pipeline", "cache"),
     ("io", "registry"),
-    ("registry", "io"),
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import write_bigbench_head
 from thresher.cli.main import main
 
-PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
+PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
 
 
 @pytest.fixture(scope="module")

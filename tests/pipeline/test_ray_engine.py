@@ -11,7 +11,7 @@ import pytest
 from thresher.pipeline import PipelineConfig, run_pipeline
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs `pip install 'ray[data]'`")
-PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
+PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
 
 
 @pytest.mark.ray

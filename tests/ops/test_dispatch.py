@@ -14,7 +14,7 @@ import torch
 from thresher.ops import OPS, last_backend, segment_reduce, topk
 from thresher.ops._dispatch import BACKEND_NAMES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 X = torch.tensor([3.0, 1.0, 2.0, 5.0])
 OFF = torch.tensor([0, 1, 4])
 

@@ -14,7 +14,7 @@ import pytest
 
 from thresher.pipeline import PipelineConfig, run_pipeline
 
-PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
+PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = str(Path(__file__).with_name("pipeline_plugin.py"))
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
 N_SHARDS = 8
 
 

@@ -20,9 +20,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .plan import Step, recipe_options
-from .registry import CRITERIA, RECIPES, Option
-from .selectors.base import parse_objectives
+from ..plan import Step, recipe_options
+from ..registry import CRITERIA, RECIPES, Option
+from ..selectors.base import parse_objectives
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 from thresher.cli.main import main
 from thresher.models import tiny_causal_lm
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "score_small.jsonl"
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "score_small.jsonl"
 
 
 @pytest.fixture(scope="module")

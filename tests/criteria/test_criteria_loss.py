@@ -17,7 +17,7 @@ from thresher.models import tiny_causal_lm
 from thresher.registry import CRITERIA
 from thresher.render import render_sample, tokenize_rendered
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_cherry():
