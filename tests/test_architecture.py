@@ -93,3 +93,30 @@ def test_docs_cited_by_the_code_are_in_the_repo():
             if not (ROOT / doc).is_file():
                 outside.append(f"{path.relative_to(ROOT)} cites missing {doc}")
     assert outside == []
+
+
+def test_adding_a_criterion_is_one_file(tmp_path, monkeypatch):
+    """A module dropped into thresher/criteria registers its criterion with no other edit."""
+    import thresher.criteria
+    from thresher import registry
+
+    (tmp_path / "my_new_criterion.py").write_text(
+        "from thresher.criteria.base import Criterion\n"
+        "from thresher.registry import CRITERIA, Option\n\n"
+        "@CRITERIA.register('my_new_criterion', doc='test', options=[Option('scale', 1.0, 'x')])\n"
+        "class MyNew(Criterion):\n"
+        "    VERSION = '1'\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(thresher.criteria, "__path__", [*thresher.criteria.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_loaded", False)
+    try:
+        assert "thresher.criteria.my_new_criterion" in registry.builtin_modules()
+        entry = registry.CRITERIA.get("my_new_criterion")
+        assert entry.obj.NAME == "my_new_criterion"
+        assert entry.resolve_options({"scale": 2}) == {"scale": 2.0}
+    finally:
+        registry.CRITERIA.unregister("my_new_criterion")
+        import sys
+
+        sys.modules.pop("thresher.criteria.my_new_criterion", None)

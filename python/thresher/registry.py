@@ -23,6 +23,8 @@ Conventions shared by every component:
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
 
@@ -205,24 +207,30 @@ RECIPES: Registry[Any] = Registry("recipe")
 READERS: Registry[Any] = Registry("reader")
 ENGINES: Registry[Any] = Registry("engine")
 
-# Modules that register built-in components on import. Each capability adds
-# its module here; a module that fails to import (missing optional extra) is
-# skipped and reported by `thresher doctor`.
-BUILTIN_MODULES: list[str] = [
-    "thresher.criteria.text",
-    "thresher.selectors.basic",
-    "thresher.selectors.diversity",
-    "thresher.criteria.diversity",
-    "thresher.recipes",
-    "thresher.criteria.loss",
-    "thresher.criteria.judge",
-    "thresher.criteria.nuggets",
-    "thresher.criteria.less",
-    "thresher.engines.local",
-    "thresher.engines.ray_engine",
-]
+# Built-in components register themselves when their module is imported. Every module of these
+# packages is imported on first use of a registry, so adding a criterion, selector, recipe or engine
+# is adding one file (modules whose name starts with "_" are skipped). A module that fails to import
+# (a missing optional extra) is skipped and reported by `thresher doctor`.
+BUILTIN_PACKAGES: tuple[str, ...] = ("thresher.criteria", "thresher.selectors", "thresher.recipes", "thresher.engines")
+# Further modules outside those packages that register components (none today).
+BUILTIN_MODULES: list[str] = []
 _loaded = False
 LOAD_ERRORS: dict[str, str] = {}
+
+
+def builtin_modules() -> list[str]:
+    """The modules that register built-in components, in import order."""
+    mods: list[str] = []
+    for pkg in BUILTIN_PACKAGES:
+        try:
+            locations = list(importlib.import_module(pkg).__path__)
+        except ImportError as exc:
+            LOAD_ERRORS[pkg] = f"{type(exc).__name__}: {exc}"
+            continue
+        mods.append(pkg)
+        names = sorted({info.name for info in pkgutil.iter_modules(locations)})
+        mods.extend(f"{pkg}.{name}" for name in names if not name.startswith("_"))
+    return mods + [m for m in BUILTIN_MODULES if m not in mods]
 
 
 def _load_builtins() -> None:
@@ -230,9 +238,7 @@ def _load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    import importlib
-
-    for mod in BUILTIN_MODULES:
+    for mod in builtin_modules():
         try:
             importlib.import_module(mod)
         except ImportError as exc:

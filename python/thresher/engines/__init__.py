@@ -9,7 +9,7 @@ dependency). An engine is any class satisfying :class:`Engine`, registered in
         def make_scorer(self, cls, options): ...   # a handle the engine can score with
         def score(self, scorer, table, name): ...  # -> DataFrame, one row per input row
 
-Adding an engine is one module listed in ``registry.BUILTIN_MODULES`` (or a plugin).
+Adding an engine is one module in this package (found by ``registry.builtin_modules``) or a plugin.
 """
 
 from __future__ import annotations
