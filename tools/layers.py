@@ -52,6 +52,8 @@ LAYERS: dict[str, int] = {
     "frames": 5,
     "data": 5,
     "_version": 5,
+    "extras": 7,
+    "progress": 7,
 }
 # Lateral edges between groups of one layer that are part of the design (feature extractors build on
 # the model runner and the renderer; training reuses gradient features; recipes are expanded into a plan;

@@ -19,6 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
+from .errors import MissingExtraError
+from .extras import require
+
 _errors: dict[str, str] = {}
 
 
@@ -63,12 +66,11 @@ def triton_interpret() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def triton_module() -> Optional[ModuleType]:
+    """triton or None; the recorded reason names ``pip install 'thresher[triton]'`` when it is missing."""
     try:
-        import triton  # noqa: F401
-
-        return sys.modules["triton"]
-    except Exception as exc:
-        _record("triton", exc)
+        return require("triton", "triton", what="the Triton kernels")
+    except Exception as exc:  # MissingExtraError, or a broken install
+        _errors["triton"] = str(exc) if isinstance(exc, MissingExtraError) else f"{type(exc).__name__}: {exc}"
         return None
 
 

@@ -1,9 +1,12 @@
 """Score cache: one Parquet file per (shard content, criterion key).
 
-Key = blake2b(thresher version, criterion name, scorer cache key (model
-fingerprint + resolved options + criterion version), shard key (the shard's ids
-and sample content hashes in order)). Changing a criterion's option changes only
-that criterion's keys; changing a sample changes only its shard's key.
+Key = blake2b(cache format version, criterion name, scorer cache key (the
+criterion's own ``VERSION``, model fingerprint and resolved options), shard key
+(the shard's ids and sample content hashes in order)). Changing a criterion's
+option or its ``VERSION`` changes only that criterion's keys; changing a sample
+changes only its shard's key. The package version is NOT part of the key: an
+upgrade of thresher that leaves a criterion unchanged keeps its cached scores (a
+criterion whose scores change bumps its ``VERSION``).
 
 Each entry records, in its Parquet metadata, a digest of the ids it covers (and the
 scorer's model fingerprint when known); a lookup that names the ids it expects gets
@@ -21,6 +24,8 @@ import contextlib
 import hashlib
 import json
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -28,16 +33,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import thresher
-
 from .fs import atomic_save, clean_stale_temp
 
 META_KEY = b"thresher.cache"
+#: Layout of a cache entry (file naming, metadata); bumped only when entries become unreadable.
+CACHE_FORMAT = "1"
 
 
 def cache_key(criterion: str, scorer_key: str, shard_key: str, *, version: Optional[str] = None) -> str:
+    """The entry key. ``scorer_key`` carries the criterion's own version (``Criterion.cache_key_for``);
+    ``version`` is the cache format (default :data:`CACHE_FORMAT`), never the package version."""
     h = hashlib.blake2b(digest_size=16)
-    for part in (version or thresher.__version__, criterion, scorer_key, shard_key):
+    for part in (version or CACHE_FORMAT, criterion, scorer_key, shard_key):
         h.update(str(part).encode("utf-8"))
         h.update(b"\x1f")
     return h.hexdigest()
@@ -98,6 +105,8 @@ class ScoreCache:
             self.misses += 1
             return None
         self.hits += 1
+        with contextlib.suppress(OSError):  # last use, for `thresher cache prune --older-than` (read-only caches: skip)
+            os.utime(p)
         return table.to_pandas()
 
     @staticmethod
@@ -141,3 +150,112 @@ class ScoreCache:
 
     def size_bytes(self) -> int:
         return sum(os.path.getsize(p) for p in self.entries())
+
+
+# ------------------------------------------------------------------ maintenance (`thresher cache ls|prune`)
+EMBEDDINGS = "embeddings"  # the embeddings store shares the cache folder (thresher.embed.store)
+
+
+@dataclass
+class CacheEntry:
+    """One entry: a score table (``<criterion>/<key>.parquet``) or an embeddings part (``.npy`` + ``.keys.json``)."""
+
+    group: str  # criterion (column) name, or "embeddings"
+    files: list = field(default_factory=list)
+    bytes: int = 0
+    mtime: float = 0.0  # last write or use
+
+
+def _entry(group: str, files: list) -> CacheEntry:
+    stats = [f.stat() for f in files]
+    return CacheEntry(group, files, sum(s.st_size for s in stats), max(s.st_mtime for s in stats))
+
+
+def _embedding_entries(folder: Path) -> list[CacheEntry]:
+    out = []
+    for keys in sorted(folder.rglob("part-*.keys.json")):
+        vec = keys.with_name(keys.name[: -len(".keys.json")] + ".npy")
+        with contextlib.suppress(OSError):
+            out.append(_entry(EMBEDDINGS, [keys] + ([vec] if vec.is_file() else [])))
+    return out
+
+
+def cache_entries(root: Any, criterion: Optional[str] = None) -> list[CacheEntry]:
+    """Every entry under ``root`` (optionally of one criterion, or ``"embeddings"``), by group then path."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out: list[CacheEntry] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if criterion is not None and folder.name != criterion:
+            continue
+        if folder.name == EMBEDDINGS:
+            out.extend(_embedding_entries(folder))
+            continue
+        for f in sorted(folder.glob("*.parquet")):
+            with contextlib.suppress(OSError):  # removed by another process meanwhile
+                out.append(_entry(folder.name, [f]))
+    return out
+
+
+def cache_summary(root: Any) -> list[dict]:
+    """Per group: ``name``, ``kind`` (scores | embeddings), ``entries``, ``bytes``, ``oldest``/``newest``
+    (epoch seconds of the last write or use)."""
+    groups: dict[str, dict] = {}
+    for e in cache_entries(root):
+        g = groups.setdefault(
+            e.group,
+            {"name": e.group, "kind": "embeddings" if e.group == EMBEDDINGS else "scores", "entries": 0, "bytes": 0,
+             "oldest": e.mtime, "newest": e.mtime},
+        )  # fmt: skip
+        g["entries"] += 1
+        g["bytes"] += e.bytes
+        g["oldest"], g["newest"] = min(g["oldest"], e.mtime), max(g["newest"], e.mtime)
+    return list(groups.values())
+
+
+def prune_candidates(
+    root: Any,
+    *,
+    older_than_days: Optional[float] = None,
+    criterion: Optional[str] = None,
+    everything: bool = False,
+    now: Optional[float] = None,
+) -> list[CacheEntry]:
+    """The entries a prune removes: all (``everything``), or those of ``criterion`` and/or not written
+    or used for ``older_than_days`` days. Nothing is selected without one of the three."""
+    if older_than_days is None and criterion is None and not everything:
+        raise ValueError("cache prune: give --older-than DAYS, --criterion NAME or --all")
+    if older_than_days is not None and (older_than_days != older_than_days or older_than_days < 0):
+        raise ValueError(f"cache prune: --older-than: expected a number of days >= 0, got {older_than_days}")
+    entries = cache_entries(root, None if everything else criterion)
+    if everything or older_than_days is None:
+        return entries
+    cutoff = (time.time() if now is None else now) - older_than_days * 86400.0
+    return [e for e in entries if e.mtime < cutoff]
+
+
+def prune(root: Any, entries: list[CacheEntry]) -> tuple[int, int]:
+    """Remove ``entries`` (the commit-marker file first), empty group folders and stale temporary
+    files; returns (entries removed, bytes freed)."""
+    n = freed = 0
+    folders = set()
+    for e in entries:
+        try:
+            for f in e.files:  # keys.json (the commit marker) comes first: a half-removed part is ignored
+                f.unlink(missing_ok=True)
+        except OSError:
+            continue
+        n, freed = n + 1, freed + e.bytes
+        folders.update(f.parent for f in e.files)
+    root = Path(root)
+    if root.is_dir():
+        clean_stale_temp(root)
+    for folder in sorted(folders, key=lambda p: -len(p.parts)):
+        while folder != root and root in folder.parents:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+            folder = folder.parent
+    return n, freed

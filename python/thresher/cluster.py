@@ -132,6 +132,9 @@ def kcenter_greedy(
     return np.asarray(out, dtype=np.int64)
 
 
+KMEANS_INITS = ("random", "k-means++")
+
+
 def kmeans(
     x: np.ndarray,
     n_clusters: int,
@@ -140,24 +143,105 @@ def kmeans(
     spherical: bool = False,
     niter: int = 20,
     max_points_per_centroid: int = 256,
+    n_init: int = 1,
+    init: str = "random",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(centroids [c, d], labels [N]) by Lloyd's k-means (FAISS when installed, else torch).
 
     ``spherical``: centroids re-normalised each iteration, assignment by inner
-    product (SemDeDup). Deterministic for a given seed.
+    product (SemDeDup). ``init``: ``random`` (c distinct rows) or ``k-means++``
+    (greedy D^2 sampling with 2 + ln c local trials, as scikit-learn does).
+    ``n_init`` restarts (seeds ``seed``, ``seed + 1``, ...) keep the run with the
+    lowest inertia (sum of squared distances to the centroid; for ``spherical``,
+    the lowest sum of ``1 - cos``), ties to the earlier run. Deterministic for a
+    given seed.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
     if not 1 <= n_clusters <= n:
         raise ValueError(f"n_clusters: expected 1..{n}, got {n_clusters}")
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise ValueError(f"n_init: expected an integer >= 1, got {n_init!r}")
+    if init not in KMEANS_INITS:
+        raise ValueError(f"init: expected one of {KMEANS_INITS}, got {init!r}")
     faiss = faiss_module()
-    if faiss is not None:
-        return _kmeans_faiss(faiss, x, int(n_clusters), seed, spherical, niter, max_points_per_centroid)
-    return _kmeans_torch(x, int(n_clusters), seed, spherical, niter)
+    best: Optional[tuple[float, np.ndarray, np.ndarray]] = None
+    for t in range(int(n_init)):
+        s = int(seed) + t
+        if faiss is not None:
+            cent, lab = _kmeans_faiss(faiss, x, int(n_clusters), s, spherical, niter, max_points_per_centroid, init)
+        else:
+            cent, lab = _kmeans_torch(x, int(n_clusters), s, spherical, niter, init=init)
+        if n_init == 1:
+            return cent, lab
+        cost = kmeans_inertia(x, cent, lab, spherical)
+        if best is None or cost < best[0]:
+            best = (cost, cent, lab)
+    assert best is not None
+    return best[1], best[2]
+
+
+def kmeans_inertia(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, spherical: bool = False) -> float:
+    """The k-means objective in float64: sum of squared distances to the assigned centroid
+    (``spherical``: sum of ``1 - x . c``)."""
+    xd = np.asarray(x, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)[np.asarray(labels, dtype=np.int64)]
+    if spherical:
+        return float((1.0 - (xd * c).sum(1)).sum())
+    return float(((xd - c) ** 2).sum())
+
+
+def kmeans_pp_rows(x: np.ndarray, c: int, seed: int) -> np.ndarray:
+    """Row positions of ``c`` k-means++ seeds: the first uniformly, each next one the best (lowest
+    potential) of ``2 + ln c`` candidates drawn with probability proportional to D^2 (seeded).
+    D^2 below float64 rounding (relative 1e-12) counts as 0, so a row equal to a chosen seed is
+    never drawn; when every row sits on a seed, unused rows follow in a seeded order (the seeds
+    are always distinct rows)."""
+    g = torch.Generator().manual_seed(int(seed))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    n = xt.shape[0]
+    sq = (xt * xt).sum(1)
+
+    def dist2(cols: list) -> torch.Tensor:
+        """[n, len(cols)] squared distances to the rows ``cols``."""
+        d = sq[:, None] + sq[cols][None] - 2.0 * (xt @ xt[cols].T)
+        return torch.where(d <= 1e-12 * (sq[:, None] + sq[cols][None]), torch.zeros_like(d), d)
+
+    trials = 2 + int(np.log(c))
+    rows = [int(torch.randint(n, (1,), generator=g))]
+    d2 = dist2(rows)[:, 0]
+    for _ in range(1, c):
+        cum = torch.cumsum(d2, 0)
+        if float(cum[-1]) <= 0.0:
+            used = set(rows)
+            rest = [i for i in torch.randperm(n, generator=g).tolist() if i not in used]
+            rows.extend(rest[: c - len(rows)])
+            break
+        r = torch.rand(trials, generator=g, dtype=torch.float64) * cum[-1]
+        cand = torch.searchsorted(cum, r, right=True).clamp(max=n - 1).tolist()
+        newd = torch.minimum(d2[:, None], dist2(cand))
+        best = int(np.argmin(newd.sum(0).numpy()))  # the lowest potential left (first on ties)
+        rows.append(cand[best])
+        d2 = newd[:, best]
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _init_rows(x: np.ndarray, c: int, seed: int, init: str) -> np.ndarray:
+    if init == "k-means++":
+        return kmeans_pp_rows(x, c, seed)
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(x.shape[0], generator=g)[:c].numpy()
 
 
 def _kmeans_faiss(
-    faiss: Any, x: np.ndarray, c: int, seed: int, spherical: bool, niter: int, max_points_per_centroid: int
+    faiss: Any,
+    x: np.ndarray,
+    c: int,
+    seed: int,
+    spherical: bool,
+    niter: int,
+    max_points_per_centroid: int,
+    init: str = "random",
 ) -> tuple[np.ndarray, np.ndarray]:
     km = faiss.Kmeans(
         x.shape[1],
@@ -169,17 +253,21 @@ def _kmeans_faiss(
         min_points_per_centroid=1,
         verbose=False,
     )
+    start = None
+    if init != "random":  # faiss's own init is random rows; k-means++ seeds are given
+        start = np.ascontiguousarray(x[_init_rows(x, c, seed, init)])
     with faiss_threads(x.shape[0] * c, small=1 << 24):
-        km.train(x)
+        km.train(x, init_centroids=start)
     _, lab = km.index.search(x, 1)
     return km.centroids.copy(), lab[:, 0].astype(np.int64)
 
 
-def _kmeans_torch(x: np.ndarray, c: int, seed: int, spherical: bool, niter: int) -> tuple[np.ndarray, np.ndarray]:
+def _kmeans_torch(
+    x: np.ndarray, c: int, seed: int, spherical: bool, niter: int, init: str = "random"
+) -> tuple[np.ndarray, np.ndarray]:
     n = x.shape[0]
-    g = torch.Generator().manual_seed(int(seed))
     xt = torch.from_numpy(x)
-    cent = xt[torch.randperm(n, generator=g)[:c]].clone()
+    cent = xt[torch.from_numpy(_init_rows(x, c, seed, init))].clone()
     lab = torch.zeros(n, dtype=torch.int64)
     for _ in range(niter):
         if spherical:

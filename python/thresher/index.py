@@ -38,21 +38,27 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from .extras import require
 from .fs import atomic_file, atomic_save, atomic_write_text
 from .ops.knn import check_finite_rows, knn
+from .progress import advance
 
 KINDS = ("auto", "exact", "flat", "ivf_flat", "ivf_pq", "hnsw")
 FAISS_GPU_MAX_K = 2048
+QUERY_BLOCK = 8192  # queries per search call: the unit the progress bar moves by
 
 
 def faiss_module():
-    """faiss or None."""
+    """faiss or None (callers with a fallback, such as exact search and k-means, use this)."""
     try:
-        import faiss  # noqa: F401
-
-        return faiss
-    except Exception:  # pragma: no cover - faiss is an optional extra
+        return require("faiss", "faiss")
+    except Exception:  # MissingExtraError, or a broken install  # pragma: no cover - faiss is an optional extra
         return None
+
+
+def require_faiss(what: str):
+    """faiss, or MissingExtraError naming ``pip install 'thresher[faiss]'`` (callers without a fallback)."""
+    return require("faiss", "faiss", what=what)
 
 
 def faiss_has_gpu() -> bool:
@@ -181,9 +187,7 @@ class KNNIndex:
         if self.kind == "exact" and not (self.use_gpu and faiss_module() is not None):
             self._base = x
             return self
-        f = faiss_module()
-        if f is None:
-            raise ValueError(f"kind: {self.kind!r} needs faiss (pip install faiss-cpu)")
+        f = require_faiss(f"kNN index kind {self.kind!r}")
         mt = f.METRIC_INNER_PRODUCT if self.metric == "ip" else f.METRIC_L2
         d = self.dim
         if self.kind in ("exact", "flat"):
@@ -245,37 +249,7 @@ class KNNIndex:
                 f"query_offset: rows {query_offset}..{query_offset + q.shape[0] - 1} "
                 f"are not all in the index ({self.ntotal} rows)"
             )
-        if self.kind == "exact" and (self._faiss_index is None or k > FAISS_GPU_MAX_K):
-            base = self._base
-            if self.use_gpu and torch.cuda.is_available():
-                v, i = knn(
-                    torch.from_numpy(q).cuda(),
-                    torch.from_numpy(base).cuda(),
-                    k,
-                    self.metric,
-                    exclude_self=exclude_self,
-                    query_offset=query_offset,
-                )
-            else:
-                v, i = knn(q, base, k, self.metric, exclude_self=exclude_self, query_offset=query_offset)
-            vals, pos = v.cpu().numpy(), i.cpu().numpy()
-        else:
-            index = self._faiss_index
-            if nprobe is not None and hasattr(index, "nprobe"):
-                index.nprobe = int(nprobe)
-            kk = k + 1 if exclude_self else k
-            kk = min(kk, self.ntotal)
-            with faiss_threads(q.shape[0] * max(self.ntotal // 64, 1), small=1 << 22):
-                vals, pos = index.search(q, kk) if q.shape[0] else (None, None)
-            if vals is None:
-                vals, pos = np.zeros((0, kk), np.float32), np.zeros((0, kk), np.int64)
-            vals = vals.astype(np.float32, copy=False)
-            pos = pos.astype(np.int64, copy=False)
-            if exclude_self:
-                vals, pos = _drop_self(vals, pos, np.arange(q.shape[0]) + query_offset, k)
-            else:
-                vals, pos = vals[:, :k], pos[:, :k]
-            vals = np.where(pos < 0, np.nan, vals).astype(np.float32)
+        vals, pos = self._search_blocks(q, k, exclude_self, query_offset, nprobe)
         if self.ids is None:
             return vals, pos
         out = (
@@ -284,6 +258,51 @@ class KNNIndex:
             else np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], None)
         )
         return vals, out
+
+    def _search_blocks(
+        self, q: np.ndarray, k: int, exclude_self: bool, query_offset: int, nprobe: Optional[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row positions of the neighbours, :data:`QUERY_BLOCK` queries at a time (each query's result
+        is independent of the others); every block reports its rows to :func:`thresher.progress.advance`."""
+        exact = self.kind == "exact" and (self._faiss_index is None or k > FAISS_GPU_MAX_K)
+        if not exact and nprobe is not None and hasattr(self._faiss_index, "nprobe"):
+            self._faiss_index.nprobe = int(nprobe)
+        if exact:
+            gpu = bool(self.use_gpu) and torch.cuda.is_available()
+            base = torch.from_numpy(self._base).cuda() if gpu else self._base  # copied to the GPU once
+
+            def run(qb: np.ndarray, k: int, exclude_self: bool, offset: int) -> tuple[np.ndarray, np.ndarray]:
+                qt = torch.from_numpy(qb).cuda() if gpu else qb
+                v, i = knn(qt, base, k, self.metric, exclude_self=exclude_self, query_offset=offset)
+                return v.cpu().numpy(), i.cpu().numpy()
+
+        else:
+            run = self._search_faiss
+        nq = q.shape[0]
+        if nq == 0:
+            return run(q, k, exclude_self, query_offset)
+        vals, pos = [], []
+        for s in range(0, nq, QUERY_BLOCK):
+            v, p = run(q[s : s + QUERY_BLOCK], k, exclude_self, query_offset + s)
+            vals.append(v)
+            pos.append(p)
+            advance(v.shape[0])
+        return np.concatenate(vals), np.concatenate(pos)
+
+    def _search_faiss(self, q: np.ndarray, k: int, exclude_self: bool, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        index = self._faiss_index
+        kk = min(k + 1 if exclude_self else k, self.ntotal)
+        if q.shape[0] == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        with faiss_threads(q.shape[0] * max(self.ntotal // 64, 1), small=1 << 22):
+            vals, pos = index.search(q, kk)
+        vals = vals.astype(np.float32, copy=False)
+        pos = pos.astype(np.int64, copy=False)
+        if exclude_self:
+            vals, pos = _drop_self(vals, pos, np.arange(q.shape[0]) + offset, k)
+        else:
+            vals, pos = vals[:, :k], pos[:, :k]
+        return np.where(pos < 0, np.nan, vals).astype(np.float32), pos
 
     # ------------------------------------------------------------ persistence
     def save(self, path: Any) -> Path:
@@ -326,9 +345,7 @@ class KNNIndex:
         self.kind = meta["kind"]
         self.ntotal = meta["ntotal"]
         if (p / "index.faiss").is_file():
-            f = faiss_module()
-            if f is None:
-                raise ValueError(f"path: {p} holds a FAISS index but faiss is not installed")
+            f = require_faiss(f"the FAISS index at {p}")
             self._faiss_index = f.read_index(str(p / "index.faiss"))
         else:
             self._base = np.load(p / "base.npy", allow_pickle=False)

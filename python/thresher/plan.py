@@ -84,6 +84,18 @@ class Step:
         raise OptionError(f"{what}: expected a name or {{name: ..., options: {{...}}}}, got {x!r}")
 
 
+def _config_plugins(names: Any, base: Optional[Path]) -> list:
+    """A config file's ``plugins:`` list (files relative to the config file)."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise OptionError(f"config: plugins: expected a list of module names or .py files, got {names!r}")
+    is_file = [n.endswith(".py") or "/" in n or os.sep in n for n in names]
+    return [str(base / n) if f and base is not None and not os.path.isabs(n) else n for n, f in zip(names, is_file)]
+
+
 @dataclass
 class PipelineConfig:
     """Everything a run needs. ``recipe`` expands into criteria/selector/filters;
@@ -103,6 +115,8 @@ class PipelineConfig:
     model: Optional[str] = None
     embedder: Optional[str] = None
     format: Optional[str] = None
+    split: Optional[str] = None  # one split of a DatasetDict / load_dataset id
+    streaming: bool = False  # load_dataset(..., streaming=True) for a dataset id
     fields: Optional[dict] = None
     group_field: Optional[str] = None
     on_bad_row: str = "error"
@@ -115,12 +129,30 @@ class PipelineConfig:
     engine: str = "local"
     engine_options: dict = field(default_factory=dict)
     quiet: bool = False
+    # Code to import (modules or .py files registering criteria/selectors/recipes). ``plugins``:
+    # named by the caller (CLI --plugin, or Python code), loaded. ``config_plugins``: named by a
+    # config file (its ``plugins:`` key), loaded only with ``allow_plugins=True`` (--allow-plugins),
+    # which a config file cannot set itself.
     plugins: list = field(default_factory=list)
     score_only: bool = False
+    # Outputs: the id field of the written rows, their score columns (with_scores), rejected.<ext>.
+    id_column: str = "id"
+    with_scores: bool = False
+    write_rejected: bool = False
+    allow_plugins: bool = False
+    config_plugins: list = field(default_factory=list)
+    # Options handed to the recipe and to every criterion that declares them (CLI --max-length,
+    # --device, ...); an explicit criterion/recipe option wins; one that nothing takes is an error.
+    criterion_defaults: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict, *, base: Optional[Path] = None) -> "PipelineConfig":
-        known = set(cls.__dataclass_fields__)
+        if "allow_plugins" in d:
+            raise OptionError(
+                "config: allow_plugins cannot be set in a config file (loading code must be allowed where the "
+                "command is run): pass --allow-plugins on the command line, or allow_plugins=True in Python"
+            )
+        known = set(cls.__dataclass_fields__) - {"allow_plugins", "config_plugins"}
         unknown = set(d) - known
         if unknown:
             raise OptionError(f"config: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -131,6 +163,7 @@ class PipelineConfig:
             for key in ("data", "out", "cache_dir"):
                 if d.get(key) is not None and not os.path.isabs(str(d[key])):
                     d[key] = str(base / str(d[key]))
+        d["config_plugins"] = _config_plugins(d.pop("plugins", None), base)
         return cls(**d)
 
     @classmethod
@@ -164,6 +197,7 @@ class Plan:
     recipe_options: dict = field(default_factory=dict)
     ratio_base: Optional[int] = None  # recipe's reference semantics: k = int(ratio_base * ratio)
     budget: dict = field(default_factory=dict)  # the recipe's default budget
+    budget_base: str = "pool"  # what a ratio is a fraction of: "pool" (every row) or "eligible" (after filters)
 
     def describe(self) -> dict:
         return {
@@ -173,6 +207,7 @@ class Plan:
             "selector": asdict(self.selector),
             "filters": list(self.filters),
             "ratio_base": self.ratio_base,
+            "budget_base": self.budget_base,
         }
 
 
@@ -193,11 +228,13 @@ def _from_recipe(cfg: PipelineConfig, plan: Plan) -> None:
     if not cfg.recipe:
         return
     entry = RECIPES.get(cfg.recipe)
-    opts = recipe_options(entry, cfg.recipe_options, model=cfg.model, embedder=cfg.embedder)
+    shared = {k: v for k, v in (cfg.criterion_defaults or {}).items() if k in entry.options}
+    opts = recipe_options(entry, {**shared, **(cfg.recipe_options or {})}, model=cfg.model, embedder=cfg.embedder)
     r = entry.obj.expand(opts)
     plan.criteria, plan.selector, plan.filters = list(r.criteria), r.selector, list(r.filters)
     plan.needs_embeddings, plan.recipe_options = bool(r.needs_embeddings), opts
     plan.ratio_base = r.budget.get("ratio_base")
+    plan.budget_base = check_budget_base(r.budget.get("base", "pool"), cfg.recipe)
     plan.budget = {k: v for k, v in r.budget.items() if k in ("k", "ratio", "tokens")}
 
 
@@ -221,10 +258,24 @@ def _resolve_criteria(cfg: PipelineConfig, criteria: list) -> None:
             c.options["model"] = cfg.model
         if cfg.embedder and "embedder" in entry.options and "embedder" not in c.options:
             c.options["embedder"] = cfg.embedder
+        for k, v in (cfg.criterion_defaults or {}).items():
+            if k in entry.options and k not in c.options:
+                c.options[k] = v
         c.options = entry.resolve_options(c.options)
         if c.col in seen:
             raise OptionError(f"criteria: {c.col!r} given twice (use 'as: NAME' to score one criterion twice)")
         seen.add(c.col)
+
+
+def _check_defaults_used(cfg: PipelineConfig, plan: Plan) -> None:
+    """No option accepted and ignored: each of ``criterion_defaults`` must reach the recipe or a criterion."""
+    taken = set(plan.recipe_options) | {k for c in plan.criteria for k in CRITERIA.get(c.name).options}
+    unused = sorted(set(cfg.criterion_defaults or {}) - taken)
+    if unused:
+        raise OptionError(
+            f"option(s) {unused}: no criterion or recipe of this run takes them "
+            f"(criteria: {[c.name for c in plan.criteria]})"
+        )
 
 
 def _resolve_selector(selector: Step, criteria: list) -> bool:
@@ -255,6 +306,7 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     if cfg.filters:
         plan.filters = list(cfg.filters)
     _resolve_criteria(cfg, plan.criteria)
+    _check_defaults_used(cfg, plan)
     plan.needs_embeddings = _resolve_selector(plan.selector, plan.criteria) or plan.needs_embeddings
     validate(cfg, plan)
     return plan
@@ -281,6 +333,8 @@ def validate(cfg: PipelineConfig, plan: Plan) -> None:
         raise OptionError(f"shard_size: expected a positive integer, got {cfg.shard_size!r}")
     if cfg.limit is not None and (isinstance(cfg.limit, bool) or not isinstance(cfg.limit, int) or cfg.limit < 1):
         raise OptionError(f"limit: expected a positive integer, got {cfg.limit!r}")
+    if not isinstance(cfg.id_column, str) or not _ALIAS.match(cfg.id_column):
+        raise OptionError(f"id_column: expected a field name (letters, digits, '_', '-'), got {cfg.id_column!r}")
     if cfg.on_bad_row not in ("error", "skip"):
         raise OptionError(f"on_bad_row: expected 'error' or 'skip', got {cfg.on_bad_row!r}")
 
@@ -327,15 +381,40 @@ def apply_filters(cols: dict, filters: list, n: int) -> np.ndarray:
     return ok
 
 
-def budget_k(cfg: PipelineConfig, n: int, ratio_base: Optional[int] = None) -> int:
-    """The number of rows to select from a pool of ``n`` (``n`` for a token budget)."""
+BUDGET_BASES = ("pool", "eligible")
+
+
+def check_budget_base(base: Any, recipe: Any = None) -> str:
+    """A recipe's budget base: ``pool`` or ``eligible``; OptionError otherwise."""
+    if base not in BUDGET_BASES:
+        raise OptionError(f"recipe {recipe}: budget base must be one of {BUDGET_BASES}, got {base!r}")
+    return str(base)
+
+
+def budget_k(
+    cfg: PipelineConfig,
+    n: int,
+    ratio_base: Optional[int] = None,
+    *,
+    eligible: Optional[int] = None,
+    base: str = "pool",
+) -> int:
+    """The number of rows to select from a pool of ``n`` (``n`` for a token budget).
+
+    ``base="eligible"``: a ratio is a fraction of the ``eligible`` rows left after the
+    filters, rounded down (Cherry's ``data_by_IFD.py``: ``int(r * #survivors)``);
+    ``base="pool"``: of all ``n`` rows, rounded half up (at least 1)."""
     budget = cfg.budget()
     check_budget(budget)
+    check_budget_base(base)
     if cfg.k is not None:
         return min(cfg.k, n)
     if cfg.ratio is not None:
         r = float(cfg.ratio)
         if ratio_base is not None:  # reference-code semantics (e.g. Superfiltering's int(52002 * rate))
             return min(n, int(ratio_base * r))
+        if base == "eligible":
+            m = n if eligible is None else int(eligible)
+            return min(m, int(math.floor(r * m)))
         return max(1, int(math.floor(r * n + 0.5))) if n else 0
     return n

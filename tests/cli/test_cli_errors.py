@@ -76,13 +76,13 @@ def test_invalid_utf8_names_file_and_line(tmp_path, capsys):
 
 def test_permission_errors_name_the_path(tmp_path, capsys, monkeypatch):
     p = jsonl(tmp_path / "pool.jsonl")
-    from thresher.io import readers, writers
+    from thresher.io import formats, writers
 
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
 
     with monkeypatch.context() as m:
-        m.setattr(readers, "open", denied, raising=False)  # as if chmod 000 (tests may run as root)
+        m.setattr(formats, "open", denied, raising=False)  # as if chmod 000 (tests may run as root)
         with pytest.raises(ResourceError, match="permission denied"):
             read_samples(p)
         assert score(p, tmp_path) == 2
@@ -180,3 +180,67 @@ def test_error_line_is_not_glued_to_a_progress_bar(capsys):
     assert cli_main.report_error(InputError("bad row", file="x.jsonl", line=3)) == 2
     err = capsys.readouterr().err
     assert "\nthresher: error: x.jsonl, line 3: bad row\n" in err
+
+
+# ------------------------------------------------------------------ --field mappings
+CUSTOM = [{"q": f"Say {i}.", "answer": f"{i}"} for i in range(4)]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_mapping_without_instruction_names_the_file(tmp_path, capsys, suffix):
+    p = tmp_path / f"pool{suffix}"
+    if suffix == ".csv":
+        pd.DataFrame(CUSTOM).to_csv(p, index=False)
+    else:
+        jsonl(p, CUSTOM)
+    assert score(p, tmp_path, "--field", "output=answer") == 2
+    line = one_error_line(capsys)
+    assert line == (
+        f"thresher: error: fields: --field output=answer for {p} also needs --field instruction=COLUMN "
+        "(or --field conversation=COLUMN for chat rows)"
+    )
+    assert not (tmp_path / "o.parquet").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_mapped_column_missing_from_the_file_is_not_a_bad_row(tmp_path, capsys, suffix):
+    p = tmp_path / f"pool{suffix}"
+    df = pd.DataFrame(CUSTOM)
+    if suffix == ".csv":
+        df.to_csv(p, index=False)
+    elif suffix == ".parquet":
+        df.to_parquet(p, index=False)
+    else:
+        jsonl(p, CUSTOM)
+    for flags in ([], ["--on-bad-row", "skip"]):
+        assert score(p, tmp_path, "--field", "instruction=q", "--field", "output=answr", *flags) == 2
+        line = one_error_line(capsys)
+        assert (
+            line
+            == f"thresher: error: {p}: no column 'answr' in this data (--field output=answr); its columns: answer, q"
+        )
+        assert "skip" not in line
+
+
+def test_a_mapped_column_missing_only_from_the_first_row_is_a_bad_row(tmp_path, capsys):
+    rows = [{"q": "Say 0."}] + CUSTOM[1:]  # row 1 lacks 'answer', the others have it
+    p = jsonl(tmp_path / "pool.jsonl", rows)
+    assert score(p, tmp_path, "--field", "instruction=q", "--field", "output=answer") == 2
+    line = one_error_line(capsys)
+    assert (
+        line.startswith(f"thresher: error: {p}, line 1, field 'answer': missing field") and "--on-bad-row skip" in line
+    )
+    assert score(p, tmp_path, "--field", "instruction=q", "--field", "output=answer", "--on-bad-row", "skip") == 0
+    assert len(pd.read_parquet(tmp_path / "o.parquet")) == 3
+
+
+def test_score_summary_lists_only_the_criteria(tmp_path, capsys):
+    p = jsonl(tmp_path / "pool.jsonl")
+    assert score(p, tmp_path, "--criteria", "length,mtld", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["scored"]) == ["length", "mtld"] and out["rows"] == 6
+    assert cli_main.main(["score", str(p), "--criteria", "length", "--out", str(tmp_path / "o.parquet")]) == 0
+    err = capsys.readouterr().err
+    last = [ln for ln in err.splitlines() if ln.startswith("thresher score: wrote")]
+    assert len(last) == 1 and "(6 rows; length: 6/6 scored;" in last[0]
+    assert "tokens" not in last[0] and "source_file" not in last[0] and "source_line" not in last[0]

@@ -159,7 +159,7 @@ def test_run_config_and_recipes(pool, tmp_path, capsys):
         f"selector: {{name: threshold, options: {{criterion: fake_len, mode: knee}}}}\nratio: 1.0\n"
         f"plugins: [{PLUGIN}]\nreport: false\n"
     )
-    assert main(["run", str(cfg), "--quiet"]) == 0
+    assert main(["run", str(cfg), "--quiet", "--allow-plugins"]) == 0
     m = json.loads((tmp_path / "res" / "manifest.json").read_text())
     assert m["selector"]["name"] == "threshold" and 0 < m["selected"] < 400
     assert main(["recipes"]) == 0

@@ -130,7 +130,7 @@ def test_semdedup_earlier_vs_kept_chain():
 def test_semdedup_duplicates_and_clusters_match_brute_force():
     dups = [(0, 10), (0, 11), (5, 30), (7, 8)]
     x = table(60, 16, 7, dup=dups)
-    out = make("semdedup", x, eps=0.01, n_clusters=4, order="index")(frame(range(60)))
+    out = make("semdedup", x, eps=0.01, n_clusters=4, order="index", against="earlier")(frame(range(60)))
     keep = out["semdedup.keep"].to_numpy()
     assert keep[[10, 11, 30, 8]].tolist() == [0, 0, 0, 0] and keep[[0, 5, 7]].tolist() == [1, 1, 1]
     lab = out["semdedup.cluster"].to_numpy()
@@ -141,6 +141,26 @@ def test_semdedup_duplicates_and_clusters_match_brute_force():
         assert abs(out.loc[i, "semdedup"] - want) < 1e-5
     hard = make("semdedup", x, eps=0.01, n_clusters=4)(frame(range(60)))
     assert hard["semdedup.keep"].sum() == keep.sum()  # one copy of each duplicate group kept
+
+
+def test_semdedup_default_compares_with_the_kept_set():
+    # default against=kept: a greedy pass per cluster, checked against a plain loop in float64
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(6, 8))
+    x = np.repeat(base, 5, axis=0) + 0.12 * rng.normal(size=(30, 8))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    got = semdedup_scores(x, eps=0.05, n_clusters=1, order="index")
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    kept: list = []
+    want_sim, want_keep = [], []
+    for i in range(30):
+        m = max((s[i, j] for j in kept), default=-1.0)
+        want_sim.append(m)
+        want_keep.append(1.0 if m <= 0.95 else 0.0)
+        if m <= 0.95:
+            kept.append(i)
+    assert got["keep"].tolist() == want_keep and 0 < sum(want_keep) < 30
+    np.testing.assert_allclose(got[""], want_sim, atol=1e-5)
 
 
 def test_real_embedder_on_bigbench_rows(bigbench_path, tmp_path):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from thresher.criteria.base import Batch
 from thresher.criteria.judge import selectit_sentence_scores, selectit_token_scores
 from thresher.features.tokens import Unit, full_logits_losses, last_position_hidden, prefix_reuse_losses
 from thresher.models import tiny_causal_lm
@@ -206,7 +207,7 @@ def test_nuggets_matches_direct_recomputation(lm, rows, tmp_path):
 
 
 def test_nuggets_batch_anchors_exclude_self(lm, rows):
-    sc = CRITERIA.get("nuggets").obj(model=lm, n_anchors=3, seed=1)
+    sc = CRITERIA.get("nuggets").obj(model=lm, n_anchors=3, seed=1, anchor_select="random")
     out = sc(pd.DataFrame(rows + [{"id": "bad", "instruction": "q", "output": ""}]))
     assert set(out["nuggets.n_anchors"][:-1]) <= {2, 3} and 2 in set(out["nuggets.n_anchors"])
     assert out["nuggets"][:-1].between(0, 1).all() and np.isnan(out["nuggets"].iloc[-1])
@@ -214,3 +215,73 @@ def test_nuggets_batch_anchors_exclude_self(lm, rows):
         CRITERIA.get("nuggets").obj(model=lm, anchors="/no/such/anchors.jsonl")
     with pytest.raises(ValueError, match="n_anchors"):
         CRITERIA.get("nuggets").obj(model=lm, n_anchors=0)
+
+
+class _BlobEmbedder:
+    """A stand-in sentence embedder: fixed 2-d points per text (three well-separated blobs)."""
+
+    fingerprint = "blob-embedder"
+    dim = 2
+
+    def __init__(self, points: dict) -> None:
+        self.points = points
+
+    def encode(self, texts, batch_size=64):
+        return np.array([self.points[t] for t in texts], dtype=np.float32)
+
+
+def test_nuggets_kmeans_anchors_are_the_rows_nearest_the_cluster_means(lm):
+    from thresher.embed import sample_texts
+
+    rng = np.random.default_rng(0)
+    ang = np.deg2rad([0.0, 120.0, 240.0])  # three well-separated directions (embeddings are unit vectors)
+    centres = np.stack([np.cos(ang), np.sin(ang)], 1)
+    pts = np.concatenate([c + rng.normal(scale=0.05, size=(4, 2)) for c in centres])
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+    rows = [{"id": f"r{i}", "instruction": f"Say {i}.", "output": f"{i} is {i}"} for i in range(12)]
+    df = pd.DataFrame(rows)
+    texts = sample_texts(df)
+    emb = _BlobEmbedder({t: p for t, p in zip(texts, pts)})
+    sc = CRITERIA.get("nuggets").obj(model=lm, n_anchors=3, embedder=emb, batch_tokens=512)
+    ids, _ = sc._anchor_sample(Batch.of(df))
+    # oracle: the blobs are the clusters; per blob the row nearest the blob's mean
+    want = [
+        f"r{4 * g + int(np.argmin(((pts[4 * g : 4 * g + 4] - pts[4 * g : 4 * g + 4].mean(0)) ** 2).sum(1)))}"
+        for g in range(3)
+    ]
+    assert sorted(ids) == sorted(want)
+    out = sc(df)
+    assert (out["nuggets.n_anchors"] >= 2).all() and out["nuggets"].between(0, 1).all()
+    assert CRITERIA.get("nuggets").meta["scope"] == "pool"
+
+
+def test_nuggets_recipe_threshold_is_strict():
+    from thresher.recipes import expand_recipe
+    from thresher.selectors.basic import threshold
+
+    r = expand_recipe("nuggets")
+    assert r.selector.options["strict"] is True and r.selector.options["value"] == 0.85
+    df = pd.DataFrame({"nuggets": [0.85, 0.9, 0.5, np.nan, 0.86]})
+    got = threshold(df, 5, criterion="nuggets", direction="max", mode="absolute", value=0.85, strict=True)
+    assert sorted(got.tolist()) == [1, 4]  # GS > 0.85, never = 0.85 (the paper: "above")
+
+
+def test_selectit_token_sum_over_prompts_is_the_reference_loop():
+    # self_reflection/*.py: sum_{i<K} (p[argmax] - p[i]) / (K - 1) * (argmax + 1), K = number of prompts
+    p = np.array([[0.1, 0.5, 0.2, 0.15, 0.05], [0.3, 0.1, 0.1, 0.1, 0.4]])
+    for K in (2, 3, 5):
+        want = [(int(np.argmax(r)) + 1) * sum(r.max() - r[i] for i in range(K)) / (K - 1) for r in p]
+        np.testing.assert_allclose(selectit_token_scores(p, K), want, rtol=1e-12)
+    np.testing.assert_allclose(selectit_token_scores(p), selectit_token_scores(p, 5), rtol=1e-12)  # K = L
+    with pytest.raises(ValueError, match="token_sum=prompts"):
+        selectit_token_scores(p, 6)
+
+
+def test_budget_base_pool_and_eligible():
+    from thresher.plan import PipelineConfig, budget_k
+
+    cfg = PipelineConfig(data="x", ratio=0.29)
+    assert budget_k(cfg, 100) == 29  # pool: half up
+    assert budget_k(cfg, 100, eligible=50, base="eligible") == 14  # floor(0.29 * 50) = 14
+    assert budget_k(cfg, 100, eligible=3, base="eligible") == 0  # int() as Cherry: may be 0
+    assert budget_k(PipelineConfig(data="x", k=7), 100, eligible=3, base="eligible") == 7

@@ -111,8 +111,8 @@ runs:
     assert "mine-wins" in html and html.count('class="user"') == 4  # two runs x two tables
     # existing report is not silently overwritten
     assert main(["compare", str(runs), "--out", str(out_dir)]) == 2
-    assert "--force" in capsys.readouterr().err
-    assert main(["compare", str(runs), "--out", str(out_dir), "--force"]) == 0
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["compare", str(runs), "--out", str(out_dir), "--overwrite"]) == 0
 
 
 def test_compare_json(tmp_path, capsys):

@@ -168,6 +168,9 @@ def test_encode_truncation_policy():
         ({"arms": ("selected", "other")}, "arms"),
         ({"threads": 0}, "threads"),
         ({"device": "tpu"}, "device"),
+        ({"closed_norm": "bytes"}, "closed_norm"),
+        ({"max_labels": 1}, "max_labels"),
+        ({"metric": "closed"}, "metric"),
     ],
 )
 def test_config_validation(kw, field):
@@ -260,12 +263,13 @@ def test_cli_evaluate_writes_run_entry_that_compare_accepts(files, capsys):
     assert (files / "cmp" / "report.html").is_file()
     # an existing evaluation is not overwritten silently
     assert main(_cli(files, "--metric", "likelihood")) == 2
-    assert "--force" in capsys.readouterr().err
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_cli_evaluate_zero_accuracy_gives_no_run_entry(files, capsys):
     feas = "trained_llms=0,steps=2,model_free=true,dataset_free=true,proprietary_judge=false"
-    assert main(_cli(files, "--feasibility", feas, "--out", str(files / "ev"))) == 1
+    # exact match (the tiny model decodes nothing right); closed-set accuracy is the default metric
+    assert main(_cli(files, "--metric", "exact", "--feasibility", feas, "--out", str(files / "ev"))) == 1
     cap = capsys.readouterr()
     assert "ratio is undefined" in cap.out and "--metric likelihood" in cap.out
     assert (files / "ev" / "evaluation.json").is_file()
@@ -286,9 +290,9 @@ def test_cli_evaluate_missing_feasibility_fails_before_training(files, capsys):
 
 
 def test_cli_evaluate_unknown_group_field(files, capsys):
-    assert main(_cli(files, "--recipe", "random", "--group", "topic")) == 2
+    assert main(_cli(files, "--recipe", "random", "--group-field", "topic")) == 2
     err = capsys.readouterr().err
-    assert "--group:" in err and "no field 'topic'" in err
+    assert "--group-field:" in err and "no field 'topic'" in err
     assert not (files / "sel" / "evaluation").exists()  # nothing trained or written
 
 

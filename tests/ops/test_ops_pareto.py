@@ -10,8 +10,6 @@ import torch
 from thresher import _native
 from thresher.ops import crowding_distance, last_backend, pareto_ranks
 
-moocore = pytest.importorskip("moocore")
-
 OP = "pareto_ranks"
 BACKENDS = ["reference", "cpu"]
 needs_cpu = pytest.mark.usefixtures("cpu_backend")
@@ -59,6 +57,8 @@ def _data(kind: str, n: int, m: int, seed: int) -> np.ndarray:
 
 
 def _moocore(a: np.ndarray, maximize) -> np.ndarray:
+    """moocore's ranks: only the cases that compare with moocore need it (skipped without it)."""
+    moocore = pytest.importorskip("moocore")
     if len(a) == 0:
         return np.zeros(0, dtype=np.int64)
     # negate maximised columns ourselves: moocore 0.3.2 reads maximise=[False]

@@ -32,6 +32,17 @@ def test_key_depends_on_every_part():
     assert cache_key("a", "bc", "d", version="v") != cache_key("ab", "c", "d", version="v")
 
 
+def test_key_ignores_the_package_version(monkeypatch):
+    """An upgrade of thresher that changes no criterion keeps the keys (a criterion's own VERSION is
+    part of its scorer key; see tests/cli/test_cache_cli.py for a whole run)."""
+    import thresher
+
+    base = cache_key("ifd", "ifd-v1-abc", "shard1")
+    monkeypatch.setattr(thresher, "__version__", "99.0.0")
+    assert cache_key("ifd", "ifd-v1-abc", "shard1") == base
+    assert cache_key("ifd", "ifd-v2-abc", "shard1") != base
+
+
 def test_put_get_roundtrip_and_atomicity(tmp_path):
     c = ScoreCache(tmp_path)
     assert c.get("x", "k1") is None and c.misses == 1

@@ -19,14 +19,23 @@ N = 24
 
 def pool():
     rng = np.random.default_rng(0)
+    tags = [sorted({f"t{j}" for j in rng.integers(0, 8, 1 + i % 4)}) for i in range(N)]
     df = pd.DataFrame(
         {
             "id": [str(i) for i in range(N)],
             "q": rng.random(N),
             "r": rng.random(N),
             "task": np.array(["a", "b", "c"])[np.arange(N) % 3],
+            # the columns of the InsTag, SHED and MoDS-necessity criteria their selectors read
+            "tags": [float(len(t)) for t in tags],
+            "tags.tags": tags,
+            "shed.cluster": (np.arange(N) % 5).astype(float),
+            "necessity": np.where(np.arange(N) < 6, np.nan, rng.random(N)),  # NaN for seed rows, as the criterion
+            "necessity.seed": np.where(np.arange(N) < 6, np.arange(N, dtype=float), np.nan),
+            "necessity.threshold": np.full(N, 0.5),
         }
     )
+    df["shed"] = np.array([0.3, -0.1, 0.7, 0.2, 0.0])[np.arange(N) % 5]  # one value per cluster
     emb = rng.standard_normal((N, 6)).astype(np.float32)
     return df, emb
 
@@ -53,6 +62,11 @@ CASES = {
     "car": ({"criterion": "q", "n2": 1}, ["q"]),
     "cluster_balanced": ({"criterion": "q", "n_clusters": 3}, ["q"]),
     "group_topk": ({"criterion": "q", "group_column": "task", "quota": "proportional"}, ["q", "task"]),
+    "tag_coverage": ({"criterion": "tags"}, ["tags", "tags.tags"]),
+    "qocs": ({}, ["shed", "shed.cluster"]),
+    "qwcs": ({"temperature": 0.5}, ["shed", "shed.cluster"]),
+    "necessity": ({"device": "cpu"}, ["necessity", "necessity.seed", "necessity.threshold"]),
+    "gumbel_topk": ({"criterion": "q", "temperature": 0.5}, ["q"]),
 }
 
 
@@ -136,6 +150,11 @@ def test_every_option_is_typed():
         ("threshold", {"value": "high"}, "value"),
         ("aggregate", {"normalize": "l2"}, "normalize"),
         ("cascade", {"first": 3}, "first"),
+        ("tag_coverage", {"tags_column": 3}, "tags_column"),
+        ("qwcs", {"temperature": 0.0}, "temperature"),
+        ("qocs", {"criterion": 1}, "criterion"),
+        ("necessity", {"device": "gpu"}, "device"),
+        ("gumbel_topk", {"temperature": -1.0}, "temperature"),
     ],
 )
 def test_invalid_options_refused_before_any_work(name, opts, what, monkeypatch):

@@ -190,7 +190,7 @@ def test_car_union_of_global_top_and_cluster_tops():
     assert list(got[:12]) == list(order[:12])
     c = int(np.floor(np.sqrt(200 / 2)))
     z = EmbeddingTransform(center=True, pca=0.95).fit_apply(x[order])
-    _, lab = kmeans(z, c, seed=0)
+    _, lab = kmeans(z, c, seed=0, n_init=10, init="k-means++")  # CaR's clustering (its rule is checked here)
     labels = np.empty(200, np.int64)
     labels[order] = lab
     best = {g: order[lab == g][0] for g in np.unique(lab)}
@@ -226,3 +226,72 @@ def test_group_topk_equal_and_proportional():
         sel("group_topk", s, 3)
     with pytest.raises(ValueError, match="groups: 5 labels"):
         sel("group_topk", s, 3, groups=g[:5])
+
+
+def test_kmeans_lloyd_matches_scikit_learn_from_the_same_init():
+    """The clustering step of CaR / cluster_balanced against an independent k-means (scikit-learn's
+    Lloyd) started from the same centroids: the torch path's seeded init rows."""
+    import torch
+    from sklearn.cluster import KMeans
+
+    from thresher.cluster import _kmeans_torch
+
+    x = clustered(300, 6, 8, 0.35, seed=21)
+    c = 8
+    init = x[torch.randperm(300, generator=torch.Generator().manual_seed(5))[:c].numpy()]
+    cent, lab = _kmeans_torch(np.ascontiguousarray(x), c, 5, False, 50)
+    ref = KMeans(n_clusters=c, init=init.astype(np.float64), n_init=1, max_iter=50, tol=0.0, algorithm="lloyd")
+    ref.fit(x.astype(np.float64))
+    np.testing.assert_array_equal(lab, ref.labels_)
+    np.testing.assert_allclose(cent, ref.cluster_centers_, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_car_matches_an_independent_implementation(backend, monkeypatch):
+    """CaR's rule re-implemented with scikit-learn (PCA 95%, KMeans) on well-separated clusters:
+    top n1 by score plus the best row of every cluster."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    import thresher.cluster as cl
+
+    if backend == "torch":
+        monkeypatch.setattr(cl, "faiss_module", lambda: None)  # faiss not installed: the torch Lloyd loop
+    elif cl.faiss_module() is None:
+        pytest.skip("faiss is not installed (the faiss extra)")
+    x = clustered(200, 8, 10, 0.03, seed=31)
+    s = np.random.default_rng(32).random(200)
+    got = sel("car", s, 200, embeddings=x, n1=15, n2=1, seed=0)
+    c = int(np.floor(np.sqrt(200 / 2)))
+    z = PCA(n_components=0.95, svd_solver="full").fit_transform(x - x.mean(0))
+    lab = KMeans(n_clusters=c, n_init=10, random_state=0).fit(z).labels_
+    order = np.argsort(-s, kind="stable")
+    want = set(order[:15].tolist()) | {int(order[lab[order] == g][0]) for g in range(c)}
+    assert set(got.tolist()) == want and len(got) == len(want)
+
+
+def test_kmeans_restarts_keep_the_lowest_inertia(monkeypatch):
+    """n_init runs seeds seed..seed+n_init-1 and keeps the run with the lowest sum of squared
+    distances (computed here in numpy); k-means++ seeds lie on distinct rows."""
+    import thresher.cluster as cl
+
+    x = clustered(150, 5, 6, 0.4, seed=41)
+    for faiss in (None, cl.faiss_module()):
+        monkeypatch.setattr(cl, "faiss_module", lambda f=faiss: f)
+
+        def sse(cent, lab):
+            return float(((x.astype(np.float64) - cent.astype(np.float64)[lab]) ** 2).sum())
+
+        singles = [sse(*kmeans(x, 6, seed=7 + t, init="k-means++")) for t in range(5)]
+        cent, lab = kmeans(x, 6, seed=7, n_init=5, init="k-means++")
+        assert sse(cent, lab) == pytest.approx(min(singles), rel=1e-6)
+        again = kmeans(x, 6, seed=7, n_init=5, init="k-means++")
+        np.testing.assert_array_equal(again[1], lab)  # deterministic
+    rows = cl.kmeans_pp_rows(x, 6, 3)
+    assert len(set(rows.tolist())) == 6
+    same = np.repeat(x[:2], 5, axis=0)  # 10 rows, 2 distinct points, 4 clusters: seeds still distinct rows
+    assert len(set(cl.kmeans_pp_rows(same, 4, 0).tolist())) == 4
+    with pytest.raises(ValueError, match="n_init"):
+        kmeans(x, 3, n_init=0)
+    with pytest.raises(ValueError, match="init"):
+        kmeans(x, 3, init="kmeans++")

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import OptionError, OutputExistsError
 from ..evaluation import leaderboard, load_runs
 from ..evaluation.plots import (
     EFFICIENCY_COLUMNS,
@@ -23,6 +24,7 @@ from ..evaluation.plots import (
     text_table,
     write_report,
 )
+from ._common import add_output_args, add_overwrite_arg, emit_json
 
 LEADERBOARD_COLUMNS = [
     "name",
@@ -38,21 +40,36 @@ LEADERBOARD_COLUMNS = [
 ]
 
 
-def run(args: Any) -> int:
-
+def _user_runs(paths: list) -> list:
     user = []
-    for p in args.runs:
+    for p in paths:
         user.extend(load_runs(p))
     published_names = {m for m in leaderboard(include_excluded=True)["name"]}
     clash = sorted({m.name for m in user} & published_names)
     if clash:
-        raise ValueError(f"runs: run name(s) {clash} clash with published methods; rename them")
+        raise OptionError(f"runs: run name(s) {clash} clash with published methods; rename them")
     names = [m.name for m in user]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"runs: duplicate run name(s) {dup} across the RUNS files")
-    table = leaderboard(include_excluded=args.include_mods, extra=user)
+        raise OptionError(f"runs: duplicate run name(s) {dup} across the RUNS files")
+    return user
 
+
+def run(args: Any) -> int:
+    user = _user_runs(args.runs)
+    out = args.out if args.out is not None or not user else "compare-report"
+    if out is not None and (Path(out) / "report.html").exists() and not args.overwrite:
+        raise OutputExistsError(f"{out}: already holds a report.html; pass --overwrite to replace it")
+    if args.dry_run:
+        plan = {"runs": [str(p) for p in args.runs], "user_runs": [m.name for m in user],
+                "include_mods": args.include_mods, "out": out}  # fmt: skip
+        if args.json:
+            emit_json({"dry_run": True, **plan})
+        else:
+            print(f"plan (dry run): place {plan['user_runs'] or 'no runs'} among the published methods; "
+                  f"report -> {out or '(none)'}")  # fmt: skip
+        return 0
+    table = leaderboard(include_excluded=args.include_mods, extra=user)
     if args.json:
         print(json.dumps(json.loads(table.to_json(orient="records")), indent=2))
     elif not user:
@@ -67,13 +84,8 @@ def run(args: Any) -> int:
     if not args.include_mods and not args.json:
         print("\n(MoDS, SDF 0.0192 / PIR 3.337, is excluded as an outlier as in the survey; --include-mods adds it)")
 
-    out = args.out
-    if out is None and user:
-        out = "compare-report"
     if out is not None:
         out = Path(out)
-        if (out / "report.html").exists() and not args.force:
-            raise FileExistsError(f"{out}: already holds a report.html; pass --force to overwrite it")
         notes = [f"runs from: {', '.join(str(p) for p in args.runs)}"] if args.runs else []
         if not args.include_mods:
             notes.append("MoDS (SDF 0.0192, PIR 3.337) is excluded as an outlier, as in the survey.")
@@ -100,6 +112,6 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--include-mods", action="store_true", help="include MoDS, excluded by default as an outlier (PIR 3.337)"
     )
-    p.add_argument("--json", action="store_true", help="print the full table as JSON")
-    p.add_argument("--force", action="store_true", help="overwrite an existing report in --out")
+    add_overwrite_arg(p, "replace an existing report in --out")
+    add_output_args(p)
     p.set_defaults(func=run)

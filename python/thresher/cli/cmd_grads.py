@@ -11,6 +11,7 @@ from ..features.store import FeatureStore
 from ..io import read_samples
 from ..models import load_causal_lm
 from ..train.warmup import load_warmup, lora_for_checkpoint
+from ._common import deprecated
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store-dtype", default="float16", choices=["float16", "int8", "bit"])
     p.add_argument("--checkpoints", default="all", help="'all' or comma-separated epoch numbers")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--chunk", type=int, default=256, help="rows per write (resumption granularity)")
+    p.add_argument("--shard-size", type=int, default=256, help="rows per write (resumption granularity; 256)")
+    deprecated(p, "--chunk", "shard_size", "--shard-size", type=int)
     p.add_argument("--model", default=None, help="override the warm-up's model spec")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
@@ -93,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
         store = FeatureStore(args.out / ck.name, meta, dtype=args.store_dtype)
         todo = [i for i, s in enumerate(ids_all) if s not in store]
         t0, done, skipped = time.time(), 0, 0
-        for a in range(0, len(todo), args.chunk):
-            part = df.iloc[todo[a : a + args.chunk]]
+        for a in range(0, len(todo), args.shard_size):
+            part = df.iloc[todo[a : a + args.shard_size]]
             ids, f, reasons = fz(part)
             ok = [j for j, r in enumerate(reasons) if not r]
             skipped += len(ids) - len(ok)

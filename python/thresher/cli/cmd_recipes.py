@@ -17,7 +17,12 @@ def describe(entry: Any) -> dict:
         "sources": entry.meta.get("sources", []),
         "feasibility": entry.meta.get("feasibility"),
         "options": {
-            k: {"default": o.default, "doc": o.doc, **({"choices": list(o.choices)} if o.choices else {})}
+            k: {
+                "type": o.describe_type(),
+                "default": o.default,
+                "doc": o.doc,
+                **({"choices": list(o.choices)} if o.choices else {}),
+            }
             for k, o in entry.options.items()
         },
         "steps": {
@@ -66,8 +71,7 @@ def run(args: Any) -> int:
     print(f"filters:  {s['filters'] or 'none'}   default budget: {s['budget']}   embeddings: {s['embeddings']}")
     print("options:")
     for k, o in e["options"].items():
-        ch = f" {o['choices']}" if "choices" in o else ""
-        print(f"  {k} (default {o['default']!r}){ch}: {o['doc']}")
+        print(f"  {k}: {o['type']} (default {o['default']!r}): {o['doc']}")
     if s["variants"]:
         print(f"variants: {json.dumps(s['variants'])}")
     print(f"feasibility: {e['feasibility']}")
@@ -79,5 +83,5 @@ def run(args: Any) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("recipes", help="list the selection recipes with their sources")
     p.add_argument("name", nargs="?", default=None, help="show one recipe in detail")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
     p.set_defaults(func=run)

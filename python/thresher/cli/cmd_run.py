@@ -4,7 +4,8 @@ Keys (see thresher.pipeline.PipelineConfig): data, out, recipe, recipe_options,
 criteria (names or {name, options, as}), selector ({name, options}), filters,
 k | ratio | tokens, model, embedder, format, fields, group_field, on_bad_row,
 shard_size, limit, seed, cache_dir, overwrite, report, engine, engine_options,
-plugins. Relative paths are relative to the config file.
+plugins. Relative paths are relative to the config file. The plugins a config
+names are imported only with --allow-plugins (a config file cannot allow itself).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..pipeline import PipelineConfig, run_pipeline
-from ._common import print_summary
+from ._common import add_output_args, add_overwrite_arg, add_plugin_args, plan_preview, print_plan, print_summary
 
 
 def run(args: Any) -> int:
@@ -20,12 +21,17 @@ def run(args: Any) -> int:
     cfg = PipelineConfig.from_file(args.config)
     if args.overwrite:
         cfg.overwrite = True
-    if args.quiet:
+    if args.quiet or args.json:
         cfg.quiet = True
     if args.out:
         cfg.out = args.out
+    cfg.plugins = list(cfg.plugins) + list(args.plugin or [])
+    cfg.allow_plugins = bool(args.allow_plugins)
+    if args.dry_run:
+        print_plan(plan_preview(cfg), args.json)
+        return 0
     res = run_pipeline(cfg)
-    print_summary(res, cfg.quiet)
+    print_summary(res, cfg.quiet, args.json)
     return 0
 
 
@@ -37,6 +43,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("config", help="CONFIG.yaml or .json")
     p.add_argument("--out", default=None, help="override the config's output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace another run's results in the output folder")
-    p.add_argument("--quiet", action="store_true")
+    add_overwrite_arg(p, "replace another run's results in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    add_output_args(p)
+    add_plugin_args(p, config=True)
     p.set_defaults(func=run)

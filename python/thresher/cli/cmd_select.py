@@ -4,47 +4,59 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import OptionError
 from ..pipeline import PipelineConfig, run_pipeline
 from ._common import (
     add_budget_args,
+    add_criteria_args,
     add_data_args,
+    add_output_args,
     add_run_args,
+    add_selection_args,
+    check_positive,
     common_config,
     criteria_steps,
-    parse_kv,
+    plan_preview,
+    print_plan,
     print_summary,
+    selector_step,
+    split_options,
 )
 
 
-def run(args: Any) -> int:
-
+def config(args: Any) -> PipelineConfig:
     if not args.recipe and not args.criteria:
-        raise ValueError("give --recipe NAME (see `thresher recipes`) or --criteria C1,C2 with --selector")
-    sel = None
-    if args.selector:
-        sel = {"name": args.selector, "options": parse_kv(args.selector_option, "--selector-option")}
-    elif args.selector_option:
-        raise ValueError("--selector-option needs --selector")
-    cfg = PipelineConfig(
+        raise OptionError("give --recipe NAME (see `thresher recipes`) or --criteria C1,C2 with --selector")
+    check_positive(args)
+    recipe_opts, crit_opts = split_options(args)
+    return PipelineConfig(
         data=args.data,
         out=args.out,
         recipe=args.recipe,
-        recipe_options=parse_kv(args.option, "--option"),
-        criteria=criteria_steps(args.criteria, args.criterion_option),
-        selector=sel,
+        recipe_options=recipe_opts,
+        criteria=criteria_steps(args.criteria, crit_opts),
+        selector=selector_step(args),
         filters=args.filter or [],
         k=args.k,
         ratio=args.ratio,
         tokens=args.tokens,
-        model=args.model,
-        embedder=args.embedder,
         report=not args.no_report,
+        id_column=args.id_column,
+        with_scores=args.with_scores,
+        write_rejected=args.write_rejected,
         **common_config(args),
     )
+
+
+def run(args: Any) -> int:
+    cfg = config(args)
     if cfg.k is None and cfg.ratio is None and cfg.tokens is None and not args.recipe:
-        raise ValueError("budget: give --ratio R, --k N or --tokens T")
+        raise OptionError("budget: give --ratio R, --k N or --tokens T")
+    if args.dry_run:
+        print_plan(plan_preview(cfg), args.json)
+        return 0
     res = run_pipeline(cfg)
-    print_summary(res, args.quiet)
+    print_summary(res, args.quiet, args.json)
     return 0
 
 
@@ -57,18 +69,24 @@ def register(sub: Any) -> None:
         "report.html and run.log.",
     )
     p.add_argument("data", help="pool: .jsonl(.gz), .json, .parquet, .csv or a saved HF dataset folder")
-    p.add_argument("--recipe", default=None, help="recipe name (see `thresher recipes`)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="recipe option (repeatable)")
-    p.add_argument("--criteria", default=None, help="comma-separated criteria (instead of or overriding a recipe)")
-    p.add_argument("--criterion-option", action="append", metavar="CRIT.KEY=VALUE")
-    p.add_argument("--selector", default=None, help="selector name (topk, threshold, pareto, weighted, rrf, ...)")
-    p.add_argument("--selector-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--filter", action="append", metavar="EXPR", help="eligibility filter, e.g. 'ifd <= 1'")
-    p.add_argument("--model", default=None, help="causal LM for model-based criteria (default, folder or HF id)")
-    p.add_argument("--embedder", default=None, help="sentence embedder for embedding criteria")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument(
+        "--id-column",
+        default="id",
+        metavar="NAME",
+        help="field holding each written row's id (scores.parquet's id; default: id)",
+    )
+    p.add_argument("--with-scores", action="store_true", help="add the score columns to the written rows")
+    p.add_argument(
+        "--write-rejected",
+        action="store_true",
+        help="also write the rows not selected to DIR/rejected.<ext> (same format)",
+    )
+    add_selection_args(p)
+    add_criteria_args(p)
     add_budget_args(p)
     add_data_args(p)
     add_run_args(p)
+    add_output_args(p)
     p.set_defaults(func=run)

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..io import read_samples
 from ..models import load_causal_lm
 from ..train.warmup import warmup_lora
+from ._common import deprecated
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fraction", type=float, default=0.05, help="random fraction of the pool to train on")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (linear schedule, 3%% warm-up)")
-    p.add_argument("--r", type=int, default=8, help="LoRA rank")
-    p.add_argument("--alpha", type=float, default=32, help="LoRA alpha")
+    p.add_argument("--lora-r", type=int, default=128, help="LoRA rank (LESS: 128)")
+    p.add_argument("--lora-alpha", type=float, default=512, help="LoRA alpha (LESS: 512)")
+    deprecated(p, "--r", "lora_r", "--lora-r", type=int)
+    deprecated(p, "--alpha", "lora_alpha", "--lora-alpha", type=float)
     p.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj", help="comma-separated LoRA target modules")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=512)
@@ -50,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         fraction=args.fraction,
         epochs=args.epochs,
         lr=args.lr,
-        r=args.r,
-        alpha=args.alpha,
+        r=args.lora_r,
+        alpha=args.lora_alpha,
         targets=targets,
         batch_size=args.batch_size,
         max_length=args.max_length,

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import pkgutil
 import sys
 import traceback
 from typing import Optional, Sequence
 
 import thresher
+from thresher import progress
 from thresher.errors import ThresherError
 
 # Raised for user errors by code not yet converted to ThresherError (kept until all are).
@@ -96,11 +98,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
+        with progress.quiet(bool(getattr(args, "quiet", False))):  # every bar below a --quiet command
+            rc = args.func(args)
     except KeyboardInterrupt:
         _close_progress_bars()
         print("thresher: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout piped into `head` and closed: not an error of thresher
+        with contextlib.suppress(OSError, ValueError):  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except Exception as exc:  # the one error path of the CLI
         return report_error(exc)
     return int(rc or 0)

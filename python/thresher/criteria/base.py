@@ -46,6 +46,7 @@ from ..embed.encoders import DEFAULT_EMBEDDER_NAMES, ENCODER_VERSION, default_mo
 from ..errors import OptionError
 from ..frames import as_pandas
 from ..models import DEFAULT_SPEC, LoadedLM, default_gguf_path, shared_lm
+from ..progress import scaled
 from ..registry import CRITERIA, Option
 from ..render import Rendered, SampleError, Tokenized, get_conversation, get_str, render_sample, tokenize_rendered
 
@@ -302,7 +303,9 @@ class BatchCriterion(Criterion):
     def __call__(self, batch: Any) -> pd.DataFrame:
         prep = self.prepare(batch)
         b = prep["batch"]
-        out = self.run(prep["units"]) if prep["units"] else []
+        # the run reports its units as it goes (thresher.progress.advance); the batch's rows are done after it
+        with scaled(b.n, len(prep["units"])):
+            out = self.run(prep["units"]) if prep["units"] else []
         per: list[dict] = [{} for _ in range(b.n)]
         for (i, tag), res in zip(prep["owner"], out):
             per[i].setdefault(tag, []).append(res)

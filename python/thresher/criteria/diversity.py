@@ -244,7 +244,8 @@ def max_sim_to_earlier(
     "semdedup",
     doc="SemDeDup: spherical k-means on the embeddings, then within each cluster (ordered by distance to "
     "the centroid, farthest first as SemDeDup's keep-hard) the max cosine similarity to an earlier "
-    "sample; semdedup.keep = 1 when it is <= 1 - eps. Main column: that similarity (lower = less "
+    "kept sample (against=earlier: any earlier sample, as the reference code); semdedup.keep = 1 when it "
+    "is <= 1 - eps. Main column: that similarity (lower = less "
     "duplicated). No N x N matrix: clusters are scanned in row blocks.",
     options=_EMB_OPTS
     + [
@@ -258,8 +259,9 @@ def max_sim_to_earlier(
         ),
         Option(
             "against",
-            "earlier",
-            "earlier: any earlier sample (SemDeDup's code); kept: only earlier samples that were kept (greedy)",
+            "kept",
+            "kept: only earlier samples that were kept (greedy; the method's definition, default); earlier: any "
+            "earlier sample (SemDeDup's reference code)",
             ("earlier", "kept"),
         ),
         Option("seed", 0, "k-means seed"),
@@ -282,7 +284,7 @@ def semdedup_scores(
     eps: float = 0.05,
     n_clusters: Optional[int] = None,
     order: str = "hard",
-    against: str = "earlier",
+    against: str = "kept",
     seed: int = 0,
 ) -> dict:
     """{"": max sim to an earlier sample of the cluster, "keep": 0/1, "cluster": id} per row."""

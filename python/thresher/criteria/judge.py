@@ -13,16 +13,21 @@ the token-level score
 
 the sentence-level score S_sent = mean_k S_tok(k) / (1 + alpha * std_k S_tok(k))
 (population std), and the model-level score S = sum_m w_m S_sent(m) with
-w_m proportional to model m's parameter count and normalised to sum 1 (the
-reference code's hard-coded weights do not sum to 1, and its sum runs over the
-K prompts instead of the L levels, which only agree when K = L = 5; neither is
-copied). The prompt layout follows the reference: ``rating prompt + "\\n" +
-"Instruction:" + instruction + "\\n" + "Response:" + output + "\\nThe answer is: \\n"``.
+w_m proportional to model m's parameter count and normalised to sum 1. The
+reference code (``self_reflection/*.py``) differs in two places, each an option:
+its token-level sum runs over the first K levels and divides by K - 1 where K is
+the number of prompts (``token_sum=prompts``; equal to the paper's when K = L = 5),
+and its hard-coded weights 7/20, 13/20, 70/90 are used as given, not normalised
+(``normalize_weights=false``). The prompt layout follows the reference: ``rating
+prompt + "\\n" + "Instruction:" + instruction + "\\n" + "Response:" + output +
+"\\nThe answer is: \\n"``.
 
 **rating** (AlpaGasus / DEITA style): expected score sum_s value_s * p_s over
 the score tokens at the first generated position of a judge prompt (optionally
 wrapped in the model's chat template). A score token that is not a single token
-of the tokenizer is an error, never a silent default.
+of the tokenizer is an error, never a silent default. Multi-turn rows: with
+``turns=sum`` (DEITA) each (user turn, assistant reply) pair is rated on its own
+and the ratings are summed; ``turns=single`` (default) gives them NaN with a reason.
 
 Prompts longer than ``max_length`` tokens are cut from the left (the end of a
 judge prompt is what the readout depends on) and the cut is reported.
@@ -40,6 +45,7 @@ from ..features.tokens import last_position_hidden
 from ..models import LoadedLM, shared_lm
 from ..ops import expected_score, score_at_position
 from ..registry import CRITERIA, Option
+from ..render import get_conversation
 from .base import MODEL_OPTIONS, Batch, BatchCriterion, LMCriterion, Skip, model_fingerprint, single_turn, split_list
 
 SELECTIT_PROMPTS = (
@@ -140,15 +146,22 @@ def _judge_opts(*extra: Option) -> list[Option]:
 
 
 # ------------------------------------------------------------------ SelectIT math
-def selectit_token_scores(p: np.ndarray) -> np.ndarray:
-    """S_tok for probabilities p [..., L] (renormalised over the L score levels)."""
+def selectit_token_scores(p: np.ndarray, n_terms: Optional[int] = None) -> np.ndarray:
+    """S_tok for probabilities p [..., L] (renormalised over the L score levels).
+
+    ``n_terms`` = None: the paper's sum over the L levels divided by L - 1; an int K
+    (the reference code, K = number of prompts): the sum over the first K levels
+    divided by K - 1 (K must be in [2, L])."""
     p = np.asarray(p, dtype=np.float64)
     L = p.shape[-1]
     if L < 2:
         raise ValueError("p: SelectIT needs at least 2 score levels")
+    n = L if n_terms is None else int(n_terms)
+    if not 2 <= n <= L:
+        raise ValueError(f"selectit: token_sum=prompts needs 2 <= K (prompts) <= L ({L} score levels), got K={n}")
     arg = np.argmax(p, axis=-1)
     pmax = np.max(p, axis=-1)
-    return (arg + 1) * (pmax[..., None] - p).sum(-1) / (L - 1)
+    return (arg + 1) * (pmax[..., None] - p[..., :n]).sum(-1) / (n - 1)
 
 
 def selectit_sentence_scores(s_tok: np.ndarray, alpha: float) -> np.ndarray:
@@ -185,6 +198,14 @@ def selectit_sentence_scores(s_tok: np.ndarray, alpha: float) -> np.ndarray:
         Option("k", None, "use the first k prompts (default: all)", type=int, min=1),
         Option("alpha", 0.2, "sentence-level uncertainty weight", min=0),
         Option("score_tokens", "1,2,3,4,5", "the score strings, lowest first (single tokens each)", type=(str, list)),
+        Option(
+            "token_sum",
+            "levels",
+            "token level: levels (paper: sum over the L levels / (L-1)); prompts (reference code: over the first "
+            "K levels / (K-1), K = number of prompts)",
+            ("levels", "prompts"),
+        ),
+        Option("normalize_weights", True, "scale model_weights to sum 1 (false: the reference code's raw weights)"),
         Option("max_length", 2048, "max prompt tokens (cut from the left)", min=1),
     ],
     direction="max",
@@ -205,6 +226,8 @@ class SelectIT(_Judge, BatchCriterion):
         self.score_tokens = _score_strings(o["score_tokens"], "selectit")
         self.token_ids = [score_token_ids(lm.tokenizer, self.score_tokens, f"selectit ({lm.spec})") for lm in self.lms]
         self.weights = self._weights(o["model_weights"])
+        if o["token_sum"] == "prompts":
+            selectit_token_scores(np.zeros((1, len(self.score_tokens))), len(self.prompts))  # K within [2, L]
 
     def _weights(self, w: Any) -> np.ndarray:
         if w == "params":
@@ -219,7 +242,7 @@ class SelectIT(_Judge, BatchCriterion):
                 f"selectit: option model_weights needs {len(self.lms)} non-negative numbers "
                 f"with a positive sum, got {w!r}"
             )
-        return counts / counts.sum()
+        return counts / counts.sum() if self.options["normalize_weights"] else counts
 
     @classmethod
     def key_options(cls, options: dict) -> dict:
@@ -251,7 +274,7 @@ class SelectIT(_Judge, BatchCriterion):
         for i, got in enumerate(results):
             for (m, k), (probs,) in got.items():
                 p[i, m, k] = probs.double().cpu().numpy()
-        s_tok = selectit_token_scores(p)  # [N, M, K]
+        s_tok = selectit_token_scores(p, K if self.options["token_sum"] == "prompts" else None)  # [N, M, K]
         s_sent = selectit_sentence_scores(s_tok, float(self.options["alpha"]))  # [N, M]
         cols = {"": (s_sent * self.weights[None, :]).sum(-1), "sentence": s_sent[:, 0], "token": s_tok[:, 0, 0]}
         if M > 1:
@@ -278,10 +301,16 @@ class SelectIT(_Judge, BatchCriterion):
             choices=("auto", "yes", "no"),
         ),
         Option("max_length", 2048, "max prompt tokens (cut from the left)", min=1),
+        Option(
+            "turns",
+            "single",
+            "multi-turn rows: single (NaN with a reason) or sum (rate each user/assistant pair, sum: DEITA)",
+            ("single", "sum"),
+        ),
     ),
     direction="max",
     needs=("model",),
-    components=("argmax", "truncated"),
+    components=("argmax", "turns", "truncated"),
 )
 class Rating(_Judge, LMCriterion):
     def setup(self) -> None:
@@ -297,8 +326,9 @@ class Rating(_Judge, LMCriterion):
         if len(vals) != len(self.score_tokens):
             raise ValueError(f"rating: option values needs {len(self.score_tokens)} numbers, got {len(vals)}")
         self.values = np.asarray(vals, dtype=np.float64)
-        if "{output}" not in o["prompt"]:
-            raise ValueError("rating: option prompt must be a string containing {output}")
+        if "{output}" not in o["prompt"] and "{instruction}" not in o["prompt"]:
+            raise ValueError("rating: option prompt must contain {instruction} or {output}")
+        self.needs_output = "{output}" in o["prompt"]  # a query-only prompt (DEITA complexity) rates the query
         has_tmpl = bool(getattr(self.lm.tokenizer, "chat_template", None))
         if o["chat"] == "yes" and not has_tmpl:
             raise ValueError("rating: chat=yes but the tokenizer has no chat template")
@@ -317,19 +347,41 @@ class Rating(_Judge, LMCriterion):
             )
         return body
 
+    def _pairs(self, b: Batch, i: int, row: dict) -> list[tuple[str, str, str]]:
+        """(instruction, input, output) per rated turn: the row itself, or with ``turns=sum`` each
+        user message with the assistant reply that follows it."""
+        conv = get_conversation(row, b.ids[i]) if self.options["turns"] == "sum" else None
+        if conv is None:
+            return [single_turn(row, b.ids[i], self.NAME)]
+        pairs = [
+            (m["content"], "", conv[j + 1]["content"])
+            for j, m in enumerate(conv[:-1])
+            if m["role"] == "user" and conv[j + 1]["role"] == "assistant"
+        ]
+        if not pairs:
+            raise Skip("no user turn followed by an assistant reply")
+        return pairs
+
     def items(self, b: Batch, i: int, row: dict) -> list:
-        ins, inp, out = single_turn(row, b.ids[i], self.NAME)
-        if not out.strip():
+        pairs = self._pairs(b, i, row)
+        if self.needs_output and any(not out.strip() for _, _, out in pairs):
             raise Skip("empty answer")
-        return [("p", (0, self.encode(b, i, self.lm, self.prompt_text(ins, inp, out), not self.use_chat)))]
+        if not self.needs_output and any(not (ins + inp).strip() for ins, inp, _ in pairs):
+            raise Skip("empty instruction")
+        special = not self.use_chat
+        return [("p", (0, self.encode(b, i, self.lm, self.prompt_text(*pr), special))) for pr in pairs]
 
     def columns(self, b: Batch, results: list[dict]) -> dict:
         score, top = np.full(b.n, np.nan), np.full(b.n, np.nan)
+        n_turns = np.zeros(b.n, dtype=np.int64)
         rows = [i for i, got in enumerate(results) if "p" in got]
         if rows:
-            probs = torch.stack([results[i]["p"][0] for i in rows])
+            probs = torch.stack([p for i in rows for p in results[i]["p"]])
             exp = expected_score(probs, self.values.tolist()).double().cpu().numpy()
-            pn = probs.double().cpu().numpy()
-            for j, i in enumerate(rows):
-                score[i], top[i] = exp[j], self.values[int(np.argmax(pn[j]))]
-        return {"": score, "argmax": top, "truncated": b.n_cut}
+            top_v = self.values[np.argmax(probs.double().cpu().numpy(), axis=1)]
+            j = 0
+            for i in rows:
+                t = len(results[i]["p"])
+                score[i], top[i], n_turns[i] = exp[j : j + t].sum(), top_v[j : j + t].sum(), t
+                j += t
+        return {"": score, "argmax": top, "turns": n_turns, "truncated": b.n_cut}

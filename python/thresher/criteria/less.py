@@ -30,7 +30,7 @@ from ..io import read_samples
 from ..models import LoadedLM, shared_lm
 from ..registry import CRITERIA, Option
 from ..train.warmup import load_warmup, lora_for_checkpoint
-from .base import Criterion, file_digest, model_fingerprint, sample_ids, table_digest
+from .base import Criterion, digest, file_digest, model_fingerprint, sample_ids, table_digest
 
 
 # ------------------------------------------------------------------ the math
@@ -187,19 +187,21 @@ class Less(Criterion):
             return fz(df)
         meta = dict(fz.describe(), checkpoint=self.ckpt_hash[c])
         store = FeatureStore(Path(self.options["store"]) / self.warm.checkpoints[c].name, meta)
-        ids = [str(i) for i in df["id"].tolist()]
-        todo = [i for i, s in enumerate(ids) if s not in store]
+        ids = sample_ids(df)
+        # stored by content (id + every field of the row): an edited row with an old id is recomputed
+        keys = [f"{sid}:{digest(row, 24)}" for sid, row in zip(ids, df.to_dict("records"))]
+        todo = [i for i, k in enumerate(keys) if k not in store]
         reasons = [""] * len(ids)
         if todo:
-            tid, f, r = fz(df.iloc[todo])
+            _, f, r = fz(df.iloc[todo])
             okk = [j for j, rr in enumerate(r) if not rr]
-            store.write([tid[j] for j in okk], f[okk])
+            store.write([keys[todo[j]] for j in okk], f[okk])
             for j, rr in enumerate(r):
                 reasons[todo[j]] = rr
         out = np.full((len(ids), fz.dim), np.nan, np.float32)
-        have = [i for i, s in enumerate(ids) if s in store]
+        have = [i for i, k in enumerate(keys) if k in store]
         if have:
-            out[have] = store.load([ids[i] for i in have])[1]
+            out[have] = store.load([keys[i] for i in have])[1]
         return ids, out, reasons
 
     def __call__(self, batch: Any) -> pd.DataFrame:

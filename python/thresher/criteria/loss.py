@@ -20,9 +20,9 @@ live in :mod:`thresher.criteria.base`.
 Direct-pass context for ``ifd``: ``prefix`` (default ``"### Response:"``, Cherry: the
 direct text is prefix + A, prefix tokens unscored), ``bos`` (the tokenizer's BOS, or EOS
 when it has none, then A: every answer token scored), ``none`` (A alone: its first
-token has no prediction, so it is left out of BOTH passes, which keeps the two means
-over the same tokens; the Superfiltering reference instead silently drops it from the
-direct pass only).
+token has no prediction, so by default it is left out of BOTH passes, which keeps the
+two means over the same tokens; ``first_token=direct`` drops it from the direct pass
+only, as the Superfiltering reference code does).
 
 Truncation is aligned: the conditional text is cut to ``max_length`` tokens (policy
 ``truncation``), and the direct pass scores only the answer characters the conditional
@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import OptionError
 from ..features.tokens import LossOptions, Unit, UnitLoss, unit_losses
 from ..registry import CRITERIA, Option
 from ..render import TEMPLATES, TRUNCATION, Rendered, render_prompt, tokenize_rendered
@@ -103,6 +104,13 @@ class LossCriterion(LMCriterion):
         ),
         Option("context", "prefix", "direct-pass context: prefix | bos | none", choices=("prefix", "bos", "none")),
         Option("prefix", "### Response:", "the fixed prefix of the direct pass when context=prefix", type=str),
+        Option(
+            "first_token",
+            "both",
+            "context=none: leave the unpredicted first answer token out of both passes (both) or of the direct "
+            "pass only (direct: the Superfiltering reference code)",
+            choices=("both", "direct"),
+        ),
         _max_length(512, "max tokens of the conditional pass (aligned truncation of both passes)"),
         Option(
             "truncation", "right", "right: cut the answer's end; left: cut the prompt's start first", choices=TRUNCATION
@@ -115,8 +123,15 @@ class LossCriterion(LMCriterion):
 class IFD(LossCriterion):
     """Units: the conditional pass ("c") and one direct pass per kept answer span ("d")."""
 
+    @classmethod
+    def resolve(cls, options: dict) -> dict:
+        o = super().resolve(options)
+        if o["first_token"] == "direct" and o["context"] != "none":
+            raise OptionError("ifd: option first_token=direct only applies with context=none")
+        return o
+
     def items(self, b: Batch, i: int, row: dict) -> list:
-        skip_first = self.options["context"] == "none"
+        skip_first = self.options["context"] == "none" and self.options["first_token"] == "both"
         r = self.render(b, i, row)
         tk = self.tokenize(b, i, r, skip_first_answer_token=skip_first)
         out = [("c", Unit(tk.ids, tk.score))]
@@ -188,10 +203,12 @@ REVERSE_PROMPT = (
 class ReverseIFD(LossCriterion):
     """Units: Q after the reverse prompt holding A ("c"), and Q after one context token ("d")."""
 
+    VERSION = "2"  # Q = instruction + "\n" + input (v1 joined them with no separator)
+
     def items(self, b: Batch, i: int, row: dict) -> list:
         o, sid = self.options, b.ids[i]
         instr, inp, out = single_turn(row, sid, self.NAME)
-        q = instr + inp
+        q = instr + ("\n" + inp if inp else "")  # the separator of the other criteria (selectit, rating, embeddings)
         if not q.strip():
             raise Skip("empty instruction")
         if not out.strip():

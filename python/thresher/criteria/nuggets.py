@@ -17,10 +17,13 @@ special tokens included), the one-shot pass is ``tok(candidate text +
 separator)`` followed by ``tok(anchor text)`` without special tokens; the
 answer tokens are aligned on each anchor's own tokenisation (offsets).
 
-Anchors: ``anchors`` = a JSONL/JSON file or a list of rows; without it, a
-seeded random sample of ``n_anchors`` rows of the scored batch (the release
-picks 100 by k-means; the pipeline can pass such a set). A candidate that is
-itself an anchor (same id) is not compared with itself.
+Anchors: ``anchors`` = a JSONL/JSON file or a list of rows; without it they are
+chosen ONCE from the whole pool (the criterion is pool-scoped: the pipeline calls
+it on the whole pool): ``anchor_select=kmeans`` (default, as the release) runs a
+seeded k-means with ``n_anchors`` clusters over the pool's sentence embeddings
+(``embedder``) and takes the row nearest each centroid; ``random`` takes a
+seeded random sample. A candidate that is itself an anchor (same id) is not
+compared with itself.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ..cluster import kmeans
+from ..embed import embed_texts, get_embedder, sample_texts
 from ..features.tokens import Unit, prefix_reuse_losses
 from ..frames import as_pandas
 from ..registry import CRITERIA, Option
 from ..render import TEMPLATES, SampleError, render_sample, tokenize_rendered
-from .base import Batch, Skip, digest
+from .base import Batch, Skip, digest, embedder_fingerprint
 from .loss import LossCriterion, _max_length, _opts
 
 
@@ -70,6 +75,27 @@ def _anchor_rows(anchors: Any) -> Optional[list]:
     return list(anchors) if isinstance(anchors, list) else as_pandas(anchors).to_dict("records")
 
 
+def kmeans_anchor_rows(emb: np.ndarray, m: int, seed: int, n_init: int = 10) -> np.ndarray:
+    """Sorted row positions of the anchors: per k-means cluster (``m`` clusters, ``n_init`` seeded
+    restarts, the lowest inertia kept) the member nearest its centroid (Euclidean, ties to the
+    lower row); empty clusters give none."""
+    x = np.asarray(emb, dtype=np.float64)
+    best = None
+    for t in range(n_init):  # restarts, the lowest inertia kept (a single Lloyd run can merge clusters)
+        c, lb = kmeans(x, m, seed=seed * n_init + t)
+        inertia = float(((x - np.asarray(c, dtype=np.float64)[lb]) ** 2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, np.asarray(c, dtype=np.float64), lb)
+    _, cent, lab = best
+    pick = []
+    for g in range(len(cent)):
+        members = np.flatnonzero(lab == g)
+        if members.size:
+            d = ((x[members] - cent[g]) ** 2).sum(1)
+            pick.append(int(members[np.lexsort((members, d))[0]]))
+    return np.asarray(sorted(set(pick)), dtype=np.int64)
+
+
 @CRITERIA.register(
     "nuggets",
     doc="Nuggets golden score: fraction of anchor tasks whose answer log-probability rises when the candidate "
@@ -82,14 +108,23 @@ def _anchor_rows(anchors: Any) -> Optional[list]:
             "anchor rows: JSONL/JSON path, list of rows or table (default: a sample of the batch)",
             type=(str, list, pd.DataFrame, pa.Table),
         ),
-        Option("n_anchors", 100, "anchors sampled from the batch when anchors is not given", min=1),
-        Option("seed", 0, "seed of the anchor sample"),
+        Option("n_anchors", 100, "anchors chosen from the pool when anchors is not given", min=1),
+        Option(
+            "anchor_select",
+            "kmeans",
+            "how anchors are chosen from the pool without `anchors`: kmeans (the release: the row nearest each "
+            "of n_anchors k-means centroids of the embeddings) or random (a seeded sample)",
+            ("kmeans", "random"),
+        ),
+        Option("embedder", "default", "sentence embedder of anchor_select=kmeans (default all-MiniLM-L6-v2)"),
+        Option("seed", 0, "seed of the anchor k-means or sample"),
         Option("template", "alpaca", "prompt template of candidates and anchors", choices=TEMPLATES),
         Option("separator", "\n\n", "text between the one-shot demonstration and the anchor", type=str),
         _max_length(2048, "max tokens of prefix + anchor (the prefix is cut from the left)"),
     ),
     direction="max",
     needs=("model",),
+    scope="pool",
     components=("mean_gain", "n_anchors", "truncated"),
 )
 class Nuggets(LossCriterion):
@@ -106,6 +141,10 @@ class Nuggets(LossCriterion):
         out = super().key_options(options)
         rows = _anchor_rows(options["anchors"])
         out["anchors"] = None if rows is None else digest(rows, 32)  # the rows, wherever they come from
+        if rows is not None or options["anchor_select"] == "random":
+            out.pop("embedder", None)  # the embedder is not used
+        else:
+            out["embedder"] = embedder_fingerprint(options["embedder"])
         return out
 
     # -------------------------------------------------------------- anchors
@@ -115,9 +154,13 @@ class Nuggets(LossCriterion):
             return [
                 str(r.get("id", f"anchor-{i}")) if isinstance(r, dict) else f"anchor-{i}" for i, r in enumerate(rows)
             ], rows
-        rng = np.random.default_rng(self.options["seed"])
         take = min(self.options["n_anchors"], b.n)
-        pick = np.sort(rng.choice(b.n, size=take, replace=False)) if take else []
+        if self.options["anchor_select"] == "kmeans" and take:
+            emb = embed_texts(sample_texts(b.df), get_embedder(self.options["embedder"]))
+            pick = kmeans_anchor_rows(emb, take, self.options["seed"])
+        else:
+            rng = np.random.default_rng(self.options["seed"])
+            pick = np.sort(rng.choice(b.n, size=take, replace=False)) if take else np.zeros(0, np.int64)
         return [b.ids[i] for i in pick], [b.rows[i] for i in pick]
 
     def _anchors(self, b: Batch) -> list[tuple[str, Any]]:

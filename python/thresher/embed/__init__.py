@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..frames import as_pandas
+from ..progress import advance
 from .encoders import LMEncoder, SentenceEncoder
 from .store import EmbeddingStore, sample_key
 from .transform import EmbeddingTransform
@@ -101,6 +102,7 @@ def embed_texts(
     for i in todo:
         uniq.setdefault(keys[i], i)
     first = np.fromiter(uniq.values(), np.int64, len(uniq))
+    advance(n - len(first))  # cached and repeated rows are done; the encoder reports the rest per batch
     for s in range(0, len(first), shard_size):
         part = first[s : s + shard_size]
         v = enc.encode([texts[i] for i in part], batch_size=batch_size)

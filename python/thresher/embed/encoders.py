@@ -24,7 +24,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..extras import require
 from ..models import load_causal_lm
+from ..progress import advance
 
 ENCODER_VERSION = 1
 #: Names that select the bundled all-MiniLM-L6-v2.
@@ -67,8 +69,8 @@ class SentenceEncoder:
     def __init__(
         self, spec: str = "default", *, device: Optional[str] = None, max_length: Optional[int] = None
     ) -> None:
-        from sentence_transformers import SentenceTransformer  # optional dependency: imported on use
-
+        st = require("sentence_transformers", "embed", what="sentence-transformers embedders")
+        SentenceTransformer = st.SentenceTransformer
         self.spec = spec
         if spec in DEFAULT_EMBEDDER_NAMES:
             path = default_model_dir()
@@ -108,6 +110,7 @@ class SentenceEncoder:
                     show_progress_bar=False,
                 )
                 out[sel] = e
+                advance(len(sel))
         return out
 
 
@@ -168,4 +171,5 @@ class LMEncoder:
                     last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(1).values.clamp_min(0)
                     pooled = h[torch.arange(h.shape[0], device=dev), last]
                 out[sel] = pooled.cpu().numpy()
+                advance(len(sel))
         return out

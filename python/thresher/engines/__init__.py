@@ -8,6 +8,10 @@ dependency). An engine is any class satisfying :class:`Engine`, registered in
         def __init__(self, workers=1): ...
         def make_scorer(self, cls, options): ...   # a handle the engine can score with
         def score(self, scorer, table, name): ...  # -> DataFrame, one row per input row
+        def score_pool(self, scorer, table, name): ...  # the same, the whole pool in ONE scorer call
+
+``score`` may split a table into batches; ``score_pool`` is used for criteria registered with
+``scope="pool"`` (their score of a row depends on the other rows) and must not split it.
 
 Adding an engine is one module in this package (found by ``registry.builtin_modules``) or a plugin.
 """
@@ -32,6 +36,10 @@ class Engine(Protocol):
 
     def score(self, scorer: Any, table: Any, name: str) -> Any:
         """Score the sample table with ``scorer``: a DataFrame with one row per input row, keyed by ``id``."""
+        ...
+
+    def score_pool(self, scorer: Any, table: Any, name: str) -> Any:
+        """Score a pool-scoped criterion over the whole ``table`` in one scorer call (never batched)."""
         ...
 
 

@@ -3,12 +3,14 @@ batches of ``batch_size`` rows) at a time."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import pandas as pd
+import pyarrow as pa
 
 from ..frames import as_pandas
-from ..io.schema import content_hash
+from ..io import Source
 from ..registry import CRITERIA, ENGINES, Option
 
 
@@ -24,6 +26,10 @@ class LocalEngine:
     def make_scorer(self, cls: Any, options: dict) -> Any:
         return cls(**options)
 
+    def score_pool(self, scorer: Any, table: Any, name: str) -> Any:
+        """A pool-scoped criterion (``scope="pool"``): the whole pool in one call, whatever ``batch_size``."""
+        return scorer(table)
+
     def score(self, scorer: Any, table: Any, name: str) -> Any:
         if self.batch_size is None or len(table) <= self.batch_size:
             return scorer(table)
@@ -38,11 +44,14 @@ class ScoreColumns:
     """A criterion as a batch -> batch transform that keeps the input columns.
 
     ``ScoreColumns("ifd", model="default")(batch)`` returns the batch (pandas or
-    Arrow; rows with ``instruction``/``input``/``output``, optional ``id``) with the
-    criterion's columns appended. Constructing it loads the model once, so it drops
-    into Ray Data ``map_batches`` (as the class, with ``fn_constructor_args``), a NeMo
-    Curator or Data-Juicer stage, or any map over pandas batches. Rows without an
-    ``id`` get their content hash.
+    Arrow) with the criterion's columns appended. Rows are read by the same reader as
+    every verb (:class:`thresher.io.Source`), row by row: Alpaca
+    (``instruction``/``input``/``output``), prompt/response, OpenAI ``messages`` (all
+    roles, ``tool``/``function`` and system prompts included) and ShareGPT
+    ``conversations``, mixed freely; an ``id`` column is kept, rows without one get
+    their content hash. Constructing it loads the model once, so it drops into Ray
+    Data ``map_batches`` (as the class, with ``fn_constructor_args``), a NeMo Curator
+    or Data-Juicer stage, or any map over pandas batches.
     """
 
     def __init__(self, criterion: str, **options: Any) -> None:
@@ -51,19 +60,18 @@ class ScoreColumns:
         self.scorer = entry.obj(**entry.resolve_options(options))
 
     def __call__(self, batch: Any) -> Any:
+        """The batch with the criterion's columns added, in the batch's own kind: a DataFrame, a
+        pyarrow Table, or a dict of column lists (a dict or HF ``Dataset.map(batched=True)``'s batch)."""
         df = as_pandas(batch).reset_index(drop=True)
-        work = df.copy()
-        for c in ("instruction", "output"):
-            if c not in work.columns:
-                raise ValueError(f"batch: missing column {c!r} (rows need instruction, optional input, output)")
-        if "input" not in work.columns:
-            work["input"] = ""
-        if "id" not in work.columns:
-            work["id"] = [content_hash(r)[:16] for r in work[["instruction", "input", "output"]].to_dict("records")]
-        work["id"] = work["id"].astype(str)
-        res = self.scorer(work)
-        res = res.set_index(res["id"].astype(str)).reindex(work["id"]).reset_index(drop=True)
-        for c in res.columns:
-            if c != "id":
-                df[c] = res[c].to_numpy()
+        if len(df):
+            work = Source(df, shard_size=len(df)).read_all()
+            res = self.scorer(work)
+            res = res.set_index(res["id"].astype(str)).reindex(work["id"]).reset_index(drop=True)
+            for c in res.columns:
+                if c != "id":
+                    df[c] = res[c].to_numpy()
+        if isinstance(batch, (pa.Table, pa.RecordBatch)):
+            return pa.Table.from_pandas(df, preserve_index=False)
+        if isinstance(batch, Mapping):
+            return {c: df[c].tolist() for c in df.columns}
         return df

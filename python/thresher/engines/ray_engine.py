@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
-from ..errors import MissingExtraError
+from ..extras import require
 from ..registry import ENGINES, Option
 
 
@@ -43,13 +43,14 @@ class _RayScorer:
         return getattr(self._instance(), "fingerprint", None)
 
 
+def _score_whole(cls: Any, options: dict, table: Any) -> Any:
+    """One Ray task: build the scorer and score the whole table in one call (pool-scoped criteria)."""
+    return cls(**options)(table)
+
+
 def _ray() -> Any:
-    # ray is optional: imported only when the engine is used
-    try:
-        import ray
-    except ImportError as exc:
-        raise MissingExtraError("the ray engine", "ray", exc) from None
-    return ray
+    """ray (optional: imported only when the engine is used), or MissingExtraError naming the extra."""
+    return require("ray", "ray", what="the ray engine")
 
 
 @ENGINES.register(
@@ -88,6 +89,16 @@ class RayEngine:
             # a plugin loaded from a .py file is not importable on the workers: ship it by value
             _ray().cloudpickle.register_pickle_by_value(mod)
         return _RayScorer(cls, options)
+
+    def score_pool(self, scorer: _RayScorer, table: Any, name: str) -> Any:
+        """A pool-scoped criterion (``scope="pool"``): its score of a row depends on every other row, so
+        the whole pool goes to ONE scorer call (a Ray task with ``num_gpus`` of this engine), never
+        split into ``map_batches`` batches."""
+        ray = _ray()
+        task = ray.remote(num_gpus=self.num_gpus)(_score_whole) if self.num_gpus else ray.remote(_score_whole)
+        out = ray.get(task.remote(scorer.cls, scorer.options, table.reset_index(drop=True)))
+        ids = table["id"].astype(str).to_numpy()
+        return out.set_index(out["id"].astype(str)).reindex(ids).reset_index(drop=True)
 
     def score(self, scorer: _RayScorer, table: Any, name: str) -> Any:
         ray = _ray()

@@ -7,6 +7,8 @@
 * :mod:`.plots`: efficiency / feasibility plots and the HTML report.
 * :mod:`.proxy`: ``thresher evaluate`` (LoRA proxy fine-tuning of a selection); :mod:`.lora`: the
   fine-tuning and measurement of one model.
+* :mod:`.closed_set`: closed-set accuracy (label log-likelihood argmax on tasks with a small label set).
+* :mod:`.arms`: several arms (selections, recipes, random, full) at one SDF over several seeds; the PIR table.
 """
 
 from .comparison import (  # noqa: F401

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 ARMS = ("selected", "random", "full")
-METRICS = ("accuracy", "likelihood")
+METRICS = ("accuracy", "exact", "likelihood")
+CLOSED_NORMS = ("none", "tokens", "chars")
 
 
 @dataclass
@@ -53,11 +54,19 @@ class ProxyConfig:
     template: str = "plain"  # plain | chat
     decode: str = "teacher"  # teacher (one forward pass, token-exact) | generate (model.generate, string compare)
     lora_layers: Optional[int] = 8  # LoRA on the top N decoder layers only (None: all); backward stops there
-    metric: str = "accuracy"  # benchmark score behind the ratio: accuracy | likelihood (= exp(-loss))
+    # benchmark score behind the ratio: accuracy (closed-set accuracy on closed sets, exact match on
+    # open ones) | exact (exact match everywhere) | likelihood (= exp(-loss))
+    metric: str = "accuracy"
+    max_labels: int = 20  # a set with 2..max_labels distinct outputs is closed (label-likelihood argmax)
+    closed_norm: str = "none"  # none (sum of log-probs) | tokens | chars (see evaluation.closed_set)
+    closed_eos: bool = True  # score each label followed by EOS (False: lm-evaluation-harness's scoring)
     warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay
     arms: tuple[str, ...] = ARMS
     threads: Optional[int] = None  # torch CPU threads during the run (None: leave as is)
     device: str = "cpu"  # cpu | cuda | auto (cuda when available)
+
+    def _validate_closed(self) -> None:
+        _check_closed(self)
 
     def validate(self) -> "ProxyConfig":
         for name in ("steps", "batch_size", "max_length", "lora_r", "max_new_tokens", "eval_batch_size"):
@@ -82,6 +91,7 @@ class ProxyConfig:
             raise ValueError(f"lora_layers: expected a positive integer or None, got {self.lora_layers!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric: expected one of {list(METRICS)}, got {self.metric!r}")
+        self._validate_closed()
         if self.threads is not None and (
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
@@ -92,6 +102,13 @@ class ProxyConfig:
         if bad or not self.arms:
             raise ValueError(f"arms: expected a non-empty subset of {list(ARMS)}, got {list(self.arms)}")
         return self
+
+
+def _check_closed(cfg: "ProxyConfig") -> None:
+    if cfg.closed_norm not in CLOSED_NORMS:
+        raise ValueError(f"closed_norm: expected one of {list(CLOSED_NORMS)}, got {cfg.closed_norm!r}")
+    if isinstance(cfg.max_labels, bool) or not isinstance(cfg.max_labels, int) or cfg.max_labels < 2:
+        raise ValueError(f"max_labels: expected an integer >= 2, got {cfg.max_labels!r}")
 
 
 def resolve_device(device: str) -> str:
@@ -116,6 +133,14 @@ def _prompt_text(instruction: str, inp: str) -> str:
     return instruction + ("\n" + inp if inp else "")
 
 
+def answer_tokens(tokenizer, text: Any, template: str) -> list[int]:
+    """Token ids of an answer as the proxy trains on it (without EOS): ``" " + text`` for the
+    plain template, the text itself for the chat template."""
+    if template == "chat":
+        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+    return list(tokenizer(" " + str(text).strip(), add_special_tokens=False)["input_ids"])
+
+
 def encode(table, tokenizer, *, max_length: int, template: str = "plain") -> Encoded:
     """Tokenise prompts and answers of a sample table (see the module docstring)."""
     eos = tokenizer.eos_token_id
@@ -133,10 +158,9 @@ def encode(table, tokenizer, *, max_length: int, template: str = "plain") -> Enc
                 [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
             )
             p = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-            a = tokenizer(str(out), add_special_tokens=False)["input_ids"] + [eos]
         else:
             p = tokenizer(text + "\nAnswer:", add_special_tokens=False)["input_ids"]
-            a = tokenizer(" " + str(out).strip(), add_special_tokens=False)["input_ids"] + [eos]
+        a = answer_tokens(tokenizer, out, template) + [eos]
         if len(p) + len(a) > max_length:
             truncated += 1
             a = a[: max(1, max_length // 2)] if len(a) > max_length // 2 else a
@@ -278,7 +302,9 @@ def _normalize(s: str) -> str:
 
 
 def measure(lm, enc: Encoded, answers: Sequence[str], groups: np.ndarray, cfg: ProxyConfig) -> dict[str, Any]:
-    """Per evaluation set: mean answer-token loss, likelihood exp(-loss), exact-match accuracy."""
+    """Per evaluation set: mean answer-token loss, likelihood exp(-loss), exact-match accuracy
+    (``accuracy`` and ``exact``; :func:`thresher.evaluation.closed_set.add_closed_accuracy` turns
+    ``accuracy`` into closed-set accuracy on closed sets)."""
     n = len(enc.prompt)
     with torch.no_grad():
         tok_loss_sum, tok_count, forced_ok = _teacher_forced(lm, enc, cfg)
@@ -369,6 +395,7 @@ def _summarise(groups, tok_loss_sum, tok_count, correct, preds, answers, forced_
             "loss": loss,
             "likelihood": float(math.exp(-loss)),
             "accuracy": float(correct[m].mean()),
+            "exact": float(correct[m].mean()),
         }
     loss_all = float(tok_loss_sum.sum() / max(1.0, tok_count.sum()))
     return {
@@ -376,6 +403,7 @@ def _summarise(groups, tok_loss_sum, tok_count, correct, preds, answers, forced_
         "loss": loss_all,
         "likelihood": float(math.exp(-loss_all)),
         "accuracy": float(correct.mean()) if n else float("nan"),
+        "exact": float(correct.mean()) if n else float("nan"),
         "correct": correct.tolist(),
         "teacher_exact": forced_ok.tolist(),
         **({"generate_token_exact": token_ok.tolist()} if token_ok is not None else {}),

@@ -4,8 +4,11 @@
 fixed budget of optimizer steps, a fixed seed) three times: on the selected
 subset (SEM), on a random subset of the same size (the random baseline at the
 same SDF) and on the full pool (BLM, the paper's baseline counterpart). Each
-tuned model is measured on the target set: the mean answer-token loss and the
-exact-match accuracy of a greedy decode. ``decode="teacher"`` (default) gets it
+tuned model is measured on the target set: the mean answer-token loss, the
+exact-match accuracy of a greedy decode and, on evaluation sets whose outputs come
+from a small label set, closed-set accuracy (:mod:`.closed_set`; ``metric="accuracy"``
+uses it there and exact match elsewhere, ``metric="exact"`` exact match everywhere).
+``decode="teacher"`` (default) gets the exact match
 from the same single forward pass as the loss: greedy decoding reproduces the
 answer's tokens followed by EOS exactly iff each of those tokens is the argmax
 given the answer's own prefix, so no generation is needed (token-exact match).
@@ -32,6 +35,7 @@ import yaml
 
 from ..fs import atomic_write_text
 from ..models import load_causal_lm, load_tokenizer
+from .closed_set import ClosedSet, add_closed_accuracy, build_closed_set, label_sets
 from .comparison import SAME_BENCH_MAP, check_sdf, mean_ratio, pir
 from .lora import ARMS, METRICS, Encoded, ProxyConfig, encode, finetune, measure, resolve_device
 from .runs import run_entry
@@ -51,6 +55,22 @@ class ProxyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _group_column(table, group: Optional[str]) -> Optional[str]:
+    if group is not None:
+        return group
+    return next((c for c in ("group", "task") if c in table), None)
+
+
+def closed_set_for(pool, target, groups: np.ndarray, tok, cfg: ProxyConfig, group: Optional[str] = None) -> ClosedSet:
+    """Label sets of the target's evaluation sets (target rows + the pool's rows of the same group)."""
+    col = _group_column(target, group)
+    pool_col = col if col is not None and col in pool else next((c for c in ("group", "task") if c in pool), None)
+    pg = pool[pool_col].astype(str).tolist() if pool_col is not None else None
+    po = pool["output"].tolist() if pool_col is not None else None
+    sets = label_sets(groups.tolist(), target["output"].tolist(), pg, po, max_labels=cfg.max_labels)
+    return build_closed_set(sets, tok, template=cfg.template, norm=cfg.closed_norm, eos=cfg.closed_eos)
 
 
 def _groups(table, group: Optional[str]) -> np.ndarray:
@@ -150,6 +170,7 @@ def _run_arm(
     cfg: ProxyConfig,
     result: ProxyResult,
     log: Callable[[str], None],
+    closed: Optional[ClosedSet] = None,
 ) -> None:
     t0 = time.perf_counter()
     enc = encode(subset, tok, max_length=cfg.max_length, template=cfg.template)
@@ -157,7 +178,7 @@ def _run_arm(
     log(f"[{arm}] fine-tuning on {len(enc.prompt)} examples, {cfg.steps} steps x {cfg.batch_size}")
     lm, losses = finetune(loader, enc, cfg, log=log)
     t1 = time.perf_counter()
-    m = measure(lm, enc_target, answers, groups, cfg)
+    m = add_closed_accuracy(measure(lm, enc_target, answers, groups, cfg), lm, enc_target, answers, groups, closed)
     t2 = time.perf_counter()
     m["train_loss_first"] = float(np.mean(losses[: max(1, len(losses) // 10)]))
     m["train_loss_last"] = float(np.mean(losses[-max(1, len(losses) // 10) :]))
@@ -203,8 +224,10 @@ def _evaluate(pool, selected, target, cfg: ProxyConfig, *, group, loader, log) -
         arms={},
     )
     result.truncated["target"] = enc_target.truncated
+    closed = closed_set_for(pool, target, groups, tok, cfg, group)
+    result.config["closed_sets"] = {g: closed.labels[g] for g in sorted(closed.labels)}
     for arm in cfg.arms:
-        _run_arm(arm, subsets[arm], loader, tok, enc_target, answers, groups, cfg, result, log)
+        _run_arm(arm, subsets[arm], loader, tok, enc_target, answers, groups, cfg, result, log, closed)
     _ratios(result, cfg.metric)
     return result
 

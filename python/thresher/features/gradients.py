@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..extras import require
 from ..frames import as_pandas
 from ..ops.projection import Projector, check_dim, check_kind, random_project, structured_project
 from ..render import SampleError, render_sample, tokenize_rendered
@@ -74,8 +75,8 @@ def add_lora(
     copy_model: bool = True,
 ):
     """A peft LoRA model over (a deep copy of) ``model``; LoRA A initialised from ``seed``."""
-    from peft import LoraConfig, get_peft_model
-
+    peft = require("peft", "train", what="LoRA (peft)")
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
     if not isinstance(r, int) or r <= 0:
         raise ValueError(f"r: expected a positive int, got {r!r}")
     targets = list(targets)
@@ -106,16 +107,16 @@ def lora_modules(pm) -> dict[str, torch.nn.Linear]:
     return out
 
 
-def save_lora(pm, path: Path) -> None:
-    from safetensors.torch import save_file
+def _safetensors_torch() -> Any:
+    return require("safetensors.torch", "lm", what="reading and writing safetensors files")
 
-    save_file({n: p.detach().cpu().contiguous() for n, p in lora_named_parameters(pm)}, str(path))
+
+def save_lora(pm, path: Path) -> None:
+    _safetensors_torch().save_file({n: p.detach().cpu().contiguous() for n, p in lora_named_parameters(pm)}, str(path))
 
 
 def load_lora(pm, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
+    state = _safetensors_torch().load_file(str(path))
     params = dict(lora_named_parameters(pm))
     missing = sorted(set(params) - set(state))
     extra = sorted(set(state) - set(params))
@@ -157,8 +158,7 @@ class AdamState:
         raise ValueError(f"adam: {mode!r} not one of {ADAM_MODES}")
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
+        save_file = _safetensors_torch().save_file
         t = {f"exp_avg.{k}": v.contiguous().cpu() for k, v in self.exp_avg.items()}
         t.update({f"exp_avg_sq.{k}": v.contiguous().cpu() for k, v in self.exp_avg_sq.items()})
         save_file(
@@ -169,8 +169,7 @@ class AdamState:
 
     @classmethod
     def load(cls, path: Path) -> "AdamState":
-        from safetensors import safe_open
-
+        safe_open = require("safetensors", "lm", what="reading safetensors files").safe_open
         m, v = {}, {}
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from ..ops import token_loss
+from ..progress import advance
 
 MODES = ("bucket", "pack")
 PADDING_SIDES = ("right", "left")
@@ -402,11 +403,13 @@ def unit_losses(
             hidden = _forward(lm, bt, weight.device)
             if opts.trunk_only:
                 del hidden
+                advance(len(grp))
                 continue
             st["scored_tokens"] += len(bt.targets)
             for (i, _), ul in zip(bt.seg, _losses(hidden, bt, weight, opts)):
                 results[i] = ul
             del hidden
+            advance(len(grp))  # units done: the progress bar's rows within a shard
     if stats is not None:
         stats.update({k: stats.get(k, 0) + v for k, v in st.items()})
     return [r if r is not None else _empty_loss(opts) for r in results]
@@ -453,6 +456,7 @@ def last_position_hidden(lm: Any, seqs: Sequence[Sequence[int]], *, batch_tokens
             rows = torch.arange(len(grp), device=device)
             cols = torch.as_tensor([lengths[i] - 1 for i in grp], device=device)
             out[torch.as_tensor(grp, device=device)] = h[rows, cols]
+            advance(len(grp))
     return out
 
 
@@ -505,4 +509,5 @@ def prefix_reuse_losses(
             for i in grp:
                 results[i] = UnitLoss(nll[k : k + len(eff[i][1])])
                 k += len(eff[i][1])
+            advance(len(grp))
     return [r if r is not None else UnitLoss(np.zeros(0)) for r in results]

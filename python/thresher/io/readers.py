@@ -1,6 +1,7 @@
-"""Streaming readers: JSONL (optionally gzipped), JSON arrays, Parquet, CSV and saved
-HF datasets, read in shards of ``shard_size`` rows so memory is bounded by the shard,
-not by the pool.
+"""Streaming readers: JSONL (optionally gzipped), JSON arrays, Parquet, CSV, saved HF
+datasets, ``load_dataset`` ids, fsspec URLs and in-memory tables, read in shards of
+``shard_size`` rows so memory is bounded by the shard, not by the pool. The raw
+format iterators live in :mod:`.formats`, where data comes from in :mod:`.sources`.
 
 :class:`Source` walks the raw records once per pass: pass 1 (``shards()``) yields
 sample tables; writers make a second pass over the raw records to copy the
@@ -11,371 +12,60 @@ way in every pass.
 
 from __future__ import annotations
 
-import codecs
-import contextlib
-import csv
-import gzip
 import hashlib
 import json
-import os
 import zlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ..errors import InputError, MissingExtraError, OptionError, ResourceError, ThresherError
+from ..errors import InputError, OptionError
 from ..registry import READERS
-from .schema import DataError, Schema, content_hash, detect_schema, normalize_record
-
-FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
-_EXT = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".tsv": "csv",
-}
-_GZIP_MAGIC = b"\x1f\x8b"
-_BOM = "\ufeff"
-
-
-def _ext_format(path: Path) -> Optional[str]:
-    """Format of one file from its extension (``.gz`` stripped), or None."""
-    name = path.name.lower().removesuffix(".gz")
-    return _EXT.get(os.path.splitext(name)[1])
+from .formats import (  # noqa: F401 - re-exported: the writers and older callers import them from here
+    FORMATS,
+    _check_file,
+    _decode_line,
+    _iter_csv,
+    _iter_json_array,
+    _iter_jsonl,
+    _open_binary,
+    _raw_lines,
+    check_one_format,
+    data_files,
+    detect_format,
+    file_checksum,
+    open_parquet,
+)
+from .schema import DataError, Schema, check_mapping, content_hash, detect_schema, mapped_columns, normalize_record
+from .sources import ColumnBatch, Location, arrow_batches, fast_rows, hf_batches, load_saved, locate, memory_checksum
 
 
-def detect_format(path: Path) -> str:
-    """Format from the extension (``.gz`` stripped) or, for folders, the HF dataset markers.
-
-    A folder whose files have different formats is refused (naming two of them)."""
-    if path.is_dir():
-        if (
-            (path / "dataset_info.json").exists()
-            or (path / "state.json").exists()
-            or (path / "dataset_dict.json").exists()
-        ):
-            return "hf"
-        files = data_files(path)
-        if not files:
-            raise InputError(
-                "folder holds no .jsonl/.json/.parquet/.csv files and is not a saved HF dataset", file=path
-            )
-        check_one_format(path, files)
-        return detect_format(files[0])
-    fmt = _ext_format(path)
-    if fmt is None:
-        raise InputError(
-            f"cannot tell the format from the extension; pass format= one of {list(FORMATS)} (--format)", file=path
-        )
-    return fmt
-
-
-def check_one_format(folder: Path, files: list[Path]) -> None:
-    """Refuse a folder that mixes formats (``a.jsonl`` beside ``b.csv``): name one file of each."""
-    first: dict[str, Path] = {}
-    for f in files:
-        first.setdefault(_ext_format(f) or "?", f)
-    if len(first) > 1:
-        (fa, pa), (fb, pb) = list(first.items())[:2]
-        raise InputError(
-            f"folder mixes data formats: {pa.relative_to(folder)} is {fa}, {pb.relative_to(folder)} "
-            f"is {fb}; put one format in a folder",
-            file=folder,
-        )
-
-
-def data_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    out = []
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and _ext_format(p) is not None and not p.name.startswith("."):
-            out.append(p)
-    return out
-
-
-def _is_gz(path: Path) -> bool:
-    return path.name.lower().endswith(".gz")
-
-
-@contextlib.contextmanager
-def _read_errors(path: Path, where: Callable[[], Optional[int]] = lambda: None) -> Iterator[None]:
-    """Turn the OS and codec errors of reading ``path`` into one-line Input/ResourceErrors.
-
-    ``where()``: the last line read so far (for a gzip stream that ends early)."""
+def single_split(path: Path) -> Path:
+    """A saved DatasetDict folder with one split: that split's folder (several: name them)."""
+    dd = path / "dataset_dict.json"
+    if not dd.exists():
+        return path
     try:
-        yield
-    except ThresherError:
-        raise
-    except PermissionError:
-        raise ResourceError(f"{path}: permission denied (cannot read it)") from None
-    except gzip.BadGzipFile as exc:
-        raise InputError(f"not a gzip file ({exc}); rename it without .gz if it is plain text", file=path) from None
-    except (EOFError, zlib.error) as exc:
-        last = where()
-        after = f" after line {last}" if last else ""
-        raise InputError(f"truncated or corrupt gzip data{after} ({exc})", file=path) from None
-    except IsADirectoryError:
-        raise InputError("is a folder, expected a file", file=path) from None
-    except OSError as exc:
-        raise ResourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        names = json.loads(dd.read_text(encoding="utf-8"))["splits"]
+    except (ValueError, KeyError) as exc:
+        raise InputError(f"unreadable dataset_dict.json ({exc})", file=dd) from None
+    if len(names) != 1:
+        raise InputError(f"a DatasetDict with splits {names}; pass split=NAME (--split)", file=path)
+    return path / names[0]
 
 
-def _open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if _is_gz(path) else open(path, "rb")
-
-
-def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+def _object_rows(loc: Location) -> Optional[int]:
+    if loc.kind == "arrow":
+        return int(loc.dataset.num_rows)
+    if loc.kind == "records":
+        return len(loc.records)
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"not valid UTF-8 text (byte {exc.start + 1} of the line: {exc.reason}); re-encode the file as UTF-8",
-            file=path,
-            line=lineno,
-        ) from None
-    return text[1:] if lineno == 1 and text.startswith(_BOM) else text
-
-
-def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw bytes) of a text file, optionally gzipped; lines end at ``\\n``.
-
-    The one line splitter of the readers and the writers (so their line numbers agree)."""
-    lineno = 0
-    with _read_errors(path, lambda: lineno), _open_binary(path) as fh:
-        for raw in fh:
-            lineno += 1
-            yield lineno, raw
-
-
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, decoded text with its line ending); a UTF-8 BOM on line 1 is dropped."""
-    for lineno, raw in _raw_lines(path):
-        yield lineno, _decode_line(raw, path, lineno)
-
-
-def _text_chunks(path: Path, size: int) -> Iterator[str]:
-    """The decoded text in chunks of about ``size`` bytes; invalid UTF-8 names its line."""
-    dec = codecs.getincrementaldecoder("utf-8")()
-    newlines = 0
-    first = True
-    with _read_errors(path, lambda: newlines), _open_binary(path) as fh:
-        while True:
-            block = fh.read(size)
-            try:
-                text = dec.decode(block, final=not block)
-            except UnicodeDecodeError as exc:
-                line = newlines + exc.object[: exc.start].count(b"\n") + 1
-                raise InputError(
-                    f"not valid UTF-8 text ({exc.reason}); re-encode the file as UTF-8", file=path, line=line
-                ) from None
-            newlines += block.count(b"\n")
-            if first and text:
-                text, first = text.removeprefix(_BOM), False
-            if text:
-                yield text
-            if not block:
-                return
-
-
-def _sha256(f: Path) -> str:
-    h = hashlib.sha256()
-    with _read_errors(f), open(f, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_checksum(path: Path) -> str:
-    """sha256 of a file; for a folder, sha256 over (relative path, file sha256) of every file in it."""
-    path = Path(path)
-    if path.is_file():
-        return _sha256(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(path).as_posix()}\0{_sha256(f)}\n".encode())
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------------ raw records
-# Each raw iterator yields (file, line_or_row, record_or_None, raw_handle, error_or_None).
-
-
-def _iter_jsonl(path: Path):
-    for lineno, raw in _raw_lines(path):
-        try:
-            text = _decode_line(raw, path, lineno).rstrip("\r\n")
-        except InputError as exc:
-            yield path, lineno, None, None, exc
-            continue
-        if not text.strip():
-            continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield (
-                path,
-                lineno,
-                None,
-                text,
-                DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", file=path, line=lineno),
-            )
-            continue
-        yield path, lineno, rec, text, None
-
-
-def _value_end(buf: str, pos: int) -> Optional[int]:
-    """Index of the ``,`` or ``]`` that ends the (malformed) array element starting at ``pos``."""
-    depth, in_str, esc = 0, False, False
-    for i in range(pos, len(buf)):
-        ch = buf[i]
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            if depth == 0:
-                return i if ch == "]" else None
-            depth -= 1
-        elif ch == "," and depth == 0:
-            return i
-    return None
-
-
-class _ArrayScanner:
-    """Walks the elements of a top-level JSON array over a stream of text chunks."""
-
-    def __init__(self, path: Path, chunks: Iterator[str]) -> None:
-        self.path, self.chunks = path, chunks
-        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
-        self.dec = json.JSONDecoder()
-
-    def fill(self) -> bool:
-        more = next(self.chunks, "")
-        if not more:
-            self.eof = True
-            return False
-        self.buf = self.buf[self.pos :] + more
-        self.pos = 0
-        return True
-
-    def next_char(self, seps: str) -> Optional[str]:
-        """Skip whitespace (and ``seps``); the next character, or None at the end of the file."""
-        while True:
-            buf = self.buf
-            while self.pos < len(buf) and buf[self.pos] in " \t\r\n" + seps:
-                if buf[self.pos] == "\n":
-                    self.line += 1
-                self.pos += 1
-            if self.pos < len(buf):
-                return buf[self.pos]
-            if not self.fill():
-                return None
-
-    def element(self) -> tuple[Any, Optional[DataError]]:
-        """Decode the element at ``pos``: (record, None), or (None, error) after skipping a bad one."""
-        rec, err = None, None
-        while True:
-            try:
-                rec, end = self.dec.raw_decode(self.buf, self.pos)
-                break
-            except json.JSONDecodeError as exc:
-                if not self.eof and self.fill():
-                    continue
-                at = self.line + self.buf.count("\n", self.pos, exc.pos)
-                err = DataError(
-                    f"malformed JSON in the record starting here ({exc.msg} at line {at})",
-                    file=self.path,
-                    line=self.line,
-                )
-                end = _value_end(self.buf, self.pos)
-                if end is None:  # cannot find where the bad record ends: nothing after it can be read
-                    raise err from None
-                break
-        self.line += self.buf.count("\n", self.pos, end)
-        self.pos = end
-        return rec, err
-
-
-def _iter_json_array(path: Path, chunk: int = 1 << 20):
-    """Stream the objects of a top-level JSON array without loading the whole file."""
-    sc = _ArrayScanner(path, _text_chunks(path, chunk))
-    c = sc.next_char("")
-    if c is None:
-        raise DataError("empty file: no JSON array", file=path, line=sc.line)
-    if c != "[":
-        raise DataError("expected a JSON array of objects ('[' ...), or use a .jsonl file", file=path, line=sc.line)
-    sc.pos += 1
-    while True:
-        c = sc.next_char(",")
-        if c is None:
-            raise DataError("unterminated JSON array (missing ']')", file=path, line=sc.line)
-        if c == "]":
-            return
-        start = sc.line
-        rec, err = sc.element()
-        yield path, start, rec, rec, err
-
-
-def _iter_csv(path: Path):
-    delim = "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-    reader = csv.DictReader((text for _, text in _text_lines(path)), delimiter=delim)
-    if reader.fieldnames is None:
-        return
-    start = 2
-    for rec in reader:
-        if None in rec:  # more cells than header fields
-            yield path, start, None, rec, DataError("row has more cells than the header", file=path, line=start)
-        else:
-            yield path, start, rec, rec, None
-        start = reader.line_num + 1
-
-
-def _iter_parquet(path: Path, batch: int):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with _read_errors(path):
-        try:
-            pf = pq.ParquetFile(path)
-        except pa.ArrowException as exc:
-            raise InputError(f"not a readable Parquet file ({exc})", file=path) from None
-    row = 0
-    for b in pf.iter_batches(batch_size=batch):
-        for rec in b.to_pylist():
-            row += 1
-            yield path, row, rec, row - 1, None
-
-
-def _iter_hf(path: Path, batch: int):
-    try:
-        from datasets import load_from_disk
-    except ImportError as exc:  # pragma: no cover
-        raise MissingExtraError(f"reading the saved HF dataset {path}", "hf", exc) from None
-    ds = load_from_disk(str(path))
-    if hasattr(ds, "keys") and not hasattr(ds, "features"):  # DatasetDict
-        splits = list(ds.keys())
-        if len(splits) != 1:
-            raise InputError(f"a DatasetDict with splits {splits}; point at one split's folder", file=path)
-        ds = ds[splits[0]]
-    n = len(ds)
-    for s in range(0, n, batch):
-        part = ds[s : min(n, s + batch)]
-        cols = list(part)
-        for i in range(len(part[cols[0]]) if cols else 0):
-            yield path, s + i + 1, {c: part[c][i] for c in cols}, s + i, None
+        return len(loc.dataset)
+    except TypeError:  # an IterableDataset
+        return None
 
 
 @dataclass
@@ -401,16 +91,6 @@ class Shard:
             h.update(b"\0")
             h.update(c.encode())
         return h.hexdigest()
-
-
-def _check_file(f: Path) -> None:
-    """Readable, not empty, and a real gzip stream when named ``.gz`` (checked before any scoring)."""
-    with _read_errors(f), open(f, "rb") as fh:
-        head = fh.read(2)
-    if not head:
-        raise DataError("empty file", file=f)
-    if _is_gz(f) and head != _GZIP_MAGIC:
-        raise InputError("not a gzip file (no gzip header); rename it without .gz if it is plain text", file=f)
 
 
 class _IdAssigner:
@@ -450,13 +130,13 @@ class _ShardBuilder:
         self.files.append(fi)
         self.n += 1
 
-    def flush(self, schema: Schema) -> Shard:
+    def flush(self, schema: Optional[Schema]) -> Shard:
         import pandas as pd
 
         cols = ["id", "instruction", "input", "output"]
-        if schema.conversation is not None or any("conversation" in r for r in self.rows):
+        if (schema is not None and schema.conversation is not None) or any("conversation" in r for r in self.rows):
             cols.append("conversation")
-        if schema.group is not None:
+        if schema is not None and schema.group is not None:
             cols.append("group")
         sh = Shard(
             self.index,
@@ -474,12 +154,16 @@ class _ShardBuilder:
 
 @dataclass
 class Source:
-    """A pool of samples on disk, read in shards.
+    """A pool of samples, read in shards: a local file or folder, an fsspec URL, a saved HF
+    dataset (``split`` picks one split of a DatasetDict), a ``load_dataset`` id (``split``,
+    ``streaming``), or an in-memory HF Dataset, Arrow table, pandas DataFrame or iterable of
+    dicts (see :func:`thresher.io.sources.locate`).
 
     ``fields``: explicit mapping ``{"instruction": COL, "input": COL, "output": COL,
     "id": COL, "group": COL}`` or ``{"conversation": COL}``; ``on_bad_row``: ``error``
     (default, raise :class:`DataError` naming file, line and field) or ``skip`` (count
-    and report them in :attr:`skipped`).
+    and report them in :attr:`skipped`). Parquet, Arrow and HF data are read in record
+    batches, column by column.
     """
 
     path: Any
@@ -493,18 +177,26 @@ class Source:
     skipped: list = field(default_factory=list)
     n_rows: Optional[int] = None
     columns: Optional[list] = None  # field order of the input (for writers)
+    split: Optional[str] = None
+    streaming: bool = False
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"data: {self.path} does not exist")
         if self.on_bad_row not in ("error", "skip"):
             raise OptionError(f"on_bad_row: expected 'error' or 'skip', got {self.on_bad_row!r}")
         if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise OptionError(f"shard_size: expected a positive integer, got {self.shard_size!r}")
+        self.location = locate(self.path, split=self.split, streaming=self.streaming)
+        if self.fields:
+            check_mapping(self.fields, self.location.label)
+        if self.location.kind != "files":
+            self._open_object()
+            return
+        self.path = self.location.path
         self.format = self.format or detect_format(self.path)
         if self.format not in FORMATS:
             raise OptionError(f"format: expected one of {list(FORMATS)}, got {self.format!r}")
+        if self.format == "hf":
+            self.path = single_split(self.path)
         self.files = [self.path] if self.format == "hf" else data_files(self.path)
         if not self.files:
             raise InputError("no data files in this folder", file=self.path)
@@ -514,22 +206,75 @@ class Source:
             for f in self.files:
                 _check_file(f)
 
+    def _open_object(self) -> None:
+        """An HF dataset object, an Arrow table or records: format ``hf``, ``arrow`` or ``records``."""
+        loc = self.location
+        if self.format is not None and self.format != loc.kind:
+            raise OptionError(f"format: {self.format!r} does not apply to {loc.label}")
+        if loc.kind == "records" and not isinstance(loc.records, (list, tuple)):
+            loc.records = list(loc.records)  # a generator: kept so that every pass sees the same rows
+        self.format = loc.kind
+        self.path = Path(loc.label)
+        self.files = [self.path]
+
+    @property
+    def columnar(self) -> bool:
+        return self.format in ("parquet", "hf", "arrow")
+
     # -------------------------------------------------------------- raw pass
     def raw_records(self):
-        """Yield (file_index, line, record, raw, error) over all files."""
+        """Yield (file_index, line, record, raw, error) over all files (one dict per record)."""
+        if self.columnar:
+            for fi, start, cb in self.batches():
+                for i in range(len(cb)):
+                    yield fi, start + i + 1, cb.record(i), start + i, None
+            return
+        if self.format == "records":
+            for i, rec in enumerate(self.location.records):
+                yield 0, i + 1, rec, rec, None
+            return
         for fi, f in enumerate(self.files):
             if self.format == "jsonl":
                 it = _iter_jsonl(f)
             elif self.format == "json":
                 it = _iter_json_array(f)
-            elif self.format == "csv":
-                it = _iter_csv(f)
-            elif self.format == "parquet":
-                it = _iter_parquet(f, self.shard_size)
             else:
-                it = _iter_hf(f, self.shard_size)
+                it = _iter_csv(f)
             for _, line, rec, raw, err in it:
                 yield fi, line, rec, raw, err
+
+    def batches(self) -> Iterator[tuple[int, int, ColumnBatch]]:
+        """(file index, 0-based row of the first row, batch) over a columnar pool."""
+        if self.format == "parquet":
+            for fi, f in enumerate(self.files):
+                start = 0
+                for b in open_parquet(f).iter_batches(batch_size=self.shard_size):
+                    yield fi, start, ColumnBatch(b)
+                    start += b.num_rows
+            return
+        if self.format == "arrow":
+            it = arrow_batches(self.location.dataset, self.shard_size)
+        elif self.location.kind == "hf":
+            it = hf_batches(self.location.dataset, self.shard_size)
+        else:
+            it = hf_batches(load_saved(self.path), self.shard_size)
+        start = 0
+        for cb in it:
+            yield 0, start, cb
+            start += len(cb)
+
+    def _items(self) -> Iterator[tuple[int, int, Optional[dict], Any, Optional[DataError]]]:
+        """(file index, line, fast-path row or None, record or a callable giving it, error)."""
+        if not self.columnar:
+            for fi, line, rec, _raw, err in self.raw_records():
+                yield fi, line, None, rec, err
+            return
+        for fi, start, cb in self.batches():
+            rows = None
+            for i in range(len(cb)):
+                if rows is None and self.schema is not None:
+                    rows = fast_rows(cb, self.schema)
+                yield fi, start + i + 1, rows[i] if rows is not None else None, partial(cb.record, i), None
 
     def _bad(self, err: DataError) -> None:
         if self.on_bad_row == "error":
@@ -540,6 +285,7 @@ class Source:
         """One raw record -> a sample row; the first good record fixes the schema. None: skipped."""
         try:
             if self.schema is None:
+                self._check_mapped_columns(rec, f)
                 schema = detect_schema(rec, self.fields, file=f, line=line, group_field=self.group_field)
                 row = normalize_record(rec, schema, file=f, line=line)
                 self.schema = schema  # only once a record passed (a bad first row can be skipped)
@@ -550,13 +296,35 @@ class Source:
             self._bad(e)
             return None
 
+    def _check_mapped_columns(self, rec: Any, f: Path, scan: int = 1000) -> None:
+        """A column the field mapping names that the whole file lacks (its header, or none of its
+        first ``scan`` records has it): one InputError naming the file and the column, not a bad row."""
+        cols = mapped_columns(self.fields)
+        if not isinstance(rec, dict) or all(c in rec for c in cols):
+            return
+        known = set(rec)
+        if not (self.columnar or self.format == "csv"):  # records may differ in their keys: look further
+            for i, (_fi, _line, other, _raw, err) in enumerate(self.raw_records()):
+                if i >= scan:
+                    break
+                if err is None and isinstance(other, dict):
+                    known.update(other)
+        gone = [c for c in cols if c not in known]
+        if gone:
+            what = ", ".join(f"--field {cols[c]}={c}" for c in gone)
+            raise InputError(
+                f"{'no column' if len(gone) == 1 else 'no columns'} {', '.join(map(repr, gone))} in this data "
+                f"({what}); its columns: {', '.join(sorted(map(str, known))) or 'none'}",
+                file=f,
+            )
+
     def shards(self) -> Iterator[Shard]:
         """Pass 1: yield sample-table shards; ids are own ids or content hashes, deduplicated."""
         self.skipped = []
         ids = _IdAssigner()
         build = _ShardBuilder()
         any_record = False
-        for fi, line, rec, _raw, err in self.raw_records():
+        for fi, line, row, rec, err in self._items():
             if self.limit is not None and build.n >= self.limit:
                 break
             any_record = True
@@ -564,13 +332,15 @@ class Source:
                 self._bad(err)
                 continue
             f = self.files[fi]
-            row = self._normalize(rec, f, line)
+            if row is None:
+                row = self._normalize(rec() if callable(rec) else rec, f, line)
             if row is None:
                 continue
             h, own = content_hash(row), row.pop("_own_id")
             sid = ids.assign(own, h)
             if sid is None:
-                self._bad(DataError(f"duplicate id {own!r}", file=f, line=line, field=self.schema.id))
+                field_ = self.schema.id if self.schema is not None else None
+                self._bad(DataError(f"duplicate id {own!r}", file=f, line=line, field=field_))
                 continue
             row["id"] = sid
             build.add(row, h, line, fi)
@@ -595,6 +365,9 @@ class Source:
         return pd.concat(parts, ignore_index=True)
 
     def checksum(self) -> str:
+        """sha256 of the files, or a content checksum (HF fingerprint) of an in-memory pool."""
+        if self.location.kind != "files":
+            return memory_checksum(self.location)
         return file_checksum(self.path)
 
     def estimate_rows(self, max_bytes: int = 2 << 30) -> Optional[int]:
@@ -605,15 +378,19 @@ class Source:
                 import pyarrow.parquet as pq
 
                 n = sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+            elif self.location.kind != "files":
+                n = _object_rows(self.location)
+                if n is None:
+                    return None
             elif self.format == "hf":
-                return None
+                n = load_saved(self.path).num_rows
             else:
                 if sum(f.stat().st_size for f in self.files) > max_bytes:
                     return None
                 n = 0
                 for f in self.files:
                     with _open_binary(f) as fh:
-                        for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                        for block in iter(partial(fh.read, 1 << 22), b""):
                             n += block.count(b"\n")
                 if self.format == "csv":
                     n -= len(self.files)

@@ -21,7 +21,9 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from ..extras import require
 from ..fs import atomic_dir
+from ..progress import activity
 
 DEFAULT_SPEC = "default"
 _CONVERT_VERSION = 1  # bump when the converted layout changes
@@ -158,8 +160,19 @@ def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
 
 
 # ---------------------------------------------------------------- GGUF
+def transformers_module() -> Any:
+    """``transformers`` (the ``lm`` extra), or MissingExtraError naming ``pip install 'thresher[lm]'``."""
+    return require("transformers", "lm", what="causal-LM models (transformers)")
+
+
+def _require_gguf() -> None:
+    """transformers reads GGUF files through the ``gguf`` package (also in the ``lm`` extra)."""
+    transformers_module()
+    require("gguf", "lm", what="reading GGUF models (gguf)")
+
+
 def _gguf_error(path: Path, exc: BaseException) -> ValueError:
-    import transformers
+    transformers = transformers_module()
 
     return ValueError(
         f"model {str(path)!r}: the installed transformers {transformers.__version__} cannot read this GGUF "
@@ -173,8 +186,10 @@ def _gguf_tokenizer_dir(gguf: Path) -> Path:
     if (final / "thresher.json").is_file():
         return final
 
+    _require_gguf()
+
     def build(tmp: Path) -> None:
-        from transformers import AutoTokenizer
+        AutoTokenizer = transformers_module().AutoTokenizer
 
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -195,8 +210,11 @@ def _gguf_converted_dir(gguf: Path) -> Path:
     if (final / "thresher.json").is_file():
         return final
 
+    _require_gguf()
+
     def build(tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tf = transformers_module()
+        AutoModelForCausalLM, AutoTokenizer = tf.AutoModelForCausalLM, tf.AutoTokenizer
 
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -226,7 +244,8 @@ def _gguf_converted_dir(gguf: Path) -> Path:
     with _LOCK:
         if (final / "thresher.json").is_file():
             return final
-        return _atomic_dir(final, build)
+        with activity(f"converting {gguf.name} to safetensors (once)"):
+            return _atomic_dir(final, build)
 
 
 # ---------------------------------------------------------------- resolution
@@ -269,7 +288,7 @@ def _resolve(spec: str) -> tuple[str, Optional[Path], dict]:
 
 def load_tokenizer(spec: str = DEFAULT_SPEC) -> Any:
     """Only the tokenizer of a model spec (cheap: no weights are read)."""
-    from transformers import AutoTokenizer
+    AutoTokenizer = transformers_module().AutoTokenizer
 
     if spec == DEFAULT_SPEC:
         return _prep_tokenizer(AutoTokenizer.from_pretrained(str(_gguf_tokenizer_dir(default_gguf_path()))))
@@ -345,8 +364,8 @@ def load_causal_lm(
     Raises ValueError naming the spec for a missing path, an unreadable GGUF, or a
     hub id that cannot be loaded (offline or unknown).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    tf = transformers_module()
+    AutoModelForCausalLM, AutoTokenizer = tf.AutoModelForCausalLM, tf.AutoTokenizer
     dt = resolve_dtype(dtype)
     kind, path, kw = _resolve(spec)
     src = str(path) if path is not None else spec

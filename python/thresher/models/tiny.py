@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import torch
 
-from .loader import LoadedLM, _prep_tokenizer, fingerprint_model, load_tokenizer, resolve_dtype
+from .loader import LoadedLM, _prep_tokenizer, fingerprint_model, load_tokenizer, resolve_dtype, transformers_module
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -26,8 +26,8 @@ def byte_tokenizer() -> Any:
     Token 0 = ``<|endoftext|>`` (eos/pad), 1 = ``<|im_start|>`` (bos), 2 = ``<|im_end|>``.
     Offsets map back to characters of the input string.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    PreTrainedTokenizerFast = transformers_module().PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # installed with transformers
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -94,8 +94,8 @@ def tiny_causal_lm(
     (:func:`byte_tokenizer`) or a tokenizer object. ``vocab`` defaults to the
     tokenizer's size (it may be larger, never smaller).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    tf = transformers_module()
+    LlamaConfig, LlamaForCausalLM = tf.LlamaConfig, tf.LlamaForCausalLM
     tok = _tokenizer(tokenizer)
     n_tok = len(tok)
     if vocab is None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import _native
+from ..extras import require
 from ._dispatch import Op, cpu_has, device_type, triton_has
 from .abi import KnnMetric
 
@@ -204,7 +205,7 @@ def knn_triton(
     block_k: int = 32,
     max_candidate_bytes: int = 1 << 30,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    import triton  # optional dependency: only this backend needs it (the dispatcher checked it loads)
+    triton = require("triton", "triton", what="the Triton kNN kernel")  # the dispatcher checked it loads
 
     mod = _native.require_kernel("knn")
     low = q.dtype in (torch.float16, torch.bfloat16) and b.dtype == q.dtype

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -19,6 +20,7 @@ import thresher
 
 from ..errors import OutputExistsError
 from ..fs import clean_stale_temp, write_json_atomic
+from ..io.sources import is_url
 from ..plan import PipelineConfig, Plan
 
 RUN_FILE = "run.json"
@@ -40,11 +42,25 @@ LEGACY_OUTPUTS = (
 )
 
 
+def data_label(data: Any) -> str:
+    """``data`` as the identity and the manifest name it: a local path resolved; a URL or a
+    ``load_dataset`` id as given; an in-memory object by its type (its checksum names its content)."""
+    if isinstance(data, (str, os.PathLike)):
+        text = os.fspath(data)
+        if not is_url(text) and Path(text).exists():
+            return str(Path(text).resolve())
+        return str(text)
+    return f"<{type(data).__name__}>"
+
+
 def config_identity(cfg: PipelineConfig, plan: Plan, checksum: str) -> dict:
+    """What makes two runs the same run (a folder holding the same identity resumes)."""
     return {
         "thresher": thresher.__version__,
         "data": {
-            "path": str(Path(cfg.data).resolve()),
+            "path": data_label(cfg.data),
+            "split": cfg.split,
+            "streaming": bool(cfg.streaming),
             "sha256": checksum,
             "format": cfg.format,
             "fields": cfg.fields,
@@ -57,6 +73,11 @@ def config_identity(cfg: PipelineConfig, plan: Plan, checksum: str) -> dict:
         "seed": cfg.seed,
         "shard_size": cfg.shard_size,
         "score_only": cfg.score_only,
+        "output_options": {
+            "id_column": cfg.id_column or "id",
+            "with_scores": bool(cfg.with_scores),
+            "write_rejected": bool(cfg.write_rejected),
+        },
     }
 
 

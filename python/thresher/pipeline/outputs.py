@@ -1,9 +1,20 @@
 """The write stage: scores.parquet (streamed from the cached shards), the selected
-subset in the input's own format, manifest.json and report.html."""
+(and, on request, the rejected) rows in the input's own format with their id and
+scores, report.html and, last, manifest.json: the commit marker of a finished run (a
+run killed before it exists is unfinished and resumes).
+
+Every output joins back to the input: ``scores.parquet`` holds each row's ``id``,
+``source_file`` (relative to the input folder, or the file's name) and
+``source_line`` (line of a text file, 1-based row of a Parquet file or HF dataset);
+the written rows carry the same id (``id_column``). Nothing written holds a time
+or a host name, so a resumed run writes byte-identical files.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import platform
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -17,46 +28,135 @@ import thresher
 
 from ..errors import MissingExtraError, ResourceError
 from ..fs import atomic_file, write_json_atomic
-from ..io import file_checksum, write_selected
-from ..plan import TOKENS
+from ..io import Source, file_checksum, selected_name
+from ..io.writers import ExtraColumns, clash, write_selected
+from ..plan import TOKENS, PipelineConfig
 from ..registry import CRITERIA
 from ..report import write_report
+from .outdir import data_label
+from .plugins import loaded_records, plugin_names
 from .scoring import TOKEN_CRITERION
+from .selection import token_count_kind
 from .state import RunState
+
+# Distributions reported in the manifest (first installed name of each entry).
+LIBRARIES = {
+    "torch": ("torch",),
+    "transformers": ("transformers",),
+    "numpy": ("numpy",),
+    "pyarrow": ("pyarrow",),
+    "pandas": ("pandas",),
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss"),
+    "sentence-transformers": ("sentence-transformers",),
+    "datasets": ("datasets",),
+}
+DECISION_COLUMNS = ("id", "group", TOKENS, "source_file", "source_line", "eligible", "selected", "rank")
+
+
+def output_names(cfg: PipelineConfig, source: Source) -> list[str]:
+    """The files the write stage may put into the output folder (for run.json), besides run.log."""
+    names = ["scores.parquet", "manifest.json"]
+    if not cfg.score_only:
+        names.append(selected_name(source))
+        if cfg.write_rejected:
+            names.append(selected_name(source, "rejected"))
+    if cfg.report:
+        names.append("report.html")
+    return names
 
 
 def write_outputs(st: RunState) -> Optional[pd.DataFrame]:
     """Write every output into ``st.out``; with no output folder, return the scores table instead."""
     t = time.perf_counter()
-    rank = None if st.out is None else _rank(st)
+    rank = None if st.out is None or st.cfg.score_only else _rank(st)  # score-only: no decisions
     if st.out is None:
         table = pd.concat([pd.DataFrame(d) for d in shard_score_tables(st, rank)], ignore_index=True)
         st.lap("write", t)
         st.manifest = manifest(st)
         return table
+    check_output_columns(st)
     st.outputs["scores"] = st.out / "scores.parquet"
     write_scores(st, st.outputs["scores"], rank)
     if not st.cfg.score_only:
-        st.outputs["selected"] = write_selected(st.source, st.lines, st.files, st.order, st.out)
+        _write_rows(st)
     st.lap("write", t)
     st.manifest = manifest(st)
+    if st.cfg.report:
+        _write_report(st)
+    # last: manifest.json is the commit marker of a finished run (a run killed before it resumes)
     write_json_atomic(st.manifest, st.out / "manifest.json")
-    if st.cfg.report and not st.cfg.score_only:
-        t = time.perf_counter()
-        try:
-            st.outputs["report"] = write_report(
-                st.out, source=st.source, lines=st.lines, files=st.files, quiet=st.cfg.quiet
-            )
-        except MissingExtraError as exc:
-            st.say(f"report skipped: {exc}")
-        st.lap("report", t)
     return None
+
+
+def _write_rows(st: RunState) -> None:
+    """selected.<ext> and, with ``write_rejected``, rejected.<ext>: the rows with their id (and scores)."""
+    extra = extra_columns(st)
+    st.outputs["selected"] = write_selected(st.source, st.lines, st.files, st.order, st.out, extra=extra)
+    if st.cfg.write_rejected:
+        keep = np.ones(st.n, dtype=bool)
+        keep[np.asarray(st.order, dtype=np.int64)] = False
+        st.outputs["rejected"] = write_selected(
+            st.source, st.lines, st.files, np.flatnonzero(keep), st.out, base="rejected", extra=extra
+        )
+
+
+def _write_report(st: RunState) -> None:
+    """report.html, rendered from scores.parquet and the in-memory manifest (manifest.json is written
+    after it: the commit marker of a finished run)."""
+    t = time.perf_counter()
+    try:
+        st.outputs["report"] = write_report(
+            st.out, source=st.source, embeddings=st.embeddings, manifest=st.manifest, path=st.out / "report.html"
+        )
+    except MissingExtraError as exc:
+        st.say(f"report skipped: {exc}")
+    st.lap("report", t)
 
 
 def _rank(st: RunState) -> np.ndarray:
     rank = np.full(st.n, -1, dtype=np.int64)
     rank[st.order] = np.arange(len(st.order))
     return rank
+
+
+def id_column(cfg: Any) -> str:
+    return cfg.id_column or "id"
+
+
+def score_columns(st: RunState) -> list[str]:
+    """The criteria's columns in scores.parquet (main, components, reasons), in table order."""
+    names = pq.ParquetFile(st.outputs["scores"]).schema_arrow.names
+    return [c for c in names if c not in DECISION_COLUMNS]
+
+
+def check_output_columns(st: RunState) -> None:
+    """Refuse, before anything is written, an id or score column that the input's first row already
+    holds as another field (the writers check every row again)."""
+    cols = st.source.columns or []
+    schema = st.source.schema
+    idc = id_column(st.cfg)
+    first = st.source.files[0] if st.source.files else st.source.path
+    if idc in cols and (schema is None or schema.id != idc):
+        raise clash(idc, idc, first, None)
+    if st.cfg.with_scores:
+        for step in st.plan.criteria:
+            for c in cols:
+                if c == step.col or c.startswith(step.col + "."):
+                    raise clash(c, idc, first, None)
+
+
+def extra_columns(st: RunState) -> ExtraColumns:
+    """The id column (and, with ``with_scores``, the score columns) per pool row, from scores.parquet."""
+    want = ["id"] + (score_columns(st) if st.cfg.with_scores else [])
+    table = pq.read_table(st.outputs["scores"], columns=want)
+    cols = {id_column(st.cfg): table.column("id").to_numpy(zero_copy_only=False).astype(str)}
+    for c in want[1:]:
+        arr = table.column(c)
+        if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):
+            cols[c] = arr.to_numpy(zero_copy_only=False).astype(np.float64)
+        else:
+            cols[c] = np.asarray(arr.to_pylist(), dtype=object)
+    return ExtraColumns(cols, id_column=id_column(st.cfg))
 
 
 def write_scores(st: RunState, path: Path, rank: Any) -> None:
@@ -95,6 +195,7 @@ def _shard_parts(st: RunState, ref: Any, sl: slice) -> dict:
 def shard_score_tables(st: RunState, rank: Any) -> Iterator[dict]:
     """Per shard: {column: array} with id, group, tokens, criteria columns and the decisions."""
     start = 0
+    names = np.asarray(source_file_names(st.source), dtype=object)
     for ref in st.shards:
         sl = slice(start, start + ref.n)
         parts = _shard_parts(st, ref, sl)
@@ -109,6 +210,8 @@ def shard_score_tables(st: RunState, rank: Any) -> Iterator[dict]:
         if st.groups is not None:
             data["group"] = st.groups[sl]
         data[TOKENS] = st.tokens[sl]
+        data["source_file"] = names[st.files[sl]]
+        data["source_line"] = st.lines[sl]
         for df in parts.values():
             for c in df.columns:
                 if c != "id":
@@ -117,8 +220,21 @@ def shard_score_tables(st: RunState, rank: Any) -> Iterator[dict]:
             data["eligible"] = st.eligible[sl]
             data["selected"] = rank[sl] >= 0
             data["rank"] = rank[sl]
+        elif st.out is not None and st.eligible is not None:  # score-only: the filters' verdict only
+            data["eligible"] = st.eligible[sl]
         yield data
         start += ref.n
+
+
+def source_file_names(source: Source) -> list[str]:
+    """Each input file's name as ``scores.parquet`` records it: its path inside the input folder, or
+    the file's own name (a single file, a saved HF dataset)."""
+    root = Path(source.path)
+    out = []
+    for f in source.files:
+        f = Path(f)
+        out.append(f.relative_to(root).as_posix() if root.is_dir() and f != root else f.name)
+    return out
 
 
 def file_sha(p: Optional[Path]) -> Optional[str]:
@@ -162,7 +278,9 @@ def manifest(st: RunState) -> dict:
         "thresher": thresher.__version__,
         "inputs": [
             {
-                "path": str(Path(cfg.data).resolve()),
+                "path": data_label(cfg.data),
+                "split": cfg.split,
+                "streaming": bool(cfg.streaming),
                 "format": source.format,
                 "sha256": st.checksum,
                 "files": [str(f) for f in source.files],
@@ -178,10 +296,70 @@ def manifest(st: RunState) -> dict:
         "models": _models(st),
         "selector": {"name": plan.selector.name, "options": plan.selector.options},
         "filters": plan.filters,
-        "budget": {"k": cfg.k, "ratio": cfg.ratio, "tokens": cfg.tokens, "resolved_k": st.k},
+        "budget": {
+            "k": cfg.k,
+            "ratio": cfg.ratio,
+            "tokens": cfg.tokens,
+            "base": plan.budget_base,
+            "resolved_k": st.k,
+            "token_count": token_count_kind(cfg, plan),
+        },
+        "score_only": bool(cfg.score_only),
         "selected": int(len(st.order)),
         "seed": cfg.seed,
         "shard_size": cfg.shard_size,
         "engine": cfg.engine,
-        "outputs": {p.name: file_sha(p) for k, p in st.outputs.items() if k in ("selected", "scores")},
+        "plugins": loaded_records(plugin_names(cfg)),
+        "id_column": id_column(cfg),
+        "with_scores": bool(cfg.with_scores),
+        "environment": environment(st),
+        "outputs": {p.name: file_sha(p) for k, p in st.outputs.items() if k in ("selected", "rejected", "scores")},
+    }
+
+
+def library_versions() -> dict:
+    """Installed versions of python, thresher and the libraries that shape the scores (null: not installed).
+
+    Read from the package metadata: nothing is imported."""
+    out = {"python": platform.python_version(), "thresher": thresher.__version__}
+    for name, dists in LIBRARIES.items():
+        out[name] = None
+        for d in dists:
+            try:
+                out[name] = importlib.metadata.version(d)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def run_devices(plan: Any) -> dict:
+    """The device each model-based criterion ran on (its ``device`` option); CUDA devices with their name."""
+    out = {}
+    for step in plan.criteria:
+        dev = step.options.get("device")
+        if dev is None:
+            continue
+        dev = str(dev)
+        if dev.startswith("cuda"):
+            dev = f"{dev} ({_cuda_name(dev)})"
+        out[step.col] = dev
+    return out
+
+
+def _cuda_name(dev: str) -> str:
+    import torch
+
+    try:
+        return str(torch.cuda.get_device_name(torch.device(dev)))
+    except (RuntimeError, AssertionError, ValueError):
+        return "unavailable"
+
+
+def environment(st: RunState) -> dict:
+    devices = run_devices(st.plan)
+    return {
+        "libraries": library_versions(),
+        "device": ", ".join(sorted(set(devices.values()))) or "cpu",
+        "devices": devices,
     }

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +14,15 @@ import pandas as pd
 
 import thresher
 
+from .. import progress
 from ..cache import ScoreCache
 from ..engines import get_engine
 from ..errors import OptionError
-from ..io import DataError, Source, selected_name
+from ..io import DataError, Source
 from ..plan import PipelineConfig, Plan, make_plan
 from .outdir import config_identity, prepare_out
-from .outputs import write_outputs
+from .outputs import output_names, write_outputs
+from .plugins import load_plugins, plugin_names
 from .scoring import score_pool_scoped, score_shards
 from .selection import make_selection, select
 from .state import RunState, log, say, setup_log
@@ -50,27 +48,6 @@ class PipelineResult:
         return self.table if self.table is not None else pd.read_parquet(self.scores_path)
 
 
-def load_plugins(names: list) -> None:
-    """Import user modules (or .py files) that register criteria/selectors/recipes."""
-    env = [p for p in os.environ.get("THRESHER_PLUGINS", "").split(os.pathsep) if p]
-    for name in list(names or []) + env:
-        if not (name.endswith(".py") or os.sep in name):
-            importlib.import_module(name)
-            continue
-        p = Path(name)
-        if not p.is_file():
-            raise FileNotFoundError(f"plugin: {p} does not exist")
-        mod_name = f"thresher_plugin_{p.stem}"
-        if mod_name in sys.modules:
-            continue
-        spec = importlib.util.spec_from_file_location(mod_name, p)
-        if spec is None or spec.loader is None:
-            raise OptionError(f"plugin: {p} cannot be loaded as a Python module")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        spec.loader.exec_module(mod)
-
-
 def score_pool(cfg: PipelineConfig) -> pd.DataFrame:
     """Score a pool with ``cfg.criteria`` (no selection): one table keyed by ``id``.
 
@@ -91,19 +68,10 @@ def _with_budget(cfg: PipelineConfig, plan: Plan) -> PipelineConfig:
     return cfg
 
 
-def _planned_outputs(cfg: PipelineConfig, source: Source) -> list:
-    names = ["run.log", "scores.parquet", "manifest.json"]
-    if not cfg.score_only:
-        names.append(selected_name(source))
-        if cfg.report:
-            names.append("report.html")
-    return names
-
-
 def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None]] = None) -> PipelineResult:
     """Run the whole pipeline; see the package docstring. Every option is checked before data is read."""
     t0 = time.perf_counter()
-    load_plugins(cfg.plugins)
+    load_plugins(plugin_names(cfg))
     plan = make_plan(cfg)
     cfg = _with_budget(cfg, plan)
     if cfg.out is None and not cfg.score_only:
@@ -111,30 +79,41 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
     if cfg.out is None and cfg.cache_dir is None:
         raise OptionError("cache_dir: needed when no output folder is given")
     source = Source(cfg.data, format=cfg.format, fields=cfg.fields, group_field=cfg.group_field,
-                    on_bad_row=cfg.on_bad_row, shard_size=cfg.shard_size, limit=cfg.limit)  # fmt: skip
+                    on_bad_row=cfg.on_bad_row, shard_size=cfg.shard_size, limit=cfg.limit, split=cfg.split,
+                    streaming=cfg.streaming)  # fmt: skip
     out = Path(cfg.out) if cfg.out is not None else None
-    cache = ScoreCache(Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(cfg.out) / "cache")
+    cache = ScoreCache(Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(str(cfg.out)) / "cache")
     handler = None
     try:
         checksum = source.checksum()
         identity = config_identity(cfg, plan, checksum)
-        mode = "fresh" if out is None else prepare_out(out, identity, cfg.overwrite, _planned_outputs(cfg, source))
+        planned = ["run.log", *output_names(cfg, source)]
+        mode = "fresh" if out is None else prepare_out(out, identity, cfg.overwrite, planned)
         handler = setup_log(out)
         cache.clean_temp()
         engine = get_engine(cfg.engine, **cfg.engine_options)
         st = RunState(cfg, plan, source, checksum, out, cache, engine, mode=mode, on_shard=on_shard, t0=t0)
-        return _run(st)
+        with progress.quiet(cfg.quiet):  # a quiet run (API or CLI) shows no bar, model conversion included
+            return _run(st)
     except DataError as exc:
-        log.error("%s", exc)
-        raise DataError(
-            f"{exc.reason}; the scores computed so far are kept in {cache.root} "
-            "(fix the row and rerun with --overwrite to reuse them, or pass --on-bad-row skip)",
-            file=exc.file, line=exc.line, field=exc.field,
-        ) from None  # fmt: skip
+        if handler is not None:  # into run.log only (never a second line on stderr)
+            log.error("%s", exc)
+        raise DataError(f"{exc.reason}; {_bad_row_hint(out, cache)}", file=exc.file, line=exc.line,
+                        field=exc.field) from None  # fmt: skip
     finally:
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+
+
+def _bad_row_hint(out: Optional[Path], cache: ScoreCache) -> str:
+    skip = "pass --on-bad-row skip to skip bad rows"
+    if out is None:
+        return f"fix the row, or {skip}"
+    return (
+        f"the scores computed so far are kept in {cache.root} (fix the row and rerun with --overwrite to "
+        f"reuse them), or {skip}"
+    )
 
 
 def _run(st: RunState) -> PipelineResult:

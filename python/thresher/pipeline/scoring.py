@@ -12,8 +12,10 @@ import pandas as pd
 
 from ..cache import cache_key, ids_digest
 from ..embed import embed_table
+from ..errors import OptionError
 from ..frames import as_pandas
 from ..plan import TOKENS, Step
+from ..progress import scaled, task
 from ..registry import CRITERIA
 from .selection import Selection
 from .state import Progress, RunState, ShardRef, concat
@@ -70,11 +72,34 @@ def _criterion(st: RunState, step: Step, table: pd.DataFrame) -> Callable[[], pd
     return lambda: check_scores(st.engine.score(st.scorer_for(step), table, step.name), table, step.name, step.alias)
 
 
+def _pool_criterion(st: RunState, step: Step, pool: pd.DataFrame) -> Callable[[], pd.DataFrame]:
+    """A pool-scoped criterion over the whole pool in ONE scorer call: through the engine's
+    ``score_pool`` (never its batched ``score``, whose batches would each be scored as a pool of
+    their own), or the scorer handle itself when an engine has no ``score_pool``."""
+
+    def compute() -> pd.DataFrame:
+        scorer = st.scorer_for(step)
+        whole = getattr(st.engine, "score_pool", None)
+        if whole is not None:
+            df = whole(scorer, pool, step.name)
+        elif callable(scorer):
+            df = scorer(pool)
+        else:
+            raise OptionError(
+                f"engine {getattr(st.engine, 'NAME', type(st.engine).__name__)!r} has no score_pool, so it "
+                f"cannot score the pool-scoped criterion {step.name!r} over the whole pool"
+            )
+        return check_scores(df, pool, step.name, step.alias)
+
+    return compute
+
+
 def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
     """One shard's tables (token counts under TOKENS, then each criterion's), cached."""
     digest = ids_digest(shard.table["id"].astype(str).tolist())
     tkey = cache_key(TOKEN_CRITERION, tok_key, shard.key)
-    tabs = {TOKENS: cached(st, TOKEN_CRITERION, tkey, digest, lambda: tok(shard.table))}
+    with scaled(0, len(shard)):  # token counts are not one of the shard's shares of the bar: they do not move it
+        tabs = {TOKENS: cached(st, TOKEN_CRITERION, tkey, digest, lambda: tok(shard.table))}
     keys = {}
     for step in st.shard_criteria():
         keys[step.col] = cache_key(step.col, st.key_for(step), shard.key)
@@ -83,8 +108,15 @@ def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
     return tabs
 
 
+def _column(s: pd.Series) -> np.ndarray:
+    """A selected column: float64 (NaN for missing) when numeric, else the values as objects (e.g. tag lists)."""
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        return s.to_numpy(np.float64, na_value=np.nan)
+    return s.astype(object).to_numpy()
+
+
 def _columns(tables: Any, needed: set) -> dict:
-    return {c: df[c].to_numpy(np.float64, na_value=np.nan) for df in tables for c in df.columns if c in needed}
+    return {c: _column(df[c]) for df in tables for c in df.columns if c in needed}
 
 
 def score_shards(st: RunState, selection: Selection) -> None:
@@ -97,20 +129,23 @@ def score_shards(st: RunState, selection: Selection) -> None:
     want_emb = st.plan.needs_embeddings and not st.cfg.score_only
     lines, files, tokens, groups, emb = [], [], [], [], []
     prog = Progress(st.cfg.quiet, "scoring", None if st.cfg.quiet else st.source.estimate_rows(), "rows")
+    parts = max(1, len(st.shard_criteria()) + int(want_emb))  # a shard's rows: one share per criterion/embedding
     for shard in st.source.shards():
-        tabs = _score_shard(st, shard, tok, tok_key)
+        with prog.share(len(shard), len(shard) * parts):  # moves by rows as far as the scorers report them
+            tabs = _score_shard(st, shard, tok, tok_key)
+            if want_emb:
+                emb_dir = st.cache.root / "embeddings"
+                emb.append(embed_table(shard.table, st.cfg.embedder or "default", cache_dir=emb_dir))
         tokens.append(tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64))
         selection.feed(_columns(tabs.values(), selection.needed), shard.start)
         if keep_texts:
             st.pool_tables.append(shard.table)
-        if want_emb:
-            emb.append(embed_table(shard.table, st.cfg.embedder or "default", cache_dir=st.cache.root / "embeddings"))
         lines.append(shard.lines)
         files.append(np.asarray(shard.files, dtype=np.int32))
         if "group" in shard.table.columns:
             groups.append(shard.table["group"].astype(str).to_numpy())
         st.n += len(shard)
-        prog.update(len(shard), cached=st.cache.hits, computed=st.cache.misses)
+        prog.update(0, cached=st.cache.hits, computed=st.cache.misses)
         if st.on_shard is not None:
             st.on_shard(shard.index)
     prog.close()
@@ -145,7 +180,8 @@ def score_pool_scoped(st: RunState, selection: Selection) -> None:
         key = st.pool_keys[step.col] = cache_key(step.col, st.key_for(step), pkey)
         if not st.cache.has(step.col, key):
             st.say(f"scoring {step.col} over the whole pool ({st.n} rows)")
-        df = cached(st, step.col, key, digest, _criterion(st, step, pool), step)
+        with task(f"scoring {step.col}", total=st.n, quiet=st.cfg.quiet) as bar, bar.share(st.n):
+            df = cached(st, step.col, key, digest, _pool_criterion(st, step, pool), step)
         st.pool_frames[step.col] = df
         selection.feed_pool(_columns([df], selection.needed))
     st.lap("score_pool", t)

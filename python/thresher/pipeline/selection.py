@@ -11,16 +11,21 @@
 from __future__ import annotations
 
 import time
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..cache import cache_key
+from ..criteria.base import model_fingerprint
+from ..models.loader import LoadedLM, load_tokenizer
 from ..ops import TopKAccumulator
-from ..plan import TOKENS, Plan, apply_filters, budget_k, parse_filter
+from ..plan import TOKENS, Plan, Step, apply_filters, budget_k, parse_filter
 from ..registry import SELECTORS
+from ..render import render_sample
 from ..selectors.base import columns_read, criterion_direction
-from .state import RunState
+from .state import RunState, concat
 
 
 class Selection:
@@ -70,6 +75,9 @@ class InMemorySelection(Selection):
 
     def result(self, st: RunState) -> None:
         colv = {c: np.concatenate(v) for c, v in self.cols.items()}
+        step = token_model(st.plan) if st.cfg.tokens is not None and not st.cfg.score_only else None
+        if step is not None:  # a token budget counts with the scoring model's tokenizer
+            st.tokens = model_token_counts(st, step)
         colv[TOKENS] = st.tokens
         self.cols = {}
         st.eligible = apply_filters(colv, st.plan.filters, st.n)
@@ -77,7 +85,8 @@ class InMemorySelection(Selection):
         st.order = self._choose(st, colv)
 
     def _budget(self, st: RunState) -> int:
-        return budget_k(st.cfg, st.n, st.plan.ratio_base)
+        elig = int(st.eligible.sum())
+        return budget_k(st.cfg, st.n, st.plan.ratio_base, eligible=elig, base=st.plan.budget_base)
 
     def _choose(self, st: RunState, colv: dict) -> np.ndarray:
         cfg, sel = st.cfg, st.plan.selector
@@ -144,4 +153,71 @@ def select(st: RunState, selection: Selection) -> None:
     )
 
 
-__all__ = ["Selection", "StreamingTopK", "InMemorySelection", "ScoreOnly", "make_selection", "select", "needed_columns"]
+# ------------------------------------------------------------------ token counts for a token budget
+TOKENS_LM = "tokens-lm"  # cache folder of the model-tokenizer counts
+
+
+def token_model(plan: Plan) -> Optional[Step]:
+    """The first model-based criterion (one with a ``model`` option): its tokenizer counts a token budget."""
+    for step in plan.criteria:
+        m = step.options.get("model")
+        if isinstance(m, (str, LoadedLM)):
+            return step
+    return None
+
+
+def token_count_kind(cfg: Any, plan: Plan) -> str:
+    """What ``tokens`` counts: ``tokenizer of <criterion> (<model>)`` under a token budget with a
+    model-based criterion, else ``approximate`` (the ``length`` criterion's estimate)."""
+    step = token_model(plan) if cfg.tokens is not None and not cfg.score_only else None
+    if step is None:
+        return "approximate"
+    return f"tokenizer of {step.col} ({model_fingerprint(step.options['model'])}), whole conversation"
+
+
+def _tokenizer(st: RunState, step: Step) -> Any:
+    sc = st.scorers.get(step.col)
+    if getattr(sc, "tokenizer", None) is not None:
+        return sc.tokenizer
+    m = step.options["model"]
+    return m.tokenizer if isinstance(m, LoadedLM) else load_tokenizer(m)
+
+
+def count_tokens(table: pd.DataFrame, tokenizer: Any, template: str) -> pd.DataFrame:
+    """Tokens of each row's whole rendered conversation (prompt template or chat template, every turn)."""
+    counts = np.zeros(len(table), dtype=np.float64)
+    for i, row in enumerate(table.to_dict("records")):
+        r = render_sample(row, template, tokenizer, sid=str(row["id"]))
+        counts[i] = len(tokenizer(r.text, add_special_tokens=not r.special_in_text)["input_ids"])
+    return pd.DataFrame({"id": table["id"].astype(str), TOKENS: counts})
+
+
+def model_token_counts(st: RunState, step: Step) -> np.ndarray:
+    """Per pool row, its token count with ``step``'s tokenizer (cached per shard; one more pass over
+    the input only for the shards the cache lacks)."""
+    template = step.options.get("template") or "alpaca"
+    mkey = f"{model_fingerprint(step.options['model'])}/template={template}/v1"
+    keys = [cache_key(TOKENS_LM, mkey, ref.key) for ref in st.shards]
+    parts = [st.cache.get(TOKENS_LM, k, ref.ids) for k, ref in zip(keys, st.shards)]
+    if any(p is None for p in parts):
+        tok = _tokenizer(st, step)
+        for i, shard in enumerate(st.source.shards()):
+            if parts[i] is None:
+                table = count_tokens(shard.table, tok, template)
+                parts[i] = st.cache.put(TOKENS_LM, keys[i], table, ids=st.shards[i].ids)
+    return concat([p[TOKENS].to_numpy(np.float64) for p in parts], np.float64)
+
+
+__all__ = [
+    "Selection",
+    "StreamingTopK",
+    "InMemorySelection",
+    "ScoreOnly",
+    "make_selection",
+    "select",
+    "needed_columns",
+    "token_model",
+    "token_count_kind",
+    "model_token_counts",
+    "count_tokens",
+]

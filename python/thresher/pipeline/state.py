@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..cache import ScoreCache
 from ..io import Source
 from ..plan import PipelineConfig, Plan, Step
+from ..progress import Bar, activity
 from ..registry import CRITERIA
 
 log = logging.getLogger("thresher.pipeline")
@@ -78,10 +79,21 @@ class RunState:
         """The loaded scorer of a criterion (loaded once, when a cache miss needs it)."""
         if step.col not in self.scorers:
             t = time.perf_counter()
-            self.scorers[step.col] = self.engine.make_scorer(CRITERIA.get(step.name).obj, step.options)
+            with activity(f"loading {step.col}", quiet=self.cfg.quiet):  # a model load or conversion
+                entry = CRITERIA.get(step.name)
+                self.scorers[step.col] = self.engine.make_scorer(entry.obj, self.runtime_options(step))
             self.timings[f"load {step.col}"] = round(time.perf_counter() - t, 3)
             self.keys.setdefault(step.col, scorer_key(self.scorers[step.col], step))
         return self.scorers[step.col]
+
+    def runtime_options(self, step: Step) -> dict:
+        """The criterion's options plus the run's shared embeddings cache for a criterion that embeds
+        (``cache_dir`` changes no score and is not part of any cache key), so runs that share
+        ``--cache-dir`` embed a pool once."""
+        options = dict(step.options)
+        if "cache_dir" in CRITERIA.get(step.name).options and options.get("cache_dir") is None:
+            options["cache_dir"] = str(self.cache.root / "embeddings")
+        return options
 
     def key_for(self, step: Step) -> str:
         """The criterion's cache key, from its class (``cache_key_for``) without loading a model when it can."""
@@ -118,7 +130,8 @@ def scorer_key(scorer: Any, step: Step) -> str:
     """A loaded scorer's cache key (its ``cache_key()``; else its name and options)."""
     if hasattr(scorer, "cache_key"):
         return str(scorer.cache_key())
-    return json.dumps({"name": step.name, "options": step.options}, sort_keys=True, default=str)
+    version = getattr(type(scorer), "VERSION", None)
+    return json.dumps({"name": step.name, "version": version, "options": step.options}, sort_keys=True, default=str)
 
 
 def concat(parts: list, dtype: Any) -> np.ndarray:
@@ -126,21 +139,11 @@ def concat(parts: list, dtype: Any) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ progress / logging
-class Progress:
+class Progress(Bar):
+    """The run's bar (:class:`thresher.progress.Bar`: rate and ETA; rows within a shard through ``share``)."""
+
     def __init__(self, quiet: bool, desc: str, total: Optional[int] = None, unit: str = "rows") -> None:
-        self.bar = (
-            None if quiet else tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True, file=sys.stderr)
-        )
-
-    def update(self, n: int, **post: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if post:
-                self.bar.set_postfix(post, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        super().__init__(desc, total, unit, quiet=quiet)
 
 
 def setup_log(out: Optional[Path]) -> Optional[logging.Handler]:

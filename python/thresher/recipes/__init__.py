@@ -22,7 +22,7 @@ import numpy as np
 
 from ..plan import Step, recipe_options
 from ..registry import CRITERIA, RECIPES, Option
-from ..selectors.base import parse_objectives
+from ..selectors.base import criterion_direction, parse_objectives
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Recipe:
     embeddings: bool = False  # the selector needs sentence embeddings
     variants: dict = field(default_factory=dict)  # option -> value -> {"criteria": {name: {opts}}, ...}
     notes: str = ""
-    # options -> {"criteria": [...], "filters": [...]} (either key optional): steps computed from the options
+    # options -> {"criteria": [...], "filters": [...], "selector": {...}} (each key optional): steps from the options
     derive: Optional[Callable[[dict], dict]] = None
 
     def _apply_variants(self, opts: dict) -> None:
@@ -55,7 +55,8 @@ class Recipe:
             for cname, copts in patch.get("criteria", {}).items():
                 for c in self.criteria:
                     if c.get("as", c["name"]) == cname:
-                        c.setdefault("options", {}).update(copts)
+                        cur = c.setdefault("options", {})
+                        cur.update({k: v for k, v in copts.items() if not _user_set(cur.get(k), opts)})
             if "selector" in patch:
                 self.selector.setdefault("options", {}).update(patch["selector"])
             if "filters" in patch:
@@ -72,6 +73,8 @@ class Recipe:
             derived = r.derive(opts)
             crit_specs = derived.get("criteria", crit_specs)
             filters = derived.get("filters", filters)
+            if "selector" in derived:  # a recipe whose selector depends on its options (mods' stages)
+                r.selector = derived["selector"]
         criteria = [
             Step(c["name"], {k: v for k, v in (c.get("options") or {}).items() if v is not None}, c.get("as"))
             for c in crit_specs
@@ -82,6 +85,11 @@ class Recipe:
         return ExpandedRecipe(
             criteria, Step(sel["name"], sel_opts), [f for f in filters if f], needs, dict(r.budget), opts
         )
+
+
+def _user_set(value: Any, opts: dict) -> bool:
+    """Whether ``value`` is a ``"$option"`` placeholder the user gave a value for (a variant keeps it)."""
+    return isinstance(value, str) and value.startswith("$") and opts.get(value[1:]) is not None
 
 
 def _subst(x: Any, opts: dict) -> Any:
@@ -137,12 +145,17 @@ def feasibility(
     }
 
 
-# Judge prompts (thresher's own wording of the published rubrics; {input_block} is the input, if any).
+# DEITA's released scorer prompts, verbatim (hkust-nlp/deita, src/deita/selection/scorer/llama_scorer.py; the
+# scorers were fine-tuned on them): {instruction} is the query, DEITA appends the input after a newline.
 DEITA_COMPLEXITY_PROMPT = (
-    "You are a helpful assistant. Estimate how complex the following user request is to answer well, on a "
-    "scale from 1 (trivial) to 6 (very demanding). Reply with the number only.\n"
-    "##Request: {instruction}{input_block}\n##Complexity: "
+    "You are a helpful assistant. Please identify the complexity score of the following user query. \n"
+    "##Query: {instruction}{input_block}  \n##Complexity: "
 )
+DEITA_QUALITY_PROMPT = (
+    "You are a helpful assistant. Please identify the quality score of the Response corresponding to the "
+    "Question. \n #Question#:\n{instruction}{input_block}\n#Response#:\n{output} \n##Quality: "
+)
+# AlpaGasus' judge prompt is thresher's own wording of the published rubric ({input_block}: the input, if any).
 ALPAGASUS_PROMPT = (
     "You are a strict grader. Read the instruction, its input (if any) and the response, then rate how "
     "accurate the response is on a scale from 0 (wrong or unhelpful) to 5 (fully accurate). Reply with the "
@@ -150,6 +163,8 @@ ALPAGASUS_PROMPT = (
 )
 # SelectIT's reference code weights its three rating models 7/20, 13/20 and 70/90 (not summing to 1).
 SELECTIT_REFERENCE_WEIGHTS = "0.35,0.65,0.7777777777777778"
+
+_DEITA_RATING = {"score_tokens": "1,2,3,4,5,6", "chat": "no", "turns": "sum"}
 
 _MODEL = Option("model", None, "causal LM for the loss criteria: default (SmolLM2-135M-Instruct), a folder or an HF id")
 _MAXLEN = Option(
@@ -175,9 +190,11 @@ _reg(
         criteria=[{"name": "ifd", "options": {"model": "$model", "max_length": "$max_length"}}],
         selector={"name": "topk", "options": {"criterion": "ifd", "direction": "max"}},
         filters=["ifd <= 1"],
-        budget={"ratio": 0.05},
+        budget={"ratio": 0.05, "base": "eligible"},
         notes="IFD = s(A|Q)/s(A); samples with IFD > 1, empty or truncated-away answers (NaN) are dropped; "
-        "the top fraction by IFD is kept (5/10/15% released).",
+        "the top fraction by IFD is kept (5/10/15% released). Budget base: the ratio is a fraction of the "
+        "rows left after the filter, rounded down (data_by_IFD.py: int(r * #survivors)). Differs from the "
+        "reference: batched scoring (same values); ties go to the lower row.",
     ),
     doc="Cherry LLM: Instruction-Following Difficulty, keep the top fraction by IFD",
     options=[_MODEL, _MAXLEN],
@@ -206,12 +223,16 @@ _reg(
         budget={"ratio": 0.05},
         variants={
             "semantics": {
-                "reference": {"criteria": {"ifd": {"context": "none"}}, "budget": {"ratio": 0.05, "ratio_base": 52002}}
+                "reference": {
+                    "criteria": {"ifd": {"context": "none", "first_token": "direct", "max_length": 1024}},
+                    "budget": {"ratio": 0.05, "ratio_base": 52002},
+                }
             }
         },
         notes="IFD as a perplexity ratio exp(s(A|Q) - s(A)) from a small proxy LM, template "
-        "'{instruction}\\n{input}\\n' (plain), direct pass after BOS; drop IFD >= 1, keep the top fraction. "
-        "semantics=reference: the direct pass has no BOS (GPT-2 skips the first answer token) and the "
+        "'{instruction}\\n{input}\\n' (plain), direct pass after BOS; drop IFD >= 1, keep the top fraction "
+        "of the pool. semantics=reference (the reference code): the direct pass has no BOS and drops the first "
+        "answer token (the conditional pass keeps it), max_length 1024 (unless max_length is given), and the "
         "keep count is int(52002 * ratio) as hard-coded in select_data.py (Alpaca's size). The reference's bare "
         "`except` that turns failures into IFD = 0 is never reproduced: failures are NaN with a reason.",
     ),
@@ -251,7 +272,27 @@ _reg(
         filters=["ifd < 1"],
         budget={"ratio": 0.02},
         embeddings=True,
-        notes="Superfiltering.D: top 20% by IFD, embed with all-MiniLM-L6-v2, facility-location greedy to 2%.",
+        variants={
+            "semantics": {
+                "reference": {
+                    "selector": {
+                        "then": {
+                            "name": "facility_location",
+                            "options": {
+                                "criterion": "ifd",
+                                "metric": "euclidean",
+                                "n_neighbors": 1_000_000_000,
+                                "index_kind": "exact",
+                            },
+                        }
+                    }
+                }
+            }
+        },
+        notes="Superfiltering.D: top 20% by IFD, embed with all-MiniLM-L6-v2, facility-location greedy to 2% "
+        "of the pool. Differs from the reference (do_fla.py, submodlib): the default kernel is max(cos, 0) on a "
+        "64-neighbour graph; semantics=reference uses submodlib's dense euclidean kernel exp(-dist/dim) (every "
+        "pair, exact search). The reference's stage sizes are absolute counts (ifd_num, fla_num): pass --k.",
     ),
     doc="Superfiltering.D: IFD prefilter (top 20%), then facility location on sentence embeddings",
     options=[
@@ -259,6 +300,7 @@ _reg(
         _MAXLEN,
         _EMB,
         Option("first_ratio", 0.2, "fraction kept by the IFD stage", min=0, min_exclusive=True, max=1),
+        _SEM,
     ],
     feas=feasibility(1, 4, False, False, False, small_proxy=True),
     sources=["tianyi-lab/Superfiltering: code_diversity_fla/do_fla.py"],
@@ -272,9 +314,13 @@ _reg(
             {
                 "name": "rating",
                 "as": "complexity",
-                "options": {"model": "$complexity_model", "prompt": DEITA_COMPLEXITY_PROMPT},
+                "options": {"model": "$complexity_model", "prompt": DEITA_COMPLEXITY_PROMPT, **_DEITA_RATING},
             },
-            {"name": "rating", "as": "quality", "options": {"model": "$quality_model"}},
+            {
+                "name": "rating",
+                "as": "quality",
+                "options": {"model": "$quality_model", "prompt": DEITA_QUALITY_PROMPT, **_DEITA_RATING},
+            },
         ],
         selector={
             "name": "aggregate",
@@ -288,10 +334,15 @@ _reg(
         budget={"ratio": 0.10},
         embeddings=True,
         notes="Evol score = complexity x quality (expected score over the digit tokens 1..6 at the first generated "
-        "position); repr filter: walk by descending score, keep x if its max cosine similarity to the kept set "
-        "is <= tau (exact sequential semantics). The paper embeds with the 7B scorer's last hidden state; any "
-        "embedder can be plugged in (--embedder). A missing digit never defaults to 3.0 (reference-code "
-        "behaviour): the probabilities are read for all six digit tokens.",
+        "position, DEITA's released scorer prompts verbatim, no chat template); repr filter: walk by descending "
+        "score, keep x if its max cosine similarity to the kept set is <= tau (exact sequential semantics, "
+        "float64 re-check near tau). Multi-turn rows: each turn rated and the ratings summed (turns=sum), so the "
+        "evol score is (sum_t c_t)(sum_t q_t) where DEITA sums the per-turn products sum_t c_t q_t (equal for "
+        "single-turn rows; no option reproduces the per-turn product). The paper embeds with the 7B scorer's last "
+        "hidden state; any embedder can be plugged in (--embedder, e.g. lm:<scorer>). A missing digit never "
+        "defaults to 3.0 (reference-code behaviour): the probabilities are read for all six digit tokens. Give "
+        "the released scorers with complexity_model=hkust-nlp/deita-complexity-scorer, "
+        "quality_model=hkust-nlp/deita-quality-scorer.",
     ),
     doc="DEITA: complexity x quality ratings from LM scorers, then the score-first repr filter (tau 0.9)",
     options=[
@@ -300,7 +351,10 @@ _reg(
         Option("tau", 0.9, "repr filter cosine-similarity threshold", min=-1, max=1),
         _EMB,
     ],
-    feas=feasibility(2, 5, False, False, True),
+    # the scorers run locally (DEITA released them): no proprietary judge at selection time; the paper's
+    # scorers were trained on ChatGPT ratings, kept as the published inputs
+    feas=feasibility(2, 5, False, False, False),
+    feasibility_published=feasibility(2, 5, False, False, True),
     sources=["hkust-nlp/deita: src/deita/selection/scorer, src/deita/selection/filter/base.py"],
     paper="Liu et al., What Makes Good Data for Alignment? (DEITA), ICLR 2024",
 )
@@ -313,7 +367,10 @@ _reg(
         budget={"ratio": 0.0196},
         embeddings=True,
         notes="Quality from a small expert scorer; Sentence-BERT embeddings, PCA to 95% variance, k-means with "
-        "k = floor(sqrt(N/2)); top n1 by score plus the top n2 of every cluster.",
+        "k = floor(sqrt(N/2)); top n1 by score plus the top n2 of every cluster. Differs from the reference: the "
+        "budget caps the union and n1 defaults to the count that fills it (give n1, n2 and --ratio 1 for the "
+        "reference's fixed n1/n2 union); the expert scorer is any local LM judge (rating), not CaR's fine-tuned "
+        "reward model (give it with model=).",
     ),
     doc="CaR (Clustering and Ranking): quality ranking plus per-cluster top picks",
     options=[
@@ -345,11 +402,13 @@ _reg(
         ],
         selector={"name": "topk", "options": {"criterion": "less", "direction": "max"}},
         budget={"ratio": 0.05},
-        notes="Warm-up LoRA on a random 5% (`thresher warmup`), per-sample LoRA gradients transformed by the Adam "
+        notes="Warm-up LoRA on a random 5% (`thresher warmup`: r 128, alpha 512, q/k/v/o, 4 epochs, lr 2e-5 with "
+        "3% linear warm-up then linear decay, as LESS), per-sample LoRA gradients transformed by the Adam "
         "state, projected to 8192 dims (Rademacher), cosine against the target set's gradients, "
         "checkpoint-weighted, max over target subtasks; keep the top 5%. adam=less is the published transform "
         "as the reference code computes it (no bias correction, eps inside the root); adam=bias_corrected "
-        "is textbook Adam.",
+        "is textbook Adam. Differs from the reference: thresher's own projection matrix (same distribution as "
+        "fast_jl's, not the same bits), and batched exact per-sample gradients.",
     ),
     doc="LESS: gradient-feature similarity to a target set (needs `thresher warmup` checkpoints)",
     options=[
@@ -373,11 +432,25 @@ _reg(
         selector={"name": "topk", "options": {"criterion": "selectit", "direction": "max"}},
         budget={"ratio": 0.20},
         variants={
-            "semantics": {"reference": {"criteria": {"selectit": {"model_weights": SELECTIT_REFERENCE_WEIGHTS}}}}
+            "semantics": {
+                "reference": {
+                    "criteria": {
+                        "selectit": {
+                            "model_weights": SELECTIT_REFERENCE_WEIGHTS,
+                            "normalize_weights": False,
+                            "token_sum": "prompts",
+                        }
+                    }
+                }
+            }
         },
         notes="K rating prompts; token-, sentence- (mean / (1 + alpha std)) and model-level (weights proportional "
-        "to parameter count) uncertainty; keep the top 20%. semantics=reference: the reference code's weights "
-        "for its three models (7/20, 13/20, 70/90, not summing to 1; give three models with models=[...]).",
+        "to parameter count) uncertainty; keep the top 20%. semantics=reference (self_reflection/*.py): the token "
+        "level sums over the first K levels and divides by K - 1 (K prompts; the paper: all L levels / (L - 1)), "
+        "and the three models' raw weights 7/20, 13/20, 70/90 (not summing to 1; give three models with "
+        "models=[...]). Differs from the reference: the built-in rating prompts are thresher's own wording (give "
+        "the release's data/rating_prompt.txt with prompts=); ties go to the lower row (the reference: higher); "
+        "multi-turn rows are NaN (the paper defines single turns).",
     ),
     doc="SelectIT: self-reflection rating uncertainty at token, sentence and model level",
     options=[
@@ -395,20 +468,30 @@ _reg(
 _reg(
     "nuggets",
     Recipe(
-        criteria=[{"name": "nuggets", "options": {"model": "$model", "anchors": "$anchors"}}],
+        criteria=[{"name": "nuggets", "options": {"model": "$model", "anchors": "$anchors", "embedder": "$embedder"}}],
         selector={
             "name": "threshold",
-            "options": {"criterion": "nuggets", "direction": "max", "mode": "absolute", "value": "$threshold"},
+            "options": {
+                "criterion": "nuggets",
+                "direction": "max",
+                "mode": "absolute",
+                "value": "$threshold",
+                "strict": True,
+            },
         },
         budget={"ratio": 1.0},
         notes="Golden score GS(z): fraction of anchor tasks whose answer log-probability rises with z as a one-shot "
-        "demonstration; keep GS above a threshold (budget caps the count; --ratio 0.01 for the top 1%).",
+        "demonstration; keep GS strictly above the threshold (budget caps the count; --ratio 0.01 for the top "
+        "1%). Without anchors=, 100 anchors are chosen once per pool as the release does: the row nearest each "
+        "k-means centroid of the pool's sentence embeddings (seeded). Differs from the release: its k-means "
+        "runs on its own embeddings (give anchors= to use the release's anchor file).",
     ),
     doc="Nuggets: one-shot learning gain over an anchor set (golden score)",
     options=[
         _MODEL,
-        Option("anchors", None, "anchor set (file or count; criterion default)"),
-        Option("threshold", 0.85, "golden-score threshold", min=0, max=1),
+        Option("anchors", None, "anchor set (file or rows; default: k-means anchors chosen from the pool)"),
+        Option("threshold", 0.85, "golden-score threshold (kept: GS > threshold)", min=0, max=1),
+        _EMB,
     ],
     feas=feasibility(0, 4, True, True, False),
     sources=["pldlgb/nuggets"],
@@ -430,8 +513,10 @@ _reg(
             "options": {"criterion": "judge", "direction": "max", "mode": "absolute", "value": "$threshold"},
         },
         budget={"ratio": 1.0},
-        notes="A judge grades each (instruction, input, response) for accuracy 0-5; keep score >= 4.5. The paper's "
-        "judge is ChatGPT; thresher uses a local causal LM's expected score over the score tokens.",
+        notes="A judge grades each (instruction, input, response) for accuracy 0-5; keep score >= 4.5. Differs from "
+        "the paper: its judge is ChatGPT generating a score with its own prompt; thresher uses a local causal "
+        "LM's expected score over the score tokens with thresher's wording of the rubric (no option reproduces "
+        "a proprietary judge).",
     ),
     doc="AlpaGasus with a local judge model: keep samples graded >= 4.5 of 5",
     options=[_MODEL, Option("threshold", 4.5, "keep judge score >= threshold")],
@@ -461,50 +546,17 @@ _reg(
         budget={"ratio": 0.025},
         notes="Indicators (length, MTLD, perplexity, kNN-6 distance) combined by a linear rule: give the rule's "
         "coefficients with weights=[...] (one per objective, on z-scored indicators oriented so that higher is "
-        "better), or fit them with thresher.recipes.fit_linear_rule on (indicators, eval loss) pairs. The "
-        "paper's reward-model and UniEval indicators are not built in.",
+        "better), or fit them with thresher.recipes.fit_linear_rule(indicators, eval_loss) (its weights are "
+        "oriented the same way, minimised indicators such as perplexity included). The default equal weights "
+        "are thresher's own: the paper's fitted rule is over its reward-model score, length and kNN-6 on raw "
+        "values, and the reward-model and UniEval indicators are not built in, so it cannot be shipped as is. "
+        "The paper finds the subset size by search: pass --k/--ratio.",
     ),
     doc="Instruction-Mining: natural-language indicators combined by a linear rule",
     options=[_MODEL, _EMB, Option("weights", None, "linear-rule coefficients, one per indicator (default equal)")],
     feas=feasibility(129, 4, False, True, False, public_code=False),
     sources=["Instruction Mining (paper)"],
     paper="Cao et al., Instruction Mining: Instruction Data Selection for Tuning Large Language Models, COLM 2024",
-)
-
-_reg(
-    "mods",
-    Recipe(
-        criteria=[{"name": "rating", "as": "quality", "options": {"model": "$model"}}],
-        selector={
-            "name": "cascade",
-            "options": {
-                "first": {
-                    "name": "threshold",
-                    "options": {
-                        "criterion": "quality",
-                        "direction": "max",
-                        "mode": "$quality_mode",
-                        "value": "$quality_value",
-                    },
-                },
-                "then": {"name": "kcenter", "options": {"criterion": "quality", "direction": "max"}},
-            },
-        },
-        budget={"ratio": 0.0192},
-        embeddings=True,
-        notes="Quality threshold, then a k-center greedy seed set on embeddings. The third stage (the 'necessary' "
-        "samples that a seed-tuned model answers badly) needs a fine-tuning loop and is not part of this recipe.",
-    ),
-    doc="MoDS: quality threshold, then k-center coverage (first two stages)",
-    options=[
-        _MODEL,
-        _EMB,
-        Option("quality_mode", "quantile", "quality threshold mode", ("quantile", "absolute", "knee")),
-        Option("quality_value", 0.5, "quantile or absolute quality threshold"),
-    ],
-    feas=feasibility(0, 3, False, True, False),
-    sources=["CASIA-LM/MoDS"],
-    paper="Du et al., MoDS: Model-oriented Data Selection for Instruction Tuning, 2023",
 )
 
 _reg(
@@ -558,13 +610,17 @@ _reg(
 )
 
 
-def fit_linear_rule(indicators: Any, target: Any, *, ridge: float = 0.0) -> dict:
-    """Least-squares linear rule target ~ b0 + sum_j w_j z_j on z-scored indicators.
+def fit_linear_rule(indicators: Any, target: Any, *, ridge: float = 0.0, directions: Any = None) -> dict:
+    """Least-squares linear rule target ~ b0 + sum_j b_j z_j on z-scored (raw, un-oriented) indicators.
 
     ``indicators``: DataFrame (one column per indicator); ``target``: eval loss per
-    row (lower is better). Returns ``{"intercept", "coef": {name: w}, "weights": [-w]}``;
-    ``weights`` are ready for the instruction-mining recipe (negated, so that a higher
-    combined score means a lower predicted loss).
+    row (lower is better). ``directions``: ``"max"``/``"min"`` per indicator, how the
+    instruction-mining recipe orients it (default: each column's registered criterion
+    direction, e.g. perplexity ``min``; ``max`` for other columns). Returns
+    ``{"intercept", "coef": {name: b}, "weights": [...]}``; ``weights`` are ready for the
+    recipe: the recipe z-scores ``sigma_j x_j`` (sigma = -1 for a minimised indicator) and
+    zscore(-x) = -zscore(x), so weight_j = -b_j * sigma_j makes a higher combined score a
+    lower predicted loss.
     """
     X = np.asarray(indicators, dtype=np.float64)
     y = np.asarray(target, dtype=np.float64)
@@ -580,8 +636,12 @@ def fit_linear_rule(indicators: Any, target: Any, *, ridge: float = 0.0) -> dict
     A = Z.T @ Z + ridge * np.diag([0.0] + [1.0] * X.shape[1])
     beta = np.linalg.solve(A, Z.T @ y)
     names = list(getattr(indicators, "columns", range(X.shape[1])))
+    dirs = [criterion_direction(str(n)) for n in names] if directions is None else list(directions)
+    if len(dirs) != len(names) or any(d not in ("max", "min") for d in dirs):
+        raise ValueError(f"directions: expected 'max' or 'min' for each of {len(names)} indicators, got {directions!r}")
+    sigma = [1.0 if d == "max" else -1.0 for d in dirs]
     return {
         "intercept": float(beta[0]),
         "coef": {str(n): float(b) for n, b in zip(names, beta[1:])},
-        "weights": [float(-b) for b in beta[1:]],
+        "weights": [float(-b * sg) for b, sg in zip(beta[1:], sigma)],
     }

@@ -8,7 +8,9 @@ the answer(s) to score. Templates:
   ``"\\n\\n" + input`` when there is an input; the assistant turn = output).
   Multi-turn samples (``conversation``) always go through the chat template
   (or a plain ``role: content`` layout when the tokenizer has none) and every
-  assistant turn is an answer span.
+  assistant turn is an answer span. Tool turns (``tool``, ``function``, ...) go to
+  the template as role ``tool``; a template without a tool role gets them as
+  user-side context (``"Tool result:\n" + content`` as a user turn).
 * ``alpaca`` - the Stanford Alpaca prompts (with / without input) followed by
   the output (the Cherry LLM ``alpaca`` prompt).
 * ``wiz``    - Cherry LLM's ``wiz`` prompt: ``instruction [+ "\\nInput:" + input]
@@ -35,6 +37,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
+
+from ..errors import InputError
+from ..io.schema import ROLES as SCHEMA_ROLES
+from ..io.schema import turn_content
 
 TEMPLATES = ("chat", "alpaca", "wiz", "plain")
 TRUNCATION = ("right", "left")
@@ -114,10 +120,12 @@ def get_str(row: Any, name: str, sid: str, *, required: bool) -> str:
     return v
 
 
-def get_conversation(row: Any, sid: str) -> Optional[list[dict]]:
-    """The ``conversation`` (or ``messages``/``conversations``) field normalised to
-    [{role, content}], or None when the sample is single-turn."""
-    conv = None
+# every role a turn may carry (the reader's table, see thresher.io.schema.ROLES) -> system/user/assistant/tool
+ROLES = {**SCHEMA_ROLES, "bot": "assistant"}
+TOOL_PREFIX = "Tool result:\n"  # a tool turn rendered as user-side context (a template without a tool role)
+
+
+def _conversation_field(row: Any) -> Optional[tuple[str, Any]]:
     for key in ("conversation", "messages", "conversations"):
         try:
             v = row[key]
@@ -129,33 +137,38 @@ def get_conversation(row: Any, sid: str) -> Optional[list[dict]]:
             v = v.tolist()
         if isinstance(v, (list, tuple)) and len(v) == 0:
             continue
-        conv = (key, v)
-        break
-    if conv is None:
+        return key, v
+    return None
+
+
+def get_conversation(row: Any, sid: str) -> Optional[list[dict]]:
+    """The ``conversation`` (or ``messages``/``conversations``) field normalised to
+    [{role, content}] with roles system, user, assistant and tool (as the reader maps them:
+    ``developer`` -> system, ``function``/``observation``/``ipython`` -> tool, ...), or None when
+    the sample is single-turn. Content may be a string, a list of text parts, or null beside
+    ``tool_calls`` (the calls as JSON), as the reader accepts it."""
+    found = _conversation_field(row)
+    if found is None:
         return None
-    key, v = conv
+    key, v = found
     if not isinstance(v, (list, tuple)):
         raise SampleError(f"sample {sid!r}: field {key!r} must be a list of messages, got {type(v).__name__}")
-    roles = {
-        "human": "user",
-        "user": "user",
-        "gpt": "assistant",
-        "assistant": "assistant",
-        "model": "assistant",
-        "system": "system",
-        "bot": "assistant",
-    }
     out = []
     for i, m in enumerate(v):
         if not isinstance(m, dict):
             raise SampleError(f"sample {sid!r}: {key}[{i}] must be an object, got {type(m).__name__}")
         role = m.get("role", m.get("from"))
+        if not isinstance(role, str) or role.lower() not in ROLES:
+            raise SampleError(f"sample {sid!r}: {key}[{i}].role {role!r} not one of {', '.join(sorted(ROLES))}")
         content = m.get("content", m.get("value"))
-        if not isinstance(role, str) or role.lower() not in roles:
-            raise SampleError(f"sample {sid!r}: {key}[{i}].role {role!r} not one of user/assistant/system")
         if not isinstance(content, str):
-            raise SampleError(f"sample {sid!r}: {key}[{i}].content must be a string, got {type(content).__name__}")
-        out.append({"role": roles[role.lower()], "content": content})
+            try:
+                content = turn_content(m, i, file=None, line=None, field=key)
+            except InputError:
+                raise SampleError(
+                    f"sample {sid!r}: {key}[{i}].content must be a string, got {type(content).__name__}"
+                ) from None
+        out.append({"role": ROLES[role.lower()], "content": content})
     if not any(m["role"] == "assistant" for m in out):
         raise SampleError(f"sample {sid!r}: field {key!r} has no assistant turn to score")
     return out
@@ -211,16 +224,46 @@ def render_sample(
 
 
 def _render_chat(messages: list[dict], tokenizer: Any, sid: str) -> Rendered:
+    """Render turns through the tokenizer's chat template (``role: content`` lines without one).
+
+    Tool turns go to the template as role ``tool``; a template that has no tool role (it raises,
+    or drops the turn's text) gets them as user-side context instead: each tool turn becomes a
+    user turn ``"Tool result:\n" + content``, merged with an adjacent user turn (templates that
+    require alternating user/assistant turns then accept them). Only assistant turns are scored."""
     tmpl = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-    if tmpl:
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False)
-        except Exception as exc:
-            raise SampleError(f"sample {sid!r}: the chat template failed ({type(exc).__name__}: {exc})") from None
-        special = True
-    else:
+    if not tmpl:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-        special = False
+        return _locate(text, messages, sid, special=False)
+    if any(m["role"] == "tool" for m in messages):
+        try:
+            return _locate(_apply_template(tokenizer, messages, sid), messages, sid, special=True)
+        except SampleError:  # no tool role in this template: the tool turns as user-side context
+            messages = tools_as_user(messages)
+    return _locate(_apply_template(tokenizer, messages, sid), messages, sid, special=True)
+
+
+def tools_as_user(messages: list[dict]) -> list[dict]:
+    """Tool turns as user turns (``TOOL_PREFIX`` + content), adjacent user turns merged (blank line)."""
+    out: list[dict] = []
+    for m in messages:
+        if m["role"] == "tool":
+            m = {"role": "user", "content": TOOL_PREFIX + m["content"]}
+        if out and m["role"] == "user" and out[-1]["role"] == "user":
+            out[-1] = {"role": "user", "content": out[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            out.append(dict(m))
+    return out
+
+
+def _apply_template(tokenizer: Any, messages: list[dict], sid: str) -> str:
+    try:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False))
+    except Exception as exc:
+        raise SampleError(f"sample {sid!r}: the chat template failed ({type(exc).__name__}: {exc})") from None
+
+
+def _locate(text: str, messages: list[dict], sid: str, *, special: bool) -> Rendered:
+    """The assistant turns' character spans in ``text`` (each turn found verbatim, in order)."""
     spans: list[tuple[int, int]] = []
     pos = 0
     for i, m in enumerate(messages):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..cluster import repr_filter_order
 from ..registry import SELECTORS, Option
 from .base import (
     CRITERION,
@@ -78,9 +79,9 @@ def diverse_greedy(
 ) -> np.ndarray:
     """Walk ``order``; keep a row if its max cosine similarity to the kept rows is <= tau.
 
-    Exact sequential semantics (DEITA's repr filter) computed in blocks: a block of
-    candidates is compared with the kept set in one matrix product, then resolved
-    sequentially within the block. ``embeddings`` must be L2-normalised.
+    Exact sequential semantics (DEITA's repr filter): :func:`thresher.cluster.repr_filter_order`
+    (blocked, similarities within 1e-5 of tau re-checked in float64, so the result does not
+    depend on ``block``). ``embeddings`` must be L2-normalised.
     """
     if tau is None:
         return order[:k]
@@ -88,28 +89,13 @@ def diverse_greedy(
         raise ValueError("diversity_tau: needs embeddings (the pipeline computes them when a recipe asks)")
     if not -1.0 <= float(tau) <= 1.0:
         raise ValueError(f"diversity_tau: expected a cosine similarity in [-1, 1], got {tau!r}")
+    if k <= 0 or len(order) == 0:
+        return np.zeros(0, dtype=np.int64)
     emb = np.asarray(embeddings, dtype=np.float32)
-    kept: list[int] = []
-    kept_mat = np.zeros((0, emb.shape[1]), dtype=np.float32)
-    for s in range(0, len(order), block):
-        if len(kept) >= k:
-            break
-        cand = order[s : s + block]
-        x = emb[cand]
-        sim_old = (x @ kept_mat.T).max(axis=1) if len(kept_mat) else np.full(len(cand), -np.inf)
-        new_local: list[int] = []
-        for j, c in enumerate(cand):
-            if len(kept) >= k:
-                break
-            if sim_old[j] > tau:
-                continue
-            if new_local and float((x[new_local] @ x[j]).max()) > tau:
-                continue
-            new_local.append(j)
-            kept.append(int(c))
-        if new_local:
-            kept_mat = np.concatenate([kept_mat, x[new_local]], axis=0)
-    return np.asarray(kept, dtype=np.int64)
+    return np.asarray(
+        repr_filter_order(emb, np.asarray(order, dtype=np.int64), int(k), float(tau), block=block),
+        dtype=np.int64,
+    )
 
 
 def knee_index(sorted_desc: np.ndarray) -> int:
@@ -180,14 +166,19 @@ def _threshold_value(v: np.ndarray, finite: np.ndarray, maximize: bool, mode: st
     raise ValueError(f"mode: expected quantile, absolute or knee, got {mode!r}")
 
 
-def threshold_mask(v: np.ndarray, maximize: bool, mode: str, value: Any) -> tuple[np.ndarray, float]:
-    """Boolean mask of rows passing the threshold, and the threshold itself."""
+def threshold_mask(
+    v: np.ndarray, maximize: bool, mode: str, value: Any, strict: bool = False
+) -> tuple[np.ndarray, float]:
+    """Boolean mask of rows passing the threshold (``strict``: beyond it, not at it), and the threshold."""
     finite = ~np.isnan(v)
     if not finite.any():
         return finite, float("nan")
     t = _threshold_value(v, finite, maximize, mode, value)
     with np.errstate(invalid="ignore"):
-        mask = (v >= t) if maximize else (v <= t)
+        if strict:
+            mask = (v > t) if maximize else (v < t)
+        else:
+            mask = (v >= t) if maximize else (v <= t)
     return mask & finite, t
 
 
@@ -200,6 +191,7 @@ def threshold_mask(v: np.ndarray, maximize: bool, mode: str, value: Any) -> tupl
         DIRECTION,
         Option("mode", "quantile", "how the threshold is set", ("quantile", "absolute", "knee"), type=str),
         Option("value", None, "quantile q in [0,1] (keep the best 1-q) or the absolute score", type=float),
+        Option("strict", False, "keep rows strictly beyond the threshold (> for max, < for min), not at it"),
         _TAU,
     ],
 )
@@ -214,10 +206,11 @@ def threshold(
     direction=None,
     mode="quantile",
     value=None,
+    strict=False,
     diversity_tau=None,
 ) -> np.ndarray:
     v, maximize = score_values(scores, criterion, direction)
-    mask, _ = threshold_mask(v, maximize, mode, value)
+    mask, _ = threshold_mask(v, maximize, mode, value, strict)
     w = np.where(mask, v, np.nan)
     return diverse_greedy(order_by(w, maximize), embeddings, diversity_tau, k)
 

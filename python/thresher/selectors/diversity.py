@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _EMPTY = np.zeros(0, np.int64)
+CAR_N_INIT = 10  # k-means restarts of CaR (k-means++ seeds, the lowest inertia kept), as scikit-learn's KMeans
 
 
 # ------------------------------------------------------------ repr_filter
@@ -377,7 +378,7 @@ def car(
         return _EMPTY
     c = _default_clusters(n_clusters, len(order))
     z = EmbeddingTransform(center=True, pca=float(variance)).fit_apply(emb[order])
-    _, lab_pool = kmeans(z, min(c, len(order)), seed=seed)
+    _, lab_pool = kmeans(z, min(c, len(order)), seed=seed, n_init=CAR_N_INIT, init="k-means++")
     labels = np.full(n, -1, np.int64)
     labels[order] = lab_pool
     per_cluster = [int(i) for grp in _grouped_orders(labels, order) for i in grp[:n2]]

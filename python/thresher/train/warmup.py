@@ -1,5 +1,7 @@
 """Warm-up LoRA training (LESS step 1): train LoRA on a random fraction of the pool.
 
+Defaults are LESS's (``princeton-nlp/LESS`` warm-up scripts): LoRA r = 128, alpha = 512 on
+q/k/v/o, 5% of the pool, 4 epochs, peak lr 2e-5, linear decay after a 3% linear warm-up.
 A random ``fraction`` of the rows (seeded) is trained for ``epochs`` epochs with
 AdamW (weight decay 0) and a linear schedule with ``warmup_ratio`` warm-up,
 loss = mean over the batch of each sample's mean answer-token cross-entropy
@@ -154,8 +156,8 @@ def warmup_lora(
     fraction: float = 0.05,
     epochs: int = 4,
     lr: float = 2e-5,
-    r: int = 8,
-    alpha: float = 32,
+    r: int = 128,
+    alpha: float = 512,
     targets: Sequence[str] = DEFAULT_TARGETS,
     batch_size: int = 4,
     max_length: int = 512,

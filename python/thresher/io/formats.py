@@ -1,0 +1,360 @@
+"""Raw formats: file detection, checksums, and one raw-record iterator per file format.
+
+Each raw iterator yields ``(file, line_or_row, record_or_None, raw_handle, error_or_None)``;
+text formats report 1-based line numbers, Parquet 1-based rows. The line splitter here is
+the one the writers use too, so the readers' and writers' line numbers agree.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Optional
+
+from ..errors import InputError, ResourceError, ThresherError
+from .schema import DataError
+
+FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
+_EXT = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = "\ufeff"
+
+
+def _ext_format(path: Path) -> Optional[str]:
+    """Format of one file from its extension (``.gz`` stripped), or None."""
+    name = path.name.lower().removesuffix(".gz")
+    return _EXT.get(os.path.splitext(name)[1])
+
+
+def detect_format(path: Path) -> str:
+    """Format from the extension (``.gz`` stripped) or, for folders, the HF dataset markers.
+
+    A folder whose files have different formats is refused (naming two of them)."""
+    if path.is_dir():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "state.json").exists()
+            or (path / "dataset_dict.json").exists()
+        ):
+            return "hf"
+        files = data_files(path)
+        if not files:
+            raise InputError(
+                "folder holds no .jsonl/.json/.parquet/.csv files and is not a saved HF dataset", file=path
+            )
+        check_one_format(path, files)
+        return detect_format(files[0])
+    fmt = _ext_format(path)
+    if fmt is None:
+        raise InputError(
+            f"cannot tell the format from the extension; pass format= one of {list(FORMATS)} (--format)", file=path
+        )
+    return fmt
+
+
+def check_one_format(folder: Path, files: list[Path]) -> None:
+    """Refuse a folder that mixes formats (``a.jsonl`` beside ``b.csv``): name one file of each."""
+    first: dict[str, Path] = {}
+    for f in files:
+        first.setdefault(_ext_format(f) or "?", f)
+    if len(first) > 1:
+        (fa, pa), (fb, pb) = list(first.items())[:2]
+        raise InputError(
+            f"folder mixes data formats: {pa.relative_to(folder)} is {fa}, {pb.relative_to(folder)} "
+            f"is {fb}; put one format in a folder",
+            file=folder,
+        )
+
+
+def data_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    out = []
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and _ext_format(p) is not None and not p.name.startswith("."):
+            out.append(p)
+    return out
+
+
+def _is_gz(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path, where: Callable[[], Optional[int]] = lambda: None) -> Iterator[None]:
+    """Turn the OS and codec errors of reading ``path`` into one-line Input/ResourceErrors.
+
+    ``where()``: the last line read so far (for a gzip stream that ends early)."""
+    try:
+        yield
+    except ThresherError:
+        raise
+    except PermissionError:
+        raise ResourceError(f"{path}: permission denied (cannot read it)") from None
+    except gzip.BadGzipFile as exc:
+        raise InputError(f"not a gzip file ({exc}); rename it without .gz if it is plain text", file=path) from None
+    except (EOFError, zlib.error) as exc:
+        last = where()
+        after = f" after line {last}" if last else ""
+        raise InputError(f"truncated or corrupt gzip data{after} ({exc})", file=path) from None
+    except IsADirectoryError:
+        raise InputError("is a folder, expected a file", file=path) from None
+    except OSError as exc:
+        raise ResourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    if _is_gz(path):
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile reads bytes
+    return open(path, "rb")
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"not valid UTF-8 text (byte {exc.start + 1} of the line: {exc.reason}); re-encode the file as UTF-8",
+            file=path,
+            line=lineno,
+        ) from None
+    return text[1:] if lineno == 1 and text.startswith(_BOM) else text
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes) of a text file, optionally gzipped; lines end at ``\\n``.
+
+    The one line splitter of the readers and the writers (so their line numbers agree)."""
+    lineno = 0
+    with _read_errors(path, lambda: lineno), _open_binary(path) as fh:
+        for raw in fh:
+            lineno += 1
+            yield lineno, raw
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, decoded text with its line ending); a UTF-8 BOM on line 1 is dropped."""
+    for lineno, raw in _raw_lines(path):
+        yield lineno, _decode_line(raw, path, lineno)
+
+
+def _text_chunks(path: Path, size: int) -> Iterator[str]:
+    """The decoded text in chunks of about ``size`` bytes; invalid UTF-8 names its line."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    newlines = 0
+    first = True
+    with _read_errors(path, lambda: newlines), _open_binary(path) as fh:
+        while True:
+            block = fh.read(size)
+            try:
+                text = dec.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                line = newlines + exc.object[: exc.start].count(b"\n") + 1
+                raise InputError(
+                    f"not valid UTF-8 text ({exc.reason}); re-encode the file as UTF-8", file=path, line=line
+                ) from None
+            newlines += block.count(b"\n")
+            if first and text:
+                text, first = text.removeprefix(_BOM), False
+            if text:
+                yield text
+            if not block:
+                return
+
+
+def _sha256(f: Path) -> str:
+    h = hashlib.sha256()
+    with _read_errors(f), open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_checksum(path: Path) -> str:
+    """sha256 of a file; for a folder, sha256 over (relative path, file sha256) of every file in it."""
+    path = Path(path)
+    if path.is_file():
+        return _sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ raw records
+# Each raw iterator yields (file, line_or_row, record_or_None, raw_handle, error_or_None).
+
+
+def _iter_jsonl(path: Path):
+    for lineno, raw in _raw_lines(path):
+        try:
+            text = _decode_line(raw, path, lineno).rstrip("\r\n")
+        except InputError as exc:
+            yield path, lineno, None, None, exc
+            continue
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield (
+                path,
+                lineno,
+                None,
+                text,
+                DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", file=path, line=lineno),
+            )
+            continue
+        yield path, lineno, rec, text, None
+
+
+def _value_end(buf: str, pos: int) -> Optional[int]:
+    """Index of the ``,`` or ``]`` that ends the (malformed) array element starting at ``pos``."""
+    depth, in_str, esc = 0, False, False
+    for i in range(pos, len(buf)):
+        ch = buf[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            if depth == 0:
+                return i if ch == "]" else None
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return i
+    return None
+
+
+class _ArrayScanner:
+    """Walks the elements of a top-level JSON array over a stream of text chunks."""
+
+    def __init__(self, path: Path, chunks: Iterator[str]) -> None:
+        self.path, self.chunks = path, chunks
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+        self.dec = json.JSONDecoder()
+
+    def fill(self) -> bool:
+        more = next(self.chunks, "")
+        if not more:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos :] + more
+        self.pos = 0
+        return True
+
+    def next_char(self, seps: str) -> Optional[str]:
+        """Skip whitespace (and ``seps``); the next character, or None at the end of the file."""
+        while True:
+            buf = self.buf
+            while self.pos < len(buf) and buf[self.pos] in " \t\r\n" + seps:
+                if buf[self.pos] == "\n":
+                    self.line += 1
+                self.pos += 1
+            if self.pos < len(buf):
+                return buf[self.pos]
+            if not self.fill():
+                return None
+
+    def element(self) -> tuple[Any, Optional[DataError]]:
+        """Decode the element at ``pos``: (record, None), or (None, error) after skipping a bad one."""
+        rec, err = None, None
+        while True:
+            try:
+                rec, end = self.dec.raw_decode(self.buf, self.pos)
+                break
+            except json.JSONDecodeError as exc:
+                if not self.eof and self.fill():
+                    continue
+                at = self.line + self.buf.count("\n", self.pos, exc.pos)
+                err = DataError(
+                    f"malformed JSON in the record starting here ({exc.msg} at line {at})",
+                    file=self.path,
+                    line=self.line,
+                )
+                stop = _value_end(self.buf, self.pos)
+                if stop is None:  # cannot find where the bad record ends: nothing after it can be read
+                    raise err from None
+                end = stop
+                break
+        self.line += self.buf.count("\n", self.pos, end)
+        self.pos = end
+        return rec, err
+
+
+def _iter_json_array(path: Path, chunk: int = 1 << 20):
+    """Stream the objects of a top-level JSON array without loading the whole file."""
+    sc = _ArrayScanner(path, _text_chunks(path, chunk))
+    c = sc.next_char("")
+    if c is None:
+        raise DataError("empty file: no JSON array", file=path, line=sc.line)
+    if c != "[":
+        raise DataError("expected a JSON array of objects ('[' ...), or use a .jsonl file", file=path, line=sc.line)
+    sc.pos += 1
+    while True:
+        c = sc.next_char(",")
+        if c is None:
+            raise DataError("unterminated JSON array (missing ']')", file=path, line=sc.line)
+        if c == "]":
+            return
+        start = sc.line
+        rec, err = sc.element()
+        yield path, start, rec, rec, err
+
+
+def _iter_csv(path: Path):
+    delim = "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
+    reader = csv.DictReader((text for _, text in _text_lines(path)), delimiter=delim)
+    if reader.fieldnames is None:
+        return
+    start = 2
+    for rec in reader:
+        if None in rec:  # more cells than header fields
+            yield path, start, None, rec, DataError("row has more cells than the header", file=path, line=start)
+        else:
+            yield path, start, rec, rec, None
+        start = reader.line_num + 1
+
+
+def open_parquet(path: Path) -> Any:
+    """A ``pyarrow.parquet.ParquetFile``; an unreadable file is one InputError naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with _read_errors(path):
+        try:
+            return pq.ParquetFile(path)
+        except pa.ArrowException as exc:
+            raise InputError(f"not a readable Parquet file ({exc})", file=path) from None
+
+
+def _check_file(f: Path) -> None:
+    """Readable, not empty, and a real gzip stream when named ``.gz`` (checked before any scoring)."""
+    with _read_errors(f), open(f, "rb") as fh:
+        head = fh.read(2)
+    if not head:
+        raise DataError("empty file", file=f)
+    if _is_gz(f) and head != _GZIP_MAGIC:
+        raise InputError("not a gzip file (no gzip header); rename it without .gz if it is plain text", file=f)
