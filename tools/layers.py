@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "_version": 5,
     "extras": 7,
     "progress": 7,
+    "device": 7,
 }
 # Lateral edges between groups of one layer that are part of the design (feature extractors build on
 # the model runner and the renderer; training reuses gradient features; recipes are expanded into a plan;

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
+from .device import DTYPE_CHOICES, check_device
 from .errors import OptionError
 from .registry import CRITERIA, ENGINES, RECIPES, SELECTORS, Entry, _load_builtins
 from .selectors.base import columns_read
@@ -114,6 +115,10 @@ class PipelineConfig:
     tokens: Optional[int] = None
     model: Optional[str] = None
     embedder: Optional[str] = None
+    # Run-wide device/dtype (thresher.device: auto, cpu, cuda, cuda:N / auto, float32, bfloat16, float16):
+    # given to every criterion that takes a ``device``/``dtype`` option and was not given one.
+    device: Optional[str] = None
+    dtype: Optional[str] = None
     format: Optional[str] = None
     split: Optional[str] = None  # one split of a DatasetDict / load_dataset id
     streaming: bool = False  # load_dataset(..., streaming=True) for a dataset id
@@ -258,6 +263,9 @@ def _resolve_criteria(cfg: PipelineConfig, criteria: list) -> None:
             c.options["model"] = cfg.model
         if cfg.embedder and "embedder" in entry.options and "embedder" not in c.options:
             c.options["embedder"] = cfg.embedder
+        for k in ("device", "dtype"):
+            if getattr(cfg, k) is not None and k in entry.options and k not in c.options:
+                c.options[k] = getattr(cfg, k)
         for k, v in (cfg.criterion_defaults or {}).items():
             if k in entry.options and k not in c.options:
                 c.options[k] = v
@@ -329,6 +337,7 @@ def validate(cfg: PipelineConfig, plan: Plan) -> None:
                     f"selector {plan.selector.name}: reads column {name!r}, not among the criteria {sorted(cols)}"
                 )
     ENGINES.get(cfg.engine).resolve_options(dict(cfg.engine_options or {}))
+    check_devices(cfg, plan)
     if isinstance(cfg.shard_size, bool) or not isinstance(cfg.shard_size, int) or cfg.shard_size < 1:
         raise OptionError(f"shard_size: expected a positive integer, got {cfg.shard_size!r}")
     if cfg.limit is not None and (isinstance(cfg.limit, bool) or not isinstance(cfg.limit, int) or cfg.limit < 1):
@@ -337,6 +346,20 @@ def validate(cfg: PipelineConfig, plan: Plan) -> None:
         raise OptionError(f"id_column: expected a field name (letters, digits, '_', '-'), got {cfg.id_column!r}")
     if cfg.on_bad_row not in ("error", "skip"):
         raise OptionError(f"on_bad_row: expected 'error' or 'skip', got {cfg.on_bad_row!r}")
+
+
+def check_devices(cfg: PipelineConfig, plan: Plan) -> None:
+    """The form of the run's and each criterion's ``device``/``dtype`` (whether the device exists is
+    checked where a model is loaded: a plan may be made on a machine without the GPU)."""
+    if cfg.dtype is not None and str(cfg.dtype).lower() not in DTYPE_CHOICES:
+        raise OptionError(f"dtype: expected one of {list(DTYPE_CHOICES)}, got {cfg.dtype!r}")
+    check_device(cfg.device)
+    for c in plan.criteria:
+        if c.options.get("device") is not None:
+            try:
+                check_device(c.options["device"])
+            except OptionError as exc:
+                raise OptionError(f"criterion {c.col}: {exc}") from None
 
 
 def check_budget(budget: dict) -> None:

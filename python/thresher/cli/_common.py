@@ -27,6 +27,7 @@ import math
 import sys
 from typing import Any, Optional
 
+from ..device import DTYPE_CHOICES
 from ..errors import OptionError
 from ..pipeline import PipelineConfig, make_plan
 from ..pipeline.plugins import load_plugins, plugin_names
@@ -155,8 +156,10 @@ def add_criteria_args(p: argparse.ArgumentParser, *, required: bool = False) -> 
     g.add_argument("--batch-tokens", type=int, default=None, help="token budget of one model batch (criteria: 4096)")
     g.add_argument("--max-length", type=int, default=None, help="max tokens per sample (default per criterion)")
     g.add_argument("--template", default=None, help="prompt template: alpaca | chat | plain | wiz")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
-    g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    g.add_argument(
+        "--dtype", default=None, choices=DTYPE_CHOICES, help="model dtype (default auto: bf16 on a bf16 GPU, else fp32)"
+    )
+    g.add_argument("--device", default=None, help="torch device: auto (default: cuda when visible), cpu, cuda, cuda:N")
 
 
 def add_selection_args(p: argparse.ArgumentParser, *, recipe_only: bool = False) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..device import DTYPE_CHOICES
 from ..errors import ResourceError
 from ..pipeline import PipelineConfig, run_pipeline
 from ._common import (
@@ -50,6 +51,8 @@ def config(args: Any) -> PipelineConfig:
         recipe_options={"max_length": args.max_length, **parse_kv(args.option, "--option")},
         model=args.model,
         embedder=args.embedder,
+        device=args.device,
+        dtype=args.dtype,
         limit=args.limit,
         overwrite=args.overwrite,
         quiet=args.quiet or args.json,
@@ -96,6 +99,8 @@ def register(sub: Any) -> None:
     add_budget_args(p)
     p.add_argument("--model", default="default", help="causal LM for IFD (default SmolLM2-135M-Instruct)")
     p.add_argument("--embedder", default="default", help="sentence embedder (default all-MiniLM-L6-v2)")
+    p.add_argument("--device", default=None, help="torch device: auto (default: cuda when visible), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="model dtype (auto: bf16 on a bf16 GPU)")
     p.add_argument("--shard-size", type=int, default=200, help="rows per shard (cache and progress unit; 200)")
     p.add_argument("--cache-dir", default=None, help="score cache folder (default OUT/cache)")
     p.add_argument("--seed", type=int, default=0)

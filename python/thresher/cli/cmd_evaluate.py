@@ -265,7 +265,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="LoRA on the top N decoder layers only (default 8; 0 = all layers)",
     )
-    p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto")
+    p.add_argument("--device", default="auto", help="auto (cuda when visible) | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     p.add_argument(
         "--metric",

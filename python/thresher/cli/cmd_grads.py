@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..device import DTYPE_CHOICES
 from ..features.gradients import AdamState, GradientFeaturizer, load_lora
 from ..features.store import FeatureStore
 from ..io import read_samples
@@ -47,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=256, help="rows per write (resumption granularity; 256)")
     deprecated(p, "--chunk", "shard_size", "--shard-size", type=int)
     p.add_argument("--model", default=None, help="override the warm-up's model spec")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto: bf16 on a GPU with bf16, else fp32")
+    p.add_argument("--device", default="auto", help="auto (cuda when visible) | cpu | cuda[:N]")
     p.add_argument("--backend", default=None, help="force a random_project backend")
     p.add_argument("--format", default=None)
     p.add_argument("--limit", type=int, default=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..device import DTYPE_CHOICES
 from ..io import read_samples
 from ..models import load_causal_lm
 from ..train.warmup import warmup_lora
@@ -32,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--template", default="alpaca", help="prompt template (chat|alpaca|wiz|plain)")
     p.add_argument("--model", default="default", help="causal LM: default | local folder | HF id")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto: bf16 on a GPU with bf16, else fp32")
+    p.add_argument("--device", default="auto", help="auto (cuda when visible) | cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-rows", type=int, default=None, help="cap on the training subset size")
     p.add_argument("--format", default=None, help="input format (default: from the extension)")

@@ -11,7 +11,9 @@ scores a batch, and
   pool append that pool's digest).
 
 Options that cannot change scores (:data:`RUNTIME_OPTIONS`: devices, batch sizes,
-caches, backends) stay out of the key.
+caches, backends) stay out of the key. ``dtype`` changes scores, so the key holds the
+resolved dtype (:func:`thresher.device.key_dtype`: ``auto`` on the CPU is ``float32``, as
+before the device policy, so older caches stay valid).
 
 :class:`BatchCriterion` owns the loop shared by the model-based criteria: the batch as
 pandas, sample ids, the per-row ``items`` (a row that cannot be scored raises
@@ -42,6 +44,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..device import DTYPE_CHOICES, key_dtype
 from ..embed.encoders import DEFAULT_EMBEDDER_NAMES, ENCODER_VERSION, default_model_dir, folder_fingerprint
 from ..errors import OptionError
 from ..frames import as_pandas
@@ -65,8 +68,10 @@ MODEL_OPTIONS = [
         "causal LM: 'default' (SmolLM2-135M-Instruct), a local path or an HF id",
         type=(str, LoadedLM),
     ),
-    Option("dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16")),
-    Option("device", "cpu", "torch device of the model", type=str),
+    Option(
+        "dtype", "auto", "model dtype (auto: bfloat16 on a GPU that supports it, else float32)", choices=DTYPE_CHOICES
+    ),
+    Option("device", "auto", "torch device of the model: auto (cuda when visible), cpu, cuda, cuda:N", type=str),
     Option("batch_tokens", 4096, "token budget of one batch (rows x longest row)", min=1),
 ]
 
@@ -248,7 +253,10 @@ class Criterion:
     def key_options(cls, options: dict) -> dict:
         """The resolved options that change scores, with models and files replaced by their
         fingerprints. Subclasses extend it; it never loads a model."""
-        return {k: v for k, v in options.items() if k not in cls.RUNTIME}
+        out = {k: v for k, v in options.items() if k not in cls.RUNTIME}
+        if "dtype" in out:  # the resolved dtype changes scores; "auto" on the CPU keys as float32 did
+            out["dtype"] = key_dtype(out["dtype"], options.get("device"))
+        return out
 
     @classmethod
     def cache_key_for(cls, **options: Any) -> str:

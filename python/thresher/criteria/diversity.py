@@ -35,7 +35,7 @@ _EMB_OPTS = [
     Option("embedder", "default", "sentence-transformers name/path, 'default' (all-MiniLM-L6-v2) or lm:<spec>"),
     Option("batch_size", 64, "texts per encoder batch", min=1),
     Option("cache_dir", None, "embedding cache folder (float16 shards keyed by sample id + text)", type=(str, Path)),
-    Option("device", None, "encoder device (default: cuda when available)", type=str),
+    Option("device", "auto", "encoder device: auto (cuda when visible), cpu, cuda, cuda:N", type=str),
 ]
 _INDEX_KIND = Option("index_kind", "auto", "kNN index kind (thresher.index)", choices=KINDS)
 

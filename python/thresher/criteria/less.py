@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from ..device import DTYPE_CHOICES
 from ..features.gradients import AdamState, GradientFeaturizer, load_lora
 from ..features.store import FeatureStore
 from ..frames import as_pandas
@@ -98,8 +99,8 @@ def _labels(df, field: str) -> list[str]:
         ),
         Option("target_field", "group", "column of the target set naming its subtask (missing: one subtask)", type=str),
         Option("model", "default", "causal LM the warm-up was trained on", type=(str, LoadedLM)),
-        Option("dtype", "float32", "model dtype", choices=("float32", "bfloat16", "float16")),
-        Option("device", "cpu", "torch device", type=str),
+        Option("dtype", "auto", "model dtype (auto: bfloat16 on a GPU with bf16, else float32)", DTYPE_CHOICES),
+        Option("device", "auto", "torch device: auto (cuda when visible), cpu, cuda, cuda:N", type=str),
         Option("dim", 8192, "projection dimension (a multiple of 8)", min=8),
         Option("seed", 0, "projection seed"),
         Option("kind", "rademacher", "projection matrix", choices=("rademacher", "gaussian")),

@@ -62,7 +62,7 @@ EMBED_OPTIONS = [
     Option("max_length", 512, "lm: embedders: tokens kept per text", min=1),
     Option("batch_size", 32, "texts per encoder batch", min=1),
     Option("cache_dir", None, "embedding cache folder (vectors keyed by text and model)", type=(str, Path)),
-    Option("device", None, "encoder device (default: cuda when available)", type=str),
+    Option("device", "auto", "encoder device: auto (cuda when visible), cpu, cuda, cuda:N", type=str),
 ]
 
 

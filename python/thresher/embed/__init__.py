@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..device import resolve_device
 from ..frames import as_pandas
 from ..progress import advance
 from .encoders import LMEncoder, SentenceEncoder
@@ -51,6 +52,7 @@ def get_embedder(embedder: Any = "default", *, device: Optional[str] = None) -> 
         return embedder
     if not isinstance(embedder, str) or not embedder:
         raise ValueError(f"embedder: expected a name, a path or an encoder object, got {embedder!r}")
+    device = resolve_device(device)  # "auto", None and the device they resolve to share one encoder
     with _LOCK:
         return _cached_embedder(embedder, device)
 

@@ -10,7 +10,10 @@
 
 Both encode in length-sorted batches (short texts together, so padding is
 small) and return float32 ``[N, d]`` in input order (not normalised; see
-:func:`thresher.embed.embed_texts`).
+:func:`thresher.embed.embed_texts`). ``device`` follows :mod:`thresher.device`
+(``auto``/None: CUDA when visible); encoders compute in float32 on every device,
+because an embedder's fingerprint (the key of the embedding cache and of the scores
+built on it) does not hold a dtype.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..extras import require
 from ..models import load_causal_lm
 from ..progress import advance
@@ -80,7 +84,7 @@ class SentenceEncoder:
             path = Path(spec).expanduser()
             src = str(path) if path.exists() else spec
             path = path if path.exists() else None
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = resolve_device(device)
         try:
             self.model = SentenceTransformer(src, device=dev)
         except Exception as exc:
@@ -130,8 +134,7 @@ class LMEncoder:
         if pooling not in ("mean", "last"):
             raise ValueError(f"pooling: expected 'mean' or 'last', got {pooling!r}")
         if lm is None:
-            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            lm = load_causal_lm(spec, dtype=dtype, device=dev)
+            lm = load_causal_lm(spec, dtype=dtype, device=resolve_device(device))
         self.lm = lm
         self.spec = spec
         self.pooling = pooling

@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..models import load_causal_lm
 from .encoders import length_order
 
@@ -68,8 +69,7 @@ class HiddenStateEncoder:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {list(POOLINGS)}, got {pooling!r}")
         if lm is None:
-            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            lm = load_causal_lm(spec, dtype=dtype, device=dev)
+            lm = load_causal_lm(spec, dtype=dtype, device=resolve_device(device))
         self.lm, self.spec, self.pooling = lm, spec, pooling
         n_layers = int(lm.model.config.num_hidden_layers)
         if not -(n_layers + 1) <= int(layer) <= n_layers:
@@ -125,5 +125,6 @@ def hidden_encoder(
     max_length: int = 512,
 ) -> HiddenStateEncoder:
     """The process-wide encoder for these settings (loaded on first use)."""
+    device = resolve_device(device)
     with _LOCK:
         return _cached(spec or "default", int(layer), pooling, device, int(max_length))

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import device as _device
+
 ARMS = ("selected", "random", "full")
 METRICS = ("accuracy", "exact", "likelihood")
 CLOSED_NORMS = ("none", "tokens", "chars")
@@ -63,7 +65,7 @@ class ProxyConfig:
     warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay
     arms: tuple[str, ...] = ARMS
     threads: Optional[int] = None  # torch CPU threads during the run (None: leave as is)
-    device: str = "cpu"  # cpu | cuda | auto (cuda when available)
+    device: str = "auto"  # auto (cuda when visible, thresher.device) | cpu | cuda[:N]
 
     def _validate_closed(self) -> None:
         _check_closed(self)
@@ -113,7 +115,7 @@ def _check_closed(cfg: "ProxyConfig") -> None:
 
 def resolve_device(device: str) -> str:
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return _device.resolve_device("auto")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} requested but no CUDA device is available")
     return device

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from .. import device as _device
 from ..extras import require
 from ..fs import atomic_dir
 from ..progress import activity
@@ -110,24 +111,9 @@ def default_gguf_path() -> Path:
     raise ValueError(f"model 'default': no .gguf file inside {list(spec.submodule_search_locations)}")
 
 
-def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "half": torch.float16,
-    }
-    if isinstance(dtype, str) and dtype.lower() in names:
-        return names[dtype.lower()]
-    raise ValueError(f"dtype: expected a torch dtype or one of {sorted(names)}, got {dtype!r}")
+def resolve_dtype(dtype: Union[str, torch.dtype, None], device: Any = "cpu") -> torch.dtype:
+    """A torch dtype from a name (``auto``/None: :func:`thresher.device.resolve_dtype` on ``device``)."""
+    return _device.resolve_dtype(dtype, device)
 
 
 def _file_hash(path: Path) -> str:
@@ -355,10 +341,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def load_causal_lm(
     spec: str = DEFAULT_SPEC,
     *,
-    dtype: Union[str, torch.dtype] = torch.float32,
-    device: Union[str, torch.device] = "cpu",
+    dtype: Union[str, torch.dtype] = "auto",
+    device: Union[str, torch.device] = "auto",
 ) -> LoadedLM:
-    """Load a causal LM for scoring: eval mode, gradients off, on ``device`` in ``dtype``.
+    """Load a causal LM for scoring: eval mode, gradients off, on ``device`` in ``dtype``
+    (``auto``: :mod:`thresher.device`, CUDA in bf16 when visible, else the CPU in fp32).
 
     ``spec``: ``"default"`` | a local folder | a ``.gguf`` file | a Hugging Face id.
     Raises ValueError naming the spec for a missing path, an unreadable GGUF, or a
@@ -366,7 +353,8 @@ def load_causal_lm(
     """
     tf = transformers_module()
     AutoModelForCausalLM, AutoTokenizer = tf.AutoModelForCausalLM, tf.AutoTokenizer
-    dt = resolve_dtype(dtype)
+    device = _device.resolve_device(device)
+    dt = resolve_dtype(dtype, device)
     kind, path, kw = _resolve(spec)
     src = str(path) if path is not None else spec
     try:
@@ -394,14 +382,16 @@ _SHARED: dict[tuple, LoadedLM] = {}
 def shared_lm(
     spec: Any = DEFAULT_SPEC,
     *,
-    dtype: Union[str, torch.dtype] = torch.float32,
-    device: Union[str, torch.device] = "cpu",
+    dtype: Union[str, torch.dtype] = "auto",
+    device: Union[str, torch.device] = "auto",
 ) -> LoadedLM:
     """``load_causal_lm`` memoised per (spec, dtype, device) in this process, so several
     criteria share one model. A :class:`LoadedLM` passed as ``spec`` is returned as is."""
     if isinstance(spec, LoadedLM):
         return spec
-    key = (str(spec), resolve_dtype(dtype), str(torch.device(device)))
+    device = _device.resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    key = (str(spec), dtype, str(torch.device(device)))
     with _LOCK:
         lm = _SHARED.get(key)
     if lm is None:

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 import thresher
 
-from ..errors import MissingExtraError, ResourceError
+from ..device import key_dtype, resolve_device
+from ..errors import MissingExtraError, OptionError, ResourceError
 from ..fs import atomic_file, write_json_atomic
 from ..io import Source, file_checksum, selected_name
 from ..io.writers import ExtraColumns, clash, write_selected
@@ -333,18 +334,25 @@ def library_versions() -> dict:
     return out
 
 
-def run_devices(plan: Any) -> dict:
-    """The device each model-based criterion ran on (its ``device`` option); CUDA devices with their name."""
-    out = {}
+def _resolved_device(spec: Any) -> str:
+    try:
+        return resolve_device(spec)
+    except (OptionError, ResourceError):  # recorded as given (the run itself would have failed on it)
+        return str(spec)
+
+
+def run_devices(plan: Any) -> tuple[dict, dict]:
+    """The device and dtype each model-based criterion ran on (its ``device``/``dtype`` options RESOLVED by
+    thresher.device: ``auto`` -> ``cpu`` or ``cuda``); CUDA devices with their name."""
+    devices, dtypes = {}, {}
     for step in plan.criteria:
-        dev = step.options.get("device")
-        if dev is None:
+        if "device" not in step.options:
             continue
-        dev = str(dev)
-        if dev.startswith("cuda"):
-            dev = f"{dev} ({_cuda_name(dev)})"
-        out[step.col] = dev
-    return out
+        dev = _resolved_device(step.options["device"])
+        if "dtype" in step.options:
+            dtypes[step.col] = key_dtype(step.options["dtype"], dev)
+        devices[step.col] = f"{dev} ({_cuda_name(dev)})" if dev.startswith("cuda") else dev
+    return devices, dtypes
 
 
 def _cuda_name(dev: str) -> str:
@@ -357,9 +365,10 @@ def _cuda_name(dev: str) -> str:
 
 
 def environment(st: RunState) -> dict:
-    devices = run_devices(st.plan)
+    devices, dtypes = run_devices(st.plan)
     return {
         "libraries": library_versions(),
         "device": ", ".join(sorted(set(devices.values()))) or "cpu",
         "devices": devices,
+        "dtypes": dtypes,
     }
