@@ -203,21 +203,16 @@ _reg(
     paper="Li et al., From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection, NAACL 2024",
 )
 
+# Superfiltering's IFD from a small proxy LM (shared by superfiltering and superfiltering-d).
+_SUPERFILTERING_IFD = {
+    "name": "ifd",
+    "options": {"model": "$model", "max_length": "$max_length", "ratio": "ppl", "template": "plain", "context": "bos"},
+}
+
 _reg(
     "superfiltering",
     Recipe(
-        criteria=[
-            {
-                "name": "ifd",
-                "options": {
-                    "model": "$model",
-                    "max_length": "$max_length",
-                    "ratio": "ppl",
-                    "template": "plain",
-                    "context": "bos",
-                },
-            }
-        ],
+        criteria=[_SUPERFILTERING_IFD],
         selector={"name": "topk", "options": {"criterion": "ifd", "direction": "max"}},
         filters=["ifd < 1"],
         budget={"ratio": 0.05},
@@ -250,18 +245,7 @@ _reg(
 _reg(
     "superfiltering-d",
     Recipe(
-        criteria=[
-            {
-                "name": "ifd",
-                "options": {
-                    "model": "$model",
-                    "max_length": "$max_length",
-                    "ratio": "ppl",
-                    "template": "plain",
-                    "context": "bos",
-                },
-            }
-        ],
+        criteria=[_SUPERFILTERING_IFD],
         selector={
             "name": "cascade",
             "options": {
