@@ -94,6 +94,16 @@ def write_bigbench_head(bigbench_path: Path, dst: Path, n: int) -> Path:
     return dst
 
 
+def save_tiny_lm(dst: Path) -> Path:
+    """A tiny random causal LM (byte tokenizer, one layer) saved as a model folder at ``dst``."""
+    from thresher.models import byte_tokenizer, tiny_causal_lm
+
+    lm = tiny_causal_lm(0, tokenizer=byte_tokenizer(), hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
+    lm.model.save_pretrained(dst)
+    lm.tokenizer.save_pretrained(dst)
+    return dst
+
+
 def pytest_report_header(config):
     try:
         from thresher import _native
@@ -105,3 +115,25 @@ def pytest_report_header(config):
         ]
     except Exception as exc:  # pragma: no cover
         return [f"thresher import failed: {exc}"]
+
+
+# ------------------------------------------------------------------ Ray: one local cluster for the tests
+_RAY_CPUS = 2
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    ray = pytest.importorskip("ray", reason="the Ray engine needs `pip install 'thresher[ray]'`")
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_cluster(_ray_session):
+    """The tests' shared local Ray cluster (started once, reused; restarted if a test left it)."""
+    ray = _ray_session
+    if not ray.is_initialized():
+        # address="local": always a new local cluster, never one a `ray start` left on this machine
+        ray.init(address="local", num_cpus=_RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    return ray

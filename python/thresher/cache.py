@@ -120,16 +120,24 @@ class ScoreCache:
         return "id" not in table.column_names or ids_digest(table.column("id").to_pylist()) == want
 
     def put(
-        self, criterion: str, key: str, table: Any, *, ids: Any = None, fingerprint: Optional[str] = None
+        self,
+        criterion: str,
+        key: str,
+        table: Any,
+        *,
+        ids: Any = None,
+        fingerprint: Optional[str] = None,
+        extra: Optional[dict] = None,
     ) -> pd.DataFrame:
         """Write atomically; return the table as read back (so fresh and cached runs agree bit for bit).
 
-        ``ids`` (or their digest; default: the table's ``id`` column) is recorded as what the entry covers."""
+        ``ids`` (or their digest; default: the table's ``id`` column) is recorded as what the entry covers;
+        ``extra``: more JSON metadata returned by :meth:`info` (e.g. a pool-scoped scorer's run info)."""
         if not isinstance(table, pa.Table):
             table = pa.Table.from_pandas(table, preserve_index=False)
         if ids is None and "id" in table.column_names:
             ids = table.column("id").to_pylist()
-        meta = {"ids": _digest_of(ids), "fingerprint": fingerprint}
+        meta = {**(extra or {}), "ids": _digest_of(ids), "fingerprint": fingerprint}
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()}
         )

@@ -6,12 +6,15 @@ embeddings known exactly; one test runs the real default embedder on real rows.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from thresher.criteria.diversity import max_sim_to_earlier, semdedup_scores
+from thresher.index import faiss_module
 from thresher.registry import CRITERIA
 
 
@@ -78,6 +81,16 @@ def test_fit_pool_then_score_batches():
     out = sc(frame([55]))
     d = np.sqrt(np.maximum(((x[:50].astype(np.float64) - x[55]) ** 2).sum(1), 0))
     np.testing.assert_allclose(out["knn_distance"], np.sort(d)[:3].mean(), atol=1e-5)
+
+
+def test_fitted_pool_of_exactly_k_rows():
+    x = table(6, 4, 21)
+    sc = make("knn_distance", x, k=3).fit(frame(range(3)))
+    out = sc(frame([0, 4]))  # s0 has only 2 others in the pool; s4 is outside it: all 3 pool rows
+    assert np.isnan(out.loc[0, "knn_distance"]) and "fewer than 3" in out.loc[0, "knn_distance.reason"]
+    d = np.sqrt(((x[:3].astype(np.float64) - x[4]) ** 2).sum(1))
+    assert out.loc[1, "knn_distance"] == pytest.approx(d.mean(), abs=1e-5)
+    assert out.loc[1, "knn_distance.reason"] == ""
 
 
 def test_small_pool_and_empty_text_give_nan_with_reason():
@@ -195,3 +208,100 @@ def test_options_registry_and_cache_key():
         make("semdedup", x, eps=-1)
     with pytest.raises(ValueError, match="against"):
         make("semdedup", x, against="all")
+
+
+# ------------------------------------------------- sharded exact search, run_info
+def pickling_mapper(calls):
+    """A map that pickles the task function and every task, as a remote engine does."""
+    import pickle
+
+    def run(fn, tasks):
+        fn = pickle.loads(pickle.dumps(fn))
+        for t in tasks:
+            calls.append(1)
+            yield pickle.loads(pickle.dumps(fn(pickle.loads(pickle.dumps(t)))))
+
+    return run
+
+
+def old_exact_path(x, k, metric):
+    """The search before sharding (one exact ops.knn call over the pool, k+1, self dropped): the oracle
+    for bit-identical scores."""
+    from thresher.ops import knn
+
+    v, p = knn(x, x, k + 1, metric)
+    v, p = v.numpy(), p.numpy()
+    out = np.empty((len(x), k), np.float32)
+    for r in range(len(x)):
+        keep = np.flatnonzero(p[r] != r)[:k] if (p[r] == r).any() else np.arange(k)
+        out[r] = v[r, keep]
+    return out
+
+
+@pytest.mark.parametrize("shard_rows, query_rows", [(1, 1), (7, 5), (64, 1000)])
+def test_sharded_search_scores_bit_identical(shard_rows, query_rows):
+    x = table(50, 8, 9, dup=[(0, 20), (0, 21), (4, 40)])
+    calls = []
+    sc = make("knn_distance", x)
+    e = sc._embed(frame(range(50)))[0]  # the embeddings it scores (normalised again by embed_texts)
+    want = np.sqrt(np.maximum(old_exact_path(e, 6, "l2").astype(np.float64), 0.0))
+    sims = old_exact_path(e, 5, "ip").astype(np.float64)
+    sc.shard_rows, sc.query_rows, sc.mapper = shard_rows, query_rows, pickling_mapper(calls)
+    out = sc(frame(range(50)))
+    np.testing.assert_array_equal(out["knn_distance"].to_numpy(), want.mean(1))
+    np.testing.assert_array_equal(out["knn_distance.nearest"].to_numpy(), want[:, 0])
+    assert len(calls) == -(-50 // query_rows) * -(-50 // shard_rows)
+    info = sc.run_info()
+    assert info["index_kind_used"] == "exact" and info["exact"] is True and info["tasks"] == len(calls)
+    assert info["shard_rows"] == shard_rows and info["pool_rows"] == 50 and info["scored"] is True
+    json.dumps(info)
+    ld = make("local_density", x, k=5)
+    ld.shard_rows, ld.query_rows = shard_rows, query_rows
+    np.testing.assert_array_equal(ld(frame(range(50)))["local_density"].to_numpy(), sims.mean(1))
+
+
+def test_run_info_before_scoring_and_for_a_too_small_pool():
+    x = table(5, 4, 2)
+    sc = make("knn_distance", x)
+    assert sc.run_info() == {"criterion": "knn_distance", "scored": False}
+    sc(frame(range(5)))
+    info = sc.run_info()
+    assert info["rows_without_k_neighbours"] == 5 and info["queries"] == 0
+
+
+@pytest.mark.skipif(faiss_module() is None, reason="faiss not installed")
+def test_approximate_index_missing_neighbours_get_a_reason(monkeypatch):
+    import functools
+
+    import thresher.criteria.diversity as div
+    from thresher.index import KNNIndex
+
+    monkeypatch.setattr(div, "KNNIndex", functools.partial(KNNIndex, nlist=32, nprobe=1))
+    x = table(300, 8, 10)
+    sc = make("knn_distance", x, index_kind="ivf_flat")
+    out = sc(frame(range(300)))
+    r = out["knn_distance.reason"]
+    short = r.str.match(r"approximate index ivf_flat found [0-5] of 6 neighbours$")
+    assert short.any() and (short == out["knn_distance"].isna()).all() and (r[~short] == "").all()
+    info = sc.run_info()
+    assert info["index_kind_used"] == "ivf_flat" and info["exact"] is False
+    assert info["recall_sample"] == 300 and info["recall_k"] == 7 and 0 < info["recall"] < 1
+    assert info["rows_without_k_neighbours"] == int(short.sum())
+    json.dumps(info)
+    # the default is exact at any size: no recall, no missing neighbour
+    ex = make("knn_distance", x)
+    assert ex(frame(range(300)))["knn_distance"].notna().all() and "recall" not in ex.run_info()
+
+
+def test_semdedup_cluster_tasks_through_a_mapper_and_run_info():
+    x = table(60, 16, 7, dup=[(0, 10), (0, 11), (5, 30)])
+    want = make("semdedup", x, eps=0.01, n_clusters=4)(frame(range(60)))
+    calls = []
+    sc = make("semdedup", x, eps=0.01, n_clusters=4)
+    sc.mapper = pickling_mapper(calls)
+    got = sc(frame(range(60)))
+    pd.testing.assert_frame_equal(got, want)
+    assert 1 <= len(calls) <= 4
+    info = sc.run_info()
+    assert info["n_clusters"] == 4 and info["exact"] is True and info["against"] == "kept"
+    json.dumps(info)

@@ -153,3 +153,41 @@ def test_doctor_json_lists_ops():
             assert name in info["extensions"]["thresher._C"]["ops"]
         if not info["devices"]["cuda"]["available"]:
             assert table["cuda"]["cuda"], "no device must come with a reason"
+
+
+# ----------------------------------------------------------- order as data
+def test_cuda_order_comes_from_the_order_file():
+    from thresher.ops._dispatch import ORDER_FILE, backend_order, order_data
+
+    data = json.loads(ORDER_FILE.read_text())
+    assert order_data()["source"] == data["source"] and data["source"]
+    order, why = backend_order("topk", "cuda")
+    assert order == ("cuda", "reference") and "round-trips" in why  # Triton topk left out of the auto order
+    assert backend_order("segment_reduce", "cuda")[0][0] == "cuda"
+    assert backend_order("normalize", "cuda") == (tuple(data["default"]["cuda"]), "default order for cuda tensors")
+    assert backend_order("topk", "cpu")[0] == ("cpu", "reference")
+
+
+def test_order_file_override_and_bad_file(tmp_path, monkeypatch):
+    from thresher.ops._dispatch import backend_order, order_data
+
+    f = tmp_path / "order.json"
+    f.write_text(json.dumps({"source": "bench.json", "default": {"cpu": ["reference"]}, "ops": {}}))
+    monkeypatch.setenv("THRESHER_BACKEND_ORDER", str(f))
+    assert backend_order("topk", "cpu") == (("reference",), "default order for cpu tensors")
+    topk(X, 2)
+    assert last_backend() == ("topk", "reference")  # the file decides, not the code
+    g = tmp_path / "bad.json"
+    g.write_text(json.dumps({"default": {"cpu": ["gpu9"]}}))
+    monkeypatch.setenv("THRESHER_BACKEND_ORDER", str(g))
+    assert "unknown backend" in order_data()["source"]
+    assert backend_order("topk", "cpu")[0] == ("cpu", "reference")  # built-in fallback, said in source
+
+
+def test_doctor_shows_backend_order():
+    from thresher.cli.cmd_doctor import collect, render
+
+    info = collect()
+    assert info["backend_order"]["ops"]["topk"]["cuda"]["order"] == ["cuda", "reference"]
+    text = render(info)
+    assert "backend order" in text and "pending a GPU benchmark" in text

@@ -240,3 +240,97 @@ def test_triton_query_chunks_with_offset(backend_available):
     )  # forces one BM-row chunk per launch
     ov, oi = oracle(x.numpy(), x.numpy(), 3, "ip", exclude_self=True)
     np.testing.assert_array_equal(i.cpu().numpy(), oi)
+
+
+# ------------------------------------------------- Triton running top-k kernel
+def _triton_dev(backend_available):
+    return backend_available(OP, "triton")
+
+
+@pytest.mark.parametrize("k", [1, 2, 17, 33])
+@pytest.mark.parametrize("order", ["random", "ascending", "descending"])
+def test_triton_running_topk_k_and_tile_order(k, order, backend_available):
+    """k=1, k between powers of two, k > block_n (the tile widens to the pool); base rows
+    ordered so every tile beats the running buffer (ascending) or none after the first."""
+    dev = _triton_dev(backend_available)
+    rng = np.random.default_rng(k)
+    N, d = 70, 5
+    b = rng.integers(-3, 4, size=(N, d)).astype(np.float32)
+    q = rng.integers(-3, 4, size=(19, d)).astype(np.float32)
+    if order != "random":
+        b = np.repeat(np.arange(N, dtype=np.float32)[:, None], d, 1) / 8
+        b = b if order == "ascending" else b[::-1].copy()
+        q = np.abs(q) + 1
+    for metric in ("ip", "l2"):
+        ov, oi = oracle(q, b, k, metric)
+        v, i = knn_triton(torch.from_numpy(q).to(dev), torch.from_numpy(b).to(dev), k, metric, block_n=16)
+        np.testing.assert_array_equal(i.cpu().numpy(), oi, err_msg=f"{metric} {order}")
+        np.testing.assert_allclose(v.cpu().numpy(), ov, rtol=1e-6, atol=1e-5)
+
+
+def test_triton_k_equals_all_candidates(backend_available):
+    dev = _triton_dev(backend_available)
+    rng = np.random.default_rng(9)
+    x = rng.integers(-1, 2, size=(23, 3)).astype(np.float32)  # heavy ties
+    for excl, k in ((False, 23), (True, 22)):
+        ov, oi = oracle(x, x, k, "ip", exclude_self=excl)
+        v, i = knn_triton(torch.from_numpy(x).to(dev), torch.from_numpy(x).to(dev), k, "ip", excl, 0)
+        np.testing.assert_array_equal(i.cpu().numpy(), oi)
+        np.testing.assert_array_equal(v.cpu().numpy(), ov.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, "tf32"])
+def test_triton_low_precision_dots_reranked_exactly(dtype, backend_available):
+    """bf16/fp16 inputs and tf32 dots choose candidates; the fp32 re-rank makes values and
+    order those of the fp32 oracle on the (exactly representable) upcast inputs."""
+    dev = _triton_dev(backend_available)
+    rng = np.random.default_rng(11)
+    q = rng.integers(-4, 5, size=(21, 24)).astype(np.float32)
+    b = rng.integers(-4, 5, size=(45, 24)).astype(np.float32)
+    ov, oi = oracle(q, b, 6, "l2")
+    qt, bt = torch.from_numpy(q).to(dev), torch.from_numpy(b).to(dev)
+    if dtype == "tf32":
+        v, i = knn_triton(qt, bt, 6, "l2", precision="tf32")
+    else:
+        v, i = knn_triton(qt.to(dtype), bt.to(dtype), 6, "l2")
+    np.testing.assert_array_equal(i.cpu().numpy(), oi)
+    np.testing.assert_array_equal(v.cpu().numpy(), ov.astype(np.float32))
+
+
+def test_triton_pool_size_and_limits():
+    from thresher.ops.knn import TRITON_MAX_K, TRITON_MAX_ROWS, _triton_supports, triton_pool_size
+
+    assert [triton_pool_size(k, True) for k in (1, 2, 3, 16, 17, 1024)] == [1, 2, 4, 16, 32, 1024]
+    assert [triton_pool_size(k, False) for k in (1, 3, 600, 1024)] == [2, 8, 1024, 1024]
+    assert _triton_supports(k=TRITON_MAX_K, n=TRITON_MAX_ROWS) == []
+    assert "k=1025" in _triton_supports(k=1025)[0]
+    assert "32 bits" in _triton_supports(k=1, n=2**31)[0]
+    with pytest.raises(ValueError, match="precision"):
+        knn_triton(torch.zeros(2, 2), torch.zeros(3, 2), 1, precision="fp8")
+
+
+def test_triton_row_offsets_are_int64(backend_available):
+    """rows * D past 2^31 (5.6M rows x 384) must not wrap: the kernel's offset helper in int64."""
+    dev = _triton_dev(backend_available)
+    from thresher import _native
+
+    mod = _native.require_kernel("knn")
+    start, d = 5_600_000, 384
+    out = torch.empty(16, dtype=torch.int64, device=dev)
+    mod.row_offsets_kernel[(1,)](out, start, d, N=16)
+    want = (np.arange(start, start + 16, dtype=np.int64) * d).tolist()
+    assert want[0] > 2**31
+    assert out.cpu().tolist() == want
+
+
+def test_rerank_exact_orders_ties_and_missing():
+    from thresher.ops.knn import rerank_exact
+
+    b = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    q = torch.tensor([[1.0, 0.0]])
+    cand = torch.tensor([[2, -1, 1, 0]])  # scrambled, one missing
+    bn = (b * b).sum(1)
+    v, i = rerank_exact(q, b, cand, 3, "ip", bn)
+    assert i.tolist() == [[1, 0, 2]] and v.tolist() == [[2.0, 1.0, 1.0]]
+    v, i = rerank_exact(q, b, cand, 3, "l2", bn, max_bytes=1)
+    assert i.tolist() == [[0, 2, 1]] and v.tolist() == [[0.0, 0.0, 1.0]]

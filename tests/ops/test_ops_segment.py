@@ -311,3 +311,39 @@ def test_native_rechecks_offsets():
         c.segment_reduce(x.numpy(), 0, torch.tensor([0, 3, 2]).numpy(), 0, out.numpy())
     with pytest.raises(ValueError, match="values"):
         c.segment_reduce(x.double().numpy(), 0, torch.tensor([0, 2, 4]).numpy(), 0, out.numpy())
+
+
+# --------------------------------------------- Triton: segments split across programs
+@pytest.mark.parametrize("split", [1, 2, 3, 8])
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_triton_split_segments_match_naive(split, d, backend_available):
+    """Every segment cut into `split` parts (one long segment, empty ones, NaN, +-inf),
+    small D packed into row tiles; combined partials must equal the float64 definition."""
+    dev = backend_available(OP, "triton")
+    from thresher import _native
+    from thresher.ops.abi import SegmentOp
+
+    gen = torch.Generator().manual_seed(split * 10 + d)
+    x = torch.randn((301, d), generator=gen)
+    x[5, 0] = math.nan
+    x[200:203, -1] = float("-inf")
+    x[250, 0] = float("inf")
+    off = torch.tensor([0, 0, 3, 4, 4, 290, 301], dtype=torch.int64)  # empty, short, one long
+    mod = _native.require_kernel("segment_reduce")
+    for op in ("sum", "mean", "max", "min", "logmeanexp"):
+        out = torch.empty((6, d), dtype=torch.float32, device=dev)
+        mod.segment_reduce(x.to(dev), off.to(dev), SegmentOp.parse(op), out, split=split)
+        exact = naive(x, off, op)
+        ref = segment_reduce_reference(x, off, op)
+        assert_matches(out.cpu(), exact, ref, x, off, op)
+
+
+def test_triton_choose_split_uses_sizes_only():
+    pytest.importorskip("triton")
+    from thresher import _native
+
+    mod = _native.require_kernel("segment_reduce")
+    assert mod.choose_split(10_000_000, 1, 64) == 1024  # one huge segment: many parts
+    assert mod.choose_split(10_000_000, 4096, 64) == 1  # enough segments already
+    assert mod.choose_split(100, 2, 64) == 1  # short segments: one part
+    assert mod.choose_split(0, 0, 16) == 1

@@ -84,30 +84,3 @@ def test_engine_score_pool_never_splits():
     assert eng.score(sc, table, "x")["x"].tolist() == [64.0] * 192 + [8.0] * 8 and sc.calls == [64, 64, 64, 8]
     sc = _CountingScorer()
     assert eng.score_pool(sc, table, "x")["x"].tolist() == [200.0] * 200 and sc.calls == [200]
-
-
-@pytest.mark.ray
-def test_ray_engine_scores_pool_scoped_criteria_over_the_whole_pool(pool, tmp_path):
-    ray = pytest.importorskip("ray", reason="the Ray engine needs `pip install 'thresher[ray]'`")
-    whole = _scores(pool, tmp_path / "whole", tmp_path / "emb")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    try:
-        crit = [{"name": c, "options": {"cache_dir": str(tmp_path / "emb")}} for c in ("knn_distance", "semdedup")]
-        res = run_pipeline(
-            PipelineConfig(
-                data=str(pool),
-                out=str(tmp_path / "ray"),
-                criteria=crit,
-                score_only=True,
-                shard_size=100,
-                engine="ray",
-                engine_options={"batch_size": 16},
-                quiet=True,
-                report=False,
-            )
-        )
-    finally:
-        ray.shutdown()
-    got = pd.read_parquet(res.scores_path).sort_values("id").reset_index(drop=True)
-    for c in COLUMNS:
-        np.testing.assert_array_equal(got[c].to_numpy(), whole[c].to_numpy(), err_msg=c)

@@ -38,12 +38,9 @@ def check(df: pd.DataFrame, rows: list[dict]) -> None:
     assert got == want
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray", reason="Ray Data needs `pip install 'thresher[ray]'`")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield ray
-    ray.shutdown()
+@pytest.fixture
+def ray_local(ray_cluster):
+    return ray_cluster
 
 
 @pytest.mark.ray

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 import thresher.criteria.tags as tags_mod
-from conftest import write_bigbench_head
+from conftest import save_tiny_lm, write_bigbench_head
 from thresher.criteria.necessity import Necessity
 from thresher.criteria.shapley import Shed
 from thresher.embed import embed_texts, get_embedder, sample_texts
-from thresher.models import byte_tokenizer, tiny_causal_lm
+from thresher.models import tiny_causal_lm
 from thresher.pipeline import PipelineConfig, run_pipeline
 from thresher.recipes import expand_recipe
 from thresher.registry import CRITERIA, RECIPES, SELECTORS
@@ -34,11 +34,7 @@ def kcenter_brute(x, k, first):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    lm = tiny_causal_lm(0, tokenizer=byte_tokenizer(), hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_bigbench_head
+from conftest import save_tiny_lm, write_bigbench_head
 from thresher.errors import OptionError
 from thresher.pipeline import PipelineConfig, run_pipeline
 
@@ -235,13 +235,7 @@ def test_outputs_byte_identical_across_resume_and_folders(rows, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from thresher.models import byte_tokenizer, tiny_causal_lm
-
-    lm = tiny_causal_lm(0, tokenizer=byte_tokenizer(), hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def test_token_budget_counts_with_the_scoring_models_tokenizer(rows, tmp_path, tiny_model_dir):

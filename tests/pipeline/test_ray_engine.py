@@ -1,59 +1,192 @@
-"""The Ray engine (Ray Data map_batches over the scorer classes) gives the local engine's results."""
+"""The Ray engine (a pool of Ray actors that load each model once and write their shards' cache
+entries) gives the local engine's results: in one process, with workers killed mid-job, on a
+two-node cluster, and from the CLI flags."""
 
 from __future__ import annotations
 
-import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import write_bigbench_head
+from thresher.cli.main import main
 from thresher.pipeline import PipelineConfig, run_pipeline
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs `pip install 'ray[data]'`")
 PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
+pytestmark = pytest.mark.ray
 
 
-@pytest.mark.ray
-def test_ray_engine_matches_local(bigbench_path, tmp_path):
-    p = tmp_path / "pool.jsonl"
-    with gzip.open(bigbench_path, "rt", encoding="utf-8") as src, open(p, "w", encoding="utf-8") as dst:
-        for i, line in enumerate(src):
-            if i == 120:
-                break
-            dst.write(line)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+@pytest.fixture(scope="module")
+def pool(bigbench_path, tmp_path_factory):
+    return write_bigbench_head(bigbench_path, tmp_path_factory.mktemp("pool") / "pool.jsonl", 200)
+
+
+def _cfg(pool, out, **kw) -> PipelineConfig:
+    base = dict(
+        data=str(pool),
+        out=str(out),
+        criteria=["fake_len", "length"],
+        selector={"name": "topk", "options": {"criterion": "fake_len"}},
+        k=25,
+        plugins=[PLUGIN],
+        quiet=True,
+        report=False,
+        shard_size=20,
+    )
+    return PipelineConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def local(pool, tmp_path_factory):
+    res = run_pipeline(_cfg(pool, tmp_path_factory.mktemp("local") / "out"))
+    return res, pd.read_parquet(res.scores_path)
+
+
+def _same(res, local) -> None:
+    res0, scores0 = local
+    scores = pd.read_parquet(res.scores_path)
+    assert scores["id"].is_unique and len(scores) == len(scores0) == res.n_rows
+    pd.testing.assert_frame_equal(scores, scores0)
+    assert res.selected.tolist() == res0.selected.tolist()
+
+
+def test_ray_engine_matches_local_and_loads_each_model_once_per_worker(pool, local, tmp_path, ray_cluster):
+    pids = tmp_path / "pids"
+    crit = [{"name": "fake_len", "options": {"pids": str(pids)}}, "length"]
+    res = run_pipeline(_cfg(pool, tmp_path / "ray", criteria=crit, engine="ray", engine_options={"workers": 2}))
+    _same(res, local)
+    built = pids.read_text().split()
+    assert len(built) == len(set(built)) <= 2, (built, os.getpid())  # 10 shards: once per worker
+    assert os.getpid() not in map(int, built)  # nothing scored on the driver
+    assert res.manifest["engine_run"]["worker_processes"] == 2
+    # a re-run with the same cache sends nothing to the workers and builds no scorer
+    again = run_pipeline(_cfg(pool, tmp_path / "ray2", criteria=crit, engine="ray", engine_options={"workers": 2},
+                              cache_dir=str(tmp_path / "ray" / "cache")))  # fmt: skip
+    _same(again, local)
+    assert pids.read_text().split() == built and again.cache_misses == 0
+
+
+def test_a_killed_worker_loses_and_duplicates_no_ids(pool, local, tmp_path, ray_cluster):
+    pids = tmp_path / "pids"
+    crit = [{"name": "fake_len", "options": {"pids": str(pids), "sleep": 0.2}}, "length"]
+    killed: list[int] = []
+
+    def kill_one(shard_index: int) -> None:
+        if shard_index == 0 and not killed:  # shards 1..4 are in flight on the two workers
+            victim = int(pids.read_text().split()[0])
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    cfg = _cfg(pool, tmp_path / "ray", criteria=crit, engine="ray", engine_options={"workers": 2})
+    res = run_pipeline(cfg, on_shard=kill_one)
+    _same(res, local)
+    built = pids.read_text().split()
+    assert killed and len(set(built)) == 3  # the killed worker was restarted once, and its shards retried
+
+
+def test_bad_row_names_file_and_line_under_ray(pool, tmp_path, ray_cluster, capsys):
+    bad = tmp_path / "bad.jsonl"
+    lines = Path(pool).read_text().splitlines()
+    lines[57] = lines[57][:-5]  # a truncated JSON object on line 58
+    bad.write_text("\n".join(lines) + "\n")
+    code = main(["select", str(bad), "--criteria", "length", "--k", "5", "--out", str(tmp_path / "o"),
+                 "--engine", "ray", "--workers", "1", "--quiet", "--shard-size", "20"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "bad.jsonl" in err[0] and "line 58" in err[0], err
+    # the shards before the bad row were scored by the workers and are kept in the cache
+    assert len(list((tmp_path / "o" / "cache" / "length").glob("*.parquet"))) >= 2
+
+
+def test_cli_flags(pool, local, tmp_path, ray_cluster, capsys):
+    out = tmp_path / "cli"
+    code = main(["select", str(pool), "--criteria", "fake_len,length", "--selector", "topk", "--selector-option",
+                 "criterion=fake_len", "--k", "25", "--out", str(out), "--plugin", PLUGIN, "--engine", "ray",
+                 "--workers", "2", "--gpus-per-worker", "0",
+                 "--shard-size", "20", "--quiet", "--no-report"])  # fmt: skip
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engine"] == "ray" and manifest["engine_run"]["options"]["workers"] == 2
+    scores = pd.read_parquet(out / "scores.parquet")
+    pd.testing.assert_frame_equal(scores, local[1])
+    # a Ray flag without --engine ray is refused, not ignored
+    code = main(["select", str(pool), "--criteria", "length", "--k", "5", "--out", str(tmp_path / "x"),
+                 "--workers", "2", "--quiet"])  # fmt: skip
+    assert code == 2 and "--workers: only with --engine ray" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    t = time.time()
+    while time.time() - t < timeout:
+        assert proc.poll() is None, f"`ray start --head` exited with {proc.returncode}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"the Ray head did not listen on port {port} in {timeout} s")
+
+
+def _wait_for_nodes(ray, n: int, timeout: float = 60.0) -> None:
+    t = time.time()
+    while time.time() - t < timeout:
+        if len([x for x in ray.nodes() if x["Alive"]]) >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the cluster did not reach {n} nodes in {timeout} s")
+
+
+def test_two_node_cluster_gives_the_local_selection(pool, local, tmp_path, _ray_session):
+    """A head and a second node started on this machine (`ray start --head`, `ray start --address`);
+    two one-CPU workers, so one runs on each node."""
+    ray = _ray_session
+    if ray.is_initialized():
+        ray.shutdown()  # leave the tests' local cluster: this driver joins the two-node one
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus", "1", "--block", "--disable-usage-stats"]
+    # this cluster's session files, not /tmp/ray (where other drivers look); short: it holds unix sockets
+    temp = tempfile.mkdtemp(prefix="thr-ray-", dir="/tmp")
+    head = subprocess.Popen([_ray_cli(), "start", "--head", f"--port={port}", "--include-dashboard=false",
+                             f"--temp-dir={temp}", *common],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    nodes = [head]
     try:
-        common = dict(
-            data=str(p),
-            criteria=["fake_len"],
-            selector={"name": "topk", "options": {"criterion": "fake_len"}},
-            k=10,
-            plugins=[PLUGIN],
-            quiet=True,
-            report=False,
-            shard_size=120,
-        )
-        a = run_pipeline(
-            PipelineConfig(out=str(tmp_path / "ray"), engine="ray", engine_options={"batch_size": 16}, **common)
-        )
-        b = run_pipeline(PipelineConfig(out=str(tmp_path / "local"), **common))
-        # the README pattern: a scorer dropped into the user's own Ray Data pipeline
-        from thresher.engines import ScoreColumns
-
-        df = pd.read_json(p, lines=True).head(40)
-        got = (
-            ray.data.from_pandas(df)
-            .map_batches(
-                ScoreColumns, fn_constructor_args=("length",), batch_format="pandas", batch_size=16, concurrency=1
-            )
-            .to_pandas()
-        )
+        addr = f"127.0.0.1:{port}"
+        _wait_for_port(port, head)
+        nodes.append(subprocess.Popen([_ray_cli(), "start", f"--address={addr}", *common], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        ray.init(address=addr, log_to_driver=False)
+        _wait_for_nodes(ray, 2)
+        opts = {"address": addr, "workers": 2, "cpus_per_worker": 1}
+        res = run_pipeline(_cfg(pool, tmp_path / "two", engine="ray", engine_options=opts))
+        _same(res, local)
+        assert res.manifest["engine_run"]["nodes"] == 2
     finally:
         ray.shutdown()
-    assert a.selected.tolist() == b.selected.tolist()
-    sa, sb = pd.read_parquet(a.scores_path), pd.read_parquet(b.scores_path)
-    pd.testing.assert_frame_equal(sa, sb)
-    want = ScoreColumns("length")(df)
-    got = got.set_index("id").loc[want["id"]].reset_index()
-    pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)  # Ray returns Arrow strings
+        for p in reversed(nodes):
+            p.send_signal(signal.SIGTERM)
+        for p in nodes:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(temp, ignore_errors=True)

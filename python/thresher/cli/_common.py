@@ -33,7 +33,16 @@ from ..pipeline import PipelineConfig, make_plan
 from ..pipeline.plugins import load_plugins, plugin_names
 
 #: Criterion options with a flag of their own (``--max-length`` -> ``max_length``).
-SHARED_CRITERION_FLAGS = ("batch_tokens", "max_length", "template", "dtype", "device")
+SHARED_CRITERION_FLAGS = ("batch_tokens", "max_length", "template", "dtype", "device", "index_kind")
+INDEX_FLAG = {"exact": "exact", "ivf": "ivf_flat", "ivf_flat": "ivf_flat", "ivfpq": "ivf_pq", "ivf_pq": "ivf_pq",
+              "hnsw": "hnsw"}  # fmt: skip
+
+
+def index_kind(value: str) -> str:
+    """``--index`` value -> the kNN criteria's ``index_kind`` option."""
+    if value not in INDEX_FLAG:
+        raise argparse.ArgumentTypeError(f"expected one of exact, ivf, ivfpq, hnsw; got {value!r}")
+    return INDEX_FLAG[value]
 
 
 # ------------------------------------------------------------------ values
@@ -160,6 +169,15 @@ def add_criteria_args(p: argparse.ArgumentParser, *, required: bool = False) -> 
         "--dtype", default=None, choices=DTYPE_CHOICES, help="model dtype (default auto: bf16 on a bf16 GPU, else fp32)"
     )
     g.add_argument("--device", default=None, help="torch device: auto (default: cuda when visible), cpu, cuda, cuda:N")
+    g.add_argument(
+        "--index",
+        dest="index_kind",
+        default=None,
+        type=index_kind,
+        metavar="{exact,ivf,ivfpq,hnsw}",
+        help="neighbour search of the kNN criteria: exact (default, at any size) or an approximate FAISS index "
+        "(its recall, measured on a sample of queries, is written to the manifest)",
+    )
 
 
 def add_selection_args(p: argparse.ArgumentParser, *, recipe_only: bool = False) -> None:
@@ -194,10 +212,35 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     add_overwrite_arg(g, "replace another run's results in --out (the content-keyed score cache is kept)")
     g.add_argument("--cache-dir", default=None, help="score cache folder (default OUT/cache; share it across runs)")
-    g.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or Ray Data")
+    add_engine_args(g)
     g.add_argument("--seed", type=int, default=0)
     add_plugin_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars or messages (the log file still is written)")
+
+
+ENGINE_FLAGS = {"ray_address": "address", "workers": "workers", "gpus_per_worker": "gpus_per_worker"}
+
+
+def add_engine_args(g: Any, *, default: Optional[str] = "local") -> None:
+    """``--engine`` and the Ray engine's ``--ray-address``, ``--workers``, ``--gpus-per-worker``."""
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default=default,
+        help="local (default): this process; ray: a pool of Ray workers (pip install 'thresher[ray]')",
+    )
+    g.add_argument("--ray-address", default=None, help="Ray cluster to join (with --engine ray; default: a local Ray)")
+    g.add_argument("--workers", type=int, default=None, help="Ray worker processes (with --engine ray; default 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (with --engine ray)")
+
+
+def engine_options(args: Any) -> dict:
+    """The engine options the flags give; a Ray flag without ``--engine ray`` is refused (never ignored)."""
+    got = {opt: getattr(args, flag) for flag, opt in ENGINE_FLAGS.items() if getattr(args, flag, None) is not None}
+    if got and getattr(args, "engine", None) != "ray":
+        flags = ", ".join("--" + f.replace("_", "-") for f, o in ENGINE_FLAGS.items() if o in got)
+        raise OptionError(f"{flags}: only with --engine ray")
+    return got
 
 
 def add_plugin_args(g: Any, *, config: bool = False) -> None:
@@ -301,6 +344,7 @@ def common_config(args: Any) -> dict:
         overwrite=getattr(args, "overwrite", False),
         cache_dir=getattr(args, "cache_dir", None),
         engine=getattr(args, "engine", "local"),
+        engine_options=engine_options(args),
         seed=getattr(args, "seed", 0),
         plugins=getattr(args, "plugin", None) or [],
         quiet=getattr(args, "quiet", False) or getattr(args, "json", False),

@@ -18,6 +18,7 @@ from .. import _native, extras, registry
 from ..embed.encoders import default_model_dir
 from ..models import cache_root, default_gguf_path
 from ..ops import OPS
+from ..ops._dispatch import order_data, order_table
 from ._common import emit_json
 
 
@@ -74,6 +75,11 @@ def collect() -> dict[str, Any]:
             ),
         },
         "ops": {name: op.table() for name, op in sorted(OPS.items())},
+        "backend_order": {
+            "source": order_data().get("source", ""),
+            "device": order_data().get("device"),
+            "ops": order_table(),
+        },
         "components": _components(),
         "extras": extras.status(),
         "models": default_models(),
@@ -128,6 +134,21 @@ def _render_extras(info: dict[str, Any]) -> list[str]:
                 lines.append(f"  {kind:10s} yes  {m['package']}: {m['path']}{conv}")
             else:
                 lines.append(f"  {kind:10s} no   {m.get('package')}: {m.get('reason')}")
+    return lines
+
+
+def _render_order(order: Optional[dict[str, Any]]) -> list[str]:
+    """The backend order per op and device, and where it comes from."""
+    if not order:
+        return []
+    device = order.get("device") or "no GPU benchmark yet"
+    lines = ["", f"backend order (first that can run is used; measured on: {device}):"]
+    lines.append(f"  source: {order.get('source', '')}")
+    for op, per_dev in order.get("ops", {}).items():
+        cuda = per_dev.get("cuda", {})
+        cpu = per_dev.get("cpu", {})
+        lines.append(f"  {op:18s} cuda: {' > '.join(cuda.get('order', []))}   cpu: {' > '.join(cpu.get('order', []))}")
+        lines.append(f"  {'':18s} why: {cuda.get('why', '')}")
     return lines
 
 
@@ -190,6 +211,7 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"  {op:{width}s}  " + "  ".join(f"{(cell(backends.get(n)) or '-'):20s}" for n in names))
     for i, why in enumerate(reasons, 1):
         lines.append(f"  [{i}] {why}")
+    lines += _render_order(info.get("backend_order"))
     comp = info.get("components", {})
     if comp:
         lines.append("")

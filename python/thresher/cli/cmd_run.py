@@ -10,10 +10,20 @@ names are imported only with --allow-plugins (a config file cannot allow itself)
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from ..pipeline import PipelineConfig, run_pipeline
-from ._common import add_output_args, add_overwrite_arg, add_plugin_args, plan_preview, print_plan, print_summary
+from ._common import (
+    add_engine_args,
+    add_output_args,
+    add_overwrite_arg,
+    add_plugin_args,
+    engine_options,
+    plan_preview,
+    print_plan,
+    print_summary,
+)
 
 
 def run(args: Any) -> int:
@@ -27,6 +37,10 @@ def run(args: Any) -> int:
         cfg.out = args.out
     cfg.plugins = list(cfg.plugins) + list(args.plugin or [])
     cfg.allow_plugins = bool(args.allow_plugins)
+    flags = engine_options(SimpleNamespace(**{**vars(args), "engine": args.engine or cfg.engine}))
+    if args.engine is not None and args.engine != cfg.engine:  # --engine overrides the config's engine
+        cfg.engine, cfg.engine_options = args.engine, {}
+    cfg.engine_options = {**(cfg.engine_options or {}), **flags}
     if args.dry_run:
         print_plan(plan_preview(cfg), args.json)
         return 0
@@ -47,4 +61,5 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     add_output_args(p)
     add_plugin_args(p, config=True)
+    add_engine_args(p.add_argument_group("engine (override the config)"), default=None)
     p.set_defaults(func=run)

@@ -24,6 +24,7 @@ from ..pipeline import PipelineConfig, run_pipeline
 from ._common import (
     add_criteria_args,
     add_data_args,
+    add_engine_args,
     add_output_args,
     add_plugin_args,
     add_selection_args,
@@ -124,7 +125,7 @@ def register(subparsers: Any) -> None:
     add_data_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--cache-dir", default=None, help="keep the per-shard score cache here (resumable, shareable)")
-    g.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or Ray Data")
+    add_engine_args(g)
     add_plugin_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars or pipeline messages")
     g.add_argument("-v", "--verbose", action="store_true", help="list every skipped or unscored row")

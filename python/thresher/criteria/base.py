@@ -39,7 +39,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,7 @@ import pandas as pd
 from ..device import DTYPE_CHOICES, key_dtype
 from ..embed.encoders import DEFAULT_EMBEDDER_NAMES, ENCODER_VERSION, default_model_dir, folder_fingerprint
 from ..errors import OptionError
+from ..features.loader import prefetch, windows
 from ..frames import as_pandas
 from ..models import DEFAULT_SPEC, LoadedLM, default_gguf_path, shared_lm
 from ..progress import scaled
@@ -224,9 +225,17 @@ class Batch:
 
     @classmethod
     def of(cls, batch: Any) -> "Batch":
+        if isinstance(batch, Batch):
+            return batch
         df = as_pandas(batch)
         n = len(df)
         return cls(df, sample_ids(df), df.to_dict("records"), [""] * n, np.zeros(n, dtype=np.int64))
+
+    def part(self, sl: slice) -> "Batch":
+        """Rows ``sl`` as a batch of their own (ids kept: a window of a batch without ids keeps positions)."""
+        return Batch(
+            self.df.iloc[sl].reset_index(drop=True), self.ids[sl], self.rows[sl], self.reason[sl], self.n_cut[sl].copy()
+        )
 
     @property
     def n(self) -> int:
@@ -274,7 +283,17 @@ class BatchCriterion(Criterion):
     for a row that cannot be scored); ``run(items)`` returns one result per item;
     ``columns(b, results)`` gets per row ``{tag: [results]}`` and returns the columns:
     ``""`` is the main column, other keys become ``<name>.<key>``. Rows with a reason
-    (``b.reason``, which ``columns`` may also set) get NaN in the main column."""
+    (``b.reason``, which ``columns`` may also set) get NaN in the main column.
+
+    ``window_rows`` (None: the whole batch at once) and ``prefetch`` (windows prepared ahead
+    in a background thread) only change how a call runs; :class:`LMCriterion` sets both, so
+    the model never waits for rendering and tokenisation (see :mod:`thresher.features.loader`).
+    ``prepare`` then runs in the background thread: ``items`` must not touch what ``run`` and
+    ``columns`` of an earlier batch use, besides the read-only model. A criterion that
+    overrides ``begin`` (per-batch state) is never windowed nor prefetched."""
+
+    window_rows: Optional[int] = None
+    prefetch: int = 0
 
     def begin(self, b: Batch) -> None:
         """Hook before the rows (e.g. per-batch anchors); may set reasons."""
@@ -309,7 +328,29 @@ class BatchCriterion(Criterion):
         return {"batch": b, "units": items, "owner": owner}
 
     def __call__(self, batch: Any) -> pd.DataFrame:
-        prep = self.prepare(batch)
+        """Scores of ``batch``; more than ``window_rows`` rows are scored window by window, the next
+        window rendered and tokenised in the background while the model runs the current one."""
+        b = Batch.of(batch)
+        w = self.window_rows if self._windowed() else None
+        if not w or b.n <= w:
+            return self.finish(self.prepare(b))
+        return pd.concat(list(self.stream(b.part(sl) for sl in windows(b.n, w))), ignore_index=True)
+
+    def stream(self, batches: Iterable[Any]) -> Iterator[pd.DataFrame]:
+        """One frame per batch, in order; batch k+1 is prepared (``prepare``: rendering,
+        tokenisation) in a background thread while batch k runs (``prefetch`` batches ahead;
+        0: in this thread). An error raised while preparing a batch reaches the caller when
+        that batch's turn comes; rows that cannot be scored keep their reasons as in a call."""
+        for prep in prefetch(self.prepare, batches, depth=self.prefetch if self._windowed() else 0):
+            yield self.finish(prep)
+
+    def _windowed(self) -> bool:
+        """Windows and prefetching apply: ``begin`` is not overridden (a criterion that keeps
+        per-batch state there, e.g. nuggets' anchors, scores each call in one piece, in order)."""
+        return type(self).begin is BatchCriterion.begin
+
+    def finish(self, prep: dict) -> pd.DataFrame:
+        """Run the prepared units (:meth:`prepare`) and build the batch's frame."""
         b = prep["batch"]
         # the run reports its units as it goes (thresher.progress.advance); the batch's rows are done after it
         with scaled(b.n, len(prep["units"])):
@@ -330,7 +371,14 @@ class BatchCriterion(Criterion):
 
 
 class LMCriterion(BatchCriterion):
-    """A batch criterion over one shared causal LM (option ``model``): rendering and truncation."""
+    """A batch criterion over one shared causal LM (option ``model``): rendering and truncation.
+
+    Calls of more than ``window_rows`` rows run window by window, the next window rendered
+    and tokenised while the model scores the current one; batches are packed by token
+    count within a window (a subclass overriding ``begin`` is scored in one piece)."""
+
+    window_rows: Optional[int] = 2048
+    prefetch: int = 2
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -9,24 +9,39 @@ batch without ``fit``, the batch is the pool.
 Text = instruction + input + output (see :func:`thresher.embed.sample_texts`);
 embeddings come from :func:`thresher.embed.embed_texts` (``embedder="default"``:
 all-MiniLM-L6-v2), L2-normalised, cached by sample when ``cache_dir`` is set.
-Neighbour search goes through :mod:`thresher.index` (the exact tiled kernel up
-to ``exact_max`` rows, FAISS IVF above).
+
+Neighbour search (knn_distance, local_density) is EXACT at every pool size unless an
+approximate ``index_kind`` is named: ``auto`` / ``exact`` run
+:func:`thresher.ops.knn_shard.sharded_knn`, (query block x pool shard) tasks handed
+to the scorer's ``mapper`` (builtin ``map`` here; an engine may set one that runs
+them on its workers; ``shard_rows`` / ``query_rows`` size the tasks), on the
+encoder's device. The scores do not depend on the mapper or the task sizes.
+``flat`` is FAISS's exact index; ``ivf_flat`` / ``ivf_pq`` / ``hnsw`` are FAISS
+approximate indexes, whose recall@(k+1) is measured on a seeded sample of up to
+:data:`RECALL_SAMPLE` queries and reported by ``run_info()``. A row that gets
+fewer than k neighbours is NaN with a reason naming the cause. semdedup's
+per-cluster scans are tasks for the same ``mapper``.
+
+``scorer.run_info()`` (after scoring) describes the last call: the index kind used,
+exact or approximate, the measured recall, the task layout (JSON-serialisable).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..cluster import kmeans, repr_filter_order
+from ..device import resolve_device
 from ..embed import embed_texts, get_embedder, sample_key, sample_texts
 from ..frames import as_pandas
 from ..index import KINDS, KNNIndex
+from ..ops.knn_shard import DEFAULT_QUERY_ROWS, DEFAULT_SHARD_ROWS, sharded_knn
 from ..registry import CRITERIA, Option
 from .base import Criterion, digest, embedder_fingerprint, sample_ids
 
@@ -37,7 +52,15 @@ _EMB_OPTS = [
     Option("cache_dir", None, "embedding cache folder (float16 shards keyed by sample id + text)", type=(str, Path)),
     Option("device", "auto", "encoder device: auto (cuda when visible), cpu, cuda, cuda:N", type=str),
 ]
-_INDEX_KIND = Option("index_kind", "auto", "kNN index kind (thresher.index)", choices=KINDS)
+_INDEX_KIND = Option(
+    "index_kind",
+    "auto",
+    "kNN search: auto or exact (exact at every size, sharded), flat (FAISS exact), ivf_flat / ivf_pq / hnsw "
+    "(FAISS approximate: only when named; recall measured on a sample, see run_info)",
+    choices=KINDS,
+)
+RECALL_SAMPLE = 1000  # queries of the recall measurement of an approximate search
+RECALL_SEED = 0
 
 
 class _PoolCriterion(Criterion):
@@ -48,6 +71,15 @@ class _PoolCriterion(Criterion):
         super().__init__(**options)
         self.encoder = get_embedder(self.options["embedder"], device=self.options["device"])
         self._pool: Optional[tuple[np.ndarray, np.ndarray]] = None  # (keys, embeddings)
+        # how the exact search is split and run: results do not depend on them (not in the cache key)
+        self.mapper: Callable[[Callable, Iterable], Iterable] = map
+        self.shard_rows = DEFAULT_SHARD_ROWS
+        self.query_rows = DEFAULT_QUERY_ROWS
+        self._info: dict = {}
+
+    def run_info(self) -> dict:
+        """How the last call searched (JSON-serialisable): ``{"criterion", "scored": False}`` before any."""
+        return {"criterion": self.NAME, "scored": bool(self._info), **self._info}
 
     @classmethod
     def key_options(cls, options: dict) -> dict:
@@ -130,31 +162,64 @@ class _PoolCriterion(Criterion):
         vals = np.full((n, k), np.nan, np.float32)
         pos = np.full((n, k), -1, np.int64)
         ok = np.ones(n, bool)
-        if n == 0:
-            return vals, pos, ok
         avail = nb - (selfpos >= 0).astype(int)
         short = avail < k
         if short.any():
             reasons[short] = f"pool has fewer than {k} other samples"
             ok &= ~short
-        if not ok.any():
-            return vals, pos, ok
-        idx = KNNIndex(emb.shape[1], metric, self.options["index_kind"]).build(base)
-        # search k+1 and drop self (by position) so queries in and out of the pool share one path
         kk = min(k + 1, nb)
-        v, p = idx.search(emb[ok], kk)
-        sp = selfpos[ok]
-        is_self = p == sp[:, None]
-        has = is_self.any(1)
-        drop = np.where(has, is_self.argmax(1), kk - 1)
-        keep = np.ones_like(p, bool)
-        keep[np.arange(len(p)), drop] = False
-        vals[ok] = v[keep].reshape(len(p), kk - 1)[:, :k]
-        pos[ok] = p[keep].reshape(len(p), kk - 1)[:, :k]
+        self._info = dict(index_kind=self.options["index_kind"], k=int(k), searched_k=int(kk), pool_rows=int(nb))
+        self._info.update(queries=int(ok.sum()), rows_without_k_neighbours=int(short.sum()))
+        if not ok.any():
+            self._info.update(index_kind_used=None, exact=True)
+            return vals, pos, ok
+        # search k+1 and drop self (by position) so queries in and out of the pool share one path
+        v, p = self._search(emb[ok], base, kk, metric)
+        if kk > k:
+            is_self = p == selfpos[ok][:, None]
+            drop = np.where(is_self.any(1), is_self.argmax(1), kk - 1)
+            keep = np.ones_like(p, bool)
+            keep[np.arange(len(p)), drop] = False
+            v, p = v[keep].reshape(len(p), kk - 1), p[keep].reshape(len(p), kk - 1)
+        # (kk == k: a pool of exactly k rows, where only queries from outside it have k neighbours)
+        vals[ok] = v[:, :k]
+        pos[ok] = p[:, :k]
+        found = (pos >= 0).sum(1)
+        missing = ok & (found < k)  # only an approximate index misses neighbours
+        for i in np.flatnonzero(missing):
+            reasons[i] = f"approximate index {self._info['index_kind_used']} found {found[i]} of {k} neighbours"
+        self._info["rows_without_k_neighbours"] += int(missing.sum())
         return vals, pos, ok
+
+    def _search(self, q: np.ndarray, base: np.ndarray, kk: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values, positions) of the kk nearest base rows: the sharded exact search for auto / exact,
+        else a :class:`thresher.index.KNNIndex` of the named kind (approximate: recall measured)."""
+        kind = self.options["index_kind"]
+        if kind in ("auto", "exact"):
+            # here: the encoder's device; tasks run elsewhere (an engine's mapper) pick their own
+            dev = resolve_device(self.options["device"]) if self.mapper is map else "auto"
+            v, p = sharded_knn(q, base, kk, metric, self.shard_rows, self.query_rows, mapper=self.mapper, device=dev)
+            n_tasks = -(-len(q) // self.query_rows) * max(1, -(-len(base) // self.shard_rows))
+            self._info.update(index_kind_used="exact", exact=True, search="sharded exact kNN (thresher.ops.knn)")
+            self._info.update(shard_rows=int(self.shard_rows), query_rows=int(self.query_rows), tasks=int(n_tasks))
+            self._info.update(device=dev, mapper=getattr(self.mapper, "__name__", type(self.mapper).__name__))
+            return v, p
+        idx = KNNIndex(q.shape[1], metric, kind).build(base)
+        v, p = idx.search(q, kk)
+        self._info.update(index_kind_used=idx.kind, exact=idx.exact, on_gpu=bool(idx.on_gpu))
+        if not idx.exact:
+            idx.measure_recall(q, kk, sample=RECALL_SAMPLE, seed=RECALL_SEED)
+            rec = idx.last_recall
+            self._info.update(recall=rec["recall"], recall_k=rec["k"], recall_sample=rec["sample"])
+            self._info.update(recall_seed=rec["seed"], index_params=_json_params(idx.params))
+        return v, p
 
     def _score(self, emb, keys, reasons) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _json_params(params: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in params.items()}
 
 
 @CRITERIA.register(
@@ -276,7 +341,24 @@ class SemDeDup(_PoolCriterion):
         raise ValueError("semdedup: score the whole pool in one call (clusters are computed over it)")
 
     def _score(self, emb, keys, reasons):
-        return semdedup_scores(emb, **{k: self.options[k] for k in ("eps", "n_clusters", "order", "against", "seed")})
+        opts = {k: self.options[k] for k in ("eps", "n_clusters", "order", "against", "seed")}
+        c = n_clusters_for(len(emb), opts["n_clusters"])
+        self._info = dict(index_kind_used=None, exact=True, search="per-cluster exact scans (no index)")
+        self._info.update(pool_rows=int(len(emb)), n_clusters=int(c), **{k: opts[k] for k in ("order", "against")})
+        self._info.update(seed=opts["seed"], mapper=getattr(self.mapper, "__name__", type(self.mapper).__name__))
+        return semdedup_scores(emb, **opts, mapper=self.mapper)
+
+
+def n_clusters_for(n: int, n_clusters: Optional[int]) -> int:
+    """k-means clusters of semdedup over ``n`` rows: ``n_clusters`` or round(sqrt(n)), at most n."""
+    return min(int(n_clusters or max(1, round(math.sqrt(n)))), n) if n else 0
+
+
+def semdedup_cluster_task(task: tuple) -> np.ndarray:
+    """One cluster: ``(member embeddings in scan order [m, d] float32, kept_only, threshold)`` ->
+    max similarity of each member to an earlier (kept) member. Module level: picklable."""
+    x, kept_only, threshold = task
+    return max_sim_to_earlier(torch.from_numpy(x), kept_only=kept_only, threshold=threshold).numpy()
 
 
 def semdedup_scores(
@@ -286,26 +368,30 @@ def semdedup_scores(
     order: str = "hard",
     against: str = "kept",
     seed: int = 0,
+    mapper: Callable[[Callable, Iterable], Iterable] = map,
 ) -> dict:
-    """{"": max sim to an earlier sample of the cluster, "keep": 0/1, "cluster": id} per row."""
+    """{"": max sim to an earlier sample of the cluster, "keep": 0/1, "cluster": id} per row.
+    The clusters are scanned as independent tasks run by ``mapper`` (builtin ``map``: here)."""
     n = emb.shape[0]
     sim = np.full(n, -1.0)
     lab = np.zeros(n, np.int64)
     if n == 0:
         return {"": sim, "keep": np.zeros(0), "cluster": lab}
-    c = int(n_clusters or max(1, round(math.sqrt(n))))
-    c = min(c, n)
-    cent, lab = kmeans(emb, c, seed=seed, spherical=True)
-    x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+    cent, lab = kmeans(emb, n_clusters_for(n, n_clusters), seed=seed, spherical=True)
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    xt = torch.from_numpy(x)
     centt = torch.from_numpy(cent)
     centt = centt / centt.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    groups = []
     for g in np.unique(lab):
         members = np.flatnonzero(lab == g)
         if order != "index":
-            dc = 1.0 - (x[members] @ centt[g]).numpy()
+            dc = 1.0 - (xt[members] @ centt[g]).numpy()
             o = np.lexsort((members, -dc if order == "hard" else dc))
             members = members[o]
-        s = max_sim_to_earlier(x[torch.from_numpy(members)], kept_only=(against == "kept"), threshold=1.0 - eps)
-        sim[members] = s.numpy()
+        groups.append(members)
+    tasks = ((x[m], against == "kept", 1.0 - eps) for m in groups)
+    for members, s in zip(groups, mapper(semdedup_cluster_task, tasks)):
+        sim[members] = s
     keep = (sim <= 1.0 - eps).astype(np.float64)
     return {"": sim, "keep": keep, "cluster": lab}

@@ -24,6 +24,11 @@ seeded k-means with ``n_anchors`` clusters over the pool's sentence embeddings
 (``embedder``) and takes the row nearest each centroid; ``random`` takes a
 seeded random sample. A candidate that is itself an anchor (same id) is not
 compared with itself.
+
+``scorer.run_info()`` (after a call) records the anchors of that call: how they were
+chosen (``kmeans``, ``random``, ``file``, ``given``), the seed, the count asked and
+chosen, how many were usable, and their ids (at most :data:`LISTED_ANCHOR_IDS`; above
+that their count and a digest of the ids).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from ..registry import CRITERIA, Option
 from ..render import TEMPLATES, SampleError, render_sample, tokenize_rendered
 from .base import Batch, Skip, digest, embedder_fingerprint
 from .loss import LossCriterion, _max_length, _opts
+
+LISTED_ANCHOR_IDS = 200  # run_info lists the anchor ids up to this many, else a digest
 
 
 def _read_anchor_file(path: str) -> list[dict]:
@@ -135,6 +142,33 @@ class Nuggets(LossCriterion):
         self._anchor_rows = _anchor_rows(self.options["anchors"])
         self._zero_cache: dict = {}
         self._batch_anchors: list = []
+        self._info: dict = {}
+
+    def run_info(self) -> dict:
+        """The anchors of the last call (JSON-serialisable); ``{"criterion", "scored": False}`` before any."""
+        return {"criterion": self.NAME, "scored": bool(self._info), **self._info}
+
+    def _record_anchors(self, b: Batch, ids: list, usable: list) -> None:
+        """run_info of this call: the chosen anchors (ids, or their count and digest when many)."""
+        given = self.options["anchors"]
+        how = ("file" if isinstance(given, str) else "given") if given is not None else self.options["anchor_select"]
+        info: dict = {"anchor_select": how, "n_anchors_requested": int(self.options["n_anchors"])}
+        if given is None:
+            info["seed"] = self.options["seed"]
+            if how == "kmeans":
+                info["embedder"] = embedder_fingerprint(self.options["embedder"])
+        else:
+            info.update(n_anchors_requested=None, anchors_digest=digest(self._anchor_rows, 32))
+            if how == "file":
+                info["anchors_file"] = str(given)
+        info.update(pool_rows=int(b.n), n_anchors=len(ids), n_usable_anchors=len(usable))
+        for name, lst in (("anchor_ids", ids), ("unusable_anchor_ids", sorted(set(ids) - set(usable)))):
+            lst = [str(i) for i in lst]
+            if len(lst) <= LISTED_ANCHOR_IDS:
+                info[name] = lst
+            else:
+                info[name + "_digest"] = digest(lst, 32)
+        self._info = info
 
     @classmethod
     def key_options(cls, options: dict) -> dict:
@@ -164,9 +198,10 @@ class Nuggets(LossCriterion):
         return [b.ids[i] for i in pick], [b.rows[i] for i in pick]
 
     def _anchors(self, b: Batch) -> list[tuple[str, Any]]:
-        """[(anchor id, Tokenized)] of the usable anchors."""
+        """[(anchor id, Tokenized)] of the usable anchors (chosen ONCE per call: the pool)."""
         out = []
-        for aid, r in zip(*self._anchor_sample(b)):
+        ids, rows = self._anchor_sample(b)
+        for aid, r in zip(ids, rows):
             if not isinstance(r, dict):
                 raise ValueError(f"nuggets: anchor {aid!r} is not an object")
             try:
@@ -179,6 +214,7 @@ class Nuggets(LossCriterion):
             if tk.answer_kept == 0 or tk.score[0]:
                 continue
             out.append((aid, tk))
+        self._record_anchors(b, ids, [aid for aid, _ in out])
         return out
 
     def _zero_shot(self, anchors) -> np.ndarray:

@@ -1,14 +1,29 @@
-"""Ray engine: each shard goes through Ray Data ``map_batches`` with the scorer
-class itself (``fn_constructor_kwargs`` = its options), so every Ray actor loads
-the model once and scores many batches. The same pattern drops a thresher scorer
-into any Ray Data pipeline::
+"""Ray engine: a pool of long-lived Ray actors scores the pool shard by shard.
+
+* **Each worker loads each model once for the whole job.** ``--workers N`` actors
+  (``--gpus-per-worker G``, ``--cpus-per-worker C`` each) are started once per run; every
+  shard the driver reads is sent to the least-loaded actor with the list of score-cache
+  entries it lacks (a cached re-run sends nothing and loads no model). Up to
+  ``max_in_flight`` shards (default 2 per worker) are in flight, so reading the next shards
+  overlaps with scoring.
+* **Workers write the score shards themselves** into the run's score cache (a path every
+  node can reach: the local disk of a one-machine cluster, or a shared file system), each
+  entry atomically and keyed by content. The driver reads them back in shard order.
+* **Faults.** Actors restart when their process dies (``max_restarts=-1``) and their tasks are
+  retried (``max_task_retries=-1``); a retried shard rewrites the same entries, so a killed
+  worker loses no ids and duplicates none.
+* **Pool-scoped criteria** (``scope="pool"``: kNN distance, local density, SemDeDup,
+  nuggets) see the whole pool in ONE scorer call, as a Ray task: the workers have already
+  filled the embeddings cache in parallel, and the kNN criteria split their exact search
+  into (query block, base shard) tasks on the cluster (``mapper``), merged exactly.
+
+Plain Ray Data remains the way to drop a thresher scorer into a user's own pipeline::
 
     ds = ray.data.read_json("pool.jsonl")            # rows with instruction/input/output/id
-    ds = ds.map_batches(CRITERIA.get("ifd").obj, fn_constructor_kwargs={"model": "default"},
-                        batch_format="pandas", batch_size=256, concurrency=2)
+    ds = ds.map_batches(ScoreColumns, fn_constructor_args=("ifd",), batch_format="pandas",
+                        batch_size=256, concurrency=2)
 
-Order is restored by id after the map (Ray Data may reorder blocks). Ray is an
-optional dependency (``pip install 'thresher[ray]'``): this module imports without
+Ray is an optional dependency (``pip install 'thresher[ray]'``): this module imports without
 it, and the engine says which extra to install when it is built.
 """
 
@@ -17,35 +32,29 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
+import numpy as np
+
+from ..errors import OptionError, ThresherError
 from ..extras import require
 from ..registry import ENGINES, Option
 
 
 class _RayScorer:
-    """Handle: the class and options for the actors; a driver-side instance is built lazily, only
-    for ``cache_key()`` (classes without ``cache_key_for``) and the model ``fingerprint``."""
+    """Handle of a criterion on the cluster: its class and options. Nothing is built on the driver:
+    the model fingerprint is the one the remote scorer reported; ``cache_key()`` exists only for a
+    class that has one and no ``cache_key_for`` (then a driver-side instance is built, once)."""
 
     def __init__(self, cls: Any, options: dict) -> None:
         self.cls, self.options = cls, dict(options)
+        self.fingerprint: Any = None  # set from the remote scorer after a pool-scoped call
         self._local: Any = None
 
-    def _instance(self) -> Any:
-        if self._local is None:
-            self._local = self.cls(**self.options)
-        return self._local
-
-    def cache_key(self) -> str:
-        # only asked when the class has no cache_key_for (the pipeline tries that first)
-        return str(self._instance().cache_key())
-
-    @property
-    def fingerprint(self) -> Any:
-        return getattr(self._instance(), "fingerprint", None)
-
-
-def _score_whole(cls: Any, options: dict, table: Any) -> Any:
-    """One Ray task: build the scorer and score the whole table in one call (pool-scoped criteria)."""
-    return cls(**options)(table)
+    def __getattr__(self, name: str) -> Any:
+        if name == "cache_key" and hasattr(self.cls, "cache_key"):
+            if self._local is None:
+                self._local = self.cls(**self.options)
+            return self._local.cache_key
+        raise AttributeError(name)
 
 
 def _ray() -> Any:
@@ -53,35 +62,139 @@ def _ray() -> Any:
     return require("ray", "ray", what="the ray engine")
 
 
+_PUT_MIN_BYTES = 1 << 16  # arrays at least this large go to the object store once, shared by every task
+
+
+def _resolved(fn: Any, *packed: Any) -> Any:
+    """A mapped call on a worker: fetch the shared arrays (object refs inside tuples), then call."""
+    ray = _ray()
+
+    def get(x: Any) -> Any:
+        if isinstance(x, ray.ObjectRef):
+            return ray.get(x)
+        if isinstance(x, tuple):
+            return tuple(get(y) for y in x)
+        return x
+
+    return fn(*(get(a) for a in packed))
+
+
+def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8) -> Any:
+    """A ``map(fn, *iterables)`` that runs each call as a Ray task, results in order. Each distinct
+    large array among the arguments (also inside tuples) is put in the object store ONCE and shared
+    by the tasks that read it; at most ``max_in_flight`` tasks run at a time."""
+
+    def mapper(fn: Any, *iterables: Any) -> list:
+        ray = _ray()
+        remote = ray.remote(num_cpus=num_cpus)(_resolved)
+        shared: dict = {}
+
+        def pack(x: Any) -> Any:
+            if isinstance(x, tuple):
+                return tuple(pack(y) for y in x)
+            if isinstance(x, np.ndarray) and x.nbytes >= _PUT_MIN_BYTES:
+                if id(x) not in shared:
+                    shared[id(x)] = (ray.put(x), x)  # the array is kept alive so its id is not reused
+                return shared[id(x)][0]
+            return x
+
+        refs: list = []
+        out: list = []
+        for args in zip(*iterables):
+            if len(refs) - len(out) >= max_in_flight:
+                out.append(ray.get(refs[len(out)]))
+            refs.append(remote.remote(fn, *(pack(a) for a in args)))
+        out.extend(ray.get(refs[len(out) :]))
+        return out
+
+    return mapper
+
+
+def _score_whole(cls: Any, options: dict, table: Any) -> Any:
+    """One Ray task: build the scorer and score the whole pool in one call (pool-scoped criteria);
+    a scorer that can split its neighbour search (``mapper``) runs it as Ray tasks."""
+    scorer = cls(**options)
+    if hasattr(scorer, "mapper"):
+        scorer.mapper = ray_mapper()
+    out = scorer(table)
+    info = getattr(scorer, "run_info", None)
+    if callable(info):
+        out.attrs["run_info"] = info()
+    fp = getattr(scorer, "fingerprint", None)
+    if fp is None and getattr(scorer, "lm", None) is not None:
+        fp = getattr(scorer.lm, "fingerprint", None)
+    out.attrs["fingerprint"] = None if fp is None else str(fp)
+    return out
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """A thresher error raised on a worker, as itself (one line in the CLI), else the Ray error."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, ThresherError) else exc
+
+
+class RayPool:
+    """``workers`` actors of ``worker_cls``; ``submit(method, *args)`` to the least-loaded one."""
+
+    def __init__(self, worker_cls: Any, args: tuple, workers: int, num_gpus: float, num_cpus: float,
+                 max_in_flight: Optional[int]) -> None:  # fmt: skip
+        ray = _ray()
+        actor = ray.remote(worker_cls).options(
+            num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=-1, max_task_retries=-1
+        )
+        self.actors = [actor.remote(*args) for _ in range(workers)]
+        self.load = [0] * workers
+        self.max_in_flight = max_in_flight or 2 * workers
+
+    def submit(self, method: str, *args: Any) -> tuple:
+        i = min(range(len(self.actors)), key=lambda j: self.load[j])
+        self.load[i] += 1
+        return i, getattr(self.actors[i], method).remote(*args)
+
+    def result(self, handle: tuple) -> Any:
+        i, ref = handle
+        try:
+            return _ray().get(ref)
+        except Exception as exc:
+            raise _unwrap(exc) from None
+        finally:
+            self.load[i] -= 1
+
+    def close(self) -> None:
+        ray = _ray()
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
 @ENGINES.register(
     "ray",
-    doc="Ray Data map_batches over the scorer classes (actors load each model once)",
+    doc="a pool of Ray actors: each loads each model once, scores shards and writes their cache entries",
     options=[
         Option("address", None, "Ray cluster address (default: start a local Ray)", type=str),
-        Option("num_cpus", None, "CPUs for a local Ray", type=int, min=1),
-        Option("batch_size", 256, "rows per map_batches batch", min=1),
-        Option("concurrency", 1, "actors per criterion", min=1),
-        Option("num_gpus", 0.0, "GPUs per actor", type=float, min=0),
+        Option("num_cpus", None, "CPUs for a local Ray (ignored with address: refused)", type=int, min=1),
+        Option("workers", 1, "worker actors (processes) that score shards", type=int, min=1),
+        Option("gpus_per_worker", 0.0, "GPUs per worker actor", type=float, min=0),
+        Option("cpus_per_worker", 1.0, "CPUs per worker actor", type=float, min=0),
+        Option("batch_size", None, "rows per scorer call on a worker (default: the whole shard)", type=int, min=1),
+        Option("max_in_flight", None, "shards in flight at once (default 2 per worker)", type=int, min=1),
     ],
 )
 class RayEngine:
-    def __init__(
-        self,
-        address: Optional[str] = None,
-        num_cpus: Optional[int] = None,
-        batch_size: int = 256,
-        concurrency: int = 1,
-        num_gpus: float = 0,
-    ) -> None:
+    def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None, workers: int = 1,
+                 gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: Optional[int] = None,
+                 max_in_flight: Optional[int] = None) -> None:  # fmt: skip
+        if address and num_cpus is not None:
+            raise OptionError("num_cpus: only for a local Ray; a cluster at --ray-address has its own resources")
         ray = _ray()
         if not ray.is_initialized():
-            kw: dict = {"include_dashboard": False, "log_to_driver": False}
-            if address:
-                kw["address"] = address
+            # without an address: a new local Ray (never a cluster some `ray start` left running here)
+            kw: dict = {"include_dashboard": False, "log_to_driver": False, "address": address or "local"}
             if num_cpus is not None:
                 kw["num_cpus"] = num_cpus
             ray.init(**kw)
-        self.batch_size, self.concurrency, self.num_gpus = batch_size, concurrency, num_gpus
+        self.workers, self.gpus, self.cpus = workers, gpus_per_worker, cpus_per_worker
+        self.batch_size, self.max_in_flight = batch_size, max_in_flight
 
     def make_scorer(self, cls: Any, options: dict) -> Any:
         mod = sys.modules.get(getattr(cls, "__module__", ""))
@@ -90,26 +203,30 @@ class RayEngine:
             _ray().cloudpickle.register_pickle_by_value(mod)
         return _RayScorer(cls, options)
 
+    def start_workers(self, worker_cls: Any, specs: dict, cache_root: str) -> RayPool:
+        """The run's worker pool (see the module docstring)."""
+        args = (specs, cache_root, self.batch_size)
+        return RayPool(worker_cls, args, self.workers, self.gpus, self.cpus, self.max_in_flight)
+
     def score_pool(self, scorer: _RayScorer, table: Any, name: str) -> Any:
-        """A pool-scoped criterion (``scope="pool"``): its score of a row depends on every other row, so
-        the whole pool goes to ONE scorer call (a Ray task with ``num_gpus`` of this engine), never
-        split into ``map_batches`` batches."""
+        """A pool-scoped criterion: its score of a row depends on every other row, so the whole pool
+        goes to ONE scorer call (a Ray task with this engine's GPUs per worker), never split."""
         ray = _ray()
-        task = ray.remote(num_gpus=self.num_gpus)(_score_whole) if self.num_gpus else ray.remote(_score_whole)
-        out = ray.get(task.remote(scorer.cls, scorer.options, table.reset_index(drop=True)))
+        opts: dict = {"num_gpus": self.gpus} if self.gpus else {}
+        task = ray.remote(**opts)(_score_whole) if opts else ray.remote(_score_whole)
+        try:
+            out = ray.get(task.remote(scorer.cls, scorer.options, table.reset_index(drop=True)))
+        except Exception as exc:
+            raise _unwrap(exc) from None
+        info = out.attrs.get("run_info")
+        scorer.fingerprint = out.attrs.get("fingerprint")
         ids = table["id"].astype(str).to_numpy()
-        return out.set_index(out["id"].astype(str)).reindex(ids).reset_index(drop=True)
+        out = out.set_index(out["id"].astype(str)).reindex(ids).reset_index(drop=True)
+        if info is not None:
+            out.attrs["run_info"] = info
+        return out
 
     def score(self, scorer: _RayScorer, table: Any, name: str) -> Any:
-        ray = _ray()
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
-        ds = ray.data.from_pandas(table.reset_index(drop=True))
-        kw: dict = {"concurrency": self.concurrency}
-        if self.num_gpus:
-            kw["num_gpus"] = self.num_gpus
-        out = ds.map_batches(
-            scorer.cls, fn_constructor_kwargs=scorer.options, batch_format="pandas", batch_size=self.batch_size, **kw
-        ).to_pandas()
-        ids = table["id"].astype(str).to_numpy()
-        return out.set_index(out["id"].astype(str)).reindex(ids).reset_index(drop=True)
+        """One table in one Ray task (the pipeline scores shards through :meth:`start_workers`; this is
+        for callers that score a single table with the engine)."""
+        return self.score_pool(scorer, table, name)

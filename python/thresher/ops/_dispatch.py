@@ -15,7 +15,8 @@ backend is chosen as follows:
    forced; if it cannot run, a ``RuntimeError`` lists its reasons.
 2. ``THRESHER_BACKEND`` (global preference): used when the op has that backend
    and it can run for these inputs, otherwise ignored.
-3. The first backend of the device's order that can run.
+3. The first backend of the device's order that can run: :func:`backend_order`, read from
+   ``backend_order.json`` (per op, with the benchmark it was measured by).
 
 Each backend states *why* it cannot run (``not_supported_reasons``), both for
 static causes (extension not built, Triton missing) and per call (dtype, size).
@@ -24,21 +25,67 @@ static causes (extension not built, Triton missing) and per call (dtype, size).
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from .. import _native
 
 BACKEND_NAMES = ("triton", "cuda", "cpu", "reference")
 
-# Default order per device type. Triton on CPU tensors (interpreter) is never
-# chosen automatically: it is a testing aid, forced with backend="triton".
-DEVICE_ORDER = {
-    "cuda": ("triton", "cuda", "reference"),
-    "cpu": ("cpu", "reference"),
-}
+# The order per device type is data: backend_order.json beside this module (or the file named
+# by THRESHER_BACKEND_ORDER) holds a default order per device and per-op orders for CUDA
+# tensors, with their provenance ("source": the GPU benchmark they come from, or a note that
+# they are a default pending one). Triton on CPU tensors (interpreter) is never chosen
+# automatically: it is a testing aid, forced with backend="triton".
+ORDER_FILE = Path(__file__).with_name("backend_order.json")
+_FALLBACK_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+
+
+def _check_order(data: Any) -> None:
+    orders = list(data.get("default", {}).values())
+    orders += [e.get(dev) for e in data.get("ops", {}).values() for dev in ("cpu", "cuda") if dev in e]
+    for names in orders:
+        bad = [n for n in names if n not in BACKEND_NAMES]
+        if bad:
+            raise ValueError(f"unknown backend(s) {bad}; expected {BACKEND_NAMES}")
+
+
+@functools.lru_cache(maxsize=None)
+def _order_data(path: str) -> dict[str, Any]:
+    """The order file; a missing or malformed one falls back to the built-in order and says so."""
+    try:
+        data = json.loads(Path(path).read_text())
+        _check_order(data)
+        return data
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        return {"source": f"built-in fallback ({path}: {exc})", "default": _FALLBACK_ORDER, "ops": {}}
+
+
+def order_data() -> dict[str, Any]:
+    """The parsed backend-order file (see :data:`ORDER_FILE`)."""
+    return _order_data(os.environ.get("THRESHER_BACKEND_ORDER") or str(ORDER_FILE))
+
+
+def backend_order(op: str, device: str) -> tuple[tuple[str, ...], str]:
+    """(order of backends tried for ``op`` on ``device`` tensors, why it is so).
+
+    The file's ``source`` (see :func:`order_data`) is the provenance of every order in it;
+    an op entry may carry its own ``source``.
+    """
+    data = order_data()
+    entry = data.get("ops", {}).get(op, {})
+    if device in entry:
+        why = entry.get("why", "per-op order")
+        own = entry.get("source")  # an op measured apart from the file's source says so
+        return tuple(entry[device]), f"{why} [source: {own}]" if own else why
+    default = data.get("default", _FALLBACK_ORDER).get(device) or _FALLBACK_ORDER.get(device, ("reference",))
+    return tuple(default), f"default order for {device} tensors"
+
 
 OPS: dict[str, "Op"] = {}
 _local = threading.local()
@@ -127,7 +174,7 @@ class Op:
             if not b.not_supported_reasons(device=device, **ctx):
                 return b
         why: list[str] = []
-        for name in DEVICE_ORDER.get(device, ("reference",)):
+        for name in backend_order(self.name, device)[0]:
             candidate = self.backends.get(name)
             if candidate is None:
                 continue
@@ -163,6 +210,18 @@ class Op:
                     row[dev] = b.not_supported_reasons(device=dev)
             out[name] = row
         return out
+
+
+def _listed(pair: tuple[tuple[str, ...], str]) -> tuple[list[str], str]:
+    return list(pair[0]), pair[1]
+
+
+def order_table() -> dict[str, dict[str, dict[str, Any]]]:
+    """{op: {device: {"order": [...], "why": provenance}}} for doctor."""
+    return {
+        name: {dev: dict(zip(("order", "why"), _listed(backend_order(name, dev)))) for dev in ("cuda", "cpu")}
+        for name in sorted(OPS)
+    }
 
 
 def last_backend() -> Optional[tuple[str, str]]:

@@ -9,7 +9,7 @@ indices [Q, k] int64)``: inner products for ``ip``, squared distances for
 ``l2``.
 
 Backends: ``cpu`` (thresher._C: blocked GEMM tiles fused with a running top-k,
-OpenMP), ``triton`` (GPU: tiled matmul + per-tile top-k, then a stable merge),
+OpenMP), ``triton`` (GPU: tiled matmul + a running top-k in registers, exact fp32 re-rank),
 ``reference`` (plain PyTorch: chunked matmul + stable sort; the oracle).
 """
 
@@ -27,7 +27,9 @@ from .abi import KnnMetric
 
 knn_op = Op("knn", doc="exact k nearest neighbours (ip or squared l2), ties by lower index")
 
-TRITON_MAX_K = 64
+TRITON_MAX_K = 1024
+# Column indices are packed into 32 bits of the Triton kernel's sort keys.
+TRITON_MAX_ROWS = 2**31 - 1
 _METRICS = tuple(m.name.lower() for m in KnnMetric)  # ip l2
 # Accuracy of the returned values of every backend against a float64 oracle, per input dtype:
 # (rtol, atol), rtol relative to the largest |value| of the result (tests/test_ops_knn.py; the
@@ -118,7 +120,15 @@ def knn(
             torch.empty((q.shape[0], k), dtype=torch.int64, device=q.device),
         )
     return knn_op.dispatch(
-        dev, q, b, k, metric, bool(exclude_self), int(query_offset), backend=backend, ctx={"k": k, "dtype": q.dtype}
+        dev,
+        q,
+        b,
+        k,
+        metric,
+        bool(exclude_self),
+        int(query_offset),
+        backend=backend,
+        ctx={"k": k, "n": b.shape[0], "dtype": q.dtype},
     )
 
 
@@ -180,10 +190,27 @@ def knn_cpu(
 
 
 # --------------------------------------------------------------------- triton
-def _triton_supports(device: Optional[str] = None, k: int = 1, **_: Any) -> list[str]:
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def triton_pool_size(k: int, exact_dots: bool) -> int:
+    """Candidates kept per query by the Triton kernel before the exact fp32 re-rank.
+
+    A power of two >= k; twice that (capped at TRITON_MAX_K) when the kernel's dots are
+    bf16/fp16/tf32, so rounding near the k-th neighbour cannot push a true neighbour out.
+    """
+    kb = _next_pow2(k)
+    return kb if exact_dots else max(kb, min(_next_pow2(2 * k), TRITON_MAX_K))
+
+
+def _triton_supports(device: Optional[str] = None, k: int = 1, n: int = 0, **_: Any) -> list[str]:
+    reasons = []
     if k > TRITON_MAX_K:
-        return [f"k={k} > {TRITON_MAX_K} (per-tile extraction is unrolled k times)"]
-    return []
+        reasons.append(f"k={k} > {TRITON_MAX_K} (the running top-k buffer lives in registers)")
+    if n > TRITON_MAX_ROWS:
+        reasons.append(f"base has {n} rows > {TRITON_MAX_ROWS} (column indices are packed in 32 bits)")
+    return reasons
 
 
 @knn_op.register(
@@ -191,7 +218,7 @@ def _triton_supports(device: Optional[str] = None, k: int = 1, **_: Any) -> list
     devices=("cuda",),
     available=triton_has("knn"),
     supports=_triton_supports,
-    note="tiled tl.dot + per-tile top-k, stable merge",
+    note="tiled tl.dot + running bitonic top-k in registers, exact fp32 re-rank",
 )
 def knn_triton(
     q: torch.Tensor,
@@ -204,67 +231,77 @@ def knn_triton(
     block_n: Optional[int] = None,
     block_k: int = 32,
     max_candidate_bytes: int = 1 << 30,
+    precision: str = "ieee",
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates from the Triton kernel, then :func:`rerank_exact` (values and order in fp32).
+
+    ``precision`` applies to float32 inputs: ``"ieee"`` (default) or ``"tf32"`` (faster tensor-core
+    dots; the re-rank keeps results exact). float16/bfloat16 inputs use their own tensor-core dots.
+    """
     triton = require("triton", "triton", what="the Triton kNN kernel")  # the dispatcher checked it loads
 
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision: expected 'ieee' or 'tf32', got {precision!r}")
+    if b.shape[0] > TRITON_MAX_ROWS:
+        raise ValueError(f"base: {b.shape[0]} rows > {TRITON_MAX_ROWS}, the Triton kNN limit")
     mod = _native.require_kernel("knn")
     low = q.dtype in (torch.float16, torch.bfloat16) and b.dtype == q.dtype
-    if not low:
-        q = q.float()
-        b = b.float()
+    qk, bk = (q, b) if low else (q.float(), b.float())
     interp = q.device.type == "cpu"
     # the interpreter cannot map views with a storage offset: give it fresh tensors
-    q = q.clone() if interp else q.contiguous()
-    b = b.clone() if interp else b.contiguous()
-    Q, D = q.shape
-    N = b.shape[0]
-    BM = block_m or (16 if interp else 64)
-    BN = block_n or (16 if interp else 128)
+    qk = qk.clone() if interp else qk.contiguous()
+    bk = bk.clone() if interp else bk.contiguous()
+    Q, D = qk.shape
+    N = bk.shape[0]
+    ieee = not low and precision == "ieee"
+    KB = triton_pool_size(k, exact_dots=ieee)
+    BM = block_m or (16 if interp or KB >= 256 else 64)
+    BN = max(block_n or (16 if interp else 128), KB)
     BK = block_k if not interp else 16
-    KP = min(k, BN)
-    T = triton.cdiv(N, BN)
-    bn = (b.float() * b.float()).sum(1) if metric == "l2" else torch.zeros(1, device=b.device)
-    # candidates are [chunk, T, KP] (value + index = 12 bytes each): bound them to ~1 GiB
-    per_q = T * KP * 12
-    chunk = max(BM, min(Q, (int(max_candidate_bytes) // per_q) // BM * BM))
+    bf = b.float()
+    bn = (bf * bf).sum(1) if metric == "l2" else torch.zeros(1, device=b.device)
+    cand = torch.empty((Q, KB), dtype=torch.int64, device=q.device)
+    mod.knn_topk_kernel[(triton.cdiv(Q, BM),)](
+        qk, bk, bn, cand, Q, N, D, query_offset,
+        L2=metric == "l2", EXCLUDE_SELF=exclude_self, KB=KB, BM=BM, BN=BN, BK=BK,
+        IEEE=ieee, TF32=not low and precision == "tf32", UPCAST=interp and low,
+    )  # fmt: skip
+    return rerank_exact(q.float(), bf, cand, k, metric, bn, max_candidate_bytes)
+
+
+def rerank_exact(
+    q: torch.Tensor,
+    b: torch.Tensor,
+    cand: torch.Tensor,
+    k: int,
+    metric: str,
+    bn: torch.Tensor,
+    max_bytes: int = 1 << 30,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of each row's candidate indices (-1 = none), scored in fp32.
+
+    Scores use the reference's formula (ip: q.b; l2: 2 q.b - |b|^2) as elementwise fp32
+    products (no TF32), ordered by (score desc, index asc) like every backend.
+    """
+    Q, KB = cand.shape
+    D = q.shape[1]
     vals = torch.empty((Q, k), dtype=torch.float32, device=q.device)
     idx = torch.empty((Q, k), dtype=torch.int64, device=q.device)
+    chunk = max(1, min(Q, int(max_bytes) // max(1, KB * D * 4)))
     for s in range(0, Q, chunk):
         e = min(Q, s + chunk)
-        qc = q[s:e]
-        nq = e - s
-        cv = torch.empty((nq, T, KP), dtype=torch.float32, device=q.device)
-        ci = torch.empty((nq, T, KP), dtype=torch.int64, device=q.device)
-        grid = (triton.cdiv(nq, BM), T)
-        mod.knn_tile_kernel[grid](
-            qc,
-            b,
-            bn,
-            cv,
-            ci,
-            nq,
-            N,
-            D,
-            T,
-            query_offset + s,
-            L2=metric == "l2",
-            EXCLUDE_SELF=exclude_self,
-            KP=KP,
-            BM=BM,
-            BN=BN,
-            BK=BK,
-            IEEE=not low,
-        )
-        cv = cv.view(nq, T * KP)
-        ci = ci.view(nq, T * KP)
-        # stable: candidates are laid out in increasing tile order, so equal scores keep
-        # the lower base index first
-        v, order = torch.sort(cv, dim=1, descending=True, stable=True)
+        c, _ = torch.sort(cand[s:e], dim=1)  # index order: the stable sort below keeps lower first
+        ok = c >= 0
+        safe = c.clamp_min(0)
+        sc = (b[safe] * q[s:e, None, :]).sum(-1)
+        if metric == "l2":
+            sc = 2.0 * sc - bn[safe]
+        sc = torch.where(ok, sc, torch.full_like(sc, float("-inf")))
+        v, order = torch.sort(sc, dim=1, descending=True, stable=True)
         vals[s:e] = v[:, :k]
-        idx[s:e] = torch.gather(ci, 1, order[:, :k])
+        idx[s:e] = torch.gather(c, 1, order[:, :k])
     if metric == "l2":
-        qq = (q.float() * q.float()).sum(1, keepdim=True)
-        vals = (qq - vals).clamp_min(0.0)
+        vals = ((q * q).sum(1, keepdim=True) - vals).clamp_min(0.0)
     return vals, idx
 
 

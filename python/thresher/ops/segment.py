@@ -207,7 +207,7 @@ def _triton_supports(device: Optional[str] = None, dtype: Optional[torch.dtype] 
     devices=("cuda",),
     available=triton_has("segment_reduce"),
     supports=_triton_supports,
-    note="one program per segment x column block",
+    note="program per segment part x column block (long segments split, no host sync)",
 )
 def segment_reduce_triton(values: torch.Tensor, offsets: torch.Tensor, op: str) -> torch.Tensor:
     squeeze = values.dim() == 1

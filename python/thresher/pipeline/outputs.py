@@ -272,6 +272,7 @@ def manifest(st: RunState) -> dict:
             "options": c.options,
             "cache_key": st.keys.get(c.col),
             "direction": CRITERIA.get(c.name).meta.get("direction"),
+            **({"run_info": st.run_info[c.col]} if st.run_info.get(c.col) is not None else {}),
         }
         for c in plan.criteria
     ]
@@ -310,11 +311,22 @@ def manifest(st: RunState) -> dict:
         "seed": cfg.seed,
         "shard_size": cfg.shard_size,
         "engine": cfg.engine,
+        **({"engine_run": engine_run(st)} if st.workers else {}),
         "plugins": loaded_records(plugin_names(cfg)),
         "id_column": id_column(cfg),
         "with_scores": bool(cfg.with_scores),
         "environment": environment(st),
         "outputs": {p.name: file_sha(p) for k, p in st.outputs.items() if k in ("selected", "rejected", "scores")},
+    }
+
+
+def engine_run(st: RunState) -> dict:
+    """How a worker-pool engine ran: its options, and the nodes and worker processes that scored shards."""
+    return {
+        "options": dict(st.cfg.engine_options or {}),
+        "nodes": len(st.workers),
+        "worker_processes": sum(len(p) for p in st.workers.values()),
+        "worker_peak_rss_mb": round(st.worker_peak_rss_mb, 1),
     }
 
 

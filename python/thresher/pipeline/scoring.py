@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -13,12 +14,13 @@ import pandas as pd
 from ..cache import cache_key, ids_digest
 from ..embed import embed_table
 from ..errors import OptionError
-from ..frames import as_pandas
 from ..plan import TOKENS, Step
 from ..progress import scaled, task
 from ..registry import CRITERIA
+from .scoring_checks import check_scores
 from .selection import Selection
 from .state import Progress, RunState, ShardRef, concat
+from .workers import CriterionSpec, ShardWorker
 
 TOKEN_CRITERION = "length"  # token counts are the length criterion's main column, cached under its name
 
@@ -27,44 +29,22 @@ def token_counter() -> Any:
     return CRITERIA.get(TOKEN_CRITERION).obj(unit="tokens")
 
 
-def check_scores(df: Any, table: Any, name: str, alias: Optional[str] = None) -> pd.DataFrame:
-    """A scorer's output: one row per input row, keyed by id, main column present."""
-    if not isinstance(df, pd.DataFrame):
-        df = as_pandas(df)
-    if "id" not in df.columns or name not in df.columns:
-        raise ValueError(f"criterion {name!r}: scorer returned columns {list(df.columns)}; expected 'id' and {name!r}")
-    if len(df) != len(table):
-        raise ValueError(f"criterion {name!r}: scorer returned {len(df)} rows for {len(table)} samples")
-    ids = table["id"].astype(str).to_numpy()
-    got = df["id"].astype(str).to_numpy()
-    if not np.array_equal(ids, got):
-        df = df.set_index(df["id"].astype(str)).reindex(ids).reset_index(drop=True)
-        if df[name].isna().all() and len(ids):
-            raise ValueError(f"criterion {name!r}: scorer returned ids that do not match the batch")
-        df["id"] = ids
-    keep = ["id"] + [c for c in df.columns if c == name or c.startswith(name + ".")]
-    df = df[keep].copy()
-    if alias and alias != name:
-        df.columns = ["id"] + [alias + c[len(name) :] for c in df.columns[1:]]
-    for c in df.columns:
-        if c.endswith(".reason"):
-            df[c] = df[c].fillna("").astype(str)
-        elif c != "id" and df[c].dtype == object:
-            try:
-                df[c] = df[c].astype(np.float64)
-            except (TypeError, ValueError):
-                df[c] = df[c].astype(str)
-    return df
-
-
 def cached(
-    st: RunState, col: str, key: str, ids: str, compute: Callable[[], Any], step: Optional[Step] = None
+    st: RunState,
+    col: str,
+    key: str,
+    ids: str,
+    compute: Callable[[], Any],
+    step: Optional[Step] = None,
+    extra: Optional[Callable[[], dict]] = None,
 ) -> pd.DataFrame:
-    """The cache entry ``col``/``key`` covering ``ids``, computed and stored on a miss."""
+    """The cache entry ``col``/``key`` covering ``ids``, computed and stored on a miss (with ``extra()``
+    as more metadata of the entry)."""
     df = st.cache.get(col, key, ids)
     if df is None:
         table = compute()
-        df = st.cache.put(col, key, table, ids=ids, fingerprint=st.fingerprint(step) if step else None)
+        fp = st.fingerprint(step) if step else None
+        df = st.cache.put(col, key, table, ids=ids, fingerprint=fp, extra=extra() if extra else None)
     return df
 
 
@@ -75,34 +55,48 @@ def _criterion(st: RunState, step: Step, table: pd.DataFrame) -> Callable[[], pd
 def _pool_criterion(st: RunState, step: Step, pool: pd.DataFrame) -> Callable[[], pd.DataFrame]:
     """A pool-scoped criterion over the whole pool in ONE scorer call: through the engine's
     ``score_pool`` (never its batched ``score``, whose batches would each be scored as a pool of
-    their own), or the scorer handle itself when an engine has no ``score_pool``."""
+    their own), or the scorer handle itself when an engine has no ``score_pool``. What the scorer
+    reports of the call (``run_info()``: index kind, measured recall, anchors...) goes to ``st.run_info``."""
 
     def compute() -> pd.DataFrame:
         scorer = st.scorer_for(step)
         whole = getattr(st.engine, "score_pool", None)
         if whole is not None:
-            df = whole(scorer, pool, step.name)
+            raw = whole(scorer, pool, step.name)
         elif callable(scorer):
-            df = scorer(pool)
+            raw = scorer(pool)
         else:
             raise OptionError(
                 f"engine {getattr(st.engine, 'NAME', type(st.engine).__name__)!r} has no score_pool, so it "
                 f"cannot score the pool-scoped criterion {step.name!r} over the whole pool"
             )
-        return check_scores(df, pool, step.name, step.alias)
+        info = raw.attrs.get("run_info") if isinstance(raw, pd.DataFrame) else None
+        if info is None and callable(getattr(scorer, "run_info", None)):
+            info = scorer.run_info()
+        if info is not None:
+            st.run_info[step.col] = info
+        return check_scores(raw, pool, step.name, step.alias)
 
     return compute
 
 
-def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
-    """One shard's tables (token counts under TOKENS, then each criterion's), cached."""
+def _shard_keys(st: RunState, shard: Any, tok_key: str) -> tuple[str, str, dict]:
+    """A shard's ids digest, token-count cache key and each shard criterion's cache key."""
     digest = ids_digest(shard.table["id"].astype(str).tolist())
-    tkey = cache_key(TOKEN_CRITERION, tok_key, shard.key)
+    keys = {step.col: cache_key(step.col, st.key_for(step), shard.key) for step in st.shard_criteria()}
+    return digest, cache_key(TOKEN_CRITERION, tok_key, shard.key), keys
+
+
+def _token_table(st: RunState, shard: Any, tok: Any, tkey: str, digest: str) -> pd.DataFrame:
     with scaled(0, len(shard)):  # token counts are not one of the shard's shares of the bar: they do not move it
-        tabs = {TOKENS: cached(st, TOKEN_CRITERION, tkey, digest, lambda: tok(shard.table))}
-    keys = {}
+        return cached(st, TOKEN_CRITERION, tkey, digest, lambda: tok(shard.table))
+
+
+def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
+    """One shard's tables (token counts under TOKENS, then each criterion's), cached, in this process."""
+    digest, tkey, keys = _shard_keys(st, shard, tok_key)
+    tabs = {TOKENS: _token_table(st, shard, tok, tkey, digest)}
     for step in st.shard_criteria():
-        keys[step.col] = cache_key(step.col, st.key_for(step), shard.key)
         tabs[step.col] = cached(st, step.col, keys[step.col], digest, _criterion(st, step, shard.table), step)
     st.shards.append(ShardRef(shard.key, len(shard), digest, tkey, keys))
     return tabs
@@ -119,39 +113,153 @@ def _columns(tables: Any, needed: set) -> dict:
     return {c: _column(df[c]) for df in tables for c in df.columns if c in needed}
 
 
+class _Rows:
+    """What the run keeps of each scored shard, in shard order: row maps, token counts, groups,
+    embeddings when needed, and the texts of pool-scoped runs; feeds the selection."""
+
+    def __init__(self, st: RunState, selection: Selection) -> None:
+        self.st, self.selection = st, selection
+        self.keep_texts = bool(st.pool_criteria())
+        self.want_emb = st.plan.needs_embeddings and not st.cfg.score_only
+        self.lines: list = []
+        self.files: list = []
+        self.tokens: list = []
+        self.groups: list = []
+        self.emb: list = []
+
+    def embed(self, shard: Any) -> None:
+        if self.want_emb:
+            emb_dir = self.st.cache.root / "embeddings"
+            self.emb.append(embed_table(shard.table, self.st.cfg.embedder or "default", cache_dir=emb_dir))
+
+    def add(self, shard: Any, tabs: dict) -> None:
+        st = self.st
+        self.tokens.append(tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64))
+        self.selection.feed(_columns(tabs.values(), self.selection.needed), shard.start)
+        if self.keep_texts:
+            st.pool_tables.append(shard.table)
+        self.lines.append(shard.lines)
+        self.files.append(np.asarray(shard.files, dtype=np.int32))
+        if "group" in shard.table.columns:
+            self.groups.append(shard.table["group"].astype(str).to_numpy())
+        st.n += len(shard)
+        if st.on_shard is not None:
+            st.on_shard(shard.index)
+
+    def finish(self) -> None:
+        st = self.st
+        st.lines, st.files = concat(self.lines, np.int64), concat(self.files, np.int32)
+        st.tokens = concat(self.tokens, np.float64)
+        st.groups = np.concatenate(self.groups) if self.groups and len(self.groups) == len(st.shards) else None
+        st.embeddings = np.concatenate(self.emb) if self.emb else None
+
+
+# ------------------------------------------------------------------ shards on an engine's worker pool
+EMBED_CRITERIA_OPTION = "embedder"  # criteria with this option embed the pool; workers fill the cache first
+
+
+def start_pool(st: RunState) -> Any:
+    """The engine's worker pool for this run (None: the engine scores in this process)."""
+    start = getattr(st.engine, "start_workers", None)
+    if start is None:
+        return None
+    specs = {}
+    for step in st.shard_criteria():
+        cls = CRITERIA.get(step.name).obj
+        st.engine.make_scorer(cls, {})  # lets the engine ship a plugin's class by value
+        specs[step.col] = CriterionSpec(step.col, step.name, step.alias, cls, st.runtime_options(step))
+    return start(ShardWorker, specs, str(st.cache.root))
+
+
+def _embedders(st: RunState, want_emb: bool) -> list:
+    """(embedder, device, cache folder) of each embedding the run will read through the embeddings
+    cache: the selector's, and each pool-scoped criterion's that embeds through the cache."""
+    out = []
+    if want_emb:
+        out.append((st.cfg.embedder or "default", None, str(st.cache.root / "embeddings")))
+    for step in st.pool_criteria():
+        opts = st.runtime_options(step)
+        if isinstance(opts.get(EMBED_CRITERIA_OPTION), str) and opts.get("cache_dir") is not None:
+            out.append((opts[EMBED_CRITERIA_OPTION], opts.get("device"), str(opts["cache_dir"])))
+    return list(dict.fromkeys(out))
+
+
+def _submit(st: RunState, pool: Any, shard: Any, tok: Any, tok_key: str, embedders: list) -> tuple:
+    """Send one shard to the pool (only the entries the cache lacks); token counts are computed here."""
+    digest, tkey, keys = _shard_keys(st, shard, tok_key)
+    tokens = _token_table(st, shard, tok, tkey, digest)
+    todo = [(c, k) for c, k in keys.items() if not st.cache.has(c, k)]
+    jobs = [pool.submit("score", shard.table, todo, digest)] if todo else []
+    if embedders:
+        jobs.append(pool.submit("embed", shard.table, embedders))
+    st.shards.append(ShardRef(shard.key, len(shard), digest, tkey, keys))
+    return shard, digest, keys, tokens, jobs
+
+
+def _collect(st: RunState, pool: Any, shard: Any, digest: str, keys: dict, tokens: Any, jobs: list) -> dict:
+    """Wait for a shard's jobs; its tables read back from the cache the workers wrote."""
+    for job in jobs:
+        receipt = pool.result(job)
+        st.workers.setdefault(str(receipt.get("node")), set()).add(int(receipt.get("pid", 0)))
+        st.worker_peak_rss_mb = max(st.worker_peak_rss_mb, float(receipt.get("peak_rss_mb", 0.0)))
+    tabs = {TOKENS: tokens}
+    for step in st.shard_criteria():
+        df = st.cache.get(step.col, keys[step.col], digest)
+        if df is None:
+            where = st.cache.path(step.col, keys[step.col])
+            raise RuntimeError(
+                f"criterion {step.col!r}: a worker reported shard {shard.index} scored, but its cache entry "
+                f"{where} is missing or does not match"
+            )
+        tabs[step.col] = df
+    return tabs
+
+
+def score_shards_pooled(st: RunState, pool: Any, rows: "_Rows", prog: Any, tok: Any, tok_key: str) -> None:
+    """Shards through the pool, up to ``pool.max_in_flight`` at a time, collected in shard order."""
+    embedders = _embedders(st, rows.want_emb)
+    pending: deque = deque()
+
+    def collect_one() -> None:
+        shard, *rest = pending.popleft()
+        tabs = _collect(st, pool, shard, *rest)
+        rows.embed(shard)
+        rows.add(shard, tabs)
+        prog.update(len(shard), cached=st.cache.hits, computed=st.cache.misses)
+
+    try:
+        for shard in st.source.shards():
+            pending.append(_submit(st, pool, shard, tok, tok_key, embedders))
+            while len(pending) > pool.max_in_flight:
+                collect_one()
+        while pending:
+            collect_one()
+    finally:
+        pool.close()
+
+
 def score_shards(st: RunState, selection: Selection) -> None:
     """Stream the pool shard by shard: score (or read from the cache), feed the selection, keep
-    only row maps, token counts, groups and, when needed, embeddings and the texts of pool-scoped runs."""
+    only row maps, token counts, groups and, when needed, embeddings and the texts of pool-scoped runs.
+    An engine with a worker pool (``start_workers``) scores the shards there, several in flight."""
     t = time.perf_counter()
     tok = token_counter()
     tok_key = tok.cache_key()
-    keep_texts = bool(st.pool_criteria())
-    want_emb = st.plan.needs_embeddings and not st.cfg.score_only
-    lines, files, tokens, groups, emb = [], [], [], [], []
+    rows = _Rows(st, selection)
     prog = Progress(st.cfg.quiet, "scoring", None if st.cfg.quiet else st.source.estimate_rows(), "rows")
-    parts = max(1, len(st.shard_criteria()) + int(want_emb))  # a shard's rows: one share per criterion/embedding
-    for shard in st.source.shards():
-        with prog.share(len(shard), len(shard) * parts):  # moves by rows as far as the scorers report them
-            tabs = _score_shard(st, shard, tok, tok_key)
-            if want_emb:
-                emb_dir = st.cache.root / "embeddings"
-                emb.append(embed_table(shard.table, st.cfg.embedder or "default", cache_dir=emb_dir))
-        tokens.append(tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64))
-        selection.feed(_columns(tabs.values(), selection.needed), shard.start)
-        if keep_texts:
-            st.pool_tables.append(shard.table)
-        lines.append(shard.lines)
-        files.append(np.asarray(shard.files, dtype=np.int32))
-        if "group" in shard.table.columns:
-            groups.append(shard.table["group"].astype(str).to_numpy())
-        st.n += len(shard)
-        prog.update(0, cached=st.cache.hits, computed=st.cache.misses)
-        if st.on_shard is not None:
-            st.on_shard(shard.index)
+    pool = start_pool(st)
+    if pool is not None:
+        score_shards_pooled(st, pool, rows, prog, tok, tok_key)
+    else:
+        parts = max(1, len(st.shard_criteria()) + int(rows.want_emb))  # one share per criterion/embedding
+        for shard in st.source.shards():
+            with prog.share(len(shard), len(shard) * parts):  # moves by rows as far as the scorers report them
+                tabs = _score_shard(st, shard, tok, tok_key)
+                rows.embed(shard)
+            rows.add(shard, tabs)
+            prog.update(0, cached=st.cache.hits, computed=st.cache.misses)
     prog.close()
-    st.lines, st.files, st.tokens = concat(lines, np.int64), concat(files, np.int32), concat(tokens, np.float64)
-    st.groups = np.concatenate(groups) if groups and len(groups) == len(st.shards) else None
-    st.embeddings = np.concatenate(emb) if emb else None
+    rows.finish()
     st.lap("score_shards", t)
     _report_skipped(st)
 
@@ -181,7 +289,10 @@ def score_pool_scoped(st: RunState, selection: Selection) -> None:
         if not st.cache.has(step.col, key):
             st.say(f"scoring {step.col} over the whole pool ({st.n} rows)")
         with task(f"scoring {step.col}", total=st.n, quiet=st.cfg.quiet) as bar, bar.share(st.n):
-            df = cached(st, step.col, key, digest, _pool_criterion(st, step, pool), step)
+            extra = lambda col=step.col: {"run_info": st.run_info.get(col)}  # noqa: E731
+            df = cached(st, step.col, key, digest, _pool_criterion(st, step, pool), step, extra)
+        if step.col not in st.run_info:  # read from the cache: what the scorer reported when it ran
+            st.run_info[step.col] = st.cache.info(step.col, key).get("run_info")
         st.pool_frames[step.col] = df
         selection.feed_pool(_columns([df], selection.needed))
     st.lap("score_pool", t)

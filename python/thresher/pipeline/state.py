@@ -53,6 +53,9 @@ class RunState:
     shards: list = field(default_factory=list)  # ShardRef per shard
     pool_frames: dict = field(default_factory=dict)  # column -> pool-scoped criterion's table
     pool_keys: dict = field(default_factory=dict)  # column -> pool-scoped cache key
+    run_info: dict = field(default_factory=dict)  # column -> what a pool-scoped scorer reports (index, recall...)
+    workers: dict = field(default_factory=dict)  # node -> pids of the engine's workers that scored shards
+    worker_peak_rss_mb: float = 0.0  # the largest peak memory a worker reported
     n: int = 0
     lines: Any = None  # int64 source line per row
     files: Any = None  # int32 file index per row
@@ -83,7 +86,8 @@ class RunState:
                 entry = CRITERIA.get(step.name)
                 self.scorers[step.col] = self.engine.make_scorer(entry.obj, self.runtime_options(step))
             self.timings[f"load {step.col}"] = round(time.perf_counter() - t, 3)
-            self.keys.setdefault(step.col, scorer_key(self.scorers[step.col], step))
+            if step.col not in self.keys:  # (a key from cache_key_for needs no scorer instance)
+                self.keys[step.col] = scorer_key(self.scorers[step.col], step)
         return self.scorers[step.col]
 
     def runtime_options(self, step: Step) -> dict:

@@ -1,0 +1,156 @@
+"""The Ray engine's overhead against the local engine, and driver/worker memory, at scale (issue 10).
+
+Two workloads on a pool built by replicating ../shared/data/bigbench (ids suffixed with the copy):
+
+* ``length``: ``--rows`` rows (default 1,000,000), the ``length`` criterion, top ``--k``;
+* ``length+knn``: ``--knn-rows`` rows, ``length`` and ``knn_distance`` (exact kNN-6 over the whole
+  pool) on PRECOMPUTED embeddings: the embeddings cache is filled beforehand with seeded random
+  unit vectors under the default embedder's fingerprint (in a private, temporary cache), so the
+  benchmark times the engines, not the encoder.
+
+Contenders, each in its own process (peak RSS per run, ``ru_maxrss``), the same threads for all
+(``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = ``--threads``; a Ray worker runs with one CPU):
+``local``, ``ray-1`` (one worker), ``ray-2`` (two workers). Ray's cluster start is timed apart
+(``ray_init_s``): a user's cluster is already running. Each run's selection must equal local's.
+
+    python benchmarks/bench_scale.py [--rows 1000000] [--knn-rows 50000] [--reps 2] [--out FILE]
+
+Writes benchmarks/results/scale-cpu.json (ratios ray/local: min and median over reps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.bench_pipeline import make_pool  # noqa: E402
+
+CHILD = r"""
+import json, resource, sys, time, shutil
+sys.path.insert(0, {py!r})
+from thresher.pipeline import PipelineConfig, run_pipeline
+engine, opts = {engine!r}, {opts!r}
+init = 0.0
+if engine == "ray":
+    import ray
+    t = time.perf_counter()
+    ray.init(address="local", num_cpus={cpus}, include_dashboard=False, log_to_driver=False)
+    init = time.perf_counter() - t
+shutil.rmtree({out!r}, ignore_errors=True)
+t = time.perf_counter()
+res = run_pipeline(PipelineConfig(data={data!r}, out={out!r}, cache_dir={cache!r}, criteria={criteria!r},
+                                  selector={{"name": "topk", "options": {{"criterion": {sel!r}}}}}, k={k},
+                                  shard_size={shard}, engine=engine, engine_options=opts, report=False, quiet=True))
+dt = time.perf_counter() - t
+print(json.dumps({{"seconds": dt, "ray_init_s": init,
+                  "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "engine_run": res.manifest.get("engine_run"), "rows": res.n_rows,
+                  "selected": [int(x) for x in res.selected], "timings": res.timings}}))
+"""
+
+FILL = r"""
+import sys, numpy as np
+sys.path.insert(0, {py!r})
+from thresher.io import Source
+from thresher.embed import get_embedder, sample_texts
+from thresher.embed.store import EmbeddingStore, sample_key
+enc = get_embedder("default")
+store = EmbeddingStore({emb!r}, enc.fingerprint)
+rng = np.random.default_rng(0)
+for shard in Source({data!r}, shard_size=50000).shards():
+    t = shard.table
+    keys = [sample_key(i, x) for i, x in zip(t["id"].astype(str), sample_texts(t))]
+    v = rng.standard_normal((len(keys), enc.dim)).astype(np.float32)
+    store.put(keys, v / np.linalg.norm(v, axis=1, keepdims=True))
+print(enc.dim)
+"""
+
+
+def run_child(code: str, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "OPENBLAS_NUM_THREADS": str(threads), "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def workload(name: str, data: Path, work: Path, criteria: list, args: argparse.Namespace) -> dict:
+    """Every contender ``reps`` times on one workload; the score cache is emptied before each run
+    (the embeddings cache, when there is one, is kept: those are the precomputed embeddings)."""
+    contenders = {"local": ("local", {}), "ray-1": ("ray", {"workers": 1}), "ray-2": ("ray", {"workers": 2})}
+    runs: dict = {c: [] for c in contenders}
+    for rep in range(args.reps):
+        for c, (engine, opts) in contenders.items():
+            cache = work / f"cache-{name}"
+            for sub in cache.glob("*"):
+                if sub.name != "embeddings":
+                    shutil.rmtree(sub, ignore_errors=True)
+            code = CHILD.format(py=str(ROOT / "python"), engine=engine, opts=opts, cpus=args.threads + 1,
+                                out=str(work / f"out-{name}-{c}"), cache=str(cache), data=str(data),
+                                criteria=criteria, sel=criteria[-1], k=args.k, shard=args.shard_size)  # fmt: skip
+            r = run_child(code, args.threads)
+            print(f"{name} {c} rep {rep}: {r['seconds']:.1f} s, driver {r['driver_peak_rss_mb']:.0f} MB", flush=True)
+            runs[c].append(r)
+    return summarize(runs)
+
+
+def summarize(runs: dict) -> dict:
+    base = runs["local"]
+    want = base[0]["selected"]
+    out: dict = {"runs": {}, "ratios_over_local": {}, "same_selection_as_local": True}
+    for c, rs in runs.items():
+        out["same_selection_as_local"] &= all(r["selected"] == want for r in rs)
+        for r in rs:
+            r["selected"] = len(r["selected"])
+        out["runs"][c] = rs
+        if c != "local":
+            ratios = [r["seconds"] / b["seconds"] for r, b in zip(rs, base)]
+            out["ratios_over_local"][c] = {"min": min(ratios), "median": statistics.median(ratios)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--knn-rows", type=int, default=50_000)
+    ap.add_argument("--k", type=int, default=10_000)
+    ap.add_argument("--shard-size", type=int, default=20_000)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", default="/tmp/thresher-bench-scale")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale-cpu.json"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    big, small = work / f"pool-{args.rows}.jsonl.gz", work / f"pool-{args.knn_rows}.jsonl.gz"
+    make_pool(big, args.rows)
+    make_pool(small, args.knn_rows)
+    emb = work / "cache-length+knn" / "embeddings"
+    fill = FILL.format(py=str(ROOT / "python"), emb=str(emb), data=str(small))
+    subprocess.run([sys.executable, "-c", fill], check=True, capture_output=True)
+    result = {
+        "benchmark": "scale",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "note": "shared 2-core machine: read the ratios, not the absolute times",
+        },  # fmt: skip
+        "length": workload("length", big, work, ["length"], args),
+        "length+knn": workload("length+knn", small, work, ["length", "knn_distance"], args),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({w: result[w]["ratios_over_local"] for w in ("length", "length+knn")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

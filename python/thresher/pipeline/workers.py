@@ -1,0 +1,129 @@
+"""Shard scoring on an engine's worker pool (the Ray engine; any engine with ``start_workers``).
+
+The driver streams the pool shard by shard and sends each shard to the pool with the list of
+(criterion column, cache key) entries the score cache lacks. A :class:`ShardWorker` is one
+long-lived worker process: it builds each criterion's scorer ONCE for the whole job (the model
+is loaded on the first shard that needs it), scores the shards it is sent and writes their
+score-cache entries itself (an atomic write per entry, keyed by content, so a task that is
+retried after its worker died rewrites the same bytes: no lost and no duplicated rows). The
+driver gets back only small receipts and reads each entry from the cache, in shard order.
+
+A worker also fills the shared embeddings cache for the run's embedding steps (pool-scoped
+criteria and selectors that need embeddings): the pool is embedded in parallel, and the
+whole-pool step that follows reads every vector from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from ..cache import ScoreCache
+from ..embed import embed_table
+from .scoring_checks import check_scores
+
+
+@dataclass(frozen=True)
+class CriterionSpec:
+    """What a worker needs to build one criterion's scorer: the class itself (shipped by value
+    for a plugin), its resolved options, and the output column names."""
+
+    col: str
+    name: str
+    alias: Optional[str]
+    cls: Any
+    options: dict
+
+
+class ShardWorker:
+    """One worker of the pool (a Ray actor, or an object in this process)."""
+
+    def __init__(self, specs: dict, cache_root: str, batch_size: Optional[int] = None) -> None:
+        self.specs = dict(specs)
+        self.cache = ScoreCache(Path(cache_root))
+        self.batch_size = batch_size
+        self.scorers: dict = {}
+
+    def _scorer(self, col: str) -> Any:
+        if col not in self.scorers:
+            spec = self.specs[col]
+            self.scorers[col] = spec.cls(**spec.options)
+        return self.scorers[col]
+
+    def _fingerprint(self, col: str) -> Optional[str]:
+        sc = self.scorers.get(col)
+        fp = getattr(sc, "fingerprint", None)
+        if fp is None and getattr(sc, "lm", None) is not None:
+            fp = getattr(sc.lm, "fingerprint", None)
+        return None if fp is None else str(fp)
+
+    def _score(self, col: str, table: pd.DataFrame) -> pd.DataFrame:
+        scorer = self._scorer(col)
+        b = self.batch_size
+        if b is None or len(table) <= b:
+            return scorer(table)
+        parts = [scorer(table.iloc[s : s + b].reset_index(drop=True)) for s in range(0, len(table), b)]
+        return pd.concat(parts, ignore_index=True)
+
+    def score(self, table: pd.DataFrame, todo: list, digest: str) -> dict:
+        """Score ``table`` with each (column, cache key) of ``todo`` whose entry is missing, and write
+        the entries. Returns a receipt: this worker's pid and node, and the columns it computed."""
+        done = []
+        for col, key in todo:
+            if self.cache.get(col, key, digest) is not None:  # a retried task: already written
+                continue
+            spec = self.specs[col]
+            df = check_scores(self._score(col, table), table, spec.name, spec.alias)
+            self.cache.put(col, key, df, ids=digest, fingerprint=self._fingerprint(col))
+            done.append(col)
+        return {**self.info(), "computed": done}
+
+    def embed(self, table: pd.DataFrame, embedders: list) -> dict:
+        """Fill the embeddings cache with ``table``'s rows for each (embedder, device, cache folder)."""
+        for name, device, emb_dir in embedders:
+            embed_table(table, name, cache_dir=emb_dir, device=device)
+        return self.info()
+
+    def info(self) -> dict:
+        """This worker: pid, node and peak resident memory so far (MB)."""
+        return {
+            "pid": os.getpid(),
+            "node": node_id(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+
+
+def node_id() -> str:
+    """The Ray node this process runs on (its hostname outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # pragma: no cover - ray is optional
+        pass
+    return socket.gethostname()
+
+
+class LocalPool:
+    """A pool of one in-process worker: ``submit`` runs at once (the local engine's semantics)."""
+
+    max_in_flight = 1
+
+    def __init__(self, worker: ShardWorker) -> None:
+        self.worker = worker
+
+    def submit(self, method: str, *args: Any) -> Any:
+        return getattr(self.worker, method)(*args)
+
+    def result(self, handle: Any) -> Any:
+        return handle
+
+    def close(self) -> None:
+        pass
