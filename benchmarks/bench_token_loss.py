@@ -15,12 +15,19 @@ RSS follows live allocations); the peak-RSS mark is reset after the inputs are
 made, and the figure is peak RSS (VmHWM) minus RSS before the call: the extra
 memory the method needed at its peak.
 
-GPU (``--gpu``): the Triton backend against ``cut-cross-entropy``
-(``linear_cross_entropy(reduction="none")``) and ``liger-kernel``
-(``liger_fused_linear_cross_entropy(reduction="none")``) where installed, and
-the naive torch path, on (16384 tokens, H 4096, V 128256, bf16) and SmolLM2
-shapes; CUDA-event timings and ``torch.cuda.max_memory_allocated`` over the
-inputs. Writes ``benchmarks/results/token_loss-gpu.json`` with the device name.
+GPU (``--gpu``): thresher's Triton backend (autotuned; the first call tunes and
+is not timed) against the naive torch path (materialised logits +
+``F.cross_entropy``), ``cut-cross-entropy`` (``linear_cross_entropy``,
+reduction "none") and ``liger-kernel`` (``liger_fused_linear_cross_entropy``,
+reduction "none") where importable, all forward only under ``torch.no_grad``,
+on the shapes of ``--gpu-shapes`` (default SmolLM2: H 576, V 49152 and
+Llama-3-8B: H 4096, V 128256, 8192 tokens each, bf16; ``--tf32`` adds SmolLM2
+in fp32 with IEEE and with TF32 dots). Per method: CUDA-event times, the peak
+of ``torch.cuda.max_memory_allocated`` over the inputs and its ratio to the
+logits tensor, the largest |NLL - fp32 reference| on 256 tokens; per shape the
+ratios of thresher's time to each baseline. JSON into ``--out`` (default
+``benchmarks/results/token_loss-gpu.json``) with the device name. Without a
+CUDA device ``--gpu`` exits with status 2 and a message.
 
 The CPU machine is shared and noisy: compare the ratios of one run, not
 absolute times across runs.
@@ -180,13 +187,28 @@ def run_cpu(args) -> dict:
 
 
 # --------------------------------------------------------------------- GPU
-def gpu_methods():
+GPU_PRESETS = {"smollm2": (576, 49152), "llama3-8b": (4096, 128256)}
+
+
+def parse_gpu_shapes(text: str) -> list[tuple[str, int, int, int]]:
+    """ "smollm2:8192,llama3-8b:8192" -> [(name, tokens, hidden, vocab)]."""
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, n = item.partition(":")
+        if name not in GPU_PRESETS:
+            raise SystemExit(f"--gpu-shapes: unknown shape {name!r} (known: {', '.join(GPU_PRESETS)})")
+        out.append((name, int(n or 8192), *GPU_PRESETS[name]))
+    return out
+
+
+def gpu_methods(dtype: torch.dtype) -> dict:
+    """{name: fn(hidden, weight, targets) -> per-token NLL [N]} of every method importable here."""
     from thresher.ops import token_loss
 
-    out = {
-        "thresher_triton": lambda h, w, t: token_loss(h, w, t, backend="triton").nll,
-        "naive_torch": lambda h, w, t: F.cross_entropy((h @ w.T).float(), t, reduction="none"),
-    }
+    out = {"thresher_triton": lambda h, w, t: token_loss(h, w, t, backend="triton").nll}
+    if dtype == torch.float32:
+        out["thresher_triton_tf32"] = lambda h, w, t: token_loss(h, w, t, backend="triton", allow_tf32=True).nll
+    out["naive_torch"] = lambda h, w, t: F.cross_entropy((h @ w.T).float(), t, reduction="none")
     try:
         from cut_cross_entropy import linear_cross_entropy
 
@@ -206,66 +228,98 @@ def gpu_methods():
     return out
 
 
-def run_gpu(args) -> dict:
-    dev = torch.device("cuda")
-    shapes = [
-        (16384, 4096, 128256, "bfloat16"),
-        (4096, 576, 49152, "bfloat16"),
-        (16384, 576, 49152, "bfloat16"),
-        (4096, 576, 49152, "float32"),
-    ]
-    results = []
-    for n, h, v, dt in shapes:
-        hidden, weight, targets = make_inputs(n, h, v, DTYPES[dt], device=dev)
-        ref = None
-        row = {"shape": {"tokens": n, "hidden": h, "vocab": v, "dtype": dt}, "methods": {}}
-        for name, fn in gpu_methods().items():
-            try:
-                with torch.no_grad():
-                    out = fn(hidden, weight, targets)  # warm-up / compile
-                    torch.cuda.synchronize()
-                    if name == "naive_torch":
-                        ref = out.float()
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                    fn(hidden, weight, targets)
-                    torch.cuda.synchronize()
-                    peak = torch.cuda.max_memory_allocated() - base
-                    ts = []
-                    for _ in range(args.repeats):
-                        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        e0.record()
-                        out = fn(hidden, weight, targets)
-                        e1.record()
-                        torch.cuda.synchronize()
-                        ts.append(e0.elapsed_time(e1) / 1e3)
-                err = None if ref is None else (out.float() - ref).abs().max().item()
-                row["methods"][name] = {
-                    "time_s_median": statistics.median(ts),
-                    "time_s_min": min(ts),
-                    "peak_extra_bytes": peak,
-                    "max_abs_diff_vs_naive": err,
-                }
-                print(
-                    f"{n}x{h}x{v} {dt} {name:18s} {statistics.median(ts) * 1e3:8.2f} ms  "
-                    f"peak +{peak / 2**20:8.1f} MiB  maxdiff {err}",
-                    flush=True,
-                )
-            except Exception as exc:
-                row["methods"][name] = {"error": f"{type(exc).__name__}: {exc}"}
-                print(f"{name} failed: {exc}", flush=True)
-            torch.cuda.empty_cache()
-        m = row["methods"]
-        others = [
-            m[k]["time_s_median"] for k in ("cut_cross_entropy", "liger_kernel") if k in m and "time_s_median" in m[k]
-        ]
-        if others and "time_s_median" in m.get("thresher_triton", {}):
-            row["thresher_time_over_fastest_baseline"] = m["thresher_triton"]["time_s_median"] / min(others)
-        results.append(row)
-        del hidden, weight, targets
+def _time_gpu(fn, inputs, repeats: int) -> tuple[list[float], int, torch.Tensor]:
+    """(times in s, peak extra bytes, output) of fn(*inputs) after one untimed warm-up call."""
+    with torch.no_grad():
+        fn(*inputs)  # warm-up: compile, autotune
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
-    return {"device": torch.cuda.get_device_name(0), "results": results}
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn(*inputs)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        ts = []
+        for _ in range(repeats):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            fn(*inputs)
+            e1.record()
+            torch.cuda.synchronize()
+            ts.append(e0.elapsed_time(e1) / 1e3)
+    return ts, peak, out
+
+
+def _tuned_configs() -> dict:
+    """The autotuner's choice per precision (for the record), where it ran."""
+    from thresher import _native
+
+    k = _native.kernel("token_loss")
+    tuned = getattr(k, "_TUNED", {}) if k is not None else {}
+    return {p: str(t.best_config) for p, t in tuned.items() if getattr(t, "best_config", None) is not None}
+
+
+def gpu_shape(name: str, n: int, h: int, v: int, dtype: torch.dtype, repeats: int) -> dict:
+    hidden, weight, targets = make_inputs(n, h, v, dtype, device=torch.device("cuda"))
+    m = min(n, 256)  # fp32 reference on a few tokens
+    with torch.no_grad():
+        ref = F.cross_entropy(hidden[:m].float() @ weight.float().T, targets[:m], reduction="none")
+    logits_bytes = n * v * hidden.element_size()
+    row = {"shape": {"name": name, "tokens": n, "hidden": h, "vocab": v, "dtype": str(dtype).split(".")[-1]}}
+    row["logits_bytes"] = logits_bytes
+    row["methods"] = {}
+    for meth, fn in gpu_methods(dtype).items():
+        try:
+            ts, peak, out = _time_gpu(fn, (hidden, weight, targets), repeats)
+            err = (out[:m].float() - ref).abs().max().item()
+            row["methods"][meth] = {
+                "time_s_median": statistics.median(ts),
+                "time_s_min": min(ts),
+                "times_s": ts,
+                "peak_extra_bytes": peak,
+                "peak_over_logits": peak / logits_bytes,
+                "max_abs_err_vs_fp32": err,
+            }
+            print(
+                f"{name} N={n} {row['shape']['dtype']} {meth:22s} {statistics.median(ts) * 1e3:8.2f} ms  "
+                f"peak +{peak / 2**20:9.1f} MiB ({100 * peak / logits_bytes:6.2f}% of logits)  err {err:.2e}",
+                flush=True,
+            )
+        except Exception as exc:  # one failing method must not lose the others' figures
+            row["methods"][meth] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"{meth} failed: {type(exc).__name__}: {exc}", flush=True)
+        torch.cuda.empty_cache()
+    mine = row["methods"].get("thresher_triton", {}).get("time_s_median")
+    row["thresher_time_over"] = {
+        k: mine / r["time_s_median"]
+        for k, r in row["methods"].items()
+        if mine and k != "thresher_triton" and "time_s_median" in r
+    }
+    del hidden, weight, targets
+    torch.cuda.empty_cache()
+    return row
+
+
+def run_gpu(args) -> dict:
+    shapes = [(*s, torch.bfloat16) for s in parse_gpu_shapes(args.gpu_shapes)]
+    if args.tf32:
+        shapes.append(("smollm2", 8192, *GPU_PRESETS["smollm2"], torch.float32))
+    results = [gpu_shape(name, n, h, v, dt, args.repeats) for name, n, h, v, dt in shapes]
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "triton": _triton_version(),
+        "tuned_configs": _tuned_configs(),
+        "results": results,
+    }
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception as exc:  # pragma: no cover
+        return f"unavailable: {exc}"
 
 
 def main(argv=None) -> int:
@@ -275,7 +329,14 @@ def main(argv=None) -> int:
     ap.add_argument("--v", type=int, default=49152, help="vocabulary size")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--gpu", action="store_true", help="GPU comparison (Triton vs CCE / Liger)")
+    ap.add_argument("--gpu", action="store_true", help="GPU comparison (Triton vs naive torch, CCE, Liger)")
+    ap.add_argument(
+        "--gpu-shapes",
+        default="smollm2:8192,llama3-8b:8192",
+        help="--gpu: comma list of NAME[:TOKENS], NAME in smollm2 (H 576, V 49152), llama3-8b (H 4096, V 128256); "
+        "bf16 (--n/--h/--v/--dtype are the CPU mode's)",
+    )
+    ap.add_argument("--tf32", action="store_true", help="--gpu: also SmolLM2 in fp32, IEEE and TF32 dots")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -292,7 +353,7 @@ def main(argv=None) -> int:
     }
     if args.gpu:
         if not torch.cuda.is_available():
-            print("--gpu: no CUDA device visible", file=sys.stderr)
+            print("bench_token_loss --gpu: no CUDA device visible to torch; nothing measured", file=sys.stderr)
             return 2
         payload = {**meta, **run_gpu(args)}
         out = Path(args.out or ROOT / "benchmarks" / "results" / "token_loss-gpu.json")

@@ -13,9 +13,11 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from thresher import _native
-from thresher.ops import expected_score, last_backend, score_at_position
+from thresher.ops import OPS, expected_score, last_backend, score_at_position
 from thresher.ops import token_loss as _token_loss
 from thresher.ops.token_loss import EXTREME_LOGITS_TOL, TOLERANCES, cpu_plan, reference_token_loss
 
@@ -436,6 +438,213 @@ def test_score_at_position_bad_input():
         expected_score(torch.rand(2, 3), [1.0, 2.0])
     with pytest.raises(ValueError, match="probs"):
         expected_score(torch.rand(3), [1.0, 2.0, 3.0])
+
+
+# ------------------------------------------- triton: odd shapes, half inputs, TF32, memory
+# These run on CUDA tensors where a GPU is visible, else on CPU tensors in Triton's interpreter
+# (TRITON_INTERPRET=1, set by conftest), which uses the kernel's one interpreter config.
+ODD_SHAPES = [(n, h, v) for n in (1, 7, 33) for h in (16, 40) for v in (50, 130)]
+
+
+def _triton_dev(probe, dtype=torch.float32) -> str:
+    return probe(OP, "triton", dtype=dtype)
+
+
+def _to(dev, *xs):
+    return tuple(None if x is None else x.to(dev) for x in xs)
+
+
+def _ignore_some(n, mask, targets):
+    """At least one scored token; unscored positions hold -100 (ignore_index filler)."""
+    mask = mask.clone()
+    mask[-1] = True
+    if n > 2:
+        mask[0] = False
+    return mask, torch.where(mask, targets, torch.full_like(targets, -100))
+
+
+@pytest.mark.parametrize("chunk", [None, 17])
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "N%d-H%d-V%d" % s)
+def test_triton_odd_shapes_with_ignored_tokens(shape, chunk, backend_available):
+    n, h, v = shape
+    dev = _triton_dev(backend_available)
+    hidden, weight, targets, mask = _data(n, h, v, seed=n * h + v)
+    mask, targets = _ignore_some(n, mask, targets)
+    res = token_loss(
+        *_to(dev, hidden, weight, targets, mask), entropy=True, el2n=True, rank=True, chunk_size=chunk, backend="triton"
+    )
+    assert last_backend() == ("token_loss", "triton")
+    ref, sel = _oracle(hidden, weight, targets, mask)
+    for f in FIELDS:
+        x = getattr(res, f).cpu()
+        assert x.shape == (n,) and x.dtype == torch.float32
+        assert torch.isnan(x[~sel]).all()
+        torch.testing.assert_close(x[sel].double(), ref[f], rtol=RTOL, atol=ATOL)
+    rank = res.rank.cpu()
+    assert (rank[~sel] == -1).all()
+    _check_rank(rank, hidden, weight, targets, sel)
+
+
+def test_triton_empty_and_all_ignored(backend_available):
+    dev = _triton_dev(backend_available)
+    hidden, weight, targets, _ = _data(0, 16, 50)
+    r = token_loss(*_to(dev, hidden, weight, targets), entropy=True, el2n=True, rank=True, backend="triton")
+    assert r.nll.shape == r.entropy.shape == r.el2n.shape == r.rank.shape == (0,)
+    assert r.nll.dtype == torch.float32 and r.rank.dtype == torch.int64
+    hidden, weight, targets, _ = _data(7, 16, 50)
+    none = torch.zeros(7, dtype=torch.bool)
+    targets = torch.full((7,), -100)  # never read: nothing is scored
+    r = token_loss(*_to(dev, hidden, weight, targets, none), entropy=True, rank=True, backend="triton")
+    assert torch.isnan(r.nll).all() and torch.isnan(r.entropy).all() and (r.rank == -1).all()
+
+
+@pytest.mark.parametrize("chunk", [None, 17])
+@pytest.mark.parametrize("shape", [(7, 16, 50), (33, 40, 130)], ids=lambda s: "N%d-H%d-V%d" % s)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_triton_half_inputs_error_bounded_by_half_reference(dtype, shape, chunk, backend_available):
+    """|triton - ref64| <= |ref_half - ref64| + eps per token, where ref_half is the reference
+    computed in the input dtype (the naive half-precision path): fp32 accumulation must do at
+    least as well everywhere, and far better overall."""
+    n, h, v = shape
+    dev = _triton_dev(backend_available, dtype)
+    hidden, weight, targets, mask = _data(n, h, v, seed=v + n, dtype=dtype)
+    mask, targets = _ignore_some(n, mask, targets)
+    res = token_loss(
+        *_to(dev, hidden, weight, targets, mask), entropy=True, el2n=True, rank=True, chunk_size=chunk, backend="triton"
+    )
+    ref64, sel = _oracle(hidden, weight, targets, mask)
+    ref_half = reference_token_loss(hidden[sel], weight, targets[sel], compute_dtype=dtype)
+    for f in FIELDS:
+        got = getattr(res, f).cpu()[sel].double()
+        err_half = (ref_half[f].double() - ref64[f]).abs()
+        err = (got - ref64[f]).abs()
+        assert bool((err <= err_half + 1e-4 * (1 + ref64[f].abs())).all()), (f, err, err_half)
+        assert err.max() <= 0.1 * err_half.max(), (f, err.max(), err_half.max())
+    _check_rank(res.rank.cpu(), hidden, weight, targets, sel)
+
+
+def test_triton_tf32_option_accepted_and_close(backend_available):
+    """allow_tf32=True on fp32 inputs: within the error of TF32 operands (10-bit mantissa:
+    each product off by at most 2^-10 relative, so |dz| <= 2^-10 sum_i |h_i w_i|)."""
+    dev = _triton_dev(backend_available)
+    hidden, weight, targets, mask = _data(33, 40, 130, seed=5)
+    res = token_loss(
+        *_to(dev, hidden, weight, targets, mask), entropy=True, el2n=True, rank=True, backend="triton", allow_tf32=True
+    )
+    ref, sel = _oracle(hidden, weight, targets, mask)
+    h64, w64 = hidden[sel].double(), weight.double()
+    dz = 2.0**-10 * (h64.abs() @ w64.abs().T).amax(1)
+    z = h64 @ w64.T
+    spread = z.amax(1) - z.amin(1)
+    # d nll <= 2 max|dz|; d entropy <= 2 max|dz| (1 + spread); d el2n <= 2 max|dz|
+    bound = {"nll": 2 * dz, "entropy": 2 * dz * (1 + spread), "el2n": 2 * dz}
+    for f in FIELDS:
+        err = (getattr(res, f).cpu()[sel].double() - ref[f]).abs()
+        assert bool((err <= bound[f] + 1e-5).all()), (f, err, bound[f])
+    assert res.rank.shape == (33,)
+
+
+def test_allow_tf32_refused_where_meaningless():
+    hidden, weight, targets, mask = _data(6, 4, 10)
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="allow_tf32: expected True or False"):
+            token_loss(hidden, weight, targets, mask, allow_tf32=bad)
+    for dt in (torch.bfloat16, torch.float16, torch.float64):
+        with pytest.raises(ValueError, match="allow_tf32=True applies to float32 inputs only"):
+            token_loss(hidden.to(dt), weight.to(dt), targets, mask, allow_tf32=True, backend="triton")
+    for b in ("cpu", "reference"):
+        with pytest.raises(ValueError, match=f"backend '{b}' computes in IEEE fp32"):
+            token_loss(hidden, weight, targets, mask, allow_tf32=True, backend=b)
+    with pytest.raises(ValueError, match="TF32 is an NVIDIA GPU mode, the tensors are on cpu"):
+        token_loss(hidden, weight, targets, mask, allow_tf32=True)
+    # the backends' reasons say so too (thresher doctor, automatic choice on CUDA tensors)
+    backends = OPS["token_loss"].backends
+    for b in ("cpu", "reference"):
+        why = backends[b].supports(device="cpu", dtype=torch.float32, allow_tf32=True)
+        assert why and "IEEE" in why[0]
+        assert backends[b].supports(device="cpu", dtype=torch.float32, allow_tf32=False) == []
+    assert "float32" in backends["triton"].supports(device="cuda", dtype=torch.bfloat16, allow_tf32=True)[0]
+    assert "float64" in backends["triton"].supports(device="cuda", dtype=torch.float64)[0]
+    assert backends["triton"].supports(device="cuda", dtype=torch.bfloat16) == []
+
+
+class _Allocations(TorchDispatchMode):
+    """Records the shape and byte size of every tensor an aten op returns (the interpreter's
+    copies of the arguments included: it moves whole storages as uint8)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+        self.nbytes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for x in tree_leaves(out):
+            if isinstance(x, torch.Tensor):
+                self.shapes.append(tuple(x.shape))
+                self.nbytes.append(x.numel() * x.element_size())
+        return out
+
+
+def test_triton_never_materialises_logits(backend_available):
+    """No tensor of the triton path holds a [tokens x vocab] block (the reference's do: the
+    recorder sees them), whatever the vocabulary split."""
+    dev = _triton_dev(backend_available)
+    n, h, v = 64, 8, 257
+    hidden, weight, targets, _ = _data(n, h, v, seed=3)
+    args = _to(dev, hidden, weight, targets)
+    with _Allocations() as ref_rec:
+        token_loss(*args, entropy=True, el2n=True, rank=True, backend="reference")
+    logits_bytes = n * v * 4
+    assert max(ref_rec.nbytes) >= logits_bytes
+    for chunk in (None, 64):
+        with _Allocations() as rec:
+            token_loss(*args, entropy=True, el2n=True, rank=True, chunk_size=chunk, backend="triton")
+        # nothing larger than the weight itself (which the interpreter copies), all far below the logits
+        assert max(rec.nbytes) <= max(v * h * 4, 5 * 4 * n), (chunk, max(rec.nbytes), sorted(set(rec.shapes)))
+        assert max(rec.nbytes) <= logits_bytes // 8
+        assert not any(len(s) == 2 and s[1] == v for s in rec.shapes), rec.shapes
+
+
+def _kernel_module():
+    k = _native.kernel("token_loss")
+    if k is None:
+        pytest.skip(f"thresher.kernels.token_loss unavailable: {_native.why_unavailable('kernels.token_loss')}")
+    return k
+
+
+@pytest.mark.parametrize("m, v", [(4096, 49152), (8192, 128256), (1, 49152), (257, 5003), (100_000, 128256)], ids=str)
+def test_triton_split_states_within_one_percent_of_logits(m, v):
+    """Every GPU config's automatic vocabulary split keeps the [S, M] states (m, s, t, q, r)
+    and z_y under 1% of the bf16 logits tensor, on GPUs of 78 to 144 SMs."""
+    k = _kernel_module()
+    for sms in (78, 132, 144):
+        for cfgs in k.GPU_CONFIGS.values():
+            for c in cfgs:
+                s = k.n_splits(m, v, c, sms)
+                assert 1 <= s <= v
+                assert 5 * 4 * s * m + 4 * m <= 0.01 * 2 * m * v, (m, v, c, s)
+    c0 = k.GPU_CONFIGS["half"][0]
+    assert k.n_splits(7, 50, c0, 132, split_size=3) == 17  # explicit chunk_size: ceil(V / chunk)
+    assert k.n_splits(7, 50, c0, 132, split_size=1) == 50
+
+
+def test_triton_configs_interpreter_uses_one_config():
+    k = _kernel_module()
+    plan = k._launch_plan(torch.zeros(3, 4), 50, "ieee")  # CPU tensors: the interpreter
+    assert plan.fixed == k.INTERPRET_CONFIG and plan.candidates == [k.INTERPRET_CONFIG]
+    for prec, cfgs in k.GPU_CONFIGS.items():
+        item = 2 if prec == "half" else 4
+        assert 1 <= len(cfgs) <= 6, prec
+        for c in cfgs:
+            for b in (c.block_n, c.block_v, c.block_h):
+                assert b >= 16 and b & (b - 1) == 0, c  # tl.dot needs powers of two >= 16
+            smem = c.num_stages * (c.block_n + c.block_v) * c.block_h * item
+            assert smem <= 227 * 1024, (prec, c, smem)  # fits an H100/H200 SM
+    tuner = k._TUNED["half"]
+    assert set(tuner.keys) <= set(tuner.arg_names) and {"hid", "vocab"} <= set(tuner.keys)
+    assert k.precision(torch.float32, False) == "ieee" and k.precision(torch.float32, True) == "tf32"
+    assert k.precision(torch.bfloat16, False) == "half"
 
 
 # ------------------------------------------------------------- GPU (if any)

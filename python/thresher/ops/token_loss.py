@@ -46,10 +46,19 @@ Backends (see :mod:`thresher.ops._dispatch`):
   are never rounded to bf16/fp16).
 * ``triton``    - ``thresher.kernels.token_loss``: one program per (token
   block, vocabulary split), tiles via ``tl.dot`` with the online state in
-  registers; the per-split states are merged here.
+  registers; the per-split states are merged here. Autotuned on the GPU
+  (block sizes, vocabulary split, warps, stages); fp16/bf16 inputs use tensor
+  cores with fp32 accumulation; fp32 inputs use IEEE fp32 dots, or TF32 tensor
+  cores with ``allow_tf32=True``. Extra memory: the [S, M] split states, at
+  most 1% of the bf16 logits by default (plus, when ``mask`` is given, the
+  gathered [M, H] hidden rows of the scored tokens, H/V of the logits).
+  Not supported: fp64 inputs.
 
 Inputs are fp32, fp16 or bf16 (fp64 too on reference/cpu); results are fp32
-(rank int64). No gradient is computed.
+(rank int64). No gradient is computed. ``allow_tf32=True`` (fp32 inputs only)
+lets the triton backend round the dot operands to TF32 (10-bit mantissa; about
+1e-3 relative error on the logits); the reference and cpu backends compute in
+IEEE fp32 and refuse it.
 """
 
 from __future__ import annotations
@@ -129,7 +138,7 @@ def _check_int(x, name: str, *, allow_none: bool = True) -> None:
         raise ValueError(f"{name}: must be > 0, got {x}")
 
 
-def _validate(hidden, weight, targets, mask, chunk_size) -> None:
+def _validate(hidden, weight, targets, mask, chunk_size, allow_tf32: bool = False) -> None:
     _check_tensor(hidden, "hidden")
     _check_tensor(weight, "weight")
     _check_tensor(targets, "targets")
@@ -163,6 +172,24 @@ def _validate(hidden, weight, targets, mask, chunk_size) -> None:
         if mask.dim() != 1 or mask.shape[0] != n:
             raise ValueError(f"mask: expected shape ({n},), got {tuple(mask.shape)}")
     _check_int(chunk_size, "chunk_size")
+    if not isinstance(allow_tf32, bool):
+        raise ValueError(f"allow_tf32: expected True or False, got {allow_tf32!r}")
+    if allow_tf32 and hidden.dtype != torch.float32:
+        raise ValueError(
+            f"allow_tf32=True applies to float32 inputs only, got {hidden.dtype} "
+            "(fp16/bf16 inputs already use tensor cores with fp32 accumulation)"
+        )
+
+
+def _check_tf32_backend(allow_tf32: bool, dev: str, backend: Optional[str]) -> None:
+    """allow_tf32=True needs a backend that uses TF32: triton (CUDA tensors, or CPU tensors
+    under TRITON_INTERPRET=1 when forced)."""
+    if not allow_tf32:
+        return
+    if backend not in (None, "triton"):
+        raise ValueError(f"allow_tf32=True: backend {backend!r} computes in IEEE fp32; only 'triton' uses TF32")
+    if dev != "cuda" and backend != "triton":
+        raise ValueError(f"allow_tf32=True: TF32 is an NVIDIA GPU mode, the tensors are on {dev}")
 
 
 # --------------------------------------------------------------------- public
@@ -177,6 +204,7 @@ def token_loss(
     rank: bool = False,
     chunk_size: Optional[int] = None,
     backend: Optional[str] = None,
+    allow_tf32: bool = False,
 ) -> TokenLoss:
     """Per-token losses of ``targets`` under ``softmax(hidden @ weight.T)``.
 
@@ -188,22 +216,25 @@ def token_loss(
         mask: [N] bool, the positions to score; None scores all of them. The
             others are skipped entirely and hold NaN (rank -1).
         entropy / el2n / rank: also return these (see the module docstring).
-        chunk_size: vocabulary rows per chunk (cpu), per vocabulary split
-            (triton); None picks a default. Must be > 0.
+        chunk_size: vocabulary rows per chunk (cpu), at most per vocabulary
+            split (triton); None picks a default. Must be > 0.
         backend: force a backend ("reference", "cpu", "triton").
+        allow_tf32: let the triton backend use TF32 tensor cores for fp32
+            inputs (faster, about 1e-3 relative error on the logits). Off by
+            default; a ValueError for non-fp32 inputs or a backend without TF32.
 
     Returns:
         :class:`TokenLoss` (nll, entropy, el2n, rank), each [N].
     """
-    _validate(hidden, weight, targets, mask, chunk_size)
+    _validate(hidden, weight, targets, mask, chunk_size, allow_tf32)
     dev = device_type(hidden, weight, targets, mask)
+    _check_tf32_backend(allow_tf32, dev, backend)
     v = weight.shape[0]
     with torch.no_grad():
         idx, h, t = _scored_tokens(hidden, targets, mask, v)
-        ctx = {"dtype": hidden.dtype, "n": h.shape[0], "vocab": v, "hidden": hidden.shape[1]}
-        res = token_loss_op.dispatch(
-            dev, h, weight, t, entropy=entropy, el2n=el2n, rank=rank, chunk_size=chunk_size, backend=backend, ctx=ctx
-        )
+        ctx = {"dtype": hidden.dtype, "n": h.shape[0], "vocab": v, "hidden": hidden.shape[1], "allow_tf32": allow_tf32}
+        kw = {"entropy": entropy, "el2n": el2n, "rank": rank, "chunk_size": chunk_size, "allow_tf32": allow_tf32}
+        res = token_loss_op.dispatch(dev, h, weight, t, backend=backend, ctx=ctx, **kw)
         n = hidden.shape[0]
         return TokenLoss(
             _place(res["nll"], idx, n, math.nan),
@@ -300,10 +331,26 @@ def _as_result(d: dict) -> dict:
     return {k: (None if x is None else (x if k == "rank" else x.to(torch.float32))) for k, x in d.items()}
 
 
+def _ieee_only(allow_tf32: bool = False, **_) -> list[str]:
+    """Per-call reasons of the backends that compute in IEEE fp32 (reference, cpu)."""
+    return ["computes in IEEE fp32 (allow_tf32=True needs the triton backend)"] if allow_tf32 else []
+
+
+def _refuse_tf32(allow_tf32: bool, name: str) -> None:
+    if allow_tf32:  # dispatch never gets here (_ieee_only); a direct call must not ignore it
+        raise ValueError(f"allow_tf32=True: backend {name!r} computes in IEEE fp32")
+
+
 @token_loss_op.register(
-    "reference", devices=("cpu", "cuda"), note="full fp32 logits per token block + F.cross_entropy (oracle)"
+    "reference",
+    devices=("cpu", "cuda"),
+    supports=_ieee_only,
+    note="full fp32 logits per token block + F.cross_entropy (oracle)",
 )
-def _reference_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
+def _reference_backend(
+    hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None, allow_tf32=False
+):
+    _refuse_tf32(allow_tf32, "reference")
     return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
 
 
@@ -502,9 +549,13 @@ def _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entrop
 
 
 @token_loss_op.register(
-    "cpu", devices=("cpu",), note="chunked torch matmul (BLAS) + online log-sum-exp, bounded memory, threads"
+    "cpu",
+    devices=("cpu",),
+    supports=_ieee_only,
+    note="chunked torch matmul (BLAS) + online log-sum-exp, bounded memory, threads",
 )
-def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
+def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None, allow_tf32=False):
+    _refuse_tf32(allow_tf32, "cpu")
     m_tok, v = hidden.shape[0], weight.shape[0]
     cd = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     if m_tok == 0:
@@ -540,9 +591,12 @@ def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=Fal
 
 
 # ---------------------------------------------------------------- triton path
-def _triton_supports(device=None, dtype=None, **_):
+def _triton_supports(device=None, dtype=None, allow_tf32=False, **_):
+    """fp32 (IEEE, or TF32 with allow_tf32), fp16 and bf16 (fp32 accumulation); not fp64."""
     if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return [f"dtype {dtype} not supported by the Triton kernel (float32, float16, bfloat16)"]
+        return [f"dtype {dtype} not supported by the Triton kernel (float32, float16, bfloat16; no float64)"]
+    if allow_tf32 and dtype is not None and dtype != torch.float32:
+        return [f"allow_tf32=True applies to float32 inputs only, got {dtype}"]
     return []
 
 
@@ -551,9 +605,11 @@ def _triton_supports(device=None, dtype=None, **_):
     devices=("cuda",),
     available=triton_has("token_loss"),
     supports=_triton_supports,
-    note="tl.dot tiles x vocabulary splits, online LSE in registers",
+    note="autotuned tl.dot tiles x vocabulary splits, online LSE in registers; fp32/TF32/fp16/bf16, not fp64",
 )
-def _triton_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None):
+def _triton_backend(
+    hidden, weight, targets, *, entropy=False, el2n=False, rank=False, chunk_size=None, allow_tf32=False
+):
     k = _native.require_kernel("token_loss")
     m_tok = hidden.shape[0]
     if m_tok == 0:
@@ -562,7 +618,7 @@ def _triton_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=
     w = weight if weight.stride(1) == 1 else weight.contiguous()
     zy = k.target_logits(h, w, targets)
     pm, ps, pt, pq, pr = k.partial_states(
-        h, w, targets, zy, entropy=entropy, el2n=el2n, rank=rank, split_size=chunk_size
+        h, w, targets, zy, entropy=entropy, el2n=el2n, rank=rank, split_size=chunk_size, allow_tf32=allow_tf32
     )
     # merge the vocabulary splits: [S, M] -> [M]
     mm = pm.max(0).values
