@@ -123,6 +123,11 @@ def test_baseline_scores_are_complete_and_meaningful(baseline):
     for c in ("nuggets", "perplexity"):
         bad = scores[c].isna()
         assert (scores.loc[bad, f"{c}.reason"] != "").all(), c
+    # the manifest records how the pool-scoped criteria ran: an exact search, and nuggets' anchors
+    info = {c["name"]: c.get("run_info") or {} for c in res.manifest["criteria"]}
+    assert info["knn_distance"]["exact"] is True and info["local_density"]["exact"] is True
+    anchors = info["nuggets"]["anchor_ids"]
+    assert info["nuggets"]["anchor_select"] == "random" and len(anchors) == 3 and set(anchors) <= set(scores.index)
     # the selection is the top 100 by knn_distance, ties by lower position
     knn = scores["knn_distance"]
     assert knn.iloc[0] is not None and (knn.rank(ascending=False, method="min") <= 100).sum() >= 100
@@ -138,5 +143,7 @@ def test_local_layouts_match(name, pool, tiny_model, emb_cache, baseline, tmp_pa
 def test_ray_layouts_match(name, pool, tiny_model, emb_cache, baseline, tmp_path, ray_cluster):
     got = _run(pool, tmp_path / name, tiny_model, emb_cache, LAYOUTS[name])
     _assert_same(got, baseline)
+    anchors = {c["name"]: c.get("run_info") for c in got[0].manifest["criteria"]}["nuggets"]["anchor_ids"]
+    assert anchors == {c["name"]: c.get("run_info") for c in baseline[0].manifest["criteria"]}["nuggets"]["anchor_ids"]
     run = got[0].manifest["engine_run"]
     assert run["worker_processes"] == LAYOUTS[name]["engine_options"]["workers"]
