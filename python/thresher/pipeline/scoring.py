@@ -163,12 +163,19 @@ def start_pool(st: RunState) -> Any:
     start = getattr(st.engine, "start_workers", None)
     if start is None:
         return None
-    specs = {}
-    for step in st.shard_criteria():
+    specs = {}  # pool-scoped criteria too: they are scored elsewhere, but their keys resolve as on a worker
+    for step in st.plan.criteria:
         cls = CRITERIA.get(step.name).obj
         st.engine.make_scorer(cls, {})  # lets the engine ship a plugin's class by value
         specs[step.col] = CriterionSpec(step.col, step.name, step.alias, cls, st.runtime_options(step))
-    return start(ShardWorker, specs, str(st.cache.root))
+    pool = start(ShardWorker, specs, str(st.cache.root))
+    try:  # cache keys as the workers resolve them (their device and dtype), not as this process would
+        if specs:
+            st.keys.update(pool.result(pool.submit("criterion_keys")))
+    except BaseException:
+        pool.close()
+        raise
+    return pool
 
 
 def _embedders(st: RunState, want_emb: bool) -> list:

@@ -90,6 +90,16 @@ class ShardWorker:
             embed_table(table, name, cache_dir=emb_dir, device=device)
         return self.info()
 
+    def criterion_keys(self) -> dict:
+        """Each criterion's cache key as resolved in THIS process (``device``/``dtype`` ``auto`` resolve
+        against the worker's device: a GPU worker keys bf16 where a CPU driver would key fp32)."""
+        out = {}
+        for col, spec in self.specs.items():
+            key_for = getattr(spec.cls, "cache_key_for", None)
+            if key_for is not None:
+                out[col] = str(key_for(**spec.options))
+        return out
+
     def info(self) -> dict:
         """This worker: pid, node and peak resident memory so far (MB)."""
         return {
