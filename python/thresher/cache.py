@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -128,11 +129,14 @@ class ScoreCache:
         ids: Any = None,
         fingerprint: Optional[str] = None,
         extra: Optional[dict] = None,
+        rowkeys: Optional[np.ndarray] = None,
     ) -> pd.DataFrame:
         """Write atomically; return the table as read back (so fresh and cached runs agree bit for bit).
 
         ``ids`` (or their digest; default: the table's ``id`` column) is recorded as what the entry covers;
-        ``extra``: more JSON metadata returned by :meth:`info` (e.g. a pool-scoped scorer's run info)."""
+        ``extra``: more JSON metadata returned by :meth:`info` (e.g. a pool-scoped scorer's run info);
+        ``rowkeys``: each row's identity (:func:`row_keys`), written beside the entry first, so a later
+        run with another shard layout finds these rows (:class:`RowIndex`)."""
         if not isinstance(table, pa.Table):
             table = pa.Table.from_pandas(table, preserve_index=False)
         if ids is None and "id" in table.column_names:
@@ -142,6 +146,8 @@ class ScoreCache:
             {**(table.schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()}
         )
         p = self.path(criterion, key)
+        if rowkeys is not None:  # before the entry: an entry is never without its row keys
+            atomic_save(rows_path(p), lambda tmp: _save_keys(tmp, rowkeys))
         atomic_save(p, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         return pq.read_table(p).to_pandas()
 
@@ -158,6 +164,72 @@ class ScoreCache:
 
     def size_bytes(self) -> int:
         return sum(os.path.getsize(p) for p in self.entries())
+
+
+# ------------------------------------------------------------------ rows across shard layouts (resume by id)
+ROWS_SUFFIX = ".rows.npy"
+
+
+def rows_path(entry: Path) -> Path:
+    """The row-keys file beside a score entry (``<key>.rows.npy``)."""
+    return entry.with_suffix(ROWS_SUFFIX)
+
+
+def _save_keys(tmp: Any, keys: np.ndarray) -> None:
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(keys, dtype="S16"), allow_pickle=False)
+
+
+def row_keys(ids: Sequence[str], hashes: Sequence[str]) -> np.ndarray:
+    """Each row's identity: a 16-byte digest of its id and content hash (``S16``)."""
+    out = np.empty(len(ids), dtype="S16")
+    for i, (sid, h) in enumerate(zip(ids, hashes)):
+        out[i] = hashlib.blake2b(f"{sid}\0{h}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return out
+
+
+class RowIndex:
+    """The rows already scored for one criterion column under one criterion key, in entries of ANY shard
+    layout: a run whose shards differ from an earlier run's (another ``--shard-size``, another engine's
+    blocks) assembles a shard's entry from the earlier entries when every row of it is there, by id and
+    content. Loaded on first use; O(rows) keys in memory."""
+
+    def __init__(self, cache: ScoreCache, criterion: str, scorer_key: str) -> None:
+        self.cache, self.criterion, self.scorer_key = cache, criterion, scorer_key
+        self._map: Optional[dict] = None
+
+    def _load(self) -> dict:
+        m: dict = {}
+        folder = self.cache.path(self.criterion, "x").parent
+        for p in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            rp = rows_path(p)
+            if not rp.is_file() or self.cache.info(self.criterion, p.stem).get("criterion") != self.scorer_key:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                for i, k in enumerate(np.load(rp, allow_pickle=False).tolist()):
+                    m.setdefault(k, (p, i))
+        return m
+
+    def assemble(self, keys: np.ndarray) -> Optional[tuple[pd.DataFrame, Optional[str]]]:
+        """The rows ``keys`` in this order from earlier entries, and the first entry's model fingerprint;
+        None unless every row is found (and every entry read)."""
+        if self._map is None:
+            self._map = self._load()
+        hits = [self._map.get(k) for k in np.asarray(keys).tolist()]
+        if not hits or any(h is None for h in hits):
+            return None
+        rows: dict = {}  # entry -> (positions in the result, rows in the entry)
+        for pos, (p, i) in enumerate(hits):
+            got = rows.setdefault(p, ([], []))
+            got[0].append(pos)
+            got[1].append(i)
+        try:
+            parts = [pq.read_table(p).to_pandas().iloc[r] for p, (_, r) in rows.items()]
+        except (OSError, ValueError, IndexError, pa.ArrowException):
+            return None
+        where = np.concatenate([np.asarray(q, np.int64) for q, _ in rows.values()])
+        table = pd.concat(parts, ignore_index=True).iloc[np.argsort(where, kind="stable")].reset_index(drop=True)
+        return table, self.cache.info(self.criterion, hits[0][0].stem).get("fingerprint")
 
 
 # ------------------------------------------------------------------ maintenance (`thresher cache ls|prune`)
@@ -201,8 +273,9 @@ def cache_entries(root: Any, criterion: Optional[str] = None) -> list[CacheEntry
             out.extend(_embedding_entries(folder))
             continue
         for f in sorted(folder.glob("*.parquet")):
+            rows = rows_path(f)
             with contextlib.suppress(OSError):  # removed by another process meanwhile
-                out.append(_entry(folder.name, [f]))
+                out.append(_entry(folder.name, [f] + ([rows] if rows.is_file() else [])))
     return out
 
 

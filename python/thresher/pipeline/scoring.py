@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pandas as pd
 
-from ..cache import cache_key, ids_digest
+from ..cache import RowIndex, cache_key, ids_digest, row_keys
 from ..embed import embed_table
 from ..errors import OptionError
 from ..plan import TOKENS, Step
@@ -92,12 +92,41 @@ def _token_table(st: RunState, shard: Any, tok: Any, tkey: str, digest: str) -> 
         return cached(st, TOKEN_CRITERION, tkey, digest, lambda: tok(shard.table))
 
 
+def _row_index(st: RunState, step: Step) -> RowIndex:
+    if step.col not in st.row_indexes:
+        st.row_indexes[step.col] = RowIndex(st.cache, step.col, st.key_for(step))
+    return st.row_indexes[step.col]
+
+
+def _put_entry(st: RunState, step: Step, key: str, table: Any, digest: str, rk: Any, fp: Any) -> pd.DataFrame:
+    extra = {"criterion": st.key_for(step)}  # lets a later run with other shards find these rows
+    return st.cache.put(step.col, key, table, ids=digest, fingerprint=fp, extra=extra, rowkeys=rk)
+
+
+def _reuse(st: RunState, step: Step, shard: Any, key: str, digest: str, rk: Any) -> Optional[pd.DataFrame]:
+    """Resume by id, whatever the shard layout: the shard's entry assembled from the rows an earlier run
+    scored in other shards (same criterion key, same ids and contents); None when any row is missing."""
+    got = _row_index(st, step).assemble(rk)
+    if got is None or got[0]["id"].astype(str).tolist() != shard.table["id"].astype(str).tolist():
+        return None
+    st.reused_rows += len(shard)
+    return _put_entry(st, step, key, got[0], digest, rk, got[1])
+
+
 def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
     """One shard's tables (token counts under TOKENS, then each criterion's), cached, in this process."""
     digest, tkey, keys = _shard_keys(st, shard, tok_key)
+    rk = row_keys(shard.table["id"].astype(str).tolist(), shard.hashes)
     tabs = {TOKENS: _token_table(st, shard, tok, tkey, digest)}
     for step in st.shard_criteria():
-        tabs[step.col] = cached(st, step.col, keys[step.col], digest, _criterion(st, step, shard.table), step)
+        key = keys[step.col]
+        df = st.cache.get(step.col, key, digest)
+        if df is None:
+            df = _reuse(st, step, shard, key, digest, rk)
+        if df is None:
+            table = _criterion(st, step, shard.table)()
+            df = _put_entry(st, step, key, table, digest, rk, st.fingerprint(step))
+        tabs[step.col] = df
     st.shards.append(ShardRef(shard.key, len(shard), digest, tkey, keys))
     return tabs
 
@@ -195,8 +224,13 @@ def _submit(st: RunState, pool: Any, shard: Any, tok: Any, tok_key: str, embedde
     """Send one shard to the pool (only the entries the cache lacks); token counts are computed here."""
     digest, tkey, keys = _shard_keys(st, shard, tok_key)
     tokens = _token_table(st, shard, tok, tkey, digest)
-    todo = [(c, k) for c, k in keys.items() if not st.cache.has(c, k)]
-    jobs = [pool.submit("score", shard.table, todo, digest)] if todo else []
+    rk = row_keys(shard.table["id"].astype(str).tolist(), shard.hashes)
+    todo = [
+        (step.col, keys[step.col], st.key_for(step))
+        for step in st.shard_criteria()
+        if not st.cache.has(step.col, keys[step.col]) and _reuse(st, step, shard, keys[step.col], digest, rk) is None
+    ]
+    jobs = [pool.submit("score", shard.table, todo, digest, rk)] if todo else []
     if embedders:
         jobs.append(pool.submit("embed", shard.table, embedders))
     st.shards.append(ShardRef(shard.key, len(shard), digest, tkey, keys))
@@ -267,6 +301,8 @@ def score_shards(st: RunState, selection: Selection) -> None:
             prog.update(0, cached=st.cache.hits, computed=st.cache.misses)
     prog.close()
     rows.finish()
+    if st.reused_rows:
+        st.say(f"reused the scores of {st.reused_rows} row-criterion pairs from runs with another shard layout")
     st.lap("score_shards", t)
     _report_skipped(st)
 

@@ -71,16 +71,18 @@ class ShardWorker:
         parts = [scorer(table.iloc[s : s + b].reset_index(drop=True)) for s in range(0, len(table), b)]
         return pd.concat(parts, ignore_index=True)
 
-    def score(self, table: pd.DataFrame, todo: list, digest: str) -> dict:
-        """Score ``table`` with each (column, cache key) of ``todo`` whose entry is missing, and write
-        the entries. Returns a receipt: this worker's pid and node, and the columns it computed."""
+    def score(self, table: pd.DataFrame, todo: list, digest: str, rowkeys: Any = None) -> dict:
+        """Score ``table`` with each (column, cache key, criterion key) of ``todo`` whose entry is missing,
+        and write the entries (with the rows' keys, for runs with other shard layouts). Returns a receipt:
+        this worker's pid and node, and the columns it computed."""
         done = []
-        for col, key in todo:
+        for col, key, crit in todo:
             if self.cache.get(col, key, digest) is not None:  # a retried task: already written
                 continue
             spec = self.specs[col]
             df = check_scores(self._score(col, table), table, spec.name, spec.alias)
-            self.cache.put(col, key, df, ids=digest, fingerprint=self._fingerprint(col))
+            self.cache.put(col, key, df, ids=digest, fingerprint=self._fingerprint(col),
+                           extra={"criterion": crit}, rowkeys=rowkeys)  # fmt: skip
             done.append(col)
         return {**self.info(), "computed": done}
 
