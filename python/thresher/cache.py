@@ -246,9 +246,11 @@ class CacheEntry:
     mtime: float = 0.0  # last write or use
 
 
-def _entry(group: str, files: list) -> CacheEntry:
+def _entry(group: str, files: list, used: Optional[Path] = None) -> CacheEntry:
+    """``used``: the file whose time is the entry's last write or use (default: the newest of ``files``)."""
     stats = [f.stat() for f in files]
-    return CacheEntry(group, files, sum(s.st_size for s in stats), max(s.st_mtime for s in stats))
+    mtime = used.stat().st_mtime if used is not None else max(s.st_mtime for s in stats)
+    return CacheEntry(group, files, sum(s.st_size for s in stats), mtime)
 
 
 def _embedding_entries(folder: Path) -> list[CacheEntry]:
@@ -275,7 +277,7 @@ def cache_entries(root: Any, criterion: Optional[str] = None) -> list[CacheEntry
         for f in sorted(folder.glob("*.parquet")):
             rows = rows_path(f)
             with contextlib.suppress(OSError):  # removed by another process meanwhile
-                out.append(_entry(folder.name, [f] + ([rows] if rows.is_file() else [])))
+                out.append(_entry(folder.name, [f] + ([rows] if rows.is_file() else []), used=f))
     return out
 
 

@@ -60,7 +60,9 @@ def test_package_upgrade_keeps_scores_a_criterion_version_does_not(pool, tmp_pat
     bumped = score(pool, cache, capsys)
     assert bumped["cache"] == {"hits": 3, "misses": 3}  # token counts reused, mtld recomputed
     new = set(files(cache)) - set(before)
-    assert len(new) == 3 and all(p.startswith("mtld" + os.sep) for p in new)
+    entries = {p for p in new if p.endswith(".parquet")}
+    assert len(entries) == 3 and all(p.startswith("mtld" + os.sep) for p in new)
+    assert new == entries | {p[: -len(".parquet")] + ".rows.npy" for p in entries}  # each with its row keys
 
 
 def test_ls_counts_entries_and_bytes(pool, tmp_path, capsys):
@@ -76,8 +78,9 @@ def test_ls_counts_entries_and_bytes(pool, tmp_path, capsys):
     groups = {g["name"]: g for g in info["groups"]}
     assert set(groups) == {"embeddings", "length", "mtld"}
     for name in ("length", "mtld"):
-        mine = {p: s for p, s in walked.items() if p.startswith(name + os.sep)}
-        assert groups[name]["entries"] == len(mine) == 3 and groups[name]["bytes"] == sum(mine.values())
+        mine = {p: s for p, s in walked.items() if p.startswith(name + os.sep)}  # entries and their row keys
+        n = sum(p.endswith(".parquet") for p in mine)
+        assert groups[name]["entries"] == n == 3 and groups[name]["bytes"] == sum(mine.values())
         assert groups[name]["kind"] == "scores"
     assert groups["embeddings"] == {**groups["embeddings"], "kind": "embeddings", "entries": 1, "bytes": 102}
     assert info["entries"] == 7
@@ -100,8 +103,9 @@ def test_prune_older_than_with_dry_run(pool, tmp_path, capsys):
     assert files(cache) == before  # nothing removed
     assert main(["cache", "prune", "--cache-dir", str(cache), "--older-than", "5", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["removed"] == 2 and res["bytes"] == sum(before[str(p.relative_to(cache))] for p in old)
-    assert set(files(cache)) == set(before) - {str(p.relative_to(cache)) for p in old}
+    gone = {str(q.relative_to(cache)) for p in old for q in (p, p.with_suffix(".rows.npy"))}  # entry + row keys
+    assert res["removed"] == 2 and res["bytes"] == sum(before[g] for g in gone)
+    assert set(files(cache)) == set(before) - gone
 
 
 def test_prune_one_criterion_all_and_errors(pool, tmp_path, capsys):

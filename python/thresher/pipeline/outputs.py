@@ -296,7 +296,7 @@ def manifest(st: RunState) -> dict:
         "recipe": {"name": plan.recipe, "options": plan.recipe_options} if plan.recipe else None,
         "criteria": crit,
         "models": _models(st),
-        "selector": {"name": plan.selector.name, "options": plan.selector.options},
+        "selector": {"name": plan.selector.name, "options": plan.selector.options, "how": st.selection_kind},
         "filters": plan.filters,
         "budget": {
             "k": cfg.k,

@@ -1,8 +1,9 @@
 """The select stage, chosen once per run as an object fed shard by shard.
 
-* :class:`StreamingTopK`: a plain ``topk`` on a sample budget (no filters, no
-  diversity, no pool-scoped criteria) runs out of core: a
-  :class:`~thresher.ops.TopKAccumulator` keeps O(k) candidates.
+* :class:`StreamingSelection`: ``topk``, ``threshold`` (quantile or absolute) and ``pareto`` on a
+  sample budget (``k`` or ``ratio``), with per-row filters, no diversity constraint, no token
+  budget and no pool-scoped criteria, run as scans of the shards (:mod:`.streaming`): O(k + shard)
+  score values (the Pareto survivors for ``pareto``), the same selection as in memory.
 * :class:`InMemorySelection`: any other selector keeps the columns it reads (one
   float64 per row each), applies the filters and calls the selector once.
 * :class:`ScoreOnly`: no selection (``thresher score``); filters still mark ``eligible``.
@@ -11,21 +12,29 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..cache import cache_key
 from ..criteria.base import model_fingerprint
 from ..models.loader import LoadedLM, load_tokenizer
-from ..ops import TopKAccumulator
 from ..plan import TOKENS, Plan, Step, apply_filters, budget_k, parse_filter
 from ..registry import SELECTORS
 from ..render import render_sample
-from ..selectors.base import columns_read, criterion_direction
+from ..selectors.base import check_k, columns_read, maximizing, parse_objectives
 from .state import RunState, concat
+from .streaming import (
+    CountPass,
+    ParetoPass,
+    ThresholdPass,
+    TopKPass,
+    count_at_least,
+    ratio_bound,
+    replay,
+    replayable,
+)
 
 
 class Selection:
@@ -44,20 +53,56 @@ class Selection:
         raise NotImplementedError
 
 
-class StreamingTopK(Selection):
-    def __init__(self, column: str, k: int, maximize: bool) -> None:
-        self.column, self.needed = column, {column}
-        self.acc = TopKAccumulator(k, largest=maximize)
+class StreamingSelection(Selection):
+    """A selection by scans of the shards (:mod:`.streaming`), O(k + shard) score values.
+
+    ``make_pass(k)`` builds the selecting pass for a budget ``k``. When an upper bound of the budget
+    is known before the pool is read (``k``, or a ratio of a recipe's ``ratio_base``) and no filter
+    reads ``tokens`` (which the shards' columns do not carry), that pass runs as the shards are
+    scored; otherwise a counting pass runs then (filters, eligible rows) and the selecting pass
+    replays the shards from the score cache once the budget is known."""
+
+    def __init__(self, st: RunState, kind: str, columns: set, make_pass: Callable, bound: Optional[int]) -> None:
+        self.st, self.kind, self.needed, self.make_pass = st, kind, set(columns), make_pass
+        self.filters = list(st.plan.filters)
+        live = TOKENS not in {parse_filter(f)[0] for f in self.filters}
+        self.selecting = live and bound is not None
+        self.live = (make_pass(bound) if self.selecting else CountPass(self.filters)) if live else None
+        self.replays = 0  # scans of the cache after the scoring pass
+        self.peak = 0  # the most score values a pass held at once
 
     def feed(self, cols: dict, offset: int) -> None:
-        self.acc.update(torch.from_numpy(np.array(cols[self.column], dtype=np.float64)), offset)
+        if self.live is not None:
+            n = len(next(iter(cols.values()))) if cols else 0
+            self.live.scan(cols, offset, n)
+            self.peak = max(self.peak, self.live.peak)
+
+    def _scan(self, p: Any) -> Any:
+        self.replays += 1
+        for cols, offset, n in replay(self.st, self.needed):
+            p.scan(cols, offset, n)
+            self.peak = max(self.peak, p.peak)
+        return p
 
     def result(self, st: RunState) -> None:
-        values, idx = self.acc.result()
-        idx = idx.numpy().astype(np.int64)
-        st.order = idx[~np.isnan(values.numpy())]
-        st.k = budget_k(st.cfg, st.n, st.plan.ratio_base)
-        st.eligible = np.ones(st.n, dtype=bool)
+        plan = st.plan
+        count = self.live if self.live is not None else self._scan(CountPass(self.filters))
+        if count.n != st.n:
+            raise RuntimeError(f"selection: fed {count.n} rows of a pool of {st.n}")
+        st.k = budget_k(st.cfg, st.n, plan.ratio_base, eligible=count.n_eligible, base=plan.budget_base)
+        p = self.live if self.selecting else self._scan(self.make_pass(st.k))
+        self.live = None
+        st.eligible = p.eligible()
+        kk = check_k(st.k, p.n_eligible, plan.selector.name)
+        at_least = lambda v: self._count_at_least(p, v)  # noqa: E731
+        st.order = np.asarray(p.order(kk, at_least), dtype=np.int64)
+
+    def _count_at_least(self, p: Any, value: float) -> int:
+        self.replays += 1
+        return count_at_least(self.st, p.column, self.st.eligible, value, p.maximize)
+
+
+StreamingTopK = StreamingSelection  # the name before the selection had other streaming kinds
 
 
 class InMemorySelection(Selection):
@@ -94,7 +139,7 @@ class InMemorySelection(Selection):
         frame = pd.DataFrame({c: v[elig] for c, v in colv.items()})
         emb = st.embeddings[elig] if st.embeddings is not None else None
         grp = st.groups[elig] if st.groups is not None else None
-        kk = len(elig) if cfg.tokens is not None else min(st.k, len(elig))
+        kk = len(elig) if cfg.tokens is not None else check_k(st.k, len(elig), sel.name)
         rel = np.asarray(
             SELECTORS.get(sel.name).obj(frame, kk, embeddings=emb, groups=grp, seed=cfg.seed, **sel.options),
             dtype=np.int64,
@@ -125,22 +170,63 @@ def needed_columns(plan: Plan) -> set:
 
 
 def make_selection(st: RunState) -> Selection:
-    """The selection object for this run (decided once, before any shard is read)."""
-    cfg, plan, sel = st.cfg, st.plan, st.plan.selector
-    if cfg.score_only:
-        return ScoreOnly(needed_columns(plan))
-    streaming = (
-        sel.name == "topk"
-        and sel.options.get("diversity_tau") is None
-        and cfg.k is not None
-        and cfg.tokens is None
-        and not plan.filters
-        and not st.pool_criteria()
-    )
-    if streaming:
-        col = sel.options["criterion"]
-        return StreamingTopK(col, cfg.k, (sel.options.get("direction") or criterion_direction(col)) == "max")
-    return InMemorySelection(needed_columns(plan))
+    """The selection object for this run (decided once, before any shard is read); its kind goes to
+    ``st.selection_kind``: ``streaming-topk``, ``streaming-threshold``, ``streaming-pareto``
+    (:class:`StreamingSelection`), ``in-memory`` or ``score-only``."""
+    if st.cfg.score_only:
+        sel: Selection = ScoreOnly(needed_columns(st.plan))
+        st.selection_kind = "score-only"
+        return sel
+    sel = streaming_selection(st) or InMemorySelection(needed_columns(st.plan))
+    st.selection_kind = getattr(sel, "kind", "in-memory")
+    return sel
+
+
+STREAMING_THRESHOLD_MODES = ("quantile", "absolute")  # ``knee`` needs the whole sorted curve
+
+
+def _threshold_ok(opts: dict) -> bool:
+    """A threshold the streaming pass computes exactly (other option values go to the selector itself,
+    which reports them)."""
+    mode, value = opts.get("mode"), opts.get("value")
+    if mode == "absolute":
+        return value is not None
+    return mode == "quantile" and (value is None or 0.0 <= float(value) <= 1.0)
+
+
+def _pass_factory(name: str, opts: dict, filters: list) -> Optional[Callable]:
+    """``k -> pass`` of a selector that streams with these options (None: it needs the whole pool)."""
+    if opts.get("diversity_tau") is not None:
+        return None  # the repr filter walks the best-first order with the embeddings
+    if name == "topk":
+        col, maxi = opts["criterion"], maximizing(opts["criterion"], opts.get("direction"))
+        return lambda k: TopKPass(filters, col, maxi, k)
+    if name == "threshold" and _threshold_ok(opts):
+        col, maxi = opts["criterion"], maximizing(opts["criterion"], opts.get("direction"))
+        return lambda k: ThresholdPass(filters, col, maxi, k, opts["mode"], opts.get("value"), opts["strict"])
+    if name == "pareto":
+        objectives = parse_objectives(opts["objectives"])
+        return lambda k: ParetoPass(filters, objectives, k)
+    return None
+
+
+def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
+    """The streaming selection of this run, or None when its selector needs the whole pool in memory
+    (a token budget, pool-scoped criteria, diversity, other selectors)."""
+    cfg, plan = st.cfg, st.plan
+    if cfg.tokens is not None or st.pool_criteria():
+        return None
+    entry = SELECTORS.get(plan.selector.name)
+    opts = entry.resolve_options(dict(plan.selector.options))
+    reads = set(columns_read(entry, opts))
+    if not reads or TOKENS in reads:
+        return None
+    columns = reads | {parse_filter(f)[0] for f in plan.filters}
+    make = _pass_factory(plan.selector.name, opts, list(plan.filters))
+    if make is None or not replayable(st, columns):
+        return None
+    bound = ratio_bound(cfg, plan.ratio_base)
+    return StreamingSelection(st, f"streaming-{plan.selector.name}", columns, make, bound)
 
 
 def select(st: RunState, selection: Selection) -> None:
@@ -210,7 +296,9 @@ def model_token_counts(st: RunState, step: Step) -> np.ndarray:
 
 __all__ = [
     "Selection",
+    "StreamingSelection",
     "StreamingTopK",
+    "streaming_selection",
     "InMemorySelection",
     "ScoreOnly",
     "make_selection",

@@ -70,6 +70,7 @@ class RunState:
     k: int = 0
     order: Any = None  # selected pool positions, best first
     eligible: Any = None  # bool per row: passed the filters
+    selection_kind: str = ""  # streaming-topk|streaming-threshold|streaming-pareto|in-memory|score-only
     outputs: dict = field(default_factory=dict)  # kind -> path written
     manifest: dict = field(default_factory=dict)
 

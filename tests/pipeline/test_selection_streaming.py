@@ -1,0 +1,296 @@
+"""Streaming selection (thresher.pipeline.streaming): top-k with filters and ratio budgets, exact
+quantile thresholds and Pareto fronts merged across shards, each equal to the in-memory selection
+on the same scores and to an independent oracle; and the memory it holds."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import thresher.pipeline.run as run_mod
+from conftest import write_bigbench_head
+from thresher.pipeline import PipelineConfig, run_pipeline
+from thresher.pipeline.selection import InMemorySelection, _pass_factory, needed_columns
+from thresher.pipeline.streaming import ParetoPass, ThresholdPass, TopKPass, dominators
+from thresher.selectors.basic import pareto, threshold, topk
+
+PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
+N = 120
+
+
+@pytest.fixture(scope="module")
+def pool(bigbench_path, tmp_path_factory) -> Path:
+    return write_bigbench_head(bigbench_path, tmp_path_factory.mktemp("pool") / "pool.jsonl", N)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def run(pool, out, cache, *, in_memory=False, **kw):
+    """(result, scores table, the selection object, its kind); ``in_memory`` forces InMemorySelection."""
+    got = {}
+    make = run_mod.make_selection
+
+    def wrapped(st):
+        if in_memory:
+            sel = InMemorySelection(needed_columns(st.plan))
+            st.selection_kind = "in-memory"
+        else:
+            sel = make(st)
+        got["sel"], got["kind"] = sel, st.selection_kind
+        return sel
+
+    kw.setdefault("shard_size", 7)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_mod, "make_selection", wrapped)
+        cfg = PipelineConfig(data=str(pool), out=str(out), cache_dir=cache, plugins=[PLUGIN], quiet=True,
+                             report=False, **kw)  # fmt: skip
+        res = run_pipeline(cfg)
+    return res, pd.read_parquet(Path(out) / "scores.parquet"), got["sel"], got["kind"]
+
+
+def both(pool, tmp_path, cache, kind, **kw):
+    """The streaming run (of ``kind``) and the in-memory run agree; returns the streaming run."""
+    res, s, sel, got = run(pool, tmp_path / "stream", cache, **kw)
+    ref, s2, _, _ = run(pool, tmp_path / "mem", cache, in_memory=True, **kw)
+    assert got == kind
+    assert res.selected.tolist() == ref.selected.tolist() and res.k == ref.k
+    assert s["eligible"].tolist() == s2["eligible"].tolist()
+    return res, s, sel
+
+
+# ------------------------------------------------------------------ independent oracles
+def col(s: pd.DataFrame, name: str) -> np.ndarray:
+    return s[name].to_numpy(np.float64, na_value=np.nan)
+
+
+def oracle_topk(v: np.ndarray, eligible: np.ndarray, k: int, maximize: bool = True) -> list:
+    rows = [i for i in range(len(v)) if eligible[i] and not math.isnan(v[i])]
+    return sorted(rows, key=lambda i: (-v[i] if maximize else v[i], i))[:k]
+
+
+def naive_fronts(mat: np.ndarray) -> np.ndarray:
+    """Front of every row (maximised objectives) by peeling: O(n^2) pairwise comparisons."""
+    n = len(mat)
+    dom = np.array([[bool((mat[a] >= mat[b]).all() and (mat[a] > mat[b]).any()) for b in range(n)] for a in range(n)])
+    rank, left, r = np.full(n, -1), np.ones(n, bool), 0
+    while left.any():
+        front = left & ~(dom[left].any(0))
+        rank[front], left, r = r, left & ~front, r + 1
+    return rank
+
+
+def check_fronts(selected: list, mat: np.ndarray, k: int) -> None:
+    """The selection is k rows of the first fronts: whole fronts, then part of the last one."""
+    finite = np.flatnonzero(np.isfinite(mat).all(1))
+    rank = np.full(len(mat), -1)
+    rank[finite] = naive_fronts(mat[finite])
+    assert len(selected) == min(k, len(finite)) and (rank[selected] >= 0).all()
+    if selected:
+        last = rank[selected].max()
+        assert set(np.flatnonzero((rank >= 0) & (rank < last))) <= set(selected)
+        assert list(rank[selected]) == sorted(rank[selected])
+
+
+# ------------------------------------------------------------------ top-k
+@pytest.mark.parametrize("shard", [1, 7, 1000])
+def test_topk_k_budget_every_layout(pool, tmp_path, cache, shard):
+    res, s, sel = both(pool, tmp_path, cache, "streaming-topk", criteria=["fake_len"], k=15, shard_size=shard)
+    assert res.selected.tolist() == oracle_topk(col(s, "fake_len"), np.ones(N, bool), 15)
+    assert sel.replays == 0  # one pass while the shards are scored
+
+
+def test_topk_filter_ratio_ties_and_min(pool, tmp_path, cache):
+    """A filter applied per shard; a ratio budget: counted, then a second scan of the cache; the
+    integer-valued ``length`` has many ties (lower position first); direction min."""
+    sel_opts = {"name": "topk", "options": {"criterion": "length", "direction": "min"}}
+    res, s, sel = both(pool, tmp_path, cache, "streaming-topk", criteria=["length", "fake_len"], selector=sel_opts,
+                       filters=["fake_len >= 3"], ratio=0.2)  # fmt: skip
+    elig = col(s, "fake_len") >= 3
+    assert s["eligible"].tolist() == elig.tolist() and res.k == round(0.2 * N)
+    assert res.selected.tolist() == oracle_topk(col(s, "length"), elig, res.k, maximize=False)
+    assert len(set(col(s, "length")[res.selected])) < len(res.selected)  # ties were broken
+    assert sel.replays == 1
+
+
+def test_topk_tokens_filter_and_nan(pool, tmp_path, cache):
+    """A filter on ``tokens`` (not among the shards' score columns): counted and selected from the
+    cache after scoring; ``mtld`` is NaN for short outputs, and NaN is never selected."""
+    res, s, sel = both(pool, tmp_path, cache, "streaming-topk", criteria=["mtld"], filters=["tokens <= 200"], k=N)
+    elig = col(s, "tokens") <= 200
+    mtld = col(s, "mtld")
+    assert np.isnan(mtld).sum() > 10 and not np.isnan(mtld[res.selected]).any()
+    assert res.selected.tolist() == oracle_topk(mtld, elig, N)
+    assert sel.replays == 2
+
+
+def test_filters_removing_everything_and_k_above_eligible(pool, tmp_path, cache, caplog):
+    with caplog.at_level(logging.WARNING, logger="thresher.selectors"):
+        res, s, _ = both(pool, tmp_path / "a", cache, "streaming-topk", criteria=["fake_len"], filters=["fake_len < 0"],
+                         k=10)  # fmt: skip
+    assert res.selected.tolist() == [] and not s["eligible"].any()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="thresher.selectors"):
+        top = {"name": "topk", "options": {"criterion": "fake_len"}}
+        res, s, _ = both(pool, tmp_path / "b", cache, "streaming-topk", criteria=["fake_len", "length"],
+                         selector=top, filters=["length <= 30"], k=500)  # fmt: skip
+    n_elig = int(s["eligible"].sum())
+    assert 0 < n_elig < N and len(res.selected) == int((s["eligible"] & s["fake_len"].notna()).sum())
+    warned = [r.getMessage() for r in caplog.records if "larger than" in r.getMessage()]
+    assert len(warned) == 2 and all(f"the {n_elig} eligible rows" in w for w in warned)  # streaming, in memory
+
+
+# ------------------------------------------------------------------ thresholds
+@pytest.mark.parametrize(
+    "opts,k",
+    [
+        ({"mode": "quantile", "value": 0.8}, 60),  # m <= k: the threshold is in the top k
+        ({"mode": "quantile", "value": 0.3}, 10),  # m > k: every row of the top k passes
+        ({"mode": "quantile", "value": 0.3, "strict": True}, 10),  # m > k, strict: one count of the cache
+        ({"mode": "quantile", "value": 0.8, "strict": True}, 60),
+        ({"mode": "quantile", "value": 1.0}, 30),  # nothing above the best: only +inf would pass
+        ({"mode": "absolute", "value": 40, "direction": "min"}, 25),
+    ],
+)
+def test_threshold_quantile_exact(pool, tmp_path, cache, opts, k):
+    sel_opts = {"name": "threshold", "options": {"criterion": "length", **opts}}
+    res, s, _ = both(pool, tmp_path, cache, "streaming-threshold", criteria=["length"], selector=sel_opts, k=k,
+                     filters=["length.output >= 2"])  # fmt: skip
+    v, elig = col(s, "length"), s["eligible"].to_numpy()
+    maximize = opts.get("direction") != "min"
+    best = sorted(v[elig & ~np.isnan(v)], reverse=maximize)
+    if opts["mode"] == "absolute":
+        t = opts["value"]
+    else:
+        m = math.ceil((1 - opts["value"]) * len(best) - 1e-9)
+        t = best[m - 1] if m > 0 else math.inf
+    key = v if maximize else -v
+    tt = t if maximize else -t
+    passing = (key > tt) if opts.get("strict") else (key >= tt)
+    assert res.selected.tolist() == oracle_topk(v, elig & passing, k, maximize)
+
+
+def test_threshold_knee_and_diversity_stay_in_memory(pool, tmp_path, cache):
+    knee = {"name": "threshold", "options": {"criterion": "length", "mode": "knee"}}
+    assert run(pool, tmp_path / "a", cache, criteria=["length"], selector=knee, k=5)[3] == "in-memory"
+    tok = run(pool, tmp_path / "b", cache, criteria=["length"], tokens=500)
+    assert tok[3] == "in-memory"
+
+
+# ------------------------------------------------------------------ Pareto
+@pytest.mark.parametrize("shard", [1, 7, 1000])
+@pytest.mark.parametrize("k", [1, 12, 200])
+def test_pareto_fronts_merged(pool, tmp_path, cache, shard, k):
+    objectives = ["length:max", "mtld:max"]
+    sel_opts = {"name": "pareto", "options": {"objectives": objectives}}
+    res, s, sel = both(pool, tmp_path, cache, "streaming-pareto", criteria=["length", "mtld"], selector=sel_opts,
+                       k=k, shard_size=shard)  # fmt: skip
+    check_fronts(res.selected.tolist(), np.stack([col(s, "length"), col(s, "mtld")], 1), k)
+
+
+def test_pareto_with_filter_min_objective_and_ratio(pool, tmp_path, cache):
+    sel_opts = {"name": "pareto", "options": {"objectives": ["fake_len:max", "fake_len.instruction:min"]}}
+    res, s, sel = both(pool, tmp_path, cache, "streaming-pareto", criteria=["fake_len", "length"], selector=sel_opts,
+                       filters=["length <= 150"], ratio=0.1)  # fmt: skip
+    mat = np.stack([col(s, "fake_len"), -col(s, "fake_len.instruction")], 1)
+    mat[~s["eligible"].to_numpy()] = np.nan
+    check_fronts(res.selected.tolist(), mat, res.k)
+    assert sel.replays == 1
+
+
+# ------------------------------------------------------------------ passes against the selectors, many shapes
+def feed(p, cols: dict, shard: int):
+    n = len(next(iter(cols.values())))
+    for a in range(0, n, shard):
+        part = {c: v[a : a + shard] for c, v in cols.items()}
+        p.scan(part, a, len(next(iter(part.values()))))
+    return p
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pareto_pass_equals_selector_on_ties_nan_inf(seed):
+    rng = np.random.default_rng(seed)
+    n, m = 150, 2 + seed % 2
+    mat = rng.integers(0, 6, size=(n, m)).astype(np.float64)  # many ties and duplicates
+    mat[rng.random((n, m)) < 0.05] = np.nan
+    mat[rng.random((n, m)) < 0.02] = np.inf
+    if seed % 3 == 0:
+        mat[:, 1] = -mat[:, 0] + rng.integers(0, 2, n)  # anti-correlated: large first fronts
+    names = [f"c{j}" for j in range(m)]
+    objs = [(c, bool(j % 2 == 0)) for j, c in enumerate(names)]
+    frame = pd.DataFrame(dict(zip(names, mat.T)))
+    for k in (0, 1, 7, 40, n):
+        want = pareto(frame, k, objectives=[f"{c}:{'max' if mx else 'min'}" for c, mx in objs]).tolist()
+        for shard in (1, 13, n + 5):
+            p = feed(ParetoPass([], objs, k), dict(zip(names, mat.T)), shard)
+            assert p.order(k, None).tolist() == want, (k, shard)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_threshold_pass_equals_selector(seed):
+    rng = np.random.default_rng(seed)
+    v = rng.integers(0, 8, 90).astype(np.float64)
+    v[rng.random(90) < 0.1] = np.nan
+    v[:3] = [np.inf, -np.inf, np.inf]
+    frame = pd.DataFrame({"x": v})
+    for mode, value in [("quantile", q) for q in (0.0, 0.25, 0.5, 0.9, 1.0)] + [("absolute", 3.0)]:
+        for strict in (False, True):
+            for maximize in (True, False):
+                for k in (0, 1, 5, 30, 90):
+                    d = "max" if maximize else "min"
+                    want = threshold(frame, k, criterion="x", direction=d, mode=mode, value=value, strict=strict)
+                    p = feed(ThresholdPass([], "x", maximize, k, mode, value, strict), {"x": v}, 11)
+                    key, sign = (v, 1.0) if maximize else (-v, -1.0)
+                    count = lambda t, key=key, sign=sign: int((key >= sign * t).sum())  # noqa: E731
+                    assert p.order(k, count).tolist() == want.tolist(), (mode, value, strict, maximize, k)
+
+
+def test_topk_pass_memory_is_k_plus_shard():
+    """Not timed: the values a top-k pass holds stay O(k + shard) over a long stream."""
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=20_000)
+    for k, shard in [(5, 100), (50, 1000), (1, 1)]:
+        p = feed(TopKPass([], "x", True, k), {"x": v}, shard)
+        assert p.peak <= 4 * (k + shard)
+        assert p.order(k, None).tolist() == topk(pd.DataFrame({"x": v}), k, criterion="x").tolist()
+
+
+def test_pareto_pass_memory_on_agreeing_objectives():
+    """Correlated objectives: the survivors stay far below the pool (memory O(k + shard) rows there)."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=5000)
+    cols = {"a": a, "b": a + 0.1 * rng.normal(size=5000)}
+    p = feed(ParetoPass([], [("a", True), ("b", True)], 20), cols, 250)
+    assert p.peak <= 2 * (20 * 10 + 250) and len(p.pos) < 200
+    want = pareto(pd.DataFrame(cols), 20, objectives=["a:max", "b:max"]).tolist()
+    assert p.order(20, None).tolist() == want
+
+
+def test_dominators_counts():
+    a = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    b = np.array([[1.0, 1.0], [0.0, 0.0], [2.0, 0.0]])
+    # (minimisation) [1,1] is dominated by [0,0] and [0,1], not by its equals; [2,0] by [0,0]
+    assert dominators(a, b).tolist() == [2, 0, 1]
+    assert dominators(a[:0], b).tolist() == [0, 0, 0] and dominators(a, b[:0]).tolist() == []
+
+
+def test_selection_kind_recorded(pool, tmp_path, cache):
+    assert run(pool, tmp_path / "a", cache, criteria=["fake_len"], k=5)[3] == "streaming-topk"
+    assert run(pool, tmp_path / "b", cache, criteria=["fake_len"], score_only=True)[3] == "score-only"
+    # a diversity constraint walks the best-first order with the embeddings: in memory
+    assert _pass_factory("topk", {"criterion": "x", "diversity_tau": 0.9}, []) is None
+    assert _pass_factory("pareto", {"objectives": ["x"], "diversity_tau": 0.5}, []) is None
+
+
+def test_missing_column_names_it():
+    with pytest.raises(ValueError, match="no column 'y' in the scores"):
+        TopKPass([], "y", True, 3).scan({"x": np.ones(4)}, 0, 4)
+    with pytest.raises(ValueError, match="no column 'y' in the scores"):
+        ParetoPass([], [("x", True), ("y", False)], 3).scan({"x": np.ones(4)}, 0, 4)
