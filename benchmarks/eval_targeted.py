@@ -70,6 +70,12 @@ def parse_args(argv=None):
     ap.add_argument("--eval", type=int, default=8, help="held-out evaluation rows per task")
     ap.add_argument("--pool-other", type=int, default=5000, help="pool rows from the other tasks")
     ap.add_argument("--max-labels", type=int, default=20)
+    ap.add_argument(
+        "--task-choice",
+        default="precision",
+        choices=["precision", "closed"],
+        help="precision: the tasks of targeted-precision.json when it exists; closed: the seeded closed-set draw",
+    )
     ap.add_argument("--min-rows", type=int, default=150, help="a target task needs this many rows")
     ap.add_argument("--seed", type=int, default=0, help="task choice, splits and pool sample")
     ap.add_argument("--methods", default=None, help=f"comma list among {list(METHODS)} (CPU default {CPU_METHODS})")
@@ -104,7 +110,7 @@ def read_rows(path: str) -> list[dict]:
 
 def choose_tasks(by_task: dict, args) -> tuple[list[str], str]:
     """Tasks from targeted-precision.json when it names them, else a seeded draw among closed-set tasks."""
-    if PRECISION_JSON.is_file():
+    if args.task_choice == "precision" and PRECISION_JSON.is_file():
         data = json.loads(PRECISION_JSON.read_text())
         settings = data.get("settings", data)
         tasks = settings.get("targets") or settings.get("tasks") or data.get("targets")

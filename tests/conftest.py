@@ -104,6 +104,37 @@ def save_tiny_lm(dst: Path) -> Path:
     return dst
 
 
+def run_with_selection(pool: Path, out: Path, cache: str, *, in_memory: bool = False, **kw: Any) -> tuple:
+    """A pipeline run over ``pool`` with the test plugin, recording the selection object the run made
+    (``in_memory``: forced to InMemorySelection). Returns (result, scores table, selection, info with
+    ``kind`` and ``st``, the run's state)."""
+    import pandas as pd
+
+    import thresher.pipeline.run as run_mod
+    from thresher.pipeline import PipelineConfig, run_pipeline
+    from thresher.pipeline.selection import InMemorySelection, needed_columns
+
+    got: dict = {}
+    make = run_mod.make_selection
+
+    def wrapped(st: Any) -> Any:
+        if in_memory:
+            sel = InMemorySelection(needed_columns(st.plan))
+            st.selection_kind = "in-memory"
+        else:
+            sel = make(st)
+        got["sel"], got["kind"], got["st"] = sel, st.selection_kind, st
+        return sel
+
+    plugin = str(Path(__file__).resolve().parent / "fixtures" / "pipeline_plugin.py")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_mod, "make_selection", wrapped)
+        cfg = PipelineConfig(data=str(pool), out=str(out), cache_dir=cache, plugins=[plugin], quiet=True,
+                             report=False, **kw)  # fmt: skip
+        res = run_pipeline(cfg)
+    return res, pd.read_parquet(Path(out) / "scores.parquet"), got["sel"], got
+
+
 def pytest_report_header(config):
     try:
         from thresher import _native

@@ -12,10 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import thresher.pipeline.run as run_mod
-from conftest import write_bigbench_head
-from thresher.pipeline import PipelineConfig, run_pipeline
-from thresher.pipeline.selection import InMemorySelection, _pass_factory, needed_columns
+from conftest import run_with_selection, write_bigbench_head
+from thresher.pipeline.selection import _pass_factory
 from thresher.pipeline.streaming import ParetoPass, ThresholdPass, TopKPass, dominators
 from thresher.selectors.basic import pareto, threshold, topk
 
@@ -35,25 +33,9 @@ def cache(tmp_path_factory) -> str:
 
 def run(pool, out, cache, *, in_memory=False, **kw):
     """(result, scores table, the selection object, its kind); ``in_memory`` forces InMemorySelection."""
-    got = {}
-    make = run_mod.make_selection
-
-    def wrapped(st):
-        if in_memory:
-            sel = InMemorySelection(needed_columns(st.plan))
-            st.selection_kind = "in-memory"
-        else:
-            sel = make(st)
-        got["sel"], got["kind"] = sel, st.selection_kind
-        return sel
-
     kw.setdefault("shard_size", 7)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_mod, "make_selection", wrapped)
-        cfg = PipelineConfig(data=str(pool), out=str(out), cache_dir=cache, plugins=[PLUGIN], quiet=True,
-                             report=False, **kw)  # fmt: skip
-        res = run_pipeline(cfg)
-    return res, pd.read_parquet(Path(out) / "scores.parquet"), got["sel"], got["kind"]
+    res, scores, sel, got = run_with_selection(pool, out, cache, in_memory=in_memory, **kw)
+    return res, scores, sel, got["kind"]
 
 
 def both(pool, tmp_path, cache, kind, **kw):

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import OptionError, ThresherError
 from ..extras import require
+from ..io.splits import SPLIT_BYTES, SPLIT_ROWS, assemble
 from ..registry import ENGINES, Option
 
 
@@ -110,9 +111,12 @@ def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8) -> Any:
     return mapper
 
 
-def _score_whole(cls: Any, options: dict, table: Any) -> Any:
+def _score_whole(cls: Any, options: dict, table: Any, ids: Any = None, idxs: Any = None, *tables: Any) -> Any:
     """One Ray task: build the scorer and score the whole pool in one call (pool-scoped criteria);
-    a scorer that can split its neighbour search (``mapper``) runs it as Ray tasks."""
+    a scorer that can split its neighbour search (``mapper``) runs it as Ray tasks. ``table`` None:
+    the pool is assembled here from pieces of the split tables the workers read."""
+    if table is None:
+        table = assemble(ids, idxs, tables)
     scorer = cls(**options)
     if hasattr(scorer, "mapper"):
         scorer.mapper = ray_mapper()
@@ -137,7 +141,7 @@ class RayPool:
     """``workers`` actors of ``worker_cls``; ``submit(method, *args)`` to the least-loaded one."""
 
     def __init__(self, worker_cls: Any, args: tuple, workers: int, num_gpus: float, num_cpus: float,
-                 max_in_flight: Optional[int]) -> None:  # fmt: skip
+                 max_in_flight: Optional[int], split_options: Optional[dict] = None) -> None:  # fmt: skip
         ray = _ray()
         actor = ray.remote(worker_cls).options(
             num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=-1, max_task_retries=-1
@@ -145,6 +149,7 @@ class RayPool:
         self.actors = [actor.remote(*args) for _ in range(workers)]
         self.load = [0] * workers
         self.max_in_flight = max_in_flight or 2 * workers
+        self.split_options: dict = dict(split_options or {})  # plan_splits options (split_bytes, split_rows)
 
     def submit(self, method: str, *args: Any) -> tuple:
         i = min(range(len(self.actors)), key=lambda j: self.load[j])
@@ -155,6 +160,29 @@ class RayPool:
         i, ref = handle
         try:
             return _ray().get(ref)
+        except Exception as exc:
+            raise _unwrap(exc) from None
+        finally:
+            self.load[i] -= 1
+
+    def read_splits(self, spec: Any, splits: list) -> Any:
+        """``(SplitRows, table ref)`` of each split in order, parsed by the actors (``ShardWorker.read``),
+        up to ``max_in_flight`` at a time; the tables stay in the object store."""
+        ray = _ray()
+        pending: list = []
+        for sp in splits:
+            i = min(range(len(self.actors)), key=lambda j: self.load[j])
+            self.load[i] += 1
+            pending.append((i, self.actors[i].read.options(num_returns=2).remote(spec, sp)))
+            while len(pending) > self.max_in_flight:
+                yield self._read_result(ray, pending.pop(0))
+        while pending:
+            yield self._read_result(ray, pending.pop(0))
+
+    def _read_result(self, ray: Any, handle: tuple) -> tuple:
+        i, (meta, table) = handle
+        try:
+            return ray.get(meta), table
         except Exception as exc:
             raise _unwrap(exc) from None
         finally:
@@ -178,12 +206,15 @@ class RayPool:
         Option("cpus_per_worker", 1.0, "CPUs per worker actor", type=float, min=0),
         Option("batch_size", None, "rows per scorer call on a worker (default: the whole shard)", type=int, min=1),
         Option("max_in_flight", None, "shards in flight at once (default 2 per worker)", type=int, min=1),
+        Option("split_bytes", SPLIT_BYTES, "bytes of a JSON Lines split the workers read", type=int, min=1),
+        Option("split_rows", SPLIT_ROWS, "rows of a Parquet split the workers read (row groups)", type=int, min=1),
     ],
 )
 class RayEngine:
     def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None, workers: int = 1,
                  gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: Optional[int] = None,
-                 max_in_flight: Optional[int] = None) -> None:  # fmt: skip
+                 max_in_flight: Optional[int] = None, split_bytes: int = SPLIT_BYTES,
+                 split_rows: int = SPLIT_ROWS) -> None:  # fmt: skip
         if address and num_cpus is not None:
             raise OptionError("num_cpus: only for a local Ray; a cluster at --ray-address has its own resources")
         ray = _ray()
@@ -195,6 +226,7 @@ class RayEngine:
             ray.init(**kw)
         self.workers, self.gpus, self.cpus = workers, gpus_per_worker, cpus_per_worker
         self.batch_size, self.max_in_flight = batch_size, max_in_flight
+        self.split_options = {"split_bytes": split_bytes, "split_rows": split_rows}
 
     def make_scorer(self, cls: Any, options: dict) -> Any:
         mod = sys.modules.get(getattr(cls, "__module__", ""))
@@ -206,7 +238,7 @@ class RayEngine:
     def start_workers(self, worker_cls: Any, specs: dict, cache_root: str) -> RayPool:
         """The run's worker pool (see the module docstring)."""
         args = (specs, cache_root, self.batch_size)
-        return RayPool(worker_cls, args, self.workers, self.gpus, self.cpus, self.max_in_flight)
+        return RayPool(worker_cls, args, self.workers, self.gpus, self.cpus, self.max_in_flight, self.split_options)
 
     def score_pool(self, scorer: _RayScorer, table: Any, name: str) -> Any:
         """A pool-scoped criterion: its score of a row depends on every other row, so the whole pool
@@ -214,8 +246,13 @@ class RayEngine:
         ray = _ray()
         opts: dict = {"num_gpus": self.gpus} if self.gpus else {}
         task = ray.remote(**opts)(_score_whole) if opts else ray.remote(_score_whole)
+        if hasattr(table, "pieces"):  # shards read on the workers: the task assembles the pool's texts
+            ids_, idxs, refs = table.pieces()
+            args: tuple = (scorer.cls, scorer.options, None, ids_, idxs, *refs)
+        else:
+            args = (scorer.cls, scorer.options, table.reset_index(drop=True))
         try:
-            out = ray.get(task.remote(scorer.cls, scorer.options, table.reset_index(drop=True)))
+            out = ray.get(task.remote(*args))
         except Exception as exc:
             raise _unwrap(exc) from None
         info = out.attrs.get("run_info")

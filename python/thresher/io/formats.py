@@ -124,7 +124,7 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+def _decode_line(raw: bytes, path: Path, lineno: int, bom: bool = True) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -133,7 +133,7 @@ def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
             file=path,
             line=lineno,
         ) from None
-    return text[1:] if lineno == 1 and text.startswith(_BOM) else text
+    return text[1:] if bom and lineno == 1 and text.startswith(_BOM) else text
 
 
 def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -145,6 +145,37 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         for raw in fh:
             lineno += 1
             yield lineno, raw
+
+
+def _range_lines(path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(line number counted from 1 at ``start``, raw bytes) of the lines of an uncompressed text file
+    that start in the byte range [start, end); ``start`` is the first byte of a line."""
+    lineno = 0
+    with _read_errors(path, lambda: lineno), open(path, "rb") as fh:
+        fh.seek(start)
+        pos = start
+        for raw in fh:
+            if pos >= end:
+                return
+            lineno += 1
+            pos += len(raw)
+            yield lineno, raw
+
+
+def line_boundaries(path: Path, step: int) -> list[int]:
+    """Byte offsets of line starts about ``step`` bytes apart, from 0 to the file size (an
+    uncompressed file; one seek and one line read per boundary, nothing is parsed)."""
+    size = path.stat().st_size
+    cuts = [0]
+    with _read_errors(path), open(path, "rb") as fh:
+        while cuts[-1] + step < size:
+            fh.seek(cuts[-1] + step - 1)
+            fh.readline()  # to the end of the line that holds byte cut+step-1: the next line starts after it
+            nxt = fh.tell()
+            if nxt >= size:
+                break
+            cuts.append(nxt)
+    return cuts + [size]
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -200,10 +231,12 @@ def file_checksum(path: Path) -> str:
 # Each raw iterator yields (file, line_or_row, record_or_None, raw_handle, error_or_None).
 
 
-def _iter_jsonl(path: Path):
-    for lineno, raw in _raw_lines(path):
+def _iter_jsonl(path: Path, lines: Optional[Iterator[tuple[int, bytes]]] = None, bom: bool = True):
+    """Records of a JSON Lines file (``lines``: numbered raw lines of a part of it, see :func:`_range_lines`;
+    ``bom``: whether line 1 is the file's first line, where a UTF-8 BOM is dropped)."""
+    for lineno, raw in lines if lines is not None else _raw_lines(path):
         try:
-            text = _decode_line(raw, path, lineno).rstrip("\r\n")
+            text = _decode_line(raw, path, lineno, bom).rstrip("\r\n")
         except InputError as exc:
             yield path, lineno, None, None, exc
             continue

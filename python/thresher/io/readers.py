@@ -83,14 +83,22 @@ class Shard:
         return len(self.table)
 
     @property
+    def ids(self) -> list[str]:
+        return self.table["id"].astype(str).tolist()
+
+    @property
     def key(self) -> str:
-        """Hash of the shard's content (its rows' content hashes and ids, in order)."""
-        h = hashlib.blake2b(digest_size=16)
-        for i, c in zip(self.table["id"], self.hashes):
-            h.update(i.encode())
-            h.update(b"\0")
-            h.update(c.encode())
-        return h.hexdigest()
+        return shard_key(self.table["id"], self.hashes)
+
+
+def shard_key(ids: Any, hashes: Any) -> str:
+    """Hash of a shard's content (its rows' ids and content hashes, in order)."""
+    h = hashlib.blake2b(digest_size=16)
+    for i, c in zip(ids, hashes):
+        h.update(i.encode())
+        h.update(b"\0")
+        h.update(c.encode())
+    return h.hexdigest()
 
 
 class _IdAssigner:
@@ -317,6 +325,25 @@ class Source:
                 f"({what}); its columns: {', '.join(sorted(map(str, known))) or 'none'}",
                 file=f,
             )
+
+    def first_schema(self) -> Optional[Schema]:
+        """Fix the schema from the first good record (as the first pass would), reading no further;
+        None when no record is good. Bad records before it raise (``on_bad_row="error"``) or are left
+        for the pass that reads them to report."""
+        if self.schema is not None:
+            return self.schema
+        saved, self.skipped = self.skipped, []
+        try:
+            for fi, line, row, rec, err in self._items():
+                if err is not None:
+                    self._bad(err)
+                    continue
+                if row is None and self._normalize(rec() if callable(rec) else rec, self.files[fi], line) is None:
+                    continue
+                return self.schema
+            return None
+        finally:
+            self.skipped = saved
 
     def shards(self) -> Iterator[Shard]:
         """Pass 1: yield sample-table shards; ids are own ids or content hashes, deduplicated."""

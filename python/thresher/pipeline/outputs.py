@@ -311,7 +311,7 @@ def manifest(st: RunState) -> dict:
         "seed": cfg.seed,
         "shard_size": cfg.shard_size,
         "engine": cfg.engine,
-        **({"engine_run": engine_run(st)} if st.workers else {}),
+        **({"engine_run": engine_run(st)} if st.workers or st.read_on_workers else {}),
         "plugins": loaded_records(plugin_names(cfg)),
         "id_column": id_column(cfg),
         "with_scores": bool(cfg.with_scores),
@@ -327,6 +327,7 @@ def engine_run(st: RunState) -> dict:
         "nodes": len(st.workers),
         "worker_processes": sum(len(p) for p in st.workers.values()),
         "worker_peak_rss_mb": round(st.worker_peak_rss_mb, 1),
+        "read_on_workers": bool(st.read_on_workers),
     }
 
 

@@ -13,14 +13,15 @@ import pandas as pd
 
 from ..cache import RowIndex, cache_key, ids_digest, row_keys
 from ..embed import embed_table
-from ..errors import OptionError
+from ..errors import OptionError, ThresherError
 from ..plan import TOKENS, Step
 from ..progress import scaled, task
 from ..registry import CRITERIA
+from .reading import RemotePool, RemoteShard, remote_shards
 from .scoring_checks import check_scores
 from .selection import Selection
 from .state import Progress, RunState, ShardRef, concat
-from .workers import CriterionSpec, ShardWorker
+from .workers import TOKENS_SPEC, CriterionSpec, ShardWorker
 
 TOKEN_CRITERION = "length"  # token counts are the length criterion's main column, cached under its name
 
@@ -82,7 +83,7 @@ def _pool_criterion(st: RunState, step: Step, pool: pd.DataFrame) -> Callable[[]
 
 def _shard_keys(st: RunState, shard: Any, tok_key: str) -> tuple[str, str, dict]:
     """A shard's ids digest, token-count cache key and each shard criterion's cache key."""
-    digest = ids_digest(shard.table["id"].astype(str).tolist())
+    digest = ids_digest(shard.ids)
     keys = {step.col: cache_key(step.col, st.key_for(step), shard.key) for step in st.shard_criteria()}
     return digest, cache_key(TOKEN_CRITERION, tok_key, shard.key), keys
 
@@ -107,7 +108,7 @@ def _reuse(st: RunState, step: Step, shard: Any, key: str, digest: str, rk: Any)
     """Resume by id, whatever the shard layout: the shard's entry assembled from the rows an earlier run
     scored in other shards (same criterion key, same ids and contents); None when any row is missing."""
     got = _row_index(st, step).assemble(rk)
-    if got is None or got[0]["id"].astype(str).tolist() != shard.table["id"].astype(str).tolist():
+    if got is None or got[0]["id"].astype(str).tolist() != shard.ids:
         return None
     st.reused_rows += len(shard)
     return _put_entry(st, step, key, got[0], digest, rk, got[1])
@@ -116,7 +117,7 @@ def _reuse(st: RunState, step: Step, shard: Any, key: str, digest: str, rk: Any)
 def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
     """One shard's tables (token counts under TOKENS, then each criterion's), cached, in this process."""
     digest, tkey, keys = _shard_keys(st, shard, tok_key)
-    rk = row_keys(shard.table["id"].astype(str).tolist(), shard.hashes)
+    rk = row_keys(shard.ids, shard.hashes)
     tabs = {TOKENS: _token_table(st, shard, tok, tkey, digest)}
     for step in st.shard_criteria():
         key = keys[step.col]
@@ -149,27 +150,36 @@ class _Rows:
     def __init__(self, st: RunState, selection: Selection) -> None:
         self.st, self.selection = st, selection
         self.keep_texts = bool(st.pool_criteria())
-        self.want_emb = st.plan.needs_embeddings and not st.cfg.score_only
+        # a streaming selection that embeds only its candidates (repr filter) sets wants_embeddings False
+        self.want_emb = (
+            st.plan.needs_embeddings and not st.cfg.score_only and getattr(selection, "wants_embeddings", True)
+        )
         self.lines: list = []
         self.files: list = []
         self.tokens: list = []
         self.groups: list = []
         self.emb: list = []
 
-    def embed(self, shard: Any) -> None:
+    def embed(self, shard: Any, vectors: Any = None) -> None:
+        """Keep the shard's embeddings (``vectors``: as a worker that read the shard computed them)."""
         if self.want_emb:
-            emb_dir = self.st.cache.root / "embeddings"
-            self.emb.append(embed_table(shard.table, self.st.cfg.embedder or "default", cache_dir=emb_dir))
+            if vectors is None:
+                emb_dir = self.st.cache.root / "embeddings"
+                vectors = embed_table(shard.table, self.st.cfg.embedder or "default", cache_dir=emb_dir)
+            self.emb.append(vectors)
 
     def add(self, shard: Any, tabs: dict) -> None:
         st = self.st
         self.tokens.append(tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64))
         self.selection.feed(_columns(tabs.values(), self.selection.needed), shard.start)
-        if self.keep_texts:
-            st.pool_tables.append(shard.table)
+        remote = isinstance(shard, RemoteShard)
+        if self.keep_texts:  # a remote shard's texts stay on the cluster
+            st.pool_tables.append(shard if remote else shard.table)
         self.lines.append(shard.lines)
         self.files.append(np.asarray(shard.files, dtype=np.int32))
-        if "group" in shard.table.columns:
+        if remote and shard.groups is not None:
+            self.groups.append(shard.groups.astype(str))
+        elif not remote and "group" in shard.table.columns:
             self.groups.append(shard.table["group"].astype(str).to_numpy())
         st.n += len(shard)
         if st.on_shard is not None:
@@ -197,6 +207,9 @@ def start_pool(st: RunState) -> Any:
         cls = CRITERIA.get(step.name).obj
         st.engine.make_scorer(cls, {})  # lets the engine ship a plugin's class by value
         specs[step.col] = CriterionSpec(step.col, step.name, step.alias, cls, st.runtime_options(step))
+    # token counts: computed by the worker that reads a shard (the driver never holds its texts)
+    tok_cls = type(token_counter())
+    specs[TOKENS_SPEC] = CriterionSpec(TOKEN_CRITERION, TOKEN_CRITERION, None, tok_cls, {"unit": "tokens"})
     pool = start(ShardWorker, specs, str(st.cache.root))
     try:  # cache keys as the workers resolve them (their device and dtype), not as this process would
         if specs:
@@ -220,40 +233,55 @@ def _embedders(st: RunState, want_emb: bool) -> list:
     return list(dict.fromkeys(out))
 
 
-def _submit(st: RunState, pool: Any, shard: Any, tok: Any, tok_key: str, embedders: list) -> tuple:
-    """Send one shard to the pool (only the entries the cache lacks); token counts are computed here."""
+def _submit(st: RunState, pool: Any, shard: Any, tok: Any, tok_key: str, embedders: list, want_emb: bool) -> tuple:
+    """Send one shard to the pool (only the entries the cache lacks). Token counts are computed here,
+    or, for a shard read on the workers (:class:`RemoteShard`), by the worker with its scores."""
     digest, tkey, keys = _shard_keys(st, shard, tok_key)
-    tokens = _token_table(st, shard, tok, tkey, digest)
-    rk = row_keys(shard.table["id"].astype(str).tolist(), shard.hashes)
-    todo = [
+    rk = row_keys(shard.ids, shard.hashes)
+    remote = isinstance(shard, RemoteShard)
+    tokens = st.cache.get(TOKEN_CRITERION, tkey, digest) if remote else _token_table(st, shard, tok, tkey, digest)
+    todo: list = [] if tokens is not None else [(TOKEN_CRITERION, tkey, None, TOKENS_SPEC)]
+    todo += [
         (step.col, keys[step.col], st.key_for(step))
         for step in st.shard_criteria()
         if not st.cache.has(step.col, keys[step.col]) and _reuse(st, step, shard, keys[step.col], digest, rk) is None
     ]
-    jobs = [pool.submit("score", shard.table, todo, digest, rk)] if todo else []
+    jobs = []
+    ids, idxs, refs = shard.pieces() if remote else (None, None, [])
+    if todo:
+        jobs.append(pool.submit("score_rows", todo, digest, rk, ids, idxs, *refs) if remote
+                    else pool.submit("score", shard.table, todo, digest, rk))  # fmt: skip
     if embedders:
-        jobs.append(pool.submit("embed", shard.table, embedders))
+        jobs.append(pool.submit("embed_rows", embedders, want_emb, ids, idxs, *refs) if remote
+                    else pool.submit("embed", shard.table, embedders))  # fmt: skip
     st.shards.append(ShardRef(shard.key, len(shard), digest, tkey, keys))
-    return shard, digest, keys, tokens, jobs
+    return shard, digest, keys, tokens, jobs, tkey
 
 
-def _collect(st: RunState, pool: Any, shard: Any, digest: str, keys: dict, tokens: Any, jobs: list) -> dict:
-    """Wait for a shard's jobs; its tables read back from the cache the workers wrote."""
+def _entry(st: RunState, shard: Any, col: str, key: str, digest: str) -> pd.DataFrame:
+    df = st.cache.get(col, key, digest)
+    if df is None:
+        raise RuntimeError(
+            f"criterion {col!r}: a worker reported shard {shard.index} scored, but its cache entry "
+            f"{st.cache.path(col, key)} is missing or does not match"
+        )
+    return df
+
+
+def _collect(st: RunState, pool: Any, shard: Any, digest: str, keys: dict, tokens: Any, jobs: list,
+             tkey: str) -> tuple[dict, Any]:  # fmt: skip
+    """Wait for a shard's jobs: its tables read back from the cache the workers wrote, and the
+    vectors of the selector's embedder when a worker that read the shard embedded it."""
+    vectors = None
     for job in jobs:
         receipt = pool.result(job)
         st.workers.setdefault(str(receipt.get("node")), set()).add(int(receipt.get("pid", 0)))
         st.worker_peak_rss_mb = max(st.worker_peak_rss_mb, float(receipt.get("peak_rss_mb", 0.0)))
-    tabs = {TOKENS: tokens}
+        vectors = receipt.get("vectors", vectors)
+    tabs = {TOKENS: tokens if tokens is not None else _entry(st, shard, TOKEN_CRITERION, tkey, digest)}
     for step in st.shard_criteria():
-        df = st.cache.get(step.col, keys[step.col], digest)
-        if df is None:
-            where = st.cache.path(step.col, keys[step.col])
-            raise RuntimeError(
-                f"criterion {step.col!r}: a worker reported shard {shard.index} scored, but its cache entry "
-                f"{where} is missing or does not match"
-            )
-        tabs[step.col] = df
-    return tabs
+        tabs[step.col] = _entry(st, shard, step.col, keys[step.col], digest)
+    return tabs, vectors
 
 
 def score_shards_pooled(st: RunState, pool: Any, rows: "_Rows", prog: Any, tok: Any, tok_key: str) -> None:
@@ -263,16 +291,24 @@ def score_shards_pooled(st: RunState, pool: Any, rows: "_Rows", prog: Any, tok: 
 
     def collect_one() -> None:
         shard, *rest = pending.popleft()
-        tabs = _collect(st, pool, shard, *rest)
-        rows.embed(shard)
+        tabs, vectors = _collect(st, pool, shard, *rest)
+        rows.embed(shard, vectors)
         rows.add(shard, tabs)
         prog.update(len(shard), cached=st.cache.hits, computed=st.cache.misses)
 
     try:
-        for shard in st.source.shards():
-            pending.append(_submit(st, pool, shard, tok, tok_key, embedders))
-            while len(pending) > pool.max_in_flight:
+        remote = remote_shards(st, pool)
+        st.read_on_workers = remote is not None
+        shards = remote if remote is not None else st.source.shards()
+        try:
+            for shard in shards:
+                pending.append(_submit(st, pool, shard, tok, tok_key, embedders, rows.want_emb))
+                while len(pending) > pool.max_in_flight:
+                    collect_one()
+        except ThresherError:  # bad input: the shards already sent are scored and cached first
+            while pending:
                 collect_one()
+            raise
         while pending:
             collect_one()
     finally:
@@ -323,7 +359,8 @@ def score_pool_scoped(st: RunState, selection: Selection) -> None:
     if not steps:
         return
     t = time.perf_counter()
-    pool = pd.concat(st.pool_tables, ignore_index=True)
+    remote = bool(st.pool_tables) and isinstance(st.pool_tables[0], RemoteShard)
+    pool = RemotePool(st.pool_tables) if remote else pd.concat(st.pool_tables, ignore_index=True)
     st.pool_tables = []
     pkey = hashlib.blake2b("".join(r.key for r in st.shards).encode(), digest_size=16).hexdigest()
     digest = ids_digest(pool["id"].astype(str).tolist())

@@ -1,9 +1,14 @@
 """The select stage, chosen once per run as an object fed shard by shard.
 
-* :class:`StreamingSelection`: ``topk``, ``threshold`` (quantile or absolute) and ``pareto`` on a
-  sample budget (``k`` or ``ratio``), with per-row filters, no diversity constraint, no token
-  budget and no pool-scoped criteria, run as scans of the shards (:mod:`.streaming`): O(k + shard)
-  score values (the Pareto survivors for ``pareto``), the same selection as in memory.
+* :class:`StreamingSelection`: ``topk``, ``threshold`` (quantile or absolute), ``pareto`` and
+  ``aggregate`` / ``weighted`` with a per-row fold (``weighted_sum`` or ``product``, ``normalize``
+  ``none``) on a sample budget (``k`` or ``ratio``), with per-row filters, no token budget and no
+  pool-scoped criteria, run as scans of the shards (:mod:`.streaming`): O(k + shard) score values
+  (the Pareto survivors for ``pareto``), the same selection as in memory.
+* :class:`ReprSelection`: the same selectors with ``diversity_tau`` (DEITA's repr filter): the
+  greedy walks the first rows of the best-first order in rounds and embeds only those rows
+  (:mod:`.streaming_repr`), O(k + m + shard) rows for ``m`` candidates; the same selection as in
+  memory (same embeddings cache).
 * :class:`InMemorySelection`: any other selector keeps the columns it reads (one
   float64 per row each), applies the filters and calls the selector once.
 * :class:`ScoreOnly`: no selection (``thresher score``); filters still mark ``eligible``.
@@ -26,6 +31,7 @@ from ..render import render_sample
 from ..selectors.base import check_k, columns_read, maximizing, parse_objectives
 from .state import RunState, concat
 from .streaming import (
+    AggregatePass,
     CountPass,
     ParetoPass,
     ThresholdPass,
@@ -35,6 +41,7 @@ from .streaming import (
     replay,
     replayable,
 )
+from .streaming_repr import ReprWalk
 
 
 class Selection:
@@ -67,7 +74,7 @@ class StreamingSelection(Selection):
         self.filters = list(st.plan.filters)
         live = TOKENS not in {parse_filter(f)[0] for f in self.filters}
         self.selecting = live and bound is not None
-        self.live = (make_pass(bound) if self.selecting else CountPass(self.filters)) if live else None
+        self.live = (make_pass(self.size(bound)) if self.selecting else CountPass(self.filters)) if live else None
         self.replays = 0  # scans of the cache after the scoring pass
         self.peak = 0  # the most score values a pass held at once
 
@@ -84,18 +91,29 @@ class StreamingSelection(Selection):
             self.peak = max(self.peak, p.peak)
         return p
 
-    def result(self, st: RunState) -> None:
+    def size(self, k: Optional[int]) -> Optional[int]:
+        """The budget of the selecting pass for a selection of ``k`` rows."""
+        return k
+
+    def prepare(self, st: RunState) -> tuple[Any, int]:
+        """Set ``st.k`` and ``st.eligible``; the selecting pass (its budget ``size(st.k)`` or more)
+        and the number of rows to select."""
         plan = st.plan
         count = self.live if self.live is not None else self._scan(CountPass(self.filters))
         if count.n != st.n:
             raise RuntimeError(f"selection: fed {count.n} rows of a pool of {st.n}")
         st.k = budget_k(st.cfg, st.n, plan.ratio_base, eligible=count.n_eligible, base=plan.budget_base)
-        p = self.live if self.selecting else self._scan(self.make_pass(st.k))
+        p = self.live if self.selecting else self._scan(self.make_pass(self.size(st.k)))
         self.live = None
         st.eligible = p.eligible()
-        kk = check_k(st.k, p.n_eligible, plan.selector.name)
-        at_least = lambda v: self._count_at_least(p, v)  # noqa: E731
-        st.order = np.asarray(p.order(kk, at_least), dtype=np.int64)
+        return p, check_k(st.k, p.n_eligible, plan.selector.name)
+
+    def at_least(self, p: Any) -> Callable[[float], int]:
+        return lambda v: self._count_at_least(p, v)
+
+    def result(self, st: RunState) -> None:
+        p, kk = self.prepare(st)
+        st.order = np.asarray(p.order(kk, self.at_least(p)), dtype=np.int64)
 
     def _count_at_least(self, p: Any, value: float) -> int:
         self.replays += 1
@@ -103,6 +121,46 @@ class StreamingSelection(Selection):
 
 
 StreamingTopK = StreamingSelection  # the name before the selection had other streaming kinds
+
+
+class ReprSelection(StreamingSelection):
+    """A streaming selection followed by the repr filter (``diversity_tau``) on its best-first order,
+    walked in rounds over the rows that can still be chosen (:mod:`.streaming_repr`): the selecting
+    pass keeps the first ``m = CANDIDATES_PER_K * k`` rows of the order; when the walk keeps fewer than
+    ``k`` of them and the order has more, a pass of twice the budget replays the cache for the next
+    rows. Scoring embeds nothing (``wants_embeddings``): only the candidates are embedded. Memory:
+    the passes' O(m + shard) score values, O(k + m + shard) rows for the walk."""
+
+    wants_embeddings = False
+    CANDIDATES_PER_K = 2
+
+    def __init__(self, st: RunState, kind: str, columns: set, make_pass: Callable, bound: Optional[int], tau: float):
+        super().__init__(st, kind, columns, make_pass, bound)
+        self.tau = float(tau)
+        self.walk: Optional[ReprWalk] = None
+        self.candidates = 0  # the largest budget of a selecting pass
+
+    def size(self, k: Optional[int]) -> Optional[int]:
+        return None if k is None else max(1, self.CANDIDATES_PER_K * int(k))
+
+    def result(self, st: RunState) -> None:
+        p, kk = self.prepare(st)
+        walk = self.walk = ReprWalk(st, self.tau, kk)
+        m = int(p.k)
+        while kk > 0:
+            self.candidates = max(self.candidates, m)
+            prefix = np.asarray(p.order(m, self.at_least(p)), dtype=np.int64)  # the first m rows of the order
+            walk.walk(prefix[walk.walked :])
+            if walk.done or len(prefix) < m:
+                break
+            m *= 2
+            p = self._scan(self.make_pass(m))
+        st.order = walk.kept
+
+    @property
+    def peak_rows(self) -> int:
+        """The most rows the walk held at once (kept embeddings, candidates, the shard being read)."""
+        return 0 if self.walk is None else self.walk.peak_rows
 
 
 class InMemorySelection(Selection):
@@ -171,8 +229,8 @@ def needed_columns(plan: Plan) -> set:
 
 def make_selection(st: RunState) -> Selection:
     """The selection object for this run (decided once, before any shard is read); its kind goes to
-    ``st.selection_kind``: ``streaming-topk``, ``streaming-threshold``, ``streaming-pareto``
-    (:class:`StreamingSelection`), ``in-memory`` or ``score-only``."""
+    ``st.selection_kind``: ``streaming-<selector>`` (:class:`StreamingSelection`),
+    ``streaming-<selector>-repr`` (:class:`ReprSelection`), ``in-memory`` or ``score-only``."""
     if st.cfg.score_only:
         sel: Selection = ScoreOnly(needed_columns(st.plan))
         st.selection_kind = "score-only"
@@ -194,10 +252,26 @@ def _threshold_ok(opts: dict) -> bool:
     return mode == "quantile" and (value is None or 0.0 <= float(value) <= 1.0)
 
 
+AGGREGATE_PER_ROW = ("weighted_sum", "product")  # folds of one row's values (with normalize="none")
+
+
 def _pass_factory(name: str, opts: dict, filters: list) -> Optional[Callable]:
-    """``k -> pass`` of a selector that streams with these options (None: it needs the whole pool)."""
+    """``k -> pass`` of a selector that streams with these options (None: it needs the whole pool,
+    or a repr filter: see :func:`_order_factory`)."""
     if opts.get("diversity_tau") is not None:
         return None  # the repr filter walks the best-first order with the embeddings
+    return _order_factory(name, opts, filters)
+
+
+def _order_factory(name: str, opts: dict, filters: list) -> Optional[Callable]:
+    """``m -> pass`` whose ``order(kk)`` is the first ``kk <= m`` rows of the selector's best-first
+    order (``diversity_tau`` aside), or None when that order needs the whole pool."""
+    if name in ("aggregate", "weighted"):
+        method = opts.get("method", "weighted_sum") if name == "aggregate" else "weighted_sum"
+        if method not in AGGREGATE_PER_ROW or opts.get("normalize") != "none":
+            return None
+        objectives, weights = parse_objectives(opts["objectives"]), opts.get("weights")
+        return lambda k: AggregatePass(filters, objectives, method, weights, k)
     if name == "topk":
         col, maxi = opts["criterion"], maximizing(opts["criterion"], opts.get("direction"))
         return lambda k: TopKPass(filters, col, maxi, k)
@@ -211,8 +285,9 @@ def _pass_factory(name: str, opts: dict, filters: list) -> Optional[Callable]:
 
 
 def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
-    """The streaming selection of this run, or None when its selector needs the whole pool in memory
-    (a token budget, pool-scoped criteria, diversity, other selectors)."""
+    """The streaming selection of this run (:class:`ReprSelection` with ``diversity_tau``), or None
+    when its selector needs the whole pool in memory (a token budget, pool-scoped criteria, other
+    selectors and options)."""
     cfg, plan = st.cfg, st.plan
     if cfg.tokens is not None or st.pool_criteria():
         return None
@@ -222,11 +297,13 @@ def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
     if not reads or TOKENS in reads:
         return None
     columns = reads | {parse_filter(f)[0] for f in plan.filters}
-    make = _pass_factory(plan.selector.name, opts, list(plan.filters))
+    make = _order_factory(plan.selector.name, opts, list(plan.filters))
     if make is None or not replayable(st, columns):
         return None
-    bound = ratio_bound(cfg, plan.ratio_base)
-    return StreamingSelection(st, f"streaming-{plan.selector.name}", columns, make, bound)
+    bound, kind = ratio_bound(cfg, plan.ratio_base), f"streaming-{plan.selector.name}"
+    if opts.get("diversity_tau") is not None:
+        return ReprSelection(st, f"{kind}-repr", columns, make, bound, opts["diversity_tau"])
+    return StreamingSelection(st, kind, columns, make, bound)
 
 
 def select(st: RunState, selection: Selection) -> None:
@@ -298,6 +375,7 @@ __all__ = [
     "Selection",
     "StreamingSelection",
     "StreamingTopK",
+    "ReprSelection",
     "streaming_selection",
     "InMemorySelection",
     "ScoreOnly",

@@ -56,6 +56,7 @@ class RunState:
     run_info: dict = field(default_factory=dict)  # column -> what a pool-scoped scorer reports (index, recall...)
     workers: dict = field(default_factory=dict)  # node -> pids of the engine's workers that scored shards
     worker_peak_rss_mb: float = 0.0  # the largest peak memory a worker reported
+    read_on_workers: bool = False  # the engine's workers parsed the input (the driver read no row's text)
     row_indexes: dict = field(default_factory=dict)  # column -> RowIndex (rows scored under other shard layouts)
     reused_rows: int = 0  # rows whose scores came from entries of another shard layout
     n: int = 0

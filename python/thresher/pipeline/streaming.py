@@ -8,6 +8,7 @@ only what its selection can still need:
   (ineligible rows enter as NaN, which is never selected); ties by lower pool position.
 * :class:`ThresholdPass`: the ``threshold`` selector (``absolute`` as a per-row test, ``quantile``
   exact from the top ``k`` and the count of scored rows; see :meth:`ThresholdPass.order`).
+* :class:`AggregatePass`: ``aggregate`` / ``weighted`` with a per-row fold, as a top-k of the combined score.
 * :class:`ParetoPass`: the ``pareto`` selector; keeps the rows that can still be in the fronts that
   fill ``k`` (the pruning rule and its proof are in the class docstring).
 
@@ -26,7 +27,7 @@ import torch
 
 from ..ops import TopKAccumulator
 from ..plan import TOKENS, apply_filters
-from ..selectors.basic import pareto_order
+from ..selectors.basic import aggregate_scores, pareto_order
 from .state import RunState, concat
 
 _CMP_ELEMS = 1 << 22  # elements of one [rows, rows, objectives] dominance comparison block
@@ -83,8 +84,12 @@ class TopKPass(CountPass):
         best = getattr(self.acc, "_best", None)
         return 0 if best is None else int(best[0].numel()) + int(best[1].numel())
 
+    def values(self, cols: dict, mask: np.ndarray) -> np.ndarray:
+        """The shard's values of the pass (a fresh float64 array), NaN where ``mask`` is False."""
+        return values_of(cols, self.column, mask)
+
     def take(self, cols: dict, offset: int, mask: np.ndarray) -> None:
-        v = self.keep(values_of(cols, self.column, mask))
+        v = self.keep(self.values(cols, mask))
         self.n_scored += int((~np.isnan(v)).sum())
         self.peak = max(self.peak, self.held() + 2 * len(v))
         self.acc.update(torch.from_numpy(v), offset)
@@ -149,6 +154,28 @@ class ThresholdPass(TopKPass):
         else:
             t = float(v[-1])
         return idx[self.passes(v, t)][:kk]
+
+
+class AggregatePass(TopKPass):
+    """``aggregate`` / ``weighted`` folding each row on its own (``weighted_sum`` or ``product`` with
+    ``normalize="none"``): the top ``k`` of the combined score (higher is better), which
+    :func:`~thresher.selectors.basic.aggregate_scores` computes per row, so the values of a shard are
+    those of the whole pool (rows with a non-finite objective are NaN, never selected)."""
+
+    def __init__(self, filters: list, objectives: list, method: str, weights: Any, k: int) -> None:
+        super().__init__(filters, ",".join(n for n, _ in objectives), True, k)
+        self.names = [n for n, _ in objectives]
+        self.maxi = [bool(m) for _, m in objectives]
+        self.method, self.weights = method, weights
+
+    def values(self, cols: dict, mask: np.ndarray) -> np.ndarray:
+        n = len(mask)
+        mat = np.stack([column_of(cols, c) for c in self.names], axis=1).reshape(n, len(self.names))
+        out = np.full(n, np.nan)
+        rows = np.flatnonzero(mask)  # as in memory: only the eligible rows are folded (product checks signs)
+        if len(rows):
+            out[rows] = aggregate_scores(mat[rows], self.maxi, self.method, self.weights, "none")
+        return out
 
 
 def dominators(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -279,6 +306,7 @@ __all__ = [
     "TopKPass",
     "ThresholdPass",
     "ParetoPass",
+    "AggregatePass",
     "dominators",
     "replay",
     "replayable",

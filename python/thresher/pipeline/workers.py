@@ -26,7 +26,10 @@ import pandas as pd
 
 from ..cache import ScoreCache
 from ..embed import embed_table
+from ..io.splits import ReadSpec, Split, assemble, read_split
 from .scoring_checks import check_scores
+
+TOKENS_SPEC = "__tokens__"  # the spec of the token counts a worker computes when it also reads the shard
 
 
 @dataclass(frozen=True)
@@ -76,27 +79,46 @@ class ShardWorker:
         and write the entries (with the rows' keys, for runs with other shard layouts). Returns a receipt:
         this worker's pid and node, and the columns it computed."""
         done = []
-        for col, key, crit in todo:
+        for col, key, crit, *spec_key in todo:
             if self.cache.get(col, key, digest) is not None:  # a retried task: already written
                 continue
-            spec = self.specs[col]
-            df = check_scores(self._score(col, table), table, spec.name, spec.alias)
-            self.cache.put(col, key, df, ids=digest, fingerprint=self._fingerprint(col),
-                           extra={"criterion": crit}, rowkeys=rowkeys)  # fmt: skip
+            sk = spec_key[0] if spec_key else col  # the token counts: spec TOKENS_SPEC, no criterion key
+            spec = self.specs[sk]
+            df = check_scores(self._score(sk, table), table, spec.name, spec.alias)
+            extra, rk = ({"criterion": crit}, rowkeys) if crit is not None else (None, None)
+            self.cache.put(col, key, df, ids=digest, fingerprint=self._fingerprint(sk), extra=extra, rowkeys=rk)
             done.append(col)
         return {**self.info(), "computed": done}
 
-    def embed(self, table: pd.DataFrame, embedders: list) -> dict:
-        """Fill the embeddings cache with ``table``'s rows for each (embedder, device, cache folder)."""
-        for name, device, emb_dir in embedders:
-            embed_table(table, name, cache_dir=emb_dir, device=device)
-        return self.info()
+    def embed(self, table: pd.DataFrame, embedders: list, vectors: bool = False) -> dict:
+        """Fill the embeddings cache with ``table``'s rows for each (embedder, device, cache folder);
+        ``vectors``: also return the first embedder's vectors (``"vectors"``)."""
+        out = self.info()
+        for i, (name, device, emb_dir) in enumerate(embedders):
+            emb = embed_table(table, name, cache_dir=emb_dir, device=device)
+            if vectors and i == 0:
+                out["vectors"] = emb
+        return out
+
+    def read(self, spec: ReadSpec, split: Split) -> tuple:
+        """Parse one split of the input: (its :class:`~thresher.io.splits.SplitRows`, its table)."""
+        return read_split(spec, split)
+
+    def score_rows(self, todo: list, digest: str, rowkeys: Any, ids: list, idxs: list, *tables: Any) -> dict:
+        """:meth:`score` of a shard given as pieces of split tables (assembled here, on the worker)."""
+        return self.score(assemble(ids, idxs, tables), todo, digest, rowkeys)
+
+    def embed_rows(self, embedders: list, vectors: bool, ids: list, idxs: list, *tables: Any) -> dict:
+        """:meth:`embed` of a shard given as pieces of split tables."""
+        return self.embed(assemble(ids, idxs, tables), embedders, vectors)
 
     def criterion_keys(self) -> dict:
         """Each criterion's cache key as resolved in THIS process (``device``/``dtype`` ``auto`` resolve
         against the worker's device: a GPU worker keys bf16 where a CPU driver would key fp32)."""
         out = {}
         for col, spec in self.specs.items():
+            if col == TOKENS_SPEC:
+                continue
             key_for = getattr(spec.cls, "cache_key_for", None)
             if key_for is not None:
                 out[col] = str(key_for(**spec.options))

@@ -1,0 +1,133 @@
+"""Splits of the pool's files (what the Ray engine's workers read): cut without parsing, and read
+split by split they give exactly the records, lines and bad rows of one pass over the whole file."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from thresher.io import Source
+from thresher.io.formats import line_boundaries
+from thresher.io.splits import ReadSpec, assemble, plan_splits, read_split
+
+
+def _write_lines(path, lines, end="\n", bom=False, trailing=True):
+    text = end.join(lines) + (end if trailing else "")
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    return path
+
+
+def _rows(n, seed=0):
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        word = "x" * rnd.randint(0, 40)
+        out.append(json.dumps({"instruction": f"q{i} {word}", "output": f"a{i} é{word}", "id": f"r{i}"}))
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 7, 64, 333, 10**6])
+@pytest.mark.parametrize("trailing", [True, False])
+def test_line_boundaries_start_lines_and_cover_the_file(tmp_path, step, trailing):
+    p = _write_lines(tmp_path / "a.jsonl", _rows(40), trailing=trailing)
+    data = p.read_bytes()
+    cuts = line_boundaries(p, step)
+    assert cuts[0] == 0 and cuts[-1] == len(data) and cuts == sorted(set(cuts))
+    starts = {0} | {i + 1 for i, b in enumerate(data) if b == ord("\n")}  # oracle: every line start
+    assert set(cuts[:-1]) <= starts
+
+
+def _whole(path, on_bad_row="skip", **kw):
+    """The local reader's rows, lines and bad rows (one pass over the whole file)."""
+    src = Source(path, on_bad_row=on_bad_row, shard_size=10**6, **kw)
+    shards = list(src.shards())
+    tab = shards[0].table if shards else None
+    return src, tab, [int(x) for s in shards for x in s.lines], src.skipped
+
+
+def _by_splits(path, split_bytes=None, split_rows=None, on_bad_row="skip", **kw):
+    src = Source(path, on_bad_row=on_bad_row, **kw)
+    opts = {k: v for k, v in (("split_bytes", split_bytes), ("split_rows", split_rows)) if v is not None}
+    splits = plan_splits(src, **opts)
+    spec = ReadSpec(src.format, src.first_schema(), on_bad_row)
+    offsets, lines, bad, parts = {}, [], [], []
+    for sp in splits:
+        res, table = read_split(spec, sp)
+        off = offsets.get(sp.file_index, 0) if sp.kind == "bytes" else 0
+        offsets[sp.file_index] = off + res.lines_read
+        lines += [x + off for x in res.lines]
+        bad += [(b[0] + off, b[2]) for b in res.bad]
+        parts.append((res, table))
+    return splits, parts, lines, bad
+
+
+@pytest.mark.parametrize("split_bytes", [1, 50, 200, 1 << 20])
+def test_byte_splits_give_the_whole_files_rows_lines_and_bad_rows(tmp_path, split_bytes):
+    lines = _rows(60)
+    lines[5] = "{not json"
+    lines[17] = ""  # blank: skipped silently, still counted
+    lines[33] = json.dumps({"instruction": 3, "output": "x"})  # a bad field
+    lines[59] = '{"instruction": "last", "output": "no newline at the end"}'
+    p = _write_lines(tmp_path / "a.jsonl", lines, end="\r\n", bom=True, trailing=False)
+    _, tab, want_lines, want_bad = _whole(p)
+    splits, parts, got_lines, got_bad = _by_splits(p, split_bytes=split_bytes)
+    assert len(splits) > 1 or split_bytes == 1 << 20
+    assert got_lines == want_lines
+    assert got_bad == [(b["line"], b["reason"]) for b in want_bad]
+    ids = [i for res, _ in parts for i in (o if o is not None else h[:16] for o, h in zip(res.own, res.hashes))]
+    idxs = [list(range(len(t))) for _, t in parts]
+    got = assemble(ids, idxs, tuple(t for _, t in parts))
+    assert got.equals(tab)  # same texts, same columns, BOM dropped on line 1 only
+
+
+def test_an_error_row_stops_its_split_with_the_line_in_the_split(tmp_path):
+    lines = _rows(30)
+    lines[21] = "{broken"
+    p = _write_lines(tmp_path / "a.jsonl", lines)
+    with pytest.raises(Exception) as want:
+        _whole(p, on_bad_row="error")
+    src = Source(p)
+    spec = ReadSpec("jsonl", src.first_schema(), "error")
+    off = 0
+    for sp in plan_splits(src, split_bytes=100):
+        res, table = read_split(spec, sp)
+        if res.error is not None:
+            assert res.error.line + off == want.value.line == 22
+            assert len(table) == len(res.lines) and all(x < res.error.line for x in res.lines)
+            break
+        off += res.lines_read
+    else:
+        pytest.fail("no split reported the bad row")
+
+
+def test_parquet_row_group_splits_and_gzip_files(tmp_path):
+    recs = [json.loads(x) for x in _rows(50)]
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "p.parquet", row_group_size=7)
+    splits, parts, lines, _ = _by_splits(tmp_path / "p.parquet", split_rows=10)
+    assert [s.kind for s in splits] == ["rows"] * len(splits) and len(splits) == 4  # groups of 7: 14,14,14,8 rows
+    assert lines == list(range(1, 51)) == _whole(tmp_path / "p.parquet")[2]
+    import gzip
+
+    d = tmp_path / "gz"
+    d.mkdir()
+    for j in range(3):
+        with gzip.open(d / f"part{j}.jsonl.gz", "wt") as fh:
+            fh.write("\n".join(_rows(5, seed=j)).replace('"r', f'"f{j}r') + "\n")
+    splits, _, lines, _ = _by_splits(d)
+    assert [s.kind for s in splits] == ["file"] * 3 and lines == _whole(d)[2] == [1, 2, 3, 4, 5] * 3
+
+
+def test_in_memory_pools_are_not_split():
+    assert plan_splits(Source([{"instruction": "a", "output": "b"}])) is None
+
+
+def test_first_schema_reads_one_good_record_and_keeps_no_skips(tmp_path):
+    p = _write_lines(tmp_path / "a.jsonl", ["{bad", *_rows(3)])
+    src = Source(p, on_bad_row="skip")
+    assert src.first_schema() is not None and src.skipped == [] and src.columns == ["instruction", "output", "id"]
+    with pytest.raises(Exception, match="line 1"):
+        Source(p).first_schema()

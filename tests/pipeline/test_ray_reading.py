@@ -1,0 +1,94 @@
+"""The Ray engine reads the input on its workers: the driver parses no row, and the run gives the
+local reader's ids, bad rows (real file lines), scores, selection and selected file, byte for byte."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from thresher.errors import InputError
+from thresher.io import Source
+from thresher.pipeline import PipelineConfig, run_pipeline
+
+PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
+pytestmark = pytest.mark.ray
+
+
+def _lines(bigbench_path, n):
+    with gzip.open(bigbench_path, "rt", encoding="utf-8") as fh:
+        return [next(fh).rstrip("\n") for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def messy(bigbench_path, tmp_path_factory):
+    """150 BIG-bench rows with bad rows and repeated ids spread over the file's byte splits."""
+    lines = _lines(bigbench_path, 150)
+    lines[40] = "{not json"
+    lines[97] = json.dumps({**json.loads(lines[97]), "id": json.loads(lines[3])["id"]})  # an id seen in split 1
+    lines[120] = json.dumps({"instruction": ["a list"], "output": "x"})
+    lines.insert(60, "")  # a blank line: counted, not a record
+    p = tmp_path_factory.mktemp("messy") / "pool.jsonl"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+def _cfg(data, out, **kw) -> PipelineConfig:
+    base = dict(data=str(data), out=str(out), criteria=["fake_len", "length"], k=30, plugins=[PLUGIN], quiet=True,
+                selector={"name": "topk", "options": {"criterion": "fake_len"}}, report=False,
+                shard_size=25)  # fmt: skip
+    return PipelineConfig(**{**base, **kw})
+
+
+def _ray(**opts):
+    return dict(engine="ray", engine_options={"workers": 2, "split_bytes": 4000, **opts})
+
+
+def _same(a, b) -> None:
+    pd.testing.assert_frame_equal(pd.read_parquet(a.scores_path), pd.read_parquet(b.scores_path))
+    assert a.selected.tolist() == b.selected.tolist()
+    sel_a, sel_b = (sorted(r.out.glob("selected.*")) for r in (a, b))
+    assert [p.read_bytes() for p in sel_a] == [p.read_bytes() for p in sel_b]  # rows copied from the same lines
+
+
+def test_split_reading_matches_the_local_reader_with_bad_rows(messy, tmp_path, ray_cluster, monkeypatch):
+    local = run_pipeline(_cfg(messy, tmp_path / "local", on_bad_row="skip"))
+
+    def no_driver_parse(self):
+        raise AssertionError("the driver parsed the pool")
+
+    monkeypatch.setattr(Source, "shards", no_driver_parse)  # the driver's reader; the workers are other processes
+    res = run_pipeline(_cfg(messy, tmp_path / "ray", on_bad_row="skip", **_ray()))
+    _same(res, local)
+    assert res.manifest["engine_run"]["read_on_workers"] is True
+    skipped = [(r["line"], r["reason"]) for r in res.manifest["inputs"][0]["skipped_rows"]]
+    assert skipped == [(r["line"], r["reason"]) for r in local.manifest["inputs"][0]["skipped_rows"]]
+    assert [line for line, _ in skipped] == [41, 99, 122]  # the file's lines (a blank line before 99 and 122)
+
+
+def test_a_bad_row_in_a_late_split_names_the_files_line(messy, tmp_path, ray_cluster):
+    with pytest.raises(InputError) as local:
+        run_pipeline(_cfg(messy, tmp_path / "local"))
+    with pytest.raises(InputError) as ray:
+        run_pipeline(_cfg(messy, tmp_path / "ray", cache_dir=str(tmp_path / "cache"), **_ray()))
+    why = [e.value.reason.split(";")[0] for e in (ray, local)]  # then a hint naming each run's cache
+    assert (ray.value.file, ray.value.line, why[0]) == (local.value.file, local.value.line, why[1])
+    assert ray.value.line == 41 and why[0].startswith("malformed JSON")
+    # the shards before the bad row were scored and kept
+    assert any((tmp_path / "cache").rglob("*.parquet"))
+
+
+def test_limit_and_a_parquet_pool_of_many_row_groups(bigbench_path, tmp_path, ray_cluster):
+    recs = [json.loads(x) for x in _lines(bigbench_path, 120)]
+    p = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), p, row_group_size=16)
+    local = run_pipeline(_cfg(p, tmp_path / "local", limit=90))
+    res = run_pipeline(_cfg(p, tmp_path / "ray", limit=90, **_ray(split_rows=20)))
+    assert res.n_rows == local.n_rows == 90
+    _same(res, local)
+    assert res.manifest["engine_run"]["read_on_workers"] is True
