@@ -17,7 +17,6 @@ from thresher.pipeline.selection import _pass_factory
 from thresher.pipeline.streaming import ParetoPass, ThresholdPass, TopKPass, dominators
 from thresher.selectors.basic import pareto, threshold, topk
 
-PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
 N = 120
 
 

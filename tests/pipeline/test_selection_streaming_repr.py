@@ -18,19 +18,17 @@ from thresher.embed import EmbeddingStore, embed_table, get_embedder
 from thresher.io import read_samples
 from thresher.pipeline.selection import ReprSelection
 
-PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
 N = 240
 SHARD = 50
 
 
 @pytest.fixture(scope="module")
 def pool(bigbench_path, tmp_path_factory) -> Path:
+    """N BIG-bench rows, embedded by the first (in-memory) run into the module's cache."""
     return write_bigbench_head(bigbench_path, tmp_path_factory.mktemp("pool") / "pool.jsonl", N)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("cache"))
+cache = pytest.fixture(scope="module", name="cache")(lambda tmp_path_factory: str(tmp_path_factory.mktemp("cache")))
 
 
 def run(pool, out, cache, *, in_memory=False, **kw):
