@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import random
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from thresher.io import Source
-from thresher.io.formats import line_boundaries
+from thresher.io.formats import count_lines, line_boundaries, line_range
 from thresher.io.splits import ReadSpec, assemble, plan_splits, read_split
 
 
@@ -56,7 +57,12 @@ def _by_splits(path, split_bytes=None, split_rows=None, on_bad_row="skip", **kw)
     spec = ReadSpec(src.format, src.first_schema(), on_bad_row)
     offsets, lines, bad, parts = {}, [], [], []
     for sp in splits:
-        res, table = read_split(spec, sp)
+        res, *tables = read_split(spec, sp)
+        c = sp.chunk_rows or len(res.own)  # the good rows in tables of c rows, the last ones possibly empty
+        assert len(tables) == sp.chunks and [len(t) for t in tables] == [
+            max(0, min(c, len(res.own) - k * c)) for k in range(sp.chunks)
+        ]
+        table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         off = offsets.get(sp.file_index, 0) if sp.kind == "bytes" else 0
         offsets[sp.file_index] = off + res.lines_read
         lines += [x + off for x in res.lines]
@@ -94,7 +100,7 @@ def test_an_error_row_stops_its_split_with_the_line_in_the_split(tmp_path):
     spec = ReadSpec("jsonl", src.first_schema(), "error")
     off = 0
     for sp in plan_splits(src, split_bytes=100):
-        res, table = read_split(spec, sp)
+        res, table = read_split(spec, sp)  # a byte split: one table
         if res.error is not None:
             assert res.error.line + off == want.value.line == 22
             assert len(table) == len(res.lines) and all(x < res.error.line for x in res.lines)
@@ -117,12 +123,16 @@ def test_parquet_row_group_splits_and_gzip_files(tmp_path):
     for j in range(3):
         with gzip.open(d / f"part{j}.jsonl.gz", "wt") as fh:
             fh.write("\n".join(_rows(5, seed=j)).replace('"r', f'"f{j}r') + "\n")
-    splits, _, lines, _ = _by_splits(d)
-    assert [s.kind for s in splits] == ["file"] * 3 and lines == _whole(d)[2] == [1, 2, 3, 4, 5] * 3
+    splits, _, lines, _ = _by_splits(d, split_rows=2)
+    assert [s.kind for s in splits] == ["lines"] * 9 and lines == _whole(d)[2] == [1, 2, 3, 4, 5] * 3
 
 
-def test_in_memory_pools_are_not_split():
+def test_in_memory_pools_and_large_csv_files_are_read_by_the_driver(tmp_path):
     assert plan_splits(Source([{"instruction": "a", "output": "b"}])) is None
+    p = tmp_path / "a.csv"
+    p.write_text("instruction,output\n" + "".join(f"q{i},a{i}\n" for i in range(50)))
+    assert [s.kind for s in plan_splits(Source(p))] == ["file"]
+    assert plan_splits(Source(p), split_bytes=100) is None  # a CSV cannot be cut without parsing it
 
 
 def test_first_schema_reads_one_good_record_and_keeps_no_skips(tmp_path):
@@ -131,3 +141,36 @@ def test_first_schema_reads_one_good_record_and_keeps_no_skips(tmp_path):
     assert src.first_schema() is not None and src.skipped == [] and src.columns == ["instruction", "output", "id"]
     with pytest.raises(Exception, match="line 1"):
         Source(p).first_schema()
+
+
+@pytest.mark.parametrize("block", [1, 3, 16, 1 << 22])
+@pytest.mark.parametrize("gz", [False, True])
+def test_line_ranges_of_a_gzip_stream_match_plain_line_numbering(tmp_path, block, gz):
+    import gzip
+
+    body = ("\n".join(_rows(23)) + "\nlast line without newline").encode()
+    p = tmp_path / ("a.jsonl.gz" if gz else "a.jsonl")
+    p.write_bytes(gzip.compress(body) if gz else body)
+    want = body.split(b"\n")  # oracle: the lines by plain splitting
+    want = [x + b"\n" for x in want[:-1]] + [want[-1]]
+    assert count_lines(p) == len(want) == 24
+    for start, end in [(0, 5), (5, 6), (7, 24), (23, 24), (0, 24), (24, 24), (10, 99)]:
+        got = list(line_range(p, start, end, block=block))
+        assert got == [(i + 1, want[i]) for i in range(start, min(end, len(want)))]
+
+
+def test_gzip_line_splits_number_bad_rows_by_the_files_line(tmp_path):
+    import gzip
+
+    lines = _rows(30)
+    lines[0] = "\ufeff" + lines[0]  # a BOM on line 1 only
+    lines[12] = "{oops"
+    lines[25] = "\ufeff" + lines[25]  # not a BOM: inside the file, the row is malformed
+    p = tmp_path / "a.jsonl.gz"
+    p.write_bytes(gzip.compress("\n".join(lines).encode("utf-8")))
+    _, tab, want_lines, want_bad = _whole(p)
+    splits, parts, got_lines, got_bad = _by_splits(p, split_rows=4)
+    assert [(s.start, s.end, s.chunks) for s in splits] == [(0, 8, 2), (8, 16, 2), (16, 24, 2), (24, 30, 2)]
+    assert got_lines == want_lines
+    assert [len(t) for _, t in parts] == [8, 7, 8, 5]  # lines 13 and 26 are bad
+    assert got_bad == [(b["line"], b["reason"]) for b in want_bad] and [b[0] for b in got_bad] == [13, 26]

@@ -92,3 +92,14 @@ def test_limit_and_a_parquet_pool_of_many_row_groups(bigbench_path, tmp_path, ra
     assert res.n_rows == local.n_rows == 90
     _same(res, local)
     assert res.manifest["engine_run"]["read_on_workers"] is True
+
+
+def test_a_gzipped_pool_in_line_ranges_returned_in_chunks(messy, tmp_path, ray_cluster):
+    gz = tmp_path / "pool.jsonl.gz"
+    gz.write_bytes(gzip.compress(messy.read_bytes()))
+    local = run_pipeline(_cfg(gz, tmp_path / "local", on_bad_row="skip"))
+    # 2 workers: 8 line ranges of 19 lines, each returned in tables of 5 rows
+    res = run_pipeline(_cfg(gz, tmp_path / "ray", on_bad_row="skip", **_ray(split_rows=5)))
+    _same(res, local)
+    skipped = [(r["line"], r["reason"]) for r in res.manifest["inputs"][0]["skipped_rows"]]
+    assert [line for line, _ in skipped] == [41, 99, 122]

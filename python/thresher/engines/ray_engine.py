@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import OptionError, ThresherError
 from ..extras import require
-from ..io.splits import SPLIT_BYTES, SPLIT_ROWS, assemble
+from ..io.splits import assemble
 from ..registry import ENGINES, Option
 
 
@@ -149,7 +149,8 @@ class RayPool:
         self.actors = [actor.remote(*args) for _ in range(workers)]
         self.load = [0] * workers
         self.max_in_flight = max_in_flight or 2 * workers
-        self.split_options: dict = dict(split_options or {})  # plan_splits options (split_bytes, split_rows)
+        # plan_splits options (split_bytes, split_rows) and how many workers read in parallel
+        self.split_options: dict = {**(split_options or {}), "parallel": workers}
 
     def submit(self, method: str, *args: Any) -> tuple:
         i = min(range(len(self.actors)), key=lambda j: self.load[j])
@@ -166,23 +167,24 @@ class RayPool:
             self.load[i] -= 1
 
     def read_splits(self, spec: Any, splits: list) -> Any:
-        """``(SplitRows, table ref)`` of each split in order, parsed by the actors (``ShardWorker.read``),
+        """``(SplitRows, table refs)`` of each split in order, parsed by the actors (``ShardWorker.read``),
         up to ``max_in_flight`` at a time; the tables stay in the object store."""
         ray = _ray()
         pending: list = []
         for sp in splits:
             i = min(range(len(self.actors)), key=lambda j: self.load[j])
             self.load[i] += 1
-            pending.append((i, self.actors[i].read.options(num_returns=2).remote(spec, sp)))
+            refs = self.actors[i].read.options(num_returns=1 + sp.chunks).remote(spec, sp)
+            pending.append((i, refs))
             while len(pending) > self.max_in_flight:
                 yield self._read_result(ray, pending.pop(0))
         while pending:
             yield self._read_result(ray, pending.pop(0))
 
     def _read_result(self, ray: Any, handle: tuple) -> tuple:
-        i, (meta, table) = handle
+        i, (meta, *tables) = handle
         try:
-            return ray.get(meta), table
+            return ray.get(meta), tables
         except Exception as exc:
             raise _unwrap(exc) from None
         finally:
@@ -206,15 +208,15 @@ class RayPool:
         Option("cpus_per_worker", 1.0, "CPUs per worker actor", type=float, min=0),
         Option("batch_size", None, "rows per scorer call on a worker (default: the whole shard)", type=int, min=1),
         Option("max_in_flight", None, "shards in flight at once (default 2 per worker)", type=int, min=1),
-        Option("split_bytes", SPLIT_BYTES, "bytes of a JSON Lines split the workers read", type=int, min=1),
-        Option("split_rows", SPLIT_ROWS, "rows of a Parquet split the workers read (row groups)", type=int, min=1),
+        Option("split_rows", None, "rows of a split the workers read (default: the shard size)", type=int, min=1),
+        Option("split_bytes", None, "bytes of a plain JSON Lines split (default: split_rows lines)", type=int, min=1),
     ],
 )
 class RayEngine:
     def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None, workers: int = 1,
                  gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: Optional[int] = None,
-                 max_in_flight: Optional[int] = None, split_bytes: int = SPLIT_BYTES,
-                 split_rows: int = SPLIT_ROWS) -> None:  # fmt: skip
+                 max_in_flight: Optional[int] = None, split_rows: Optional[int] = None,
+                 split_bytes: Optional[int] = None) -> None:  # fmt: skip
         if address and num_cpus is not None:
             raise OptionError("num_cpus: only for a local Ray; a cluster at --ray-address has its own resources")
         ray = _ray()

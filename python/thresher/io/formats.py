@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
@@ -159,6 +160,53 @@ def _range_lines(path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]
                 return
             lineno += 1
             pos += len(raw)
+            yield lineno, raw
+
+
+def count_lines(path: Path, block: int = 1 << 22) -> int:
+    """Lines of a text file, optionally gzipped, as :func:`_raw_lines` numbers them (a last line without
+    a newline counts); a scan of the bytes, nothing is parsed."""
+    n, last = 0, b"\n"
+    with _read_errors(path, lambda: n), _open_binary(path) as fh:
+        for chunk in iter(partial(fh.read, block), b""):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def _after_skip(fh: IO[bytes], start: int, block: int) -> Iterator[bytes]:
+    """The raw lines of ``fh`` after its first ``start`` lines (skipped by counting newlines in blocks)."""
+    seen, buf = 0, b""
+    while seen < start:
+        chunk = fh.read(block)
+        if not chunk:
+            return
+        n = chunk.count(b"\n")
+        if seen + n < start:
+            seen += n
+            continue
+        pos = -1
+        for _ in range(start - seen):
+            pos = chunk.index(b"\n", pos + 1)
+        seen, buf = start, chunk[pos + 1 :]
+    parts = buf.split(b"\n")
+    tail = parts.pop()  # the start of a line that goes on in the next read
+    yield from (p + b"\n" for p in parts)
+    more = fh.readline()
+    if tail or more:
+        yield tail + more
+    yield from fh
+
+
+def line_range(path: Path, start: int, end: int, block: int = 1 << 22) -> Iterator[tuple[int, bytes]]:
+    """(line number in the file, raw bytes) of lines ``start+1 .. end`` of a text file, optionally
+    gzipped (a gzip stream is read from its beginning; the skipped lines are only counted)."""
+    lineno = start
+    with _read_errors(path, lambda: lineno), _open_binary(path) as fh:
+        for raw in _after_skip(fh, start, block):
+            if lineno >= end:
+                return
+            lineno += 1
             yield lineno, raw
 
 

@@ -1,17 +1,18 @@
 """The pool's files cut into splits that workers read in parallel (the Ray engine reads the input
 on its workers; the driver never parses the pool).
 
-* :func:`plan_splits` cuts without parsing: an uncompressed JSON Lines file into byte ranges that
-  start at line starts (one seek per cut), a Parquet file into runs of row groups, and any other
-  file (gzip, a JSON array, CSV) into one split of its own.
+* :func:`plan_splits` cuts without parsing, into splits of about a shard's rows: an uncompressed
+  JSON Lines file into byte ranges that start at line starts (one seek per cut), a gzipped one into
+  line ranges (its lines counted in one scan), a Parquet file into runs of row groups, and a small
+  JSON array or CSV file into one split of its own (a large one is read by the driver).
 * :func:`read_split` runs on a worker: it parses one split with the pool's schema (fixed by the
   driver from the first good record, :meth:`~thresher.io.readers.Source.first_schema`) and returns
   what the driver needs to assign ids and plan shards (:class:`SplitRows`: own ids, content hashes,
   lines, groups, bad rows; no texts) and, separately, the split's sample table (which stays on the
   cluster, in the object store).
 * Line numbers of a byte-range split count from 1 at its first line; the driver adds the lines of
-  the file's earlier splits (``SplitRows.lines_read``). Bad rows keep the same numbering, so every
-  message names the file's real line.
+  the file's earlier splits (``SplitRows.lines_read``). Other splits number the file's lines. Bad
+  rows keep the same numbering, so every message names the file's real line.
 * :func:`assemble` builds a shard's table on the worker that scores it, from pieces of split tables.
 """
 
@@ -24,20 +25,30 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from ..errors import InputError, ThresherError
-from .formats import _is_gz, _iter_csv, _iter_json_array, _iter_jsonl, _range_lines, line_boundaries, open_parquet
+from .formats import (
+    _is_gz,
+    _iter_csv,
+    _iter_json_array,
+    _iter_jsonl,
+    _range_lines,
+    count_lines,
+    line_boundaries,
+    line_range,
+    open_parquet,
+)
 from .schema import Schema, content_hash, normalize_record
 from .sources import ColumnBatch, fast_rows
 
-SPLIT_BYTES = 64 << 20  # default bytes of a JSON Lines split
-SPLIT_ROWS = 65536  # default rows of a Parquet split (whole row groups)
+WHOLE_FILE_BYTES = 64 << 20  # a JSON array or CSV file up to this size is one split (larger: the driver reads)
 SAMPLE_COLUMNS = ("id", "instruction", "input", "output", "conversation", "group")
 
 
 @dataclass(frozen=True)
 class Split:
     """One part of one input file: ``bytes`` (a line-aligned byte range [start, end) of an uncompressed
-    JSON Lines file), ``rows`` (row groups [start, end) of a Parquet file whose first row is ``row0``,
-    0-based) or ``file`` (the whole file)."""
+    JSON Lines file), ``lines`` (lines start+1 .. end of a gzipped JSON Lines file), ``rows`` (row
+    groups [start, end) of a Parquet file whose first row is ``row0``, 0-based) or ``file`` (the whole
+    file)."""
 
     index: int
     file_index: int
@@ -46,6 +57,8 @@ class Split:
     start: int = 0
     end: int = 0
     row0: int = 0
+    chunks: int = 1  # sample tables the split is returned in (a long line range: tables of chunk_rows rows)
+    chunk_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,21 +98,52 @@ def _parquet_splits(fi: int, f: Path, rows: int, first: int) -> list[Split]:
     return out
 
 
-def plan_splits(source: Any, split_bytes: int = SPLIT_BYTES, split_rows: int = SPLIT_ROWS) -> Optional[list[Split]]:
-    """The splits of a pool of local files in pool order, or None when the pool is not files a worker
-    can open by path (an in-memory table, an HF dataset, a hub id): then the driver reads it."""
+def _avg_line_bytes(f: Path, sample: int = 1 << 20) -> float:
+    with open(f, "rb") as fh:
+        head = fh.read(sample)
+    return len(head) / max(1, head.count(b"\n"))
+
+
+def _text_splits(fi: int, f: Path, fmt: str, rows: int, split_bytes: Optional[int], first: int,
+                 parallel: int) -> Optional[list]:  # fmt: skip
+    """Splits of one text file: byte ranges (plain JSON Lines), line ranges (gzipped JSON Lines: the
+    lines are counted here, nothing is parsed), the whole file when it is small (a JSON array, CSV),
+    else None (a large JSON array or CSV cannot be cut without parsing it: the driver reads the pool)."""
+    if fmt == "jsonl" and not _is_gz(f):
+        step = split_bytes or max(1, int(rows * _avg_line_bytes(f)))
+        cuts = line_boundaries(f, step)
+        return [Split(first + i, fi, str(f), "bytes", a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+    if fmt == "jsonl":  # a gzip stream is read from its start: a few long ranges, each returned in chunks
+        n = count_lines(f)
+        size = max(rows, -(-n // (4 * max(1, parallel))))
+        return [Split(first + i, fi, str(f), "lines", a, min(a + size, n), chunks=-(-(min(a + size, n) - a) // rows),
+                      chunk_rows=rows) for i, a in enumerate(range(0, n, size))]  # fmt: skip
+    if f.stat().st_size > (split_bytes or WHOLE_FILE_BYTES):
+        return None
+    return [Split(first, fi, str(f), "file")]
+
+
+def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Optional[int] = None,
+                parallel: int = 1) -> Optional[list]:  # fmt: skip
+    """The splits of a pool of local files in pool order (about ``split_rows`` rows each, default the
+    pool's shard size, so that a shard reads one or two splits; ``split_bytes`` sets a plain JSON Lines
+    split's bytes instead; a gzipped file is cut into about ``4 * parallel`` line ranges, since each
+    is read from the stream's start, returned in tables of ``split_rows`` rows), or None when the
+    driver must read the pool: data a worker cannot open by path (an in-memory table, an HF dataset,
+    a hub id) or a large JSON array or CSV file."""
     if source.location.kind != "files" or source.format not in ("jsonl", "json", "csv", "parquet"):
         return None
+    rows = max(1, int(split_rows or source.shard_size))
     out: list[Split] = []
     for fi, f in enumerate(source.files):
         f = Path(f)
         if source.format == "parquet":
-            out += _parquet_splits(fi, f, split_rows, len(out))
-        elif source.format == "jsonl" and not _is_gz(f):
-            cuts = line_boundaries(f, max(1, int(split_bytes)))
-            out += [Split(len(out) + i, fi, str(f), "bytes", a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
-        else:
-            out.append(Split(len(out), fi, str(f), "file"))
+            out += _parquet_splits(fi, f, rows, len(out))
+            continue
+        got = _text_splits(fi, f, source.format, rows, split_bytes, len(out), parallel)
+        if got is None:
+            return None
+        out += got
     return out
 
 
@@ -116,10 +160,11 @@ def _records(spec: ReadSpec, sp: Split, res: SplitRows) -> Iterator[tuple[int, O
                 line += 1
                 yield line, fast[i], (cb, i), None
         return
-    if sp.kind == "bytes":
+    if sp.kind in ("bytes", "lines"):
+        lines = _range_lines(path, sp.start, sp.end) if sp.kind == "bytes" else line_range(path, sp.start, sp.end)
 
         def counted() -> Iterator[tuple[int, bytes]]:
-            for lineno, raw in _range_lines(path, sp.start, sp.end):
+            for lineno, raw in lines:
                 res.lines_read = lineno
                 yield lineno, raw
 
@@ -149,9 +194,10 @@ def _table(rows: list, schema: Schema) -> Any:
     return pd.DataFrame(rows, columns=cols)
 
 
-def read_split(spec: ReadSpec, sp: Split) -> tuple[SplitRows, Any]:
-    """Parse one split (on a worker): its :class:`SplitRows` and its sample table (no id column;
-    the driver assigns ids pool-wide and :func:`assemble` adds them). A bad row is skipped and
+def read_split(spec: ReadSpec, sp: Split) -> tuple:
+    """Parse one split (on a worker): its :class:`SplitRows` and its sample tables (``sp.chunks`` of
+    them, ``sp.chunk_rows`` good rows each, the last ones possibly empty; no id column: the driver
+    assigns ids pool-wide and :func:`assemble` adds them). A bad row is skipped and
     listed (``skip``) or stops the split as ``res.error`` (``error``); so does a file that cannot
     be read, which the driver raises in pool order."""
     res, rows, path = SplitRows(sp), [], Path(sp.path)
@@ -177,7 +223,8 @@ def read_split(spec: ReadSpec, sp: Split) -> tuple[SplitRows, Any]:
             rows.append(row)
     except ThresherError as exc:  # unreadable, truncated, not UTF-8...: raised by the driver in pool order
         res.error = exc
-    return res, _table(rows, spec.schema)
+    c = sp.chunk_rows or max(1, len(rows))
+    return (res, *(_table(rows[k * c : (k + 1) * c], spec.schema) for k in range(sp.chunks)))
 
 
 def assemble(ids: list, idxs: list, tables: tuple) -> Any:
@@ -190,4 +237,4 @@ def assemble(ids: list, idxs: list, tables: tuple) -> Any:
     return df[[c for c in SAMPLE_COLUMNS if c in df.columns]]
 
 
-__all__ = ["Split", "ReadSpec", "SplitRows", "plan_splits", "read_split", "assemble", "SPLIT_BYTES", "SPLIT_ROWS"]
+__all__ = ["Split", "ReadSpec", "SplitRows", "plan_splits", "read_split", "assemble", "WHOLE_FILE_BYTES"]

@@ -150,7 +150,8 @@ def extra_columns(st: RunState) -> ExtraColumns:
     """The id column (and, with ``with_scores``, the score columns) per pool row, from scores.parquet."""
     want = ["id"] + (score_columns(st) if st.cfg.with_scores else [])
     table = pq.read_table(st.outputs["scores"], columns=want)
-    cols = {id_column(st.cfg): table.column("id").to_numpy(zero_copy_only=False).astype(str)}
+    ids = table.column("id").to_numpy(zero_copy_only=False)  # str objects, not fixed-width unicode (4 B a char)
+    cols = {id_column(st.cfg): ids if ids.dtype == object else ids.astype(str)}
     for c in want[1:]:
         arr = table.column(c)
         if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):

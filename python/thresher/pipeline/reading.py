@@ -138,9 +138,10 @@ class _Pass:
     def bad(self, file: Any, line: int, field: Optional[str], reason: str) -> None:
         self.src._bad(DataError(reason, file=file, line=line, field=field))
 
-    def split(self, res: SplitRows, ref: Any) -> Iterator[RemoteShard]:
+    def split(self, res: SplitRows, refs: list) -> Iterator[RemoteShard]:
         sp, f = res.split, Path(res.split.path)
-        off = self.offsets.get(sp.file_index, 0) if sp.kind == "bytes" else 0
+        c = sp.chunk_rows or max(1, len(res.own))  # good row ``pos`` is row pos % c of table refs[pos // c]
+        off = self.offsets.get(sp.file_index, 0) if sp.kind == "bytes" else 0  # other splits number the file's lines
         self.offsets[sp.file_index] = off + res.lines_read
         self.records += res.records
         bad = sorted(res.bad, key=lambda b: b[0])
@@ -156,7 +157,7 @@ class _Pass:
                 self.bad(f, line + off, self.spec.schema.id, f"duplicate id {own!r}")
                 continue
             group = res.groups[pos] if res.groups is not None else None
-            self.build.add(sid, h, line + off, sp.file_index, group, ref, pos)
+            self.build.add(sid, h, line + off, sp.file_index, group, refs[pos // c], pos % c)
             if len(self.build.ids) >= self.src.shard_size:
                 yield self.build.flush()
         if not self.full():
@@ -194,11 +195,11 @@ def remote_shards(st: RunState, pool: Any) -> Optional[Iterator[RemoteShard]]:
     return _shards(st, spec, read(spec, splits))
 
 
-def _shards(st: RunState, spec: ReadSpec, results: Iterator[tuple[SplitRows, Any]]) -> Iterator[RemoteShard]:
+def _shards(st: RunState, spec: ReadSpec, results: Iterator[tuple[SplitRows, list]]) -> Iterator[RemoteShard]:
     p = _Pass(st, spec)
     st.source.skipped = []
-    for res, ref in results:
-        yield from p.split(res, ref)
+    for res, refs in results:
+        yield from p.split(res, refs)
         if p.full():
             break
     yield from p.finish()

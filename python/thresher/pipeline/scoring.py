@@ -178,7 +178,7 @@ class _Rows:
         self.lines.append(shard.lines)
         self.files.append(np.asarray(shard.files, dtype=np.int32))
         if remote and shard.groups is not None:
-            self.groups.append(shard.groups.astype(str))
+            self.groups.append(shard.groups)  # str objects (not fixed-width unicode: 4 bytes a char)
         elif not remote and "group" in shard.table.columns:
             self.groups.append(shard.table["group"].astype(str).to_numpy())
         st.n += len(shard)

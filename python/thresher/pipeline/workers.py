@@ -101,7 +101,7 @@ class ShardWorker:
         return out
 
     def read(self, spec: ReadSpec, split: Split) -> tuple:
-        """Parse one split of the input: (its :class:`~thresher.io.splits.SplitRows`, its table)."""
+        """Parse one split of the input: (its :class:`~thresher.io.splits.SplitRows`, its tables...)."""
         return read_split(spec, split)
 
     def score_rows(self, todo: list, digest: str, rowkeys: Any, ids: list, idxs: list, *tables: Any) -> dict:
