@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from thresher.io import Source
-from thresher.io.formats import count_lines, line_boundaries, line_range
+from thresher.io.formats import count_lines, line_blocks, line_boundaries, line_range
 from thresher.io.splits import ReadSpec, assemble, plan_splits, read_split
 
 
@@ -50,9 +50,9 @@ def _whole(path, on_bad_row="skip", **kw):
     return src, tab, [int(x) for s in shards for x in s.lines], src.skipped
 
 
-def _by_splits(path, split_bytes=None, split_rows=None, on_bad_row="skip", **kw):
+def _by_splits(path, split_bytes=None, split_rows=None, on_bad_row="skip", put=None, **kw):
     src = Source(path, on_bad_row=on_bad_row, **kw)
-    opts = {k: v for k, v in (("split_bytes", split_bytes), ("split_rows", split_rows)) if v is not None}
+    opts = {k: v for k, v in (("split_bytes", split_bytes), ("split_rows", split_rows), ("put", put)) if v is not None}
     splits = plan_splits(src, **opts)
     spec = ReadSpec(src.format, src.first_schema(), on_bad_row)
     offsets, lines, bad, parts = {}, [], [], []
@@ -174,3 +174,63 @@ def test_gzip_line_splits_number_bad_rows_by_the_files_line(tmp_path):
     assert got_lines == want_lines
     assert [len(t) for _, t in parts] == [8, 7, 8, 5]  # lines 13 and 26 are bad
     assert got_bad == [(b["line"], b["reason"]) for b in want_bad] and [b[0] for b in got_bad] == [13, 26]
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, 1 << 22])
+@pytest.mark.parametrize("n_lines", [0, 1, 6, 7, 13])
+@pytest.mark.parametrize("trailing", [True, False])
+def test_line_blocks_cut_a_stream_once_into_blocks_of_lines(tmp_path, block, n_lines, trailing):
+    import gzip
+
+    body = "\n".join(_rows(n_lines)).encode() + (b"\n" if trailing and n_lines else b"")
+    p = tmp_path / "a.jsonl.gz"
+    p.write_bytes(gzip.compress(body))
+    want = body.split(b"\n")  # oracle: the lines by plain splitting
+    want = [x + b"\n" for x in want[:-1]] + ([want[-1]] if want[-1] else [])
+    got = list(line_blocks(p, 3, block=block))
+    assert b"".join(d for _, _, d in got) == body
+    assert [(a, b) for a, b, _ in got] == [(a, min(a + 3, len(want))) for a in range(0, len(want), 3)]
+    for a, b, data in got:
+        assert data == b"".join(want[a:b])
+    assert (got[-1][1] if got else 0) == count_lines(p)
+
+
+def test_gzip_blob_splits_decompress_once_and_match_one_pass(tmp_path, monkeypatch):
+    import gzip
+
+    import thresher.io.formats as formats
+
+    lines = _rows(30)
+    lines[0] = "\ufeff" + lines[0]  # a BOM on line 1 only
+    lines[12] = "{oops"
+    lines[19] = ""  # blank: skipped silently, still counted
+    lines[25] = "\ufeff" + lines[25]  # not a BOM: inside the file, the row is malformed
+    p = tmp_path / "a.jsonl.gz"
+    p.write_bytes(gzip.compress("\r\n".join(lines).encode("utf-8")))
+    _, tab, want_lines, want_bad = _whole(p)
+    opened = []
+    real = formats._open_binary
+    monkeypatch.setattr(formats, "_open_binary", lambda f: opened.append(f) or real(f))
+    monkeypatch.setattr("thresher.io.splits.line_range", lambda *a, **k: pytest.fail("a block re-read the file"))
+    stored = []
+    splits, parts, got_lines, got_bad = _by_splits(p, split_rows=4, put=lambda b: stored.append(b) or b)
+    assert len(opened) == 2  # the schema's first record, then one planning pass; reading opens nothing
+    assert [(s.kind, s.start, s.end) for s in splits] == [("blob", a, min(a + 4, 30)) for a in range(0, 30, 4)]
+    assert b"".join(stored) == gzip.decompress(p.read_bytes())
+    assert got_lines == want_lines
+    assert got_bad == [(b["line"], b["reason"]) for b in want_bad] and [b[0] for b in got_bad] == [13, 26]
+    assert all(res.split.blob is None for res, _ in parts)  # no bytes travel back with the rows' metadata
+    ids = [i for res, _ in parts for i in (o if o is not None else h[:16] for o, h in zip(res.own, res.hashes))]
+    got = assemble(ids, [list(range(len(t))) for _, t in parts], tuple(t for _, t in parts))
+    assert got.equals(tab)
+
+
+def test_an_unresolved_blob_is_a_clear_error(tmp_path):
+    import gzip
+
+    p = tmp_path / "a.jsonl.gz"
+    p.write_bytes(gzip.compress("\n".join(_rows(3)).encode()))
+    src = Source(p)
+    (sp,) = plan_splits(src, put=lambda b: object())
+    with pytest.raises(TypeError, match="not resolved"):
+        read_split(ReadSpec("jsonl", src.first_schema()), sp)

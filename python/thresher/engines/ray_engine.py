@@ -30,6 +30,7 @@ it, and the engine says which extra to install when it is built.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any, Optional
 
 import numpy as np
@@ -149,8 +150,9 @@ class RayPool:
         self.actors = [actor.remote(*args) for _ in range(workers)]
         self.load = [0] * workers
         self.max_in_flight = max_in_flight or 2 * workers
-        # plan_splits options (split_bytes, split_rows) and how many workers read in parallel
-        self.split_options: dict = {**(split_options or {}), "parallel": workers}
+        # plan_splits options (split_bytes, split_rows), how many workers read in parallel, and where
+        # the blocks of a gzipped file, decompressed once on the driver, go (the object store)
+        self.split_options: dict = {**(split_options or {}), "parallel": workers, "put": ray.put}
 
     def submit(self, method: str, *args: Any) -> tuple:
         i = min(range(len(self.actors)), key=lambda j: self.load[j])
@@ -171,10 +173,14 @@ class RayPool:
         up to ``max_in_flight`` at a time; the tables stay in the object store."""
         ray = _ray()
         pending: list = []
-        for sp in splits:
-            i = min(range(len(self.actors)), key=lambda j: self.load[j])
+        for j, sp in enumerate(splits):
+            i = min(range(len(self.actors)), key=lambda a: self.load[a])
             self.load[i] += 1
-            refs = self.actors[i].read.options(num_returns=1 + sp.chunks).remote(spec, sp)
+            # a block's bytes go as an argument of their own, so that the actor gets them resolved; the
+            # driver drops its handle (the pending task keeps the object alive, retries included)
+            bare = replace(sp, blob=None)
+            refs = self.actors[i].read.options(num_returns=1 + sp.chunks).remote(spec, bare, sp.blob)
+            splits[j] = bare
             pending.append((i, refs))
             while len(pending) > self.max_in_flight:
                 yield self._read_result(ray, pending.pop(0))

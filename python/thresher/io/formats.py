@@ -210,6 +210,36 @@ def line_range(path: Path, start: int, end: int, block: int = 1 << 22) -> Iterat
             yield lineno, raw
 
 
+def _cut_after(chunk: bytes, pos: int, need: int) -> int:
+    """The index just after the ``need``-th newline of ``chunk`` at or after ``pos`` (it exists)."""
+    for _ in range(need):
+        pos = chunk.index(b"\n", pos) + 1
+    return pos
+
+
+def line_blocks(path: Path, lines: int, block: int = 1 << 22) -> Iterator[tuple[int, int, bytes]]:
+    """``(start, end, raw bytes of lines start+1 .. end)`` of a text file, optionally gzipped, in blocks
+    of ``lines`` lines (the last one possibly fewer), numbered as :func:`count_lines` counts them; one
+    pass over the stream (a gzip file is decompressed once), nothing is parsed."""
+    first, have, pending = 0, 0, []  # the current block: its first line, its newlines so far, its pieces
+    with _read_errors(path, lambda: first + have), _open_binary(path) as fh:
+        for chunk in iter(partial(fh.read, block), b""):
+            pos = 0
+            while True:
+                need, avail = lines - have, chunk.count(b"\n", pos)
+                if avail < need:
+                    have += avail
+                    pending.append(chunk[pos:])
+                    break
+                end = _cut_after(chunk, pos, need)
+                pending.append(chunk[pos:end])
+                yield first, first + lines, b"".join(pending)
+                first, have, pending, pos = first + lines, 0, [], end
+    rest = b"".join(pending)
+    if rest:
+        yield first, first + have + (not rest.endswith(b"\n")), rest
+
+
 def line_boundaries(path: Path, step: int) -> list[int]:
     """Byte offsets of line starts about ``step`` bytes apart, from 0 to the file size (an
     uncompressed file; one seek and one line read per boundary, nothing is parsed)."""

@@ -3,8 +3,9 @@ on its workers; the driver never parses the pool).
 
 * :func:`plan_splits` cuts without parsing, into splits of about a shard's rows: an uncompressed
   JSON Lines file into byte ranges that start at line starts (one seek per cut), a gzipped one into
-  line ranges (its lines counted in one scan), a Parquet file into runs of row groups, and a small
-  JSON array or CSV file into one split of its own (a large one is read by the driver).
+  line ranges (its lines counted in one scan) or, when the engine has an object store (``put``),
+  into blocks of lines decompressed once here and parsed by the workers, a Parquet file into runs of
+  row groups, and a small JSON array or CSV file into one split of its own (a large one is read by the driver).
 * :func:`read_split` runs on a worker: it parses one split with the pool's schema (fixed by the
   driver from the first good record, :meth:`~thresher.io.readers.Source.first_schema`) and returns
   what the driver needs to assign ids and plan shards (:class:`SplitRows`: own ids, content hashes,
@@ -18,9 +19,10 @@ on its workers; the driver never parses the pool).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import io
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from .formats import (
     _iter_jsonl,
     _range_lines,
     count_lines,
+    line_blocks,
     line_boundaries,
     line_range,
     open_parquet,
@@ -46,9 +49,10 @@ SAMPLE_COLUMNS = ("id", "instruction", "input", "output", "conversation", "group
 @dataclass(frozen=True)
 class Split:
     """One part of one input file: ``bytes`` (a line-aligned byte range [start, end) of an uncompressed
-    JSON Lines file), ``lines`` (lines start+1 .. end of a gzipped JSON Lines file), ``rows`` (row
-    groups [start, end) of a Parquet file whose first row is ``row0``, 0-based) or ``file`` (the whole
-    file)."""
+    JSON Lines file), ``lines`` (lines start+1 .. end of a gzipped JSON Lines file), ``blob`` (the
+    same lines, their decompressed bytes carried in ``blob``: the bytes, or the engine's handle to
+    them, which the engine resolves before :func:`read_split`), ``rows`` (row groups [start, end) of
+    a Parquet file whose first row is ``row0``, 0-based) or ``file`` (the whole file)."""
 
     index: int
     file_index: int
@@ -59,6 +63,7 @@ class Split:
     row0: int = 0
     chunks: int = 1  # sample tables the split is returned in (a long line range: tables of chunk_rows rows)
     chunk_rows: int = 0
+    blob: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -105,14 +110,19 @@ def _avg_line_bytes(f: Path, sample: int = 1 << 20) -> float:
 
 
 def _text_splits(fi: int, f: Path, fmt: str, rows: int, split_bytes: Optional[int], first: int,
-                 parallel: int) -> Optional[list]:  # fmt: skip
+                 parallel: int, put: Optional[Callable[[bytes], Any]]) -> Optional[list]:  # fmt: skip
     """Splits of one text file: byte ranges (plain JSON Lines), line ranges (gzipped JSON Lines: the
-    lines are counted here, nothing is parsed), the whole file when it is small (a JSON array, CSV),
-    else None (a large JSON array or CSV cannot be cut without parsing it: the driver reads the pool)."""
+    lines are counted here, nothing is parsed) or blocks of lines handed to ``put`` (gzipped JSON
+    Lines when the engine has an object store: decompressed here once), the whole file when it is
+    small (a JSON array, CSV), else None (a large JSON array or CSV cannot be cut without parsing it:
+    the driver reads the pool)."""
     if fmt == "jsonl" and not _is_gz(f):
         step = split_bytes or max(1, int(rows * _avg_line_bytes(f)))
         cuts = line_boundaries(f, step)
         return [Split(first + i, fi, str(f), "bytes", a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+    if fmt == "jsonl" and put is not None:  # decompressed once, here; the workers parse the blocks
+        return [Split(first + i, fi, str(f), "blob", a, b, blob=put(data)) for i, (a, b, data) in
+                enumerate(line_blocks(f, rows))]  # fmt: skip
     if fmt == "jsonl":  # a gzip stream is read from its start: a few long ranges, each returned in chunks
         n = count_lines(f)
         size = max(rows, -(-n // (4 * max(1, parallel))))
@@ -124,11 +134,13 @@ def _text_splits(fi: int, f: Path, fmt: str, rows: int, split_bytes: Optional[in
 
 
 def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Optional[int] = None,
-                parallel: int = 1) -> Optional[list]:  # fmt: skip
+                parallel: int = 1, put: Optional[Callable[[bytes], Any]] = None) -> Optional[list]:  # fmt: skip
     """The splits of a pool of local files in pool order (about ``split_rows`` rows each, default the
     pool's shard size, so that a shard reads one or two splits; ``split_bytes`` sets a plain JSON Lines
     split's bytes instead; a gzipped file is cut into about ``4 * parallel`` line ranges, since each
-    is read from the stream's start, returned in tables of ``split_rows`` rows), or None when the
+    is read from the stream's start, returned in tables of ``split_rows`` rows; with ``put``, the
+    engine's way to store bytes where its workers read them, it is decompressed here once instead
+    and cut into ``blob`` splits of ``split_rows`` lines), or None when the
     driver must read the pool: data a worker cannot open by path (an in-memory table, an HF dataset,
     a hub id) or a large JSON array or CSV file."""
     if source.location.kind != "files" or source.format not in ("jsonl", "json", "csv", "parquet"):
@@ -140,11 +152,23 @@ def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Opti
         if source.format == "parquet":
             out += _parquet_splits(fi, f, rows, len(out))
             continue
-        got = _text_splits(fi, f, source.format, rows, split_bytes, len(out), parallel)
+        got = _text_splits(fi, f, source.format, rows, split_bytes, len(out), parallel, put)
         if got is None:
             return None
         out += got
     return out
+
+
+def _split_lines(sp: Split) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of a ``bytes``, ``lines`` or ``blob`` split."""
+    path = Path(sp.path)
+    if sp.kind == "bytes":
+        return _range_lines(path, sp.start, sp.end)
+    if sp.kind == "lines":
+        return line_range(path, sp.start, sp.end)
+    if not isinstance(sp.blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"split {sp.index}: its bytes were not resolved (got {type(sp.blob).__name__})")
+    return enumerate(io.BytesIO(sp.blob), start=sp.start + 1)
 
 
 def _records(spec: ReadSpec, sp: Split, res: SplitRows) -> Iterator[tuple[int, Optional[dict], Any, Any]]:
@@ -160,8 +184,8 @@ def _records(spec: ReadSpec, sp: Split, res: SplitRows) -> Iterator[tuple[int, O
                 line += 1
                 yield line, fast[i], (cb, i), None
         return
-    if sp.kind in ("bytes", "lines"):
-        lines = _range_lines(path, sp.start, sp.end) if sp.kind == "bytes" else line_range(path, sp.start, sp.end)
+    if sp.kind in ("bytes", "lines", "blob"):
+        lines = _split_lines(sp)
 
         def counted() -> Iterator[tuple[int, bytes]]:
             for lineno, raw in lines:
@@ -200,7 +224,7 @@ def read_split(spec: ReadSpec, sp: Split) -> tuple:
     assigns ids pool-wide and :func:`assemble` adds them). A bad row is skipped and
     listed (``skip``) or stops the split as ``res.error`` (``error``); so does a file that cannot
     be read, which the driver raises in pool order."""
-    res, rows, path = SplitRows(sp), [], Path(sp.path)
+    res, rows, path = SplitRows(replace(sp, blob=None)), [], Path(sp.path)  # the driver gets no bytes back
     res.groups = [] if spec.schema.group is not None else None
     try:
         for line, fast, rec, err in _records(spec, sp, res):

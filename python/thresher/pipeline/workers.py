@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import resource
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -100,9 +100,10 @@ class ShardWorker:
                 out["vectors"] = emb
         return out
 
-    def read(self, spec: ReadSpec, split: Split) -> tuple:
-        """Parse one split of the input: (its :class:`~thresher.io.splits.SplitRows`, its tables...)."""
-        return read_split(spec, split)
+    def read(self, spec: ReadSpec, split: Split, blob: Any = None) -> tuple:
+        """Parse one split of the input: (its :class:`~thresher.io.splits.SplitRows`, its tables...);
+        ``blob``: the bytes of a ``blob`` split, passed apart from it (the engine resolves them)."""
+        return read_split(spec, split if blob is None else replace(split, blob=blob))
 
     def score_rows(self, todo: list, digest: str, rowkeys: Any, ids: list, idxs: list, *tables: Any) -> dict:
         """:meth:`score` of a shard given as pieces of split tables (assembled here, on the worker)."""
