@@ -227,6 +227,7 @@ def main() -> int:
             "batch_tokens": args.batch_tokens,
             "window_rows": args.window,
             "prefetch": scorer.prefetch,
+            "prep_threads": scorer.prep_threads,
             "reps": args.reps,
             "torch_threads": args.threads,
         },

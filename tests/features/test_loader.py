@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from thresher.criteria.base import BatchCriterion
-from thresher.features.loader import prefetch, to_device, windows
+from thresher.features.loader import map_ranges, prefetch, prep_threads, to_device, windows
 from thresher.features.tokens import Unit, full_logits_losses, unit_losses
 from thresher.models import shared_lm, tiny_causal_lm
 from thresher.registry import CRITERIA
@@ -101,6 +101,46 @@ def test_windows_cover_every_row_once():
         covered = [i for s in sl for i in range(n)[s]]
         assert covered == list(range(n))
         assert all(0 < s.stop - s.start <= w for s in sl) or n == 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 128, 129, 1000])
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_map_ranges_covers_every_row_once_in_order(n, threads):
+    seen = []
+    got = map_ranges(lambda r: (seen.append(threading.current_thread().name), list(r))[1], n, threads, min_rows=64)
+    assert [i for part in got for i in part] == list(range(n))
+    assert len(got) == max(1, min(threads, n // 64))
+    if len(got) > 1:  # the ranges ran on the pool's threads, not the caller's
+        assert all(name.startswith("thresher-prep") for name in seen)
+
+
+def test_map_ranges_carries_the_context_and_raises_the_first_error_in_order():
+    var = contextvars.ContextVar("v", default="unset")
+    var.set("caller")
+    assert map_ranges(lambda r: var.get(), 300, 3) == ["caller"] * 3
+
+    def fn(r):
+        if r.start > 0:
+            raise KeyError(r.start)
+        return r
+
+    with pytest.raises(KeyError) as err:
+        map_ranges(fn, 300, 3)
+    assert err.value.args == (100,)
+
+
+def test_prep_threads_policy(monkeypatch):
+    monkeypatch.delenv("THRESHER_PREP_THREADS", raising=False)
+    assert prep_threads("cpu") == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert prep_threads("cuda:0") == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert prep_threads(torch.device("cuda")) == 1
+    monkeypatch.setenv("THRESHER_PREP_THREADS", "3")
+    assert prep_threads("cpu") == 3
+    monkeypatch.setenv("THRESHER_PREP_THREADS", "0")
+    with pytest.raises(ValueError, match="THRESHER_PREP_THREADS"):
+        prep_threads("cpu")
 
 
 def test_to_device_is_a_no_op_on_the_cpu():
@@ -259,3 +299,27 @@ def test_shared_lm_loads_each_model_once(tmp_path):
     lm1.model.save_pretrained(a)
     again = shared_lm(str(a), dtype="float32", device="cpu")
     assert again is not first and again.fingerprint == lm1.fingerprint
+
+
+@pytest.fixture(scope="module")
+def lm_fast():
+    """A tiny model with the default model's real (Rust, fast) tokenizer, called from several threads."""
+    return tiny_causal_lm(1, init_std=0.3)
+
+
+@pytest.mark.parametrize("name", ["ifd", "reverse_ifd", "perplexity"])
+def test_rows_prepared_on_several_threads_give_exactly_the_one_thread_scores(lm_fast, table, name):
+    big = pd.concat([table] * 8, ignore_index=True).assign(id=lambda d: [f"r{i}" for i in range(len(d))])
+    one = _scorer(name, lm_fast, 256, 2)
+    one.prep_threads = 1
+    many = _scorer(name, lm_fast, 256, 2)
+    many.prep_threads = 4
+    calls = []
+    real = many._items_of
+    many._items_of = lambda b, r: (calls.append((threading.current_thread().name, len(r))), real(b, r))[1]
+    got, want = many(big), one(big)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    # windows of 256 and 16 rows: the first in 4 ranges on the pool's threads, the second in one range
+    assert sum(n for _, n in calls) == len(big) == 272
+    assert sorted(n for t, n in calls if t.startswith("thresher-prep")) == [64] * 4
+    assert (got[f"{name}.reason"] != "").sum() >= 16  # the odd rows keep their reasons

@@ -47,7 +47,7 @@ import pandas as pd
 from ..device import DTYPE_CHOICES, key_dtype
 from ..embed.encoders import DEFAULT_EMBEDDER_NAMES, ENCODER_VERSION, default_model_dir, folder_fingerprint
 from ..errors import OptionError
-from ..features.loader import prefetch, windows
+from ..features.loader import map_ranges, prefetch, prep_threads, windows
 from ..frames import as_pandas
 from ..models import DEFAULT_SPEC, LoadedLM, default_gguf_path, shared_lm
 from ..progress import scaled
@@ -294,6 +294,7 @@ class BatchCriterion(Criterion):
 
     window_rows: Optional[int] = None
     prefetch: int = 0
+    prep_threads: int = 1  # threads that prepare a batch's rows (``items`` must then not mutate shared state)
 
     def begin(self, b: Batch) -> None:
         """Hook before the rows (e.g. per-batch anchors); may set reasons."""
@@ -309,23 +310,35 @@ class BatchCriterion(Criterion):
 
     def prepare(self, batch: Any) -> dict:
         """Rows -> items without running the model: ``units`` (the items), ``owner`` ((row, tag)
-        per item), ``batch``; benchmarks reuse it to time the model call alone."""
+        per item), ``batch``; benchmarks reuse it to time the model call alone. With
+        ``prep_threads > 1`` (and no ``begin`` override) consecutive ranges of rows are prepared
+        on that many threads (:func:`~thresher.features.loader.map_ranges`), in row order."""
         b = Batch.of(batch)
         self.begin(b)
+        threads = self.prep_threads if self._windowed() else 1
         items: list = []
         owner: list[tuple[int, Any]] = []
-        for i, row in enumerate(b.rows):
+        for part_items, part_owner in map_ranges(lambda r: self._items_of(b, r), b.n, threads):
+            items += part_items
+            owner += part_owner
+        return {"batch": b, "units": items, "owner": owner}
+
+    def _items_of(self, b: Batch, rows: range) -> tuple[list, list]:
+        """``items`` of ``rows`` (a row that cannot be scored gets its reason instead)."""
+        items: list = []
+        owner: list[tuple[int, Any]] = []
+        for i in rows:
             if b.reason[i]:
                 continue
             try:
-                got = self.items(b, i, row)
+                got = self.items(b, i, b.rows[i])
             except (SampleError, Skip) as exc:
                 b.reason[i] = str(exc)
                 continue
             for tag, item in got:
                 items.append(item)
                 owner.append((i, tag))
-        return {"batch": b, "units": items, "owner": owner}
+        return items, owner
 
     def __call__(self, batch: Any) -> pd.DataFrame:
         """Scores of ``batch``; more than ``window_rows`` rows are scored window by window, the next
@@ -384,6 +397,7 @@ class LMCriterion(BatchCriterion):
         super().__init__(**options)
         o = self.options
         self.lm = shared_lm(o["model"], dtype=o["dtype"], device=o["device"])
+        self.prep_threads = prep_threads(self.lm.device)
         self.setup()
 
     def setup(self) -> None:

@@ -14,16 +14,24 @@
   with ``non_blocking=True`` on CUDA (the host never waits for the copy), unchanged on
   the CPU.
 
+* :func:`map_ranges` runs ``fn`` over consecutive ranges of ``n`` rows on several threads
+  and returns the results in range order: a window's rows are rendered and tokenised by
+  :func:`prep_threads` threads (the criteria's ``prepare``), since one thread of
+  tokenisation cannot keep a GPU busy.
+
 Rendering and tokenisation are Python and Rust (the fast tokenizers release the GIL
 while encoding); the model's forward releases the GIL inside its kernels, so one
-background thread overlaps most of the host work with the device's.
+background thread overlaps most of the host work with the device's, and the Rust part of
+tokenisation runs in parallel on several threads.
 """
 
 from __future__ import annotations
 
 import contextvars
+import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
@@ -42,6 +50,39 @@ def windows(n: int, rows: int) -> list[slice]:
     if n <= 0:
         return [slice(0, 0)]
     return [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
+
+
+PREP_THREADS_ENV = "THRESHER_PREP_THREADS"
+MAX_PREP_THREADS = 8
+
+
+def prep_threads(device: Any) -> int:
+    """Threads that render and tokenise a window: ``$THRESHER_PREP_THREADS`` when set (an int >= 1),
+    else 1 on the CPU (the model's own threads use the cores) and, on an accelerator, the cores
+    less one for the model's thread, at most 8."""
+    env = os.environ.get(PREP_THREADS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"{PREP_THREADS_ENV}: expected an int >= 1, got {env!r}")
+        return int(env)
+    if torch.device(device).type == "cpu":
+        return 1
+    return max(1, min(MAX_PREP_THREADS, (os.cpu_count() or 1) - 1))
+
+
+def map_ranges(fn: Callable[[range], R], n: int, threads: int, *, min_rows: int = 64) -> list[R]:
+    """``[fn(r) for r in ranges]`` over consecutive ranges covering ``range(n)``: one range on one
+    thread (the caller's) when ``threads <= 1`` or ``n < 2 * min_rows``, else ``threads`` ranges
+    of at least ``min_rows`` rows on as many threads, each in a copy of the caller's context.
+    Results are in range order; the first exception (in range order) is raised after all ran."""
+    k = max(1, min(int(threads), n // max(1, min_rows)))
+    if k <= 1:
+        return [fn(range(n))]
+    step = -(-n // k)
+    ranges = [range(s, min(s + step, n)) for s in range(0, n, step)]
+    with ThreadPoolExecutor(len(ranges), thread_name_prefix="thresher-prep") as ex:
+        futs = [ex.submit(contextvars.copy_context().run, fn, r) for r in ranges]
+    return [f.result() for f in futs]
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
