@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from thresher.models import byte_tokenizer, load_tokenizer
@@ -146,3 +147,67 @@ def test_bad_template_and_truncation_raise():
     with pytest.raises(ValueError, match="truncation"):
         tokenize_rendered(Rendered("a", "ab", [(1, 2)]), byte_tokenizer(), truncation="middle")
     assert render_prompt("Q", "", "plain") == "Q\n"
+
+
+# ------------------------------------------------------------------ token alignment in array form
+def _walk_span_of(offs, spans):
+    """Oracle: the token walk (a span pointer that only moves forward)."""
+    out, si = [-1] * len(offs), 0
+    for t, (a, b) in enumerate(offs):
+        if b <= a:
+            continue
+        while si < len(spans) and spans[si][1] <= a:
+            si += 1
+        if si < len(spans) and spans[si][0] <= a < spans[si][1]:
+            out[t] = si
+    return out
+
+
+def _loop_mask(span_of, offs, spans, skip_first, keep_chars):
+    """Oracle: answer tokens after position 0, minus each span's first token and tokens past keep_chars."""
+    score = [s >= 0 and t > 0 for t, s in enumerate(span_of)]
+    seen = set()
+    for t, s in enumerate(span_of):
+        if s < 0:
+            continue
+        if skip_first and s not in seen:
+            score[t] = False
+        seen.add(s)
+        if keep_chars is not None and offs[t][0] >= spans[s][0] + keep_chars[s]:
+            score[t] = False
+    return score
+
+
+def _random_case(rng):
+    n_chars = int(rng.integers(0, 80))
+    cuts = sorted(set(rng.integers(0, n_chars + 1, size=int(rng.integers(0, 8))).tolist()))
+    spans = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if b > a]
+    offs, pos = [], 0
+    for _ in range(int(rng.integers(0, 40))):
+        kind = rng.random()
+        if kind < 0.1:
+            offs.append((0, 0))  # a special token
+        elif kind < 0.15:
+            a = int(rng.integers(0, n_chars + 1))  # out of order (odd tokenizers)
+            offs.append((a, a + int(rng.integers(0, 3))))
+        else:
+            w = int(rng.integers(0, 4))
+            offs.append((pos, pos + w))  # w == 0: an empty token
+            pos += w
+    return offs, spans
+
+
+def test_span_of_and_answer_mask_match_the_token_walk_on_random_layouts():
+    from thresher.render import _answer_mask, _span_of
+
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        offs, spans = _random_case(rng)
+        got = _span_of(offs, spans)
+        assert got == _walk_span_of(offs, spans), (offs, spans)
+        keep = [int(rng.integers(0, 6)) for _ in spans] if rng.random() < 0.5 else None
+        for skip in (False, True):
+            assert _answer_mask(got, offs, spans, skip, keep) == _loop_mask(got, offs, spans, skip, keep)
+    # spans out of order fall back to the walk itself
+    offs, spans = [(0, 2), (2, 4), (4, 6)], [(4, 6), (0, 2)]
+    assert _span_of(offs, spans) == _walk_span_of(offs, spans) == [-1, -1, 0]

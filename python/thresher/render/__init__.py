@@ -38,6 +38,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from ..errors import InputError
 from ..io.schema import ROLES as SCHEMA_ROLES
 from ..io.schema import turn_content
@@ -281,8 +283,8 @@ def _locate(text: str, messages: list[dict], sid: str, *, special: bool) -> Rend
     return Rendered(sid, text, spans, prompt=prompt, special_in_text=special)
 
 
-def _span_of(offs: list, spans: Sequence) -> list[int]:
-    """Per token, the index of the answer span its first character falls in (-1: none)."""
+def _span_of_walk(offs: list, spans: Sequence) -> list[int]:
+    """:func:`_span_of` as a walk over the tokens (the reference; used when spans are not in order)."""
     span_of = [-1] * len(offs)
     si = 0
     for t, (a, b) in enumerate(offs):
@@ -295,22 +297,44 @@ def _span_of(offs: list, spans: Sequence) -> list[int]:
     return span_of
 
 
+def _span_of(offs: list, spans: Sequence) -> list[int]:
+    """Per token, the index of the answer span its first character falls in (-1: none). The walk
+    of :func:`_span_of_walk` in array form: its span pointer, which never moves back, is the running
+    maximum of each token's first span ending after the token's first character."""
+    n = len(offs)
+    if n == 0 or not spans:
+        return [-1] * n
+    sp = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    starts, ends = sp[:, 0], sp[:, 1]
+    if np.any(ends[1:] < ends[:-1]):
+        return _span_of_walk(offs, spans)
+    o = np.asarray(offs, dtype=np.int64).reshape(n, 2)
+    a, valid = o[:, 0], o[:, 1] > o[:, 0]  # special tokens have empty offsets: skipped by the walk
+    si = np.maximum.accumulate(np.where(valid, np.searchsorted(ends, a, side="right"), 0))
+    at = np.minimum(si, len(sp) - 1)
+    inside = valid & (si < len(sp)) & (starts[at] <= a) & (a < ends[at])
+    return np.where(inside, si, -1).tolist()
+
+
 def _answer_mask(
     span_of: list, offs: list, spans: Sequence, skip_first: bool, keep_chars: Optional[Sequence[int]]
 ) -> list[bool]:
-    """Which tokens are scored: answer tokens after the first position, minus the optional exclusions."""
-    score = [s >= 0 and t > 0 for t, s in enumerate(span_of)]
-    if skip_first:
-        seen: set[int] = set()
-        for t, s in enumerate(span_of):
-            if s >= 0 and s not in seen:
-                seen.add(s)
-                score[t] = False
-    if keep_chars is not None:
-        for t, s in enumerate(span_of):
-            if s >= 0 and offs[t][0] >= spans[s][0] + keep_chars[s]:
-                score[t] = False
-    return score
+    """Which tokens are scored: answer tokens after the first position, minus the optional exclusions
+    (the first token of each span; tokens starting ``keep_chars[s]`` characters or more into span s)."""
+    s = np.asarray(span_of, dtype=np.int64)
+    ans = s >= 0
+    score = ans.copy()
+    score[:1] = False
+    if skip_first and ans.any():
+        at = np.flatnonzero(ans)
+        _, first = np.unique(s[at], return_index=True)
+        score[at[first]] = False
+    if keep_chars is not None and ans.any():
+        starts = np.asarray([sp[0] for sp in spans], dtype=np.int64)
+        limit = starts + np.asarray(keep_chars, dtype=np.int64)
+        a = np.asarray([o[0] for o in offs], dtype=np.int64)
+        score[ans & (a >= limit[np.where(ans, s, 0)])] = False
+    return score.tolist()
 
 
 def _kept_positions(span_of: list, n_total: int, max_length: int, truncation: str, n_prepended: int) -> list[int]:
