@@ -53,7 +53,7 @@ def _whole(path, on_bad_row="skip", **kw):
 def _by_splits(path, split_bytes=None, split_rows=None, on_bad_row="skip", put=None, **kw):
     src = Source(path, on_bad_row=on_bad_row, **kw)
     opts = {k: v for k, v in (("split_bytes", split_bytes), ("split_rows", split_rows), ("put", put)) if v is not None}
-    splits = plan_splits(src, **opts)
+    splits = list(plan_splits(src, **opts))  # with ``put``: an iterator, stored block by block as asked for
     spec = ReadSpec(src.format, src.first_schema(), on_bad_row)
     offsets, lines, bad, parts = {}, [], [], []
     for sp in splits:
@@ -223,6 +223,9 @@ def test_gzip_blob_splits_decompress_once_and_match_one_pass(tmp_path, monkeypat
     ids = [i for res, _ in parts for i in (o if o is not None else h[:16] for o, h in zip(res.own, res.hashes))]
     got = assemble(ids, [list(range(len(t))) for _, t in parts], tuple(t for _, t in parts))
     assert got.equals(tab)
+    stored.clear()
+    lazy = plan_splits(Source(p, on_bad_row="skip"), split_rows=4, put=lambda b: stored.append(b) or b)
+    assert stored == [] and next(iter(lazy)).end == 4 and len(stored) == 1  # a block is stored when asked for
 
 
 def test_an_unresolved_blob_is_a_clear_error(tmp_path):

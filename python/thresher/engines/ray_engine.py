@@ -173,14 +173,13 @@ class RayPool:
         up to ``max_in_flight`` at a time; the tables stay in the object store."""
         ray = _ray()
         pending: list = []
-        for j, sp in enumerate(splits):
+        for sp in splits:  # an iterator when blocks are stored as they are decompressed
             i = min(range(len(self.actors)), key=lambda a: self.load[a])
             self.load[i] += 1
             # a block's bytes go as an argument of their own, so that the actor gets them resolved; the
-            # driver drops its handle (the pending task keeps the object alive, retries included)
-            bare = replace(sp, blob=None)
-            refs = self.actors[i].read.options(num_returns=1 + sp.chunks).remote(spec, bare, sp.blob)
-            splits[j] = bare
+            # pending task keeps the object alive (retries included), the driver keeps no handle
+            refs = self.actors[i].read.options(num_returns=1 + sp.chunks).remote(spec, replace(sp, blob=None), sp.blob)
+            del sp
             pending.append((i, refs))
             while len(pending) > self.max_in_flight:
                 yield self._read_result(ray, pending.pop(0))

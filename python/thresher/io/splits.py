@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -110,53 +110,67 @@ def _avg_line_bytes(f: Path, sample: int = 1 << 20) -> float:
 
 
 def _text_splits(fi: int, f: Path, fmt: str, rows: int, split_bytes: Optional[int], first: int,
-                 parallel: int, put: Optional[Callable[[bytes], Any]]) -> Optional[list]:  # fmt: skip
-    """Splits of one text file: byte ranges (plain JSON Lines), line ranges (gzipped JSON Lines: the
-    lines are counted here, nothing is parsed) or blocks of lines handed to ``put`` (gzipped JSON
-    Lines when the engine has an object store: decompressed here once), the whole file when it is
-    small (a JSON array, CSV), else None (a large JSON array or CSV cannot be cut without parsing it:
-    the driver reads the pool)."""
+                 parallel: int, put: Optional[Callable[[bytes], Any]]) -> Iterator[Split]:  # fmt: skip
+    """Splits of one text file that :func:`_driver_reads` let through: byte ranges (plain JSON Lines),
+    line ranges (gzipped JSON Lines: the lines are counted here, nothing is parsed), blocks of lines
+    handed to ``put`` as they are decompressed (gzipped JSON Lines when the engine has an object
+    store: the stream is decompressed once, here) or the whole file (a small JSON array or CSV)."""
     if fmt == "jsonl" and not _is_gz(f):
         step = split_bytes or max(1, int(rows * _avg_line_bytes(f)))
         cuts = line_boundaries(f, step)
-        return [Split(first + i, fi, str(f), "bytes", a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
-    if fmt == "jsonl" and put is not None:  # decompressed once, here; the workers parse the blocks
-        return [Split(first + i, fi, str(f), "blob", a, b, blob=put(data)) for i, (a, b, data) in
-                enumerate(line_blocks(f, rows))]  # fmt: skip
-    if fmt == "jsonl":  # a gzip stream is read from its start: a few long ranges, each returned in chunks
+        yield from (Split(first + i, fi, str(f), "bytes", a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:])))
+    elif fmt == "jsonl" and put is not None:  # decompressed once, here; the workers parse the blocks
+        for i, (a, b, data) in enumerate(line_blocks(f, rows)):
+            yield Split(first + i, fi, str(f), "blob", a, b, blob=put(data))
+    elif fmt == "jsonl":  # a gzip stream is read from its start: a few long ranges, each returned in chunks
         n = count_lines(f)
         size = max(rows, -(-n // (4 * max(1, parallel))))
-        return [Split(first + i, fi, str(f), "lines", a, min(a + size, n), chunks=-(-(min(a + size, n) - a) // rows),
-                      chunk_rows=rows) for i, a in enumerate(range(0, n, size))]  # fmt: skip
-    if f.stat().st_size > (split_bytes or WHOLE_FILE_BYTES):
-        return None
-    return [Split(first, fi, str(f), "file")]
+        for i, a in enumerate(range(0, n, size)):
+            b = min(a + size, n)
+            yield Split(first + i, fi, str(f), "lines", a, b, chunks=-(-(b - a) // rows), chunk_rows=rows)
+    else:
+        yield Split(first, fi, str(f), "file")
 
 
-def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Optional[int] = None,
-                parallel: int = 1, put: Optional[Callable[[bytes], Any]] = None) -> Optional[list]:  # fmt: skip
-    """The splits of a pool of local files in pool order (about ``split_rows`` rows each, default the
-    pool's shard size, so that a shard reads one or two splits; ``split_bytes`` sets a plain JSON Lines
-    split's bytes instead; a gzipped file is cut into about ``4 * parallel`` line ranges, since each
-    is read from the stream's start, returned in tables of ``split_rows`` rows; with ``put``, the
-    engine's way to store bytes where its workers read them, it is decompressed here once instead
-    and cut into ``blob`` splits of ``split_rows`` lines), or None when the
-    driver must read the pool: data a worker cannot open by path (an in-memory table, an HF dataset,
-    a hub id) or a large JSON array or CSV file."""
-    if source.location.kind != "files" or source.format not in ("jsonl", "json", "csv", "parquet"):
-        return None
-    rows = max(1, int(split_rows or source.shard_size))
-    out: list[Split] = []
+def _driver_reads(f: Path, fmt: str, split_bytes: Optional[int]) -> bool:
+    """A JSON array or CSV file too large to be one split: it cannot be cut without parsing it."""
+    return fmt in ("json", "csv") and f.stat().st_size > (split_bytes or WHOLE_FILE_BYTES)
+
+
+def _all_splits(source: Any, rows: int, split_bytes: Optional[int], parallel: int,
+                put: Optional[Callable[[bytes], Any]]) -> Iterator[Split]:  # fmt: skip
+    n = 0
     for fi, f in enumerate(source.files):
         f = Path(f)
         if source.format == "parquet":
-            out += _parquet_splits(fi, f, rows, len(out))
-            continue
-        got = _text_splits(fi, f, source.format, rows, split_bytes, len(out), parallel, put)
-        if got is None:
-            return None
-        out += got
-    return out
+            got: Iterable[Split] = _parquet_splits(fi, f, rows, n)
+        else:
+            got = _text_splits(fi, f, source.format, rows, split_bytes, n, parallel, put)
+        for sp in got:
+            n += 1
+            yield sp
+
+
+def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Optional[int] = None, parallel: int = 1,
+                put: Optional[Callable[[bytes], Any]] = None) -> Optional[Iterable[Split]]:  # fmt: skip
+    """The splits of a pool of local files in pool order (about ``split_rows`` rows each, default the
+    pool's shard size, so that a shard reads one or two splits; ``split_bytes`` sets a plain JSON Lines
+    split's bytes instead; a gzipped file is cut into about ``4 * parallel`` line ranges, since each
+    is read from the stream's start, returned in tables of ``split_rows`` rows), or None when the
+    driver must read the pool: data a worker cannot open by path (an in-memory table, an HF dataset,
+    a hub id) or a large JSON array or CSV file.
+
+    With ``put`` (the engine's way to store bytes where its workers read them, e.g. Ray's object
+    store) a gzipped file is decompressed here once instead, into ``blob`` splits of ``split_rows``
+    lines, and the splits come as an iterator: each block is decompressed and stored when the caller
+    asks for it, so the blocks not yet parsed are bounded by what the caller keeps in flight."""
+    if source.location.kind != "files" or source.format not in ("jsonl", "json", "csv", "parquet"):
+        return None
+    if any(_driver_reads(Path(f), source.format, split_bytes) for f in source.files):
+        return None
+    rows = max(1, int(split_rows or source.shard_size))
+    splits = _all_splits(source, rows, split_bytes, parallel, put)
+    return splits if put is not None else list(splits)
 
 
 def _split_lines(sp: Split) -> Iterator[tuple[int, bytes]]:
