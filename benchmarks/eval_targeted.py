@@ -4,7 +4,11 @@ vs a random k and vs the full pool (issue 13, benchmark part 2).
 Setting (all seeded; the task choice follows benchmarks/results/targeted-precision.json when it
 exists, else the rule below, fixed before any result is seen):
 * Target tasks: ``--n-targets`` BIG-bench tasks drawn with ``default_rng(--seed)`` among the tasks
-  with 2..``--max-labels`` distinct outputs and enough rows. From each task: ``--ref`` rows form the
+  with 2..``--max-labels`` distinct outputs and enough rows (``--task-choice wellposed``: only tasks
+  whose prompts name their labels and fit ``--max-length`` tokens; in this data set many closed-set
+  tasks have lost their options, e.g. BBQ's ambiguous questions whose ten "unknown" variants no
+  prompt tells apart, or have long texts whose options a short proxy truncates away, and no proxy
+  can beat the label prior on those). From each task: ``--ref`` rows form the
   reference set the targeted methods see (``ref.jsonl``, group = task); ``--eval`` other rows form
   the held-out evaluation set (never in the pool, never seen by a selector); the rest of the task
   goes into the pool.
@@ -73,8 +77,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--task-choice",
         default="precision",
-        choices=["precision", "closed"],
-        help="precision: the tasks of targeted-precision.json when it exists; closed: the seeded closed-set draw",
+        choices=["precision", "closed", "wellposed"],
+        help="precision: the tasks of targeted-precision.json when it exists; closed: the seeded closed-set draw; "
+        "wellposed: the seeded draw among closed-set tasks whose prompts name their labels and fit --max-length",
     )
     ap.add_argument("--min-rows", type=int, default=150, help="a target task needs this many rows")
     ap.add_argument("--seed", type=int, default=0, help="task choice, splits and pool sample")
@@ -126,9 +131,32 @@ def choose_tasks(by_task: dict, args) -> tuple[list[str], str]:
         if len(rows) >= max(need, args.min_rows)
         and 2 <= len({str(r["output"]).strip() for r in rows}) <= args.max_labels
     )
+    kind = "closed-set"
+    if args.task_choice == "wellposed":
+        cands = [t for t in cands if well_posed(by_task[t], args.max_length)]
+        kind = (
+            f"well-posed closed-set (labels named in >= 90% of prompts, >= 90% of rows within {args.max_length} tokens)"
+        )
     rng = np.random.default_rng(args.seed)
     pick = sorted(rng.choice(cands, size=args.n_targets, replace=False).tolist())
-    return pick, f"seeded draw (seed {args.seed}) among {len(cands)} closed-set tasks with >= {args.min_rows} rows"
+    return pick, f"seeded draw (seed {args.seed}) among {len(cands)} {kind} tasks with >= {args.min_rows} rows"
+
+
+def well_posed(rows: list[dict], max_length: int, sample: int = 32) -> bool:
+    """A closed-set task the proxy can learn: every label of the task appears in at least 90% of its
+    prompts (the prompt names the options to choose from), and at least 90% of a seeded sample of its
+    rows fit ``max_length`` tokens (prompt + answer, SmolLM2's tokenizer), so truncation does not cut
+    the options away. Decided from the task's rows alone, before any selection or tuning."""
+    from thresher.models import load_tokenizer
+
+    labels = {str(r["output"]).strip() for r in rows}
+    named = np.mean([all(lab in str(r["instruction"]) for lab in labels) for r in rows])
+    if named < 0.9:
+        return False
+    tok = load_tokenizer("default")
+    idx = np.random.default_rng(0).choice(len(rows), size=min(sample, len(rows)), replace=False)
+    sizes = [len(tok(str(rows[i]["instruction"]) + "\n" + str(rows[i]["output"]))["input_ids"]) + 4 for i in idx]
+    return float(np.mean(np.asarray(sizes) <= max_length)) >= 0.9
 
 
 def build_split(rows: list[dict], args, work: Path) -> dict:
