@@ -10,7 +10,8 @@ Two workloads on a pool built by replicating ../shared/data/bigbench (ids suffix
   unit vectors under the default embedder's fingerprint (in a private, temporary cache), so the
   benchmark times the engines, not the encoder.
 
-Contenders, each in its own process (peak RSS per run, ``ru_maxrss``), the same threads for all
+Contenders, each in its own process (peak RSS per run, ``ru_maxrss``; and, sampled every 50 ms, the peak
+private memory ``RssAnon`` apart from the object-store pages the driver wrote, ``RssShmem``), the same threads for all
 (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = ``--threads``; a Ray worker runs with one CPU):
 ``local``, ``ray-1`` (one worker), ``ray-2`` (two workers). Ray's cluster start is timed apart
 (``ray_init_s``): a user's cluster is already running. Each run's selection must equal local's.
@@ -37,9 +38,18 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_pipeline import make_pool  # noqa: E402
 
 CHILD = r"""
-import json, resource, sys, time, shutil
+import json, resource, sys, time, shutil, threading
 sys.path.insert(0, {py!r})
 from thresher.pipeline import PipelineConfig, run_pipeline
+peak = {{"RssAnon": 0, "RssShmem": 0}}
+def sample():  # the driver's own heap (RssAnon) apart from the object-store pages it wrote (RssShmem)
+    while True:
+        for line in open("/proc/self/status"):
+            k, _, v = line.partition(":")
+            if k in peak:
+                peak[k] = max(peak[k], int(v.split()[0]))
+        time.sleep(0.05)
+threading.Thread(target=sample, daemon=True).start()
 engine, opts = {engine!r}, {opts!r}
 init = 0.0
 if engine == "ray":
@@ -55,6 +65,7 @@ res = run_pipeline(PipelineConfig(data={data!r}, out={out!r}, cache_dir={cache!r
 dt = time.perf_counter() - t
 print(json.dumps({{"seconds": dt, "ray_init_s": init,
                   "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "driver_peak_private_mb": peak["RssAnon"] / 1024, "driver_peak_shmem_mb": peak["RssShmem"] / 1024,
                   "engine_run": res.manifest.get("engine_run"), "rows": res.n_rows,
                   "selected": [int(x) for x in res.selected], "timings": res.timings}}))
 """
@@ -101,7 +112,8 @@ def workload(name: str, data: Path, work: Path, criteria: list, args: argparse.N
                                 out=str(work / f"out-{name}-{c}"), cache=str(cache), data=str(data),
                                 criteria=criteria, sel=criteria[-1], k=args.k, shard=args.shard_size)  # fmt: skip
             r = run_child(code, args.threads)
-            print(f"{name} {c} rep {rep}: {r['seconds']:.1f} s, driver {r['driver_peak_rss_mb']:.0f} MB", flush=True)
+            print(f"{name} {c} rep {rep}: {r['seconds']:.1f} s, driver {r['driver_peak_rss_mb']:.0f} MB "
+                  f"(private {r['driver_peak_private_mb']:.0f} MB)", flush=True)  # fmt: skip
             runs[c].append(r)
     return summarize(runs)
 
