@@ -138,9 +138,12 @@ def test_prep_threads_policy(monkeypatch):
     assert prep_threads(torch.device("cuda")) == 1
     monkeypatch.setenv("THRESHER_PREP_THREADS", "3")
     assert prep_threads("cpu") == 3
-    monkeypatch.setenv("THRESHER_PREP_THREADS", "0")
-    with pytest.raises(ValueError, match="THRESHER_PREP_THREADS"):
-        prep_threads("cpu")
+    from thresher.errors import OptionError
+
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("THRESHER_PREP_THREADS", bad)
+        with pytest.raises(OptionError, match="THRESHER_PREP_THREADS"):  # one line from the CLI, no traceback
+            prep_threads("cpu")
 
 
 def test_to_device_is_a_no_op_on_the_cpu():

@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
 
+from ..errors import OptionError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -63,7 +65,7 @@ def prep_threads(device: Any) -> int:
     env = os.environ.get(PREP_THREADS_ENV, "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"{PREP_THREADS_ENV}: expected an int >= 1, got {env!r}")
+            raise OptionError(f"{PREP_THREADS_ENV}: expected an int >= 1, got {env!r}")
         return int(env)
     if torch.device(device).type == "cpu":
         return 1
