@@ -125,6 +125,12 @@ def test_parquet_row_group_splits_and_gzip_files(tmp_path):
             fh.write("\n".join(_rows(5, seed=j)).replace('"r', f'"f{j}r') + "\n")
     splits, _, lines, _ = _by_splits(d, split_rows=2)
     assert [s.kind for s in splits] == ["lines"] * 9 and lines == _whole(d)[2] == [1, 2, 3, 4, 5] * 3
+    splits, parts, lines, _ = _by_splits(d, split_rows=2, put=bytes)  # blocks: each file numbers its own lines
+    assert [(s.kind, s.file_index, s.start, s.end) for s in splits] == [
+        ("blob", f, a, min(a + 2, 5)) for f in range(3) for a in (0, 2, 4)
+    ]
+    assert [sp.index for sp in splits] == list(range(9)) and lines == [1, 2, 3, 4, 5] * 3
+    assert [o for res, _ in parts for o in res.own] == [f"f{j}r{i}" for j in range(3) for i in range(5)]
 
 
 def test_in_memory_pools_and_large_csv_files_are_read_by_the_driver(tmp_path):
