@@ -16,6 +16,10 @@ private memory ``RssAnon`` apart from the object-store pages the driver wrote, `
 ``local``, ``ray-1`` (one worker), ``ray-2`` (two workers). Ray's cluster start is timed apart
 (``ray_init_s``): a user's cluster is already running. Each run's selection must equal local's.
 
+``driver_memory_growth``: the per-row workload again at a quarter of the rows (``local`` and
+``ray-1``); the growth of the driver's peak private memory between the two sizes, per row, is what
+the driver holds per pool row (the rest is the interpreter, its libraries and O(shard) buffers).
+
     python benchmarks/bench_scale.py [--rows 1000000] [--knn-rows 50000] [--reps 2] [--out FILE]
 
 Writes benchmarks/results/scale-cpu.json (ratios ray/local: min and median over reps).
@@ -97,10 +101,14 @@ def run_child(code: str, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def workload(name: str, data: Path, work: Path, criteria: list, args: argparse.Namespace) -> dict:
+CONTENDERS = {"local": ("local", {}), "ray-1": ("ray", {"workers": 1}), "ray-2": ("ray", {"workers": 2})}
+
+
+def workload(name: str, data: Path, work: Path, criteria: list, args: argparse.Namespace,
+             contenders: tuple = tuple(CONTENDERS)) -> dict:  # fmt: skip
     """Every contender ``reps`` times on one workload; the score cache is emptied before each run
     (the embeddings cache, when there is one, is kept: those are the precomputed embeddings)."""
-    contenders = {"local": ("local", {}), "ray-1": ("ray", {"workers": 1}), "ray-2": ("ray", {"workers": 2})}
+    contenders = {c: CONTENDERS[c] for c in contenders}
     runs: dict = {c: [] for c in contenders}
     for rep in range(args.reps):
         for c, (engine, opts) in contenders.items():
@@ -133,6 +141,18 @@ def summarize(runs: dict) -> dict:
     return out
 
 
+def driver_growth(small: dict, big: dict, rows_small: int, rows_big: int) -> dict:
+    """The driver's private memory per pool row: the growth of its peak from ``rows_small`` to
+    ``rows_big`` rows (medians over reps), per contender measured at both sizes."""
+    out = {}
+    for c, rs in small["runs"].items():
+        lo = statistics.median(r["driver_peak_private_mb"] for r in rs)
+        hi = statistics.median(r["driver_peak_private_mb"] for r in big["runs"][c])
+        out[c] = {f"private_mb_at_{rows_small}": lo, f"private_mb_at_{rows_big}": hi,
+                  "bytes_per_row": (hi - lo) * 2**20 / (rows_big - rows_small)}  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -162,6 +182,10 @@ def main() -> None:
         "per-row": workload("per-row", big, work, ["length", "mtld"], args),
         "length+knn": workload("length+knn", small, work, ["length", "knn_distance"], args),
     }
+    quarter = work / f"pool-{args.rows // 4}.jsonl.gz"
+    make_pool(quarter, args.rows // 4)
+    growth = workload("per-row-quarter", quarter, work, ["length", "mtld"], args, ("local", "ray-1"))
+    result["driver_memory_growth"] = driver_growth(growth, result["per-row"], args.rows // 4, args.rows)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({w: result[w]["ratios_over_local"] for w in ("per-row", "length+knn")}, indent=1))
 

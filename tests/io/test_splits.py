@@ -133,12 +133,19 @@ def test_parquet_row_group_splits_and_gzip_files(tmp_path):
     assert [o for res, _ in parts for o in res.own] == [f"f{j}r{i}" for j in range(3) for i in range(5)]
 
 
-def test_in_memory_pools_and_large_csv_files_are_read_by_the_driver(tmp_path):
+def test_in_memory_pools_and_large_json_arrays_are_read_by_the_driver(tmp_path):
+    import gzip
+
     assert plan_splits(Source([{"instruction": "a", "output": "b"}])) is None
-    p = tmp_path / "a.csv"
-    p.write_text("instruction,output\n" + "".join(f"q{i},a{i}\n" for i in range(50)))
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(50)]))
     assert [s.kind for s in plan_splits(Source(p))] == ["file"]
-    assert plan_splits(Source(p), split_bytes=100) is None  # a CSV cannot be cut without parsing it
+    assert plan_splits(Source(p), split_bytes=100) is None  # a JSON array cannot be cut without parsing it
+    g = tmp_path / "a.csv.gz"
+    g.write_bytes(gzip.compress(("instruction,output\n" + "".join(f"q{i},a{i}\n" for i in range(50))).encode()))
+    assert [s.kind for s in plan_splits(Source(g))] == ["file"]
+    assert plan_splits(Source(g), split_bytes=100) is None  # no object store to put its blocks in
+    assert {s.kind for s in plan_splits(Source(g), split_bytes=100, split_rows=7, put=bytes)} == {"blob"}
 
 
 def test_first_schema_reads_one_good_record_and_keeps_no_skips(tmp_path):

@@ -145,23 +145,34 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> 
     raise AssertionError(f"the Ray head did not listen on port {port} in {timeout} s")
 
 
-def _wait_for_nodes(ray, n: int, timeout: float = 60.0) -> None:
-    t = time.time()
-    while time.time() - t < timeout:
-        if len([x for x in ray.nodes() if x["Alive"]]) >= n:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the cluster did not reach {n} nodes in {timeout} s")
+TWO_NODE_DRIVER = r"""
+import json, sys, time
+import ray
+from thresher.pipeline import PipelineConfig, run_pipeline
+cfg = json.loads(sys.argv[1])
+ray.init(address=cfg["engine_options"]["address"], log_to_driver=False)
+t = time.time()
+while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+    if time.time() - t > 60:
+        sys.exit("the cluster did not reach 2 nodes in 60 s")
+    time.sleep(0.5)
+res = run_pipeline(PipelineConfig(**cfg))
+print(json.dumps({"selected": res.selected.tolist(), "n": res.n_rows, "scores": str(res.scores_path),
+                  "nodes": res.manifest["engine_run"]["nodes"]}))
+"""
 
 
 def test_two_node_cluster_gives_the_local_selection(pool, local, tmp_path, _ray_session):
     """A head and a second node started on this machine (`ray start --head`, `ray start --address`);
-    two one-CPU workers, so one runs on each node."""
+    two one-CPU workers, so one runs on each node. The driver is a process of its own, as a user's is:
+    Ray fixes a process's authentication mode when it first starts or joins a cluster, and this
+    cluster's three processes must share one (token auth, the token file created by the head when
+    missing), whatever this test process did before."""
     ray = _ray_session
     if ray.is_initialized():
-        ray.shutdown()  # leave the tests' local cluster: this driver joins the two-node one
+        ray.shutdown()  # leave the tests' local cluster
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     common = ["--num-cpus", "1", "--block", "--disable-usage-stats"]
     # this cluster's session files, not /tmp/ray (where other drivers look); short: it holds unix sockets
     temp = tempfile.mkdtemp(prefix="thr-ray-", dir="/tmp")
@@ -174,14 +185,17 @@ def test_two_node_cluster_gives_the_local_selection(pool, local, tmp_path, _ray_
         _wait_for_port(port, head)
         nodes.append(subprocess.Popen([_ray_cli(), "start", f"--address={addr}", *common], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-        ray.init(address=addr, log_to_driver=False)
-        _wait_for_nodes(ray, 2)
         opts = {"address": addr, "workers": 2, "cpus_per_worker": 1}
-        res = run_pipeline(_cfg(pool, tmp_path / "two", engine="ray", engine_options=opts))
-        _same(res, local)
-        assert res.manifest["engine_run"]["nodes"] == 2
+        cfg = {k: v for k, v in vars(_cfg(pool, tmp_path / "two", engine="ray", engine_options=opts)).items()}
+        out = subprocess.run([sys.executable, "-c", TWO_NODE_DRIVER, json.dumps(cfg)], env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        res0, scores0 = local
+        pd.testing.assert_frame_equal(pd.read_parquet(got["scores"]), scores0)
+        assert got["n"] == res0.n_rows and got["selected"] == res0.selected.tolist()
+        assert got["nodes"] == 2
     finally:
-        ray.shutdown()
         for p in reversed(nodes):
             p.send_signal(signal.SIGTERM)
         for p in nodes:

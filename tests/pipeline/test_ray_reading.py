@@ -105,3 +105,41 @@ def test_a_gzipped_pool_decompressed_once_in_blocks_the_workers_parse(messy, tmp
     _same(res, local)
     skipped = [(r["line"], r["reason"]) for r in res.manifest["inputs"][0]["skipped_rows"]]
     assert [line for line, _ in skipped] == [41, 99, 122]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_csv_pool_with_multiline_fields_is_cut_between_records_and_read_on_workers(
+    bigbench_path, tmp_path, ray_cluster, monkeypatch, gz
+):
+    """BIG-bench rows as CSV (their texts hold line breaks, quotes and commas), a row with too many
+    cells and a repeated id: Ray cuts the file between records (byte ranges, or blocks of a gzipped
+    file) and gives the local reader's scores, bad rows (the line each record starts on) and
+    selected file."""
+    import csv
+    import io
+
+    recs = [json.loads(x) for x in _lines(bigbench_path, 150)]
+    assert sum("\n" in r["instruction"] for r in recs) > 20
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "instruction", "output"])
+    for i, r in enumerate(recs):
+        row = [recs[3]["id"] if i == 97 else r["id"], r["instruction"], r["output"]]
+        w.writerow(row + (["one too many"] if i == 40 else []))
+    p = tmp_path / ("pool.csv.gz" if gz else "pool.csv")
+    data = buf.getvalue().encode("utf-8")
+    p.write_bytes(gzip.compress(data) if gz else data)
+    local = run_pipeline(_cfg(p, tmp_path / "local", on_bad_row="skip"))
+    monkeypatch.setattr(Source, "shards", lambda self: pytest.fail("the driver parsed the pool"))
+    res = run_pipeline(_cfg(p, tmp_path / "ray", on_bad_row="skip", **_ray(split_rows=7)))
+    _same(res, local)
+    assert res.manifest["engine_run"]["read_on_workers"] is True
+    skipped = [(r["line"], r["reason"]) for r in res.manifest["inputs"][0]["skipped_rows"]]
+    assert skipped == [(r["line"], r["reason"]) for r in local.manifest["inputs"][0]["skipped_rows"]]
+    reader, starts = csv.reader(io.StringIO(buf.getvalue(), newline="")), []
+    while True:  # the oracle: the line each record starts on
+        at = reader.line_num + 1
+        if next(reader, None) is None:
+            break
+        starts.append(at)
+    assert [line for line, _ in skipped] == [starts[1 + 40], starts[1 + 97]] and starts[41] > 42

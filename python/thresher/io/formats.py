@@ -435,18 +435,94 @@ def _iter_json_array(path: Path, chunk: int = 1 << 20):
         yield path, start, rec, rec, err
 
 
-def _iter_csv(path: Path):
-    delim = "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-    reader = csv.DictReader((text for _, text in _text_lines(path)), delimiter=delim)
-    if reader.fieldnames is None:
+def csv_delimiter(path: Path) -> str:
+    """``\t`` for a ``.tsv`` (or ``.tsv.gz``) file, else ``,``."""
+    return "\t" if Path(path).name.lower().removesuffix(".gz").endswith(".tsv") else ","
+
+
+def _iter_csv(path: Path, lines: Optional[Iterator[tuple[int, bytes]]] = None, header: Optional[tuple] = None,
+              bom: bool = True, line0: int = 0):  # fmt: skip
+    """Records of a CSV/TSV file, or of a part of it: ``lines`` (numbered raw lines that start at a
+    record, see :func:`csv_blocks`; the first is line ``line0 + 1``), ``header`` (the file's field
+    names, when the part does not start with them) and ``bom`` (whether line 1 is the file's first
+    line). A record's line is the line it starts on."""
+    src = _text_lines(path) if lines is None else ((n, _decode_line(raw, path, n, bom)) for n, raw in lines)
+    reader = csv.reader((text for _, text in src), delimiter=csv_delimiter(path))
+    fields = list(header) if header is not None else next(reader, None)
+    if fields is None:
         return
-    start = 2
-    for rec in reader:
-        if None in rec:  # more cells than header fields
+    for start, cells in _csv_rows(reader, path, line0):  # after the header's lines (none when it was given)
+        if not cells:  # a blank line: no record (as csv.DictReader)
+            continue
+        rec = dict(zip(fields, cells))  # as csv.DictReader: missing cells are None, extra ones under None
+        if len(cells) > len(fields):
+            rec[None] = cells[len(fields) :]  # type: ignore[index]
             yield path, start, None, rec, DataError("row has more cells than the header", file=path, line=start)
         else:
+            rec.update((f, None) for f in fields[len(cells) :])
             yield path, start, rec, rec, None
-        start = reader.line_num + 1
+
+
+def _csv_rows(reader: Any, path: Path, line0: int) -> Iterator[tuple[int, list]]:
+    """``(line the record starts on, cells)`` of the reader's rows (a blank line is a row of no cells);
+    a record the reader refuses (``csv.Error``: a field over ``csv.field_size_limit()``...) is a
+    DataError at its line (the rest of the file cannot be trusted)."""
+    while True:
+        start = line0 + reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"unreadable CSV record ({exc})", file=path, line=start) from None
+        yield start, cells
+
+
+def csv_header(path: Path) -> Optional[tuple]:
+    """The field names of a CSV/TSV file (its first record), or None when it has none."""
+    reader = csv.reader((text for _, text in _text_lines(path)), delimiter=csv_delimiter(path))
+    first = next(reader, None)
+    return tuple(first) if first is not None else None
+
+
+def csv_blocks(path: Path, rows: int, keep: bool = False) -> Iterator[tuple[int, int, int, int, bytes]]:
+    """Blocks of about ``rows`` records of a CSV/TSV file (optionally gzipped), cut only between
+    records: ``(a, b, start, end, data)``, lines a+1..b and bytes [start, end) of the (decompressed)
+    text, and those bytes when ``keep`` (else ``b""``); the header is in the first block.
+
+    A quoted field may hold line breaks, so a line start is not always a record start: the lines go
+    through Python's csv reader (the workers' parser, same dialect), which asks for a line only to
+    finish the record it is reading; where it returns a record, the next record starts. Nothing else
+    is done with the records. A line the reader refuses (``csv.Error``) ends the cutting: the rest is
+    one block, and the worker that reads it reports the error at its line."""
+    lineno = pos = 0
+    pending: list = []
+
+    def lines() -> Iterator[str]:
+        nonlocal lineno, pos
+        with _read_errors(path, lambda: lineno), _open_binary(path) as fh:
+            for raw in fh:
+                lineno += 1
+                pos += len(raw)
+                if keep:
+                    pending.append(raw)
+                yield raw.decode("utf-8", errors="replace")  # only the record structure matters here
+
+    a = start = n = 0
+    text = lines()
+    reader = csv.reader(text, delimiter=csv_delimiter(path))
+    try:
+        for _ in reader:
+            n += 1
+            if n >= rows:
+                yield a, lineno, start, pos, b"".join(pending)
+                a, start, n = lineno, pos, 0
+                pending.clear()
+    except csv.Error:
+        for _ in text:  # the rest, uncut
+            pass
+    if pos > start:
+        yield a, lineno, start, pos, b"".join(pending)
 
 
 def open_parquet(path: Path) -> Any:

@@ -39,6 +39,7 @@ from .formats import (  # noqa: F401 - re-exported: the writers and older caller
     file_checksum,
     open_parquet,
 )
+from .idset import IdSet, digest
 from .schema import DataError, Schema, check_mapping, content_hash, detect_schema, mapped_columns, normalize_record
 from .sources import ColumnBatch, Location, arrow_batches, fast_rows, hf_batches, load_saved, locate, memory_checksum
 
@@ -101,24 +102,41 @@ def shard_key(ids: Any, hashes: Any) -> str:
     return h.hexdigest()
 
 
+_ID_BATCH = 4096  # rows whose ids are assigned at once
+
+
 class _IdAssigner:
-    """Sample ids: the row's own id, else the first 16 hex of its content hash (``-2``, ``-3`` on repeats)."""
+    """Sample ids: the row's own id, else the first 16 hex of its content hash (``-2``, ``-3`` on repeats).
+
+    The ids given so far are held by digest (:class:`~thresher.io.idset.IdSet`, 16 bytes each) and a
+    batch of rows is checked against them at once (:meth:`assign_many`)."""
 
     def __init__(self) -> None:
-        self.seen: set = set()
+        self.seen = IdSet()
 
-    def assign(self, own: Optional[str], h: str) -> Optional[str]:
-        """The id, or None when the row's own id was already used."""
-        sid = own if own is not None else h[:16]
-        if sid in self.seen:
+    def assign_many(self, owns: list, hashes: list) -> list:
+        """Each row's id in order, None for a row whose own id was already used (by an earlier batch
+        or an earlier row of this one)."""
+        sids = [own if own is not None else h[:16] for own, h in zip(owns, hashes)]
+        ds, member = self.seen.contains_many(sids)
+        fresh: set = set()  # digests of the ids given in this batch
+        out: list = []
+        for sid, own, d, m in zip(sids, owns, ds, member.tolist()):
+            if not m and d not in fresh:
+                self.seen.add_digest(d)
+                fresh.add(d)
+                out.append(sid)
+                continue
             if own is not None:
-                return None
+                out.append(None)
+                continue
             k = 2
-            while f"{sid}-{k}" in self.seen:
+            while (d := digest(f"{sid}-{k}")) in fresh or self.seen.has(d):
                 k += 1
-            sid = f"{sid}-{k}"
-        self.seen.add(sid)
-        return sid
+            self.seen.add_digest(d)
+            fresh.add(d)
+            out.append(f"{sid}-{k}")
+        return out
 
 
 class _ShardBuilder:
@@ -291,6 +309,13 @@ class Source:
 
     def _normalize(self, rec: Any, f: Path, line: int) -> Optional[dict]:
         """One raw record -> a sample row; the first good record fixes the schema. None: skipped."""
+        row, err = self._try_normalize(rec, f, line)
+        if err is not None:
+            self._bad(err)
+        return row
+
+    def _try_normalize(self, rec: Any, f: Path, line: int) -> tuple[Optional[dict], Optional[DataError]]:
+        """``(row, None)``, or ``(None, error)`` for a bad record (left to the caller to report)."""
         try:
             if self.schema is None:
                 self._check_mapped_columns(rec, f)
@@ -298,11 +323,10 @@ class Source:
                 row = normalize_record(rec, schema, file=f, line=line)
                 self.schema = schema  # only once a record passed (a bad first row can be skipped)
                 self.columns = list(rec)
-                return row
-            return normalize_record(rec, self.schema, file=f, line=line)
+                return row, None
+            return normalize_record(rec, self.schema, file=f, line=line), None
         except DataError as e:
-            self._bad(e)
-            return None
+            return None, e
 
     def _check_mapped_columns(self, rec: Any, f: Path, scan: int = 1000) -> None:
         """A column the field mapping names that the whole file lacks (its header, or none of its
@@ -346,33 +370,32 @@ class Source:
             self.skipped = saved
 
     def shards(self) -> Iterator[Shard]:
-        """Pass 1: yield sample-table shards; ids are own ids or content hashes, deduplicated."""
+        """Pass 1: yield sample-table shards; ids are own ids or content hashes, deduplicated.
+
+        Rows are read into a batch of events (a good row, or a bad row's error) and the batch's ids are
+        assigned at once (:meth:`_IdAssigner.assign_many`); the events are then replayed in reading
+        order, so bad rows are reported, and shards filled, exactly as row by row."""
         self.skipped = []
-        ids = _IdAssigner()
-        build = _ShardBuilder()
+        ids, build = _IdAssigner(), _ShardBuilder()
+        events: list = []
+        n_good = 0
         any_record = False
         for fi, line, row, rec, err in self._items():
             if self.limit is not None and build.n >= self.limit:
                 break
             any_record = True
+            if err is None and row is None:
+                row, err = self._try_normalize(rec() if callable(rec) else rec, self.files[fi], line)
             if err is not None:
-                self._bad(err)
-                continue
-            f = self.files[fi]
-            if row is None:
-                row = self._normalize(rec() if callable(rec) else rec, f, line)
-            if row is None:
-                continue
-            h, own = content_hash(row), row.pop("_own_id")
-            sid = ids.assign(own, h)
-            if sid is None:
-                field_ = self.schema.id if self.schema is not None else None
-                self._bad(DataError(f"duplicate id {own!r}", file=f, line=line, field=field_))
-                continue
-            row["id"] = sid
-            build.add(row, h, line, fi)
-            if len(build.rows) >= self.shard_size:
-                yield build.flush(self.schema)
+                events.append(err)
+            else:
+                events.append((row, content_hash(row), row.pop("_own_id"), line, fi))
+                n_good += 1
+            room = _ID_BATCH if self.limit is None else min(_ID_BATCH, self.limit - build.n)
+            if n_good >= room or len(events) >= _ID_BATCH:
+                yield from self._replay(events, ids, build)
+                events, n_good = [], 0
+        yield from self._replay(events, ids, build)
         if not any_record:
             raise DataError("empty file: no records", file=self.files[0])
         if build.n == 0:
@@ -383,6 +406,25 @@ class Source:
         if build.rows:
             yield build.flush(self.schema)
         self.n_rows = build.n
+
+    def _replay(self, events: list, ids: _IdAssigner, build: _ShardBuilder) -> Iterator[Shard]:
+        """Report a batch's bad rows and add its good rows (with their ids) in reading order."""
+        good = [e for e in events if isinstance(e, tuple)]  # the others are bad rows' errors
+        sids = iter(ids.assign_many([g[2] for g in good], [g[1] for g in good]))
+        for e in events:
+            if not isinstance(e, tuple):
+                self._bad(e)
+                continue
+            row, h, own, line, fi = e
+            sid = next(sids)
+            if sid is None:
+                field_ = self.schema.id if self.schema is not None else None
+                self._bad(DataError(f"duplicate id {own!r}", file=self.files[fi], line=line, field=field_))
+                continue
+            row["id"] = sid
+            build.add(row, h, line, fi)
+            if len(build.rows) >= self.shard_size:
+                yield build.flush(self.schema)
 
     def read_all(self):
         """The whole pool as one sample table (small pools, tests)."""

@@ -4,8 +4,10 @@ on its workers; the driver never parses the pool).
 * :func:`plan_splits` cuts without parsing, into splits of about a shard's rows: an uncompressed
   JSON Lines file into byte ranges that start at line starts (one seek per cut), a gzipped one into
   line ranges (its lines counted in one scan) or, when the engine has an object store (``put``),
-  into blocks of lines decompressed once here and parsed by the workers, a Parquet file into runs of
-  row groups, and a small JSON array or CSV file into one split of its own (a large one is read by the driver).
+  into blocks of lines decompressed once here and parsed by the workers, a CSV/TSV file between
+  records (byte ranges, or blocks of a gzipped one; a quoted field may hold line breaks, so the cuts
+  come from Python's csv reader run over the lines, nothing else is parsed), a Parquet file into runs
+  of row groups, and a small JSON array into one split of its own (a large one is read by the driver).
 * :func:`read_split` runs on a worker: it parses one split with the pool's schema (fixed by the
   driver from the first good record, :meth:`~thresher.io.readers.Source.first_schema`) and returns
   what the driver needs to assign ids and plan shards (:class:`SplitRows`: own ids, content hashes,
@@ -34,6 +36,8 @@ from .formats import (
     _iter_jsonl,
     _range_lines,
     count_lines,
+    csv_blocks,
+    csv_header,
     line_blocks,
     line_boundaries,
     line_range,
@@ -42,7 +46,7 @@ from .formats import (
 from .schema import Schema, content_hash, normalize_record
 from .sources import ColumnBatch, fast_rows
 
-WHOLE_FILE_BYTES = 64 << 20  # a JSON array or CSV file up to this size is one split (larger: the driver reads)
+WHOLE_FILE_BYTES = 64 << 20  # a JSON array up to this size is one split (larger: the driver reads)
 SAMPLE_COLUMNS = ("id", "instruction", "input", "output", "conversation", "group")
 
 
@@ -64,6 +68,7 @@ class Split:
     chunks: int = 1  # sample tables the split is returned in (a long line range: tables of chunk_rows rows)
     chunk_rows: int = 0
     blob: Any = field(default=None, repr=False, compare=False)
+    header: Optional[tuple] = None  # a CSV split that does not start the file: the file's field names
 
 
 @dataclass(frozen=True)
@@ -114,8 +119,11 @@ def _text_splits(fi: int, f: Path, fmt: str, rows: int, split_bytes: Optional[in
     """Splits of one text file that :func:`_driver_reads` let through: byte ranges (plain JSON Lines),
     line ranges (gzipped JSON Lines: the lines are counted here, nothing is parsed), blocks of lines
     handed to ``put`` as they are decompressed (gzipped JSON Lines when the engine has an object
-    store: the stream is decompressed once, here) or the whole file (a small JSON array or CSV)."""
-    if fmt == "jsonl" and not _is_gz(f):
+    store: the stream is decompressed once, here), CSV splits cut between records (:func:`_csv_splits`)
+    or the whole file (a small JSON array, a small gzipped CSV with no ``put``)."""
+    if fmt == "csv" and (put is not None or not _is_gz(f)):
+        yield from _csv_splits(fi, f, rows, first, put)
+    elif fmt == "jsonl" and not _is_gz(f):
         step = split_bytes or max(1, int(rows * _avg_line_bytes(f)))
         cuts = line_boundaries(f, step)
         yield from (Split(first + i, fi, str(f), "bytes", a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:])))
@@ -132,9 +140,25 @@ def _text_splits(fi: int, f: Path, fmt: str, rows: int, split_bytes: Optional[in
         yield Split(first, fi, str(f), "file")
 
 
-def _driver_reads(f: Path, fmt: str, split_bytes: Optional[int]) -> bool:
-    """A JSON array or CSV file too large to be one split: it cannot be cut without parsing it."""
-    return fmt in ("json", "csv") and f.stat().st_size > (split_bytes or WHOLE_FILE_BYTES)
+def _csv_splits(fi: int, f: Path, rows: int, first: int, put: Optional[Callable[[bytes], Any]]) -> Iterator[Split]:
+    """A CSV/TSV file cut between records (:func:`~thresher.io.formats.csv_blocks`): byte ranges of a
+    plain file, or blocks of the decompressed text handed to ``put`` (a gzipped one); every split but
+    the first carries the header."""
+    header = None
+    for i, (a, b, start, end, data) in enumerate(csv_blocks(f, rows, keep=put is not None and _is_gz(f))):
+        if i == 1:
+            header = csv_header(f)
+        if put is not None and _is_gz(f):
+            yield Split(first + i, fi, str(f), "blob", a, b, blob=put(data), header=header)
+        else:
+            yield Split(first + i, fi, str(f), "bytes", start, end, header=header)
+
+
+def _driver_reads(f: Path, fmt: str, split_bytes: Optional[int], put: Optional[Callable[[bytes], Any]]) -> bool:
+    """A JSON array file, or a gzipped CSV with no object store to put its blocks in, too large to be
+    one split: it cannot be cut without parsing it."""
+    cut = fmt == "csv" and (put is not None or not _is_gz(f))
+    return fmt in ("json", "csv") and not cut and f.stat().st_size > (split_bytes or WHOLE_FILE_BYTES)
 
 
 def _all_splits(source: Any, rows: int, split_bytes: Optional[int], parallel: int,
@@ -158,7 +182,7 @@ def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Opti
     split's bytes instead; a gzipped file is cut into about ``4 * parallel`` line ranges, since each
     is read from the stream's start, returned in tables of ``split_rows`` rows), or None when the
     driver must read the pool: data a worker cannot open by path (an in-memory table, an HF dataset,
-    a hub id) or a large JSON array or CSV file.
+    a hub id), a large JSON array, or a large gzipped CSV file when there is no ``put``.
 
     With ``put`` (the engine's way to store bytes where its workers read them, e.g. Ray's object
     store) a gzipped file is decompressed here once instead, into ``blob`` splits of ``split_rows``
@@ -166,7 +190,7 @@ def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Opti
     asks for it, so the blocks not yet parsed are bounded by what the caller keeps in flight."""
     if source.location.kind != "files" or source.format not in ("jsonl", "json", "csv", "parquet"):
         return None
-    if any(_driver_reads(Path(f), source.format, split_bytes) for f in source.files):
+    if any(_driver_reads(Path(f), source.format, split_bytes, put) for f in source.files):
         return None
     rows = max(1, int(split_rows or source.shard_size))
     splits = _all_splits(source, rows, split_bytes, parallel, put)
@@ -206,7 +230,11 @@ def _records(spec: ReadSpec, sp: Split, res: SplitRows) -> Iterator[tuple[int, O
                 res.lines_read = lineno
                 yield lineno, raw
 
-        it = _iter_jsonl(path, counted(), bom=sp.start == 0)
+        if spec.format == "csv":
+            line0 = sp.start if sp.kind == "blob" else 0  # a byte range numbers its lines from 1
+            it = _iter_csv(path, counted(), header=sp.header, bom=sp.start == 0, line0=line0)
+        else:
+            it = _iter_jsonl(path, counted(), bom=sp.start == 0)
     else:
         it = {"jsonl": _iter_jsonl, "json": _iter_json_array, "csv": _iter_csv}[spec.format](path)
     for _f, line, rec, _raw, err in it:

@@ -28,6 +28,7 @@ AtomicFile = atomic_file
 __all__ = [
     "AtomicFile",
     "atomic_write_bytes",
+    "AtPositions",
     "ExtraColumns",
     "selected_name",
     "write_selected",
@@ -101,6 +102,27 @@ class ExtraColumns:
             else:
                 raise clash(name, self.id_column, file, line)
         return add, replace
+
+
+class AtPositions:
+    """A column's values at some pool positions only: ``col[p]`` for a position ``p`` among them (as an
+    array over the whole pool would give), ``dtype`` that of the values; memory O(positions)."""
+
+    def __init__(self, positions: np.ndarray, values: np.ndarray) -> None:
+        self.positions = np.asarray(positions, dtype=np.int64)  # sorted, unique
+        self.values = np.asarray(values)
+        if len(self.positions) != len(self.values):
+            raise ValueError(f"{len(self.positions)} positions but {len(self.values)} values")
+        self.dtype = self.values.dtype
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, p: Any) -> Any:
+        i = int(np.searchsorted(self.positions, p))
+        if i == len(self.positions) or self.positions[i] != p:
+            raise KeyError(f"pool position {p} is not among this column's rows")
+        return self.values[i]
 
 
 def clash(name: str, id_column: Optional[str], file: Any, line: Any) -> OptionError:

@@ -30,7 +30,7 @@ from ..device import key_dtype, resolve_device
 from ..errors import MissingExtraError, OptionError, ResourceError
 from ..fs import atomic_file, write_json_atomic
 from ..io import Source, file_checksum, selected_name
-from ..io.writers import ExtraColumns, clash, write_selected
+from ..io.writers import AtPositions, ExtraColumns, clash, write_selected
 from ..plan import TOKENS, PipelineConfig
 from ..registry import CRITERIA
 from ..report import write_report
@@ -91,13 +91,16 @@ def write_outputs(st: RunState) -> Optional[pd.DataFrame]:
 
 def _write_rows(st: RunState) -> None:
     """selected.<ext> and, with ``write_rejected``, rejected.<ext>: the rows with their id (and scores)."""
-    extra = extra_columns(st)
-    st.outputs["selected"] = write_selected(st.source, st.lines, st.files, st.order, st.out, extra=extra)
+    order = np.asarray(st.order, dtype=np.int64)
+    extra = extra_columns(st, order)
+    st.outputs["selected"] = write_selected(st.source, st.lines, st.files, order, st.out, extra=extra)
     if st.cfg.write_rejected:
         keep = np.ones(st.n, dtype=bool)
-        keep[np.asarray(st.order, dtype=np.int64)] = False
+        keep[order] = False
+        rejected = np.flatnonzero(keep)
+        extra = extra_columns(st, rejected)
         st.outputs["rejected"] = write_selected(
-            st.source, st.lines, st.files, np.flatnonzero(keep), st.out, base="rejected", extra=extra
+            st.source, st.lines, st.files, rejected, st.out, base="rejected", extra=extra
         )
 
 
@@ -146,19 +149,32 @@ def check_output_columns(st: RunState) -> None:
                     raise clash(c, idc, first, None)
 
 
-def extra_columns(st: RunState) -> ExtraColumns:
-    """The id column (and, with ``with_scores``, the score columns) per pool row, from scores.parquet."""
+def extra_columns(st: RunState, positions: np.ndarray) -> ExtraColumns:
+    """The id column (and, with ``with_scores``, the score columns) of the rows at pool ``positions``,
+    read from scores.parquet batch by batch (only those rows' values are kept)."""
     want = ["id"] + (score_columns(st) if st.cfg.with_scores else [])
-    table = pq.read_table(st.outputs["scores"], columns=want)
-    ids = table.column("id").to_numpy(zero_copy_only=False)  # str objects, not fixed-width unicode (4 B a char)
-    cols = {id_column(st.cfg): ids if ids.dtype == object else ids.astype(str)}
-    for c in want[1:]:
-        arr = table.column(c)
-        if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):
-            cols[c] = arr.to_numpy(zero_copy_only=False).astype(np.float64)
-        else:
-            cols[c] = np.asarray(arr.to_pylist(), dtype=object)
+    pos = np.unique(np.asarray(positions, dtype=np.int64))
+    parts: dict = {c: [] for c in want}
+    start = 0
+    for batch in pq.ParquetFile(st.outputs["scores"]).iter_batches(columns=want):
+        a, b = np.searchsorted(pos, [start, start + batch.num_rows])
+        if b > a:
+            rows = batch.take(pa.array(pos[a:b] - start, pa.int64()))
+            for c in want:
+                parts[c].append(_column_values(rows.column(c)))
+        start += batch.num_rows
+    cols = {}
+    for c in want:
+        vals = np.concatenate(parts[c]) if parts[c] else np.zeros(0, dtype=object if c == "id" else np.float64)
+        cols[id_column(st.cfg) if c == "id" else c] = AtPositions(pos, vals)
     return ExtraColumns(cols, id_column=id_column(st.cfg))
+
+
+def _column_values(arr: Any) -> np.ndarray:
+    """An Arrow column as numpy: float64 for numbers, else str objects (not fixed-width unicode, 4 B a char)."""
+    if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):
+        return arr.to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.asarray(arr.to_pylist(), dtype=object)
 
 
 def write_scores(st: RunState, path: Path, rank: Any) -> None:

@@ -146,13 +146,13 @@ class _Pass:
         self.records += res.records
         bad = sorted(res.bad, key=lambda b: b[0])
         j = 0
-        for pos, (own, h, line) in enumerate(zip(res.own, res.hashes, res.lines)):
+        sids = self.ids.assign_many(list(res.own), list(res.hashes))  # rows past a limit are never used
+        for pos, (own, h, line, sid) in enumerate(zip(res.own, res.hashes, res.lines, sids)):
             if self.full():
                 return
             while j < len(bad) and bad[j][0] < line:  # bad rows in line order with the good ones
                 self.bad(f, bad[j][0] + off, bad[j][1], bad[j][2])
                 j += 1
-            sid = self.ids.assign(own, h)
             if sid is None:
                 self.bad(f, line + off, self.spec.schema.id, f"duplicate id {own!r}")
                 continue

@@ -23,6 +23,7 @@ from ..plan import PipelineConfig, Plan, make_plan
 from .outdir import config_identity, prepare_out
 from .outputs import output_names, write_outputs
 from .plugins import load_plugins, plugin_names
+from .rowstore import RowStore
 from .scoring import score_pool_scoped, score_shards
 from .selection import make_selection, select
 from .state import RunState, log, say, setup_log
@@ -84,6 +85,7 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
     out = Path(cfg.out) if cfg.out is not None else None
     cache = ScoreCache(Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(str(cfg.out)) / "cache")
     handler = None
+    rowstore = RowStore(cache.root)
     try:
         checksum = source.checksum()
         identity = config_identity(cfg, plan, checksum)
@@ -92,7 +94,8 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
         handler = setup_log(out)
         cache.clean_temp()
         engine = get_engine(cfg.engine, **cfg.engine_options)
-        st = RunState(cfg, plan, source, checksum, out, cache, engine, mode=mode, on_shard=on_shard, t0=t0)
+        st = RunState(cfg, plan, source, checksum, out, cache, engine, mode=mode, on_shard=on_shard, t0=t0,
+                      rowstore=rowstore)  # fmt: skip
         with progress.quiet(cfg.quiet):  # a quiet run (API or CLI) shows no bar, model conversion included
             return _run(st)
     except DataError as exc:
@@ -101,6 +104,7 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
         raise DataError(f"{exc.reason}; {_bad_row_hint(out, cache)}", file=exc.file, line=exc.line,
                         field=exc.field) from None  # fmt: skip
     finally:
+        rowstore.close()
         if handler is not None:
             log.removeHandler(handler)
             handler.close()

@@ -18,9 +18,10 @@ from ..plan import TOKENS, Step
 from ..progress import scaled, task
 from ..registry import CRITERIA
 from .reading import RemotePool, RemoteShard, remote_shards
+from .rowstore import GroupCoder, GroupColumn
 from .scoring_checks import check_scores
 from .selection import Selection
-from .state import Progress, RunState, ShardRef, concat
+from .state import Progress, RunState, ShardRef
 from .workers import TOKENS_SPEC, CriterionSpec, ShardWorker
 
 TOKEN_CRITERION = "length"  # token counts are the length criterion's main column, cached under its name
@@ -154,10 +155,9 @@ class _Rows:
         self.want_emb = (
             st.plan.needs_embeddings and not st.cfg.score_only and getattr(selection, "wants_embeddings", True)
         )
-        self.lines: list = []
-        self.files: list = []
-        self.tokens: list = []
-        self.groups: list = []
+        self.store = st.rowstore  # lines, files, token counts, group codes: on disk, not the heap
+        self.coder = GroupCoder()
+        self.grouped = 0  # shards that carried groups
         self.emb: list = []
 
     def embed(self, shard: Any, vectors: Any = None) -> None:
@@ -170,26 +170,31 @@ class _Rows:
 
     def add(self, shard: Any, tabs: dict) -> None:
         st = self.st
-        self.tokens.append(tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64))
+        self.store.append("tokens", tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64), np.float64)
         self.selection.feed(_columns(tabs.values(), self.selection.needed), shard.start)
         remote = isinstance(shard, RemoteShard)
         if self.keep_texts:  # a remote shard's texts stay on the cluster
             st.pool_tables.append(shard if remote else shard.table)
-        self.lines.append(shard.lines)
-        self.files.append(np.asarray(shard.files, dtype=np.int32))
+        self.store.append("lines", shard.lines, np.int64)
+        self.store.append("files", shard.files, np.int32)
+        groups = None
         if remote and shard.groups is not None:
-            self.groups.append(shard.groups)  # str objects (not fixed-width unicode: 4 bytes a char)
+            groups = shard.groups
         elif not remote and "group" in shard.table.columns:
-            self.groups.append(shard.table["group"].astype(str).to_numpy())
+            groups = shard.table["group"].astype(str).to_numpy()
+        if groups is not None:
+            self.store.append("groups", self.coder.encode(groups), np.int32)
+            self.grouped += 1
         st.n += len(shard)
         if st.on_shard is not None:
             st.on_shard(shard.index)
 
     def finish(self) -> None:
         st = self.st
-        st.lines, st.files = concat(self.lines, np.int64), concat(self.files, np.int32)
-        st.tokens = concat(self.tokens, np.float64)
-        st.groups = np.concatenate(self.groups) if self.groups and len(self.groups) == len(st.shards) else None
+        st.lines, st.files = self.store.column("lines", np.int64), self.store.column("files", np.int32)
+        st.tokens = self.store.column("tokens", np.float64)
+        grouped = self.grouped and self.grouped == len(st.shards)
+        st.groups = GroupColumn(self.store.column("groups", np.int32), self.coder.labels) if grouped else None
         st.embeddings = np.concatenate(self.emb) if self.emb else None
 
 

@@ -60,10 +60,11 @@ class RunState:
     row_indexes: dict = field(default_factory=dict)  # column -> RowIndex (rows scored under other shard layouts)
     reused_rows: int = 0  # rows whose scores came from entries of another shard layout
     n: int = 0
-    lines: Any = None  # int64 source line per row
-    files: Any = None  # int32 file index per row
-    tokens: Any = None  # float64 approximate tokens per row
-    groups: Any = None  # group label per row, or None
+    lines: Any = None  # int64 source line per row (a read-only memory map)
+    files: Any = None  # int32 file index per row (a read-only memory map)
+    tokens: Any = None  # float64 approximate tokens per row (a read-only memory map)
+    groups: Any = None  # group label per row (a GroupColumn: codes on disk), or None
+    rowstore: Any = None  # RowStore: where lines, files, tokens and group codes are kept (on disk)
     embeddings: Any = None  # float32 [n, d] when the selector needs them
     pool_tables: list = field(default_factory=list)  # shard tables, kept only for pool-scoped criteria
     cache_hits: int = 0

@@ -1,0 +1,108 @@
+"""The on-disk per-row columns (RowStore, GroupColumn) and the outputs' O(k) extra columns."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from thresher.fs import clean_stale_temp
+from thresher.io.writers import AtPositions
+from thresher.pipeline import PipelineConfig, run_pipeline
+from thresher.pipeline.rowstore import GroupCoder, GroupColumn, RowStore
+
+
+def test_rowstore_columns_read_back_what_was_appended(tmp_path):
+    rng = np.random.default_rng(0)
+    store = RowStore(tmp_path / "cache")
+    parts = [rng.integers(-5, 10**12, size=n) for n in (3, 0, 1, 17)]
+    for p in parts:
+        store.append("lines", p, np.int64)
+        store.append("tokens", p / 7, np.float64)
+    lines, tokens = store.column("lines", np.int64), store.column("tokens", np.float64)
+    want = np.concatenate(parts)
+    assert lines.dtype == np.int64 and np.array_equal(lines, want)
+    assert np.array_equal(tokens, want / 7)
+    assert np.array_equal(lines[[20, 0, 5]], want[[20, 0, 5]]) and np.array_equal(lines[2:9], want[2:9])
+    with pytest.raises(ValueError):
+        lines[0] = 1  # read-only
+    assert store.dir is not None and store.dir.name.endswith(".thresher-tmp")
+    where = store.dir
+    store.close()
+    assert not where.exists()
+    assert np.array_equal(lines, want)  # a map handed out stays readable after the files are removed
+
+
+def test_rowstore_empty_and_wrong_dtype(tmp_path):
+    store = RowStore(tmp_path)
+    assert store.column("files", np.int32).shape == (0,) and store.dir is None  # nothing written: no folder
+    store.append("files", np.zeros(0), np.int32)
+    assert store.column("files", np.int32).shape == (0,)
+    with pytest.raises(TypeError, match="holds int32"):
+        store.append("files", [1.5], np.float64)
+    store.close()
+
+
+def test_rowstore_of_a_dead_process_is_cleaned_by_the_next_run(tmp_path):
+    store = RowStore(tmp_path)
+    store.append("lines", [1, 2], np.int64)
+    fake = store.dir.with_name(store.dir.name.replace(f".{__import__('os').getpid()}.", ".999999999."))
+    store.dir.rename(fake)  # as if its process had died without closing it
+    assert clean_stale_temp(tmp_path) == 1 and not fake.exists()
+
+
+def test_group_column_indexes_like_a_label_array():
+    coder = GroupCoder()
+    shards = [["b", "a", "b"], [], ["c", None, "a"], ["b"]]
+    codes = np.concatenate([coder.encode(np.asarray(s, dtype=object)) for s in shards])
+    col = GroupColumn(codes, coder.labels)
+    want = np.asarray([g for s in shards for g in s], dtype=object)
+    assert len(col) == len(want) and list(col[:]) == list(want)
+    assert list(col[2:5]) == list(want[2:5])
+    mask = np.array([True, False, True, True, False, True, False])
+    assert list(col[mask]) == list(want[mask]) and list(col[np.array([6, 0])]) == list(want[[6, 0]])
+    assert list(np.asarray(col)) == list(want) and coder.labels == ["b", "a", "c", None]
+
+
+def test_at_positions_answers_only_its_rows():
+    col = AtPositions(np.array([2, 5, 9]), np.array([0.5, np.nan, 3.0]))
+    assert col[2] == 0.5 and np.isnan(col[5]) and col[9] == 3.0 and col.dtype.kind == "f" and len(col) == 3
+    for p in (0, 3, 10):
+        with pytest.raises(KeyError, match=f"position {p}"):
+            col[p]
+    with pytest.raises(ValueError):
+        AtPositions(np.array([1, 2]), np.array([1.0]))
+
+
+def _pool(path, n):
+    with gzip.open(path, "wt") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"r{i}", "instruction": f"q {i} " * (i % 5 + 1), "output": "a " * (i % 7 + 1),
+                                 "task": f"t{i % 3}"}) + "\n")  # fmt: skip
+
+
+def _records(path):
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(ln) for ln in fh]
+
+
+def test_a_run_leaves_no_row_files_and_writes_rows_from_the_store(tmp_path):
+    data = tmp_path / "pool.jsonl.gz"
+    _pool(data, 250)
+    cfg = PipelineConfig(data=str(data), out=str(tmp_path / "out"), criteria=["length"], group_field="task",
+                         selector={"name": "topk", "options": {"criterion": "length"}}, k=40, shard_size=64,
+                         with_scores=True, write_rejected=True, report=False, quiet=True)  # fmt: skip
+    res = run_pipeline(cfg)
+    cache = tmp_path / "out" / "cache"
+    assert not list(cache.rglob("*.thresher-tmp"))  # the run's row files are gone
+    scores = res.scores().set_index("id")
+    src, sel, rej = (_records(p) for p in (data, res.selected_path, tmp_path / "out" / "rejected.jsonl.gz"))
+    assert len(sel) == 40 and len(rej) == 210
+    for rec in sel + rej:
+        i = int(rec["id"][1:])
+        assert {k: rec[k] for k in src[i]} == src[i]
+        assert rec["length"] == scores.loc[rec["id"], "length"]
+        assert scores.loc[rec["id"], "source_line"] == i + 1 and scores.loc[rec["id"], "group"] == f"t{i % 3}"
+    assert scores["selected"].sum() == 40 and set(r["id"] for r in sel) == set(scores.index[scores["selected"]])
