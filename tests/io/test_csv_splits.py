@@ -109,11 +109,11 @@ def test_csv_blocks_cut_only_between_records(tmp_path):
 def test_a_csv_error_ends_the_cutting_and_is_reported_by_the_worker(tmp_path):
     p = tmp_path / "a.csv"
     body = "".join(f"q{i},a{i}\n" for i in range(10))
-    big = b"x" * (csv.field_size_limit() + 1)  # a field the csv module refuses (csv.Error)
-    p.write_bytes(b"instruction,output\n" + body.encode() + b"bad," + big + b"\n" + body.encode())
+    # a carriage return inside an unquoted field: a record the csv module refuses (csv.Error)
+    p.write_bytes(b"instruction,output\n" + body.encode() + b"bad\rrow,x\n" + body.encode())
     blocks = list(csv_blocks(p, 2))
     assert blocks[-1][3] == p.stat().st_size and blocks[-1][2] < len(b"instruction,output\n" + body.encode()) + 1
-    with pytest.raises(DataError, match="unreadable CSV record .*field larger than field limit") as local:
+    with pytest.raises(DataError, match="unreadable CSV record .*new-line character seen in unquoted field") as local:
         _whole(p)
     assert local.value.line == 12 and local.value.file == p
     splits = list(plan_splits(Source(p, on_bad_row="skip"), split_rows=2))
@@ -140,3 +140,16 @@ def test_small_and_empty_csv_files(tmp_path):
     assert [(b[0], b[1]) for b in csv_blocks(h, 1)] == [(0, 1)]
     assert list(csv_blocks(tmp_path / "h.csv", 5)) == [(0, 1, 0, 19, b"")]
     pd.testing.assert_series_equal(tab["output"], pd.Series(["a"], name="output"))
+
+
+def test_fields_longer_than_pythons_default_limit_are_read(tmp_path):
+    """Real texts exceed the csv module's default field limit (128 KiB): BIG-bench has such rows."""
+    long = "word " * 60_000  # 300,000 characters
+    p = tmp_path / "a.csv"
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["instruction", "output"], ["q", "a"], [long, "b"], ["q2", "c"]])
+    p.write_text(buf.getvalue(), encoding="utf-8")
+    tab, lines, bad = _whole(p)
+    assert list(tab["instruction"]) == ["q", long, "q2"] and lines == [2, 3, 4] and bad == []
+    splits, tab2, lines2, _ = _by_splits(p, split_rows=1)
+    assert len(splits) == 4 and tab2.equals(tab) and lines2 == lines

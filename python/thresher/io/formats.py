@@ -435,6 +435,17 @@ def _iter_json_array(path: Path, chunk: int = 1 << 20):
         yield path, start, rec, rec, err
 
 
+CSV_FIELD_LIMIT = 1 << 30  # the longest CSV field read (Python's default, 128 KiB, is shorter than real texts)
+
+
+def _csv_reader(lines: Any, path: Path) -> Any:
+    """Python's csv reader over text lines, with the file's delimiter and fields up to ``CSV_FIELD_LIMIT``
+    characters (the limit is process-wide: only ever raised here, never lowered)."""
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+    return csv.reader(lines, delimiter=csv_delimiter(path))
+
+
 def csv_delimiter(path: Path) -> str:
     """``\t`` for a ``.tsv`` (or ``.tsv.gz``) file, else ``,``."""
     return "\t" if Path(path).name.lower().removesuffix(".gz").endswith(".tsv") else ","
@@ -447,7 +458,7 @@ def _iter_csv(path: Path, lines: Optional[Iterator[tuple[int, bytes]]] = None, h
     names, when the part does not start with them) and ``bom`` (whether line 1 is the file's first
     line). A record's line is the line it starts on."""
     src = _text_lines(path) if lines is None else ((n, _decode_line(raw, path, n, bom)) for n, raw in lines)
-    reader = csv.reader((text for _, text in src), delimiter=csv_delimiter(path))
+    reader = _csv_reader((text for _, text in src), path)
     fields = list(header) if header is not None else next(reader, None)
     if fields is None:
         return
@@ -480,7 +491,7 @@ def _csv_rows(reader: Any, path: Path, line0: int) -> Iterator[tuple[int, list]]
 
 def csv_header(path: Path) -> Optional[tuple]:
     """The field names of a CSV/TSV file (its first record), or None when it has none."""
-    reader = csv.reader((text for _, text in _text_lines(path)), delimiter=csv_delimiter(path))
+    reader = _csv_reader((text for _, text in _text_lines(path)), path)
     first = next(reader, None)
     return tuple(first) if first is not None else None
 
@@ -510,7 +521,7 @@ def csv_blocks(path: Path, rows: int, keep: bool = False) -> Iterator[tuple[int,
 
     a = start = n = 0
     text = lines()
-    reader = csv.reader(text, delimiter=csv_delimiter(path))
+    reader = _csv_reader(text, path)
     try:
         for _ in reader:
             n += 1
