@@ -143,3 +143,19 @@ def test_a_csv_pool_with_multiline_fields_is_cut_between_records_and_read_on_wor
             break
         starts.append(at)
     assert [line for line, _ in skipped] == [starts[1 + 40], starts[1 + 97]] and starts[41] > 42
+
+
+def test_the_repr_filter_embeds_its_candidates_on_the_workers(messy, tmp_path, ray_cluster, monkeypatch):
+    """topk with ``diversity_tau`` streams: its candidates are embedded by the workers, which read the
+    input again, and the selection is the local engine's (separate caches: nothing is reused)."""
+    sel = {"name": "topk", "options": {"criterion": "fake_len", "diversity_tau": 0.5}}
+    plain = run_pipeline(_cfg(messy, tmp_path / "plain", on_bad_row="skip"))
+    local = run_pipeline(_cfg(messy, tmp_path / "local", on_bad_row="skip", selector=sel))
+    assert local.selected.tolist() != plain.selected.tolist()  # the filter rejected rows
+    monkeypatch.setattr(Source, "shards", lambda self: pytest.fail("the driver parsed the pool"))
+    res = run_pipeline(_cfg(messy, tmp_path / "ray", on_bad_row="skip", selector=sel, **_ray()))
+    _same(res, local)
+    assert res.manifest["selector"]["how"] == local.manifest["selector"]["how"]
+    assert "repr" in res.manifest["selector"]["how"]
+    skipped = [(r["line"], r["reason"]) for r in res.manifest["inputs"][0]["skipped_rows"]]
+    assert [line for line, _ in skipped] == [41, 99, 122]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
+from functools import partial
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -304,6 +305,8 @@ def score_shards_pooled(st: RunState, pool: Any, rows: "_Rows", prog: Any, tok: 
     try:
         remote = remote_shards(st, pool)
         st.read_on_workers = remote is not None
+        if remote is not None:  # the repr filter's candidates are embedded there too (the driver reads no text)
+            st.remote_embed = partial(embed_on_workers, st)
         shards = remote if remote is not None else st.source.shards()
         try:
             for shard in shards:
@@ -318,6 +321,51 @@ def score_shards_pooled(st: RunState, pool: Any, rows: "_Rows", prog: Any, tok: 
             collect_one()
     finally:
         pool.close()
+
+
+def _rows_of(shard: RemoteShard, local: np.ndarray) -> tuple[list, list, list]:
+    """``(ids, row positions per piece, table refs)`` of the rows ``local`` (sorted positions in the
+    shard) of a remote shard: the arguments of a worker's ``*_rows`` call for just those rows."""
+    idxs, refs = [], []
+    bounds = np.cumsum([0] + [len(ix) for ix in shard.idxs])
+    for j, ref in enumerate(shard.refs):
+        a, b = np.searchsorted(local, [bounds[j], bounds[j + 1]])
+        if b > a:
+            refs.append(ref)
+            idxs.append(np.asarray(shard.idxs[j], dtype=np.int64)[local[a:b] - bounds[j]])
+    ids = [shard.ids[int(p)] for p in local]
+    return ids, idxs, refs
+
+
+def embed_on_workers(st: RunState, positions: np.ndarray) -> tuple[np.ndarray, int]:
+    """Embeddings of the pool rows at ``positions`` (in that order) with the run's embedder and
+    embeddings cache, computed on a worker pool that reads the input again (the driver parses no
+    row); and the most rows held at once (the vectors collected). Each shard is checked against the
+    one scored; reading stops after the last position's shard."""
+    want = np.unique(np.asarray(positions, dtype=np.int64))
+    spec = [(st.cfg.embedder or "default", None, str(st.cache.root / "embeddings"))]
+    skipped = list(st.source.skipped)  # a partial pass must not change what the run reports as skipped
+    pool = start_pool(st)
+    jobs: list = []
+    try:
+        for i, shard in enumerate(remote_shards(st, pool) or ()):
+            if i >= len(st.shards) or shard.key != st.shards[i].key:
+                raise RuntimeError(f"selection: shard {i} of the input changed since it was scored")
+            a, b = np.searchsorted(want, [shard.start, shard.start + len(shard)])
+            if b > a:
+                ids, idxs, refs = _rows_of(shard, want[a:b] - shard.start)
+                jobs.append(pool.submit("embed_rows", spec, True, ids, idxs, *refs))
+            if b == len(want):
+                break
+        vecs = [pool.result(j)["vectors"] for j in jobs]
+    finally:
+        pool.close()
+        st.source.skipped = skipped
+    got = sum(len(v) for v in vecs)
+    if got != len(want):
+        raise RuntimeError(f"selection: {len(want) - got} candidate row(s) are not in the input any more")
+    emb = np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)
+    return emb[np.searchsorted(want, positions)], got
 
 
 def score_shards(st: RunState, selection: Selection) -> None:

@@ -31,7 +31,10 @@ def embed_rows(st: RunState, positions: np.ndarray) -> tuple[np.ndarray, int]:
     embeddings cache, and the most rows held at once (collected rows plus the shard being read).
 
     One more pass over the input (``st.source.shards()``, the scoring order, each shard checked
-    against the one scored), stopping after the last position's shard."""
+    against the one scored), stopping after the last position's shard; on the engine's workers when
+    they read the input for scoring (``st.remote_embed``: the driver parses no row)."""
+    if st.remote_embed is not None:
+        return st.remote_embed(positions)
     want = np.unique(np.asarray(positions, dtype=np.int64))
     parts: list = []
     got = held = 0
