@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
@@ -56,20 +57,24 @@ def timed(fn, reps: int) -> dict:
     return {"min_s": min(secs), "median_s": statistics.median(secs), "runs_s": secs}
 
 
-def check(path: Path, split_rows: int) -> dict:
-    """The splits, read one by one, against the local reader: rows, lines and texts."""
+def check(path: Path, split_rows: int, fmt: str = "csv", put: Any = None) -> dict:
+    """The splits, read one by one, against the local reader: rows, lines and texts (a ``bytes`` split
+    numbers its lines from 1, offset here by the earlier splits' lines; other kinds number the file's)."""
     from thresher.io import Source
     from thresher.io.splits import ReadSpec, plan_splits, read_split
 
     src = Source(path, shard_size=10**7)
     want = [(int(ln), t) for sh in src.shards() for ln, t in zip(sh.lines, sh.table["instruction"])]
-    spec = ReadSpec("csv", Source(path).first_schema(), "error")
-    got, off, splits = [], 0, list(plan_splits(Source(path), split_rows=split_rows))
+    spec = ReadSpec(fmt, Source(path).first_schema(), "error")
+    got, off, splits = [], 0, list(plan_splits(Source(path), split_rows=split_rows, put=put))
     for sp in splits:
         res, table = read_split(spec, sp)
-        got += [(ln + off, t) for ln, t in zip(res.lines, table["instruction"])]
+        assert res.error is None, res.error
+        shift = off if sp.kind == "bytes" else 0
+        got += [(ln + shift, t) for ln, t in zip(res.lines, table["instruction"])]
         off += res.lines_read
-    return {"splits": len(splits), "rows": len(want), "same_rows_and_lines": got == want}
+    return {"splits": len(splits), "kinds": sorted({s.kind for s in splits}), "rows": len(want),
+            "same_rows_and_lines": got == want}  # fmt: skip
 
 
 def main() -> None:

@@ -18,7 +18,11 @@ private memory ``RssAnon`` apart from the object-store pages the driver wrote, `
 
 ``driver_memory_growth``: the per-row workload again at a quarter of the rows (``local`` and
 ``ray-1``); the growth of the driver's peak private memory between the two sizes, per row, is what
-the driver holds per pool row (the rest is the interpreter, its libraries and O(shard) buffers).
+the driver holds per pool row (the rest is the interpreter, its libraries and O(shard) buffers). The
+growth of its file-mapped pages (``RssFile``: the row store's and the id set's memory-mapped files,
+page cache the OS can drop) is reported apart. ``driver_heap_growth``: the same two sizes once more with
+the driver's Python heap traced (``tracemalloc`` peak), which RSS blurs with allocator arenas and Ray's
+own threads.
 
     python benchmarks/bench_scale.py [--rows 1000000] [--knn-rows 50000] [--reps 2] [--out FILE]
 
@@ -45,8 +49,9 @@ CHILD = r"""
 import json, resource, sys, time, shutil, threading
 sys.path.insert(0, {py!r})
 from thresher.pipeline import PipelineConfig, run_pipeline
-peak = {{"RssAnon": 0, "RssShmem": 0}}
-def sample():  # the driver's own heap (RssAnon) apart from the object-store pages it wrote (RssShmem)
+peak = {{"RssAnon": 0, "RssShmem": 0, "RssFile": 0}}
+def sample():  # the driver's own heap (RssAnon) apart from the object-store pages it wrote (RssShmem) and files
+    # it maps (RssFile: libraries, and the row store's and id set's memory-mapped files, which the OS can drop)
     while True:
         for line in open("/proc/self/status"):
             k, _, v = line.partition(":")
@@ -62,6 +67,9 @@ if engine == "ray":
     ray.init(address="local", num_cpus={cpus}, include_dashboard=False, log_to_driver=False)
     init = time.perf_counter() - t
 shutil.rmtree({out!r}, ignore_errors=True)
+if {trace!r}:  # the driver's Python heap (tracemalloc: slower, so only in the heap-growth runs)
+    import tracemalloc
+    tracemalloc.start()
 t = time.perf_counter()
 res = run_pipeline(PipelineConfig(data={data!r}, out={out!r}, cache_dir={cache!r}, criteria={criteria!r},
                                   selector={{"name": "topk", "options": {{"criterion": {sel!r}}}}}, k={k},
@@ -70,6 +78,8 @@ dt = time.perf_counter() - t
 print(json.dumps({{"seconds": dt, "ray_init_s": init,
                   "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "driver_peak_private_mb": peak["RssAnon"] / 1024, "driver_peak_shmem_mb": peak["RssShmem"] / 1024,
+                  "driver_peak_file_mb": peak["RssFile"] / 1024,
+                  "driver_heap_peak_mb": tracemalloc.get_traced_memory()[1] / 2**20 if {trace!r} else None,
                   "engine_run": res.manifest.get("engine_run"), "rows": res.n_rows,
                   "selected": [int(x) for x in res.selected], "timings": res.timings}}))
 """
@@ -105,12 +115,12 @@ CONTENDERS = {"local": ("local", {}), "ray-1": ("ray", {"workers": 1}), "ray-2":
 
 
 def workload(name: str, data: Path, work: Path, criteria: list, args: argparse.Namespace,
-             contenders: tuple = tuple(CONTENDERS)) -> dict:  # fmt: skip
+             contenders: tuple = tuple(CONTENDERS), trace: bool = False, reps: int = 0) -> dict:  # fmt: skip
     """Every contender ``reps`` times on one workload; the score cache is emptied before each run
     (the embeddings cache, when there is one, is kept: those are the precomputed embeddings)."""
     contenders = {c: CONTENDERS[c] for c in contenders}
     runs: dict = {c: [] for c in contenders}
-    for rep in range(args.reps):
+    for rep in range(reps or args.reps):
         for c, (engine, opts) in contenders.items():
             cache = work / f"cache-{name}"
             for sub in cache.glob("*"):
@@ -118,7 +128,8 @@ def workload(name: str, data: Path, work: Path, criteria: list, args: argparse.N
                     shutil.rmtree(sub, ignore_errors=True)
             code = CHILD.format(py=str(ROOT / "python"), engine=engine, opts=opts, cpus=args.threads + 1,
                                 out=str(work / f"out-{name}-{c}"), cache=str(cache), data=str(data),
-                                criteria=criteria, sel=criteria[-1], k=args.k, shard=args.shard_size)  # fmt: skip
+                                criteria=criteria, sel=criteria[-1], k=args.k, shard=args.shard_size,
+                                trace=trace)  # fmt: skip
             r = run_child(code, args.threads)
             print(f"{name} {c} rep {rep}: {r['seconds']:.1f} s, driver {r['driver_peak_rss_mb']:.0f} MB "
                   f"(private {r['driver_peak_private_mb']:.0f} MB)", flush=True)  # fmt: skip
@@ -148,9 +159,25 @@ def driver_growth(small: dict, big: dict, rows_small: int, rows_big: int) -> dic
     for c, rs in small["runs"].items():
         lo = statistics.median(r["driver_peak_private_mb"] for r in rs)
         hi = statistics.median(r["driver_peak_private_mb"] for r in big["runs"][c])
+        f_lo = statistics.median(r.get("driver_peak_file_mb", 0.0) for r in rs)
+        f_hi = statistics.median(r.get("driver_peak_file_mb", 0.0) for r in big["runs"][c])
         out[c] = {f"private_mb_at_{rows_small}": lo, f"private_mb_at_{rows_big}": hi,
-                  "bytes_per_row": (hi - lo) * 2**20 / (rows_big - rows_small)}  # fmt: skip
+                  "bytes_per_row": (hi - lo) * 2**20 / (rows_big - rows_small),
+                  "file_mapped_bytes_per_row": (f_hi - f_lo) * 2**20 / (rows_big - rows_small)}  # fmt: skip
     return out
+
+
+def heap_growth(small: Path, big: Path, work: Path, args: argparse.Namespace) -> dict:
+    """The driver's Python heap peak (tracemalloc, one run each) at ``rows // 4`` and ``rows`` rows, per
+    contender, and its growth per row: exact where RSS is noisy (allocator arenas, Ray's own threads)."""
+    runs = {}
+    for name, data in (("small", small), ("big", big)):
+        w = workload(f"heap-{name}", data, work, ["length", "mtld"], args, ("local", "ray-1"), trace=True, reps=1)
+        runs[name] = {c: rs[0]["driver_heap_peak_mb"] for c, rs in w["runs"].items()}
+    n_small, n_big = args.rows // 4, args.rows
+    return {c: {f"heap_peak_mb_at_{n_small}": runs["small"][c], f"heap_peak_mb_at_{n_big}": runs["big"][c],
+                "bytes_per_row": (runs["big"][c] - runs["small"][c]) * 2**20 / (n_big - n_small)}
+            for c in runs["small"]}  # fmt: skip
 
 
 def main() -> None:
@@ -186,6 +213,7 @@ def main() -> None:
     make_pool(quarter, args.rows // 4)
     growth = workload("per-row-quarter", quarter, work, ["length", "mtld"], args, ("local", "ray-1"))
     result["driver_memory_growth"] = driver_growth(growth, result["per-row"], args.rows // 4, args.rows)
+    result["driver_heap_growth"] = heap_growth(quarter, big, work, args)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({w: result[w]["ratios_over_local"] for w in ("per-row", "length+knn")}, indent=1))
 

@@ -133,14 +133,21 @@ def test_parquet_row_group_splits_and_gzip_files(tmp_path):
     assert [o for res, _ in parts for o in res.own] == [f"f{j}r{i}" for j in range(3) for i in range(5)]
 
 
-def test_in_memory_pools_and_large_json_arrays_are_read_by_the_driver(tmp_path):
+def test_in_memory_pools_and_large_uncut_files_are_read_by_the_driver(tmp_path):
     import gzip
 
     assert plan_splits(Source([{"instruction": "a", "output": "b"}])) is None
     p = tmp_path / "a.json"
     p.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(50)]))
-    assert [s.kind for s in plan_splits(Source(p))] == ["file"]
-    assert plan_splits(Source(p), split_bytes=100) is None  # a JSON array cannot be cut without parsing it
+    assert [(s.kind, s.end - s.start) for s in plan_splits(Source(p))] == [("elements", p.stat().st_size - 1)]
+    cut = plan_splits(Source(p), split_bytes=100)  # cut between its elements (tests/io/test_json_splits.py)
+    assert len(cut) > 10 and {s.kind for s in cut} == {"elements"}
+    pg = tmp_path / "a.json.gz"
+    pg.write_bytes(gzip.compress(p.read_bytes()))
+    assert [s.kind for s in plan_splits(Source(pg))] == ["file"]
+    assert plan_splits(Source(pg), split_bytes=100) is None  # no object store to put its blocks in
+    blocks = plan_splits(Source(pg), split_bytes=100, put=bytes)  # cut alike, the blocks put in a store
+    assert [(s.start, s.end) for s in blocks] == [(s.start, s.end) for s in cut]
     g = tmp_path / "a.csv.gz"
     g.write_bytes(gzip.compress(("instruction,output\n" + "".join(f"q{i},a{i}\n" for i in range(50))).encode()))
     assert [s.kind for s in plan_splits(Source(g))] == ["file"]

@@ -145,6 +145,49 @@ def test_a_csv_pool_with_multiline_fields_is_cut_between_records_and_read_on_wor
     assert [line for line, _ in skipped] == [starts[1 + 40], starts[1 + 97]] and starts[41] > 42
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_json_array_pool_is_cut_between_elements_and_read_on_workers(
+    bigbench_path, tmp_path, ray_cluster, monkeypatch, gz
+):
+    """150 BIG-bench rows as a JSON array (a BOM, some elements over many lines, several on one line,
+    a malformed element, a repeated id): Ray cuts it between its top-level elements (byte ranges, or
+    blocks of the gzipped stream in the object store) and gives the local reader's scores, bad rows
+    (the line each element starts on) and selected file; the driver parses no element."""
+    from thresher.pipeline import reading
+
+    recs = [json.loads(x) for x in _lines(bigbench_path, 150)]
+    recs[97]["id"] = recs[3]["id"]
+    parts = [json.dumps(r, ensure_ascii=i % 2 == 0, indent=2 if i % 9 == 0 else None) for i, r in enumerate(recs)]
+    parts[40] = '{"instruction": tru, "output": "x"}'  # malformed; its brackets balance
+    seps = [",\n" if i % 5 else ", " for i in range(1, 150)]  # every fifth element on the line of the one before
+    text = "\ufeff[\n" + "".join(x + sep for x, sep in zip(parts, seps)) + parts[-1] + "\n]\n"
+    starts, line = [], 2  # the oracle: the line each element starts on
+    for x, sep in zip(parts, seps + [""]):
+        starts.append(line)
+        line += x.count("\n") + sep.count("\n")
+    data = text.encode("utf-8")
+    p = tmp_path / ("pool.json.gz" if gz else "pool.json")
+    p.write_bytes(gzip.compress(data) if gz else data)
+    local = run_pipeline(_cfg(p, tmp_path / "local", on_bad_row="skip"))
+    kinds: list = []
+    real = reading.plan_splits
+
+    def spy(*a, **k):
+        got = real(*a, **k)
+        return None if got is None else (kinds.append(sp.kind) or sp for sp in got)
+
+    monkeypatch.setattr(reading, "plan_splits", spy)
+    monkeypatch.setattr(Source, "shards", lambda self: pytest.fail("the driver parsed the pool"))
+    res = run_pipeline(_cfg(p, tmp_path / "ray", on_bad_row="skip", **_ray()))
+    assert len(kinds) > 5 and set(kinds) == {"elements"}
+    _same(res, local)
+    assert res.manifest["engine_run"]["read_on_workers"] is True
+    skipped = [(r["line"], r["reason"]) for r in res.manifest["inputs"][0]["skipped_rows"]]
+    assert skipped == [(r["line"], r["reason"]) for r in local.manifest["inputs"][0]["skipped_rows"]]
+    assert [line for line, _ in skipped] == [starts[40], starts[97]]
+    assert skipped[0][1].startswith("malformed JSON") and skipped[1][1].startswith("duplicate id")
+
+
 def test_the_repr_filter_embeds_its_candidates_on_the_workers(messy, tmp_path, ray_cluster, monkeypatch):
     """topk with ``diversity_tau`` streams: its candidates are embedded by the workers, which read the
     input again, and the selection is the local engine's (separate caches: nothing is reused)."""

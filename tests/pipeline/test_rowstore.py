@@ -106,3 +106,66 @@ def test_a_run_leaves_no_row_files_and_writes_rows_from_the_store(tmp_path):
         assert rec["length"] == scores.loc[rec["id"], "length"]
         assert scores.loc[rec["id"], "source_line"] == i + 1 and scores.loc[rec["id"], "group"] == f"t{i % 3}"
     assert scores["selected"].sum() == 40 and set(r["id"] for r in sel) == set(scores.index[scores["selected"]])
+
+
+def _messy_pool(path, n):
+    """Own ids (some repeated: bad rows), rows without an id (content-hash ids, some repeated content)."""
+    with open(path, "w") as fh:
+        for i in range(n):
+            rec = {"instruction": f"q {i % 170} " * (i % 5 + 1), "output": "a " * (i % 7 + 1)}
+            if i % 4 != 1:  # the first row has an id: the schema is fixed from it
+                rec["id"] = f"r{i if i % 29 else i - 4}"
+            fh.write(json.dumps(rec) + "\n")
+
+
+def test_a_run_keeps_its_id_set_and_verdicts_on_disk_and_selects_as_in_memory(tmp_path, monkeypatch):
+    """With tiny id-set runs, the run's id set is written to files in the row store and the filters'
+    verdict per row is a memory map; scores, skipped rows and selection equal a run whose id set is in
+    memory (``spill`` ignored) and whose verdicts are arrays."""
+    import thresher.io.readers as readers
+    from thresher.io import idset
+    from thresher.pipeline import streaming
+
+    data = tmp_path / "pool.jsonl"
+    _messy_pool(data, 600)
+    monkeypatch.setattr(idset, "_MIN_PENDING", 8)
+    spilled, verdicts = [], []
+    alloc, eligible = idset.IdSet._alloc, streaming.CountPass.eligible
+    monkeypatch.setattr(idset.IdSet, "_alloc", lambda s, n: spilled.append(s.spill is not None) or alloc(s, n))
+    monkeypatch.setattr(streaming.CountPass, "eligible", lambda s: verdicts.append(eligible(s)) or verdicts[-1])
+
+    def run(name):
+        cfg = PipelineConfig(data=str(data), out=str(tmp_path / name), criteria=["length"], on_bad_row="skip",
+                             selector={"name": "topk", "options": {"criterion": "length"}}, k=50, shard_size=64,
+                             filters=["length >= 12"], with_scores=True, report=False, quiet=True)  # fmt: skip
+        res = run_pipeline(cfg)
+        with open(res.selected_path) as fh:
+            return res.scores(), fh.read(), sorted(map(str, res.skipped))
+
+    disk = run("disk")
+    assert spilled and all(spilled) and all(isinstance(v, np.memmap) for v in verdicts)
+    spilled.clear()
+    verdicts.clear()
+    real = readers.IdSet
+    monkeypatch.setattr(readers, "IdSet", lambda spill=None: real(None))
+    monkeypatch.setattr(streaming.CountPass, "keep_masks_in", lambda s, store: s)
+    memory = run("memory")
+    assert spilled and not any(spilled) and not any(isinstance(v, np.memmap) for v in verdicts)
+    assert disk[0].equals(memory[0]) and disk[1] == memory[1] and disk[2] == memory[2]
+    assert len(disk[2]) > 0 and 0 < int(disk[0]["eligible"].sum()) < len(disk[0])
+    assert not list((tmp_path / "disk").rglob("*.thresher-tmp"))
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 50])
+def test_ranks_of_a_slice_equal_the_pool_length_array(k):
+    from thresher.pipeline.outputs import Ranks
+
+    rng = np.random.default_rng(k)
+    n = 50
+    order = rng.permutation(n)[:k]
+    full = np.full(n, -1, dtype=np.int64)  # the oracle: the array of the pool's length
+    full[order] = np.arange(k)
+    ranks = Ranks(order)
+    for a, b in [(0, n), (0, 0), (0, 1), (3, 17), (17, 50), (49, 50), (10, 10)]:
+        got = ranks[slice(a, b)]
+        assert got.dtype == np.int64 and got.tolist() == full[a:b].tolist()

@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
+import numpy as np
+
 from ..errors import InputError, ResourceError, ThresherError
 from .schema import DataError
 
@@ -424,15 +426,235 @@ def _iter_json_array(path: Path, chunk: int = 1 << 20):
     if c != "[":
         raise DataError("expected a JSON array of objects ('[' ...), or use a .jsonl file", file=path, line=sc.line)
     sc.pos += 1
+    yield from _array_elements(sc, whole=True)
+
+
+def _array_elements(sc: _ArrayScanner, whole: bool):
+    """The elements after ``sc.pos`` up to the closing ``]``, or (not ``whole``: a part of the array)
+    up to the end of the text, which must then be the closing ``]``."""
     while True:
         c = sc.next_char(",")
         if c is None:
-            raise DataError("unterminated JSON array (missing ']')", file=path, line=sc.line)
+            if not whole:
+                return
+            raise DataError("unterminated JSON array (missing ']')", file=sc.path, line=sc.line)
         if c == "]":
             return
         start = sc.line
         rec, err = sc.element()
-        yield path, start, rec, rec, err
+        yield sc.path, start, rec, rec, err
+
+
+def _iter_json_elements(path: Path, raw: bytes, newlines: int):
+    """Records of a part of a JSON array (the bytes of one range of :func:`json_array_cuts`, which
+    follow ``newlines`` newlines of the file), walked as :func:`_iter_json_array` walks the file:
+    the same records, lines and errors."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = newlines + raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"not valid UTF-8 text ({exc.reason}); re-encode the file as UTF-8", file=path, line=line
+        ) from None
+    sc = _ArrayScanner(path, iter([text]))
+    sc.line = newlines + 1
+    yield from _array_elements(sc, whole=False)
+
+
+# ------------------------------------------------------------------ JSON array cuts
+# A JSON array cut between its top-level elements without parsing it: one vectorised pass over the
+# bytes (numpy) finds the strings, the bracket depth and the top-level commas; wherever that rule
+# could disagree with the sequential reader (:class:`_ArrayScanner`), it gives up (None).
+
+_BOM_BYTES = _BOM.encode("utf-8")
+_WS = b" \t\r\n"
+_DELTA = np.zeros(256, dtype=np.int64)
+_DELTA[list(b"[{")], _DELTA[list(b"]}")] = 1, -1
+_IS_WS = np.zeros(256, dtype=bool)
+_IS_WS[list(_WS)] = True
+
+
+def _array_start(head: bytes) -> Optional[int]:
+    """Offset of the opening ``[`` in ``head``, the file's first bytes (an optional BOM, whitespace,
+    ``[``, as :func:`_iter_json_array` expects); -1 when something else comes first; None when more
+    bytes are needed."""
+    if len(head) < len(_BOM_BYTES) and _BOM_BYTES.startswith(head):
+        return None
+    rest = head[len(_BOM_BYTES) if head.startswith(_BOM_BYTES) else 0 :].lstrip(_WS)
+    if not rest:
+        return None
+    return len(head) - len(rest) if rest[:1] == b"[" else -1
+
+
+def _events(a: np.ndarray) -> np.ndarray:
+    """Offsets of the bytes the scan follows: quotes, backslashes, brackets and commas."""
+    b = a & 0xDF  # '{' and '}' as '[' and ']'
+    m = b == 0x5B
+    m |= b == 0x5D
+    m |= a == 0x22
+    m |= a == 0x5C
+    m |= a == 0x2C
+    return np.flatnonzero(m)
+
+
+def _escaped(s: np.ndarray, k: np.ndarray, run0: int, size: int) -> tuple[np.ndarray, int]:
+    """Per event of a block (offsets ``s``, bytes ``k``): whether it is a quote preceded by an odd run
+    of backslashes (``run0``: the run that ended the previous block); and the run that ends this one."""
+    n = len(s)
+    idx = np.arange(n)
+    isb = k == 92
+    adj = np.zeros(n, dtype=bool)
+    adj[1:] = isb[:-1] & (np.diff(s) == 1)  # the byte before the event is a backslash of this block
+    first = np.maximum.accumulate(np.where(adj & isb, 0, idx))  # where each backslash's run starts
+    run = idx - first + 1 + np.where(s[first] == 0, run0, 0)  # a run from the block's start goes on from run0
+    before = np.zeros(n, dtype=np.int64)
+    before[1:] = np.where(adj[1:], run[:-1], 0)
+    if n and s[0] == 0:
+        before[0] = run0
+    tail = int(run[-1]) if n and isb[-1] and s[-1] == size - 1 else 0
+    return (k == 34) & (before % 2 == 1), tail
+
+
+def _all_ws(a: np.ndarray, data: bytes, lo: np.ndarray, hi: np.ndarray) -> bool:
+    """Whether the byte ranges [lo, hi) of the block hold only whitespace."""
+    length = hi - lo
+    for j in range(8):  # short gaps (a newline and some indentation) by gathering their j-th bytes
+        m = length > j
+        if not m.any():
+            return True
+        if not _IS_WS[a[lo[m] + j]].all():
+            return False
+    return all(not data[x + 8 : y].strip(_WS) for x, y in zip(lo[length > 8].tolist(), hi[length > 8].tolist()))
+
+
+class _ArrayCuts:
+    """The one pass of :func:`json_array_cuts` after the opening ``[``, block by block: the string
+    and depth state carried from block to block, the cuts made so far, and whether the rule the
+    scan follows can be trusted (``unsafe``: no)."""
+
+    def __init__(self, start: int, newlines: int, rows: int, step: Optional[int]) -> None:
+        self.rows, self.step = rows, step
+        self.base, self.nl = start, newlines  # offset and newlines before the next block
+        self.depth, self.in_str, self.run, self.gap = 1, 0, 0, True  # gap: between top-level elements
+        self.since, self.last = 0, start  # separators since the last cut, the last cut's offset
+        self.cuts: list = [(start, newlines)]  # split starts: (offset, newlines before it)
+        self.close: Optional[int] = None
+        self.unsafe = False
+
+    def scan(self, data: bytes) -> None:
+        """Follow one block: strings, depth, top-level gaps (whitespace only), separators, the closing ``]``."""
+        a = np.frombuffer(data, dtype=np.uint8)
+        s = _events(a)
+        k = a[s]
+        esc, self.run = _escaped(s, k, self.run, len(a))
+        quote = (k == 34) & ~esc
+        after = (self.in_str + np.cumsum(quote)) % 2  # inside a string after each event
+        out = (after - quote) % 2 == 0  # the event is outside a string (a quote: an opening one)
+        if (out & (k == 92)).any():  # a backslash outside a string: the quote rule above does not hold
+            self.unsafe = True
+            return
+        depth = self.depth + np.cumsum(np.where(out, _DELTA[k], 0))
+        zero = np.flatnonzero(depth <= 0)
+        end = len(a)
+        if zero.size:  # the closing bracket: it must be a ']' (a '}' there is fatal to the reader)
+            z = int(zero[0])
+            self.unsafe, self.close = k[z] != 93, self.base + int(s[z])
+            s, k, depth, after, out, end = s[:z], k[:z], depth[:z], after[:z], out[:z], int(s[z])
+        gap = (depth == 1) & (after == 0)
+        first = [0, s[0] if len(s) else end] if self.gap else [0, 0]  # the gap the block starts in
+        lo = np.append(np.int64(first[0]), s[gap] + 1)
+        hi = np.append(np.int64(first[1]), np.append(s[1:], end)[gap])
+        if not _all_ws(a, data, lo, hi):  # a number, a literal or garbage at the top level
+            self.unsafe = True
+            return
+        self._cut(data, s[(k == 44) & out & (depth == 1)])
+        if len(s):
+            self.depth, self.in_str, self.gap = int(depth[-1]), int(after[-1]), bool(gap[-1])
+        self.base, self.nl = self.base + len(a), self.nl + data.count(b"\n")
+
+    def _cut(self, data: bytes, seps: np.ndarray) -> None:
+        """Cut after every ``rows``-th separator, or (``step``) after the first one ``step`` bytes past the last cut."""
+        if self.step is None:
+            idx = np.arange(self.rows - self.since - 1, len(seps), self.rows)
+            self.since = len(seps) - int(idx[-1]) - 1 if len(idx) else self.since + len(seps)
+            at = seps[idx].tolist()
+        else:
+            at, i = [], int(np.searchsorted(seps, self.last + self.step - self.base))
+            while i < len(seps):
+                at.append(int(seps[i]))
+                i = int(np.searchsorted(seps, seps[i] + 1 + self.step))
+        prev, nl = 0, self.nl
+        for c in at:
+            nl += data.count(b"\n", prev, c)
+            prev, self.last = c, self.base + c + 1
+            self.cuts.append((self.last, nl))
+
+    def splits(self) -> list[tuple[int, int, int]]:
+        assert self.close is not None
+        ends = [c for c, _ in self.cuts[1:]] + [self.close + 1]
+        return [(a, b, nl) for (a, nl), b in zip(self.cuts, ends)]
+
+
+def json_array_cuts(path: Path, rows: int, step: Optional[int] = None,
+                    block: int = 1 << 22) -> Optional[list[tuple[int, int, int]]]:  # fmt: skip
+    """A JSON array file (optionally gzipped) cut between its top-level elements, in one streaming
+    pass over its (decompressed) bytes, nothing parsed: ``(start, end, newlines before start)`` byte
+    ranges that run from just after the opening ``[`` to just after the closing one, each ending with
+    the comma after its last element (the last one with the ``]``), about ``rows`` elements each (or,
+    ``step``: about ``step`` bytes). None when the file cannot be cut so that each range, walked as
+    :class:`_ArrayScanner` walks the file, gives the local reader's records, lines and errors: not an
+    array, not UTF-8, unreadable, unterminated, a backslash outside a string, a ``}`` closing the
+    array, anything but whitespace and commas between top-level values (a top-level number could be
+    read differently at the local reader's chunk ends)."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    head, st = b"", None
+    try:
+        with _read_errors(path), _open_binary(path) as fh:
+            for data in iter(partial(fh.read, block), b""):
+                dec.decode(data)  # not UTF-8: left to the local reader (it raises when it reads that chunk)
+                if st is None:
+                    head += data
+                    at = _array_start(head)
+                    if at is None:
+                        continue
+                    if at < 0:
+                        return None
+                    st, data = _ArrayCuts(at + 1, head.count(b"\n", 0, at), rows, step), head[at + 1 :]
+                if st.close is None:
+                    st.scan(data)
+                if st.unsafe:
+                    return None
+            dec.decode(b"", final=True)
+    except (ThresherError, UnicodeDecodeError):
+        return None
+    return st.splits() if st is not None and st.close is not None else None
+
+
+def byte_range(path: Path, start: int, end: int) -> bytes:
+    """Bytes [start, end) of an uncompressed file."""
+    with _read_errors(path), open(path, "rb") as fh:
+        fh.seek(start)
+        return fh.read(end - start)
+
+
+def byte_ranges(path: Path, bounds: list[int], block: int = 1 << 22) -> Iterator[bytes]:
+    """The bytes of a file (optionally gzipped: of its decompressed stream) between consecutive
+    ``bounds`` (increasing offsets), range by range as they are read: one pass over the stream."""
+    pos, i, pending = 0, 0, []
+    with _read_errors(path), _open_binary(path) as fh:
+        for data in iter(partial(fh.read, block), b""):
+            end = pos + len(data)
+            while i + 1 < len(bounds):
+                lo, hi = max(bounds[i], pos), min(bounds[i + 1], end)
+                if lo < hi:
+                    pending.append(data[lo - pos : hi - pos])
+                if bounds[i + 1] > end:
+                    break
+                yield b"".join(pending)
+                pending, i = [], i + 1
+            pos = end
+    if i + 1 < len(bounds):
+        raise InputError(f"the file ended at byte {pos} while it was cut (changed since?)", file=path)
 
 
 CSV_FIELD_LIMIT = 1 << 30  # the longest CSV field read (Python's default, 128 KiB, is shorter than real texts)

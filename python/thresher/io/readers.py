@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -111,8 +111,11 @@ class _IdAssigner:
     The ids given so far are held by digest (:class:`~thresher.io.idset.IdSet`, 16 bytes each) and a
     batch of rows is checked against them at once (:meth:`assign_many`)."""
 
-    def __init__(self) -> None:
-        self.seen = IdSet()
+    def __init__(self, spill: Optional[Callable[[], Any]] = None) -> None:
+        self.seen = IdSet(spill)
+
+    def close(self) -> None:
+        self.seen.close()
 
     def assign_many(self, owns: list, hashes: list) -> list:
         """Each row's id in order, None for a row whose own id was already used (by an earlier batch
@@ -205,6 +208,7 @@ class Source:
     columns: Optional[list] = None  # field order of the input (for writers)
     split: Optional[str] = None
     streaming: bool = False
+    spill: Optional[Callable[[], Any]] = field(default=None, repr=False, compare=False)  # a folder for the id set
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in ("error", "skip"):
@@ -376,7 +380,14 @@ class Source:
         assigned at once (:meth:`_IdAssigner.assign_many`); the events are then replayed in reading
         order, so bad rows are reported, and shards filled, exactly as row by row."""
         self.skipped = []
-        ids, build = _IdAssigner(), _ShardBuilder()
+        ids = _IdAssigner(self.spill)
+        try:
+            yield from self._read_shards(ids)
+        finally:
+            ids.close()
+
+    def _read_shards(self, ids: _IdAssigner) -> Iterator[Shard]:
+        build = _ShardBuilder()
         events: list = []
         n_good = 0
         any_record = False

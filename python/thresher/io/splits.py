@@ -6,16 +6,22 @@ on its workers; the driver never parses the pool).
   line ranges (its lines counted in one scan) or, when the engine has an object store (``put``),
   into blocks of lines decompressed once here and parsed by the workers, a CSV/TSV file between
   records (byte ranges, or blocks of a gzipped one; a quoted field may hold line breaks, so the cuts
-  come from Python's csv reader run over the lines, nothing else is parsed), a Parquet file into runs
-  of row groups, and a small JSON array into one split of its own (a large one is read by the driver).
+  come from Python's csv reader run over the lines, nothing else is parsed), a JSON array between its
+  top-level elements (byte ranges, or blocks of a gzipped one's stream; the cuts come from one
+  vectorised scan of the bytes, :func:`~thresher.io.formats.json_array_cuts`, which follows strings
+  and bracket depth and leaves to the driver any file where it could disagree with the local reader:
+  not UTF-8, a backslash outside a string, anything but whitespace and commas between top-level
+  values, unterminated...), and a Parquet file into runs of row groups. A gzipped JSON array or CSV
+  file with no ``put`` is one split when small, else read by the driver.
 * :func:`read_split` runs on a worker: it parses one split with the pool's schema (fixed by the
   driver from the first good record, :meth:`~thresher.io.readers.Source.first_schema`) and returns
   what the driver needs to assign ids and plan shards (:class:`SplitRows`: own ids, content hashes,
   lines, groups, bad rows; no texts) and, separately, the split's sample table (which stays on the
   cluster, in the object store).
-* Line numbers of a byte-range split count from 1 at its first line; the driver adds the lines of
-  the file's earlier splits (``SplitRows.lines_read``). Other splits number the file's lines. Bad
-  rows keep the same numbering, so every message names the file's real line.
+* Line numbers of a byte-range split (``bytes``) count from 1 at its first line; the driver adds the
+  lines of the file's earlier splits (``SplitRows.lines_read``). Other splits number the file's lines
+  (a JSON array's ``elements`` split knows the newlines before it). Bad rows keep the same numbering,
+  so every message names the file's real line.
 * :func:`assemble` builds a shard's table on the worker that scores it, from pieces of split tables.
 """
 
@@ -33,11 +39,15 @@ from .formats import (
     _is_gz,
     _iter_csv,
     _iter_json_array,
+    _iter_json_elements,
     _iter_jsonl,
     _range_lines,
+    byte_range,
+    byte_ranges,
     count_lines,
     csv_blocks,
     csv_header,
+    json_array_cuts,
     line_blocks,
     line_boundaries,
     line_range,
@@ -46,7 +56,7 @@ from .formats import (
 from .schema import Schema, content_hash, normalize_record
 from .sources import ColumnBatch, fast_rows
 
-WHOLE_FILE_BYTES = 64 << 20  # a JSON array up to this size is one split (larger: the driver reads)
+WHOLE_FILE_BYTES = 64 << 20  # a gzipped CSV or JSON array with no ``put``: one split up to this size, else driver
 SAMPLE_COLUMNS = ("id", "instruction", "input", "output", "conversation", "group")
 
 
@@ -55,8 +65,10 @@ class Split:
     """One part of one input file: ``bytes`` (a line-aligned byte range [start, end) of an uncompressed
     JSON Lines file), ``lines`` (lines start+1 .. end of a gzipped JSON Lines file), ``blob`` (the
     same lines, their decompressed bytes carried in ``blob``: the bytes, or the engine's handle to
-    them, which the engine resolves before :func:`read_split`), ``rows`` (row groups [start, end) of
-    a Parquet file whose first row is ``row0``, 0-based) or ``file`` (the whole file)."""
+    them, which the engine resolves before :func:`read_split`), ``elements`` (the top-level elements
+    of a JSON array in the byte range [start, end) of the file, or of its decompressed stream, whose
+    bytes are then in ``blob``; ``row0`` newlines come before ``start``), ``rows`` (row groups
+    [start, end) of a Parquet file whose first row is ``row0``, 0-based) or ``file`` (the whole file)."""
 
     index: int
     file_index: int
@@ -84,7 +96,9 @@ class ReadSpec:
 @dataclass
 class SplitRows:
     """What the driver gets back of a split: per good row its own id (or None), content hash, line and
-    group; the bad rows (skipped: ``(line, field, reason)``), or the error that stopped the split."""
+    group; the bad rows (skipped: ``(line, field, reason, good rows before it)``: the last puts it among
+    the good rows where lines cannot, several elements of a JSON array on one line), or the error that
+    stopped the split."""
 
     split: Split
     records: int = 0
@@ -114,14 +128,17 @@ def _avg_line_bytes(f: Path, sample: int = 1 << 20) -> float:
     return len(head) / max(1, head.count(b"\n"))
 
 
-def _text_splits(fi: int, f: Path, fmt: str, rows: int, split_bytes: Optional[int], first: int,
-                 parallel: int, put: Optional[Callable[[bytes], Any]]) -> Iterator[Split]:  # fmt: skip
+def _text_splits(fi: int, f: Path, fmt: str, rows: int, split_bytes: Optional[int], first: int, parallel: int,
+                 put: Optional[Callable[[bytes], Any]], cuts: Optional[list]) -> Iterator[Split]:  # fmt: skip
     """Splits of one text file that :func:`_driver_reads` let through: byte ranges (plain JSON Lines),
     line ranges (gzipped JSON Lines: the lines are counted here, nothing is parsed), blocks of lines
     handed to ``put`` as they are decompressed (gzipped JSON Lines when the engine has an object
-    store: the stream is decompressed once, here), CSV splits cut between records (:func:`_csv_splits`)
-    or the whole file (a small JSON array, a small gzipped CSV with no ``put``)."""
-    if fmt == "csv" and (put is not None or not _is_gz(f)):
+    store: the stream is decompressed once, here), CSV splits cut between records (:func:`_csv_splits`),
+    a JSON array's ``cuts`` (:func:`_json_splits`) or the whole file (a small gzipped JSON array or CSV
+    file with no ``put``)."""
+    if cuts is not None:
+        yield from _json_splits(fi, f, cuts, first, put)
+    elif fmt == "csv" and (put is not None or not _is_gz(f)):
         yield from _csv_splits(fi, f, rows, first, put)
     elif fmt == "jsonl" and not _is_gz(f):
         step = split_bytes or max(1, int(rows * _avg_line_bytes(f)))
@@ -154,22 +171,51 @@ def _csv_splits(fi: int, f: Path, rows: int, first: int, put: Optional[Callable[
             yield Split(first + i, fi, str(f), "bytes", start, end, header=header)
 
 
-def _driver_reads(f: Path, fmt: str, split_bytes: Optional[int], put: Optional[Callable[[bytes], Any]]) -> bool:
-    """A JSON array file, or a gzipped CSV with no object store to put its blocks in, too large to be
-    one split: it cannot be cut without parsing it."""
+def _json_splits(fi: int, f: Path, cuts: list, first: int, put: Optional[Callable[[bytes], Any]]) -> Iterator[Split]:
+    """A JSON array cut between its top-level elements (``cuts``: :func:`~thresher.io.formats.json_array_cuts`):
+    byte ranges of a plain file, or the ranges of a gzipped one's stream, decompressed a second time
+    (the first pass only cut it) and handed to ``put`` range by range as they are asked for."""
+    if not _is_gz(f):
+        yield from (Split(first + i, fi, str(f), "elements", a, b, nl) for i, (a, b, nl) in enumerate(cuts))
+        return
+    assert put is not None
+    blocks = byte_ranges(f, [a for a, _, _ in cuts] + [cuts[-1][1]])
+    for i, ((a, b, nl), data) in enumerate(zip(cuts, blocks)):
+        yield Split(first + i, fi, str(f), "elements", a, b, nl, blob=put(data))
+
+
+def _json_cuts(source: Any, rows: int, split_bytes: Optional[int], put: Optional[Callable[[bytes], Any]]) -> dict:
+    """``{file index: cuts or None}`` of the JSON array files that may be cut (a gzipped one only when
+    there is ``put``): each scanned once, here (:func:`~thresher.io.formats.json_array_cuts`)."""
+    if source.format != "json":
+        return {}
+    return {
+        fi: json_array_cuts(Path(f), rows, split_bytes)
+        for fi, f in enumerate(source.files)
+        if put is not None or not _is_gz(Path(f))
+    }
+
+
+def _driver_reads(f: Path, fmt: str, split_bytes: Optional[int], put: Optional[Callable[[bytes], Any]],
+                  cuts: dict, fi: int) -> bool:  # fmt: skip
+    """A JSON array whose scan gave up (``cuts[fi]`` None: an error, or something the workers could
+    read otherwise than the local reader), or a file too large to be one split that cannot be cut: a
+    gzipped JSON array or CSV file with no object store to put its blocks in."""
+    if fi in cuts:
+        return cuts[fi] is None
     cut = fmt == "csv" and (put is not None or not _is_gz(f))
     return fmt in ("json", "csv") and not cut and f.stat().st_size > (split_bytes or WHOLE_FILE_BYTES)
 
 
 def _all_splits(source: Any, rows: int, split_bytes: Optional[int], parallel: int,
-                put: Optional[Callable[[bytes], Any]]) -> Iterator[Split]:  # fmt: skip
+                put: Optional[Callable[[bytes], Any]], cuts: dict) -> Iterator[Split]:  # fmt: skip
     n = 0
     for fi, f in enumerate(source.files):
         f = Path(f)
         if source.format == "parquet":
             got: Iterable[Split] = _parquet_splits(fi, f, rows, n)
         else:
-            got = _text_splits(fi, f, source.format, rows, split_bytes, n, parallel, put)
+            got = _text_splits(fi, f, source.format, rows, split_bytes, n, parallel, put, cuts.get(fi))
         for sp in got:
             n += 1
             yield sp
@@ -179,10 +225,11 @@ def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Opti
                 put: Optional[Callable[[bytes], Any]] = None) -> Optional[Iterable[Split]]:  # fmt: skip
     """The splits of a pool of local files in pool order (about ``split_rows`` rows each, default the
     pool's shard size, so that a shard reads one or two splits; ``split_bytes`` sets a plain JSON Lines
-    split's bytes instead; a gzipped file is cut into about ``4 * parallel`` line ranges, since each
-    is read from the stream's start, returned in tables of ``split_rows`` rows), or None when the
-    driver must read the pool: data a worker cannot open by path (an in-memory table, an HF dataset,
-    a hub id), a large JSON array, or a large gzipped CSV file when there is no ``put``.
+    split's bytes instead, and a JSON array split's; a gzipped file is cut into about ``4 * parallel``
+    line ranges, since each is read from the stream's start, returned in tables of ``split_rows``
+    rows), or None when the driver must read the pool: data a worker cannot open by path (an
+    in-memory table, an HF dataset, a hub id), a JSON array the scan gives up on (whatever its size),
+    or a large gzipped JSON array or CSV file when there is no ``put``.
 
     With ``put`` (the engine's way to store bytes where its workers read them, e.g. Ray's object
     store) a gzipped file is decompressed here once instead, into ``blob`` splits of ``split_rows``
@@ -190,11 +237,18 @@ def plan_splits(source: Any, split_bytes: Optional[int] = None, split_rows: Opti
     asks for it, so the blocks not yet parsed are bounded by what the caller keeps in flight."""
     if source.location.kind != "files" or source.format not in ("jsonl", "json", "csv", "parquet"):
         return None
-    if any(_driver_reads(Path(f), source.format, split_bytes, put) for f in source.files):
-        return None
     rows = max(1, int(split_rows or source.shard_size))
-    splits = _all_splits(source, rows, split_bytes, parallel, put)
+    cuts = _json_cuts(source, rows, split_bytes, put)
+    if any(_driver_reads(Path(f), source.format, split_bytes, put, cuts, fi) for fi, f in enumerate(source.files)):
+        return None
+    splits = _all_splits(source, rows, split_bytes, parallel, put, cuts)
     return splits if put is not None else list(splits)
+
+
+def _blob(sp: Split) -> Any:
+    if not isinstance(sp.blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"split {sp.index}: its bytes were not resolved (got {type(sp.blob).__name__})")
+    return sp.blob
 
 
 def _split_lines(sp: Split) -> Iterator[tuple[int, bytes]]:
@@ -204,9 +258,7 @@ def _split_lines(sp: Split) -> Iterator[tuple[int, bytes]]:
         return _range_lines(path, sp.start, sp.end)
     if sp.kind == "lines":
         return line_range(path, sp.start, sp.end)
-    if not isinstance(sp.blob, (bytes, bytearray, memoryview)):
-        raise TypeError(f"split {sp.index}: its bytes were not resolved (got {type(sp.blob).__name__})")
-    return enumerate(io.BytesIO(sp.blob), start=sp.start + 1)
+    return enumerate(io.BytesIO(_blob(sp)), start=sp.start + 1)
 
 
 def _records(spec: ReadSpec, sp: Split, res: SplitRows) -> Iterator[tuple[int, Optional[dict], Any, Any]]:
@@ -222,7 +274,10 @@ def _records(spec: ReadSpec, sp: Split, res: SplitRows) -> Iterator[tuple[int, O
                 line += 1
                 yield line, fast[i], (cb, i), None
         return
-    if sp.kind in ("bytes", "lines", "blob"):
+    if sp.kind == "elements":  # a JSON array's elements, numbered by the file's lines
+        raw = bytes(_blob(sp)) if sp.blob is not None or _is_gz(path) else byte_range(path, sp.start, sp.end)
+        it = _iter_json_elements(path, raw, sp.row0)
+    elif sp.kind in ("bytes", "lines", "blob"):
         lines = _split_lines(sp)
 
         def counted() -> Iterator[tuple[int, bytes]]:
@@ -279,7 +334,7 @@ def read_split(spec: ReadSpec, sp: Split) -> tuple:
                 if spec.on_bad_row == "error":
                     res.error = exc
                     break
-                res.bad.append((line, exc.field, exc.reason))
+                res.bad.append((line, exc.field, exc.reason, len(res.own)))
                 continue
             res.hashes.append(content_hash(row))
             res.own.append(row.pop("_own_id"))

@@ -117,10 +117,25 @@ def _write_report(st: RunState) -> None:
     st.lap("report", t)
 
 
-def _rank(st: RunState) -> np.ndarray:
-    rank = np.full(st.n, -1, dtype=np.int64)
-    rank[st.order] = np.arange(len(st.order))
-    return rank
+class Ranks:
+    """Each pool row's rank in the selection (-1: not selected), answered for a slice of rows from the
+    selected positions alone (O(k), not an array of the pool's length)."""
+
+    def __init__(self, order: Any) -> None:
+        order = np.asarray(order, dtype=np.int64)
+        by_pos = np.argsort(order, kind="stable")
+        self.pos, self.rank = order[by_pos], by_pos.astype(np.int64)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        start, stop = int(sl.start or 0), int(sl.stop)
+        out = np.full(stop - start, -1, dtype=np.int64)
+        a, b = np.searchsorted(self.pos, [start, stop])
+        out[self.pos[a:b] - start] = self.rank[a:b]
+        return out
+
+
+def _rank(st: RunState) -> Ranks:
+    return Ranks(st.order)
 
 
 def id_column(cfg: Any) -> str:

@@ -127,7 +127,7 @@ class _Pass:
 
     def __init__(self, st: RunState, spec: ReadSpec) -> None:
         self.st, self.src, self.spec = st, st.source, spec
-        self.ids = _IdAssigner()
+        self.ids = _IdAssigner(st.source.spill)  # the id set's runs on disk, next to the row store
         self.build = _Builder(self.src.shard_size, spec.schema.group is not None)
         self.offsets: dict = {}
         self.records = 0
@@ -144,13 +144,13 @@ class _Pass:
         off = self.offsets.get(sp.file_index, 0) if sp.kind == "bytes" else 0  # other splits number the file's lines
         self.offsets[sp.file_index] = off + res.lines_read
         self.records += res.records
-        bad = sorted(res.bad, key=lambda b: b[0])
+        bad = res.bad  # (line, field, reason, good rows before it), in reading order
         j = 0
         sids = self.ids.assign_many(list(res.own), list(res.hashes))  # rows past a limit are never used
         for pos, (own, h, line, sid) in enumerate(zip(res.own, res.hashes, res.lines, sids)):
             if self.full():
                 return
-            while j < len(bad) and bad[j][0] < line:  # bad rows in line order with the good ones
+            while j < len(bad) and bad[j][3] <= pos:  # bad rows in reading order with the good ones
                 self.bad(f, bad[j][0] + off, bad[j][1], bad[j][2])
                 j += 1
             if sid is None:
@@ -198,11 +198,14 @@ def remote_shards(st: RunState, pool: Any) -> Optional[Iterator[RemoteShard]]:
 def _shards(st: RunState, spec: ReadSpec, results: Iterator[tuple[SplitRows, list]]) -> Iterator[RemoteShard]:
     p = _Pass(st, spec)
     st.source.skipped = []
-    for res, refs in results:
-        yield from p.split(res, refs)
-        if p.full():
-            break
-    yield from p.finish()
+    try:
+        for res, refs in results:
+            yield from p.split(res, refs)
+            if p.full():
+                break
+        yield from p.finish()
+    finally:
+        p.ids.close()
 
 
 __all__ = ["RemoteShard", "RemotePool", "remote_shards"]

@@ -31,14 +31,28 @@ class RowStore:
         self.dir: Optional[Path] = None
         self._files: dict = {}  # name -> (open file, dtype)
         self.n: dict = {}  # name -> values written
+        self._scratch = 0
+
+    def _folder(self) -> Path:
+        if self.dir is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.dir = temp_name(self.root / "rows")
+            self.dir.mkdir()
+        return self.dir
+
+    def scratch(self, prefix: str = "tmp") -> Path:
+        """A new folder inside the store's (removed with it), e.g. for an :class:`~thresher.io.idset.IdSet`'s runs."""
+        self._scratch += 1
+        return self._folder() / f"{prefix}-{self._scratch}"
+
+    def unique(self, prefix: str) -> str:
+        """A column name not used yet in this store."""
+        self._scratch += 1
+        return f"{prefix}-{self._scratch}"
 
     def _open(self, name: str, dtype: Any) -> Any:
         if name not in self._files:
-            if self.dir is None:
-                self.root.mkdir(parents=True, exist_ok=True)
-                self.dir = temp_name(self.root / "rows")
-                self.dir.mkdir()
-            self._files[name] = (open(self.dir / f"{name}.bin", "wb"), np.dtype(dtype))  # noqa: SIM115
+            self._files[name] = (open(self._folder() / f"{name}.bin", "wb"), np.dtype(dtype))  # noqa: SIM115
             self.n[name] = 0
         fh, dt = self._files[name]
         if dt != np.dtype(dtype):

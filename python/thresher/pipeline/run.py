@@ -86,6 +86,7 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
     cache = ScoreCache(Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(str(cfg.out)) / "cache")
     handler = None
     rowstore = RowStore(cache.root)
+    source.spill = lambda: rowstore.scratch("ids")  # the pool-wide id set's runs: files, not the driver's heap
     try:
         checksum = source.checksum()
         identity = config_identity(cfg, plan, checksum)

@@ -74,7 +74,8 @@ class StreamingSelection(Selection):
         self.filters = list(st.plan.filters)
         live = TOKENS not in {parse_filter(f)[0] for f in self.filters}
         self.selecting = live and bound is not None
-        self.live = (make_pass(self.size(bound)) if self.selecting else CountPass(self.filters)) if live else None
+        first = (make_pass(self.size(bound)) if self.selecting else CountPass(self.filters)) if live else None
+        self.live = self._own(first) if first is not None else None
         self.replays = 0  # scans of the cache after the scoring pass
         self.peak = 0  # the most score values a pass held at once
 
@@ -84,7 +85,12 @@ class StreamingSelection(Selection):
             self.live.scan(cols, offset, n)
             self.peak = max(self.peak, self.live.peak)
 
+    def _own(self, p: Any) -> Any:
+        """A new pass, its verdicts per row kept in the run's row store (on disk), when there is one."""
+        return p.keep_masks_in(self.st.rowstore)
+
     def _scan(self, p: Any) -> Any:
+        self._own(p)
         self.replays += 1
         for cols, offset, n in replay(self.st, self.needed):
             p.scan(cols, offset, n)

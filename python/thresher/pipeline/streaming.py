@@ -39,13 +39,25 @@ class CountPass:
     def __init__(self, filters: list) -> None:
         self.filters = list(filters)
         self.masks: list = []
+        self.store: Any = None  # a RowStore that keeps the masks on disk (see keep_masks_in)
+        self.mask_column = ""
         self.n = 0
         self.n_eligible = 0
         self.peak = 0
 
+    def keep_masks_in(self, store: Any) -> "CountPass":
+        """Append each shard's verdict to a column of ``store`` (a :class:`~.rowstore.RowStore`) instead of
+        holding it: :meth:`eligible` is then a read-only memory map (before any scan)."""
+        if store is not None:
+            self.store, self.mask_column = store, store.unique("eligible")
+        return self
+
     def scan(self, cols: dict, offset: int, n: int) -> None:
         mask = apply_filters(cols, self.filters, n) if self.filters else np.ones(n, dtype=bool)
-        self.masks.append(mask)
+        if self.store is not None:
+            self.store.append(self.mask_column, mask, bool)
+        else:
+            self.masks.append(mask)
         self.n += n
         self.n_eligible += int(mask.sum())
         self.take(cols, offset, mask)
@@ -54,6 +66,8 @@ class CountPass:
         """What a selecting pass keeps of the shard's eligible rows."""
 
     def eligible(self) -> np.ndarray:
+        if self.store is not None:
+            return self.store.column(self.mask_column, bool)
         return concat(self.masks, bool)
 
 
