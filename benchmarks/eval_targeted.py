@@ -46,7 +46,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT))
 
+from benchmarks.targeted_pilot import run_pilot, task_split  # noqa: E402
 from thresher.evaluation.arms import FULL, RANDOM, Arm, evaluate_arms, markdown_table, select_arm  # noqa: E402
 from thresher.evaluation.lora import ProxyConfig  # noqa: E402
 from thresher.fs import write_json_atomic  # noqa: E402
@@ -59,10 +61,11 @@ PRECISION_JSON = ROOT / "benchmarks" / "results" / "targeted-precision.json"
 METHODS = {
     "rds": ("rds", {"name": "target_similarity", "options": {"embedder": "lm:default"}}),
     "dsir": ("dsir", {"name": "dsir", "options": {}}),
-    "target_classifier": ("target-classifier", {"name": "target_classifier", "options": {}}),
+    "target_classifier": ("target_classifier", {"name": "target_classifier", "options": {}}),
     "target_similarity": (None, {"name": "target_similarity", "options": {}}),
 }
 CPU_METHODS = "dsir,target_classifier,target_similarity"
+ORACLE = "oracle"
 GPU = {"steps": 200, "max_length": 256, "seeds": "0,1,2", "device": "cuda", "eval": 32, "batch_size": 8}
 
 
@@ -77,10 +80,15 @@ def parse_args(argv=None):
     ap.add_argument(
         "--task-choice",
         default="precision",
-        choices=["precision", "closed", "wellposed"],
+        choices=["precision", "closed", "wellposed", "learnable"],
         help="precision: the tasks of targeted-precision.json when it exists; closed: the seeded closed-set draw; "
-        "wellposed: the seeded draw among closed-set tasks whose prompts name their labels and fit --max-length",
+        "wellposed: the seeded draw among closed-set tasks whose prompts name their labels and fit --max-length; "
+        "learnable: the seeded draw among the well-posed tasks that a pilot finds the proxy can learn "
+        "(benchmarks/targeted_pilot.py)",
     )
+    ap.add_argument("--pilot-eval", type=int, default=32, help="learnable: pilot evaluation rows per task")
+    ap.add_argument("--min-gain", type=float, default=0.125, help="learnable: in-task minus other-task accuracy")
+    ap.add_argument("--oracle", action="store_true", help="add the arm of exactly the target tasks' pool rows")
     ap.add_argument("--min-rows", type=int, default=150, help="a target task needs this many rows")
     ap.add_argument("--seed", type=int, default=0, help="task choice, splits and pool sample")
     ap.add_argument("--methods", default=None, help=f"comma list among {list(METHODS)} (CPU default {CPU_METHODS})")
@@ -113,7 +121,7 @@ def read_rows(path: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def choose_tasks(by_task: dict, args) -> tuple[list[str], str]:
+def choose_tasks(by_task: dict, args, cfg: ProxyConfig) -> tuple[list[str], str]:
     """Tasks from targeted-precision.json when it names them, else a seeded draw among closed-set tasks."""
     if args.task_choice == "precision" and PRECISION_JSON.is_file():
         data = json.loads(PRECISION_JSON.read_text())
@@ -132,13 +140,17 @@ def choose_tasks(by_task: dict, args) -> tuple[list[str], str]:
         and 2 <= len({str(r["output"]).strip() for r in rows}) <= args.max_labels
     )
     kind = "closed-set"
-    if args.task_choice == "wellposed":
+    if args.task_choice in ("wellposed", "learnable"):
         cands = [t for t in cands if well_posed(by_task[t], args.max_length)]
         kind = (
             f"well-posed closed-set (labels named in >= 90% of prompts, >= 90% of rows within {args.max_length} tokens)"
         )
+    if args.task_choice == "learnable":
+        args.pilot = run_pilot(by_task, cands, args, cfg)
+        cands = args.pilot["learnable"]
+        kind = f"learnable (pilot: {args.pilot['rule']}) {kind}"
     rng = np.random.default_rng(args.seed)
-    pick = sorted(rng.choice(cands, size=args.n_targets, replace=False).tolist())
+    pick = sorted(rng.choice(cands, size=min(args.n_targets, len(cands)), replace=False).tolist())
     return pick, f"seeded draw (seed {args.seed}) among {len(cands)} {kind} tasks with >= {args.min_rows} rows"
 
 
@@ -159,18 +171,20 @@ def well_posed(rows: list[dict], max_length: int, sample: int = 32) -> bool:
     return float(np.mean(np.asarray(sizes) <= max_length)) >= 0.9
 
 
-def build_split(rows: list[dict], args, work: Path) -> dict:
+def build_split(rows: list[dict], args, work: Path, cfg: ProxyConfig) -> dict:
     by_task: dict[str, list[dict]] = {}
     for r in rows:
         by_task.setdefault(r["task"], []).append(r)
-    tasks, how = choose_tasks(by_task, args)
+    tasks, how = choose_tasks(by_task, args, cfg)
     rng = np.random.default_rng(args.seed + 1)
     ref, ev, pool = [], [], []
     for t in tasks:
-        rs = [by_task[t][i] for i in rng.permutation(len(by_task[t]))]
-        ref += rs[: args.ref]
-        ev += rs[args.ref : args.ref + args.eval]
-        pool += rs[args.ref + args.eval :]
+        if args.task_choice == "learnable":  # per-task permutation: the pilot never saw these eval rows
+            parts = task_split(by_task[t], t, args.seed, args.ref, args.eval)
+        else:
+            rs = [by_task[t][i] for i in rng.permutation(len(by_task[t]))]
+            parts = (rs[: args.ref], rs[args.ref : args.ref + args.eval], rs[args.ref + args.eval :])
+        ref, ev, pool = ref + parts[0], ev + parts[1], pool + parts[2]
     k = len(pool)
     others = [r for t, rs in by_task.items() if t not in set(tasks) for r in rs]
     pool += [others[i] for i in sorted(rng.choice(len(others), size=args.pool_other, replace=False))]
@@ -207,6 +221,9 @@ def select_methods(args, work: Path, pool: pd.DataFrame, k: int, tasks: list[str
         print(f"[select] {m}: precision@k {info[m]['precision_at_k']:.3f} ({info[m]['select_s']:.0f}s)", flush=True)
         arms.append(arm)
     info[RANDOM] = {"precision_at_k_expected": float(target_rows.mean())}
+    if args.oracle:  # a reference, not a method: exactly the target tasks' rows of the pool
+        arms.append(Arm(ORACLE, rows=pool[target_rows], source="the target tasks' pool rows (upper reference)"))
+        info[ORACLE] = {"precision_at_k": 1.0, "via": "reference arm"}
     return arms + [Arm(RANDOM), Arm(FULL)], info
 
 
@@ -219,7 +236,7 @@ def compact_runs(result) -> dict:
 
 
 def verdict(result) -> dict:
-    rows = [r for r in result.table if r["kind"] == "selection"]
+    rows = [r for r in result.table if r["kind"] == "selection" and r["arm"] != ORACLE]
     if not rows:
         return {"best": None}
     best = max(rows, key=lambda r: r["score"]["mean"])
@@ -246,24 +263,25 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     work = Path(args.work)
-    split = build_split(read_rows(args.pool_file), args, work)
+    cfg = ProxyConfig(
+        model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
+        max_labels=args.max_labels, closed_norm=args.closed_norm, device=args.device, threads=args.threads,
+    )  # fmt: skip
+    split = build_split(read_rows(args.pool_file), args, work, cfg)
     pool = read_samples(work / "pool.jsonl")
     target = read_samples(work / "eval.jsonl")
     print(f"tasks {split['tasks']}; pool {len(pool)}, k {split['k']}, eval {len(target)}", flush=True)
     arms, sel_info = select_methods(args, work, pool, split["k"], split["tasks"])
     t_sel = time.perf_counter() - t0
-    cfg = ProxyConfig(
-        model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
-        max_labels=args.max_labels, closed_norm=args.closed_norm, device=args.device, threads=args.threads,
-    )  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     group = "group" if "group" in target else "task"
     result = evaluate_arms(pool, arms, target, cfg, seeds, k=split["k"], group=group, log=print)
     print(markdown_table(result))
     out = {
         "benchmark": "targeted-eval",
-        "settings": {kk: (str(v) if isinstance(v, Path) else v) for kk, v in vars(args).items()},
+        "settings": {kk: (str(v) if isinstance(v, Path) else v) for kk, v in vars(args).items() if kk != "pilot"},
         "split": split,
+        "pilot": getattr(args, "pilot", None),
         "selection": sel_info,
         "proxy": result.config,
         "sdf": result.sdf,

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thresher.io import DataError, content_hash, open_dataset, read_samples
+from thresher.io import DataError, Source, content_hash, open_dataset, read_samples
 from thresher.io.writers import write_selected
 
 
@@ -232,3 +232,24 @@ def test_write_selected_keeps_format_and_field_order(tmp_path, real_rows, fmt):
     if fmt == "jsonl":  # verbatim lines
         text = out.read_text(encoding="utf-8").rstrip("\n").split("\n")
         assert text == [json.dumps(rows[i], ensure_ascii=False) for i in sorted(pick)]
+
+
+def test_bad_records_before_the_first_good_one_keep_their_reasons_on_every_pass(tmp_path):
+    """A later pass (streaming selection re-reads the pool) knows the schema already; records before the
+    first good one are still checked by detection, so every pass and ``first_schema`` agree."""
+    rows = [{"instruction": None, "output": "a"}, {"text": "t"}] + [
+        {"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)
+    ] + [{"instruction": None, "output": "b"}]  # fmt: skip
+    p = tmp_path / "pool.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    src = Source(p, on_bad_row="skip")
+    passes = []
+    for _ in range(2):
+        list(src.shards())
+        passes.append([(b["line"], b["field"], b["reason"]) for b in src.skipped])
+    assert passes[0] == passes[1] and [b[0] for b in passes[0]] == [1, 2, 8]
+    assert passes[0][0][2].startswith("cannot detect the schema") and not passes[0][2][2].startswith("cannot")
+    fresh = Source(p, on_bad_row="skip")
+    fresh.first_schema()
+    assert fresh.first_good == (0, 3)
+    assert [(b["line"], b["field"], b["reason"]) for b in fresh.pre_schema] == passes[0][:2]

@@ -202,3 +202,25 @@ def test_the_repr_filter_embeds_its_candidates_on_the_workers(messy, tmp_path, r
     assert "repr" in res.manifest["selector"]["how"]
     skipped = [(r["line"], r["reason"]) for r in res.manifest["inputs"][0]["skipped_rows"]]
     assert [line for line, _ in skipped] == [41, 99, 122]
+
+
+def test_bad_records_before_the_first_good_one_get_the_local_readers_reasons(bigbench_path, tmp_path, ray_cluster):
+    """Before the first good record no schema is fixed: the local reader checks such records by schema
+    detection, the workers against the schema the driver fixed; the run reports detection's reasons."""
+    lines = _lines(bigbench_path, 120)
+    head = [json.dumps({"instruction": None, "output": "a"}), "{not json", json.dumps({"text": "t"})]
+    late = json.dumps({"instruction": None, "output": "b"})  # the same fault after the schema is fixed
+    p = tmp_path / "pool.jsonl"
+    p.write_text("\n".join(head + lines[:70] + [late] + lines[70:]) + "\n", encoding="utf-8")
+    local = run_pipeline(_cfg(p, tmp_path / "local", on_bad_row="skip"))
+    res = run_pipeline(_cfg(p, tmp_path / "ray", on_bad_row="skip", **_ray()))
+    _same(res, local)
+    assert res.manifest["engine_run"]["read_on_workers"] is True
+
+    def skipped(r):
+        return [(b["line"], b["field"], b["reason"]) for b in r.manifest["inputs"][0]["skipped_rows"]]
+
+    assert skipped(res) == skipped(local)
+    assert [b[0] for b in skipped(res)] == [1, 2, 3, 74]
+    assert skipped(res)[0][2].startswith("cannot detect the schema") and skipped(res)[2][2].startswith("cannot detect")
+    assert not skipped(res)[3][2].startswith("cannot detect")  # after the schema is fixed: the field's fault

@@ -209,6 +209,8 @@ class Source:
     split: Optional[str] = None
     streaming: bool = False
     spill: Optional[Callable[[], Any]] = field(default=None, repr=False, compare=False)  # a folder for the id set
+    first_good: Optional[tuple] = None  # (file index, line) of the record that fixed the schema
+    pre_schema: list = field(default_factory=list)  # first_schema(): the bad records before first_good
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in ("error", "skip"):
@@ -311,22 +313,29 @@ class Source:
             raise err
         self.skipped.append({"file": str(err.file), "line": err.line, "field": err.field, "reason": err.reason})
 
-    def _normalize(self, rec: Any, f: Path, line: int) -> Optional[dict]:
+    def _normalize(self, rec: Any, fi: int, line: int) -> Optional[dict]:
         """One raw record -> a sample row; the first good record fixes the schema. None: skipped."""
-        row, err = self._try_normalize(rec, f, line)
+        row, err = self._try_normalize(rec, fi, line)
         if err is not None:
             self._bad(err)
         return row
 
-    def _try_normalize(self, rec: Any, f: Path, line: int) -> tuple[Optional[dict], Optional[DataError]]:
-        """``(row, None)``, or ``(None, error)`` for a bad record (left to the caller to report)."""
+    def before_schema(self, fi: int, line: int) -> bool:
+        """True for a record read while no schema is fixed: before the first good record (on every pass)."""
+        return self.schema is None or (self.first_good is not None and (fi, line) < self.first_good)
+
+    def _try_normalize(self, rec: Any, fi: int, line: int) -> tuple[Optional[dict], Optional[DataError]]:
+        """``(row, None)``, or ``(None, error)`` for a bad record (left to the caller to report). A record
+        before the first good one is checked by schema detection, on every pass and engine (the Ray
+        workers too: :func:`thresher.io.splits.read_split`), so its error is detection's."""
+        f = self.files[fi]
         try:
-            if self.schema is None:
+            if self.before_schema(fi, line):
                 self._check_mapped_columns(rec, f)
                 schema = detect_schema(rec, self.fields, file=f, line=line, group_field=self.group_field)
                 row = normalize_record(rec, schema, file=f, line=line)
-                self.schema = schema  # only once a record passed (a bad first row can be skipped)
-                self.columns = list(rec)
+                if self.schema is None:  # only once a record passed (a bad first row can be skipped)
+                    self.schema, self.columns, self.first_good = schema, list(rec), (fi, line)
                 return row, None
             return normalize_record(rec, self.schema, file=f, line=line), None
         except DataError as e:
@@ -357,7 +366,8 @@ class Source:
     def first_schema(self) -> Optional[Schema]:
         """Fix the schema from the first good record (as the first pass would), reading no further;
         None when no record is good. Bad records before it raise (``on_bad_row="error"``) or are left
-        for the pass that reads them to report."""
+        for the pass that reads them to report; their errors, as a first pass gives them (schema
+        detection's), are kept in :attr:`pre_schema` for a reader that checks them against the schema."""
         if self.schema is not None:
             return self.schema
         saved, self.skipped = self.skipped, []
@@ -366,8 +376,9 @@ class Source:
                 if err is not None:
                     self._bad(err)
                     continue
-                if row is None and self._normalize(rec() if callable(rec) else rec, self.files[fi], line) is None:
+                if row is None and self._normalize(rec() if callable(rec) else rec, fi, line) is None:
                     continue
+                self.pre_schema = list(self.skipped)
                 return self.schema
             return None
         finally:
@@ -396,7 +407,7 @@ class Source:
                 break
             any_record = True
             if err is None and row is None:
-                row, err = self._try_normalize(rec() if callable(rec) else rec, self.files[fi], line)
+                row, err = self._try_normalize(rec() if callable(rec) else rec, fi, line)
             if err is not None:
                 events.append(err)
             else:

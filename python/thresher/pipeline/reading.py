@@ -13,6 +13,7 @@ the worker that scores a shard assembles its table (:func:`thresher.io.splits.as
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -131,11 +132,19 @@ class _Pass:
         self.build = _Builder(self.src.shard_size, spec.schema.group is not None)
         self.offsets: dict = {}
         self.records = 0
+        # the bad records before the first good one, as the local reader's first pass reports them:
+        # workers check them against the schema fixed later, the local reader by schema detection
+        self.early: dict = {}
+        for b in st.source.pre_schema:
+            self.early.setdefault((b["file"], b["line"]), deque()).append((b["field"], b["reason"]))
 
     def full(self) -> bool:
         return self.src.limit is not None and self.build.n >= self.src.limit
 
     def bad(self, file: Any, line: int, field: Optional[str], reason: str) -> None:
+        early = self.early.get((str(file), line))
+        if early:  # in reading order: a line's records before the first good one come first
+            field, reason = early.popleft()
         self.src._bad(DataError(reason, file=file, line=line, field=field))
 
     def split(self, res: SplitRows, refs: list) -> Iterator[RemoteShard]:
