@@ -8,15 +8,19 @@ exists, else the rule below, fixed before any result is seen):
   whose prompts name their labels and fit ``--max-length`` tokens; in this data set many closed-set
   tasks have lost their options, e.g. BBQ's ambiguous questions whose ten "unknown" variants no
   prompt tells apart, or have long texts whose options a short proxy truncates away, and no proxy
-  can beat the label prior on those). From each task: ``--ref`` rows form the
-  reference set the targeted methods see (``ref.jsonl``, group = task); ``--eval`` other rows form
-  the held-out evaluation set (never in the pool, never seen by a selector); the rest of the task
-  goes into the pool.
+  can beat the label prior on those; ``--task-choice learnable``: only the well-posed tasks on which a
+  pilot proxy tuned on the task's own rows beats one tuned on other tasks' rows by ``--min-gain``,
+  measured on rows the benchmark never evaluates, see ``benchmarks/targeted_pilot.py``). From each
+  task: ``--ref`` rows form the reference set the targeted methods see (``ref.jsonl``, group =
+  task); ``--eval`` other rows form the held-out evaluation set (never in the pool, never seen by a
+  selector); the rest of the task goes into the pool.
 * Pool: the target tasks' remaining rows + ``--pool-other`` rows drawn uniformly from the other
   tasks. k = the number of target-task rows in the pool (precision@k's k); SDF = k / pool.
 * Methods, each selecting k rows: every targeted recipe in the registry (rds, dsir, a target
   classifier) when present, else the criterion of the same name with its top k
-  (``target_similarity`` with MiniLM stands in for rds when rds is not run); ``random``; ``full``.
+  (``target_similarity`` with MiniLM stands in for rds when rds is not run); ``random``; ``full``;
+  with ``--oracle`` also ``oracle``, exactly the target tasks' k pool rows: a reference for what a
+  perfect targeted selection gains at this budget, never counted as a method in the verdict.
   RDS (LM hidden states of SmolLM2 over the whole pool) runs only with ``--gpu`` or ``--methods``.
 * Each arm: `thresher evaluate`'s proxy LoRA tuning of SmolLM2-135M-Instruct (``--steps`` x
   ``--batch-size``, ``--max-length`` tokens, seeds ``--seeds``), then closed-set accuracy (label
