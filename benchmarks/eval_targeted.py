@@ -42,6 +42,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.targeted_pilot import run_pilot, task_split  # noqa: E402
+from benchmarks.targeted_pilot import run_pilot, task_split, untuned  # noqa: E402
 from thresher.evaluation.arms import FULL, RANDOM, Arm, evaluate_arms, markdown_table, select_arm  # noqa: E402
 from thresher.evaluation.lora import ProxyConfig  # noqa: E402
 from thresher.fs import write_json_atomic  # noqa: E402
@@ -93,6 +94,13 @@ def parse_args(argv=None):
     ap.add_argument("--pilot-eval", type=int, default=32, help="learnable: pilot evaluation rows per task")
     ap.add_argument("--min-gain", type=float, default=0.125, help="learnable: in-task minus other-task accuracy")
     ap.add_argument("--oracle", action="store_true", help="add the arm of exactly the target tasks' pool rows")
+    ap.add_argument("--base", action="store_true", help="also measure the untuned model on the evaluation rows")
+    ap.add_argument(
+        "--base-only",
+        metavar="RESULT",
+        default=None,
+        help="measure the untuned model on the split in --work of an earlier run, add it to RESULT (JSON) as `base`",
+    )
     ap.add_argument("--min-rows", type=int, default=150, help="a target task needs this many rows")
     ap.add_argument("--seed", type=int, default=0, help="task choice, splits and pool sample")
     ap.add_argument("--methods", default=None, help=f"comma list among {list(METHODS)} (CPU default {CPU_METHODS})")
@@ -261,6 +269,23 @@ def verdict(result) -> dict:
     }
 
 
+def add_base(args, cfg: ProxyConfig) -> int:
+    """``--base-only``: the untuned model on an earlier run's evaluation rows (its --work split), into its JSON."""
+    work, out = Path(args.work), Path(args.base_only)
+    result = json.loads(out.read_text())
+    cfg = replace(cfg, max_length=result["proxy"]["max_length"], max_labels=result["proxy"]["max_labels"])
+    pool, target = read_samples(work / "pool.jsonl"), read_samples(work / "eval.jsonl")
+    group = "group" if "group" in target else "task"
+    if sorted(set(target[group])) != sorted(result["split"]["tasks"]) or len(target) != result["split"]["eval"]:
+        raise SystemExit(f"{work}: its evaluation rows are not those of {out}")
+    t0 = time.perf_counter()
+    base = untuned(pool, target, cfg, group)
+    result["base"] = {**base, "seconds": time.perf_counter() - t0, "added_by": "--base-only"}
+    write_json_atomic(result, out)
+    print(json.dumps(result["base"], indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -271,6 +296,8 @@ def main(argv=None) -> int:
         model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
         max_labels=args.max_labels, closed_norm=args.closed_norm, device=args.device, threads=args.threads,
     )  # fmt: skip
+    if args.base_only:
+        return add_base(args, cfg)
     split = build_split(read_rows(args.pool_file), args, work, cfg)
     pool = read_samples(work / "pool.jsonl")
     target = read_samples(work / "eval.jsonl")
@@ -286,6 +313,7 @@ def main(argv=None) -> int:
         "settings": {kk: (str(v) if isinstance(v, Path) else v) for kk, v in vars(args).items() if kk != "pilot"},
         "split": split,
         "pilot": getattr(args, "pilot", None),
+        "base": untuned(pool, target, cfg, group) if args.base else None,
         "selection": sel_info,
         "proxy": result.config,
         "sdf": result.sdf,

@@ -61,6 +61,18 @@ def _measure(lm, target_enc, answers, groups, cfg, closed) -> dict[str, float]:
     return {g: float(v["accuracy"]) for g, v in m["sets"].items()}
 
 
+def untuned(pool: pd.DataFrame, target: pd.DataFrame, cfg: ProxyConfig, group: str = "task") -> dict:
+    """Closed-set accuracy of the untuned model on the evaluation rows (per set and the mean over
+    sets): the line every arm's tuning moves up or down from."""
+    loader, tok = _default_loader(cfg)
+    groups = target[group].astype(str).to_numpy()
+    enc = encode(target, tok, max_length=cfg.max_length, template=cfg.template)
+    answers = [str(o).strip() for o in target["output"]]
+    closed = closed_set_for(pool, target, groups, tok, cfg, group)
+    sets = _measure(loader(), enc, answers, groups, cfg, closed)
+    return {"sets": sets, "mean_over_sets": float(np.mean(list(sets.values()))), "rows": len(target)}
+
+
 def run_pilot(by_task: dict, cands: list[str], args, cfg: ProxyConfig, log: Callable[[str], None] = print) -> dict:
     """Accuracy per candidate task of the base, in-task and other-task proxies; the learnable tasks."""
     t0 = time.perf_counter()

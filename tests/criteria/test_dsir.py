@@ -192,3 +192,35 @@ def test_dsir_and_rds_recipes_expand():
     assert "embedder" not in tc.criteria[0].options  # n-gram features: a run-wide embedder does not reach it
     tc = expand_recipe("target_classifier", {"target": "t.jsonl", "features": "both"}, embedder="default")
     assert tc.criteria[0].options["embedder"] == "default"
+
+
+def test_length_normalised_weight_is_the_mean_per_ngram_and_stops_favouring_long_rows():
+    targets = ["good movie", "great film", "good film", "great movie"]
+    pool = [f"w{i} w{i + 1} w{i + 2}" for i in range(30)] + ["good great movie", ""]
+    per = CRITERIA.get("dsir").obj(target=frame(targets, "t"), buckets=4096, normalize="length")
+    got = per(frame(pool))
+    want = _dsir_oracle(targets, pool[:-1], 4096, 1.0) / np.array([len(ngrams_of(t, 2)) for t in pool[:-1]])
+    np.testing.assert_allclose(got["dsir"].to_numpy()[:-1], want, rtol=1e-10)
+    assert math.isnan(got["dsir"].iloc[-1]) and got["dsir.reason"].iloc[-1] == "empty text"
+    # a row repeated four times: the paper's sum grows with it, the mean per n-gram does not (the
+    # repeat adds the bigram "movie good", which no target has)
+    rows = frame(["good movie", " ".join(["good movie"] * 4)])
+    w = {
+        n: CRITERIA.get("dsir").obj(target=frame(targets, "t"), buckets=512, normalize=n).fit(frame(pool[:30]))(rows)
+        for n in ("none", "length")
+    }
+    assert 0 < w["none"]["dsir"][0] < w["none"]["dsir"][1] / 3
+    assert w["length"]["dsir"][0] > w["length"]["dsir"][1] > 0
+    k0 = CRITERIA.get("dsir").obj.cache_key_for(target=frame(targets, "t"))
+    assert k0 == CRITERIA.get("dsir").obj.cache_key_for(target=frame(targets, "t"), normalize="none")
+    assert k0 != CRITERIA.get("dsir").obj.cache_key_for(target=frame(targets, "t"), normalize="length")
+
+
+def test_dsir_recipe_passes_normalize_through():
+    from thresher.recipes import expand_recipe
+
+    assert "normalize" not in expand_recipe("dsir", {"target": "t.jsonl"}).criteria[0].options
+    opts = expand_recipe("dsir", {"target": "t.jsonl", "normalize": "length"}).criteria[0].options
+    assert opts["normalize"] == "length"
+    with pytest.raises(OptionError, match="normalize"):
+        expand_recipe("dsir", {"target": "t.jsonl", "normalize": "tokens"})

@@ -13,6 +13,9 @@ p(b) = (c_b + s) / (sum c + s * buckets)). The importance weight of x is
 
     log w(x) = sum over buckets b of  count_x(b) * (log p_target(b) - log p_pool(b))
 
+(``normalize="length"`` divides it by the row's n-gram count: the sum grows with the row's length,
+so on a pool of mixed lengths the paper's weight ranks long rows first.)
+
 (the released DSIR code smooths with 1e-8 on the probabilities instead; add-one keeps a
 bucket unseen in a 16-row target set from dominating the sum). With target groups
 (``target_field``), one p_target per group and the max over groups, as
@@ -139,7 +142,16 @@ def log_probs(counts: np.ndarray, smoothing: float) -> np.ndarray:
     "bag-of-n-grams models of the target set and of the pool (add-one smoothing; max over target groups)",
     options=TARGET_OPTIONS
     + NGRAM_OPTIONS
-    + [Option("smoothing", 1.0, "additive smoothing of both models (1: add-one)", min=0, min_exclusive=True)],
+    + [
+        Option("smoothing", 1.0, "additive smoothing of both models (1: add-one)", min=0, min_exclusive=True),
+        Option(
+            "normalize",
+            "none",
+            "none: the paper's sum over the row's n-grams (it grows with the row's length, so long rows rank "
+            "first); length: that sum divided by the row's n-gram count (the mean log ratio per n-gram)",
+            ("none", "length"),
+        ),
+    ],
     direction="max",
     needs=(),
     scope="pool",
@@ -164,6 +176,8 @@ class DSIR(Criterion):
     def key_options(cls, options: dict) -> dict:
         out = super().key_options(options)
         out["target"] = target_key(options, cls.NAME)
+        if out.get("normalize") == "none":  # the paper's weight keeps the keys it had before the option
+            out.pop("normalize")
         return out
 
     def cache_key(self) -> str:
@@ -188,6 +202,8 @@ class DSIR(Criterion):
         log_pool = self._log_pool if self._log_pool is not None else log_probs(c.totals(), self.options["smoothing"])
         per = np.stack([c.dot(lt - log_pool) for lt in self.log_target], axis=1)
         n_grams = c.per_row()
+        if self.options["normalize"] == "length":
+            per = per / np.maximum(n_grams, 1)[:, None]  # a row with no n-grams keeps NaN and its reason
         reasons = ["empty text" if not t.strip() else ("no n-grams" if n == 0 else "") for t, n in zip(texts, n_grams)]
         out = group_frame(self.NAME, sample_ids(df), per.reshape(len(texts), -1), self.target.names, reasons)
         out.insert(2, f"{self.NAME}.ngrams", n_grams)
