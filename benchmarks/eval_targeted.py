@@ -91,8 +91,8 @@ def parse_args(argv=None):
         "learnable: the seeded draw among the well-posed tasks that a pilot finds the proxy can learn "
         "(benchmarks/targeted_pilot.py)",
     )
-    ap.add_argument("--pilot-eval", type=int, default=32, help="learnable: pilot evaluation rows per task")
-    ap.add_argument("--min-gain", type=float, default=0.125, help="learnable: in-task minus other-task accuracy")
+    ap.add_argument("--pilot-eval", type=int, default=40, help="learnable: pilot evaluation rows per task")
+    ap.add_argument("--min-gain", type=float, default=0.15, help="learnable: in-task minus other-task accuracy")
     ap.add_argument("--oracle", action="store_true", help="add the arm of exactly the target tasks' pool rows")
     ap.add_argument("--base", action="store_true", help="also measure the untuned model on the evaluation rows")
     ap.add_argument(
