@@ -130,6 +130,7 @@ def methods(args: argparse.Namespace, cache: str, with_lm: bool) -> list[tuple[s
     lm = {"embedder": "lm:default", "cache_dir": cache, "batch_size": 16}
     out = [
         ("dsir", "dsir", {}),
+        ("dsir/length", "dsir", {"normalize": "length"}),
         ("target_classifier/ngrams", "target_classifier", {"features": "ngrams"}),
         ("target_classifier/ngrams/no_contrast", "target_classifier", {"features": "ngrams", "contrast_groups": False}),
         ("target_similarity/minilm/mean", "target_similarity", {**st, "aggregate": "mean"}),
@@ -218,7 +219,7 @@ def main() -> None:
         out, secs = run_method(name, opts, target, pool)
         res["methods"][label] = per_task(out, name, tasks, truth)
         res["seconds"][label] = round(secs, 1)
-        if name == "dsir":
+        if label == "dsir":
             res["methods"]["dsir/gumbel"] = gumbel_per_task(out, tasks, truth, args.gumbel_seeds)
         print(f"{label}: mean {np.mean(list(res['methods'][label].values())):.3f} ({secs:.0f}s)", flush=True)
     res["mean_precision_at_k"] = {m: round(float(np.mean(list(v.values()))), 4) for m, v in res["methods"].items()}
