@@ -16,6 +16,14 @@ private memory ``RssAnon`` apart from the object-store pages the driver wrote, `
 ``local``, ``ray-1`` (one worker), ``ray-2`` (two workers). Ray's cluster start is timed apart
 (``ray_init_s``): a user's cluster is already running. Each run's selection must equal local's.
 
+``--knn-large ROWS`` runs only a third workload, ``length+knn-ROWS``, and adds it to the results file:
+``length`` and ``knn_distance`` (exact) on ROWS precomputed embeddings of ``--knn-dim`` dimensions (an
+``lm:`` embedder: a tiny random Llama of that hidden size, saved to a folder; its cache is filled
+as above, so it never encodes). The exact search costs rows^2 x dim: 1,000,000 rows at the default
+embedder's 384 dimensions take over two hours per contender on one core, so this workload runs at a
+small dimension; the engines' own costs (reading, the embeddings lookup, shipping the pool, the
+merge) are then a larger share of the time than at 384, not a smaller one.
+
 ``driver_memory_growth``: the per-row workload again at a quarter of the rows (``local`` and
 ``ray-1``); the growth of the driver's peak private memory between the two sizes, per row, is what
 the driver holds per pool row (the rest is the interpreter, its libraries and O(shard) buffers). The
@@ -25,6 +33,8 @@ the driver's Python heap traced (``tracemalloc`` peak), which RSS blurs with all
 own threads.
 
     python benchmarks/bench_scale.py [--rows 1000000] [--knn-rows 50000] [--reps 2] [--out FILE]
+    python benchmarks/bench_scale.py --knn-large 1000000 [--knn-dim 32] [--reps 1]
+    python benchmarks/bench_scale.py --knn-only [--knn-rows 50000]     # the length+knn workload again, alone
 
 Writes benchmarks/results/scale-cpu.json (ratios ray/local: min and median over reps).
 """
@@ -90,7 +100,7 @@ sys.path.insert(0, {py!r})
 from thresher.io import Source
 from thresher.embed import get_embedder, sample_texts
 from thresher.embed.store import EmbeddingStore, sample_key
-enc = get_embedder("default")
+enc = get_embedder({embedder!r})
 store = EmbeddingStore({emb!r}, enc.fingerprint)
 rng = np.random.default_rng(0)
 for shard in Source({data!r}, shard_size=50000).shards():
@@ -128,13 +138,64 @@ def workload(name: str, data: Path, work: Path, criteria: list, args: argparse.N
                     shutil.rmtree(sub, ignore_errors=True)
             code = CHILD.format(py=str(ROOT / "python"), engine=engine, opts=opts, cpus=args.threads + 1,
                                 out=str(work / f"out-{name}-{c}"), cache=str(cache), data=str(data),
-                                criteria=criteria, sel=criteria[-1], k=args.k, shard=args.shard_size,
+                                criteria=criteria, sel=_name(criteria[-1]), k=args.k, shard=args.shard_size,
                                 trace=trace)  # fmt: skip
             r = run_child(code, args.threads)
             print(f"{name} {c} rep {rep}: {r['seconds']:.1f} s, driver {r['driver_peak_rss_mb']:.0f} MB "
                   f"(private {r['driver_peak_private_mb']:.0f} MB)", flush=True)  # fmt: skip
             runs[c].append(r)
     return summarize(runs)
+
+
+def _name(criterion: "str | dict") -> str:
+    return criterion if isinstance(criterion, str) else criterion["name"]
+
+
+def tiny_embedder(work: Path, dim: int) -> str:
+    """``lm:<folder>``: a tiny random Llama of hidden size ``dim`` (byte tokenizer), saved once."""
+    folder = work / f"tiny-lm-{dim}"
+    if not (folder / "config.json").exists():
+        code = "\n".join([
+            f"import sys; sys.path.insert(0, {str(ROOT / 'python')!r})",
+            "from thresher.models.tiny import tiny_causal_lm",
+            f"lm = tiny_causal_lm(0, tokenizer='bytes', hidden={dim}, layers=1, heads=4, kv_heads=2, "
+            f"intermediate={2 * dim})",
+            f"lm.model.save_pretrained({str(folder)!r})",
+            f"lm.tokenizer.save_pretrained({str(folder)!r})",
+        ])  # fmt: skip
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return f"lm:{folder}"
+
+
+def fill_embeddings(work: Path, name: str, data: Path, embedder: str) -> None:
+    """The precomputed embeddings of ``data`` in workload ``name``'s cache (seeded random unit vectors)."""
+    emb = work / f"cache-{name}" / "embeddings"
+    fill = FILL.format(py=str(ROOT / "python"), emb=str(emb), data=str(data), embedder=embedder)
+    subprocess.run([sys.executable, "-c", fill], check=True, capture_output=True)
+
+
+def knn_large(args: argparse.Namespace, work: Path) -> None:
+    """The ``length+knn-ROWS`` workload alone, added to (or replacing its entry in) ``--out``."""
+    rows = args.knn_large
+    data = work / f"pool-{rows}.jsonl.gz"
+    make_pool(data, rows)
+    embedder = tiny_embedder(work, args.knn_dim)
+    name = f"length+knn-{rows}"
+    fill_embeddings(work, name, data, embedder)
+    crit = {"name": "knn_distance", "options": {"embedder": embedder, "k": 6}}
+    res = workload(name, data, work, ["length", crit], args)
+    res["settings"] = {"rows": rows, "dim": args.knn_dim, "embedder": "tiny random Llama (lm: mean pooling), "
+                       "cache filled with seeded random unit vectors", "knn_k": 6, "k": args.k,
+                       "shard_size": args.shard_size, "reps": args.reps, "threads": args.threads}  # fmt: skip
+    merge_result(Path(args.out), name, res)
+
+
+def merge_result(out: Path, name: str, res: dict) -> None:
+    """Workload ``name``'s result added to (or replacing its entry in) the results file ``out``."""
+    result = json.loads(out.read_text()) if out.exists() else {"benchmark": "scale"}
+    result[name] = res
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({name: res["ratios_over_local"]}, indent=1))
 
 
 def summarize(runs: dict) -> dict:
@@ -188,16 +249,24 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--knn-large", type=int, default=0, help="rows of the large kNN workload, run alone")
+    ap.add_argument("--knn-dim", type=int, default=32, help="embedding dimension of --knn-large")
+    ap.add_argument("--knn-only", action="store_true", help="only the length+knn workload (--knn-rows), run alone")
     ap.add_argument("--work", default="/tmp/thresher-bench-scale")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale-cpu.json"))
     args = ap.parse_args()
     work = Path(args.work)
+    if args.knn_large:
+        return knn_large(args, work)
     big, small = work / f"pool-{args.rows}.jsonl.gz", work / f"pool-{args.knn_rows}.jsonl.gz"
-    make_pool(big, args.rows)
     make_pool(small, args.knn_rows)
-    emb = work / "cache-length+knn" / "embeddings"
-    fill = FILL.format(py=str(ROOT / "python"), emb=str(emb), data=str(small))
-    subprocess.run([sys.executable, "-c", fill], check=True, capture_output=True)
+    fill_embeddings(work, "length+knn", small, "default")
+    if args.knn_only:
+        res = workload("length+knn", small, work, ["length", "knn_distance"], args)
+        res["settings"] = {"rows": args.knn_rows, "k": args.k, "shard_size": args.shard_size, "reps": args.reps,
+                           "threads": args.threads, "run": "alone (--knn-only)"}  # fmt: skip
+        return merge_result(Path(args.out), "length+knn", res)
+    make_pool(big, args.rows)
     result = {
         "benchmark": "scale",
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},

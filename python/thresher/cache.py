@@ -51,13 +51,25 @@ def cache_key(criterion: str, scorer_key: str, shard_key: str, *, version: Optio
     return h.hexdigest()
 
 
+class IdsDigest:
+    """:func:`ids_digest` fed piece by piece (a pool's ids as its shards arrive, never all held)."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.blake2b(digest_size=16)
+
+    def update(self, ids: Sequence[Any]) -> "IdsDigest":
+        for i in ids:
+            self._h.update(str(i).encode("utf-8"))
+            self._h.update(b"\x1f")
+        return self
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
 def ids_digest(ids: Sequence[Any]) -> str:
     """A digest of row ids, in order (what a cache entry covers)."""
-    h = hashlib.blake2b(digest_size=16)
-    for i in ids:
-        h.update(str(i).encode("utf-8"))
-        h.update(b"\x1f")
-    return h.hexdigest()
+    return IdsDigest().update(ids).hexdigest()
 
 
 def _digest_of(ids: Any) -> Optional[str]:
@@ -85,6 +97,18 @@ class ScoreCache:
             return dict(json.loads(meta.get(META_KEY, b"{}")))
         except (OSError, ValueError, pa.ArrowException):
             return {}
+
+    def covers(self, criterion: str, key: str, digest: str) -> bool:
+        """Whether the entry exists and its metadata says it covers the ids of ``digest`` (counted as a
+        hit or a miss; the entry is not read: for an entry too large to hold, see :meth:`get`)."""
+        ok = self.info(criterion, key).get("ids") == digest
+        if ok:
+            self.hits += 1
+            with contextlib.suppress(OSError):
+                os.utime(self.path(criterion, key))
+        else:
+            self.misses += 1
+        return ok
 
     def get(self, criterion: str, key: str, ids: Any = None) -> Optional[pd.DataFrame]:
         """The cached table, or None (a missing, unreadable or mismatched entry counts as a miss).
@@ -120,7 +144,11 @@ class ScoreCache:
             return False
         return "id" not in table.column_names or ids_digest(table.column("id").to_pylist()) == want
 
-    def put(
+    def put(self, criterion: str, key: str, table: Any, **options: Any) -> pd.DataFrame:
+        """:meth:`write` the entry; return the table as read back (so fresh and cached runs agree bit for bit)."""
+        return pq.read_table(self.write(criterion, key, table, **options)).to_pandas()
+
+    def write(
         self,
         criterion: str,
         key: str,
@@ -130,13 +158,15 @@ class ScoreCache:
         fingerprint: Optional[str] = None,
         extra: Optional[dict] = None,
         rowkeys: Optional[np.ndarray] = None,
-    ) -> pd.DataFrame:
-        """Write atomically; return the table as read back (so fresh and cached runs agree bit for bit).
+        row_group_rows: Optional[int] = None,
+    ) -> Path:
+        """Write atomically; return the entry's path.
 
         ``ids`` (or their digest; default: the table's ``id`` column) is recorded as what the entry covers;
         ``extra``: more JSON metadata returned by :meth:`info` (e.g. a pool-scoped scorer's run info);
         ``rowkeys``: each row's identity (:func:`row_keys`), written beside the entry first, so a later
-        run with another shard layout finds these rows (:class:`RowIndex`)."""
+        run with another shard layout finds these rows (:class:`RowIndex`); ``row_group_rows``: rows per
+        Parquet row group (a reader of a few rows at a time then decodes only theirs)."""
         if not isinstance(table, pa.Table):
             table = pa.Table.from_pandas(table, preserve_index=False)
         if ids is None and "id" in table.column_names:
@@ -148,8 +178,8 @@ class ScoreCache:
         p = self.path(criterion, key)
         if rowkeys is not None:  # before the entry: an entry is never without its row keys
             atomic_save(rows_path(p), lambda tmp: _save_keys(tmp, rowkeys))
-        atomic_save(p, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-        return pq.read_table(p).to_pandas()
+        atomic_save(p, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_rows))
+        return p
 
     def has(self, criterion: str, key: str) -> bool:
         return self.path(criterion, key).exists()

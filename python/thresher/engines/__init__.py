@@ -11,7 +11,11 @@ dependency). An engine is any class satisfying :class:`Engine`, registered in
         def score_pool(self, scorer, table, name): ...  # the same, the whole pool in ONE scorer call
 
 ``score`` may split a table into batches; ``score_pool`` is used for criteria registered with
-``scope="pool"`` (their score of a row depends on the other rows) and must not split it.
+``scope="pool"`` (their score of a row depends on the other rows) and must not split it. An engine
+whose worker pool reads the input (``read_splits``, as Ray's) is handed the pool as pieces
+(:class:`thresher.pipeline.reading.RemotePool`) and a ``sink=``: it calls the sink where it scored,
+``sink(scores, pool table, fingerprint, run info)``, which writes the cache entry, and returns what
+the sink returned (the driver never holds the pool's table).
 
 Adding an engine is one module in this package (found by ``registry.builtin_modules``) or a plugin.
 """

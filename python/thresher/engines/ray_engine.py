@@ -14,8 +14,10 @@
   worker loses no ids and duplicates none.
 * **Pool-scoped criteria** (``scope="pool"``: kNN distance, local density, SemDeDup,
   nuggets) see the whole pool in ONE scorer call, as a Ray task: the workers have already
-  filled the embeddings cache in parallel, and the kNN criteria split their exact search
-  into (query block, base shard) tasks on the cluster (``mapper``), merged exactly.
+  filled the embeddings cache in parallel. Without GPUs the kNN criteria split their exact
+  search into (query block, base shard) tasks on the cluster (``mapper``: ``--workers`` of them
+  at a time, ``--cpus-per-worker`` each), merged exactly; with ``--gpus-per-worker`` the task
+  holds those GPUs and searches there (a task that asks for no GPU sees none: Ray hides them).
 
 Plain Ray Data remains the way to drop a thresher scorer into a user's own pipeline::
 
@@ -81,14 +83,14 @@ def _resolved(fn: Any, *packed: Any) -> Any:
     return fn(*(get(a) for a in packed))
 
 
-def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8) -> Any:
+def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8, num_gpus: float = 0) -> Any:
     """A ``map(fn, *iterables)`` that runs each call as a Ray task, results in order. Each distinct
     large array among the arguments (also inside tuples) is put in the object store ONCE and shared
     by the tasks that read it; at most ``max_in_flight`` tasks run at a time."""
 
     def mapper(fn: Any, *iterables: Any) -> list:
         ray = _ray()
-        remote = ray.remote(num_cpus=num_cpus)(_resolved)
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_resolved)
         shared: dict = {}
 
         def pack(x: Any) -> Any:
@@ -109,26 +111,42 @@ def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8) -> Any:
         out.extend(ray.get(refs[len(out) :]))
         return out
 
+    # what a scorer's run_info records as its mapper
+    mapper.__name__ = f"ray_mapper(max_in_flight={max_in_flight}, num_cpus={num_cpus:g}, num_gpus={num_gpus:g})"
     return mapper
 
 
-def _score_whole(cls: Any, options: dict, table: Any, ids: Any = None, idxs: Any = None, *tables: Any) -> Any:
-    """One Ray task: build the scorer and score the whole pool in one call (pool-scoped criteria);
-    a scorer that can split its neighbour search (``mapper``) runs it as Ray tasks. ``table`` None:
-    the pool is assembled here from pieces of the split tables the workers read."""
+def _joined_ids(parts: list) -> list:
+    """A pool's ids from its parts: one list (or object ref of one) per shard."""
+    ray = _ray()
+    return [i for part in parts for i in (ray.get(part) if isinstance(part, ray.ObjectRef) else part)]
+
+
+def _score_whole(cls: Any, options: dict, split: Any, sink: Any, table: Any, ids: Any = None, idxs: Any = None,
+                 *tables: Any) -> Any:  # fmt: skip
+    """One Ray task: build the scorer and score the whole pool in one call (pool-scoped criteria).
+    ``split`` (``{"num_cpus", "max_in_flight"}``, or None: the search runs in this task, on its GPUs
+    when it holds some): a scorer that can split its neighbour search (``mapper``) runs it as that many
+    Ray tasks at a time. ``table`` None: the pool is assembled here from pieces of the tables the
+    workers read (``ids``: one list or object ref per shard). ``sink`` (or None: the table is returned)
+    is called here with ``(table of scores, pool, fingerprint, run info)``; its return value is the task's."""
     if table is None:
-        table = assemble(ids, idxs, tables)
+        table = assemble(_joined_ids(ids), idxs, tables)
     scorer = cls(**options)
-    if hasattr(scorer, "mapper"):
-        scorer.mapper = ray_mapper()
+    if hasattr(scorer, "mapper") and split is not None:
+        scorer.mapper = ray_mapper(**split)
     out = scorer(table)
     info = getattr(scorer, "run_info", None)
-    if callable(info):
-        out.attrs["run_info"] = info()
+    info = info() if callable(info) else None
     fp = getattr(scorer, "fingerprint", None)
     if fp is None and getattr(scorer, "lm", None) is not None:
         fp = getattr(scorer.lm, "fingerprint", None)
-    out.attrs["fingerprint"] = None if fp is None else str(fp)
+    fp = None if fp is None else str(fp)
+    if sink is not None:
+        return sink(out, table, fp, info)
+    if info is not None:
+        out.attrs["run_info"] = info
+    out.attrs["fingerprint"] = fp
     return out
 
 
@@ -247,21 +265,27 @@ class RayEngine:
         args = (specs, cache_root, self.batch_size)
         return RayPool(worker_cls, args, self.workers, self.gpus, self.cpus, self.max_in_flight, self.split_options)
 
-    def score_pool(self, scorer: _RayScorer, table: Any, name: str) -> Any:
+    def score_pool(self, scorer: _RayScorer, table: Any, name: str, sink: Any = None) -> Any:
         """A pool-scoped criterion: its score of a row depends on every other row, so the whole pool
-        goes to ONE scorer call (a Ray task with this engine's GPUs per worker), never split."""
+        goes to ONE scorer call (a Ray task with this engine's GPUs per worker), never split. ``sink``
+        (see :func:`_score_whole`): the task hands its result to it, and this returns what it returns."""
         ray = _ray()
         opts: dict = {"num_gpus": self.gpus} if self.gpus else {}
         task = ray.remote(**opts)(_score_whole) if opts else ray.remote(_score_whole)
-        if hasattr(table, "pieces"):  # shards read on the workers: the task assembles the pool's texts
+        # the search's tasks: one worker's CPUs each, --workers at a time (the task's GPUs: no split)
+        split = None if self.gpus else {"num_cpus": self.cpus, "max_in_flight": self.workers}
+        if hasattr(table, "pieces"):  # a pool the workers read: the task assembles its ids and texts
             ids_, idxs, refs = table.pieces()
-            args: tuple = (scorer.cls, scorer.options, None, ids_, idxs, *refs)
+            args: tuple = (scorer.cls, scorer.options, split, sink, None, ids_, idxs, *refs)
         else:
-            args = (scorer.cls, scorer.options, table.reset_index(drop=True))
+            args = (scorer.cls, scorer.options, split, sink, table.reset_index(drop=True))
         try:
             out = ray.get(task.remote(*args))
         except Exception as exc:
             raise _unwrap(exc) from None
+        if sink is not None:
+            scorer.fingerprint = out.get("fingerprint") if isinstance(out, dict) else None
+            return out
         info = out.attrs.get("run_info")
         scorer.fingerprint = out.attrs.get("fingerprint")
         ids = table["id"].astype(str).to_numpy()

@@ -216,7 +216,8 @@ def _shard_parts(st: RunState, ref: Any, sl: slice) -> dict:
     parts = {}
     for step in st.plan.criteria:
         if step.col in st.pool_frames:
-            parts[step.col] = st.pool_frames[step.col].iloc[sl].reset_index(drop=True)
+            frame = st.pool_frames[step.col]  # a table, or a PoolEntry read a shard's rows at a time
+            parts[step.col] = frame.rows(sl) if hasattr(frame, "rows") else frame.iloc[sl].reset_index(drop=True)
             continue
         df = st.cache.get(step.col, ref.keys[step.col], ref.ids)
         if df is None:

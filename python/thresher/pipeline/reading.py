@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
-import pandas as pd
 
 from ..errors import InputError
 from ..io.readers import _IdAssigner, shard_key
@@ -54,25 +53,39 @@ class RemoteShard:
         return list(self.ids), [np.asarray(ix, dtype=np.int64) for ix in self.idxs], list(self.refs)
 
 
-class RemotePool:
-    """The whole pool as remote shards (pool-scoped criteria): ``len`` and ``["id"]`` here, the texts
-    only where the engine assembles them."""
+@dataclass
+class PoolPiece:
+    """What a pool-scoped criterion needs of a remote shard, kept until it scores the pool: the ids
+    (``ids``: in the object store when the engine has one, ``put``; else the list) and the rows'
+    pieces of split tables. Its hashes, lines, files and groups are not kept."""
 
-    def __init__(self, shards: list) -> None:
-        self.shards = list(shards)
-        self.ids = [i for s in self.shards for i in s.ids]
+    n: int
+    ids: Any
+    idxs: list
+    refs: list
+
+    @classmethod
+    def of(cls, shard: RemoteShard, put: Optional[Callable[[Any], Any]] = None) -> "PoolPiece":
+        ids = list(shard.ids)
+        idxs = [np.asarray(ix, dtype=np.int64) for ix in shard.idxs]
+        return cls(len(ids), put(ids) if put is not None else ids, idxs, list(shard.refs))
+
+
+class RemotePool:
+    """The whole pool as remote shards' pieces (pool-scoped criteria): its length here; its ids and
+    texts only where the engine assembles them."""
+
+    def __init__(self, pieces: list) -> None:
+        self.pieces_ = list(pieces)
 
     def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, col: str) -> pd.Series:
-        if col != "id":
-            raise KeyError(col)
-        return pd.Series(self.ids, dtype=object)
+        return sum(p.n for p in self.pieces_)
 
     def pieces(self) -> tuple:
-        idxs = [np.asarray(ix, dtype=np.int64) for s in self.shards for ix in s.idxs]
-        return list(self.ids), idxs, [r for s in self.shards for r in s.refs]
+        """``(id parts, row positions per piece, table refs)``: the ids as one list (or object ref)
+        per shard, to be joined where the pool is assembled."""
+        idxs = [ix for p in self.pieces_ for ix in p.idxs]
+        return [p.ids for p in self.pieces_], idxs, [r for p in self.pieces_ for r in p.refs]
 
 
 class _Builder:
@@ -217,4 +230,4 @@ def _shards(st: RunState, spec: ReadSpec, results: Iterator[tuple[SplitRows, lis
         p.ids.close()
 
 
-__all__ = ["RemoteShard", "RemotePool", "remote_shards"]
+__all__ = ["RemoteShard", "PoolPiece", "RemotePool", "remote_shards"]

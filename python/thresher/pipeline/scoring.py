@@ -18,7 +18,8 @@ from ..errors import OptionError, ThresherError
 from ..plan import TOKENS, Step
 from ..progress import scaled, task
 from ..registry import CRITERIA
-from .reading import RemotePool, RemoteShard, remote_shards
+from .pool_entry import PoolEntry, PoolSink
+from .reading import PoolPiece, RemotePool, RemoteShard, remote_shards
 from .rowstore import GroupCoder, GroupColumn
 from .scoring_checks import check_scores
 from .selection import Selection
@@ -174,8 +175,11 @@ class _Rows:
         self.store.append("tokens", tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64), np.float64)
         self.selection.feed(_columns(tabs.values(), self.selection.needed), shard.start)
         remote = isinstance(shard, RemoteShard)
-        if self.keep_texts:  # a remote shard's texts stay on the cluster
-            st.pool_tables.append(shard if remote else shard.table)
+        if self.keep_texts and remote:  # a remote shard's texts stay on the cluster; its ids go to the store
+            st.pool_tables.append(PoolPiece.of(shard, st.pool_put))
+            st.pool_digest.update(shard.ids)
+        elif self.keep_texts:
+            st.pool_tables.append(shard.table)
         self.store.append("lines", shard.lines, np.int64)
         self.store.append("files", shard.files, np.int32)
         groups = None
@@ -305,6 +309,7 @@ def score_shards_pooled(st: RunState, pool: Any, rows: "_Rows", prog: Any, tok: 
     try:
         remote = remote_shards(st, pool)
         st.read_on_workers = remote is not None
+        st.pool_put = getattr(pool, "split_options", {}).get("put") if remote is not None else None
         if remote is not None:  # the repr filter's candidates are embedded there too (the driver reads no text)
             st.remote_embed = partial(embed_on_workers, st)
         shards = remote if remote is not None else st.source.shards()
@@ -406,26 +411,43 @@ def _report_skipped(st: RunState) -> None:
         )
 
 
+def _remote_pool_entry(st: RunState, step: Step, key: str, digest: str, pool: RemotePool) -> PoolEntry:
+    """A pool-scoped criterion over a pool the workers read: scored (on a miss) in the engine's task,
+    which writes the cache entry itself; read back here in parts (:mod:`.pool_entry`)."""
+    if not st.cache.covers(step.col, key, digest):
+        sink = PoolSink(str(st.cache.root), step.col, key, digest, step.name, step.alias, st.source.shard_size)
+        got = st.engine.score_pool(st.scorer_for(step), pool, step.name, sink=sink)
+        st.run_info[step.col] = got.get("run_info")
+        if st.cache.info(step.col, key).get("ids") != digest:
+            raise RuntimeError(f"criterion {step.col!r}: the pool's task reported its entry written, but "
+                               f"{st.cache.path(step.col, key)} is missing or does not match")  # fmt: skip
+    return PoolEntry(st.cache.path(step.col, key))
+
+
 def score_pool_scoped(st: RunState, selection: Selection) -> None:
     """Criteria whose score of a row depends on the other rows: one call over the whole pool."""
     steps = st.pool_criteria()
     if not steps:
         return
     t = time.perf_counter()
-    remote = bool(st.pool_tables) and isinstance(st.pool_tables[0], RemoteShard)
+    remote = bool(st.pool_tables) and isinstance(st.pool_tables[0], PoolPiece)
     pool = RemotePool(st.pool_tables) if remote else pd.concat(st.pool_tables, ignore_index=True)
     st.pool_tables = []
     pkey = hashlib.blake2b("".join(r.key for r in st.shards).encode(), digest_size=16).hexdigest()
-    digest = ids_digest(pool["id"].astype(str).tolist())
+    digest = st.pool_digest.hexdigest() if remote else ids_digest(pool["id"].astype(str).tolist())
     for step in steps:
         key = st.pool_keys[step.col] = cache_key(step.col, st.key_for(step), pkey)
         if not st.cache.has(step.col, key):
             st.say(f"scoring {step.col} over the whole pool ({st.n} rows)")
         with task(f"scoring {step.col}", total=st.n, quiet=st.cfg.quiet) as bar, bar.share(st.n):
-            extra = lambda col=step.col: {"run_info": st.run_info.get(col)}  # noqa: E731
-            df = cached(st, step.col, key, digest, _pool_criterion(st, step, pool), step, extra)
+            if remote:
+                df: Any = _remote_pool_entry(st, step, key, digest, pool)
+            else:
+                extra = lambda col=step.col: {"run_info": st.run_info.get(col)}  # noqa: E731
+                df = cached(st, step.col, key, digest, _pool_criterion(st, step, pool), step, extra)
         if step.col not in st.run_info:  # read from the cache: what the scorer reported when it ran
             st.run_info[step.col] = st.cache.info(step.col, key).get("run_info")
         st.pool_frames[step.col] = df
-        selection.feed_pool(_columns([df], selection.needed))
+        cols = df.frame(selection.needed) if isinstance(df, PoolEntry) else df
+        selection.feed_pool(_columns([cols], selection.needed))
     st.lap("score_pool", t)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cache import ScoreCache
+from ..cache import IdsDigest, ScoreCache
 from ..io import Source
 from ..plan import PipelineConfig, Plan, Step
 from ..progress import Bar, activity
@@ -51,7 +51,7 @@ class RunState:
     scorers: dict = field(default_factory=dict)  # column -> loaded scorer
     keys: dict = field(default_factory=dict)  # column -> scorer cache key
     shards: list = field(default_factory=list)  # ShardRef per shard
-    pool_frames: dict = field(default_factory=dict)  # column -> pool-scoped criterion's table
+    pool_frames: dict = field(default_factory=dict)  # column -> pool-scoped criterion's table (or PoolEntry)
     pool_keys: dict = field(default_factory=dict)  # column -> pool-scoped cache key
     run_info: dict = field(default_factory=dict)  # column -> what a pool-scoped scorer reports (index, recall...)
     workers: dict = field(default_factory=dict)  # node -> pids of the engine's workers that scored shards
@@ -67,7 +67,9 @@ class RunState:
     groups: Any = None  # group label per row (a GroupColumn: codes on disk), or None
     rowstore: Any = None  # RowStore: where lines, files, tokens and group codes are kept (on disk)
     embeddings: Any = None  # float32 [n, d] when the selector needs them
-    pool_tables: list = field(default_factory=list)  # shard tables, kept only for pool-scoped criteria
+    pool_tables: list = field(default_factory=list)  # shard tables (PoolPieces), only for pool-scoped criteria
+    pool_put: Optional[Callable[[Any], Any]] = None  # where a PoolPiece's ids go (the engine's object store)
+    pool_digest: IdsDigest = field(default_factory=IdsDigest)  # of the remote shards' ids, as they arrive
     cache_hits: int = 0
     cache_misses: int = 0
     k: int = 0
