@@ -292,6 +292,17 @@ def _embedding_entries(folder: Path) -> list[CacheEntry]:
     return out
 
 
+def _drop_orphan_aliases(folder: Path) -> set:
+    """Remove the embedder aliases (``aliases/*.json``: spec -> store, :mod:`thresher.embed.store`)
+    once no embeddings part is left; returns the folder they were in."""
+    aliases = folder / "aliases"
+    if not aliases.is_dir() or any(folder.rglob("part-*.keys.json")):
+        return set()
+    for f in aliases.glob("*.json"):
+        f.unlink(missing_ok=True)
+    return {aliases}
+
+
 def cache_entries(root: Any, criterion: Optional[str] = None) -> list[CacheEntry]:
     """Every entry under ``root`` (optionally of one criterion, or ``"embeddings"``), by group then path."""
     root = Path(root)
@@ -364,6 +375,7 @@ def prune(root: Any, entries: list[CacheEntry]) -> tuple[int, int]:
     root = Path(root)
     if root.is_dir():
         clean_stale_temp(root)
+        folders.update(_drop_orphan_aliases(root / EMBEDDINGS))
     for folder in sorted(folders, key=lambda p: -len(p.parts)):
         while folder != root and root in folder.parents:
             try:

@@ -137,3 +137,17 @@ def test_a_run_folder_and_reads_refresh_last_use(pool, tmp_path, capsys):
     os.utime(p, (time.time() - 10 * DAY,) * 2)
     assert c.get("x", "k") is not None
     assert time.time() - p.stat().st_mtime < DAY  # a hit counts as a use for --older-than
+
+
+def test_prune_all_removes_embedder_aliases_with_the_last_part(tmp_path, capsys):
+    from thresher.embed import embed_texts
+
+    cache = tmp_path / "cache"
+    embed_texts(["one", "two"], "default", cache_dir=cache / "embeddings", ids=["a", "b"])
+    assert any((cache / "embeddings" / "aliases").glob("*.json"))
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--older-than", "5"]) == 0  # the part stays
+    capsys.readouterr()
+    assert any((cache / "embeddings" / "aliases").glob("*.json"))
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
+    capsys.readouterr()
+    assert files(cache) == {} and not (cache / "embeddings").exists()

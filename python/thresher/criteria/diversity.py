@@ -69,13 +69,20 @@ class _PoolCriterion(Criterion):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.encoder = get_embedder(self.options["embedder"], device=self.options["device"])
+        self._encoder: Any = None  # loaded on first use: cached embeddings need no model
         self._pool: Optional[tuple[np.ndarray, np.ndarray]] = None  # (keys, embeddings)
         # how the exact search is split and run: results do not depend on them (not in the cache key)
         self.mapper: Callable[[Callable, Iterable], Iterable] = map
         self.shard_rows = DEFAULT_SHARD_ROWS
         self.query_rows = DEFAULT_QUERY_ROWS
         self._info: dict = {}
+
+    @property
+    def encoder(self) -> Any:
+        """The embedder (loaded on first use)."""
+        if self._encoder is None:
+            self._encoder = get_embedder(self.options["embedder"], device=self.options["device"])
+        return self._encoder
 
     def run_info(self) -> dict:
         """How the last call searched (JSON-serialisable): ``{"criterion", "scored": False}`` before any."""
@@ -98,9 +105,13 @@ class _PoolCriterion(Criterion):
     def _embed(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
         texts = sample_texts(df)
         ids = sample_ids(df)
-        emb = embed_texts(
-            texts, self.encoder, batch_size=self.options["batch_size"], cache_dir=self.options["cache_dir"], ids=ids
-        )
+        o = self.options
+        if o["cache_dir"] is not None and self._encoder is None and isinstance(o["embedder"], str):
+            # through the cache by name: the model is loaded only for rows the cache lacks
+            emb = embed_texts(texts, o["embedder"], batch_size=o["batch_size"], cache_dir=o["cache_dir"],
+                              ids=ids, device=o["device"])  # fmt: skip
+        else:
+            emb = embed_texts(texts, self.encoder, batch_size=o["batch_size"], cache_dir=o["cache_dir"], ids=ids)
         keys = np.asarray([sample_key(i, t) for i, t in zip(ids, texts)], dtype=object)
         return emb, keys, texts
 

@@ -11,7 +11,9 @@ Embedders (``embedder=``):
 
 With ``cache_dir`` the vectors are stored as float16 (or float32) shards keyed by
 ``(sample id, text)`` under a folder named by the embedder's fingerprint, so
-criteria and later runs reuse them (see :mod:`thresher.embed.store`).
+criteria and later runs reuse them (see :mod:`thresher.embed.store`); rows all
+cached are read without loading the embedder, and ``fill_embeddings`` /
+``fill_table`` fill the cache without reading what it holds.
 ``embed_table(df)`` embeds a sample table (text = instruction + input + output).
 :class:`EmbeddingTransform` centres / whitens / reduces with PCA.
 """
@@ -28,7 +30,8 @@ from ..device import resolve_device
 from ..frames import as_pandas
 from ..progress import advance
 from .encoders import LMEncoder, SentenceEncoder
-from .store import EmbeddingStore, sample_key
+from .identity import embedder_fingerprint
+from .store import EmbeddingStore, known_store, open_store, remember_store, sample_key
 from .transform import EmbeddingTransform
 
 _LOCK = threading.Lock()
@@ -63,6 +66,20 @@ def _normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
+def _checked(texts: Sequence[str], ids: Optional[Sequence[Any]], batch_size: int) -> list[str]:
+    if isinstance(texts, str):
+        raise ValueError("texts: expected a sequence of strings, got one string")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts: item {i} is {type(t).__name__}, not str")
+    if ids is not None and len(ids) != len(texts):
+        raise ValueError(f"ids: {len(ids)} ids for {len(texts)} texts")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    return texts
+
+
 def embed_texts(
     texts: Sequence[str],
     embedder: Any = "default",
@@ -78,44 +95,93 @@ def embed_texts(
 
     ``ids``: sample ids keying the cache (default: the text itself). With a
     float16 store, cached vectors are rounded to float16 (relative error ~5e-4).
+    With ``cache_dir``, rows all cached are read without loading the embedder.
     """
-    if isinstance(texts, str):
-        raise ValueError("texts: expected a sequence of strings, got one string")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"texts: item {i} is {type(t).__name__}, not str")
-    if ids is not None and len(ids) != len(texts):
-        raise ValueError(f"ids: {len(ids)} ids for {len(texts)} texts")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
-    enc = get_embedder(embedder, device=device)
-    n = len(texts)
+    texts = _checked(texts, ids, batch_size)
     if cache_dir is None:
+        enc = get_embedder(embedder, device=device)
+        n = len(texts)
         return _normalize(enc.encode(texts, batch_size=batch_size)) if n else np.zeros((0, enc.dim), np.float32)
-    store = EmbeddingStore(cache_dir, enc.fingerprint, dtype=store_dtype)
-    keys = [sample_key(ids[i] if ids is not None else "", t) for i, t in enumerate(texts)]
-    found, vecs = store.lookup(keys, enc.dim)
-    if vecs.shape[1] != enc.dim:
-        vecs = np.zeros((n, enc.dim), np.float32)
-    todo = np.flatnonzero(~found)
-    # de-duplicate identical keys so each is computed (and stored) once
-    uniq: dict[str, int] = {}
-    for i in todo:
-        uniq.setdefault(keys[i], i)
-    first = np.fromiter(uniq.values(), np.int64, len(uniq))
-    advance(n - len(first))  # cached and repeated rows are done; the encoder reports the rest per batch
-    for s in range(0, len(first), shard_size):
-        part = first[s : s + shard_size]
-        v = enc.encode([texts[i] for i in part], batch_size=batch_size)
-        path = store.put([keys[i] for i in part], v)
-        stored = np.load(path, allow_pickle=False).astype(np.float32)  # what later runs will read
-        vecs[part] = stored
-    if len(todo) > len(first):
-        got = {keys[i]: vecs[i] for i in first}
-        for i in todo:
-            vecs[i] = got[keys[i]]
+    run = _CachedRun(cache_dir, embedder, device, store_dtype)
+    vecs, _ = run.embed(texts, ids, batch_size=batch_size, shard_size=shard_size, vectors=True)
     return _normalize(vecs)
+
+
+def fill_embeddings(
+    texts: Sequence[str],
+    embedder: Any = "default",
+    *,
+    cache_dir: Any,
+    ids: Optional[Sequence[Any]] = None,
+    batch_size: int = 64,
+    store_dtype: str = "float16",
+    shard_size: int = 4096,
+    device: Optional[str] = None,
+) -> int:
+    """Encode and store the rows of ``texts`` the cache under ``cache_dir`` lacks, reading no cached
+    vector (the embedder is loaded only when a row is missing); returns how many rows were encoded."""
+    texts = _checked(texts, ids, batch_size)
+    run = _CachedRun(cache_dir, embedder, device, store_dtype)
+    return run.embed(texts, ids, batch_size=batch_size, shard_size=shard_size, vectors=False)[1]
+
+
+class _CachedRun:
+    """One call through the embeddings cache: the store is found from the spec's recorded alias
+    (no model load); the encoder is loaded only for rows the store lacks."""
+
+    def __init__(self, cache_dir: Any, embedder: Any, device: Optional[str], store_dtype: str) -> None:
+        self.root, self.embedder, self.device, self.dtype = cache_dir, embedder, device, store_dtype
+        self.spec = embedder_fingerprint(embedder) if isinstance(embedder, str) else None
+        known = known_store(cache_dir, self.spec) if self.spec is not None else None
+        self.enc = None
+        if known is None:
+            self._load()
+        else:
+            self.store, self.dim = open_store(cache_dir, known[0], dtype=store_dtype), known[1]
+
+    def _load(self) -> bool:
+        """Load the encoder; True when its store differs from the one the alias named."""
+        self.enc = get_embedder(self.embedder, device=self.device)
+        if self.spec is not None:
+            remember_store(self.root, self.spec, self.enc.fingerprint, self.enc.dim)
+        stale = getattr(self, "store", None) is None or self.store.fingerprint != self.enc.fingerprint
+        if stale or self.dim != self.enc.dim:
+            self.store, self.dim = open_store(self.root, self.enc.fingerprint, dtype=self.dtype), self.enc.dim
+            return True
+        return False
+
+    def _look(self, keys: list[str], vectors: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        if not vectors:
+            return self.store.has(keys), None
+        found, vecs = self.store.lookup(keys, self.dim)
+        if vecs.shape[1] != self.dim:
+            vecs = np.zeros((len(keys), self.dim), np.float32)
+        return found, vecs
+
+    def embed(self, texts: list[str], ids: Any, *, batch_size: int, shard_size: int,
+              vectors: bool) -> tuple[Optional[np.ndarray], int]:  # fmt: skip
+        """(the vectors of ``texts`` when ``vectors``, else None; how many rows were encoded)."""
+        keys = [sample_key(ids[i] if ids is not None else "", t) for i, t in enumerate(texts)]
+        found, vecs = self._look(keys, vectors)
+        if not found.all() and self.enc is None and self._load():
+            found, vecs = self._look(keys, vectors)
+        todo = np.flatnonzero(~found)
+        uniq: dict[str, int] = {}  # identical keys are computed (and stored) once
+        for i in todo:
+            uniq.setdefault(keys[i], i)
+        first = np.fromiter(uniq.values(), np.int64, len(uniq))
+        advance(len(texts) - len(first))  # cached and repeated rows are done; the encoder reports the rest
+        for s in range(0, len(first), shard_size):
+            part = first[s : s + shard_size]
+            v = self.enc.encode([texts[i] for i in part], batch_size=batch_size)
+            path = self.store.put([keys[i] for i in part], v)
+            if vecs is not None:
+                vecs[part] = np.load(path, allow_pickle=False).astype(np.float32)  # what later runs will read
+        if vecs is not None and len(todo) > len(first):
+            got = {keys[i]: vecs[i] for i in first}
+            for i in todo:
+                vecs[i] = got[keys[i]]
+        return vecs, len(first)
 
 
 def sample_texts(df: Any) -> list[str]:
@@ -137,19 +203,30 @@ def sample_texts(df: Any) -> list[str]:
     return out
 
 
+def _table_ids(df: Any) -> Optional[list[str]]:
+    return df["id"].astype(str).tolist() if "id" in df.columns else None
+
+
+def fill_table(df: Any, embedder: Any = "default", **kw: Any) -> int:
+    """:func:`fill_embeddings` of a sample table's rows (keyed as :func:`embed_table` keys them)."""
+    df = as_pandas(df)
+    return fill_embeddings(sample_texts(df), embedder, ids=_table_ids(df), **kw)
+
+
 def embed_table(df: Any, embedder: Any = "default", **kw: Any) -> np.ndarray:
     """Embeddings of a sample table's rows (ids from its ``id`` column key the cache).
 
     With ``cache_dir`` this is THE embeddings cache: vectors keyed by (sample id, text)
     under the embedder's fingerprint, shared by criteria, selectors and later runs."""
     df = as_pandas(df)
-    ids = df["id"].astype(str).tolist() if "id" in df.columns else None
-    return embed_texts(sample_texts(df), embedder, ids=ids, **kw)
+    return embed_texts(sample_texts(df), embedder, ids=_table_ids(df), **kw)
 
 
 __all__ = [
     "embed_texts",
     "embed_table",
+    "fill_embeddings",
+    "fill_table",
     "sample_texts",
     "get_embedder",
     "EmbeddingStore",

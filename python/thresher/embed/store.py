@@ -6,12 +6,23 @@ commit marker, so a shard without it is ignored). A key is
 ``blake2b(sample id, text)``: an id whose text changed is recomputed. Files are
 written atomically through :mod:`thresher.fs` (temporary name, fsync, rename, folder fsync); only ``.npy`` (loaded with
 ``allow_pickle=False``) and JSON are stored.
+
+A process keeps one store per folder (:func:`open_store`): its index of keys is read once and
+then only the parts it has not seen are read (a part another process wrote since is picked up;
+a part deleted since makes it read the index again), so looking up a shard costs the shard,
+not the store.
+
+An embedder spec's store is found without loading the embedder (:func:`remember_store`,
+:func:`known_store`): ``root/aliases/<digest of the spec's fingerprint>.json`` holds the
+fingerprint and dimension of the encoder the spec loaded, written when it was loaded. A fully
+cached lookup therefore never loads the model (a large ``lm:`` embedder on every worker).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -39,28 +50,40 @@ class EmbeddingStore:
         self.dir = Path(root) / digest
         self.dtype = dtype
         self._index: Optional[dict[str, tuple[Path, int]]] = None
+        self._seen: set[str] = set()  # the keys files read into the index
         self._arrays: dict[Path, np.ndarray] = {}
 
     def _load_index(self) -> dict[str, tuple[Path, int]]:
-        if self._index is None:
-            self._index = {}
-            if self.dir.is_dir():
-                for kf in sorted(self.dir.glob("part-*.keys.json")):
-                    vf = kf.with_name(kf.name[: -len(".keys.json")] + ".npy")
-                    if not vf.is_file():
-                        continue
-                    try:
-                        keys = json.loads(kf.read_text())
-                    except (OSError, ValueError):
-                        continue
-                    for r, k in enumerate(keys):
-                        self._index.setdefault(k, (vf, r))
+        """The index of keys, brought up to date with the folder: parts not yet read are read; a
+        part that is gone makes it read every part again."""
+        parts = sorted(self.dir.glob("part-*.keys.json")) if self.dir.is_dir() else []
+        names = {kf.name for kf in parts}
+        if self._index is None or not self._seen <= names:
+            self._index, self._seen, self._arrays = {}, set(), {}
+        for kf in parts:
+            if kf.name in self._seen:
+                continue
+            vf = kf.with_name(kf.name[: -len(".keys.json")] + ".npy")
+            if not vf.is_file():
+                continue
+            try:
+                keys = json.loads(kf.read_text())
+            except (OSError, ValueError):
+                continue
+            self._seen.add(kf.name)
+            for r, k in enumerate(keys):
+                self._index.setdefault(k, (vf, r))
         return self._index
+
+    def has(self, keys: Sequence[str]) -> np.ndarray:
+        """Which of ``keys`` are stored (a bool mask), without reading a vector."""
+        idx = self._load_index()
+        return np.fromiter((k in idx for k in keys), dtype=bool, count=len(keys))
 
     def lookup(self, keys: Sequence[str], dim: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         """(found mask [n], vectors [n, d] float32; rows not found are zeros)."""
         idx = self._load_index()
-        found = np.array([k in idx for k in keys], dtype=bool)
+        found = np.fromiter((k in idx for k in keys), dtype=bool, count=len(keys))
         if not found.any():
             return found, np.zeros((len(keys), dim or 0), np.float32)
         groups: dict[Path, list[tuple[int, int]]] = {}
@@ -97,9 +120,56 @@ class EmbeddingStore:
         with atomic_file(self.dir / f"{name}.keys.json", "wb") as fh:  # last: the shard's commit marker
             fh.write(json.dumps(list(keys)).encode())
         if self._index is not None:
+            self._seen.add(f"{name}.keys.json")
             for r, k in enumerate(keys):
                 self._index.setdefault(k, (vf, r))
         return vf
 
     def __len__(self) -> int:
         return len(self._load_index())
+
+
+_STORES: dict[tuple[str, str, str], EmbeddingStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(root: Any, fingerprint: str, *, dtype: str = "float16") -> EmbeddingStore:
+    """This process's store of ``fingerprint``'s vectors under ``root`` (one per folder and dtype)."""
+    key = (str(Path(root).expanduser().resolve()), fingerprint, dtype)
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = _STORES[key] = EmbeddingStore(root, fingerprint, dtype=dtype)
+        return store
+
+
+def _alias_path(root: Any, spec_fingerprint: str) -> Path:
+    name = hashlib.blake2b(spec_fingerprint.encode(), digest_size=10).hexdigest()
+    return Path(root) / "aliases" / f"{name}.json"
+
+
+def remember_store(root: Any, spec_fingerprint: str, fingerprint: str, dim: int) -> None:
+    """Record that the spec of fingerprint ``spec_fingerprint`` loads an encoder of ``fingerprint``
+    and ``dim`` (read back by :func:`known_store`)."""
+    rec = {"spec": spec_fingerprint, "fingerprint": fingerprint, "dim": int(dim)}
+    path = _alias_path(root, spec_fingerprint)
+    try:
+        if json.loads(path.read_text()) == rec:
+            return
+    except (OSError, ValueError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, "wb") as fh:
+        fh.write(json.dumps(rec).encode())
+
+
+def known_store(root: Any, spec_fingerprint: str) -> Optional[tuple[str, int]]:
+    """(encoder fingerprint, dimension) recorded for the spec, or None."""
+    try:
+        rec = json.loads(_alias_path(root, spec_fingerprint).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("spec") != spec_fingerprint:
+        return None
+    fp, dim = rec.get("fingerprint"), rec.get("dim")
+    return (fp, dim) if isinstance(fp, str) and isinstance(dim, int) and dim > 0 else None

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from ..cache import ScoreCache
-from ..embed import embed_table
+from ..embed import embed_table, fill_table
 from ..io.splits import ReadSpec, Split, assemble, read_split
 from .scoring_checks import check_scores
 
@@ -95,9 +95,10 @@ class ShardWorker:
         ``vectors``: also return the first embedder's vectors (``"vectors"``)."""
         out = self.info()
         for i, (name, device, emb_dir) in enumerate(embedders):
-            emb = embed_table(table, name, cache_dir=emb_dir, device=device)
             if vectors and i == 0:
-                out["vectors"] = emb
+                out["vectors"] = embed_table(table, name, cache_dir=emb_dir, device=device)
+            else:  # fill only: cached rows are not read, and the model is loaded only for missing rows
+                fill_table(table, name, cache_dir=emb_dir, device=device)
         return out
 
     def read(self, spec: ReadSpec, split: Split, blob: Any = None) -> tuple:
