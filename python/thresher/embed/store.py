@@ -7,8 +7,9 @@ commit marker, so a shard without it is ignored). A key is
 written atomically through :mod:`thresher.fs` (temporary name, fsync, rename, folder fsync); only ``.npy`` (loaded with
 ``allow_pickle=False``) and JSON are stored.
 
-A process keeps one store per folder (:func:`open_store`): its index of keys is read once and
-then only the parts it has not seen are read (a part another process wrote since is picked up;
+A process keeps one store per folder (:func:`open_store`): its index of keys (a compact
+:class:`~thresher.embed.keyindex.KeyIndex`, 32 bytes a key) is read once and then only the parts
+it has not seen are read (a part another process wrote since is picked up;
 a part deleted since makes it read the index again), so looking up a shard costs the shard,
 not the store.
 
@@ -29,6 +30,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..fs import atomic_file
+from .keyindex import KeyIndex
 
 
 def sample_key(sample_id: Any, text: str) -> str:
@@ -49,17 +51,18 @@ class EmbeddingStore:
         digest = hashlib.blake2b(fingerprint.encode(), digest_size=10).hexdigest()
         self.dir = Path(root) / digest
         self.dtype = dtype
-        self._index: Optional[dict[str, tuple[Path, int]]] = None
+        self._index: Optional[KeyIndex] = None
+        self._parts: list[Path] = []  # vectors file of each part number of the index
         self._seen: set[str] = set()  # the keys files read into the index
         self._arrays: dict[Path, np.ndarray] = {}
 
-    def _load_index(self) -> dict[str, tuple[Path, int]]:
+    def _load_index(self) -> KeyIndex:
         """The index of keys, brought up to date with the folder: parts not yet read are read; a
         part that is gone makes it read every part again."""
         parts = sorted(self.dir.glob("part-*.keys.json")) if self.dir.is_dir() else []
         names = {kf.name for kf in parts}
         if self._index is None or not self._seen <= names:
-            self._index, self._seen, self._arrays = {}, set(), {}
+            self._index, self._parts, self._seen, self._arrays = KeyIndex(), [], set(), {}
         for kf in parts:
             if kf.name in self._seen:
                 continue
@@ -70,38 +73,40 @@ class EmbeddingStore:
                 keys = json.loads(kf.read_text())
             except (OSError, ValueError):
                 continue
-            self._seen.add(kf.name)
-            for r, k in enumerate(keys):
-                self._index.setdefault(k, (vf, r))
+            self._add_part(kf.name, vf, keys, merge=False)
+        self._index.settle()
         return self._index
+
+    def _add_part(self, name: str, vf: Path, keys: Sequence[str], merge: bool = True) -> None:
+        assert self._index is not None
+        self._seen.add(name)
+        self._parts.append(vf)
+        self._index.add(keys, len(self._parts) - 1, merge=merge)
 
     def has(self, keys: Sequence[str]) -> np.ndarray:
         """Which of ``keys`` are stored (a bool mask), without reading a vector."""
-        idx = self._load_index()
-        return np.fromiter((k in idx for k in keys), dtype=bool, count=len(keys))
+        return self._load_index().find(keys)[0]
+
+    def _array(self, p: Path) -> np.ndarray:
+        arr = self._arrays.get(p)
+        if arr is None:
+            arr = self._arrays[p] = np.load(p, mmap_mode="r", allow_pickle=False)
+        return arr
 
     def lookup(self, keys: Sequence[str], dim: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         """(found mask [n], vectors [n, d] float32; rows not found are zeros)."""
-        idx = self._load_index()
-        found = np.fromiter((k in idx for k in keys), dtype=bool, count=len(keys))
+        found, part, row = self._load_index().find(keys)
         if not found.any():
             return found, np.zeros((len(keys), dim or 0), np.float32)
-        groups: dict[Path, list[tuple[int, int]]] = {}
-        for i, k in enumerate(keys):
-            if found[i]:
-                p, r = idx[k]
-                groups.setdefault(p, []).append((i, r))
+        hit = np.flatnonzero(found)
+        hit = hit[np.argsort(part[hit], kind="stable")]  # grouped by part
         out = None
-        for p, pairs in groups.items():
-            arr = self._arrays.get(p)
-            if arr is None:
-                arr = np.load(p, mmap_mode="r", allow_pickle=False)
-                self._arrays[p] = arr
+        for grp in np.split(hit, np.flatnonzero(np.diff(part[hit])) + 1):
+            arr = self._array(self._parts[part[grp[0]]])
             if out is None:
                 out = np.zeros((len(keys), arr.shape[1]), np.float32)
-            ii = np.fromiter((a for a, _ in pairs), np.int64)
-            rr = np.fromiter((b for _, b in pairs), np.int64)
-            out[ii] = arr[rr]
+            out[grp] = arr[row[grp]]
+        assert out is not None
         return found, out
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> Path:
@@ -119,10 +124,8 @@ class EmbeddingStore:
             np.save(fh, arr, allow_pickle=False)
         with atomic_file(self.dir / f"{name}.keys.json", "wb") as fh:  # last: the shard's commit marker
             fh.write(json.dumps(list(keys)).encode())
-        if self._index is not None:
-            self._seen.add(f"{name}.keys.json")
-            for r, k in enumerate(keys):
-                self._index.setdefault(k, (vf, r))
+        if self._index is not None and f"{name}.keys.json" not in self._seen:
+            self._add_part(f"{name}.keys.json", vf, keys)
         return vf
 
     def __len__(self) -> int:
