@@ -174,12 +174,36 @@ def test_mixed_pool_with_tool_roles_and_skipped_rows():
         },
         {"instruction": "no answer"},  # bad: no output
     ]
-    with pytest.raises(InputError, match=r"line 3, field 'output': missing field"):
+    with pytest.raises(InputError, match=r"^data, item 2, field 'output': missing field; pass on_bad_row='skip'"):
         thresher.score(recs, criteria=["length"])
     out = thresher.score(recs, criteria=["length"], on_bad_row="skip")
     assert [o["length.output"] for o in out[:2]] == [2.0, 3.0]
     assert out[1]["length.instruction"] == 2.0  # the last user turn
     assert math.isnan(out[2]["length"]) and out[2]["length.reason"].startswith("input row skipped: missing field")
+
+
+def test_a_bad_row_is_named_in_the_callers_terms(rows, tmp_path):
+    """In-memory data: the row's position (and a DataFrame's index label), never the staged copy's
+    path; the hint in keyword arguments, not CLI flags; a temporary cache is not offered for reuse."""
+    df = pd.DataFrame(rows[:6], index=[f"r{i}" for i in range(6)])
+    df.loc["r4", "output"] = None
+    with pytest.raises(InputError) as exc:
+        thresher.select(df, criteria=["length"], k=2)
+    msg = str(exc.value)
+    where = "data (DataFrame), row 4 (index 'r4'), field 'output'"
+    assert msg == f"{where}: missing field; pass on_bad_row='skip' to skip bad rows"
+    with pytest.raises(InputError, match=r"^data \(pyarrow Table\), row 4, field 'output'"):
+        thresher.score(pa.Table.from_pandas(df, preserve_index=False), criteria=["length"])
+    bad = tmp_path / "pool.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + '{"instruction": "x"}\n', encoding="utf-8")
+    cache = tmp_path / "cache"
+    with pytest.raises(InputError) as exc:
+        thresher.select(str(bad), criteria=["length"], k=1, cache_dir=cache, out=tmp_path / "sel")
+    msg = str(exc.value)
+    assert msg.startswith(
+        f"{bad}, line 4, field 'output': missing field; the scores computed so far are kept in {cache}"
+    )
+    assert "overwrite=True" in msg and "on_bad_row='skip'" in msg and "--on-bad-row" not in msg
 
 
 def test_rank_pareto_and_weighted():

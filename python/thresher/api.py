@@ -47,7 +47,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import OptionError
+from .errors import InputError, OptionError
 from .fs import atomic_file
 from .io import file_checksum
 from .io.sources import is_url, locate
@@ -332,14 +332,54 @@ def _columns(inp: _Input, res: PipelineResult, table: pd.DataFrame, id_column: O
 
 def _run(inp: _Input, cfg: PipelineConfig, *, select: bool) -> tuple[PipelineResult, pd.DataFrame]:
     """Run the pipeline (temporary cache and output folder unless given); the scores table."""
+    given_cache, given_out = cfg.cache_dir, cfg.out if select else None
     with _scratch(cfg.cache_dir) as cache, _scratch(cfg.out if select else None) as out:
         cfg.cache_dir = str(cache)
         if select:
             cfg.report = cfg.report and cfg.out is not None
             cfg.out = str(out)
-        res = run_pipeline(cfg)
+        try:
+            res = run_pipeline(cfg)
+        except InputError as exc:
+            raise _bad_input(inp, exc, given_cache, given_out) from None
         table = res.scores() if select else res.table
         return res, table
+
+
+_KIND_NAMES = {"pandas": "DataFrame", "arrow": "pyarrow Table", "hf": "Dataset", "hf-iterable": "IterableDataset"}
+
+
+def _where(inp: _Input, line: Optional[int]) -> str:
+    """An in-memory input's bad row in the caller's terms: its position (0-based), and a
+    DataFrame's index label (the staged copy has one line, or one Parquet row, a row)."""
+    what = f"data ({_KIND_NAMES[inp.kind]})" if inp.kind in _KIND_NAMES else "data"
+    if line is None:
+        return what
+    pos = int(line) - 1
+    if inp.kind == "pandas" and 0 <= pos < len(inp.obj):
+        return f"{what}, row {pos} (index {inp.obj.index[pos]!r})"
+    return f"{what}, {'item' if inp.kind == 'records' else 'row'} {pos}"
+
+
+def _bad_input(inp: _Input, exc: InputError, cache: Optional[Any], out: Optional[Any]) -> InputError:
+    """The pipeline's bad-row error worded for a Python caller: an in-memory input named by its
+    row (not the staged copy's path), and the hint in keyword arguments, not CLI flags (a
+    temporary cache is gone when the call returns, so it is not offered for reuse)."""
+    reason = getattr(exc, "row_reason", exc.reason)
+    skippable = getattr(exc, "skippable", True)
+    hint = "pass on_bad_row='skip' to skip bad rows" if skippable else "fix the file"
+    if cache is not None:
+        again = " with overwrite=True" if out is not None else ""
+        what = "row" if skippable else "file"
+        kept = f"the scores computed so far are kept in {cache} (fix the {what} and call again{again} to reuse them)"
+        hint = f"{kept}, or {hint}" if skippable else kept
+    cls = type(exc)  # DataError stays DataError
+    if inp.kind == "path":
+        err = cls(f"{reason}; {hint}", file=exc.file, line=exc.line, field=exc.field)
+    else:
+        err = cls(f"{reason}; {hint}", file=_where(inp, exc.line), field=exc.field)
+    err.row_reason, err.skippable = reason, skippable
+    return err
 
 
 # ------------------------------------------------------------------ results

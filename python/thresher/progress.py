@@ -12,6 +12,8 @@
 * :func:`scaled` converts inner work to rows of the enclosing share: a criterion scoring a
   batch of ``rows`` through ``items`` model units reports each micro-batch of units, and the
   bar moves by the rows they stand for.
+* :func:`library_bars` makes the bars of transformers and the hub follow :func:`quiet` while a
+  model loads.
 * :func:`activity` is a bar without a total (elapsed time and a spinner) for steps whose
   length is unknown, such as loading or converting a model.
 
@@ -174,3 +176,20 @@ def quiet(on: bool = True) -> Iterator[None]:
 
 def is_quiet() -> bool:
     return _QUIET.get()
+
+
+@contextlib.contextmanager
+def library_bars() -> Iterator[None]:
+    """Hugging Face libraries' own bars (transformers' "Loading weights", the hub's downloads) follow
+    :func:`quiet` inside this block: off in a quiet context, left as they are otherwise."""
+    logging_mod = sys.modules.get("transformers.utils.logging")
+    if not _QUIET.get() or logging_mod is None:
+        yield
+        return
+    was = logging_mod.is_progress_bar_enabled()
+    logging_mod.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging_mod.enable_progress_bar()

@@ -92,7 +92,8 @@ def test_permission_errors_name_the_path(tmp_path, capsys, monkeypatch):
     out = tmp_path / "o.csv"
     assert cli_main.main(["score", str(p), "--criteria", "length", "--out", str(out), "--quiet"]) == 2
     line = one_error_line(capsys)
-    assert str(out) in line and "permission denied" in line
+    assert str(out) in line and "permission denied" in line and "the scores are kept in " in line
+    Path(line.rsplit("kept in ", 1)[1]).unlink()  # the scores, saved where they could be written
 
 
 def test_folder_mixing_formats_is_refused(tmp_path, capsys):
@@ -244,3 +245,19 @@ def test_score_summary_lists_only_the_criteria(tmp_path, capsys):
     last = [ln for ln in err.splitlines() if ln.startswith("thresher score: wrote")]
     assert len(last) == 1 and "(6 rows; length: 6/6 scored;" in last[0]
     assert "tokens" not in last[0] and "source_file" not in last[0] and "source_line" not in last[0]
+
+
+def test_a_whole_file_error_does_not_offer_skipping_rows(tmp_path, capsys):
+    """--on-bad-row skip cannot get past a file that is not a JSON array or is cut short, so the
+    message does not suggest it (a bad row's message does)."""
+    cases = {"obj.json": '{"instruction": "a", "output": "b"}', "cut.json": '[{"instruction": "a", "output": "b"},'}
+    for name, text in cases.items():
+        f = tmp_path / name
+        f.write_text(text, encoding="utf-8")
+        for flags in ([], ["--on-bad-row", "skip"]):
+            assert score(f, tmp_path, *flags) == 2
+            line = one_error_line(capsys)
+            assert line.endswith("; fix the file") and "--on-bad-row" not in line, line
+    rows = jsonl(tmp_path / "pool.jsonl", [*ROWS[:2], {"instruction": "no answer"}])
+    assert score(rows, tmp_path) == 2
+    assert one_error_line(capsys).endswith("fix the row, or pass --on-bad-row skip to skip bad rows")

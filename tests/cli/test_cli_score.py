@@ -188,3 +188,65 @@ def test_missing_inputs(tmp_path, capsys):
     empty.write_text("\n")
     assert main(["score", str(empty), "--criteria", "ifd", "--out", str(tmp_path / "o.parquet")]) == 2
     assert "empty file" in capsys.readouterr().err
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("thresher: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_out_never_replaces_the_input_or_a_users_file(tmp_path, capsys, monkeypatch):
+    """--out is checked before any scoring: never the input file, never inside the input folder, an
+    existing file only when it is a scores table (a rerun) or with --overwrite."""
+    rows = [json.loads(ln) for ln in FIX.read_text().splitlines()[:3]]
+    pool = tmp_path / "pool.parquet"
+    pd.DataFrame(rows).to_parquet(pool)
+    before = pool.read_bytes()
+    scored = []
+    import thresher.cli.cmd_score as cmd_score
+
+    real = cmd_score.run_pipeline
+    monkeypatch.setattr(cmd_score, "run_pipeline", lambda cfg: scored.append(1) or real(cfg))
+    for flags in ([], ["--overwrite"]):
+        assert main(["score", str(pool), "--criteria", "length", "--out", str(pool), "--quiet", *flags]) == 2
+        assert "is the input file" in _error_line(capsys)
+    assert pool.read_bytes() == before
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    pd.DataFrame(rows).to_parquet(folder / "a.parquet")
+    assert main(["score", str(folder), "--criteria", "length", "--out", str(folder / "s.parquet"), "--quiet"]) == 2
+    assert "inside the input folder" in _error_line(capsys)
+    notes = tmp_path / "notes.csv"
+    notes.write_text("a,b\n1,2\n")
+    assert main(["score", str(pool), "--criteria", "length", "--out", str(notes), "--quiet"]) == 2
+    assert "is not a thresher scores table" in _error_line(capsys) and notes.read_text() == "a,b\n1,2\n"
+    for name in ("x.json", "x.tsv.gz"):
+        assert main(["score", str(pool), "--criteria", "length", "--out", str(tmp_path / name), "--quiet"]) == 2
+        assert "write .parquet, .csv or .jsonl" in _error_line(capsys)
+    assert scored == []  # every refusal came before the pipeline ran
+    out = tmp_path / "s.csv"
+    for _ in range(2):  # a rerun replaces its own scores table without a flag
+        assert main(["score", str(pool), "--criteria", "length", "--out", str(out), "--quiet"]) == 0
+    assert main(["score", str(pool), "--criteria", "length", "--out", str(notes), "--quiet", "--overwrite"]) == 0
+    assert list(pd.read_csv(notes)["id"]) == list(pd.read_csv(out)["id"]) and len(scored) == 3
+
+
+def test_scores_are_kept_when_the_table_cannot_be_written(tmp_path, capsys, monkeypatch):
+    from thresher.io import writers
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writers, "atomic_file", full)
+    out = tmp_path / "s.csv"
+    assert main(["score", str(FIX), "--criteria", "length", "--on-bad-row", "skip", "--out", str(out), "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert f"{out}: cannot write (No space left on device); the scores are kept in " in line
+    kept = Path(line.rsplit("kept in ", 1)[1])
+    try:
+        got = pd.read_parquet(kept)
+        assert "length" in got.columns and len(got) > 0 and not out.exists()
+    finally:
+        kept.unlink()

@@ -159,6 +159,23 @@ def test_quiet_runs_print_no_bar(tiny_lm, bigbench_path, tmp_path, monkeypatch, 
     assert capsys.readouterr().err == ""
 
 
+def test_quiet_silences_the_model_loading_bar_of_transformers(tmp_path, capsys):
+    from transformers.utils import logging as tf_logging
+
+    from conftest import save_tiny_lm
+    from thresher.models.loader import load_causal_lm
+
+    path = str(save_tiny_lm(tmp_path / "lm"))
+    capsys.readouterr()
+    load_causal_lm(path, device="cpu")
+    loud = capsys.readouterr().err
+    assert "Loading weights" in loud  # the library's bar shows outside a quiet context
+    with progress.quiet():
+        load_causal_lm(path, device="cpu")
+    assert capsys.readouterr().err == ""
+    assert tf_logging.is_progress_bar_enabled()  # restored after the load
+
+
 # ------------------------------------------------------------------ every optional import names its extra
 def _missing(monkeypatch, *modules):
     for m in modules:

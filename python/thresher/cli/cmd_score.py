@@ -12,20 +12,22 @@ NaN and a ``<criterion>.reason``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptionError
-from ..io.writers import write_table
+from ..errors import OptionError, ResourceError, ThresherError
+from ..io.writers import check_table_out, write_table
 from ..pipeline import PipelineConfig, run_pipeline
 from ._common import (
     add_criteria_args,
     add_data_args,
     add_engine_args,
     add_output_args,
+    add_overwrite_arg,
     add_plugin_args,
     add_selection_args,
     check_positive,
@@ -90,12 +92,13 @@ def run_score(args: argparse.Namespace) -> int:
         if args.dry_run:
             print_plan(plan_preview(cfg), args.json)
             return 0
+        check_table_out(out, args.data, args.overwrite)  # before any scoring: a late refusal wastes the run
         res = run_pipeline(cfg)
         table = res.scores()
     crits = [c.get("as") or c["name"] for c in res.manifest.get("criteria", [])]
     cols = [c for c in crits if c in table.columns]  # the criteria only (not tokens, source_file, ...)
     _report_rows(res, table, cols, args.verbose)
-    write_table(table, out)
+    _write_or_keep(table, out)
     counts = {c: int(table[c].notna().sum()) for c in cols}
     if args.json:
         cache = {"hits": res.cache_hits, "misses": res.cache_misses}
@@ -108,6 +111,22 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_or_keep(table: Any, out: Path) -> None:
+    """Write the table; if that fails now (the disk filled, the folder went away), keep it in a
+    temporary Parquet file named in the error, so the scores are not lost with the run's cache."""
+    try:
+        write_table(table, out)
+    except (OSError, ThresherError) as exc:
+        fd, keep = tempfile.mkstemp(prefix="thresher-scores-", suffix=".parquet")
+        os.close(fd)
+        try:
+            table.to_parquet(keep, index=False)
+        except Exception:  # nowhere to keep them either: the first error is the one to report
+            os.unlink(keep)
+            raise exc from None
+        raise ResourceError(f"{exc}; the scores are kept in {keep}") from None
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "score",
@@ -118,13 +137,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("data", help="pool: .jsonl(.gz), .json, .parquet, .csv or a saved HF dataset folder")
     p.add_argument(
-        "--out", required=True, help="output table (.parquet; .csv or .jsonl by extension; replaced atomically)"
+        "--out",
+        required=True,
+        help="output table (.parquet; .csv or .jsonl by extension; written atomically; an existing scores "
+        "table is replaced, any other file only with --overwrite)",
     )
     add_criteria_args(p)
     add_selection_args(p, recipe_only=True)
     add_data_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--cache-dir", default=None, help="keep the per-shard score cache here (resumable, shareable)")
+    add_overwrite_arg(g, "replace an existing --out file that is not a scores table (never the input itself)")
     add_engine_args(g)
     add_plugin_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars or pipeline messages")

@@ -30,7 +30,7 @@ import torch
 from ..device import resolve_device
 from ..extras import require
 from ..models import load_causal_lm
-from ..progress import advance
+from ..progress import advance, library_bars
 
 ENCODER_VERSION = 1
 #: Names that select the bundled all-MiniLM-L6-v2.
@@ -86,7 +86,8 @@ class SentenceEncoder:
             path = path if path.exists() else None
         dev = resolve_device(device)
         try:
-            self.model = SentenceTransformer(src, device=dev)
+            with library_bars():
+                self.model = SentenceTransformer(src, device=dev)
         except Exception as exc:
             raise ValueError(
                 f"embedder: cannot load sentence-transformers model {spec!r}: {type(exc).__name__}: {exc}"

@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, Iterator, Optional
 import numpy as np
 
 from ..errors import InputError, ResourceError, ThresherError
-from .schema import DataError
+from .schema import DataError, file_error
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
 _EXT = {
@@ -409,6 +409,7 @@ class _ArrayScanner:
                 )
                 stop = _value_end(self.buf, self.pos)
                 if stop is None:  # cannot find where the bad record ends: nothing after it can be read
+                    err.skippable = False
                     raise err from None
                 end = stop
                 break
@@ -422,9 +423,9 @@ def _iter_json_array(path: Path, chunk: int = 1 << 20):
     sc = _ArrayScanner(path, _text_chunks(path, chunk))
     c = sc.next_char("")
     if c is None:
-        raise DataError("empty file: no JSON array", file=path, line=sc.line)
+        raise file_error("empty file: no JSON array", file=path, line=sc.line)
     if c != "[":
-        raise DataError("expected a JSON array of objects ('[' ...), or use a .jsonl file", file=path, line=sc.line)
+        raise file_error("expected a JSON array of objects ('[' ...), or use a .jsonl file", file=path, line=sc.line)
     sc.pos += 1
     yield from _array_elements(sc, whole=True)
 
@@ -437,7 +438,7 @@ def _array_elements(sc: _ArrayScanner, whole: bool):
         if c is None:
             if not whole:
                 return
-            raise DataError("unterminated JSON array (missing ']')", file=sc.path, line=sc.line)
+            raise file_error("unterminated JSON array (missing ']')", file=sc.path, line=sc.line)
         if c == "]":
             return
         start = sc.line
@@ -775,6 +776,6 @@ def _check_file(f: Path) -> None:
     with _read_errors(f), open(f, "rb") as fh:
         head = fh.read(2)
     if not head:
-        raise DataError("empty file", file=f)
+        raise file_error("empty file", file=f)
     if _is_gz(f) and head != _GZIP_MAGIC:
         raise InputError("not a gzip file (no gzip header); rename it without .gz if it is plain text", file=f)

@@ -40,7 +40,16 @@ from .formats import (  # noqa: F401 - re-exported: the writers and older caller
     open_parquet,
 )
 from .idset import IdSet, digest
-from .schema import DataError, Schema, check_mapping, content_hash, detect_schema, mapped_columns, normalize_record
+from .schema import (
+    DataError,
+    Schema,
+    check_mapping,
+    content_hash,
+    detect_schema,
+    file_error,
+    mapped_columns,
+    normalize_record,
+)
 from .sources import ColumnBatch, Location, arrow_batches, fast_rows, hf_batches, load_saved, locate, memory_checksum
 
 
@@ -419,9 +428,9 @@ class Source:
                 events, n_good = [], 0
         yield from self._replay(events, ids, build)
         if not any_record:
-            raise DataError("empty file: no records", file=self.files[0])
+            raise file_error("empty file: no records", file=self.files[0])
         if build.n == 0:
-            raise DataError(
+            raise file_error(
                 f"no usable rows ({len(self.skipped)} skipped; first: {self.skipped[0] if self.skipped else None})",
                 file=self.files[0],
             )

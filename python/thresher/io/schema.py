@@ -64,7 +64,18 @@ def missing(v: Any) -> bool:
 class DataError(InputError):
     """A bad row or file: names the file, the line (1-based) and the field.
 
-    The io layer's name for :class:`thresher.errors.InputError` (kept for callers that import it)."""
+    The io layer's name for :class:`thresher.errors.InputError` (kept for callers that import it).
+    ``skippable``: whether ``--on-bad-row skip`` would get past it (a bad row), or not (the file
+    itself: empty, not a JSON array, unterminated; see :func:`file_error`)."""
+
+    skippable = True
+
+
+def file_error(message: str, file: Any, line: Optional[int] = None) -> DataError:
+    """A :class:`DataError` about a whole file, which skipping bad rows cannot get past."""
+    err = DataError(message, file=file, line=line)
+    err.skippable = False
+    return err
 
 
 @dataclass

@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import IO, Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from ..errors import OptionError, ResourceError
+from ..errors import OptionError, OutputExistsError, ResourceError
 from ..fs import atomic_dir, atomic_file, atomic_write_bytes, atomic_write_text
 from .readers import Source, _decode_line, _raw_lines
 
@@ -425,16 +426,77 @@ def write_parquet_atomic(table: Any, path: Path) -> None:
         pq.write_table(table, fh, compression="zstd")
 
 
-def write_table(df: Any, path: Any) -> Path:
-    """One scores table, by extension: ``.csv``, ``.jsonl`` or Parquet (anything else), atomically."""
-    path = Path(path)
+def _table_format(path: Path) -> str:
     low = path.name.lower()
     if low.endswith((".json", ".tsv", ".gz")):
         raise OptionError(f"--out {path}: write .parquet, .csv or .jsonl")
-    if low.endswith(".csv"):
+    return "csv" if low.endswith(".csv") else "jsonl" if low.endswith(".jsonl") else "parquet"
+
+
+def _writable_folder(path: Path) -> None:
+    """The nearest existing folder above ``path`` must be one this process can write into (the
+    folders below it are created)."""
+    up = path.parent.absolute()
+    while not up.exists() and up != up.parent:
+        up = up.parent
+    if not up.is_dir():
+        raise ResourceError(f"{path}: cannot write ({up} is not a folder)")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise ResourceError(f"{path}: permission denied (cannot write into {up})")
+
+
+def check_table_out(path: Any, data: Any, overwrite: bool = False) -> Path:
+    """Check a scores table's ``--out`` before anything is scored (a late refusal would waste the run):
+    a known table format, not a folder, writable; never the input file itself nor inside the input
+    folder (the scores would replace the pool, or be read as part of it next time); an existing file
+    only when it is a scores table (a rerun) or with ``overwrite``."""
+    path = Path(path)
+    _table_format(path)
+    if path.is_dir():
+        raise OptionError(f"--out {path}: is a folder, expected a file name")
+    src = Path(str(data)).expanduser() if data is not None and "://" not in str(data) else None
+    if src is not None and src.is_file() and path.exists() and path.samefile(src):
+        raise OptionError(f"--out {path}: is the input file; write the scores to another file")
+    if src is not None and src.is_dir() and src.resolve() in path.absolute().resolve().parents:
+        raise OptionError(f"--out {path}: is inside the input folder {src}, whose files are read as the pool")
+    if path.exists() and not overwrite and not _is_scores_table(path):
+        raise OutputExistsError(
+            f"--out {path}: exists and is not a thresher scores table (no id, source_file and source_line "
+            "columns); pass --overwrite to replace it"
+        )
+    _writable_folder(path)
+    return path
+
+
+SCORES_TABLE_COLUMNS = ("id", "source_file", "source_line")
+
+
+def _is_scores_table(path: Path) -> bool:
+    """Whether ``path`` holds a table ``thresher score`` wrote (its header has the scores table's own
+    columns), which a rerun may replace; read the header only, and any doubt is a no."""
+    try:
+        fmt = _table_format(path)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+        else:
+            with open(path, encoding="utf-8", newline="") as fh:
+                first = fh.readline()
+            names = next(csv.reader([first])) if fmt == "csv" else list(json.loads(first))
+    except Exception:  # unreadable, not UTF-8, not a table, not JSON: not ours
+        return False
+    return all(c in names for c in SCORES_TABLE_COLUMNS)
+
+
+def write_table(df: Any, path: Any) -> Path:
+    """One scores table, by extension: ``.csv``, ``.jsonl`` or Parquet (anything else), atomically."""
+    path = Path(path)
+    fmt = _table_format(path)
+    if fmt == "csv":
         with _write_errors(path), atomic_file(path, "w", encoding="utf-8") as fh:
             df.to_csv(fh, index=False)
-    elif low.endswith(".jsonl"):
+    elif fmt == "jsonl":
         with _write_errors(path), atomic_file(path, "w", encoding="utf-8") as fh:
             df.to_json(fh, orient="records", lines=True, force_ascii=False)
     else:

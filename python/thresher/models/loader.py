@@ -24,7 +24,7 @@ import torch
 from .. import device as _device
 from ..extras import require
 from ..fs import atomic_dir
-from ..progress import activity
+from ..progress import activity, library_bars
 
 DEFAULT_SPEC = "default"
 _CONVERT_VERSION = 1  # bump when the converted layout changes
@@ -203,8 +203,9 @@ def _gguf_converted_dir(gguf: Path) -> Path:
         AutoModelForCausalLM, AutoTokenizer = tf.AutoModelForCausalLM, tf.AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            with library_bars():
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except Exception as exc:
             raise _gguf_error(gguf, exc) from exc
         cfg = src.config
@@ -358,8 +359,9 @@ def load_causal_lm(
     kind, path, kw = _resolve(spec)
     src = str(path) if path is not None else spec
     try:
-        tok = AutoTokenizer.from_pretrained(src, **kw)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dt, **kw)
+        with library_bars():  # transformers' "Loading weights" bar follows --quiet
+            tok = AutoTokenizer.from_pretrained(src, **kw)
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=dt, **kw)
     except (OSError, ValueError, EnvironmentError) as exc:
         if kind == "hub":
             off = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.readers import _IdAssigner, shard_key
-from ..io.schema import DataError
+from ..io.schema import DataError, file_error
 from ..io.splits import ReadSpec, SplitRows, plan_splits
 from .state import RunState
 
@@ -191,10 +191,10 @@ class _Pass:
     def finish(self) -> Iterator[RemoteShard]:
         src = self.src
         if self.records == 0:
-            raise DataError("empty file: no records", file=src.files[0])
+            raise file_error("empty file: no records", file=src.files[0])
         if self.build.n == 0:
             first = src.skipped[0] if src.skipped else None
-            raise DataError(f"no usable rows ({len(src.skipped)} skipped; first: {first})", file=src.files[0])
+            raise file_error(f"no usable rows ({len(src.skipped)} skipped; first: {first})", file=src.files[0])
         if self.build.ids:
             yield self.build.flush()
         src.n_rows = self.build.n

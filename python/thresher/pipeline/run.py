@@ -102,8 +102,10 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
     except DataError as exc:
         if handler is not None:  # into run.log only (never a second line on stderr)
             log.error("%s", exc)
-        raise DataError(f"{exc.reason}; {_bad_row_hint(out, cache)}", file=exc.file, line=exc.line,
-                        field=exc.field) from None  # fmt: skip
+        hint = _bad_row_hint(out, cache, getattr(exc, "skippable", True))
+        err = DataError(f"{exc.reason}; {hint}", file=exc.file, line=exc.line, field=exc.field)
+        err.row_reason, err.skippable = exc.reason, getattr(exc, "skippable", True)  # the API words its own hint
+        raise err from None
     finally:
         rowstore.close()
         if handler is not None:
@@ -111,13 +113,16 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
             handler.close()
 
 
-def _bad_row_hint(out: Optional[Path], cache: ScoreCache) -> str:
-    skip = "pass --on-bad-row skip to skip bad rows"
+def _bad_row_hint(out: Optional[Path], cache: ScoreCache, skippable: bool = True) -> str:
+    """What to do next: fix the row (or the file, for an error no skipping gets past), where the
+    scores computed so far are, and ``--on-bad-row skip`` when it would help."""
+    what = "row" if skippable else "file"
+    skip = ", or pass --on-bad-row skip to skip bad rows" if skippable else ""
     if out is None:
-        return f"fix the row, or {skip}"
+        return f"fix the {what}{skip}"
     return (
-        f"the scores computed so far are kept in {cache.root} (fix the row and rerun with --overwrite to "
-        f"reuse them), or {skip}"
+        f"the scores computed so far are kept in {cache.root} (fix the {what} and rerun with --overwrite to "
+        f"reuse them){skip}"
     )
 
 
