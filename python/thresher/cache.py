@@ -303,6 +303,14 @@ def _drop_orphan_aliases(folder: Path) -> set:
     return {aliases}
 
 
+def _is_entry(f: Path) -> bool:
+    """A score-cache entry carries :data:`META_KEY` in its Parquet metadata (read from the footer)."""
+    try:
+        return META_KEY in (pq.read_schema(f).metadata or {})
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+
+
 def cache_entries(root: Any, criterion: Optional[str] = None) -> list[CacheEntry]:
     """Every entry under ``root`` (optionally of one criterion, or ``"embeddings"``), by group then path."""
     root = Path(root)
@@ -316,6 +324,8 @@ def cache_entries(root: Any, criterion: Optional[str] = None) -> list[CacheEntry
             out.extend(_embedding_entries(folder))
             continue
         for f in sorted(folder.glob("*.parquet")):
+            if not _is_entry(f):  # another program's file in a folder given as the cache: never listed or pruned
+                continue
             rows = rows_path(f)
             with contextlib.suppress(OSError):  # removed by another process meanwhile
                 out.append(_entry(folder.name, [f] + ([rows] if rows.is_file() else []), used=f))

@@ -151,3 +151,22 @@ def test_prune_all_removes_embedder_aliases_with_the_last_part(tmp_path, capsys)
     assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
     capsys.readouterr()
     assert files(cache) == {} and not (cache / "embeddings").exists()
+
+
+def test_prune_all_never_touches_another_programs_files(pool, tmp_path, capsys):
+    """--cache-dir pointed at a folder that also holds the user's data: only the cache's own entries
+    (Parquet files carrying its metadata) are listed and removed."""
+    cache = tmp_path / "cache"
+    score(pool, cache, capsys)
+    (cache / "train").mkdir()
+    pd.DataFrame(ROWS).to_parquet(cache / "train" / "part-0.parquet")
+    pd.DataFrame(ROWS).to_parquet(cache / "mtld" / "mine.parquet")  # even inside a criterion's folder
+    (cache / "length" / "broken.parquet").write_bytes(b"not parquet")
+    theirs = {
+        k: v for k, v in files(cache).items() if k.startswith("train") or k.endswith(("mine.parquet", "broken.parquet"))
+    }
+    assert len(theirs) == 3
+    assert ls(cache, capsys)["entries"] == 6  # mtld and length: three shards each
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
+    capsys.readouterr()
+    assert files(cache) == theirs
