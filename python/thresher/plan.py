@@ -384,7 +384,10 @@ def _fraction(x: Any) -> bool:
 def parse_filter(expr: str) -> tuple[str, str, float]:
     m = _FILTER.match(str(expr))
     if not m:
-        raise OptionError(f"filters: cannot read {expr!r}; write e.g. 'ifd < 1' or 'length.output >= 1'")
+        raise OptionError(
+            f"filters: cannot read {expr!r}; write one comparison of a score column with a number, e.g. 'ifd < 1' "
+            "or 'length.output >= 1' (several filters: repeat --filter, or a list in a config; all must hold)"
+        )
     try:
         value = float(m.group(3))
     except ValueError:

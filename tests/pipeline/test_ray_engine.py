@@ -204,3 +204,28 @@ def test_two_node_cluster_gives_the_local_selection(pool, local, tmp_path, _ray_
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_an_unreachable_ray_address_fails_at_once_in_one_line():
+    """Ray retries a dead address for minutes; the engine checks that something listens first."""
+    pytest.importorskip("ray")
+    from thresher.engines.ray_engine import _check_reachable
+    from thresher.errors import OptionError, ResourceError
+
+    with socket.socket() as s:  # a port nobody listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(ResourceError, match=rf"--ray-address 127.0.0.1:{dead}: no Ray cluster answers there"):
+        _check_reachable(f"127.0.0.1:{dead}")
+    with pytest.raises(ResourceError, match="no Ray cluster answers there"):
+        _check_reachable(f"ray://127.0.0.1:{dead}")
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(OptionError, match="expected HOST:PORT"):
+        _check_reachable("headnode")
+    with socket.socket() as s:  # something listens: the check lets Ray take over
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        _check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+    for own in (None, "auto", "local"):
+        _check_reachable(own)

@@ -196,3 +196,15 @@ def test_fit_linear_rule_orients_minimised_indicators():
     assert fit_linear_rule(X, loss, directions=["max", "max"])["weights"] == pytest.approx([0.2, -0.5], abs=1e-6)
     with pytest.raises(ValueError, match="directions"):
         fit_linear_rule(X, loss, directions=["max"])
+
+
+@pytest.mark.parametrize("selector", ["pareto", "weighted", "rrf", "aggregate"])
+def test_multi_objective_selector_without_objectives_is_refused_by_the_plan(selector, tmp_path):
+    """Caught when the plan is made (before any data is read or scored), not after scoring."""
+    cfg = dict(data=str(tmp_path), criteria=["length", "mtld"], k=3)
+    with pytest.raises(ValueError, match="objectives: give at least one objective"):
+        make_plan(PipelineConfig(selector=selector, **cfg))
+    with pytest.raises(ValueError, match="direction of 'length' must be 'max' or 'min'"):
+        make_plan(PipelineConfig(selector={"name": selector, "options": {"objectives": ["length:up"]}}, **cfg))
+    plan = make_plan(PipelineConfig(selector={"name": selector, "options": {"objectives": ["length:max"]}}, **cfg))
+    assert plan.selector.name == selector

@@ -31,13 +31,14 @@ it, and the engine says which extra to install when it is built.
 
 from __future__ import annotations
 
+import socket
 import sys
 from dataclasses import replace
 from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import OptionError, ThresherError
+from ..errors import OptionError, ResourceError, ThresherError
 from ..extras import require
 from ..io.splits import assemble
 from ..registry import ENGINES, Option
@@ -220,6 +221,29 @@ class RayPool:
         self.actors = []
 
 
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: Optional[str]) -> None:
+    """Fail at once, in one line, when nothing listens at a ``host:port`` (or ``ray://host:port``)
+    address: Ray itself retries for minutes before it gives up. ``auto``/``local`` are Ray's own."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise OptionError(f"--ray-address {address}: expected HOST:PORT (the head's GCS port, 6379 by default) or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ResourceError(
+            f"--ray-address {address}: no Ray cluster answers there ({reason}); start one with `ray start --head`, "
+            "or leave --ray-address out to start a local Ray"
+        ) from None
+
+
 @ENGINES.register(
     "ray",
     doc="a pool of Ray actors: each loads each model once, scores shards and writes their cache entries",
@@ -248,7 +272,11 @@ class RayEngine:
             kw: dict = {"include_dashboard": False, "log_to_driver": False, "address": address or "local"}
             if num_cpus is not None:
                 kw["num_cpus"] = num_cpus
-            ray.init(**kw)
+            _check_reachable(address)
+            try:
+                ray.init(**kw)
+            except ConnectionError as exc:  # `auto` with no cluster running here, a refused handshake
+                raise ResourceError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc})") from None
         self.workers, self.gpus, self.cpus = workers, gpus_per_worker, cpus_per_worker
         self.batch_size, self.max_in_flight = batch_size, max_in_flight
         self.split_options = {"split_bytes": split_bytes, "split_rows": split_rows}

@@ -57,9 +57,14 @@ def reads_criterion(options: dict) -> list:
 
 
 def reads_objectives(options: dict) -> list:
-    """``reads`` of the multi-objective selectors: the objectives' columns."""
-    obj = options.get("objectives")
-    return [name for name, _ in parse_objectives(obj)] if obj else []
+    """``reads`` of the multi-objective selectors: the objectives' columns (none given, or one that
+    cannot be parsed: an :class:`OptionError` when the plan is checked, before any scoring)."""
+    try:
+        return [name for name, _ in parse_objectives(options.get("objectives"))]
+    except OptionError:
+        raise
+    except ValueError as exc:
+        raise OptionError(f"selector: {exc}") from None
 
 
 def columns_read(entry: Entry, options: dict) -> list[str]:
