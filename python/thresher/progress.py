@@ -178,18 +178,21 @@ def is_quiet() -> bool:
     return _QUIET.get()
 
 
+_LIBRARY_LOGGING = ("transformers.utils.logging", "datasets.utils.logging")
+
+
 @contextlib.contextmanager
 def library_bars() -> Iterator[None]:
-    """Hugging Face libraries' own bars (transformers' "Loading weights", the hub's downloads) follow
-    :func:`quiet` inside this block: off in a quiet context, left as they are otherwise."""
-    logging_mod = sys.modules.get("transformers.utils.logging")
-    if not _QUIET.get() or logging_mod is None:
-        yield
-        return
-    was = logging_mod.is_progress_bar_enabled()
-    logging_mod.disable_progress_bar()
+    """Hugging Face libraries' own bars (transformers' "Loading weights", datasets' "Saving the
+    dataset", the hub's downloads) follow :func:`quiet` inside this block: off in a quiet context,
+    left as they are otherwise. Only libraries already imported are touched (the caller has)."""
+    mods = [m for m in map(sys.modules.get, _LIBRARY_LOGGING) if m is not None] if _QUIET.get() else []
+    was = [m.is_progress_bar_enabled() for m in mods]
+    for m in mods:
+        m.disable_progress_bar()
     try:
         yield
     finally:
-        if was:
-            logging_mod.enable_progress_bar()
+        for m, on in zip(mods, was):
+            if on:
+                m.enable_progress_bar()

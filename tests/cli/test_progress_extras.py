@@ -176,6 +176,20 @@ def test_quiet_silences_the_model_loading_bar_of_transformers(tmp_path, capsys):
     assert tf_logging.is_progress_bar_enabled()  # restored after the load
 
 
+def test_quiet_select_on_a_saved_hf_dataset_prints_nothing(tmp_path, capsys):
+    """datasets' own bars (loading and saving the dataset) follow --quiet too."""
+    datasets = pytest.importorskip("datasets")
+    from datasets.utils import logging as ds_logging
+
+    rows = [{"instruction": f"task {i}", "output": "word " * (i + 1)} for i in range(8)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    capsys.readouterr()
+    argv = ["select", str(tmp_path / "ds"), "--criteria", "length", "--k", "3", "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "o" / "selected").is_dir() and ds_logging.is_progress_bar_enabled()  # restored
+
+
 # ------------------------------------------------------------------ every optional import names its extra
 def _missing(monkeypatch, *modules):
     for m in modules:

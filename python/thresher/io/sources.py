@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from ..errors import InputError, MissingExtraError, OptionError
+from ..progress import library_bars
 from .schema import Schema, own_id
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -155,13 +156,15 @@ def _saved_split(path: Path, split: Optional[str], loc: Optional[Location] = Non
 def load_saved(path: Path, split: Optional[str] = None) -> Any:
     """``datasets.load_from_disk`` of a saved Dataset (or one split of a DatasetDict)."""
     datasets = _datasets(f"reading the saved HF dataset {path}")
-    return _pick_split(datasets.load_from_disk(str(path)), split, str(path))
+    with library_bars():
+        return _pick_split(datasets.load_from_disk(str(path)), split, str(path))
 
 
 def _hub(name: str, split: Optional[str], streaming: bool) -> Location:
     datasets = _datasets(f"load_dataset({name!r})")
     try:
-        ds = datasets.load_dataset(name, split=split, streaming=streaming)
+        with library_bars():  # "Generating train split" and the like follow --quiet
+            ds = datasets.load_dataset(name, split=split, streaming=streaming)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = "" if Path(name).exists() else "not a local path, and "

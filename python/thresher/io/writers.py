@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import OptionError, OutputExistsError, ResourceError
 from ..fs import atomic_dir, atomic_file, atomic_write_bytes, atomic_write_text
+from ..progress import library_bars
 from .readers import Source, _decode_line, _raw_lines
 
 # Re-exported for older callers (``thresher.io.atomic_write_bytes``; pipeline.py imports AtomicFile):
@@ -213,7 +214,8 @@ def _hf_rows(source: Source, rows: list[int]) -> Any:
     if loc is not None and loc.kind == "hf":
         ds = loc.dataset
     else:
-        ds = datasets.load_from_disk(str(source.path))
+        with library_bars():
+            ds = datasets.load_from_disk(str(source.path))
         if hasattr(ds, "keys") and not hasattr(ds, "features"):  # a one-split DatasetDict (the reader checked)
             ds = ds[list(ds.keys())[0]]
     if isinstance(ds, datasets.Dataset):
@@ -246,7 +248,8 @@ def _write_hf(source: Source, want: dict, path: Path, extra: ExtraColumns) -> No
         sub = sub.add_column(name, col)
     if path.exists():  # a folder cannot be renamed over a non-empty one
         shutil.rmtree(path)
-    atomic_dir(path, lambda tmp: sub.save_to_disk(str(tmp)))
+    with library_bars():  # datasets' "Saving the dataset" bar follows --quiet
+        atomic_dir(path, lambda tmp: sub.save_to_disk(str(tmp)))
 
 
 def _arrow_extra(b: Any, idx: list, rows: list, pos: list, extra: ExtraColumns, file: Any) -> Any:
