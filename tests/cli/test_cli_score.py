@@ -72,6 +72,12 @@ def test_score_fixture_with_bad_rows_skipped(model_dir, tmp_path, capsys):
     assert f"{FIX}, line 6, field 'output': missing field" in err
     assert "not scored: empty-answer: ifd: empty answer" in err
     assert not [p for p in tmp_path.iterdir() if p.name != "scores.parquet"]  # no temp leftovers
+    # --quiet: one result line with the counts, no per-row list
+    argv = ["score", str(FIX), "--criteria", "length", "--on-bad-row", "skip", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"thresher score: wrote {out} (")
+    assert "bad rows skipped" in lines[0], lines
 
 
 def test_same_scores_as_python_api(model_dir, tmp_path):

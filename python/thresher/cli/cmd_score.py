@@ -97,7 +97,8 @@ def run_score(args: argparse.Namespace) -> int:
         table = res.scores()
     crits = [c.get("as") or c["name"] for c in res.manifest.get("criteria", [])]
     cols = [c for c in crits if c in table.columns]  # the criteria only (not tokens, source_file, ...)
-    _report_rows(res, table, cols, args.verbose)
+    if args.verbose or not args.quiet:  # --quiet: the counts are in the one result line
+        _report_rows(res, table, cols, args.verbose)
     _write_or_keep(table, out)
     counts = {c: int(table[c].notna().sum()) for c in cols}
     if args.json:
@@ -107,6 +108,8 @@ def run_score(args: argparse.Namespace) -> int:
                    "seconds": secs})  # fmt: skip
     else:  # the one result line, also with --quiet (which silences bars and pipeline messages)
         summary = ", ".join(f"{c}: {n}/{len(table)} scored" for c, n in counts.items())
+        if res.skipped:
+            summary += f"; {len(res.skipped)} bad rows skipped"
         _say(f"wrote {out} ({len(table)} rows; {summary}; {time.time() - t0:.1f} s)")
     return 0
 
