@@ -229,3 +229,44 @@ def test_an_unreachable_ray_address_fails_at_once_in_one_line():
         _check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
     for own in (None, "auto", "local"):
         _check_reachable(own)
+
+
+def test_every_node_is_asked_whether_it_sees_the_input_and_the_cache(pool, tmp_path, ray_cluster):
+    from thresher.engines.ray_engine import RayPool, _node_view, node_verdict
+    from thresher.errors import ResourceError
+
+    class Idle:
+        def __init__(self, *a):
+            pass
+
+    p = RayPool(Idle, (), 1, 0, 1, None)
+    try:
+        gone = tmp_path / "gone.jsonl"
+        gone.write_text("{}\n")
+        assert p.node_problems([str(pool)], str(tmp_path / "cache")) == []
+        assert not [f for f in (tmp_path / "cache").iterdir()]  # the probe file is removed
+        size = os.path.getsize(gone)
+        gone.unlink()  # as if the file were local to another machine
+        view = _node_view([(str(pool), os.path.getsize(pool)), (str(gone), size), (str(pool), 1)], str(pool))
+        assert view["cache"] and len(view["input"]) == 2
+        assert view["input"][0].startswith(f"{gone}: No such file") and "1 where the run started" in view["input"][1]
+    finally:
+        p.close()
+    views = [{"node": "a (1)", "input": [], "cache": True}, {"node": "b (2)", "input": ["/x: missing"], "cache": True}]
+    assert node_verdict(views, "/c") == ["b (2): /x: missing"]
+    with pytest.raises(
+        ResourceError, match=r"--cache-dir /c: not visible from node\(s\) b \(2\); .*shared file system"
+    ):
+        node_verdict([{**views[1], "cache": False}, views[0]], "/c")
+
+
+def test_input_a_node_cannot_read_is_read_by_the_driver(pool, local, tmp_path, ray_cluster, monkeypatch):
+    """A path local to the driver's machine: the run still completes, with the same scores and
+    selection, the driver reading the rows and sending them to the workers."""
+    from thresher.engines import ray_engine
+
+    monkeypatch.setattr(ray_engine.RayPool, "node_problems", lambda self, files, root: [f"b (2): {files[0]}: missing"])
+    res = run_pipeline(_cfg(pool, tmp_path / "ray", engine="ray", engine_options={"workers": 2}))
+    _same(res, local)
+    assert res.manifest["engine_run"]["read_on_workers"] is False
+    assert "the workers cannot all read the input (b (2): " in (tmp_path / "ray" / "run.log").read_text()

@@ -31,9 +31,12 @@ it, and the engine says which extra to install when it is built.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
+import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -187,6 +190,28 @@ class RayPool:
         finally:
             self.load[i] -= 1
 
+    def node_problems(self, files: list, cache_root: str) -> list:
+        """Whether every node of the cluster sees this run's folders as this process does: raises
+        ResourceError when one cannot see ``cache_root`` (the workers write the score entries there and
+        this process reads them); returns the input ``files`` some node cannot read as they are here,
+        one line each (then this process reads the input and sends the rows instead)."""
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        root = Path(cache_root)
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".node-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        try:
+            stat = [(str(Path(f).absolute()), os.path.getsize(f)) for f in files]
+            task = ray.remote(num_cpus=0)(_node_view)
+            nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+            on = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)) for n in nodes]
+            views = ray.get([t.remote(stat, str(probe)) for t in on], timeout=NODE_CHECK_TIMEOUT_S)
+        finally:
+            probe.unlink(missing_ok=True)
+        return node_verdict(views, root)
+
     def read_splits(self, spec: Any, splits: list) -> Any:
         """``(SplitRows, table refs)`` of each split in order, parsed by the actors (``ShardWorker.read``),
         up to ``max_in_flight`` at a time; the tables stay in the object store."""
@@ -222,6 +247,35 @@ class RayPool:
 
 
 CONNECT_TIMEOUT_S = 5.0
+NODE_CHECK_TIMEOUT_S = 120.0
+
+
+def node_verdict(views: list, cache_root: Any) -> list:
+    """From each node's :func:`_node_view`: ResourceError when a node cannot see the cache folder, else
+    the input problems, ``"<node>: <path>: <why>"`` each."""
+    blind = [v["node"] for v in views if not v["cache"]]
+    if blind:
+        raise ResourceError(
+            f"--cache-dir {cache_root}: not visible from node(s) {', '.join(blind)}; the workers write the scores "
+            "there for this process to read: give a folder every node reaches (a shared file system)"
+        )
+    return [f"{v['node']}: {b}" for v in views for b in v["input"]]
+
+
+def _node_view(files: list, probe: str) -> dict:
+    """Run on one node (a Ray task): the input ``files`` ((path, size) as the driver sees them) it
+    cannot read as the driver does, and whether it sees the driver's ``probe`` file in the cache folder."""
+    bad = []
+    for path, size in files:
+        try:
+            got = os.path.getsize(path)
+        except OSError as exc:
+            bad.append(f"{path}: {exc.strerror or type(exc).__name__}")
+            continue
+        if got != size:
+            bad.append(f"{path}: {got} bytes here, {size} where the run started")
+    node = f"{socket.gethostname()} ({_ray().get_runtime_context().get_node_id()[:8]})"
+    return {"node": node, "input": bad, "cache": os.path.exists(probe)}
 
 
 def _check_reachable(address: Optional[str]) -> None:

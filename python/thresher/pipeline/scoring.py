@@ -294,6 +294,21 @@ def _collect(st: RunState, pool: Any, shard: Any, digest: str, keys: dict, token
     return tabs, vectors
 
 
+def _node_problems(st: RunState, pool: Any) -> list:
+    """Input files some node of the engine cannot read as this process does (a path local to this
+    machine): then this process reads the input and sends the rows. A cache folder a node cannot see
+    stops the run (:meth:`~thresher.engines.ray_engine.RayPool.node_problems`)."""
+    check = getattr(pool, "node_problems", None)
+    if check is None:
+        return []
+    files = st.source.files if st.source.location.kind == "files" and st.source.format != "hf" else []
+    problems = check([str(f) for f in files], str(st.cache.root))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        st.say(f"the workers cannot all read the input ({problems[0]}{more}): this process reads it instead")
+    return problems
+
+
 def score_shards_pooled(st: RunState, pool: Any, rows: "_Rows", prog: Any, tok: Any, tok_key: str) -> None:
     """Shards through the pool, up to ``pool.max_in_flight`` at a time, collected in shard order."""
     embedders = _embedders(st, rows.want_emb)
@@ -307,7 +322,7 @@ def score_shards_pooled(st: RunState, pool: Any, rows: "_Rows", prog: Any, tok: 
         prog.update(len(shard), cached=st.cache.hits, computed=st.cache.misses)
 
     try:
-        remote = remote_shards(st, pool)
+        remote = remote_shards(st, pool) if not _node_problems(st, pool) else None
         st.read_on_workers = remote is not None
         st.pool_put = getattr(pool, "split_options", {}).get("put") if remote is not None else None
         if remote is not None:  # the repr filter's candidates are embedded there too (the driver reads no text)
