@@ -131,7 +131,8 @@ def _run(st: RunState) -> PipelineResult:
     plan = st.plan
     st.say(
         f"thresher {thresher.__version__}: {st.mode} run on {st.source.path} ({st.source.format}); criteria: "
-        f"{', '.join(c.name for c in plan.criteria) or 'none'}; selector: {plan.selector.name}"
+        f"{', '.join(c.name for c in plan.criteria) or 'none'}"
+        + ("; score only" if st.cfg.score_only else f"; selector: {plan.selector.name}")
         + (f"; recipe: {plan.recipe}" if plan.recipe else "")
     )
     selection = make_selection(st)

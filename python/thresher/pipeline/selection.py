@@ -316,6 +316,8 @@ def select(st: RunState, selection: Selection) -> None:
     t = time.perf_counter()
     selection.result(st)
     st.lap("select", t)
+    if st.cfg.score_only:  # no selection was asked for: nothing to report
+        return
     st.say(
         f"selected {len(st.order)} of {st.n} rows ({100.0 * len(st.order) / max(st.n, 1):.2f}%), "
         f"{int(st.eligible.sum())} eligible after filters {st.plan.filters or '[]'}"
