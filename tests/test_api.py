@@ -247,3 +247,13 @@ def test_a_model_criterion_through_the_api(tmp_path, rows):
     nan = out["perplexity"].isna().to_numpy()
     assert (~nan).sum() >= 6 and (out["perplexity.reason"].to_numpy()[nan] != "").all()
     assert out["perplexity.reason"].tolist() == ref["perplexity.reason"].tolist()
+
+
+def test_a_column_that_cannot_be_staged_is_named(rows):
+    df = pd.DataFrame(rows[:4])
+    df["handle"] = [object()] * 4
+    with pytest.raises(OptionError, match=r"^data: column 'handle' holds object values, which can be written neither"):
+        thresher.select(df, criteria=["length"], k=2)
+    recs = [{**r, "when": {1, 2}} for r in rows[:3]]  # a set: neither Arrow (from dicts: JSON lines) nor JSON
+    with pytest.raises(OptionError, match=r"column 'when' holds set values"):
+        thresher.score(recs, criteria=["length"])

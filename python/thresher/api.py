@@ -192,6 +192,20 @@ def _write_parquet(tables: Iterable[Any], path: Path) -> None:
             writer.close()
 
 
+def _unstageable(df: pd.DataFrame) -> OptionError:
+    """The first column whose values neither Arrow nor JSON can store, named."""
+    for c in df.columns:
+        for v in df[c]:
+            try:
+                json.dumps(v, default=_jsonable)
+            except (TypeError, ValueError):
+                return OptionError(
+                    f"data: column {c!r} holds {type(v).__name__} values, which can be written neither as Arrow nor "
+                    "as JSON; drop the column or convert it (e.g. to str)"
+                )
+    return OptionError("data: a column holds values that can be written neither as Arrow nor as JSON")
+
+
 def _stage_file(inp: _Input, tmp: Path) -> Path:
     """Write an in-memory input as Parquet (Arrow-able tables) or JSON Lines into ``tmp``."""
     import pyarrow as pa
@@ -200,7 +214,10 @@ def _stage_file(inp: _Input, tmp: Path) -> Path:
         try:
             inp_table = pa.Table.from_pandas(inp.obj, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            _write_jsonl(inp.obj.to_dict("records"), tmp / "data.jsonl")
+            try:
+                _write_jsonl(inp.obj.to_dict("records"), tmp / "data.jsonl")
+            except TypeError:
+                raise _unstageable(inp.obj) from None
             return tmp / "data.jsonl"
         _write_parquet([inp_table], tmp / "data.parquet")
         return tmp / "data.parquet"
@@ -210,8 +227,12 @@ def _stage_file(inp: _Input, tmp: Path) -> Path:
     if inp.kind == "hf":
         _write_parquet(inp.obj.with_format("arrow").iter(batch_size=4096), tmp / "data.parquet")
         return tmp / "data.parquet"
-    rows = inp.obj if inp.kind == "records" else inp.obj
-    inp.n = _write_jsonl(rows, tmp / "data.jsonl")
+    try:
+        inp.n = _write_jsonl(inp.obj, tmp / "data.jsonl")
+    except TypeError:
+        if inp.kind != "records":
+            raise
+        raise _unstageable(pd.DataFrame(inp.obj)) from None
     return tmp / "data.jsonl"
 
 
