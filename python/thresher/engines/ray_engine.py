@@ -120,6 +120,16 @@ def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8, num_gpus: float = 0)
     return mapper
 
 
+def _warm_process(module: str) -> int:
+    """A task that only imports ``module`` (a scorer's, with torch and thresher.ops under it). Ray keeps
+    the process for later tasks, so the search tasks of a pool-scoped criterion, submitted once the
+    whole-pool task has loaded the pool, find an interpreter that has already paid its imports."""
+    import importlib
+
+    importlib.import_module(module)
+    return os.getpid()
+
+
 def _joined_ids(parts: list) -> list:
     """A pool's ids from its parts: one list (or object ref of one) per shard."""
     ray = _ray()
@@ -356,6 +366,10 @@ class RayEngine:
         task = ray.remote(**opts)(_score_whole) if opts else ray.remote(_score_whole)
         # the search's tasks: one worker's CPUs each, --workers at a time (the task's GPUs: no split)
         split = None if self.gpus else {"num_cpus": self.cpus, "max_in_flight": self.workers}
+        if split is not None:  # their processes import the scorer's code while the whole-pool task starts
+            warm = ray.remote(num_cpus=self.cpus)(_warm_process)
+            for _ in range(self.workers):
+                warm.remote(getattr(scorer.cls, "__module__", "thresher"))
         if hasattr(table, "pieces"):  # a pool the workers read: the task assembles its ids and texts
             ids_, idxs, refs = table.pieces()
             args: tuple = (scorer.cls, scorer.options, split, sink, None, ids_, idxs, *refs)
