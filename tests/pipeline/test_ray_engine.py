@@ -270,3 +270,36 @@ def test_input_a_node_cannot_read_is_read_by_the_driver(pool, local, tmp_path, r
     _same(res, local)
     assert res.manifest["engine_run"]["read_on_workers"] is False
     assert "the workers cannot all read the input (b (2): " in (tmp_path / "ray" / "run.log").read_text()
+
+
+def test_workers_the_cluster_cannot_hold_are_refused_before_any_work(ray_cluster, monkeypatch):
+    """Ray would wait forever for an actor no node can hold (and the shards sent to it would never
+    come back): the pool counts the room node by node first."""
+    from thresher.engines import ray_engine
+    from thresher.errors import OptionError
+
+    class Idle:
+        def __init__(self, *a):
+            pass
+
+    cpus = int(ray_cluster.cluster_resources().get("CPU", 0))
+    with pytest.raises(OptionError, match=rf"--workers {cpus + 1} with 1 CPU and 0 GPU each: .* room for {cpus} "):
+        ray_engine.RayPool(Idle, (), cpus + 1, 0, 1, None)
+    with pytest.raises(OptionError, match="with 1 CPU and 1 GPU each: the Ray cluster has room for 0"):
+        ray_engine.RayPool(Idle, (), 1, 1, 1, None)
+    ray_engine.RayPool(Idle, (), cpus, 0, 1, None).close()  # exactly full: accepted
+
+    class TwoNodes:  # one node with a GPU and 2 CPUs, one with 4 CPUs and none
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 4.0}},
+                    {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]  # fmt: skip
+
+    monkeypatch.setattr(ray_engine, "_ray", lambda: TwoNodes)
+    ray_engine.check_fits(2, 1, 0.5)  # both on the GPU node
+    ray_engine.check_fits(6, 1, 0)
+    with pytest.raises(OptionError, match=r"room for 2 \(2 node\(s\), 6 CPUs, 1 GPUs in all\)"):
+        ray_engine.check_fits(3, 1, 0.5)
+    ray_engine.check_fits(3, 2, 0)  # 2 CPUs each: one on the first node, two on the second
+    with pytest.raises(OptionError, match="room for 3 "):
+        ray_engine.check_fits(4, 2, 0)  # 8 CPUs asked of 6 in all; and 3 at most by nodes

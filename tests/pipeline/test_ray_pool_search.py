@@ -61,6 +61,7 @@ class _FakeRay:
 
     def __init__(self):
         self.calls: list = []
+        self.warmed: list = []  # (resources, module) of each warm-up task
 
     def remote(self, fn=None, **resources):
         if fn is not None:  # ray.remote(fn): no resources
@@ -71,6 +72,9 @@ class _FakeRay:
 
             class Task:
                 def remote(self, *args):
+                    if f is ray_engine._warm_process:
+                        outer.warmed.append((resources, *args))
+                        return None
                     outer.calls.append((resources, args[2]))
                     return f(*args)
 
@@ -98,6 +102,8 @@ def test_score_pool_gives_the_search_the_workers_resources(monkeypatch, gpus, wo
     scorer = ray_engine._RayScorer(_Splitting, {})
     out = eng.score_pool(scorer, pd.DataFrame({"id": ["x", "y", "z"]}), "knn_distance")
     assert fake.calls == [(want_task, want_split)]
+    # the search tasks' processes import the scorer's module meanwhile (none on a GPU: no search tasks)
+    assert fake.warmed == ([] if gpus else [({"num_cpus": cpus}, _Splitting.__module__)] * workers)
     assert out["id"].tolist() == ["x", "y", "z"] and np.all(
         out["mapper"] == ("map" if gpus else f"ray_mapper(max_in_flight={workers}, num_cpus={cpus:g}, num_gpus=0)")
     )

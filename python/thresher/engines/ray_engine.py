@@ -120,6 +120,26 @@ def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8, num_gpus: float = 0)
     return mapper
 
 
+def check_fits(workers: int, cpus: float, gpus: float) -> None:
+    """OptionError when the cluster, as it is now, cannot hold ``workers`` actors of ``cpus`` CPUs and
+    ``gpus`` GPUs each (an actor sits on one node): Ray would wait for them forever, and the shards
+    sent to a worker that never starts would never come back."""
+    nodes = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
+
+    def per_node(have: float, each: float) -> int:
+        return workers if each <= 0 else int(have / each + 1e-9)
+
+    fit = sum(min(per_node(n.get("CPU", 0.0), cpus), per_node(n.get("GPU", 0.0), gpus)) for n in nodes)
+    if fit >= workers:
+        return
+    cpu, gpu = sum(n.get("CPU", 0.0) for n in nodes), sum(n.get("GPU", 0.0) for n in nodes)
+    raise OptionError(
+        f"--workers {workers} with {cpus:g} CPU and {gpus:g} GPU each: the Ray cluster has room for {fit} "
+        f"({len(nodes)} node(s), {cpu:g} CPUs, {gpu:g} GPUs in all); lower --workers, --cpus-per-worker or "
+        "--gpus-per-worker, or add nodes"
+    )
+
+
 def _warm_process(module: str) -> int:
     """A task that only imports ``module`` (a scorer's, with torch and thresher.ops under it). Ray keeps
     the process for later tasks, so the search tasks of a pool-scoped criterion, submitted once the
@@ -176,6 +196,7 @@ class RayPool:
     def __init__(self, worker_cls: Any, args: tuple, workers: int, num_gpus: float, num_cpus: float,
                  max_in_flight: Optional[int], split_options: Optional[dict] = None) -> None:  # fmt: skip
         ray = _ray()
+        check_fits(workers, num_cpus, num_gpus)
         actor = ray.remote(worker_cls).options(
             num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=-1, max_task_retries=-1
         )
