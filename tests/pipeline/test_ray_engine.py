@@ -303,3 +303,30 @@ def test_workers_the_cluster_cannot_hold_are_refused_before_any_work(ray_cluster
     ray_engine.check_fits(3, 2, 0)  # 2 CPUs each: one on the first node, two on the second
     with pytest.raises(OptionError, match="room for 3 "):
         ray_engine.check_fits(4, 2, 0)  # 8 CPUs asked of 6 in all; and 3 at most by nodes
+
+
+CRASHING_PLUGIN = """
+import os
+from thresher.registry import CRITERIA
+
+@CRITERIA.register("crash_len", doc="ends its process on every call", options=[], direction="max", needs=())
+class CrashLen:
+    def __call__(self, batch):
+        os._exit(3)
+
+    def cache_key(self):
+        return "crash-len-v1"
+"""
+
+
+def test_a_worker_that_keeps_dying_stops_the_run_in_one_line(pool, tmp_path, ray_cluster):
+    """A scorer that ends its process on every shard: the worker is restarted a few times, then the
+    run stops with one line (it restarted forever before)."""
+    from thresher.engines.ray_engine import MAX_RESTARTS
+    from thresher.errors import ResourceError
+
+    plugin = tmp_path / "crash_plugin.py"
+    plugin.write_text(CRASHING_PLUGIN, encoding="utf-8")
+    cfg = _cfg(pool, tmp_path / "out", criteria=["crash_len"], selector=None, plugins=[str(plugin)], engine="ray")
+    with pytest.raises(ResourceError, match=rf"died and was restarted {MAX_RESTARTS} times, then died again"):
+        run_pipeline(cfg)

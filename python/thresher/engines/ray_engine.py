@@ -9,9 +9,10 @@
 * **Workers write the score shards themselves** into the run's score cache (a path every
   node can reach: the local disk of a one-machine cluster, or a shared file system), each
   entry atomically and keyed by content. The driver reads them back in shard order.
-* **Faults.** Actors restart when their process dies (``max_restarts=-1``) and their tasks are
-  retried (``max_task_retries=-1``); a retried shard rewrites the same entries, so a killed
-  worker loses no ids and duplicates none.
+* **Faults.** Actors restart when their process dies (up to :data:`MAX_RESTARTS` times) and their
+  tasks are retried; a retried shard rewrites the same entries, so a killed worker loses no ids
+  and duplicates none. A process that dies again and again (a scorer that crashes it, memory it
+  cannot have) stops the run in one line instead of restarting forever.
 * **Pool-scoped criteria** (``scope="pool"``: kNN distance, local density, SemDeDup,
   nuggets) see the whole pool in ONE scorer call, as a Ray task: the workers have already
   filled the embeddings cache in parallel. Without GPUs the kNN criteria split their exact
@@ -184,10 +185,24 @@ def _score_whole(cls: Any, options: dict, split: Any, sink: Any, table: Any, ids
     return out
 
 
+MAX_RESTARTS = 3  # restarts of a worker actor (and retries of its tasks) before the run stops
+
+
 def _unwrap(exc: Exception) -> Exception:
-    """A thresher error raised on a worker, as itself (one line in the CLI), else the Ray error."""
+    """A thresher error raised on a worker, as itself (one line in the CLI); a worker process that
+    kept dying, as a ResourceError; else the Ray error."""
     cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, ThresherError) else exc
+    if isinstance(cause, ThresherError):
+        return cause
+    errors = sys.modules.get("ray.exceptions")
+    died = tuple(getattr(errors, n) for n in ("RayActorError", "WorkerCrashedError") if hasattr(errors, n))
+    if died and isinstance(exc, died):
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        return ResourceError(
+            f"a Ray worker process died and was restarted {MAX_RESTARTS} times, then died again ({first}); "
+            "the shards scored before are in the score cache"
+        )
+    return exc
 
 
 class RayPool:
@@ -198,7 +213,7 @@ class RayPool:
         ray = _ray()
         check_fits(workers, num_cpus, num_gpus)
         actor = ray.remote(worker_cls).options(
-            num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=-1, max_task_retries=-1
+            num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
         )
         self.actors = [actor.remote(*args) for _ in range(workers)]
         self.load = [0] * workers
