@@ -261,3 +261,19 @@ def test_a_whole_file_error_does_not_offer_skipping_rows(tmp_path, capsys):
     rows = jsonl(tmp_path / "pool.jsonl", [*ROWS[:2], {"instruction": "no answer"}])
     assert score(rows, tmp_path) == 2
     assert one_error_line(capsys).endswith("fix the row, or pass --on-bad-row skip to skip bad rows")
+
+
+def test_out_and_cache_inside_the_input_folder_are_refused(tmp_path, capsys):
+    """A folder is read with its subfolders: a run's outputs or cache inside it would be read as pool
+    rows next time (or make it a folder of mixed formats). Refused before anything is written."""
+    d = tmp_path / "pool"
+    d.mkdir()
+    jsonl(d / "a.jsonl")
+    base = ["select", str(d), "--criteria", "length", "--k", "2", "--quiet"]
+    assert cli_main.main([*base, "--out", str(d / "sel")]) == 2
+    assert f"out: {d / 'sel'} is inside the input folder {d}" in one_error_line(capsys)
+    assert cli_main.main([*base, "--out", str(tmp_path / "sel"), "--cache-dir", str(d / "c")]) == 2
+    assert "cache_dir: " in one_error_line(capsys)
+    assert sorted(p.name for p in d.iterdir()) == ["a.jsonl"]  # nothing written into it
+    assert cli_main.main([*base, "--out", str(tmp_path / "sel")]) == 0
+    assert cli_main.main([*base, "--out", str(tmp_path / "sel")]) == 0  # a rerun reads the same pool

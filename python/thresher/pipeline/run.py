@@ -84,6 +84,7 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
                     streaming=cfg.streaming)  # fmt: skip
     out = Path(cfg.out) if cfg.out is not None else None
     cache = ScoreCache(Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(str(cfg.out)) / "cache")
+    _check_outside_input(source, {"out": out, "cache_dir": cache.root})
     handler = None
     rowstore = RowStore(cache.root)
     source.spill = lambda: rowstore.scratch("ids")  # the pool-wide id set's runs: files, not the driver's heap
@@ -111,6 +112,23 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+
+
+def _check_outside_input(source: Source, folders: dict) -> None:
+    """An input folder is read with its subfolders: the run's output or cache folder inside it would
+    be read as part of the pool next time (or make it a folder of mixed formats)."""
+    loc = getattr(source, "location", None)
+    if loc is None or loc.kind != "files" or not Path(source.path).is_dir():
+        return
+    top = Path(source.path).resolve()
+    for name, folder in folders.items():
+        if folder is not None and (
+            top == Path(folder).absolute().resolve() or top in Path(folder).absolute().resolve().parents
+        ):
+            raise OptionError(
+                f"{name}: {folder} is inside the input folder {source.path}, whose files (subfolders too) are read "
+                "as the pool; choose a folder outside it"
+            )
 
 
 def _bad_row_hint(out: Optional[Path], cache: ScoreCache, skippable: bool = True) -> str:
