@@ -97,6 +97,10 @@ def _config_plugins(names: Any, base: Optional[Path]) -> list:
     return [str(base / n) if f and base is not None and not os.path.isabs(n) else n for n, f in zip(names, is_file)]
 
 
+#: Seconds between checkpoints inside a shard (``PipelineConfig.checkpoint_s``; thresher.pipeline.checkpoint).
+CHECKPOINT_S = 60.0
+
+
 @dataclass
 class PipelineConfig:
     """Everything a run needs. ``recipe`` expands into criteria/selector/filters;
@@ -126,6 +130,8 @@ class PipelineConfig:
     group_field: Optional[str] = None
     on_bad_row: str = "error"
     shard_size: int = 4096
+    # Seconds between checkpoints inside a shard (the rows scored so far are saved; 0: none).
+    checkpoint_s: float = CHECKPOINT_S
     limit: Optional[int] = None
     seed: int = 0
     cache_dir: Optional[Any] = None
@@ -340,6 +346,9 @@ def validate(cfg: PipelineConfig, plan: Plan) -> None:
     check_devices(cfg, plan)
     if isinstance(cfg.shard_size, bool) or not isinstance(cfg.shard_size, int) or cfg.shard_size < 1:
         raise OptionError(f"shard_size: expected a positive integer, got {cfg.shard_size!r}")
+    cs = cfg.checkpoint_s
+    if isinstance(cs, bool) or not isinstance(cs, (int, float)) or not cs >= 0 or cs == float("inf"):
+        raise OptionError(f"checkpoint_s: expected a number of seconds >= 0 (0: no checkpoints), got {cs!r}")
     if cfg.limit is not None and (isinstance(cfg.limit, bool) or not isinstance(cfg.limit, int) or cfg.limit < 1):
         raise OptionError(f"limit: expected a positive integer, got {cfg.limit!r}")
     if not isinstance(cfg.id_column, str) or not _ALIAS.match(cfg.id_column):

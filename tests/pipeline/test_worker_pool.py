@@ -32,8 +32,8 @@ class PooledInProcess:
     def score_pool(self, scorer, table, name):
         return scorer(table)
 
-    def start_workers(self, worker_cls, specs, cache_root):
-        worker = worker_cls(specs, cache_root)
+    def start_workers(self, worker_cls, specs, cache_root, *worker_args):
+        worker = worker_cls(specs, cache_root, None, *worker_args)
         keys = worker.criterion_keys
         worker.criterion_keys = lambda: {c: k + self.salt for c, k in keys().items()}
         return LocalPool(worker)

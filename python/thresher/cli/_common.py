@@ -31,6 +31,7 @@ from ..device import DTYPE_CHOICES
 from ..errors import OptionError
 from ..pipeline import PipelineConfig, make_plan
 from ..pipeline.plugins import load_plugins, plugin_names
+from ..plan import CHECKPOINT_S
 
 #: Criterion options with a flag of their own (``--max-length`` -> ``max_length``).
 SHARED_CRITERION_FLAGS = ("batch_tokens", "max_length", "template", "dtype", "device", "index_kind")
@@ -212,10 +213,23 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     add_overwrite_arg(g, "replace another run's results in --out (the content-keyed score cache is kept)")
     g.add_argument("--cache-dir", default=None, help="score cache folder (default OUT/cache; share it across runs)")
+    add_checkpoint_arg(g)
     add_engine_args(g)
     g.add_argument("--seed", type=int, default=0)
     add_plugin_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars or messages (the log file still is written)")
+
+
+def add_checkpoint_arg(g: Any) -> None:
+    g.add_argument(
+        "--checkpoint-every",
+        dest="checkpoint_s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"inside a shard, save the rows scored so far every SECONDS (default {CHECKPOINT_S:g}; 0: whole "
+        "shards only): a killed run resumes there",
+    )
 
 
 ENGINE_FLAGS = {"ray_address": "address", "workers": "workers", "gpus_per_worker": "gpus_per_worker"}
@@ -340,6 +354,7 @@ def common_config(args: Any) -> dict:
         group_field=args.group_field,
         on_bad_row=args.on_bad_row,
         shard_size=args.shard_size,
+        checkpoint_s=CHECKPOINT_S if getattr(args, "checkpoint_s", None) is None else args.checkpoint_s,
         limit=args.limit,
         overwrite=getattr(args, "overwrite", False),
         cache_dir=getattr(args, "cache_dir", None),

@@ -3,7 +3,7 @@
 Keys (see thresher.pipeline.PipelineConfig): data, out, recipe, recipe_options,
 criteria (names or {name, options, as}), selector ({name, options}), filters,
 k | ratio | tokens, model, embedder, device, dtype, format, fields, group_field, on_bad_row,
-shard_size, limit, seed, cache_dir, overwrite, report, engine, engine_options,
+shard_size, checkpoint_s, limit, seed, cache_dir, overwrite, report, engine, engine_options,
 plugins. Relative paths are relative to the config file. The plugins a config
 names are imported only with --allow-plugins (a config file cannot allow itself).
 """

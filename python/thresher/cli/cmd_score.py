@@ -23,6 +23,7 @@ from ..errors import OptionError, ResourceError, ThresherError
 from ..io.writers import check_table_out, write_table
 from ..pipeline import PipelineConfig, run_pipeline
 from ._common import (
+    add_checkpoint_arg,
     add_criteria_args,
     add_data_args,
     add_engine_args,
@@ -150,6 +151,7 @@ def register(subparsers: Any) -> None:
     add_data_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--cache-dir", default=None, help="keep the per-shard score cache here (resumable, shareable)")
+    add_checkpoint_arg(g)
     add_overwrite_arg(g, "replace an existing --out file that is not a scores table (never the input itself)")
     add_engine_args(g)
     add_plugin_args(g)

@@ -388,9 +388,9 @@ class RayEngine:
             _ray().cloudpickle.register_pickle_by_value(mod)
         return _RayScorer(cls, options)
 
-    def start_workers(self, worker_cls: Any, specs: dict, cache_root: str) -> RayPool:
-        """The run's worker pool (see the module docstring)."""
-        args = (specs, cache_root, self.batch_size)
+    def start_workers(self, worker_cls: Any, specs: dict, cache_root: str, *worker_args: Any) -> RayPool:
+        """The run's worker pool (see the module docstring); ``worker_args`` follow the worker's batch size."""
+        args = (specs, cache_root, self.batch_size, *worker_args)
         return RayPool(worker_cls, args, self.workers, self.gpus, self.cpus, self.max_in_flight, self.split_options)
 
     def score_pool(self, scorer: _RayScorer, table: Any, name: str, sink: Any = None) -> Any:

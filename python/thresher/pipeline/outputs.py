@@ -343,6 +343,7 @@ def manifest(st: RunState) -> dict:
         "selected": int(len(st.order)),
         "seed": cfg.seed,
         "shard_size": cfg.shard_size,
+        "checkpoint_s": cfg.checkpoint_s,
         "engine": cfg.engine,
         **({"engine_run": engine_run(st)} if st.workers or st.read_on_workers else {}),
         "plugins": loaded_records(plugin_names(cfg)),

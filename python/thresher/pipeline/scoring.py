@@ -18,6 +18,7 @@ from ..errors import OptionError, ThresherError
 from ..plan import TOKENS, Step
 from ..progress import scaled, task
 from ..registry import CRITERIA
+from .checkpoint import drop_partial, score_checkpointed
 from .pool_entry import PoolEntry, PoolSink
 from .reading import PoolPiece, RemotePool, RemoteShard, remote_shards
 from .rowstore import GroupCoder, GroupColumn
@@ -52,8 +53,11 @@ def cached(
     return df
 
 
-def _criterion(st: RunState, step: Step, table: pd.DataFrame) -> Callable[[], pd.DataFrame]:
-    return lambda: check_scores(st.engine.score(st.scorer_for(step), table, step.name), table, step.name, step.alias)
+def _scorer_call(st: RunState, step: Step) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """A shard criterion's scores of a table (of a shard, or a chunk of one), checked."""
+    return lambda table: check_scores(
+        st.engine.score(st.scorer_for(step), table, step.name), table, step.name, step.alias
+    )
 
 
 def _pool_criterion(st: RunState, step: Step, pool: pd.DataFrame) -> Callable[[], pd.DataFrame]:
@@ -128,8 +132,10 @@ def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
         if df is None:
             df = _reuse(st, step, shard, key, digest, rk)
         if df is None:
-            table = _criterion(st, step, shard.table)()
+            table = score_checkpointed(st.cache, step.col, key, shard.table, rk, _scorer_call(st, step),
+                                       every_s=st.cfg.checkpoint_s, speeds=st.speeds)  # fmt: skip
             df = _put_entry(st, step, key, table, digest, rk, st.fingerprint(step))
+            drop_partial(st.cache, step.col, key)
         tabs[step.col] = df
     st.shards.append(ShardRef(shard.key, len(shard), digest, tkey, keys))
     return tabs
@@ -220,7 +226,7 @@ def start_pool(st: RunState) -> Any:
     # token counts: computed by the worker that reads a shard (the driver never holds its texts)
     tok_cls = type(token_counter())
     specs[TOKENS_SPEC] = CriterionSpec(TOKEN_CRITERION, TOKEN_CRITERION, None, tok_cls, {"unit": "tokens"})
-    pool = start(ShardWorker, specs, str(st.cache.root))
+    pool = start(ShardWorker, specs, str(st.cache.root), st.cfg.checkpoint_s)
     try:  # cache keys as the workers resolve them (their device and dtype), not as this process would
         if specs:
             st.keys.update(pool.result(pool.submit("criterion_keys")))
@@ -287,6 +293,9 @@ def _collect(st: RunState, pool: Any, shard: Any, digest: str, keys: dict, token
         receipt = pool.result(job)
         st.workers.setdefault(str(receipt.get("node")), set()).add(int(receipt.get("pid", 0)))
         st.worker_peak_rss_mb = max(st.worker_peak_rss_mb, float(receipt.get("peak_rss_mb", 0.0)))
+        if "restored" in receipt:  # a worker's running count of rows restored from checkpoints
+            who = (receipt.get("node"), receipt.get("pid"))
+            st.worker_restored[who] = max(st.worker_restored.get(who, 0), int(receipt["restored"]))
         vectors = receipt.get("vectors", vectors)
     tabs = {TOKENS: tokens if tokens is not None else _entry(st, shard, TOKEN_CRITERION, tkey, digest)}
     for step in st.shard_criteria():
@@ -412,6 +421,9 @@ def score_shards(st: RunState, selection: Selection) -> None:
     rows.finish()
     if st.reused_rows:
         st.say(f"reused the scores of {st.reused_rows} row-criterion pairs from runs with another shard layout")
+    restored = st.speeds.restored + sum(st.worker_restored.values())
+    if restored:
+        st.say(f"resumed {restored} row-criterion pairs from checkpoints inside shards (--checkpoint-every)")
     st.lap("score_shards", t)
     _report_skipped(st)
 

@@ -18,6 +18,7 @@ from ..io import Source
 from ..plan import PipelineConfig, Plan, Step
 from ..progress import Bar, activity
 from ..registry import CRITERIA
+from .checkpoint import Speeds
 
 log = logging.getLogger("thresher.pipeline")
 
@@ -60,6 +61,8 @@ class RunState:
     remote_embed: Any = None  # positions -> (embeddings, rows held), on the engine's workers (when they read)
     row_indexes: dict = field(default_factory=dict)  # column -> RowIndex (rows scored under other shard layouts)
     reused_rows: int = 0  # rows whose scores came from entries of another shard layout
+    speeds: Speeds = field(default_factory=Speeds)  # rows/s per criterion in this process (checkpoint chunks)
+    worker_restored: dict = field(default_factory=dict)  # (node, pid) -> rows a worker restored from checkpoints
     n: int = 0
     lines: Any = None  # int64 source line per row (a read-only memory map)
     files: Any = None  # int32 file index per row (a read-only memory map)

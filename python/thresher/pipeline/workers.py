@@ -27,6 +27,7 @@ import pandas as pd
 from ..cache import ScoreCache
 from ..embed import embed_table, fill_table
 from ..io.splits import ReadSpec, Split, assemble, read_split
+from .checkpoint import DEFAULT_EVERY_S, Speeds, drop_partial, score_checkpointed
 from .scoring_checks import check_scores
 
 TOKENS_SPEC = "__tokens__"  # the spec of the token counts a worker computes when it also reads the shard
@@ -47,10 +48,13 @@ class CriterionSpec:
 class ShardWorker:
     """One worker of the pool (a Ray actor, or an object in this process)."""
 
-    def __init__(self, specs: dict, cache_root: str, batch_size: Optional[int] = None) -> None:
+    def __init__(self, specs: dict, cache_root: str, batch_size: Optional[int] = None,
+                 checkpoint_s: float = DEFAULT_EVERY_S) -> None:  # fmt: skip
         self.specs = dict(specs)
         self.cache = ScoreCache(Path(cache_root))
         self.batch_size = batch_size
+        self.checkpoint_s = checkpoint_s  # seconds between checkpoints inside a shard (thresher.pipeline.checkpoint)
+        self.speeds = Speeds()
         self.scorers: dict = {}
 
     def _scorer(self, col: str) -> Any:
@@ -84,11 +88,20 @@ class ShardWorker:
                 continue
             sk = spec_key[0] if spec_key else col  # the token counts: spec TOKENS_SPEC, no criterion key
             spec = self.specs[sk]
-            df = check_scores(self._score(sk, table), table, spec.name, spec.alias)
+
+            def call(t: pd.DataFrame, sk: str = sk, spec: CriterionSpec = spec) -> pd.DataFrame:
+                return check_scores(self._score(sk, t), t, spec.name, spec.alias)
+
+            if crit is None or rowkeys is None:  # token counts: fast, never checkpointed
+                df = call(table)
+            else:
+                df = score_checkpointed(self.cache, col, key, table, rowkeys, call, every_s=self.checkpoint_s,
+                                        speeds=self.speeds)  # fmt: skip
             extra, rk = ({"criterion": crit}, rowkeys) if crit is not None else (None, None)
             self.cache.put(col, key, df, ids=digest, fingerprint=self._fingerprint(sk), extra=extra, rowkeys=rk)
+            drop_partial(self.cache, col, key)
             done.append(col)
-        return {**self.info(), "computed": done}
+        return {**self.info(), "computed": done, "restored": self.speeds.restored}
 
     def embed(self, table: pd.DataFrame, embedders: list, vectors: bool = False) -> dict:
         """Fill the embeddings cache with ``table``'s rows for each (embedder, device, cache folder);
