@@ -46,17 +46,22 @@ class Scorer:
         return pd.DataFrame({"id": t["id"], "len": t["output"].str.len().astype(np.float64)})
 
 
-def _run(cache, table, scorer, every_s=1e-9, speeds=None):
+UNIT = 64  # rows a call may be cut at (the scorer's declared unit)
+
+
+def _run(cache, table, scorer, every_s=1e-9, speeds=None, unit=UNIT):
     rk = row_keys(table["id"].tolist(), table["output"].tolist())
-    return ck.score_checkpointed(cache, "len", "k1", table, rk, scorer, every_s=every_s, speeds=speeds or ck.Speeds())
+    return ck.score_checkpointed(
+        cache, "len", "k1", table, rk, scorer, every_s=every_s, speeds=speeds or ck.Speeds(), unit=unit
+    )
 
 
 def test_a_stop_mid_shard_keeps_the_chunks_done_and_the_rerun_scores_only_the_rest(tmp_path):
     cache, table = ScoreCache(tmp_path), _table(300)
-    first = Scorer(fail="r200")  # chunks of FIRST_CHUNK rows: 0-63, 64-127, 128-191 done, 192-255 stops
+    first = Scorer(fail="r200")  # chunks of one unit: 0-63, 64-127, 128-191 done, 192-255 stops
     with pytest.raises(KeyboardInterrupt):
         _run(cache, table, first)
-    assert [len(c) for c in first.calls] == [ck.FIRST_CHUNK] * 3
+    assert [len(c) for c in first.calls] == [UNIT] * 3
     assert cache.path("len", "k1.partial").is_file() and not cache.path("len", "k1").exists()
 
     speeds = ck.Speeds()
@@ -94,13 +99,14 @@ def test_an_unreadable_checkpoint_is_ignored(tmp_path):
     assert got["id"].tolist() == table["id"].tolist()
 
 
-def test_no_checkpoints_when_disabled(tmp_path):
+@pytest.mark.parametrize("how", [{"every_s": 0}, {"unit": None}])
+def test_one_call_and_no_checkpoint_when_disabled_or_the_scorer_cannot_be_cut(tmp_path, how):
     cache, table = ScoreCache(tmp_path), _table(300)
     one = Scorer()
-    _run(cache, table, one, every_s=0)
+    _run(cache, table, one, **how)
     assert [len(c) for c in one.calls] == [300]  # one call, as before checkpoints
     with pytest.raises(KeyboardInterrupt):
-        _run(cache, table, Scorer(fail="r7"), every_s=0)
+        _run(cache, table, Scorer(fail="r7"), **how)
     assert not cache.path("len", "k1.partial").exists()
 
 
@@ -110,28 +116,73 @@ def test_empty_shard_is_one_call_of_no_rows(tmp_path):
     assert len(got) == 0 and s.calls == [[]]
 
 
-def test_chunk_sizes_follow_the_measured_speed():
+def test_chunks_are_whole_units_sized_by_the_measured_speed():
     sp = ck.Speeds()
-    assert sp.chunk("c", 60.0, 10_000) == ck.FIRST_CHUNK  # speed unknown
-    assert sp.chunk("c", 60.0, 10) == 10
-    sp.record("c", 64, 10.0)  # 6.4 rows/s: chunks of half a minute
-    assert sp.chunk("c", 60.0, 10_000) == int(6.4 * 60 * ck.CHUNK_SHARE)
+    assert sp.chunk("c", 60.0, 10_000, 64) == 64  # speed unknown: one unit
+    assert sp.chunk("c", 60.0, 10, 64) == 10
+    sp.record("c", 64, 10.0)  # 6.4 rows/s: about half a minute of whole units (192 rows = 30 s)
+    assert sp.chunk("c", 60.0, 10_000, 64) == 192 == (int(6.4 * 60 * ck.CHUNK_SHARE) // 64) * 64
+    assert sp.seconds("c", 64) == pytest.approx(10.0)
     sp.record("c", 64, 0.001)  # fast: the rest of the shard in one call
-    assert sp.chunk("c", 60.0, 4096) == 4096
-    sp.record("c", 1, 100.0)  # very slow: never below the first chunk's size
-    assert sp.chunk("c", 60.0, 4096) == ck.FIRST_CHUNK
+    assert sp.chunk("c", 60.0, 4096, 64) == 4096
+    sp.record("c", 1, 100.0)  # very slow: never less than one unit
+    assert sp.chunk("c", 60.0, 4096, 256) == 256
+
+
+def test_the_unit_is_the_engine_batch_or_what_the_scorer_declares():
+    class Cut:
+        chunk_rows = 32
+
+    assert ck.chunk_unit(Cut()) == 32
+    assert ck.chunk_unit(Cut(), 100) == 100  # the engine's batches are separate calls anyway
+    assert ck.chunk_unit(object()) is None and ck.chunk_unit(object(), 50) == 50
+    for bad in (0, -3, True, 2.5, "64"):
+        Cut.chunk_rows = bad
+        assert ck.chunk_unit(Cut()) is None
+
+
+def test_an_lm_criterion_cut_at_its_windows_gives_the_bytes_of_one_call(tmp_path):
+    from conftest import save_tiny_lm
+    from thresher.registry import CRITERIA
+
+    lm = save_tiny_lm(tmp_path / "lm")
+    entry = CRITERIA.get("perplexity")
+    scorer = entry.obj(**entry.resolve_options({"model": str(lm), "device": "cpu"}))
+    assert scorer.chunk_rows == scorer.window_rows <= scorer.cpu_window_rows  # a CPU scorer's windows are small
+    scorer.window_rows = 8  # a shard of 61 rows in windows of 8
+    table = _table(61)
+    table["instruction"] = [f"Question {i}: say {'why ' * (i % 5)}" for i in range(61)]
+    table["output"] = [f"Because {'so ' * (i % 9)}." for i in range(61)]
+    one = scorer(table)
+    with pytest.raises(KeyboardInterrupt):
+        _run(ScoreCache(tmp_path / "c"), table, _failing(scorer, "r30"), unit=scorer.chunk_rows)
+    got = _run(ScoreCache(tmp_path / "c"), table, scorer, unit=scorer.chunk_rows)  # 24 rows restored
+    pd.testing.assert_frame_equal(got, one)  # bit for bit, NaN reasons included
+
+
+def _failing(scorer, at):
+    def call(t):
+        if (t["id"] == at).any():
+            raise KeyboardInterrupt
+        return scorer(t)
+
+    return call
 
 
 def test_the_worker_pool_path_resumes_from_its_checkpoint(tmp_path):
     table = _table(200)
     table["instruction"] = "i"
-    spec = {"fake_len": CriterionSpec("fake_len", "fake_len", None, _fake_len_cls(), {"fail_on": "r150"})}
+    spec = {
+        "fake_len": CriterionSpec("fake_len", "fake_len", None, _fake_len_cls(), {"fail_on": "r150", "chunk_rows": 64})
+    }
     digest, rk = ids_digest(table["id"].tolist()), row_keys(table["id"].tolist(), table["output"].tolist())
     todo = [("fake_len", "key1", "crit-key")]
     with pytest.raises(RuntimeError, match="failing on r150"):
         ShardWorker(spec, str(tmp_path), None, 1e-9).score(table, todo, digest, rk)
     log = tmp_path / "calls.log"
-    spec = {"fake_len": CriterionSpec("fake_len", "fake_len", None, _fake_len_cls(), {"log": str(log)})}
+    spec = {
+        "fake_len": CriterionSpec("fake_len", "fake_len", None, _fake_len_cls(), {"log": str(log), "chunk_rows": 64})
+    }
     receipt = ShardWorker(spec, str(tmp_path), None, 1e-9).score(table, todo, digest, rk)
     assert receipt["computed"] == ["fake_len"] and receipt["restored"] == 128
     assert sum(int(line.split()[1]) for line in log.read_text().splitlines()) == 200 - 128
@@ -156,7 +207,8 @@ def pool(bigbench_path, tmp_path_factory):
 
 def _cfg(pool, out, **fake) -> PipelineConfig:
     return PipelineConfig(
-        data=str(pool), out=str(out), criteria=[{"name": "fake_len", "options": fake}, "length"], plugins=[PLUGIN],
+        data=str(pool), out=str(out), criteria=[{"name": "fake_len", "options": {"chunk_rows": 64, **fake}}, "length"],
+        plugins=[PLUGIN],
         selector={"name": "topk", "options": {"criterion": "fake_len"}}, k=20, shard_size=300, checkpoint_s=1e-9,
         quiet=True, report=False,
     )  # fmt: skip
@@ -203,12 +255,13 @@ def test_sigkill_mid_shard_loses_at_most_the_chunk_in_progress(pool, tmp_path):
     out, log = tmp_path / "run", tmp_path / "calls.log"
     cmd = [sys.executable, "-m", "thresher", "score", str(pool), "--criteria", "fake_len", "--plugin", PLUGIN,
            "--criterion-option", "fake_len.sleep=0.4", "--criterion-option", f"fake_len.log={log}",
+           "--criterion-option", "fake_len.chunk_rows=64",
            "--shard-size", "300", "--checkpoint-every", "0.01", "--cache-dir", str(out / "cache"),
            "--out", str(out / "scores.parquet"), "--quiet"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while _rows_logged(log) < 3 * ck.FIRST_CHUNK and time.time() < deadline and proc.poll() is None:
+    while _rows_logged(log) < 3 * UNIT and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, f"run ended before it could be killed: {proc.communicate()}"
     time.sleep(0.1)  # the third chunk's checkpoint is written after its log line
@@ -216,7 +269,7 @@ def test_sigkill_mid_shard_loses_at_most_the_chunk_in_progress(pool, tmp_path):
     proc.wait()
     before = _rows_logged(log)
     saved = _partial_rows(out / "cache")
-    assert saved >= 2 * ck.FIRST_CHUNK and saved <= before
+    assert saved >= 2 * UNIT and saved <= before
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert _rows_logged(log) - before == 300 - saved  # only the rows no checkpoint held

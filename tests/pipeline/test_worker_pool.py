@@ -34,6 +34,7 @@ class PooledInProcess:
 
     def start_workers(self, worker_cls, specs, cache_root, *worker_args):
         worker = worker_cls(specs, cache_root, None, *worker_args)
+        PooledInProcess.worker = worker
         keys = worker.criterion_keys
         worker.criterion_keys = lambda: {c: k + self.salt for c, k in keys().items()}
         return LocalPool(worker)
@@ -68,6 +69,13 @@ def test_worker_pool_path_matches_local_and_uses_the_workers_keys(pool, tmp_path
     want = CRITERIA.get("mtld").obj.cache_key_for() + "-on-the-worker"
     assert keys["mtld"] == want and keys["fake_len"].endswith("-on-the-worker")
     assert res.manifest["engine_run"]["worker_processes"] == 1
+
+
+def test_the_workers_get_the_runs_checkpoint_interval(pool, tmp_path, pooled):
+    cfg = _cfg(pool, tmp_path / "pooled", "test_pooled")
+    cfg.checkpoint_s = 7.5
+    run_pipeline(cfg)
+    assert pooled.worker.checkpoint_s == 7.5
 
 
 def test_worker_keys_resolve_auto_dtype_where_the_worker_runs(monkeypatch, tiny_lm_dir):

@@ -224,6 +224,13 @@ class BatchCriterion(Criterion):
     prefetch: int = 0
     prep_threads: int = 1  # threads that prepare a batch's rows (``items`` must then not mutate shared state)
 
+    @property
+    def chunk_rows(self) -> Optional[int]:
+        """Rows a call may be cut at (or at any multiple of them) and still give the scores of one
+        call, bit for bit: the window, when windows apply (a call scores each window on its own);
+        None: only whole calls (thresher.pipeline.checkpoint then checkpoints whole shards)."""
+        return self.window_rows if self._windowed() else None
+
     def begin(self, b: Batch) -> None:
         """Hook before the rows (e.g. per-batch anchors); may set reasons."""
 
@@ -319,6 +326,10 @@ class LMCriterion(BatchCriterion):
     count within a window (a subclass overriding ``begin`` is scored in one piece)."""
 
     window_rows: Optional[int] = 2048
+    # On a CPU a window of 2,048 rows runs for minutes; windows are also the unit of the checkpoints
+    # inside a shard (thresher.pipeline.checkpoint), so a CPU scorer uses smaller ones (about a minute
+    # of SmolLM2 IFD on two cores; packing by token count needs no more rows than this).
+    cpu_window_rows: int = 256
     prefetch: int = 2
 
     def __init__(self, **options: Any) -> None:
@@ -326,6 +337,8 @@ class LMCriterion(BatchCriterion):
         o = self.options
         self.lm = shared_lm(o["model"], dtype=o["dtype"], device=o["device"])
         self.prep_threads = prep_threads(self.lm.device)
+        if self.window_rows and str(self.lm.device).split(":")[0] == "cpu":
+            self.window_rows = min(self.window_rows, self.cpu_window_rows)
         self.setup()
 
     def setup(self) -> None:

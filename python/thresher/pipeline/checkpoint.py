@@ -2,25 +2,28 @@
 shard's first row.
 
 A shard criterion on a CPU can spend many minutes on one shard (IFD with SmolLM2 on two cores: about
-six rows a second, so over ten minutes for 4,096 rows). :func:`score_checkpointed` scores the rows of
-a shard that no checkpoint holds in chunks, and every ``every_s`` seconds (and when scoring stops
-with an error or Ctrl-C) saves the rows done so far beside the shard's cache entry, as
-``<criterion>/<key>.partial.parquet``: the rows' scores and their row keys (a digest of id and
-content, :func:`thresher.cache.row_keys`). The next run of the same shard reads the checkpoint, takes
-the rows whose keys are still in the shard, and scores only the rest; the complete entry then
-replaces the checkpoint.
+five rows a second, so over ten minutes for 4,096 rows). :func:`score_checkpointed` scores the rows of
+a shard that no checkpoint holds in chunks, and when the next chunk would end more than ``every_s``
+seconds after the last checkpoint (and when scoring stops with an error or Ctrl-C) saves the rows
+done so far beside the shard's cache entry, as ``<criterion>/<key>.partial.parquet``: the rows'
+scores and their row keys (a digest of id and content, :func:`thresher.cache.row_keys`). The next
+run of the shard reads the checkpoint, takes the rows whose keys are still in the shard, and scores
+only the rest; the complete entry then replaces the checkpoint.
 
-This is exact because a shard criterion's score of a row depends on that row alone (the pipeline's
-contract: the tests compare shard sizes and batch sizes), so a shard scored in pieces has the scores
-of one call. Chunks are sized from the speed this process measured for the criterion, so that a
-chunk takes about half the interval; a fast criterion is scored in one call after its first chunk.
+Chunks are whole multiples of the call's **unit**: the rows a call may be cut at and still give the
+scores of one call, bit for bit (:func:`chunk_unit`: the engine's ``batch_size``, whose pieces are
+separate calls anyway, else the scorer's ``chunk_rows``, e.g. an LM criterion's window). So a shard
+scored in chunks, or resumed from a checkpoint, has the same bytes as one call. A scorer that
+declares no unit is called once per shard (checkpointed as a whole shard, by the cache). How many
+units a chunk holds comes from the speed this process measured, so that a chunk takes about half
+the interval; a fast criterion takes the rest of the shard in one call after its first chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,9 +36,16 @@ from ..progress import advance
 
 PARTIAL = ".partial"  # a checkpoint's key: the entry's key + PARTIAL (file <key>.partial.parquet)
 ROWKEY = "__thresher_rowkey"  # the checkpoint's column of row keys
-FIRST_CHUNK = 64  # rows of the first chunk of a criterion in a process (its speed is not yet known)
 CHUNK_SHARE = 0.5  # a chunk is sized to take this share of the interval at the measured speed
 DEFAULT_EVERY_S = CHECKPOINT_S  # seconds between checkpoints unless the run says otherwise
+
+
+def chunk_unit(scorer: Any, batch_size: Optional[int] = None) -> Optional[int]:
+    """Rows a call of ``scorer`` may be cut at (or at any multiple) without changing a score: the
+    engine's ``batch_size`` when set (each piece is its own call), else the scorer's ``chunk_rows``
+    (:attr:`thresher.criteria.base.BatchCriterion.chunk_rows`); None: whole calls only."""
+    unit = batch_size or getattr(scorer, "chunk_rows", None)
+    return int(unit) if isinstance(unit, int) and not isinstance(unit, bool) and unit > 0 else None
 
 
 class Speeds:
@@ -46,11 +56,16 @@ class Speeds:
         self.rate: dict = {}
         self.restored = 0
 
-    def chunk(self, col: str, every_s: float, left: int) -> int:
-        """Rows of the next chunk: the rest of the shard when the criterion is fast enough."""
+    def chunk(self, col: str, every_s: float, left: int, unit: int) -> int:
+        """Rows of the next chunk: whole units (one while the speed is unknown), at most ``left``."""
         rate = self.rate.get(col)
-        size = FIRST_CHUNK if rate is None else max(FIRST_CHUNK, int(rate * every_s * CHUNK_SHARE))
-        return min(left, size)
+        units = 1 if rate is None else max(1, int(rate * every_s * CHUNK_SHARE) // unit)
+        return min(left, units * unit)
+
+    def seconds(self, col: str, rows: int) -> float:
+        """The time ``rows`` rows should take (0 while the speed is unknown)."""
+        rate = self.rate.get(col)
+        return 0.0 if not rate else rows / rate
 
     def record(self, col: str, rows: int, seconds: float) -> None:
         if rows:
@@ -115,32 +130,36 @@ def score_checkpointed(
     *,
     every_s: float,
     speeds: Speeds,
+    unit: Optional[int],
 ) -> pd.DataFrame:
     """The shard's scores for cache entry ``col``/``key``: the rows a checkpoint holds, and ``score``
-    of the others in chunks, checkpointed every ``every_s`` seconds (never when ``every_s`` <= 0) and
-    when ``score`` raises. The caller writes the entry, then :func:`drop_partial`."""
+    of the others in chunks of whole ``unit`` rows (:func:`chunk_unit`; None, or ``every_s`` <= 0:
+    one call), checkpointed as the module says and when ``score`` raises. The caller writes the
+    entry, then :func:`drop_partial`."""
     pos, rows = load_partial(cache, col, key, rowkeys)
     parts: list = [(pos, rows)] if len(pos) else []
     advance(len(pos))  # restored rows move the shard's bar as scored ones do
     speeds.restored += len(pos)
     todo = np.setdiff1d(np.arange(len(table), dtype=np.int64), pos)
+    chunked = every_s > 0 and unit is not None
     saved, last, i = len(parts), time.monotonic(), 0
     try:
-        while i < len(todo):
-            size = speeds.chunk(col, every_s, len(todo) - i) if every_s > 0 else len(todo) - i
+        while i < len(todo) or not parts:
+            size = speeds.chunk(col, every_s, len(todo) - i, unit) if chunked and unit else len(todo) - i
             idx = todo[i : i + size]
             t = time.monotonic()
             parts.append((idx, score(table.iloc[idx].reset_index(drop=True))))
             speeds.record(col, len(idx), time.monotonic() - t)
             i += size
-            if every_s > 0 and i < len(todo) and time.monotonic() - last >= every_s:
-                save_partial(cache, col, key, parts, rowkeys)
-                saved, last = len(parts), time.monotonic()
+            left = len(todo) - i
+            if chunked and unit and left:
+                due = time.monotonic() - last + speeds.seconds(col, speeds.chunk(col, every_s, left, unit))
+                if due >= every_s:  # the next chunk would end past the interval: save now
+                    save_partial(cache, col, key, parts, rowkeys)
+                    saved, last = len(parts), time.monotonic()
     except BaseException:
-        if every_s > 0 and len(parts) > saved:  # keep what was scored, then stop as asked
+        if chunked and len(parts) > saved:  # keep what was scored, then stop as asked
             with contextlib.suppress(Exception):
                 save_partial(cache, col, key, parts, rowkeys)
         raise
-    if not parts:
-        return score(table.iloc[:0].reset_index(drop=True))
     return _assemble(parts, table, col)

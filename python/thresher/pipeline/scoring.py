@@ -18,7 +18,7 @@ from ..errors import OptionError, ThresherError
 from ..plan import TOKENS, Step
 from ..progress import scaled, task
 from ..registry import CRITERIA
-from .checkpoint import drop_partial, score_checkpointed
+from .checkpoint import chunk_unit, drop_partial, score_checkpointed
 from .pool_entry import PoolEntry, PoolSink
 from .reading import PoolPiece, RemotePool, RemoteShard, remote_shards
 from .rowstore import GroupCoder, GroupColumn
@@ -132,8 +132,9 @@ def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
         if df is None:
             df = _reuse(st, step, shard, key, digest, rk)
         if df is None:
+            unit = chunk_unit(st.scorer_for(step), getattr(st.engine, "batch_size", None))
             table = score_checkpointed(st.cache, step.col, key, shard.table, rk, _scorer_call(st, step),
-                                       every_s=st.cfg.checkpoint_s, speeds=st.speeds)  # fmt: skip
+                                       every_s=st.cfg.checkpoint_s, speeds=st.speeds, unit=unit)  # fmt: skip
             df = _put_entry(st, step, key, table, digest, rk, st.fingerprint(step))
             drop_partial(st.cache, step.col, key)
         tabs[step.col] = df

@@ -27,7 +27,7 @@ import pandas as pd
 from ..cache import ScoreCache
 from ..embed import embed_table, fill_table
 from ..io.splits import ReadSpec, Split, assemble, read_split
-from .checkpoint import DEFAULT_EVERY_S, Speeds, drop_partial, score_checkpointed
+from .checkpoint import DEFAULT_EVERY_S, Speeds, chunk_unit, drop_partial, score_checkpointed
 from .scoring_checks import check_scores
 
 TOKENS_SPEC = "__tokens__"  # the spec of the token counts a worker computes when it also reads the shard
@@ -95,8 +95,9 @@ class ShardWorker:
             if crit is None or rowkeys is None:  # token counts: fast, never checkpointed
                 df = call(table)
             else:
+                unit = chunk_unit(self._scorer(sk), self.batch_size)
                 df = score_checkpointed(self.cache, col, key, table, rowkeys, call, every_s=self.checkpoint_s,
-                                        speeds=self.speeds)  # fmt: skip
+                                        speeds=self.speeds, unit=unit)  # fmt: skip
             extra, rk = ({"criterion": crit}, rowkeys) if crit is not None else (None, None)
             self.cache.put(col, key, df, ids=digest, fingerprint=self._fingerprint(sk), extra=extra, rowkeys=rk)
             drop_partial(self.cache, col, key)
