@@ -257,3 +257,25 @@ def test_a_column_that_cannot_be_staged_is_named(rows):
     recs = [{**r, "when": {1, 2}} for r in rows[:3]]  # a set: neither Arrow (from dicts: JSON lines) nor JSON
     with pytest.raises(OptionError, match=r"column 'when' holds set values"):
         thresher.score(recs, criteria=["length"])
+
+
+def test_a_call_that_stops_keeps_its_scores_and_the_same_call_resumes(rows, tmp_path):
+    plugin = str(Path(__file__).resolve().parent / "fixtures" / "pipeline_plugin.py")
+    df = pd.DataFrame(rows)  # 200 rows, shards of 50
+    log = tmp_path / "calls.log"
+    opts = {"log": str(log)}
+
+    def scored():
+        return sum(int(line.split()[1]) for line in log.read_text().splitlines()) if log.exists() else 0
+
+    kept_msg = "scores computed so far are kept in (.+); the same call resumes"
+    with pytest.warns(RuntimeWarning, match=kept_msg) as w, pytest.raises(RuntimeError, match="failing on"):
+        thresher.score(df, criteria="fake_len", options={"fake_len": {**opts, "fail_on": df["id"][170]}},
+                       plugins=[plugin], shard_size=50)  # fmt: skip
+    kept = Path(re.search(r"kept in (.+); the same", str(w[0].message)).group(1))
+    assert kept.is_dir() and scored() == 150  # three shards scored and cached before the fourth failed
+
+    got = thresher.score(df, criteria="fake_len", options={"fake_len": opts}, plugins=[plugin], shard_size=50)
+    assert scored() == 200  # the fourth shard only
+    assert got["fake_len"].notna().sum() > 0 and len(got) == 200
+    assert not kept.exists()  # a call that completes removes its temporary cache

@@ -29,17 +29,21 @@ reader skipped (``on_bad_row="skip"``) get NaN scores with the reason in ``<crit
 
 Nothing is written that was not asked for: in-memory data is staged in a temporary folder
 (removed afterwards), scores go to a temporary cache unless ``cache_dir`` is given (give one
-to reuse scores across calls), and an output folder is written only when ``out`` is given.
+to reuse scores across calls), and an output folder is written only when ``out`` is given. A call
+that stops (an error, Ctrl-C) keeps its temporary cache and warns where: the same call again, in
+the same process, resumes from the rows already scored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
@@ -300,6 +304,28 @@ def _scratch(given: Optional[Any]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _run_cache(given: Optional[Any], data: Any) -> Iterator[Path]:
+    """``given``, or a temporary score cache named after the data the pipeline reads (and this
+    process): a call that stops (an error, Ctrl-C in a notebook) leaves it in place and warns where,
+    so the same call again resumes from the shards already scored; a call that completes removes it."""
+    if given is not None:
+        yield Path(given)
+        return
+    ident = f"{os.path.abspath(str(data))}\0{os.getpid()}".encode("utf-8", "surrogatepass")
+    tmp = Path(tempfile.gettempdir()) / f"thresher-cache-{hashlib.blake2b(ident, digest_size=8).hexdigest()}"
+    try:
+        yield tmp
+    except BaseException:
+        if tmp.is_dir() and any(tmp.rglob("*.parquet")):
+            msg = f"thresher: the scores computed so far are kept in {tmp}; the same call resumes from them"
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _pool_rows(n_input: int, skipped: list, table: pd.DataFrame) -> np.ndarray:
     """Per pool position, the input row (0-based). A staged input has one row a line (or a
     Parquet row), so ``source_line - 1`` when the table has it; else the rows the reader did
@@ -354,7 +380,7 @@ def _columns(inp: _Input, res: PipelineResult, table: pd.DataFrame, id_column: O
 def _run(inp: _Input, cfg: PipelineConfig, *, select: bool) -> tuple[PipelineResult, pd.DataFrame]:
     """Run the pipeline (temporary cache and output folder unless given); the scores table."""
     given_cache, given_out = cfg.cache_dir, cfg.out if select else None
-    with _scratch(cfg.cache_dir) as cache, _scratch(cfg.out if select else None) as out:
+    with _run_cache(cfg.cache_dir, cfg.data) as cache, _scratch(cfg.out if select else None) as out:
         cfg.cache_dir = str(cache)
         if select:
             cfg.report = cfg.report and cfg.out is not None

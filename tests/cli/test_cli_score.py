@@ -256,3 +256,34 @@ def test_scores_are_kept_when_the_table_cannot_be_written(tmp_path, capsys, monk
         assert "length" in got.columns and len(got) > 0 and not out.exists()
     finally:
         kept.unlink()
+
+
+PLUGIN = str(Path(__file__).resolve().parents[1] / "fixtures" / "pipeline_plugin.py")
+
+
+def _scored_rows(log: Path) -> int:
+    return sum(int(line.split()[1]) for line in log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_a_stopped_score_run_resumes_without_a_cache_dir(tmp_path, capsys, bigbench_path):
+    from conftest import write_bigbench_head
+    from thresher.cli.cmd_score import resume_cache
+
+    pool = write_bigbench_head(bigbench_path, tmp_path / "pool.jsonl", 300)
+    ids = [json.loads(line)["id"] for line in pool.read_text().splitlines()]
+    out, log = tmp_path / "scores.parquet", tmp_path / "calls.log"
+    argv = ["score", str(pool), "--criteria", "fake_len", "--plugin", PLUGIN, "--shard-size", "100",
+            "--criterion-option", f"fake_len.log={log}", "--out", str(out), "--quiet"]  # fmt: skip
+    own = resume_cache(pool, out)
+    assert not own.exists()
+    rc = main(argv + ["--criterion-option", f"fake_len.fail_on={ids[250]}"])  # shards 1-2 done, shard 3 fails
+    err = capsys.readouterr().err
+    assert rc == 1 and f"the scores computed so far are kept in {own}: the same command resumes" in err
+    assert _scored_rows(log) == 200 and not out.exists()
+
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert _scored_rows(log) == 300  # the third shard only
+    assert pd.read_parquet(out)["id"].tolist() == ids
+    assert not own.exists()  # removed once the table is written
+    assert main(argv) == 0 and _scored_rows(log) == 600  # a finished run leaves no cache: all scored again

@@ -6,13 +6,18 @@ each criterion (or a recipe's criteria) through the content-keyed score cache,
 and written as one table keyed by ``id`` (Parquet, or CSV/JSONL by extension),
 atomically. A bad row stops the run naming file, line and field, unless
 ``--on-bad-row skip``; rows a criterion cannot score (an empty answer, ...) get
-NaN and a ``<criterion>.reason``.
+NaN and a ``<criterion>.reason``. Without ``--cache-dir`` the cache is a temporary folder named
+after the input and the output (:func:`resume_cache`): the same command run again after a kill, a
+crash or Ctrl-C resumes where the last one stopped; it is removed once the table is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -85,22 +90,48 @@ def config(args: argparse.Namespace, cache_dir: Any) -> PipelineConfig:
     )
 
 
+def resume_cache(data: Any, out: Any) -> Path:
+    """The score cache of a run without ``--cache-dir``: a folder in the temporary folder named after
+    the input and the output, so the same command run again after a kill, a crash or Ctrl-C resumes
+    from the shards (and checkpoints) already scored; removed once the table is written."""
+    ident = json.dumps([os.path.abspath(str(data)), os.path.abspath(str(out))])
+    return Path(tempfile.gettempdir()) / f"thresher-score-{hashlib.blake2b(ident.encode(), digest_size=8).hexdigest()}"
+
+
+def _has_scores(cache: Path) -> bool:
+    return cache.is_dir() and any(cache.rglob("*.parquet"))
+
+
+def _score_table(args: argparse.Namespace, cfg: PipelineConfig, own: Any) -> tuple:
+    """Run the pipeline; a run that stops leaves its own cache (``own``) in place and says where."""
+    if own is not None and _has_scores(own) and not args.quiet:
+        _say(f"resuming from the scores an earlier run of this command left in {own}")
+    try:
+        res = run_pipeline(cfg)
+        return res, res.scores()
+    except BaseException:
+        if own is not None and _has_scores(own):
+            _say(f"the scores computed so far are kept in {own}: the same command resumes from them")
+        raise
+
+
 def run_score(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="thresher-score-") as tmp:
-        cfg = config(args, tmp)
-        if args.dry_run:
-            print_plan(plan_preview(cfg), args.json)
-            return 0
-        check_table_out(out, args.data, args.overwrite)  # before any scoring: a late refusal wastes the run
-        res = run_pipeline(cfg)
-        table = res.scores()
+    own = None if args.cache_dir else resume_cache(args.data, out)
+    cfg = config(args, str(own) if own is not None else None)
+    if args.dry_run:
+        print_plan(plan_preview(cfg), args.json)
+        return 0
+    check_table_out(out, args.data, args.overwrite)  # before any scoring: a late refusal wastes the run
+    res, table = _score_table(args, cfg, own)
     crits = [c.get("as") or c["name"] for c in res.manifest.get("criteria", [])]
     cols = [c for c in crits if c in table.columns]  # the criteria only (not tokens, source_file, ...)
     if args.verbose or not args.quiet:  # --quiet: the counts are in the one result line
         _report_rows(res, table, cols, args.verbose)
     _write_or_keep(table, out)
+    if own is not None:  # the table is written: the run's own cache has served
+        shutil.rmtree(own, ignore_errors=True)
     counts = {c: int(table[c].notna().sum()) for c in cols}
     if args.json:
         cache = {"hits": res.cache_hits, "misses": res.cache_misses}
@@ -150,7 +181,13 @@ def register(subparsers: Any) -> None:
     add_selection_args(p, recipe_only=True)
     add_data_args(p)
     g = p.add_argument_group("run")
-    g.add_argument("--cache-dir", default=None, help="keep the per-shard score cache here (resumable, shareable)")
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        help="keep the per-shard score cache here (resumable, shareable; default: a temporary folder named after "
+        "the input and --out, which the same command resumes from after a kill, and which is removed once the "
+        "table is written)",
+    )
     add_checkpoint_arg(g)
     add_overwrite_arg(g, "replace an existing --out file that is not a scores table (never the input itself)")
     add_engine_args(g)
