@@ -4,6 +4,7 @@ worker resolves ``dtype="auto"`` to bf16 where a CPU driver would say fp32)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -76,6 +77,24 @@ def test_the_workers_get_the_runs_checkpoint_interval(pool, tmp_path, pooled):
     cfg.checkpoint_s = 7.5
     run_pipeline(cfg)
     assert pooled.worker.checkpoint_s == 7.5
+
+
+def test_a_worker_resumes_mid_shard_from_its_checkpoint(pool, tmp_path, pooled):
+    ids = [json.loads(line)["id"] for line in Path(pool).read_text().splitlines()]
+
+    def cfg(**fake):
+        crit = [{"name": "fake_len", "options": {"chunk_rows": 10, "log": str(tmp_path / "calls.log"), **fake}}]
+        return PipelineConfig(data=str(pool), out=str(tmp_path / "o"), criteria=crit, plugins=[PLUGIN], k=5,
+                              engine="test_pooled", shard_size=90, checkpoint_s=1e-9, quiet=True, report=False,
+                              overwrite=True)  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="failing on"):
+        run_pipeline(cfg(fail_on=ids[45]))  # chunks of 10 rows: 40 scored and saved
+    res = run_pipeline(cfg())
+    rows = sum(int(line.split()[1]) for line in (tmp_path / "calls.log").read_text().splitlines())
+    assert rows == 90  # 40, then the 50 the checkpoint lacked
+    assert "resumed 40 row-criterion pairs from checkpoints" in (tmp_path / "o" / "run.log").read_text()
+    assert len(res.selected) == 5
 
 
 def test_worker_keys_resolve_auto_dtype_where_the_worker_runs(monkeypatch, tiny_lm_dir):
