@@ -264,6 +264,8 @@ class RowIndex:
 
 # ------------------------------------------------------------------ maintenance (`thresher cache ls|prune`)
 EMBEDDINGS = "embeddings"  # the embeddings store shares the cache folder (thresher.embed.store)
+#: A criterion's stopped pool-wide calls (thresher.criteria.search_checkpoint.SEARCH_DIR; cache sits above criteria)
+SEARCH_DIR = "search-checkpoints"
 
 
 @dataclass
@@ -329,6 +331,19 @@ def cache_entries(root: Any, criterion: Optional[str] = None) -> list[CacheEntry
             rows = rows_path(f)
             with contextlib.suppress(OSError):  # removed by another process meanwhile
                 out.append(_entry(folder.name, [f] + ([rows] if rows.is_file() else []), used=f))
+        out.extend(_search_entries(folder))
+    return out
+
+
+def _search_entries(folder: Path) -> list[CacheEntry]:
+    """The checkpoints of stopped neighbour searches (``<criterion>/search-checkpoints/<search>/part-*.npz``,
+    :mod:`thresher.criteria.search_checkpoint`): one entry per search."""
+    out = []
+    for d in sorted(folder.glob(f"{SEARCH_DIR}/*/")):
+        files = sorted(d.glob("part-*.npz"))
+        if files:
+            with contextlib.suppress(OSError):
+                out.append(_entry(folder.name, files))
     return out
 
 

@@ -28,12 +28,27 @@ def test_the_search_tasks_run_at_most_max_in_flight_at_once_results_in_order(ray
         time.sleep(seconds)
         return tag, t0, time.time()
 
-    one = ray_mapper(num_cpus=1, max_in_flight=1)(_interval, [0.4] * 4, range(4))
+    one = list(ray_mapper(num_cpus=1, max_in_flight=1)(_interval, [0.4] * 4, range(4)))
     assert [r[0] for r in one] == [0, 1, 2, 3]
     assert _overlaps(one) == 0  # a 2-CPU cluster, yet one at a time: --workers 1
-    two = ray_mapper(num_cpus=1, max_in_flight=2)(_interval, [1.5] * 4, range(4))
+    two = list(ray_mapper(num_cpus=1, max_in_flight=2)(_interval, [1.5] * 4, range(4)))
     assert [r[0] for r in two] == [0, 1, 2, 3]
     assert _overlaps(two) >= 1
+
+
+def test_the_mapper_is_lazy_a_result_comes_back_before_later_tasks_are_submitted(ray_cluster):
+    pulled = []
+
+    def args():
+        for i in range(5):
+            pulled.append(i)
+            yield i
+
+    results = ray_mapper(num_cpus=1, max_in_flight=2)(abs, args())
+    assert pulled == []  # nothing submitted before the first result is asked for
+    assert next(results) == 0
+    assert pulled == [0, 1, 2]  # two in flight, the third pulled when the first was collected
+    assert list(results) == [1, 2, 3, 4]
 
 
 class _Splitting:

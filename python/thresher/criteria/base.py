@@ -55,7 +55,19 @@ VERSION = "1"
 
 #: Options that change how a criterion runs, never its scores: kept out of cache keys.
 RUNTIME_OPTIONS = frozenset(
-    {"device", "batch_tokens", "batching", "backend", "share_prefix", "batch_size", "cache_dir", "progress", "store"}
+    {
+        "device",
+        "batch_tokens",
+        "batching",
+        "backend",
+        "share_prefix",
+        "batch_size",
+        "cache_dir",
+        "progress",
+        "store",
+        "checkpoint_dir",
+        "checkpoint_s",
+    }
 )
 
 #: Options shared by every criterion that runs one causal LM.

@@ -22,6 +22,11 @@ approximate indexes, whose recall@(k+1) is measured on a seeded sample of up to
 fewer than k neighbours is NaN with a reason naming the cause. semdedup's
 per-cluster scans are tasks for the same ``mapper``.
 
+A stopped exact search resumes: with ``checkpoint_dir`` set (a pipeline run sets it inside its
+score cache), its finished query blocks are saved about every ``checkpoint_s`` seconds and when it
+raises, and the next search of the same vectors runs only the rest
+(:mod:`thresher.criteria.search_checkpoint`); the neighbours are the same as an unbroken search's.
+
 ``scorer.run_info()`` (after scoring) describes the last call: the index kind used,
 exact or approximate, the measured recall, the task layout (JSON-serialisable).
 """
@@ -44,6 +49,7 @@ from ..index import KINDS, KNNIndex
 from ..ops.knn_shard import DEFAULT_QUERY_ROWS, DEFAULT_SHARD_ROWS, sharded_knn
 from ..registry import CRITERIA, Option
 from .base import Criterion, digest, embedder_fingerprint, sample_ids
+from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, search_identity
 
 _EMB_OPTS = [
     # type left open: besides a name, an encoder object (duck-typed: .encode, .dim, .fingerprint) is accepted
@@ -59,6 +65,23 @@ _INDEX_KIND = Option(
     "(FAISS approximate: only when named; recall measured on a sample, see run_info)",
     choices=KINDS,
 )
+_CHECKPOINT_OPTS = [
+    Option(
+        "checkpoint_dir",
+        None,
+        "folder where an exact search keeps its finished query blocks, so a stopped "
+        "search resumes from them (a pipeline run: <cache>/<criterion>/" + SEARCH_DIR + "; None: not kept)",
+        type=(str, Path),
+    ),  # fmt: skip
+    Option(
+        "checkpoint_s",
+        None,
+        "seconds between saves of the exact search's finished blocks "
+        f"(None: the run's --checkpoint-every, else {DEFAULT_EVERY_S:g}; 0: never saved)",
+        type=(int, float),
+        min=0,
+    ),  # fmt: skip
+]
 RECALL_SAMPLE = 1000  # queries of the recall measurement of an approximate search
 RECALL_SEED = 0
 
@@ -209,7 +232,7 @@ class _PoolCriterion(Criterion):
         if kind in ("auto", "exact"):
             # here: the encoder's device; tasks run elsewhere (an engine's mapper) pick their own
             dev = resolve_device(self.options["device"]) if self.mapper is map else "auto"
-            v, p = sharded_knn(q, base, kk, metric, self.shard_rows, self.query_rows, mapper=self.mapper, device=dev)
+            v, p = self._exact(q, base, kk, metric, dev)
             n_tasks = -(-len(q) // self.query_rows) * max(1, -(-len(base) // self.shard_rows))
             self._info.update(index_kind_used="exact", exact=True, search="sharded exact kNN (thresher.ops.knn)")
             self._info.update(shard_rows=int(self.shard_rows), query_rows=int(self.query_rows), tasks=int(n_tasks))
@@ -223,6 +246,33 @@ class _PoolCriterion(Criterion):
             rec = idx.last_recall
             self._info.update(recall=rec["recall"], recall_k=rec["k"], recall_sample=rec["sample"])
             self._info.update(recall_seed=rec["seed"], index_params=_json_params(idx.params))
+        return v, p
+
+    def _checkpoint(
+        self, q: np.ndarray, base: np.ndarray, kk: int, metric: str, dev: Any
+    ) -> Optional[SearchCheckpoint]:
+        """The search's checkpoint store when ``checkpoint_dir`` is set and ``checkpoint_s`` is not 0."""
+        folder, every = self.options.get("checkpoint_dir"), self.options.get("checkpoint_s")
+        every = DEFAULT_EVERY_S if every is None else float(every)
+        if folder is None or every <= 0:
+            return None
+        ident = search_identity(q, base, k=kk, metric=metric, shard_rows=self.shard_rows,
+                                query_rows=self.query_rows, device=str(dev))  # fmt: skip
+        return SearchCheckpoint(folder, ident, every)
+
+    def _exact(self, q: np.ndarray, base: np.ndarray, kk: int, metric: str, dev: Any) -> tuple:
+        """The sharded exact search, resumed from and saved to its checkpoint (when there is one)."""
+        store = self._checkpoint(q, base, kk, metric, dev)
+        try:
+            v, p = sharded_knn(q, base, kk, metric, self.shard_rows, self.query_rows, mapper=self.mapper, device=dev,
+                               blocks=store)  # fmt: skip
+        except BaseException:
+            if store is not None:
+                store.flush()  # the blocks finished so far are kept for the next try
+            raise
+        if store is not None:
+            self._info.update(checkpoint_saves=store.saved, resumed_queries=int(store.restored))
+            store.clear()
         return v, p
 
     def _score(self, emb, keys, reasons) -> dict:  # pragma: no cover - abstract
@@ -243,7 +293,8 @@ def _json_params(params: dict) -> dict:
         Option("k", 6, "number of neighbours", min=1),
         Option("metric", "l2", "l2 (Euclidean distance) or cosine (1 - cosine similarity)", ("l2", "cosine")),
         _INDEX_KIND,
-    ],
+    ]
+    + _CHECKPOINT_OPTS,
     direction="max",
     needs=("embedder",),
     scope="pool",
@@ -264,7 +315,7 @@ class KNNDistance(_PoolCriterion):
     "local_density",
     doc="Local density: mean cosine similarity of a sample to its k nearest other samples of the pool "
     "(default k=10). Higher = a crowded region (redundant); lower = rare.",
-    options=_EMB_OPTS + [Option("k", 10, "number of neighbours", min=1), _INDEX_KIND],
+    options=_EMB_OPTS + [Option("k", 10, "number of neighbours", min=1), _INDEX_KIND] + _CHECKPOINT_OPTS,
     direction="min",
     needs=("embedder",),
     scope="pool",

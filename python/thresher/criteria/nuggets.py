@@ -25,6 +25,11 @@ seeded k-means with ``n_anchors`` clusters over the pool's sentence embeddings
 seeded random sample. A candidate that is itself an anchor (same id) is not
 compared with itself.
 
+A stopped call resumes: with ``checkpoint_dir`` set (a pipeline run sets it inside its score cache), the
+one-shot log-probabilities of each block of :data:`ITEM_BLOCK` candidates are kept, saved about every
+``checkpoint_s`` seconds and when the call raises (:mod:`thresher.criteria.search_checkpoint`), and a call
+with the same model, anchors and candidate tokens computes only the rest: the scores of an unbroken call.
+
 ``scorer.run_info()`` (after a call) records the anchors of that call: how they were
 chosen (``kmeans``, ``random``, ``file``, ``given``), the seed, the count asked and
 chosen, how many were usable, and their ids (at most :data:`LISTED_ANCHOR_IDS`; above
@@ -49,8 +54,10 @@ from ..registry import CRITERIA, Option
 from ..render import TEMPLATES, SampleError, render_sample, tokenize_rendered
 from .base import Batch, Skip, digest, embedder_fingerprint
 from .loss import LossCriterion, _max_length, _opts
+from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, search_identity
 
 LISTED_ANCHOR_IDS = 200  # run_info lists the anchor ids up to this many, else a digest
+ITEM_BLOCK = 64  # candidates per checkpoint block
 
 
 def _read_anchor_file(path: str) -> list[dict]:
@@ -128,6 +135,21 @@ def kmeans_anchor_rows(emb: np.ndarray, m: int, seed: int, n_init: int = 10) -> 
         Option("template", "alpaca", "prompt template of candidates and anchors", choices=TEMPLATES),
         Option("separator", "\n\n", "text between the one-shot demonstration and the anchor", type=str),
         _max_length(2048, "max tokens of prefix + anchor (the prefix is cut from the left)"),
+        Option(
+            "checkpoint_dir",
+            None,
+            "folder where a call keeps its finished candidates, so a stopped call "
+            "resumes from them (a pipeline run: <cache>/nuggets/" + SEARCH_DIR + "; None: not kept)",
+            type=(str, Path),
+        ),  # fmt: skip
+        Option(
+            "checkpoint_s",
+            None,
+            "seconds between saves of the finished candidates (None: the run's "
+            f"--checkpoint-every, else {DEFAULT_EVERY_S:g}; 0: never saved)",
+            type=(int, float),
+            min=0,
+        ),
     ),
     direction="max",
     needs=("model",),
@@ -255,18 +277,56 @@ class Nuggets(LossCriterion):
             raise Skip("no anchor other than the sample itself")
         return [("p", (prefix, keep))]
 
+    def _one_shot(self, prefix: list, keep: list) -> np.ndarray:
+        """log p(a_j | candidate, q_j) for the anchors ``keep``, the prefix's KV cache reused."""
+        one = prefix_reuse_losses(
+            self.lm,
+            prefix,
+            [self._conts[j] for j in keep],
+            batch_tokens=max(self.options["batch_tokens"], len(prefix) + self._longest),
+            backend=self.options["backend"],
+        )
+        return np.array([-ul.nll.sum() for ul in one], dtype=np.float64)
+
+    def _checkpoint(self, items: list) -> Optional[SearchCheckpoint]:
+        """The call's checkpoint store when ``checkpoint_dir`` is set and ``checkpoint_s`` is not 0."""
+        folder, every = self.options.get("checkpoint_dir"), self.options.get("checkpoint_s")
+        every = DEFAULT_EVERY_S if every is None else float(every)
+        if folder is None or every <= 0:
+            return None
+        flat = lambda seqs: np.asarray([t for s in seqs for t in s], np.int64)  # noqa: E731
+        lens = lambda seqs: np.asarray([len(s) for s in seqs], np.int64)  # noqa: E731
+        prefixes, keeps = [p for p, _ in items], [k for _, k in items]
+        conts = [u.ids for u in self._conts] + [np.flatnonzero(u.score).tolist() for u in self._conts]
+        arrays = (flat(prefixes), lens(prefixes), flat(keeps), lens(keeps), flat(conts), lens(conts))
+        ident = search_identity(*arrays, call="nuggets", key=self.cache_key(), device=str(self.lm.device),
+                                block=ITEM_BLOCK)  # fmt: skip
+        return SearchCheckpoint(folder, ident, every)
+
     def run(self, items: list) -> list:
-        out = []
-        for prefix, keep in items:
-            one = prefix_reuse_losses(
-                self.lm,
-                prefix,
-                [self._conts[j] for j in keep],
-                batch_tokens=max(self.options["batch_tokens"], len(prefix) + self._longest),
-                backend=self.options["backend"],
-            )
-            out.append((np.array([-ul.nll.sum() for ul in one]), self._zero[keep]))
-        return out
+        store = self._checkpoint(items)
+        lp1: list = []
+        resumed = 0
+        try:
+            for s in range(0, len(items), ITEM_BLOCK):
+                part = items[s : s + ITEM_BLOCK]
+                got = None if store is None else store.get(s)
+                if got is not None and len(got[1]) == len(part):
+                    lp1 += np.split(got[0], np.cumsum(got[1])[:-1])
+                    resumed += len(part)
+                    continue
+                done = [self._one_shot(prefix, keep) for prefix, keep in part]
+                lp1 += done
+                if store is not None:
+                    store.put(s, np.concatenate(done), np.asarray([len(d) for d in done], np.int64))
+        except BaseException:
+            if store is not None:
+                store.flush()  # the candidates finished so far are kept for the next call
+            raise
+        if store is not None:
+            self._info.update(checkpoint_saves=store.saved, resumed_rows=resumed, scored_rows=len(items))
+            store.clear()
+        return [(a, self._zero[keep]) for a, (_, keep) in zip(lp1, items)]
 
     def columns(self, b: Batch, results: list[dict]) -> dict:
         gs, gain = np.full(b.n, np.nan), np.full(b.n, np.nan)

@@ -36,9 +36,10 @@ import os
 import socket
 import sys
 import uuid
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -89,11 +90,13 @@ def _resolved(fn: Any, *packed: Any) -> Any:
 
 
 def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8, num_gpus: float = 0) -> Any:
-    """A ``map(fn, *iterables)`` that runs each call as a Ray task, results in order. Each distinct
-    large array among the arguments (also inside tuples) is put in the object store ONCE and shared
-    by the tasks that read it; at most ``max_in_flight`` tasks run at a time."""
+    """A ``map(fn, *iterables)`` that runs each call as a Ray task and yields the results in order, each
+    as soon as it and those before it are done (lazy, as the builtin ``map``: a consumer sees early
+    results while later tasks run). Each distinct large array among the arguments (also inside tuples)
+    is put in the object store ONCE and shared by the tasks that read it; at most ``max_in_flight``
+    tasks run at a time."""
 
-    def mapper(fn: Any, *iterables: Any) -> list:
+    def mapper(fn: Any, *iterables: Any) -> Iterator:
         ray = _ray()
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_resolved)
         shared: dict = {}
@@ -107,14 +110,13 @@ def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8, num_gpus: float = 0)
                 return shared[id(x)][0]
             return x
 
-        refs: list = []
-        out: list = []
+        pending: deque = deque()
         for args in zip(*iterables):
-            if len(refs) - len(out) >= max_in_flight:
-                out.append(ray.get(refs[len(out)]))
-            refs.append(remote.remote(fn, *(pack(a) for a in args)))
-        out.extend(ray.get(refs[len(out) :]))
-        return out
+            if len(pending) >= max_in_flight:
+                yield ray.get(pending.popleft())
+            pending.append(remote.remote(fn, *(pack(a) for a in args)))
+        while pending:
+            yield ray.get(pending.popleft())
 
     # what a scorer's run_info records as its mapper
     mapper.__name__ = f"ray_mapper(max_in_flight={max_in_flight}, num_cpus={num_cpus:g}, num_gpus={num_gpus:g})"

@@ -24,6 +24,13 @@ the same order (nearest first, ties to the LOWER global index). Hence:
 
 A query block whose candidates are fewer than ``k`` raises ``ValueError`` as
 ``ops.knn`` does (``k`` larger than the base, self excluded).
+
+Resume. ``blocks`` (optional) keeps merged query blocks: ``blocks.get(start)`` returns the
+``(values, indices)`` of the block of queries that starts at ``start``, or None; ``blocks.put(start,
+values, indices)`` is called as each block is merged. The tasks of a block it already has are not
+run, so a search stopped part-way resumes at the blocks it had finished (a checkpoint store:
+:mod:`thresher.criteria.search_checkpoint`). Results are merged block by block in query order as the
+mapper yields them, so a lazy mapper lets ``put`` see each block as soon as it is done.
 """
 
 from __future__ import annotations
@@ -112,12 +119,14 @@ def knn_shard_task(task: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tasks(
-    queries: np.ndarray, base: np.ndarray, k: int, metric: str, rows: tuple[int, int], excl: bool, off: int, dev: Any
-) -> Iterator[tuple]:
+    queries: np.ndarray, base: np.ndarray, k: int, metric: str, rows: tuple[int, int], excl: bool, off: int, dev: Any,
+    todo: Sequence[int],
+) -> Iterator[tuple]:  # fmt: skip
+    """The tasks of the query blocks that start at ``todo``, block by block."""
     shard_rows, query_rows = rows
     # one view object per shard, shared by the tasks of every query block (a mapper may ship each once)
     shards = [(bs, base[bs : bs + shard_rows]) for bs in range(0, max(base.shape[0], 1), shard_rows)]
-    for qs in range(0, queries.shape[0], query_rows):
+    for qs in todo:
         qb = queries[qs : qs + query_rows]
         for bs, shard in shards:
             yield (qb, shard, bs, off + qs, k, metric, excl, dev)
@@ -179,13 +188,15 @@ def sharded_knn(
     *,
     query_offset: int = 0,
     device: Optional[str] = None,
+    blocks: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact kNN of ``queries`` [Q, d] in ``base`` [N, d] as (query block x base shard) tasks run by
     ``mapper``; returns ``(values [Q, k] float32, indices [Q, k] int64)`` as :func:`thresher.ops.knn`
     (see the module docstring for the exactness guarantee). ``exclude_self``: query ``i`` is base
     row ``query_offset + i`` and is never returned. ``device``: where each task runs ``ops.knn``
     (None: the CPU; ``"cuda"``: every task copies its blocks there; ``"auto"``: the GPU when the
-    process running the task sees one, else the CPU)."""
+    process running the task sees one, else the CPU). ``blocks``: finished query blocks to reuse
+    and to record (module docstring, "Resume")."""
     q = _as_f32(queries, "queries")
     b = _as_f32(base, "base")
     shard_rows = _check_rows(shard_rows, "shard_rows")
@@ -195,23 +206,24 @@ def sharded_knn(
     if nq == 0 or k == 0:
         return np.zeros((nq, k), np.float32), np.zeros((nq, k), np.int64)
     n_shards = max(1, -(-b.shape[0] // shard_rows))
-    tasks = _tasks(q, b, k, metric, (shard_rows, query_rows), exclude_self, query_offset, device)
-    results = mapper(knn_shard_task, tasks)
-    return _merge_blocks(iter(results), nq, k, n_shards, query_rows, largest=(metric == "ip"))
-
-
-def _merge_blocks(
-    results: Iterator, nq: int, k: int, n_shards: int, query_rows: int, largest: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Consume the task results in order (per query block, ``n_shards`` of them) and merge each block."""
     vals = np.empty((nq, k), np.float32)
     idx = np.empty((nq, k), np.int64)
+    todo = []
     for qs in range(0, nq, query_rows):
+        got = None if blocks is None else blocks.get(qs)
+        shape = (min(query_rows, nq - qs), k)
+        if got is None or len(got) != 2 or np.shape(got[0]) != shape or np.shape(got[1]) != shape:
+            todo.append(qs)
+            continue
+        vals[qs : qs + query_rows], idx[qs : qs + query_rows] = got
+    tasks = _tasks(q, b, k, metric, (shard_rows, query_rows), exclude_self, query_offset, device, todo)
+    results = iter(mapper(knn_shard_task, tasks))
+    for qs in todo:  # per query block, n_shards results in order
         parts = [next(results) for _ in range(n_shards)]
-        v, i = merge_topk([p[0] for p in parts], [p[1] for p in parts], k, largest)
-        vals[qs : qs + query_rows] = v
-        idx[qs : qs + query_rows] = i
-    rest: Optional[Any] = next(results, None)
-    if rest is not None:
+        v, i = merge_topk([p[0] for p in parts], [p[1] for p in parts], k, largest=(metric == "ip"))
+        vals[qs : qs + query_rows], idx[qs : qs + query_rows] = v, i
+        if blocks is not None:
+            blocks.put(qs, v, i)
+    if next(results, None) is not None:
         raise ValueError("mapper: returned more results than tasks")
     return vals, idx

@@ -452,6 +452,17 @@ def _remote_pool_entry(st: RunState, step: Step, key: str, digest: str, pool: Re
     return PoolEntry(st.cache.path(step.col, key))
 
 
+def _say_resumed(st: RunState, col: str) -> None:
+    """Log a pool-scoped call that resumed from its checkpoint (run info ``resumed_queries`` of a
+    neighbour search, ``resumed_rows`` of nuggets' candidates)."""
+    info = st.run_info.get(col) or {}
+    if info.get("resumed_queries"):
+        st.say(f"{col}: resumed {info['resumed_queries']} of {info.get('queries')} queries of the neighbour "
+               "search from its checkpoint")  # fmt: skip
+    elif info.get("resumed_rows"):
+        st.say(f"{col}: resumed {info['resumed_rows']} of {info.get('scored_rows')} rows from its checkpoint")
+
+
 def score_pool_scoped(st: RunState, selection: Selection) -> None:
     """Criteria whose score of a row depends on the other rows: one call over the whole pool."""
     steps = st.pool_criteria()
@@ -475,6 +486,8 @@ def score_pool_scoped(st: RunState, selection: Selection) -> None:
                 df = cached(st, step.col, key, digest, _pool_criterion(st, step, pool), step, extra)
         if step.col not in st.run_info:  # read from the cache: what the scorer reported when it ran
             st.run_info[step.col] = st.cache.info(step.col, key).get("run_info")
+        else:
+            _say_resumed(st, step.col)
         st.pool_frames[step.col] = df
         cols = df.frame(selection.needed) if isinstance(df, PoolEntry) else df
         selection.feed_pool(_columns([cols], selection.needed))

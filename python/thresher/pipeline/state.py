@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cache import IdsDigest, ScoreCache
+from ..criteria.search_checkpoint import SEARCH_DIR
 from ..io import Source
 from ..plan import PipelineConfig, Plan, Step
 from ..progress import Bar, activity
@@ -104,10 +105,16 @@ class RunState:
     def runtime_options(self, step: Step) -> dict:
         """The criterion's options plus the run's shared embeddings cache for a criterion that embeds
         (``cache_dir`` changes no score and is not part of any cache key), so runs that share
-        ``--cache-dir`` embed a pool once."""
+        ``--cache-dir`` embed a pool once; and, for a criterion whose neighbour search can resume, the
+        folder of its checkpoints in the score cache and the run's ``checkpoint_s``."""
         options = dict(step.options)
-        if "cache_dir" in CRITERIA.get(step.name).options and options.get("cache_dir") is None:
+        known = CRITERIA.get(step.name).options
+        if "cache_dir" in known and options.get("cache_dir") is None:
             options["cache_dir"] = str(self.cache.root / "embeddings")
+        if "checkpoint_dir" in known and options.get("checkpoint_dir") is None:  # a pool search's checkpoints
+            options["checkpoint_dir"] = str(self.cache.root / step.col / SEARCH_DIR)
+        if "checkpoint_s" in known and options.get("checkpoint_s") is None:
+            options["checkpoint_s"] = self.cfg.checkpoint_s
         return options
 
     def key_for(self, step: Step) -> str:

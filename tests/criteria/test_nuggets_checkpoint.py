@@ -1,0 +1,117 @@
+"""nuggets: a call stopped part-way resumes from its checkpoint with the scores of an unbroken call,
+and only for the same model, anchors and candidates."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import thresher.criteria.nuggets as nug_mod
+from conftest import save_tiny_lm
+from thresher.models import tiny_causal_lm
+from thresher.registry import CRITERIA
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_causal_lm(0, tokenizer="bytes", init_std=0.3)
+
+
+def pool(n, shift=0):
+    return pd.DataFrame([{"id": f"s{i}", "instruction": f"Name the number {i + shift}.", "input": "",
+                          "output": f"{i + shift}"} for i in range(n)])  # fmt: skip
+
+
+def nuggets(lm, seed=1, **kw):
+    return CRITERIA.get("nuggets").obj(model=lm, n_anchors=4, anchor_select="random", seed=seed, batch_tokens=256,
+                                       **kw)  # fmt: skip
+
+
+def stopping(monkeypatch) -> dict:
+    """prefix_reuse_losses counted (``calls``); raises Stop on call number ``after`` (0: never)."""
+    real, st = nug_mod.prefix_reuse_losses, {"calls": 0, "after": 0}
+
+    def counted(*a, **k):
+        st["calls"] += 1
+        if st["calls"] == st["after"]:
+            raise Stop
+        return real(*a, **k)
+
+    monkeypatch.setattr(nug_mod, "prefix_reuse_losses", counted)
+    return st
+
+
+def test_a_stopped_call_resumes_with_the_scores_of_an_unbroken_one(lm, tmp_path, monkeypatch):
+    monkeypatch.setattr(nug_mod, "ITEM_BLOCK", 8)
+    want = nuggets(lm)(pool(30))
+    st = stopping(monkeypatch)
+    st["after"] = 20  # blocks 0-1 (16 candidates) done, stopped in block 2
+    with pytest.raises(Stop):
+        nuggets(lm, checkpoint_dir=str(tmp_path), checkpoint_s=3600)(pool(30))  # saved on the stop
+    assert len(list(tmp_path.glob("*/part-*.npz"))) == 1
+    st.update(calls=0, after=0)
+    sc = nuggets(lm, checkpoint_dir=str(tmp_path), checkpoint_s=3600)
+    got = sc(pool(30))
+    pd.testing.assert_frame_equal(got, want)
+    assert st["calls"] == 30 - 16  # only the candidates not saved
+    info = sc.run_info()
+    assert info["resumed_rows"] == 16 and info["scored_rows"] == 30 and info["checkpoint_saves"] == 0
+    assert not any(tmp_path.iterdir())
+
+
+def test_checkpoint_s_zero_saves_nothing_and_other_inputs_do_not_reuse_blocks(lm, tmp_path, monkeypatch):
+    monkeypatch.setattr(nug_mod, "ITEM_BLOCK", 4)
+    st = stopping(monkeypatch)
+    st["after"] = 10
+    with pytest.raises(Stop):
+        nuggets(lm, checkpoint_dir=str(tmp_path), checkpoint_s=0)(pool(12))
+    assert not any(tmp_path.iterdir())
+    st.update(calls=0, after=10)
+    with pytest.raises(Stop):
+        nuggets(lm, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9)(pool(12))  # a part per block: 2
+    assert len(list(tmp_path.glob("*/part-*.npz"))) == 2
+    for other in (nuggets(lm, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9),  # other candidates
+                  nuggets(lm, seed=2, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9)):  # other anchors  # fmt: skip
+        st.update(calls=0, after=0)
+        other(pool(12, shift=100) if other.options["seed"] == 1 else pool(12))
+        assert st["calls"] == 12 and other.run_info()["resumed_rows"] == 0
+    assert len(list(tmp_path.glob("*/part-*.npz"))) == 2  # the stopped call's blocks are still there
+    st.update(calls=0, after=0)
+    same = nuggets(lm, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9)
+    same(pool(12))
+    assert st["calls"] == 4 and same.run_info()["resumed_rows"] == 8
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_pipeline_run_stopped_in_nuggets_resumes_from_the_candidates_it_finished(tmp_path, monkeypatch):
+    from thresher.pipeline import PipelineConfig, run_pipeline
+
+    data = tmp_path / "pool.jsonl"
+    pool(40).to_json(data, orient="records", lines=True)
+    model = str(save_tiny_lm(tmp_path / "tiny"))
+    monkeypatch.setattr(nug_mod, "ITEM_BLOCK", 8)
+
+    def cfg(out, cache):
+        opts = {"model": model, "n_anchors": 3, "anchor_select": "random", "seed": 4, "device": "cpu"}
+        return PipelineConfig(data=str(data), out=str(tmp_path / out), cache_dir=str(tmp_path / cache),
+                              criteria=[{"name": "nuggets", "options": opts}], k=10, quiet=True, report=False,
+                              checkpoint_s=1e-9)  # fmt: skip
+
+    fresh = pd.read_parquet(run_pipeline(cfg("fresh", "cache-fresh")).scores_path)
+    st = stopping(monkeypatch)
+    st["after"] = 21  # 2 blocks of 8 candidates done (one part each), stopped in block 3
+    with pytest.raises(Stop):
+        run_pipeline(cfg("a", "cache"))
+    assert len(list((tmp_path / "cache" / "nuggets" / "search-checkpoints").glob("*/part-*.npz"))) == 2
+    st.update(calls=0, after=0)
+    logs: list = []
+    monkeypatch.setattr("thresher.pipeline.state.RunState.say", lambda self, msg: logs.append(msg))
+    res = run_pipeline(cfg("b", "cache"))
+    pd.testing.assert_frame_equal(pd.read_parquet(res.scores_path), fresh)
+    assert st["calls"] == 40 - 16
+    assert any("nuggets: resumed 16 of 40 rows" in m for m in logs), logs
+    assert not (tmp_path / "cache" / "nuggets" / "search-checkpoints").exists()
