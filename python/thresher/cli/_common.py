@@ -227,8 +227,9 @@ def add_checkpoint_arg(g: Any) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help=f"inside a shard, save the rows scored so far every SECONDS (default {CHECKPOINT_S:g}; 0: whole "
-        "shards only): a killed run resumes there",
+        help=f"save the work done so far every SECONDS (default {CHECKPOINT_S:g}; 0: whole shards and whole "
+        "pool-wide calls only): the rows of a shard, the query blocks of a kNN search, nuggets' candidates; "
+        "a killed run resumes there",
     )
 
 
