@@ -316,3 +316,40 @@ def test_a_whole_pool_task_whose_worker_is_killed_is_retried_and_resumes_the_sea
     assert os.path.exists(KillsItsWorkerOnce.marker)  # the first attempt died
     assert got.attrs["run_info"]["resumed_queries"] == 120  # the retry resumed at block 3
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want)
+
+
+def test_a_stopped_semdedup_resumes_at_the_clusters_it_had_scanned(tmp_path):
+    x = vectors(200, 8, seed=11, dup=((0, 5), (1, 150), (2, 199)))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    want = scorer("semdedup", x, n_clusters=6)(pool_frame(200))
+    calls: list = []
+
+    def cluster_map(stop_at):
+        def run(fn, tasks):
+            for t in tasks:
+                calls.append(len(t[0]))
+                if len(calls) == stop_at:
+                    raise Stop
+                yield fn(t)
+
+        return run
+
+    first = scorer("semdedup", x, n_clusters=6, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9)
+    first.mapper = cluster_map(4)  # clusters 0-2 scanned and saved
+    with pytest.raises(Stop):
+        first(pool_frame(200))
+    scanned = sum(calls[:3])
+    calls.clear()
+    second = scorer("semdedup", x, n_clusters=6, checkpoint_dir=str(tmp_path), checkpoint_s=3600)
+    second.mapper = cluster_map(0)
+    got = second(pool_frame(200))
+    pd.testing.assert_frame_equal(got, want)
+    assert len(calls) == 3 and sum(calls) == 200 - scanned  # only the clusters not saved
+    info = second.run_info()
+    assert info["resumed_rows"] == scanned and info["scored_rows"] == 200
+    assert not any(tmp_path.iterdir())
+    calls.clear()
+    other = scorer("semdedup", x, n_clusters=6, seed=1, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9)
+    other.mapper = cluster_map(0)
+    other(pool_frame(200))  # other k-means: its own call
+    assert len(calls) == 6 and other.run_info()["resumed_rows"] == 0

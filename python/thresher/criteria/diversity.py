@@ -22,10 +22,11 @@ approximate indexes, whose recall@(k+1) is measured on a seeded sample of up to
 fewer than k neighbours is NaN with a reason naming the cause. semdedup's
 per-cluster scans are tasks for the same ``mapper``.
 
-A stopped exact search resumes: with ``checkpoint_dir`` set (a pipeline run sets it inside its
-score cache), its finished query blocks are saved about every ``checkpoint_s`` seconds and when it
-raises, and the next search of the same vectors runs only the rest
-(:mod:`thresher.criteria.search_checkpoint`); the neighbours are the same as an unbroken search's.
+A stopped call resumes: with ``checkpoint_dir`` set (a pipeline run sets it inside its score
+cache), the exact search's finished query blocks (semdedup: its scanned clusters, once k-means is
+done) are saved about every ``checkpoint_s`` seconds and when it raises, and the next call on the
+same vectors (and clusters) computes only the rest (:mod:`thresher.criteria.search_checkpoint`),
+with the results of an unbroken call.
 
 ``scorer.run_info()`` (after scoring) describes the last call: the index kind used,
 exact or approximate, the measured recall, the task layout (JSON-serialisable).
@@ -69,14 +70,14 @@ _CHECKPOINT_OPTS = [
     Option(
         "checkpoint_dir",
         None,
-        "folder where an exact search keeps its finished query blocks, so a stopped "
-        "search resumes from them (a pipeline run: <cache>/<criterion>/" + SEARCH_DIR + "; None: not kept)",
+        "folder where a call keeps its finished blocks (the exact search's query blocks; semdedup's clusters), so "
+        "a stopped call resumes from them (a pipeline run: <cache>/<criterion>/" + SEARCH_DIR + "; None: not kept)",
         type=(str, Path),
     ),  # fmt: skip
     Option(
         "checkpoint_s",
         None,
-        "seconds between saves of the exact search's finished blocks "
+        "seconds between saves of the call's finished blocks "
         f"(None: the run's --checkpoint-every, else {DEFAULT_EVERY_S:g}; 0: never saved)",
         type=(int, float),
         min=0,
@@ -248,17 +249,21 @@ class _PoolCriterion(Criterion):
             self._info.update(recall_seed=rec["seed"], index_params=_json_params(idx.params))
         return v, p
 
-    def _checkpoint(
-        self, q: np.ndarray, base: np.ndarray, kk: int, metric: str, dev: Any
-    ) -> Optional[SearchCheckpoint]:
-        """The search's checkpoint store when ``checkpoint_dir`` is set and ``checkpoint_s`` is not 0."""
+    def _store(self, *arrays: np.ndarray, **params: Any) -> Optional[SearchCheckpoint]:
+        """A checkpoint store of a call on ``arrays`` with ``params`` (its identity), when
+        ``checkpoint_dir`` is set and ``checkpoint_s`` is not 0."""
         folder, every = self.options.get("checkpoint_dir"), self.options.get("checkpoint_s")
         every = DEFAULT_EVERY_S if every is None else float(every)
         if folder is None or every <= 0:
             return None
-        ident = search_identity(q, base, k=kk, metric=metric, shard_rows=self.shard_rows,
-                                query_rows=self.query_rows, device=str(dev))  # fmt: skip
-        return SearchCheckpoint(folder, ident, every)
+        return SearchCheckpoint(folder, search_identity(*arrays, **params), every)
+
+    def _checkpoint(
+        self, q: np.ndarray, base: np.ndarray, kk: int, metric: str, dev: Any
+    ) -> Optional[SearchCheckpoint]:
+        """The search's checkpoint store (see :meth:`_store`)."""
+        return self._store(q, base, k=kk, metric=metric, shard_rows=self.shard_rows, query_rows=self.query_rows,
+                           device=str(dev))  # fmt: skip
 
     def _exact(self, q: np.ndarray, base: np.ndarray, kk: int, metric: str, dev: Any) -> tuple:
         """The sharded exact search, resumed from and saved to its checkpoint (when there is one)."""
@@ -392,7 +397,8 @@ def max_sim_to_earlier(
             ("earlier", "kept"),
         ),
         Option("seed", 0, "k-means seed"),
-    ],
+    ]
+    + _CHECKPOINT_OPTS,
     direction="min",
     needs=("embedder",),
     scope="pool",
@@ -408,7 +414,18 @@ class SemDeDup(_PoolCriterion):
         self._info = dict(index_kind_used=None, exact=True, search="per-cluster exact scans (no index)")
         self._info.update(pool_rows=int(len(emb)), n_clusters=int(c), **{k: opts[k] for k in ("order", "against")})
         self._info.update(seed=opts["seed"], mapper=getattr(self.mapper, "__name__", type(self.mapper).__name__))
-        return semdedup_scores(emb, **opts, mapper=self.mapper)
+        stores: list = []
+
+        def store_for(labels: np.ndarray) -> Optional[SearchCheckpoint]:
+            stores.append(self._store(emb, labels, call="semdedup", **opts))
+            return stores[-1]
+
+        out = semdedup_scores(emb, **opts, mapper=self.mapper, store_for=store_for)
+        if stores and stores[0] is not None:
+            self._info.update(checkpoint_saves=stores[0].saved, resumed_rows=int(stores[0].restored))
+            self._info["scored_rows"] = int(len(emb))
+            stores[0].clear()
+        return out
 
 
 def n_clusters_for(n: int, n_clusters: Optional[int]) -> int:
@@ -431,9 +448,12 @@ def semdedup_scores(
     against: str = "kept",
     seed: int = 0,
     mapper: Callable[[Callable, Iterable], Iterable] = map,
+    store_for: Optional[Callable[[np.ndarray], Any]] = None,
 ) -> dict:
     """{"": max sim to an earlier sample of the cluster, "keep": 0/1, "cluster": id} per row.
-    The clusters are scanned as independent tasks run by ``mapper`` (builtin ``map``: here)."""
+    The clusters are scanned as independent tasks run by ``mapper`` (builtin ``map``: here).
+    ``store_for(labels)``: a checkpoint store of the scans (blocks: cluster number -> similarities,
+    :class:`~thresher.criteria.search_checkpoint.SearchCheckpoint`) or None, asked once k-means is done."""
     n = emb.shape[0]
     sim = np.full(n, -1.0)
     lab = np.zeros(n, np.int64)
@@ -452,8 +472,30 @@ def semdedup_scores(
             o = np.lexsort((members, -dc if order == "hard" else dc))
             members = members[o]
         groups.append(members)
-    tasks = ((x[m], against == "kept", 1.0 - eps) for m in groups)
-    for members, s in zip(groups, mapper(semdedup_cluster_task, tasks)):
-        sim[members] = s
+    store = None if store_for is None else store_for(lab)
+    _scan_clusters(x, groups, (against == "kept", 1.0 - eps), sim, mapper, store)
     keep = (sim <= 1.0 - eps).astype(np.float64)
     return {"": sim, "keep": keep, "cluster": lab}
+
+
+def _scan_clusters(x: np.ndarray, groups: list, scan: tuple, sim: np.ndarray, mapper: Any, store: Any) -> None:
+    """Each cluster's scan (``semdedup_cluster_task`` with ``scan`` = (kept_only, threshold)) into
+    ``sim``; with a ``store``, the clusters it has are reused and each scanned one is recorded (flushed
+    when a scan raises)."""
+    todo = []
+    for g, members in enumerate(groups):
+        got = None if store is None else store.get(g)
+        if got is not None and len(got) == 1 and len(got[0]) == len(members):
+            sim[members] = got[0]
+        else:
+            todo.append(g)
+    tasks = ((x[groups[g]], *scan) for g in todo)
+    try:
+        for g, s in zip(todo, mapper(semdedup_cluster_task, tasks)):
+            sim[groups[g]] = s
+            if store is not None:
+                store.put(g, np.asarray(s, dtype=np.float64))
+    except BaseException:
+        if store is not None:
+            store.flush()  # the clusters scanned so far are kept for the next call
+        raise
