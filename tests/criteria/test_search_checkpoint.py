@@ -353,3 +353,17 @@ def test_a_stopped_semdedup_resumes_at_the_clusters_it_had_scanned(tmp_path):
     other.mapper = cluster_map(0)
     other(pool_frame(200))  # other k-means: its own call
     assert len(calls) == 6 and other.run_info()["resumed_rows"] == 0
+
+
+def test_a_save_that_fails_on_the_way_out_leaves_the_calls_own_error(tmp_path, monkeypatch):
+    x = vectors(120, 8, seed=2)
+    sc = scorer("knn_distance", x, checkpoint_dir=str(tmp_path), checkpoint_s=3600)
+    sc.mapper = counting([], stop_at=5)  # 2 blocks of 2 tasks done, stopped in the third
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("thresher.criteria.search_checkpoint.atomic_file", full_disk)
+    with pytest.raises(Stop):  # not the OSError of the save
+        sc(pool_frame(120))
+    assert not any(tmp_path.iterdir())

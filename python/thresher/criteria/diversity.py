@@ -273,7 +273,7 @@ class _PoolCriterion(Criterion):
                                blocks=store)  # fmt: skip
         except BaseException:
             if store is not None:
-                store.flush()  # the blocks finished so far are kept for the next try
+                store.keep()  # the blocks finished so far are kept for the next try
             raise
         if store is not None:
             self._info.update(checkpoint_saves=store.saved, resumed_queries=int(store.restored))
@@ -497,5 +497,5 @@ def _scan_clusters(x: np.ndarray, groups: list, scan: tuple, sim: np.ndarray, ma
                 store.put(g, np.asarray(s, dtype=np.float64))
     except BaseException:
         if store is not None:
-            store.flush()  # the clusters scanned so far are kept for the next call
+            store.keep()  # the clusters scanned so far are kept for the next call
         raise

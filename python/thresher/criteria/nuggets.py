@@ -321,7 +321,7 @@ class Nuggets(LossCriterion):
                     store.put(s, np.concatenate(done), np.asarray([len(d) for d in done], np.int64))
         except BaseException:
             if store is not None:
-                store.flush()  # the candidates finished so far are kept for the next call
+                store.keep()  # the candidates finished so far are kept for the next call
             raise
         if store is not None:
             self._info.update(checkpoint_saves=store.saved, resumed_rows=resumed, scored_rows=len(items))

@@ -111,6 +111,12 @@ class SearchCheckpoint:
         self.done.update(self.pending)
         self.pending = {}
 
+    def keep(self) -> None:
+        """:meth:`flush` on the way out of a call that raised: a failing save (a full disk) is
+        dropped, so the call's own error is the one that reaches the caller."""
+        with contextlib.suppress(Exception):
+            self.flush()
+
     def clear(self) -> None:
         """Remove this search's folder (the search is complete), and the pipeline's folder of them
         (:data:`SEARCH_DIR`) once empty; a folder a caller named is left."""
