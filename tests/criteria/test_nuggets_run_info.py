@@ -78,3 +78,19 @@ def test_random_and_file_anchors_and_digest_above_the_listing_limit(lm, tmp_path
     sc(pool(3))
     info = sc.run_info()
     assert "anchor_ids" not in info and len(info["anchor_ids_digest"]) == 32 and info["n_anchors"] == 4
+
+
+def test_an_anchor_over_half_of_max_length_is_unusable_and_the_others_still_score(lm):
+    anchors = [{"id": "a0", "instruction": "Spell x.", "output": "x"},
+               {"id": "long", "instruction": "Repeat: " + "la " * 60, "output": "la " * 60},
+               {"id": "a1", "instruction": "Spell y.", "output": "y"}]  # fmt: skip
+    opts = {"model": lm, "max_length": 200, "template": "plain"}  # the long anchor: over 100 byte tokens
+    sc = CRITERIA.get("nuggets").obj(anchors=anchors, **opts)
+    out = sc(pool(5))
+    info = sc.run_info()
+    assert info["unusable_anchor_ids"] == ["long"] and info["n_usable_anchors"] == 2
+    assert info["anchor_max_tokens"] == 100
+    assert out["nuggets.reason"].tolist() == [""] * 5 and out["nuggets.n_anchors"].tolist() == [2] * 5
+    short = CRITERIA.get("nuggets").obj(anchors=[anchors[0], anchors[2]], **opts)
+    pd.testing.assert_frame_equal(short(pool(5)), out)  # as if the long anchor had not been given
+    assert CRITERIA.get("nuggets").obj.VERSION == "2"

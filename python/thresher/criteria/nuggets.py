@@ -23,7 +23,9 @@ it on the whole pool): ``anchor_select=kmeans`` (default, as the release) runs a
 seeded k-means with ``n_anchors`` clusters over the pool's sentence embeddings
 (``embedder``) and takes the row nearest each centroid; ``random`` takes a
 seeded random sample. A candidate that is itself an anchor (same id) is not
-compared with itself.
+compared with itself. An anchor of more than half of ``max_length`` tokens is
+unusable (the prefix is cut to fit beside the longest anchor, so one very long
+anchor would leave every candidate no room); run_info lists the unusable ones.
 
 A stopped call resumes: with ``checkpoint_dir`` set (a pipeline run sets it inside its score cache), the
 one-shot log-probabilities of each block of :data:`ITEM_BLOCK` candidates are kept, saved about every
@@ -134,7 +136,11 @@ def kmeans_anchor_rows(emb: np.ndarray, m: int, seed: int, n_init: int = 10) -> 
         Option("seed", 0, "seed of the anchor k-means or sample"),
         Option("template", "alpaca", "prompt template of candidates and anchors", choices=TEMPLATES),
         Option("separator", "\n\n", "text between the one-shot demonstration and the anchor", type=str),
-        _max_length(2048, "max tokens of prefix + anchor (the prefix is cut from the left)"),
+        _max_length(
+            2048,
+            "max tokens of prefix + anchor (the prefix is cut from the left); anchors of more than "
+            "half of it are unusable",
+        ),  # fmt: skip
         Option(
             "checkpoint_dir",
             None,
@@ -159,6 +165,8 @@ def kmeans_anchor_rows(emb: np.ndarray, m: int, seed: int, n_init: int = 10) -> 
 class Nuggets(LossCriterion):
     """Items: per candidate its one-shot prefix and the anchors it is compared on; ``run`` reuses
     each prefix's KV cache across those anchors."""
+
+    VERSION = "2"  # anchors over half of max_length are unusable (v1 kept them and left every prefix no room)
 
     def setup(self) -> None:
         self._anchor_rows = _anchor_rows(self.options["anchors"])
@@ -220,7 +228,11 @@ class Nuggets(LossCriterion):
         return [b.ids[i] for i in pick], [b.rows[i] for i in pick]
 
     def _anchors(self, b: Batch) -> list[tuple[str, Any]]:
-        """[(anchor id, Tokenized)] of the usable anchors (chosen ONCE per call: the pool)."""
+        """[(anchor id, Tokenized)] of the usable anchors (chosen ONCE per call: the pool). An anchor of
+        more than half of ``max_length`` tokens is unusable: the one-shot prefix is cut to fit beside
+        the longest anchor, so one very long anchor would leave every candidate no room."""
+        ml = self.max_length()
+        limit = ml // 2 if ml else None
         out = []
         ids, rows = self._anchor_sample(b)
         for aid, r in zip(ids, rows):
@@ -233,10 +245,11 @@ class Nuggets(LossCriterion):
             if not any(rr.text[a:e].strip() for a, e in rr.spans):
                 continue
             tk = tokenize_rendered(rr, self.tokenizer, add_special_tokens=False)
-            if tk.answer_kept == 0 or tk.score[0]:
+            if tk.answer_kept == 0 or tk.score[0] or (limit is not None and len(tk.ids) > limit):
                 continue
             out.append((aid, tk))
         self._record_anchors(b, ids, [aid for aid, _ in out])
+        self._info["anchor_max_tokens"] = limit
         return out
 
     def _zero_shot(self, anchors) -> np.ndarray:
