@@ -253,15 +253,24 @@ def test_prune_removes_a_stopped_searchs_checkpoint(tmp_path):
     assert not (tmp_path / "knn_distance").exists()
 
 
-def test_the_whole_pool_task_under_ray_resumes_a_search_stopped_elsewhere(ray_cluster, tmp_path):
+def test_the_whole_pool_task_under_ray_resumes_a_search_the_local_engine_stopped(ray_cluster, tmp_path, monkeypatch):
     from thresher.engines.ray_engine import _score_whole
 
     x = vectors(300, 8, seed=5)
     want = scorer("knn_distance", x)(pool_frame(300))
-    first = scorer("knn_distance", x, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9)
-    first.mapper = counting([], stop_at=12)  # a split search ("auto" device, as the task's): blocks 0-1 saved
-    with pytest.raises(Stop):
+    real, n = knn_shard.knn_shard_task, [0]
+
+    def stop_at_12(task):
+        n[0] += 1
+        if n[0] == 12:
+            raise Stop
+        return real(task)
+
+    monkeypatch.setattr(knn_shard, "knn_shard_task", stop_at_12)
+    first = scorer("knn_distance", x, device="cpu", checkpoint_dir=str(tmp_path), checkpoint_s=1e-9)
+    with pytest.raises(Stop):  # the local engine's search (builtin map, on the CPU): blocks 0-1 saved
         first(pool_frame(300))
+    monkeypatch.setattr(knn_shard, "knn_shard_task", real)
 
     class Small(CRITERIA.get("knn_distance").obj):  # the task builds the scorer from its class and options
         def __init__(self, **options):
@@ -270,8 +279,8 @@ def test_the_whole_pool_task_under_ray_resumes_a_search_stopped_elsewhere(ray_cl
 
     got = _score_whole(Small, {"embedder": TableEncoder(x), "checkpoint_dir": str(tmp_path), "checkpoint_s": 3600},
                        {"num_cpus": 1, "max_in_flight": 2}, None, pool_frame(300))  # fmt: skip
-    assert got.attrs["run_info"]["resumed_queries"] == 80
-    assert got.attrs["run_info"]["mapper"].startswith("ray_mapper")
+    assert got.attrs["run_info"]["resumed_queries"] == 80  # Ray's CPU tasks: the same search
+    assert got.attrs["run_info"]["mapper"].startswith("ray_mapper") and got.attrs["run_info"]["device"] == "cpu"
     pd.testing.assert_frame_equal(got, want)
     assert not any(tmp_path.iterdir())
 

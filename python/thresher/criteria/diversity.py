@@ -231,8 +231,11 @@ class _PoolCriterion(Criterion):
         else a :class:`thresher.index.KNNIndex` of the named kind (approximate: recall measured)."""
         kind = self.options["index_kind"]
         if kind in ("auto", "exact"):
-            # here: the encoder's device; tasks run elsewhere (an engine's mapper) pick their own
-            dev = resolve_device(self.options["device"]) if self.mapper is map else "auto"
+            # here: the encoder's device; tasks run elsewhere: the mapper's device when it says (so a search
+            # on CPUs has one checkpoint identity on every engine), else each task picks its own ("auto")
+            dev = (
+                resolve_device(self.options["device"]) if self.mapper is map else getattr(self.mapper, "device", "auto")
+            )
             v, p = self._exact(q, base, kk, metric, dev)
             n_tasks = -(-len(q) // self.query_rows) * max(1, -(-len(base) // self.shard_rows))
             self._info.update(index_kind_used="exact", exact=True, search="sharded exact kNN (thresher.ops.knn)")

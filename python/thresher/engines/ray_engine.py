@@ -120,6 +120,8 @@ def ray_mapper(num_cpus: float = 1, max_in_flight: int = 8, num_gpus: float = 0)
 
     # what a scorer's run_info records as its mapper
     mapper.__name__ = f"ray_mapper(max_in_flight={max_in_flight}, num_cpus={num_cpus:g}, num_gpus={num_gpus:g})"
+    # where its tasks compute: Ray hides the GPUs from a task that asks for none
+    mapper.device = "cuda" if num_gpus else "cpu"  # type: ignore[attr-defined]
     return mapper
 
 
