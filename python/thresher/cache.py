@@ -336,11 +336,12 @@ def cache_entries(root: Any, criterion: Optional[str] = None) -> list[CacheEntry
 
 
 def _search_entries(folder: Path) -> list[CacheEntry]:
-    """The checkpoints of stopped neighbour searches (``<criterion>/search-checkpoints/<search>/part-*.npz``,
-    :mod:`thresher.criteria.search_checkpoint`): one entry per search."""
+    """The checkpoints of stopped pool-wide calls (``<criterion>/search-checkpoints/<call>/``: the
+    ``part-*.npz`` files of :mod:`thresher.criteria.search_checkpoint`, or what a call keeps beside them,
+    e.g. necessity's LoRA folder): one entry per folder, with every file under it."""
     out = []
     for d in sorted(folder.glob(f"{SEARCH_DIR}/*/")):
-        files = sorted(d.glob("part-*.npz"))
+        files = sorted(p for p in d.rglob("*") if p.is_file())
         if files:
             with contextlib.suppress(OSError):
                 out.append(_entry(folder.name, files))

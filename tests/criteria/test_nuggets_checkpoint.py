@@ -87,6 +87,25 @@ def test_checkpoint_s_zero_saves_nothing_and_other_inputs_do_not_reuse_blocks(lm
     assert not any(tmp_path.iterdir())
 
 
+def test_a_stopped_call_over_a_pool_with_an_edited_row_keeps_the_other_windows(lm, tmp_path, monkeypatch):
+    monkeypatch.setattr(nug_mod, "ITEM_BLOCK", 4)
+    anchors = [{"id": f"a{j}", "instruction": f"Count to {j}.", "output": " ".join(map(str, range(j + 1)))}
+               for j in range(3)]  # fmt: skip
+    st = stopping(monkeypatch)
+    st["after"] = 13  # windows 0-2 (12 candidates) done
+    with pytest.raises(Stop):
+        nuggets(lm, anchors=anchors, checkpoint_dir=str(tmp_path), checkpoint_s=3600)(pool(20))
+    edited = pool(20)
+    edited.loc[5, "instruction"] = "Name the number five."  # window 1 (rows 4-7) is computed again
+    st.update(calls=0, after=0)
+    want = nuggets(lm, anchors=anchors)(edited)
+    st["calls"] = 0
+    sc = nuggets(lm, anchors=anchors, checkpoint_dir=str(tmp_path), checkpoint_s=3600)
+    pd.testing.assert_frame_equal(sc(edited), want)
+    assert st["calls"] == 20 - 8 and sc.run_info()["resumed_rows"] == 8
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_pipeline_run_stopped_in_nuggets_resumes_from_the_candidates_it_finished(tmp_path, monkeypatch):
     from thresher.pipeline import PipelineConfig, run_pipeline
 

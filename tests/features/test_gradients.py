@@ -166,3 +166,12 @@ def test_multi_gives_plain_and_adam_from_one_pass(lm, pm):
     np.testing.assert_array_equal(fs["none"], plain)
     with pytest.raises(ValueError, match="modes"):
         GradientFeaturizer(pm, lm.tokenizer, dim=32).multi(ROWS, ["less"])
+
+
+def test_add_lora_does_not_repeat_the_deprecated_alias_warning(lm):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        add_lora(lm.model, r=2, targets=["q_proj"])
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]

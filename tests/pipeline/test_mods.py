@@ -65,7 +65,7 @@ def test_necessity_stages_with_a_stub_scorer(monkeypatch):
         }
     )
     quality = lambda d: (d["output"].str.len().to_numpy(np.float64), [""] * len(d))  # noqa: E731
-    monkeypatch.setattr(Necessity, "_quality", lambda self, d: quality(d))
+    monkeypatch.setattr(Necessity, "_quality_parts", lambda self, parts: (quality(d) for d in parts))
     trained = {}
 
     def fake_generate(self, seed_rows, prompts):

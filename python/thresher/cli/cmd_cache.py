@@ -5,7 +5,7 @@ one Parquet table per (shard, criterion key) under ``<criterion>/``, and the
 embeddings store under ``embeddings/``. A run that stopped also leaves its
 checkpoints there, counted as entries of their criterion: ``<key>.partial.parquet``
 (the rows of a shard done so far) and ``<criterion>/search-checkpoints/`` (the
-blocks of a pool-wide call: a kNN search, semdedup, nuggets). Entries are keyed by each criterion's own
+blocks of a pool-wide call: a kNN search, semdedup, nuggets, shed, necessity). Entries are keyed by each criterion's own
 version, options and model, never by the thresher version: an upgrade keeps the
 scores of the criteria it did not change. ``--cache-dir`` also takes a run's output
 folder (its ``cache/`` is used).

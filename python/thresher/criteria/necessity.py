@@ -19,6 +19,13 @@ rows), ``necessity.threshold`` (the stage-1 bar, the same on every row), ``neces
 (the generated answer). The ``necessity`` selector (:mod:`thresher.selectors.necessity`) keeps
 the seed and adds a k-center set of the rows whose answer falls below the bar.
 
+A stopped call resumes: with ``checkpoint_dir`` set (a pipeline run sets it inside its score cache),
+the call keeps each window of stage-1 ratings (the rating scorer's own windows, so the ratings are
+those of one call), the seed's LoRA once trained, each block of :data:`GEN_BLOCK_BATCHES` generation
+batches' answers and their ratings (:mod:`thresher.criteria.search_checkpoint`, saved about every
+``checkpoint_s`` seconds and when the call raises). A call with the same pool, model and options
+computes only what it does not find, with the results of an unbroken call.
+
 Cost: one quality pass over the pool, one embedding pass, one LoRA fine-tune on the seed
 (``epochs`` over ``seed_k`` rows), generation for every non-seed HQ row (``max_new_tokens``
 decoding steps each) and a second quality pass over those rows.
@@ -26,9 +33,11 @@ decoding steps each) and a second quality pass over those rows.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -36,16 +45,28 @@ import pandas as pd
 from ..cluster import kcenter_greedy
 from ..embed import embed_texts, get_embedder, sample_texts
 from ..features.gradients import load_lora
+from ..features.loader import windows
 from ..frames import as_pandas
 from ..models import shared_lm
 from ..registry import CRITERIA, SELECTORS, Option
 from ..render import SampleError, render_prompt
-from ..train.warmup import lora_for_checkpoint, warmup_lora
-from .base import MODEL_OPTIONS, Criterion, embedder_fingerprint, model_fingerprint, sample_ids, single_turn
+from ..train.warmup import load_warmup, lora_for_checkpoint, warmup_lora
+from .base import (
+    MODEL_OPTIONS,
+    Criterion,
+    digest,
+    embedder_fingerprint,
+    model_fingerprint,
+    sample_ids,
+    single_turn,
+)
 from .judge import Rating
+from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, search_identity
 from .tags import generate_replies
 
 _TRAIN = ("epochs", "lr", "r", "alpha", "batch_size", "max_length", "template", "seed")
+GEN_BLOCK_BATCHES = 4  # generation batches per checkpoint block
+STAGES = ("quality", "answers", "rated")  # a checkpoint store each: <identity>-<stage>; the LoRA: <identity>-lora
 
 
 @CRITERIA.register(
@@ -69,6 +90,21 @@ _TRAIN = ("epochs", "lr", "r", "alpha", "batch_size", "max_length", "template", 
         Option("seed", 0, "LoRA init and data-order seed", min=0),
         Option("max_new_tokens", 256, "generation budget per answer (greedy)", min=1),
         Option("gen_batch_size", 8, "prompts per generation batch", min=1),
+        Option(
+            "checkpoint_dir",
+            None,
+            "folder where a call keeps its finished stages' blocks (ratings, the seed's LoRA, answers), so a "
+            "stopped call resumes from them (a pipeline run: <cache>/necessity/" + SEARCH_DIR + "; None: not kept)",
+            type=(str, Path),
+        ),
+        Option(
+            "checkpoint_s",
+            None,
+            "seconds between saves of the finished blocks (None: the run's --checkpoint-every, "
+            f"else {DEFAULT_EVERY_S:g}; 0: never saved)",
+            type=(int, float),
+            min=0,
+        ),
     ],
     direction="min",
     needs=("model", "embedder"),
@@ -91,9 +127,11 @@ class Necessity(Criterion):
         out["embedder"] = embedder_fingerprint(options["embedder"])
         return out
 
-    def _quality(self, df: pd.DataFrame) -> tuple[np.ndarray, list]:
-        r = self.rating(df)
-        return r["rating"].to_numpy(np.float64), r["rating.reason"].tolist()
+    def _quality_parts(self, parts: Iterable[pd.DataFrame]) -> Iterator[tuple[np.ndarray, list]]:
+        """(ratings, reasons) of each part in order, through the rating scorer's stream: the next part is
+        rendered and tokenised while the model rates the current one."""
+        for r in self.rating.stream(parts):
+            yield r["rating"].to_numpy(np.float64), r["rating.reason"].tolist()
 
     def __call__(self, batch: Any) -> pd.DataFrame:
         df = as_pandas(batch).reset_index(drop=True)
@@ -106,17 +144,89 @@ class Necessity(Criterion):
             "answer": [""] * n,
         }
         reasons = [""] * n
+        self._tuned: Optional[tuple] = None
+        self._lora_dir: Optional[Path] = None
         if n:
-            self._stages(df, cols, reasons)
+            try:
+                with self._kept(df) as stores:
+                    self._stages(df, cols, reasons, stores)
+            finally:  # the tuned copy of the model is not kept past the call; a later generate() trains
+                self._tuned, self._lora_dir = None, None  # in a temporary folder
         out = pd.DataFrame({"id": sample_ids(df), self.NAME: cols.pop("")})
         for k, v in cols.items():
             out[f"{self.NAME}.{k}"] = v
         out[f"{self.NAME}.reason"] = reasons
         return out
 
-    def _stages(self, df: pd.DataFrame, cols: dict, reasons: list) -> None:
-        o = self.options
-        q, why = self._quality(df)
+    @contextlib.contextmanager
+    def _kept(self, df: pd.DataFrame) -> Iterator[dict]:
+        """The call's checkpoint stores, one per stage of :data:`STAGES` (none when ``checkpoint_dir`` is unset
+        or ``checkpoint_s`` is 0), and the folder of the seed's LoRA: their identity is the criterion's key
+        (models, options), the pool's rows and the device. Kept when the call raises, removed when it
+        completes; ``run_info`` then says how many blocks came from them."""
+        folder, every = self.options.get("checkpoint_dir"), self.options.get("checkpoint_s")
+        every = DEFAULT_EVERY_S if every is None else float(every)
+        self._info = {"resumed_blocks": 0}
+        if folder is None or every <= 0:
+            yield {}
+            return
+        ident = search_identity(call="necessity", key=self.cache_key(), pool=digest(df.to_dict("records"), 32),
+                                device=str(self.lm.device))  # fmt: skip
+        stores = {name: SearchCheckpoint(folder, f"{ident}-{name}", every) for name in STAGES}
+        self._lora_dir = Path(folder) / f"{ident}-lora"
+        try:
+            yield stores
+        except BaseException:
+            for store in stores.values():
+                store.keep()  # the blocks finished so far are kept for the next call
+            raise
+        shutil.rmtree(self._lora_dir, ignore_errors=True)
+        for store in stores.values():
+            store.clear()
+        self._info["checkpoint_saves"] = sum(store.saved for store in stores.values())
+
+    def run_info(self) -> dict:
+        """The last call's checkpoint: blocks resumed (ratings, answers; the LoRA counts as one) and saves."""
+        return {"criterion": self.NAME, **getattr(self, "_info", {})}
+
+    def _resumed(self) -> None:
+        self._info["resumed_blocks"] = self._info.get("resumed_blocks", 0) + 1
+
+    def _blocks(self, store: Optional[SearchCheckpoint], n: int, size: int, compute: Callable) -> list:
+        """Tuples of arrays for consecutive slices of ``size`` rows: a slice an earlier call kept in ``store``
+        (named by its first row) is taken from it; ``compute(slices)`` yields the others' in order, each put
+        in ``store`` as it comes."""
+        sls = windows(n, max(1, size)) if n else []
+        kept = {sl.start: None if store is None else store.get(sl.start) for sl in sls}
+        ok = lambda sl: kept[sl.start] is not None and all(len(a) == sl.stop - sl.start for a in kept[sl.start])  # noqa: E731
+        fresh = compute([sl for sl in sls if not ok(sl)])
+        out = []
+        for sl in sls:
+            if ok(sl):
+                self._resumed()
+                out.append(kept[sl.start])
+                continue
+            got = next(fresh)
+            if store is not None:
+                store.put(sl.start, *got)
+            out.append(got)
+        return out
+
+    def _rated(self, df: pd.DataFrame, store: Optional[SearchCheckpoint]) -> tuple[np.ndarray, list]:
+        """:meth:`_quality_parts` of ``df`` window by window (the rating scorer's windows: the ratings of one
+        call), the windows an earlier call kept taken from ``store``."""
+
+        def rate(sls: list) -> Iterator[tuple]:
+            for q, why in self._quality_parts(df.iloc[sl] for sl in sls):
+                yield np.asarray(q, np.float64), np.asarray([str(w) for w in why], dtype=str)
+
+        got = self._blocks(store, len(df), self.rating.chunk_rows or len(df), rate)
+        q = np.concatenate([g[0] for g in got]) if got else np.zeros(0)
+        return q, [str(w) for g in got for w in g[1]]
+
+    def _stages(self, df: pd.DataFrame, cols: dict, reasons: list, stores: Optional[dict] = None) -> None:
+        o, stores = self.options, stores or {}
+        q, why = self._rated(df, stores.get("quality"))
         passed = SELECTORS.get("threshold").obj(
             pd.DataFrame({"quality": q}),
             len(q),
@@ -141,9 +251,11 @@ class Necessity(Criterion):
             reasons[i] = "in the seed set"
         rest = np.setdiff1d(hq, seed)
         if len(rest):
-            self._answer(df, seed, rest, cols, reasons)
+            self._answer(df, seed, rest, cols, reasons, stores)
 
-    def _answer(self, df: pd.DataFrame, seed: np.ndarray, rest: np.ndarray, cols: dict, reasons: list) -> None:
+    def _answer(
+        self, df: pd.DataFrame, seed: np.ndarray, rest: np.ndarray, cols: dict, reasons: list, stores: Any = None
+    ) -> None:
         """Tune on the seed, answer the other HQ rows, rate the answers."""
         o, tok = self.options, self.lm.tokenizer
         prompts, where = [], []
@@ -158,10 +270,16 @@ class Necessity(Criterion):
             where.append(int(i))
         if not where:
             return
-        answers = self.generate(df.iloc[seed], prompts)
+        stores = stores or {}
+        gen = lambda sls: (
+            (np.asarray([str(a) for a in self.generate(df.iloc[seed], prompts[sl])], dtype=str),)  # noqa: E731
+            for sl in sls
+        )
+        blocks = self._blocks(stores.get("answers"), len(prompts), o["gen_batch_size"] * GEN_BLOCK_BATCHES, gen)
+        answers = [str(a) for g in blocks for a in g[0]]
         asked = df.iloc[where].copy()
         asked["output"] = answers
-        aq, why = self._quality(asked)
+        aq, why = self._rated(asked, stores.get("rated"))
         for j, i in enumerate(where):
             cols["answer"][i] = answers[j]
             if not answers[j].strip():
@@ -172,15 +290,43 @@ class Necessity(Criterion):
                 cols[""][i] = aq[j]
 
     def generate(self, seed_rows: pd.DataFrame, prompts: list) -> list:
-        """LoRA on ``seed_rows`` (``warmup_lora`` on all of them), then greedy answers to ``prompts``."""
+        """Greedy answers to ``prompts`` of the model tuned on ``seed_rows`` (:meth:`tuned`)."""
         o = self.options
+        return generate_replies(
+            self.tuned(seed_rows), self.lm.tokenizer, prompts, max_new_tokens=o["max_new_tokens"],
+            batch_size=o["gen_batch_size"],
+        )  # fmt: skip
+
+    def tuned(self, seed_rows: pd.DataFrame) -> Any:
+        """The model with LoRA trained on ``seed_rows`` (``warmup_lora`` on all of them), trained once per
+        seed set; with a checkpoint store, a LoRA an earlier call finished (its ``<identity>-lora`` folder) is
+        loaded instead of trained."""
+        o, key = self.options, digest(seed_rows.to_dict("records"), 16)
+        if getattr(self, "_tuned", None) is not None and self._tuned[0] == key:
+            return self._tuned[1]
+        kept = getattr(self, "_lora_dir", None)
         with tempfile.TemporaryDirectory(prefix="thresher-mods-") as tmp:
-            w = warmup_lora(
-                seed_rows, self.lm, Path(tmp) / "seed", fraction=1.0, log=lambda _m: None, **{k: o[k] for k in _TRAIN}
-            )
+            out = Path(kept) if kept is not None else Path(tmp) / "seed"
+            w = _finished_warmup(out, key)
+            if w is None:
+                shutil.rmtree(out, ignore_errors=True)  # a warm-up stopped part-way is trained again
+                w = warmup_lora(seed_rows, self.lm, out, fraction=1.0, log=lambda _m: None,
+                                **{k: o[k] for k in _TRAIN})  # fmt: skip
+                (out / "seed-rows.txt").write_text(key)
+            else:
+                self._resumed()
             pm = lora_for_checkpoint(self.lm, w)
             load_lora(pm, w.checkpoints[-1] / "adapter.safetensors")
         pm.eval()
-        return generate_replies(
-            pm, self.lm.tokenizer, prompts, max_new_tokens=o["max_new_tokens"], batch_size=o["gen_batch_size"]
-        )
+        self._tuned = (key, pm)
+        return pm
+
+
+def _finished_warmup(out: Path, key: str) -> Any:
+    """The warm-up in ``out`` when an earlier call finished it on the seed rows ``key``, else None."""
+    try:
+        if (out / "seed-rows.txt").read_text() != key:
+            return None
+        return load_warmup(out)
+    except (OSError, ValueError):
+        return None

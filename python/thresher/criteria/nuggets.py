@@ -27,10 +27,16 @@ compared with itself. An anchor of more than half of ``max_length`` tokens is
 unusable (the prefix is cut to fit beside the longest anchor, so one very long
 anchor would leave every candidate no room); run_info lists the unusable ones.
 
+The candidates are scored window by window (:data:`ITEM_BLOCK` rows), each window rendered and
+tokenised in a background thread while the model runs the one before; a window's tokens are dropped
+once it is scored and each row keeps three numbers (not two per anchor), so a call's memory beyond the
+pool frame is a few windows' tokens, not the pool's.
+
 A stopped call resumes: with ``checkpoint_dir`` set (a pipeline run sets it inside its score cache), the
-one-shot log-probabilities of each block of :data:`ITEM_BLOCK` candidates are kept, saved about every
-``checkpoint_s`` seconds and when the call raises (:mod:`thresher.criteria.search_checkpoint`), and a call
-with the same model, anchors and candidate tokens computes only the rest: the scores of an unbroken call.
+one-shot log-probabilities of each window are kept, saved about every ``checkpoint_s`` seconds and when
+the call raises (:mod:`thresher.criteria.search_checkpoint`), with a digest of the window's candidate
+tokens. A call with the same model, anchors and pool size computes only the windows it does not find
+with the same digest (an edited row re-does its own window): the scores of an unbroken call.
 
 ``scorer.run_info()`` (after a call) records the anchors of that call: how they were
 chosen (``kmeans``, ``random``, ``file``, ``given``), the seed, the count asked and
@@ -40,6 +46,7 @@ that their count and a digest of the ids).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -50,8 +57,10 @@ import pyarrow as pa
 
 from ..cluster import kmeans
 from ..embed import embed_texts, get_embedder, sample_texts
+from ..features.loader import prefetch, windows
 from ..features.tokens import Unit, prefix_reuse_losses
 from ..frames import as_pandas
+from ..progress import scaled
 from ..registry import CRITERIA, Option
 from ..render import TEMPLATES, SampleError, render_sample, tokenize_rendered
 from .base import Batch, Skip, digest, embedder_fingerprint
@@ -110,6 +119,30 @@ def kmeans_anchor_rows(emb: np.ndarray, m: int, seed: int, n_init: int = 10) -> 
             d = ((x[members] - cent[g]) ** 2).sum(1)
             pick.append(int(members[np.lexsort((members, d))[0]]))
     return np.asarray(sorted(set(pick)), dtype=np.int64)
+
+
+def _flat(seqs: list) -> np.ndarray:
+    return np.asarray([t for s in seqs for t in s], np.int64)
+
+
+def _lens(seqs: list) -> np.ndarray:
+    return np.asarray([len(s) for s in seqs], np.int64)
+
+
+def _items_digest(items: list) -> bytes:
+    """A digest of a window's candidates: each one's prefix tokens and the anchors it is compared on."""
+    h = hashlib.blake2b(digest_size=16)
+    for prefix, keep in items:
+        for arr in (prefix, keep):
+            h.update(np.asarray(arr, np.int64).tobytes())
+            h.update(b"|")
+    return h.digest()
+
+
+def _block_arrays(lp1: list, items: list) -> tuple:
+    """A scored window as stored: the log-probabilities, their count per candidate, the candidates' digest."""
+    flat = np.concatenate(lp1) if lp1 else np.zeros(0, np.float64)
+    return flat, _lens(lp1), np.frombuffer(_items_digest(items), np.uint8)
 
 
 @CRITERIA.register(
@@ -301,51 +334,83 @@ class Nuggets(LossCriterion):
         )
         return np.array([-ul.nll.sum() for ul in one], dtype=np.float64)
 
-    def _checkpoint(self, items: list) -> Optional[SearchCheckpoint]:
-        """The call's checkpoint store when ``checkpoint_dir`` is set and ``checkpoint_s`` is not 0."""
+    def _checkpoint(self, b: Batch) -> Optional[SearchCheckpoint]:
+        """The call's checkpoint store when ``checkpoint_dir`` is set and ``checkpoint_s`` is not 0. Its
+        identity is the model's key, the anchors and the pool's size; each block also holds a digest of its
+        candidates' tokens, so a block of other candidates is computed again."""
         folder, every = self.options.get("checkpoint_dir"), self.options.get("checkpoint_s")
         every = DEFAULT_EVERY_S if every is None else float(every)
         if folder is None or every <= 0:
             return None
-        flat = lambda seqs: np.asarray([t for s in seqs for t in s], np.int64)  # noqa: E731
-        lens = lambda seqs: np.asarray([len(s) for s in seqs], np.int64)  # noqa: E731
-        prefixes, keeps = [p for p, _ in items], [k for _, k in items]
         conts = [u.ids for u in self._conts] + [np.flatnonzero(u.score).tolist() for u in self._conts]
-        arrays = (flat(prefixes), lens(prefixes), flat(keeps), lens(keeps), flat(conts), lens(conts))
-        ident = search_identity(*arrays, call="nuggets", key=self.cache_key(), device=str(self.lm.device),
-                                block=ITEM_BLOCK)  # fmt: skip
+        ident = search_identity(_flat(conts), _lens(conts), call="nuggets", key=self.cache_key(), rows=b.n,
+                                device=str(self.lm.device), block=ITEM_BLOCK)  # fmt: skip
         return SearchCheckpoint(folder, ident, every)
 
     def run(self, items: list) -> list:
-        store = self._checkpoint(items)
-        lp1: list = []
+        """Per item its :meth:`_summary` (the candidate against the anchors it keeps)."""
+        return [self._summary(self._one_shot(prefix, keep), keep) for prefix, keep in items]
+
+    def _summary(self, lp1: np.ndarray, keep: list) -> tuple[float, float, int]:
+        """(golden score, mean gain, anchors compared) of one candidate from its one-shot log-probabilities
+        ``lp1`` over the anchors ``keep``: three numbers per row are kept, not two per anchor."""
+        lp0 = self._zero[keep]
+        return float(np.mean(lp1 > lp0)), float(np.mean(lp1 - lp0)), len(lp1)
+
+    def __call__(self, batch: Any) -> pd.DataFrame:
+        """The anchors are chosen once for the whole call; then the candidates are scored window by window
+        (:data:`ITEM_BLOCK` rows), each window tokenised in a background thread while the model runs the one
+        before, and its tokens dropped once scored: memory holds a window's tokens, not the pool's."""
+        b = Batch.of(batch)
+        self.begin(b)
+        per: list[dict] = [{} for _ in range(b.n)]
+        if self._batch_anchors:
+            self._score_windows(b, per)
+        return self.frame(b, self.columns(b, per))
+
+    def _window(self, b: Batch, sl: slice) -> tuple[int, list, list]:
+        items, owner = self._items_of(b, range(sl.start, sl.stop))
+        return sl.start, items, owner
+
+    def _score_windows(self, b: Batch, per: list[dict]) -> None:
+        store = self._checkpoint(b)
         resumed = 0
         try:
-            for s in range(0, len(items), ITEM_BLOCK):
-                part = items[s : s + ITEM_BLOCK]
-                got = None if store is None else store.get(s)
-                if got is not None and len(got[1]) == len(part):
-                    lp1 += np.split(got[0], np.cumsum(got[1])[:-1])
-                    resumed += len(part)
-                    continue
-                done = [self._one_shot(prefix, keep) for prefix, keep in part]
-                lp1 += done
-                if store is not None:
-                    store.put(s, np.concatenate(done), np.asarray([len(d) for d in done], np.int64))
+            for start, items, owner in prefetch(lambda sl: self._window(b, sl), windows(b.n, ITEM_BLOCK),
+                                                depth=self.prefetch):  # fmt: skip
+                got = self._stored(store, start, items)
+                with scaled(min(ITEM_BLOCK, b.n - start), max(1, len(items) * len(self._conts))):
+                    if got is None:
+                        got = [self._one_shot(prefix, keep) for prefix, keep in items]
+                        if store is not None:
+                            store.put(start, *_block_arrays(got, items))
+                    else:
+                        resumed += len(items)
+                for (i, tag), lp1, (_, keep) in zip(owner, got, items):
+                    per[i].setdefault(tag, []).append(self._summary(lp1, keep))
         except BaseException:
             if store is not None:
                 store.keep()  # the candidates finished so far are kept for the next call
             raise
         if store is not None:
-            self._info.update(checkpoint_saves=store.saved, resumed_rows=resumed, scored_rows=len(items))
+            self._info.update(checkpoint_saves=store.saved, resumed_rows=resumed, scored_rows=b.n)
             store.clear()
-        return [(a, self._zero[keep]) for a, (_, keep) in zip(lp1, items)]
+
+    @staticmethod
+    def _stored(store: Optional[SearchCheckpoint], start: int, items: list) -> Optional[list]:
+        """The one-shot log-probabilities of the window at ``start`` from an earlier call, when its candidates'
+        tokens are the same (their digest) and every candidate has its anchors' values; else None."""
+        got = None if store is None else store.get(start)
+        if got is None or len(got) != 3 or bytes(got[2].astype(np.uint8)) != _items_digest(items):
+            return None
+        if got[1].tolist() != [len(k) for _, k in items]:
+            return None
+        return np.split(got[0], np.cumsum(got[1])[:-1]) if items else []
 
     def columns(self, b: Batch, results: list[dict]) -> dict:
         gs, gain = np.full(b.n, np.nan), np.full(b.n, np.nan)
         n_used = np.zeros(b.n, dtype=np.int64)
         for i, got in enumerate(results):
             if "p" in got:
-                lp1, lp0 = got["p"][0]
-                gs[i], gain[i], n_used[i] = float(np.mean(lp1 > lp0)), float(np.mean(lp1 - lp0)), len(lp1)
+                gs[i], gain[i], n_used[i] = got["p"][0]
         return {"": gs, "mean_gain": gain, "n_anchors": n_used, "truncated": b.n_cut}

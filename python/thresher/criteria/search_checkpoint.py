@@ -1,12 +1,14 @@
 """Finished blocks of a long pool-wide call, kept on disk so a stopped call resumes: SearchCheckpoint.
 
 A pool-scoped criterion is one long call over the whole pool: an exact kNN search (about 15 minutes for
-1,000,000 rows on two CPU cores, after the embeddings, which are cached row by row), or nuggets' one-shot
-passes (every candidate against every anchor). :class:`SearchCheckpoint` keeps the results of such a
-call block by block: a block is named by its first position (a query, an item) and holds a tuple of
-arrays. The blocks finished since the last save are written as one more part file about every
-``every_s`` seconds, and when the call raises (an error, Ctrl-C). A call with the same inputs finds
-them and computes only the remaining blocks; the complete call removes its folder. It is the
+1,000,000 rows on two CPU cores, after the embeddings, which are cached row by row), nuggets' one-shot
+passes (every candidate against every anchor), SHED's LoRA fine-tunes (one per coalition), or
+necessity's ratings and generation. :class:`SearchCheckpoint` keeps the results of such a call block
+by block: a block is named by its first position (a query, an item) and holds a tuple of arrays (of
+the same count in every block of a store). The blocks finished since the last save are written as one
+more part file about every ``every_s`` seconds, and when the call raises (an error, Ctrl-C). A call
+with the same inputs finds them and computes only the remaining blocks (a later part's block replaces
+an earlier one of the same start); the complete call removes its folder. It is the
 ``blocks`` store of :func:`thresher.ops.knn_shard.sharded_knn` (blocks ``(values, indices)``).
 
 The folder of one call is ``<folder>/<identity>/``. The identity (:func:`search_identity`) digests
@@ -78,7 +80,7 @@ class SearchCheckpoint:
             ends = [np.cumsum(n) for _, n in cols]
             for b, s in enumerate(starts.tolist()):
                 got = tuple(a[e[b] - n[b] : e[b]] for (a, n), e in zip(cols, ends))
-                self.done.setdefault(int(s), got)
+                self.done[int(s)] = got  # a later part wins (a call of changed candidates re-did a block)
 
     def get(self, start: int) -> Optional[tuple]:
         """The block that starts at ``start``, if an earlier call finished it (its tuple of arrays)."""

@@ -21,6 +21,12 @@
 4. Every row gets its cluster proxy's value (main column); components ``shed.cluster`` and
    ``shed.proxy`` (1 for the proxy rows). QOCS / QWCS sampling: :mod:`thresher.selectors.shed`.
 
+A stopped call resumes: with ``checkpoint_dir`` set (a pipeline run sets it inside its score cache),
+each coalition's value is kept with the coalition (the permutations are seeded, so a call evaluates
+the same coalitions in the same order), saved about every ``checkpoint_s`` seconds and when the call
+raises (:mod:`thresher.criteria.search_checkpoint`); a call with the same model, options, proxies and
+validation rows trains only the coalitions not kept, and gives the Shapley values of an unbroken call.
+
 Cost: ``permutations * ceil(n_clusters / group_size)`` LoRA fine-tunes of the proxy model,
 each on at most ``n_clusters`` rows, plus one validation pass each. The reference setting
 (3000 proxies, groups of 60, 19 iterations, LLaMA-7B) is ~950 fine-tunes.
@@ -28,10 +34,11 @@ each on at most ``n_clusters`` rows, plus one validation pass each. The referenc
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,7 +53,16 @@ from ..io import read_samples
 from ..models import shared_lm
 from ..registry import CRITERIA, Option
 from ..train.warmup import lora_for_checkpoint, warmup_lora
-from .base import MODEL_OPTIONS, Criterion, embedder_fingerprint, model_fingerprint, sample_ids, table_digest
+from .base import (
+    MODEL_OPTIONS,
+    Criterion,
+    digest,
+    embedder_fingerprint,
+    model_fingerprint,
+    sample_ids,
+    table_digest,
+)
+from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, search_identity
 
 
 # ------------------------------------------------------------------ Monte-Carlo Shapley
@@ -158,6 +174,25 @@ def finetune_value(lm: Any, train_rows: pd.DataFrame, val_rows: pd.DataFrame, **
     return value
 
 
+def resumable_value(value: Callable[[tuple], float], store: SearchCheckpoint, counts: dict) -> Callable:
+    """``value`` whose k-th evaluation in this call is taken from ``store`` when an earlier call kept the
+    same coalition there, else computed and put there (``counts``: ``resumed`` and ``evaluated``)."""
+    calls = itertools.count()
+
+    def wrapped(players: tuple) -> float:
+        k, coalition = next(calls), np.asarray(players, np.int64)
+        got = store.get(k)
+        if got is not None and len(got) == 2 and np.array_equal(got[1], coalition):
+            counts["resumed"] += 1
+            return float(got[0][0])
+        val = float(value(players))
+        counts["evaluated"] += 1
+        store.put(k, np.asarray([val], np.float64), coalition)
+        return val
+
+    return wrapped
+
+
 # ------------------------------------------------------------------ the criterion
 _TRAIN = ("epochs", "lr", "r", "alpha", "batch_size", "max_length", "template", "seed")
 
@@ -186,6 +221,21 @@ _TRAIN = ("epochs", "lr", "r", "alpha", "batch_size", "max_length", "template", 
         Option("max_length", 512, "max tokens per sample", min=1),
         Option("template", "alpaca", "prompt template", ("alpaca", "plain", "wiz", "chat")),
         Option("seed", 0, "seed of k-means, permutations, LoRA init and the validation rows", min=0),
+        Option(
+            "checkpoint_dir",
+            None,
+            "folder where a call keeps its coalitions' values, so a stopped call resumes from them "
+            "(a pipeline run: <cache>/shed/" + SEARCH_DIR + "; None: not kept)",
+            type=(str, Path),
+        ),
+        Option(
+            "checkpoint_s",
+            None,
+            "seconds between saves of the coalitions' values (None: the run's --checkpoint-every, "
+            f"else {DEFAULT_EVERY_S:g}; 0: never saved)",
+            type=(int, float),
+            min=0,
+        ),
     ],
     direction="max",
     needs=("model", "embedder"),
@@ -223,16 +273,48 @@ class Shed(Criterion):
             return shed_frame(self.NAME, ids, np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
         emb = embed_texts(sample_texts(df), self.encoder)
         labels, proxies = cluster_proxies(emb, o["n_clusters"], o["seed"])
-        value = self.value_function(df.iloc[proxies].reset_index(drop=True), self._validation(df))
-        phi = monte_carlo_shapley(
-            len(proxies),
-            value,
-            permutations=o["permutations"],
-            group_size=o["group_size"],
-            seed=o["seed"],
-            aggregate=o["aggregate"],
-        )
+        proxy_rows, val_rows = df.iloc[proxies].reset_index(drop=True), self._validation(df)
+        phi = self._shapley(self.value_function(proxy_rows, val_rows), self._checkpoint(proxy_rows, val_rows),
+                            len(proxies))  # fmt: skip
         return shed_frame(self.NAME, ids, phi, labels, proxies)
+
+    def run_info(self) -> dict:
+        """The last call's coalitions: how many were evaluated, and how many came from its checkpoint."""
+        return {"criterion": self.NAME, **getattr(self, "_info", {})}
+
+    def _checkpoint(self, proxy_rows: pd.DataFrame, val_rows: pd.DataFrame) -> Optional[SearchCheckpoint]:
+        """The call's store of coalition values when ``checkpoint_dir`` is set and ``checkpoint_s`` is not 0;
+        its identity: the criterion's key (model, options), the proxy and validation rows, the device."""
+        folder, every = self.options.get("checkpoint_dir"), self.options.get("checkpoint_s")
+        every = DEFAULT_EVERY_S if every is None else float(every)
+        if folder is None or every <= 0:
+            return None
+        rows = [digest(r.to_dict("records"), 32) for r in (proxy_rows, val_rows)]
+        ident = search_identity(call="shed", key=self.cache_key(), proxies=rows[0], validation=rows[1],
+                                device=str(self.lm.device))  # fmt: skip
+        return SearchCheckpoint(folder, ident, every)
+
+    def _shapley(self, value: Callable, store: Optional[SearchCheckpoint], n: int) -> np.ndarray:
+        o, counts = self.options, {"resumed": 0, "evaluated": 0}
+        try:
+            phi = monte_carlo_shapley(
+                n,
+                value if store is None else resumable_value(value, store, counts),
+                permutations=o["permutations"],
+                group_size=o["group_size"],
+                seed=o["seed"],
+                aggregate=o["aggregate"],
+            )
+        except BaseException:
+            if store is not None:
+                store.keep()  # the coalitions finished so far are kept for the next call
+            raise
+        self._info = {"proxies": n}
+        if store is not None:
+            self._info.update(checkpoint_saves=store.saved, resumed_coalitions=counts["resumed"],
+                              coalitions=counts["resumed"] + counts["evaluated"])  # fmt: skip
+            store.clear()
+        return phi
 
     def value_function(self, proxy_rows: pd.DataFrame, val_rows: pd.DataFrame) -> Callable:
         return finetune_value(self.lm, proxy_rows, val_rows, **{k: self.options[k] for k in _TRAIN})

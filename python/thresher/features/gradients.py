@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -84,7 +85,9 @@ def add_lora(
     base = copy.deepcopy(model) if copy_model else model
     base.requires_grad_(False)
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout, bias="none")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # peft reads transformers' deprecated alias on every wrap: one FutureWarning per LoRA (SHED trains hundreds)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         torch.manual_seed(seed)
         pm = get_peft_model(base, cfg)
     return pm

@@ -453,14 +453,21 @@ def _remote_pool_entry(st: RunState, step: Step, key: str, digest: str, pool: Re
 
 
 def _say_resumed(st: RunState, col: str) -> None:
-    """Log a pool-scoped call that resumed from its checkpoint (run info ``resumed_queries`` of a
-    neighbour search, ``resumed_rows`` of nuggets' candidates)."""
+    """Log a pool-scoped call that resumed from its checkpoint (run info ``resumed_queries`` of a neighbour
+    search, ``resumed_rows`` of nuggets' candidates, ``resumed_coalitions`` of SHED's values,
+    ``resumed_blocks`` of necessity's stages)."""
     info = st.run_info.get(col) or {}
     if info.get("resumed_queries"):
         st.say(f"{col}: resumed {info['resumed_queries']} of {info.get('queries')} queries of the neighbour "
                "search from its checkpoint")  # fmt: skip
     elif info.get("resumed_rows"):
         st.say(f"{col}: resumed {info['resumed_rows']} of {info.get('scored_rows')} rows from its checkpoint")
+    elif info.get("resumed_coalitions"):
+        st.say(f"{col}: resumed {info['resumed_coalitions']} of {info.get('coalitions')} coalition values from "
+               "its checkpoint")  # fmt: skip
+    elif info.get("resumed_blocks"):
+        st.say(f"{col}: resumed {info['resumed_blocks']} blocks (ratings, the seed's LoRA, answers) from its "
+               "checkpoint")  # fmt: skip
 
 
 def score_pool_scoped(st: RunState, selection: Selection) -> None:
