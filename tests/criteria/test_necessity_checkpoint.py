@@ -62,7 +62,8 @@ def counters(monkeypatch) -> dict:
 
 
 def necessity(lm, **kw):
-    crit = CRITERIA.get("necessity").obj(model=lm, quality_model=lm, embedder=Enc(), seed_k=3, epochs=1,
+    kw = {"epochs": 1, **kw}
+    crit = CRITERIA.get("necessity").obj(model=lm, quality_model=lm, embedder=Enc(), seed_k=3,
                                          max_new_tokens=2, gen_batch_size=3, quality_mode="absolute",
                                          quality_value=2.0, template="plain", **kw)  # fmt: skip
     crit.rating.window_rows = 8  # stage-1 ratings in windows of 8 rows: 4 blocks over 30 rows
@@ -133,3 +134,49 @@ def test_the_stage_one_ratings_window_by_window_equal_one_call_of_the_rating_sco
     whole = CRITERIA.get("rating").obj(model=lm)
     whole.window_rows = None  # no windows at all: other batches, the same ratings up to fp32 rounding
     np.testing.assert_allclose(q, whole(df)["rating"].to_numpy(np.float64), rtol=1e-5)
+
+
+def test_a_call_stopped_in_the_seed_warm_up_goes_on_from_its_last_epoch(lm, tmp_path, monkeypatch):
+    import thresher.train.warmup as warm_mod
+
+    counters(monkeypatch)
+    opts = {"epochs": 3, "batch_size": 3}  # three seed rows: one step an epoch
+    want = necessity(lm, **opts)(pool())
+    real, calls = warm_mod._batch_loss, [0]
+
+    def loss(*a, **k):
+        calls[0] += 1
+        if calls[0] == 3:  # in the third epoch
+            raise Stop
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(warm_mod, "_batch_loss", loss)
+        with pytest.raises(Stop):
+            necessity(lm, checkpoint_dir=str(tmp_path), checkpoint_s=3600, **opts)(pool())
+    assert [p.name for p in tmp_path.glob("*-lora/progress.json")] == ["progress.json"]
+    calls[0] = 0
+    monkeypatch.setattr(warm_mod, "_batch_loss", lambda *a, **k: (calls.__setitem__(0, calls[0] + 1), real(*a, **k))[1])
+    crit = necessity(lm, checkpoint_dir=str(tmp_path), checkpoint_s=3600, **opts)
+    pd.testing.assert_frame_equal(crit(pool()), want)
+    assert calls[0] == 1 and crit.run_info()["resumed_warmup_step"] == 2  # epochs 1-2 kept, only the third trained
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_run_log_names_a_resumed_warm_up():
+    from types import SimpleNamespace
+
+    from thresher.pipeline.scoring import _say_resumed
+
+    logs: list = []
+    st = SimpleNamespace(run_info={"necessity": {"resumed_blocks": 0, "resumed_warmup_step": 2}}, say=logs.append)
+    _say_resumed(st, "necessity")
+    st.run_info["necessity"] = {"resumed_blocks": 3}
+    _say_resumed(st, "necessity")
+    st.run_info["necessity"] = {"resumed_blocks": 0}
+    _say_resumed(st, "necessity")
+    assert logs == [
+        "necessity: resumed 0 blocks (ratings, the seed's LoRA, answers), and the seed's LoRA warm-up at step 2 "
+        "from its checkpoint",
+        "necessity: resumed 3 blocks (ratings, the seed's LoRA, answers) from its checkpoint",
+    ]

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..device import DTYPE_CHOICES
 from ..io import read_samples
 from ..models import load_causal_lm
+from ..train.progress import DEFAULT_CHECKPOINT_S
 from ..train.warmup import warmup_lora
 from ._common import deprecated
 
@@ -17,10 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "warmup",
         help="warm-up LoRA training on a random fraction of a pool (LESS)",
         description="Train LoRA on a random fraction of DATA, one checkpoint (LoRA weights + "
-        "Adam state + mean learning rate) per epoch under --out.",
+        "Adam state + mean learning rate) per epoch under --out. A stopped run (killed, out of time) goes on "
+        "from its last saved point when run again with the same --out, model, options and data.",
     )
     p.add_argument("data", type=Path, help="pool (jsonl/json/parquet/csv/HF folder)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (must not hold a warm-up run)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (must not hold a finished warm-up run; a stopped one is resumed)",
+    )
     p.add_argument("--fraction", type=float, default=0.05, help="random fraction of the pool to train on")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (linear schedule, 3%% warm-up)")
@@ -39,6 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-rows", type=int, default=None, help="cap on the training subset size")
     p.add_argument("--format", default=None, help="input format (default: from the extension)")
     p.add_argument("--limit", type=int, default=None, help="read only the first N rows of DATA")
+    p.add_argument(
+        "--checkpoint-every",
+        dest="checkpoint_s",
+        type=float,
+        default=DEFAULT_CHECKPOINT_S,
+        metavar="SECONDS",
+        help=f"save the LoRA and Adam state part-way through an epoch every SECONDS (default {DEFAULT_CHECKPOINT_S:g}; "
+        "never sooner than 20x the last save's own time; 0: at the ends of epochs only); a killed run resumes there",
+    )
     p.set_defaults(func=run)
 
 
@@ -62,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         template=args.template,
         seed=args.seed,
         max_rows=args.max_rows,
+        checkpoint_s=args.checkpoint_s,
     )
     print(
         f"warmup: {len(res.checkpoints)} checkpoint(s) in {res.out} "

@@ -50,7 +50,7 @@ from ..frames import as_pandas
 from ..models import shared_lm
 from ..registry import CRITERIA, SELECTORS, Option
 from ..render import SampleError, render_prompt
-from ..train.warmup import load_warmup, lora_for_checkpoint, warmup_lora
+from ..train.warmup import WarmupMismatch, load_warmup, lora_for_checkpoint, warmup_lora
 from .base import (
     MODEL_OPTIONS,
     Criterion,
@@ -300,8 +300,8 @@ class Necessity(Criterion):
     def tuned(self, seed_rows: pd.DataFrame) -> Any:
         """The model with LoRA trained on ``seed_rows`` (``warmup_lora`` on all of them), trained once per
         seed set; with a checkpoint store, a LoRA an earlier call finished (its ``<identity>-lora`` folder) is
-        loaded instead of trained."""
-        o, key = self.options, digest(seed_rows.to_dict("records"), 16)
+        loaded instead of trained, and one it stopped part-way goes on from its last saved step."""
+        key = digest(seed_rows.to_dict("records"), 16)
         if getattr(self, "_tuned", None) is not None and self._tuned[0] == key:
             return self._tuned[1]
         kept = getattr(self, "_lora_dir", None)
@@ -309,9 +309,7 @@ class Necessity(Criterion):
             out = Path(kept) if kept is not None else Path(tmp) / "seed"
             w = _finished_warmup(out, key)
             if w is None:
-                shutil.rmtree(out, ignore_errors=True)  # a warm-up stopped part-way is trained again
-                w = warmup_lora(seed_rows, self.lm, out, fraction=1.0, log=lambda _m: None,
-                                **{k: o[k] for k in _TRAIN})  # fmt: skip
+                w = self._train_seed(seed_rows, out, kept is not None)
                 (out / "seed-rows.txt").write_text(key)
             else:
                 self._resumed()
@@ -320,6 +318,27 @@ class Necessity(Criterion):
         pm.eval()
         self._tuned = (key, pm)
         return pm
+
+    def _train_seed(self, seed_rows: pd.DataFrame, out: Path, kept: bool) -> Any:
+        """``warmup_lora`` on the seed rows into ``out``: a warm-up an earlier call stopped there on the same
+        rows goes on from its last saved step (``run_info``'s ``resumed_warmup_step``), any other is removed."""
+        o = self.options
+        every = (DEFAULT_EVERY_S if o.get("checkpoint_s") is None else float(o["checkpoint_s"])) if kept else 0.0
+        train = {k: o[k] for k in _TRAIN}
+        if (out / "warmup.json").exists():  # finished on other seed rows, or its seed-rows.txt was lost
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            w = warmup_lora(seed_rows, self.lm, out, fraction=1.0, log=_quiet, checkpoint_s=every, **train)
+        except WarmupMismatch:
+            shutil.rmtree(out, ignore_errors=True)
+            w = warmup_lora(seed_rows, self.lm, out, fraction=1.0, log=_quiet, checkpoint_s=every, **train)
+        if w.resumed_step is not None:
+            self._info["resumed_warmup_step"] = w.resumed_step
+        return w
+
+
+def _quiet(_msg: str) -> None:
+    """The warm-up's progress lines are not the pipeline's."""
 
 
 def _finished_warmup(out: Path, key: str) -> Any:

@@ -164,8 +164,9 @@ def finetune_value(lm: Any, train_rows: pd.DataFrame, val_rows: pd.DataFrame, **
             return 0.0
         with tempfile.TemporaryDirectory(prefix="thresher-shed-") as tmp:
             w = warmup_lora(
-                train_rows.iloc[list(players)], lm, Path(tmp) / "run", fraction=1.0, log=lambda _m: None, **train
-            )
+                train_rows.iloc[list(players)], lm, Path(tmp) / "run", fraction=1.0, log=lambda _m: None,
+                checkpoint_s=0, **train,
+            )  # fmt: skip
             pm = lora_for_checkpoint(lm, w)
             load_lora(pm, w.checkpoints[-1] / "adapter.safetensors")
             pm.eval()

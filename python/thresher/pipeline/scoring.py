@@ -455,7 +455,7 @@ def _remote_pool_entry(st: RunState, step: Step, key: str, digest: str, pool: Re
 def _say_resumed(st: RunState, col: str) -> None:
     """Log a pool-scoped call that resumed from its checkpoint (run info ``resumed_queries`` of a neighbour
     search, ``resumed_rows`` of nuggets' candidates, ``resumed_coalitions`` of SHED's values,
-    ``resumed_blocks`` of necessity's stages)."""
+    ``resumed_blocks`` of necessity's stages and ``resumed_warmup_step`` of its seed LoRA)."""
     info = st.run_info.get(col) or {}
     if info.get("resumed_queries"):
         st.say(f"{col}: resumed {info['resumed_queries']} of {info.get('queries')} queries of the neighbour "
@@ -465,9 +465,11 @@ def _say_resumed(st: RunState, col: str) -> None:
     elif info.get("resumed_coalitions"):
         st.say(f"{col}: resumed {info['resumed_coalitions']} of {info.get('coalitions')} coalition values from "
                "its checkpoint")  # fmt: skip
-    elif info.get("resumed_blocks"):
-        st.say(f"{col}: resumed {info['resumed_blocks']} blocks (ratings, the seed's LoRA, answers) from its "
-               "checkpoint")  # fmt: skip
+    elif info.get("resumed_blocks") or info.get("resumed_warmup_step"):
+        step = info.get("resumed_warmup_step")
+        warm = f", and the seed's LoRA warm-up at step {step}" if step else ""
+        st.say(f"{col}: resumed {info.get('resumed_blocks', 0)} blocks (ratings, the seed's LoRA, answers){warm} "
+               "from its checkpoint")  # fmt: skip
 
 
 def score_pool_scoped(st: RunState, selection: Selection) -> None:

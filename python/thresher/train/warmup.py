@@ -11,7 +11,9 @@ weights), ``optimizer.safetensors`` (Adam's exp_avg / exp_avg_sq per parameter,
 step, betas, eps: what the LESS gradient transform needs) and ``state.json``
 (epoch, step, mean learning rate of the epoch, loss). ``warmup.json`` at the top
 lists the checkpoints, the LoRA configuration, the base model fingerprint and the
-ids of the training subset; every file is written atomically.
+ids of the training subset; every file is written atomically. A run stopped part-way (killed, out of
+time) goes on from its last saved point when it is called again on the same folder, model, options and
+rows, with the result of an unbroken run (:mod:`thresher.train.progress`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ..features.gradients import (
 )
 from ..frames import as_pandas
 from ..fs import atomic_save, write_json_atomic
+from .progress import DEFAULT_CHECKPOINT_S, Point, Progress, WarmupMismatch, on_step, rows_digest
 
 
 @dataclass
@@ -49,6 +52,7 @@ class WarmupResult:
     lrs: list[float]
     losses: list[float]
     meta: dict = field(default_factory=dict)
+    resumed_step: Optional[int] = None  # the optimizer step a stopped run was resumed at (this call only)
 
     @property
     def weights(self) -> list[float]:
@@ -113,14 +117,15 @@ class _Trainer:
     lr_at: Callable[[int], float]
     step: int = 0
 
-    def epoch(self, ep: int, g: torch.Generator) -> tuple[float, float]:
-        """Train one epoch; returns (mean learning rate, mean loss)."""
+    def epoch(self, ep: int, order: list, pt: Point, hook: Callable[[Point], None]) -> tuple[float, float]:
+        """Train epoch ``ep`` over ``order`` from batch ``pt.batch`` on (``pt`` holds the epoch's learning rates
+        and losses so far, and is advanced after every step, when ``hook(pt)`` is called); returns (mean
+        learning rate, mean loss) of the whole epoch."""
         causal = self.pm.get_base_model()
         dev = next(self.pm.parameters()).device
-        order = torch.randperm(len(self.enc), generator=g).tolist()
-        ep_lrs, ep_loss = [], []
-        for s in range(0, len(order), self.batch_size):
-            batch = [self.enc[i] for i in order[s : s + self.batch_size]]
+        starts = list(range(0, len(order), self.batch_size))
+        for b in range(pt.batch, len(starts)):
+            batch = [self.enc[i] for i in order[starts[b] : starts[b] + self.batch_size]]
             cur = self.lr_at(self.step)
             for grp in self.opt.param_groups:
                 grp["lr"] = cur
@@ -134,10 +139,12 @@ class _Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
             self.opt.step()
-            ep_lrs.append(cur)
-            ep_loss.append(float(loss.detach()))
             self.step += 1
-        return float(np.mean(ep_lrs)), float(np.mean(ep_loss))
+            pt.ep_lrs.append(cur)
+            pt.ep_loss.append(float(loss.detach()))
+            pt.batch, pt.step = b + 1, self.step
+            hook(pt)
+        return float(np.mean(pt.ep_lrs)), float(np.mean(pt.ep_loss))
 
     def save(self, ck: Path, state: dict) -> None:
         """checkpoint folder: adapter, Adam state, state.json (each written atomically)."""
@@ -165,9 +172,12 @@ def warmup_lora(
     seed: int = 0,
     warmup_ratio: float = 0.03,
     max_rows: Optional[int] = None,
+    checkpoint_s: float = DEFAULT_CHECKPOINT_S,
     log: Callable[[str], None] = print,
 ) -> WarmupResult:
-    """Train LoRA on a random ``fraction`` of ``rows`` (a sample table); see module doc."""
+    """Train LoRA on a random ``fraction`` of ``rows`` (a sample table); see module doc. A run stopped in
+    ``out`` with the same model, options and rows goes on from its last saved point (every ``checkpoint_s``
+    seconds part-way through an epoch, and at each epoch's end; :mod:`thresher.train.progress`)."""
     df = as_pandas(rows)
     out = Path(out)
     _check_args(fraction, epochs, lr, out)
@@ -184,43 +194,65 @@ def warmup_lora(
     tr = _Trainer(
         pm, opt, {id(p): n for n, p in params}, enc, pad, batch_size, _linear_schedule(lr, total, warmup_ratio)
     )
+    opts = {"r": r, "alpha": alpha, "targets": list(targets), "template": template, "max_length": max_length,
+            "seed": seed, "fraction": fraction, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "warmup_ratio": warmup_ratio}  # fmt: skip
+    prog = Progress(out, _identity(lm, opts, max_rows, enc), float(checkpoint_s))
+    pt = _resume(prog, tr, total, log)
+    resumed = pt.step or None  # a saved point is after a step
     pm.train()
-    g = torch.Generator().manual_seed(seed)
-    ckpts, lrs, losses = [], [], []
-    for ep in range(1, epochs + 1):
-        t0 = time.time()
-        lr_mean, loss_mean = tr.epoch(ep, g)
-        ck = out / f"checkpoint-{ep}"
-        tr.save(
-            ck, {"epoch": ep, "step": tr.step, "lr_mean": lr_mean, "loss_mean": loss_mean, "seconds": time.time() - t0}
-        )
-        ckpts.append(ck)
-        lrs.append(lr_mean)
-        losses.append(loss_mean)
-        log(f"warmup: epoch {ep}/{epochs} loss {loss_mean:.4f} mean lr {lr_mean:.3g} ({time.time() - t0:.1f}s)")
+    ckpts, lrs, losses = _train(tr, prog, pt, epochs, seed, out, log)
     pm.eval()
-    meta = {
-        "model": lm.fingerprint,
-        "model_spec": lm.spec,
-        "r": r,
-        "alpha": alpha,
-        "targets": list(targets),
-        "template": template,
-        "max_length": max_length,
-        "seed": seed,
-        "fraction": fraction,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "warmup_ratio": warmup_ratio,
-        "n_train": len(enc),
-        "train_ids": [e.id for e in enc],
-        "checkpoints": [c.name for c in ckpts],
-        "lr_mean": lrs,
-        "loss_mean": losses,
-    }
+    meta = {"model": lm.fingerprint, "model_spec": lm.spec, **opts, "n_train": len(enc),
+            "train_ids": [e.id for e in enc], "checkpoints": [c.name for c in ckpts], "lr_mean": lrs,
+            "loss_mean": losses}  # fmt: skip
     write_json_atomic(meta, out / "warmup.json")
-    return WarmupResult(out, ckpts, lrs, losses, meta)
+    prog.finish()
+    return WarmupResult(out, ckpts, lrs, losses, meta, resumed_step=resumed)
+
+
+def _identity(lm: Any, opts: dict, max_rows: Optional[int], enc: list) -> dict:
+    """What a stopped run must share with this one to be resumed by it."""
+    p = next(lm.model.parameters())
+    return {"model": lm.fingerprint, "device": str(p.device), "dtype": str(p.dtype), **opts, "max_rows": max_rows,
+            "rows": rows_digest(enc)}  # fmt: skip
+
+
+def _resume(prog: Progress, tr: _Trainer, total: int, log: Callable[[str], None]) -> Point:
+    """The point to train from: a stopped run's (its weights and Adam state loaded into ``tr``), else the start."""
+    got = prog.load()
+    if got is None:
+        return Point()
+    pt, folder = got
+    prog.restore(folder, tr.pm, tr.opt, tr.names)
+    tr.step = pt.step
+    log(f"warmup: resumed at epoch {pt.epoch}, step {pt.step} of {total} (saved in {folder.name})")
+    return pt
+
+
+def _train(tr: _Trainer, prog: Progress, pt: Point, epochs: int, seed: int, out: Path, log: Callable) -> tuple:
+    """Epochs ``pt.epoch``..``epochs`` (every epoch's batch order drawn from ``seed``, the skipped ones' too), a
+    checkpoint folder after each; returns (checkpoint folders, mean learning rates, mean losses)."""
+    save = on_step(prog, tr.pm, tr.opt, tr.names)
+    g = torch.Generator().manual_seed(seed)
+    for ep in range(1, epochs + 1):
+        order = torch.randperm(len(tr.enc), generator=g).tolist()
+        if ep < pt.epoch:
+            continue
+        t0 = time.time() - pt.ep_seconds
+
+        def hook(p: Point, t0: float = t0) -> None:
+            p.ep_seconds = time.time() - t0
+            save(p)
+
+        lr_mean, loss_mean = tr.epoch(ep, order, pt, hook)
+        secs = time.time() - t0
+        ck = out / f"checkpoint-{ep}"
+        tr.save(ck, {"epoch": ep, "step": tr.step, "lr_mean": lr_mean, "loss_mean": loss_mean, "seconds": secs})
+        pt = Point(epoch=ep + 1, step=tr.step, done_lrs=[*pt.done_lrs, lr_mean], done_loss=[*pt.done_loss, loss_mean])
+        prog.point(ck.name, pt)
+        log(f"warmup: epoch {ep}/{epochs} loss {loss_mean:.4f} mean lr {lr_mean:.3g} ({secs:.1f}s)")
+    return [out / f"checkpoint-{e}" for e in range(1, epochs + 1)], pt.done_lrs, pt.done_loss
 
 
 def load_warmup(out: Path) -> WarmupResult:
@@ -246,4 +278,12 @@ def lora_for_checkpoint(lm: Any, w: WarmupResult):
     return add_lora(lm.model, r=int(m["r"]), alpha=m["alpha"], targets=m["targets"], seed=int(m["seed"]))
 
 
-__all__ = ["warmup_lora", "load_warmup", "lora_for_checkpoint", "WarmupResult", "load_lora", "AdamState"]
+__all__ = [
+    "WarmupMismatch",
+    "warmup_lora",
+    "load_warmup",
+    "lora_for_checkpoint",
+    "WarmupResult",
+    "load_lora",
+    "AdamState",
+]
