@@ -187,3 +187,25 @@ def test_cli_warmup_resumes_a_stopped_run(lm, tmp_path, monkeypatch, capsys):
     assert "already holds a warm-up run" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # not a number: argparse's one line
         main(args[:-2] + ["--checkpoint-every", "x"])
+
+
+def test_a_failed_part_way_save_is_dropped_and_training_goes_on(lm, unbroken, tmp_path, monkeypatch):
+    monkeypatch.setattr(progress_mod, "SAVE_COST_FACTOR", 0.0)
+    real, calls = progress_mod.atomic_save, [0]
+
+    def full_disk(path, save):
+        calls[0] += 1
+        if calls[0] == 3:  # the second part-way save's weights
+            raise OSError(28, "No space left on device")
+        return real(path, save)
+
+    monkeypatch.setattr(progress_mod, "atomic_save", full_disk)
+    logs: list = []
+    res = warmup_lora(POOL, lm, tmp_path / "w", checkpoint_s=1e-9, log=logs.append, **KW)
+    assert (
+        "warmup: a part-way save at step 2 failed ([Errno 28] No space left on device); saving at the ends of "
+        "epochs only" in logs
+    )
+    assert calls[0] == 3  # no part-way save after the failure
+    _assert_same(_state(res), _state(unbroken))
+    assert not list((tmp_path / "w").glob("progress*"))

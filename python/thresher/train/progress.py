@@ -152,12 +152,20 @@ class Progress:
                 shutil.rmtree(d, ignore_errors=True)
 
 
-def on_step(prog: Progress, pm: Any, opt: Any, names: dict) -> Callable[[Point], None]:
-    """The trainer's per-step hook: a part-way save when one is due."""
+def on_step(prog: Progress, pm: Any, opt: Any, names: dict, log: Callable[[str], None]) -> Callable[[Point], None]:
+    """The trainer's per-step hook: a part-way save when one is due. A save that fails (a full disk) is
+    dropped with one line in ``log``, and the run goes on with saves at the ends of epochs only: a part-way
+    save is a convenience, the training is the work."""
 
     def hook(pt: Point) -> None:
-        if prog.due():
+        if not prog.due():
+            return
+        try:
             prog.save_part(pm, opt, names, pt)
+        except OSError as e:
+            shutil.rmtree(prog.out / f"progress-{pt.step}", ignore_errors=True)
+            prog.checkpoint_s = 0.0
+            log(f"warmup: a part-way save at step {pt.step} failed ({e}); saving at the ends of epochs only")
 
     return hook
 

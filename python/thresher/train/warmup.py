@@ -233,7 +233,7 @@ def _resume(prog: Progress, tr: _Trainer, total: int, log: Callable[[str], None]
 def _train(tr: _Trainer, prog: Progress, pt: Point, epochs: int, seed: int, out: Path, log: Callable) -> tuple:
     """Epochs ``pt.epoch``..``epochs`` (every epoch's batch order drawn from ``seed``, the skipped ones' too), a
     checkpoint folder after each; returns (checkpoint folders, mean learning rates, mean losses)."""
-    save = on_step(prog, tr.pm, tr.opt, tr.names)
+    save = on_step(prog, tr.pm, tr.opt, tr.names, log)
     g = torch.Generator().manual_seed(seed)
     for ep in range(1, epochs + 1):
         order = torch.randperm(len(tr.enc), generator=g).tolist()
