@@ -155,6 +155,12 @@ def test_part_way_saves_wait_for_the_interval_and_20x_their_own_cost(tmp_path):
     assert not Progress(tmp_path, {}, checkpoint_s=0).due()
 
 
+def test_a_negative_interval_is_refused(lm, tmp_path):
+    with pytest.raises(ValueError, match=r"checkpoint_s: expected a number of seconds >= 0"):
+        warmup_lora(POOL, lm, tmp_path / "w", checkpoint_s=-1, log=lambda _m: None, **KW)
+    assert not (tmp_path / "w").exists()
+
+
 def test_unreadable_progress_file_starts_over(lm, unbroken, tmp_path, monkeypatch):
     monkeypatch.setattr(progress_mod, "SAVE_COST_FACTOR", 0.0)
     out = tmp_path / "w"

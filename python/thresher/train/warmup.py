@@ -181,6 +181,10 @@ def warmup_lora(
     df = as_pandas(rows)
     out = Path(out)
     _check_args(fraction, epochs, lr, out)
+    if not (isinstance(checkpoint_s, (int, float)) and checkpoint_s >= 0):
+        raise ValueError(
+            f"checkpoint_s: expected a number of seconds >= 0 (0: at the ends of epochs only), got {checkpoint_s!r}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     sub = _pick_subset(df, fraction, max_rows, seed)
     enc = [e for e in encode_rows(sub, lm.tokenizer, template=template, max_length=max_length) if not e.reason]
