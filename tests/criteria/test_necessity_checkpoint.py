@@ -37,7 +37,7 @@ def counters(monkeypatch) -> dict:
     """Counts of stage-1/answer rating windows, LoRA trainings and generation blocks; generation block number
     ``st['stop_gen']`` raises Stop (0: never)."""
     st = {"rated": 0, "trained": 0, "gen": 0, "stop_gen": 0}
-    real_train, real_gen = nec_mod.warmup_lora, nec_mod.generate_replies
+    real_train, real_gen = nec_mod.warmup_resuming, nec_mod.generate_replies
 
     def quality(self, parts):
         for d in parts:
@@ -55,7 +55,7 @@ def counters(monkeypatch) -> dict:
         return real_gen(*a, **k)
 
     monkeypatch.setattr(nec_mod.Necessity, "_quality_parts", quality)
-    monkeypatch.setattr(nec_mod, "warmup_lora", train)
+    monkeypatch.setattr(nec_mod, "warmup_resuming", train)
     monkeypatch.setattr(nec_mod, "generate_replies", gen)
     monkeypatch.setattr(nec_mod, "GEN_BLOCK_BATCHES", 1)
     return st

@@ -146,3 +146,36 @@ def test_a_pipeline_run_stopped_in_shed_resumes_from_its_coalitions(tmp_path, mo
     assert st["calls"] == total - 4
     assert any(f"shed: resumed 4 of {total} coalition values" in m for m in logs), logs
     assert not (tmp_path / "cache" / "shed" / "search-checkpoints").exists()
+
+
+def test_a_call_stopped_inside_a_fine_tune_goes_on_from_its_last_step(lm, tmp_path, monkeypatch):
+    """The real value function (LoRA fine-tunes of the tiny model, one step per proxy row): stopped in the
+    middle of a coalition's fine-tune, the next call takes the kept values, goes on with that fine-tune from
+    its last saved step, and ends with the unbroken call's frame."""
+    import thresher.train.progress as progress_mod
+    import thresher.train.warmup as warm_mod
+
+    monkeypatch.setattr(progress_mod, "SAVE_COST_FACTOR", 0.0)  # a part-way save after every step
+    real, calls = warm_mod._batch_loss, {"n": 0, "stop": 0}
+
+    def loss(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["stop"]:
+            raise Stop
+        return real(*a, **k)
+
+    monkeypatch.setattr(warm_mod, "_batch_loss", loss)
+    opts = {"batch_size": 1, "template": "plain", "max_length": 64, "validation_size": 4}
+    want = shed(lm, **opts)(pool())
+    total = calls["n"]
+    calls.update(n=0, stop=5)  # the first permutation's coalitions train 1, 2, 3, ... steps: the 3rd, 2nd step
+    with pytest.raises(Stop):
+        shed(lm, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9, **opts)(pool())
+    lora = [p for p in tmp_path.iterdir() if p.name.endswith("-lora")]
+    assert len(lora) == 1 and (lora[0] / "progress-1").is_dir()  # the 3rd coalition's first step
+    calls.update(n=0, stop=0)
+    sc = shed(lm, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9, **opts)
+    pd.testing.assert_frame_equal(sc(pool()), want)
+    assert calls["n"] == total - 4  # the two kept values' 3 steps and the stopped fine-tune's first step
+    assert sc.run_info()["resumed_coalitions"] == 3  # the empty coalition and the first two
+    assert not any(tmp_path.iterdir())

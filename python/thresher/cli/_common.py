@@ -229,8 +229,8 @@ def add_checkpoint_arg(g: Any) -> None:
         metavar="SECONDS",
         help=f"save the work done so far every SECONDS (default {CHECKPOINT_S:g}; 0: whole shards and whole "
         "pool-wide calls only): the rows of a shard, the query blocks of a kNN search, semdedup's clusters, "
-        "nuggets' candidates, SHED's coalition values, necessity's ratings, answers and seed LoRA (part-way through "
-        "its epochs); a killed run resumes there",
+        "nuggets' candidates, SHED's coalition values, necessity's ratings, answers and seed LoRA, the steps of "
+        "SHED's and necessity's LoRA fine-tunes; a killed run resumes there",
     )
 
 

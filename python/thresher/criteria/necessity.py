@@ -50,7 +50,7 @@ from ..frames import as_pandas
 from ..models import shared_lm
 from ..registry import CRITERIA, SELECTORS, Option
 from ..render import SampleError, render_prompt
-from ..train.warmup import WarmupMismatch, load_warmup, lora_for_checkpoint, warmup_lora
+from ..train.warmup import load_warmup, lora_for_checkpoint, warmup_resuming
 from .base import (
     MODEL_OPTIONS,
     Criterion,
@@ -324,14 +324,9 @@ class Necessity(Criterion):
         rows goes on from its last saved step (``run_info``'s ``resumed_warmup_step``), any other is removed."""
         o = self.options
         every = (DEFAULT_EVERY_S if o.get("checkpoint_s") is None else float(o["checkpoint_s"])) if kept else 0.0
-        train = {k: o[k] for k in _TRAIN}
-        if (out / "warmup.json").exists():  # finished on other seed rows, or its seed-rows.txt was lost
-            shutil.rmtree(out, ignore_errors=True)
-        try:
-            w = warmup_lora(seed_rows, self.lm, out, fraction=1.0, log=_quiet, checkpoint_s=every, **train)
-        except WarmupMismatch:
-            shutil.rmtree(out, ignore_errors=True)
-            w = warmup_lora(seed_rows, self.lm, out, fraction=1.0, log=_quiet, checkpoint_s=every, **train)
+        # a finished warm-up here was on other seed rows (or its seed-rows.txt was lost): trained again
+        w = warmup_resuming(seed_rows, self.lm, out, fraction=1.0, log=_quiet, checkpoint_s=every,
+                            **{k: o[k] for k in _TRAIN})  # fmt: skip
         if w.resumed_step is not None:
             self._info["resumed_warmup_step"] = w.resumed_step
         return w

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -52,7 +53,7 @@ from ..frames import as_pandas
 from ..io import read_samples
 from ..models import shared_lm
 from ..registry import CRITERIA, Option
-from ..train.warmup import lora_for_checkpoint, warmup_lora
+from ..train.warmup import lora_for_checkpoint, warmup_resuming
 from .base import (
     MODEL_OPTIONS,
     Criterion,
@@ -148,8 +149,18 @@ def validation_loss(model: Any, tokenizer: Any, enc: list, batch_size: int = 8) 
     return float(torch.stack(losses).mean())
 
 
-def finetune_value(lm: Any, train_rows: pd.DataFrame, val_rows: pd.DataFrame, **train: Any) -> Callable:
-    """v(S) = validation loss of ``lm`` minus that after LoRA training on rows S of ``train_rows``."""
+def finetune_value(
+    lm: Any,
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    keep: Optional[Path] = None,
+    checkpoint_s: float = 0.0,
+    **train: Any,
+) -> Callable:
+    """v(S) = validation loss of ``lm`` minus that after LoRA training on rows S of ``train_rows``. With
+    ``keep``, each fine-tune runs in that folder and saves its progress every ``checkpoint_s`` seconds, so one a
+    stopped call left part-way goes on from its last saved step (:func:`thresher.train.warmup.warmup_resuming`);
+    the folder is emptied after each value."""
     enc = [
         e
         for e in encode_rows(val_rows, lm.tokenizer, template=train["template"], max_length=train["max_length"])
@@ -163,14 +174,16 @@ def finetune_value(lm: Any, train_rows: pd.DataFrame, val_rows: pd.DataFrame, **
         if not players:
             return 0.0
         with tempfile.TemporaryDirectory(prefix="thresher-shed-") as tmp:
-            w = warmup_lora(
-                train_rows.iloc[list(players)], lm, Path(tmp) / "run", fraction=1.0, log=lambda _m: None,
-                checkpoint_s=0, **train,
-            )  # fmt: skip
+            out = keep if keep is not None else Path(tmp) / "run"
+            w = warmup_resuming(train_rows.iloc[list(players)], lm, out, fraction=1.0, log=lambda _m: None,
+                                checkpoint_s=checkpoint_s if keep is not None else 0, **train)  # fmt: skip
             pm = lora_for_checkpoint(lm, w)
             load_lora(pm, w.checkpoints[-1] / "adapter.safetensors")
             pm.eval()
-            return base - validation_loss(pm, lm.tokenizer, enc)
+            val = base - validation_loss(pm, lm.tokenizer, enc)
+            if keep is not None:
+                shutil.rmtree(keep, ignore_errors=True)
+            return val
 
     return value
 
@@ -275,8 +288,12 @@ class Shed(Criterion):
         emb = embed_texts(sample_texts(df), self.encoder)
         labels, proxies = cluster_proxies(emb, o["n_clusters"], o["seed"])
         proxy_rows, val_rows = df.iloc[proxies].reset_index(drop=True), self._validation(df)
-        phi = self._shapley(self.value_function(proxy_rows, val_rows), self._checkpoint(proxy_rows, val_rows),
-                            len(proxies))  # fmt: skip
+        store = self._checkpoint(proxy_rows, val_rows)
+        self._lora_dir = None if store is None else store.dir.with_name(store.dir.name + "-lora")
+        try:
+            phi = self._shapley(self.value_function(proxy_rows, val_rows), store, len(proxies))
+        finally:
+            self._lora_dir = None  # a later value_function() outside a call trains in a temporary folder
         return shed_frame(self.NAME, ids, phi, labels, proxies)
 
     def run_info(self) -> dict:
@@ -315,10 +332,16 @@ class Shed(Criterion):
             self._info.update(checkpoint_saves=store.saved, resumed_coalitions=counts["resumed"],
                               coalitions=counts["resumed"] + counts["evaluated"])  # fmt: skip
             store.clear()
+            shutil.rmtree(store.dir.with_name(store.dir.name + "-lora"), ignore_errors=True)
         return phi
 
     def value_function(self, proxy_rows: pd.DataFrame, val_rows: pd.DataFrame) -> Callable:
-        return finetune_value(self.lm, proxy_rows, val_rows, **{k: self.options[k] for k in _TRAIN})
+        """v(S) over ``proxy_rows``; a coalition's fine-tune stopped part-way goes on from its last saved step
+        when the call keeps a checkpoint (``self._lora_dir``)."""
+        every = self.options.get("checkpoint_s")
+        every = DEFAULT_EVERY_S if every is None else float(every)
+        return finetune_value(self.lm, proxy_rows, val_rows, keep=getattr(self, "_lora_dir", None),
+                              checkpoint_s=every, **{k: self.options[k] for k in _TRAIN})  # fmt: skip
 
 
 def shed_frame(name: str, ids: Sequence, phi: np.ndarray, labels: np.ndarray, proxies: np.ndarray) -> pd.DataFrame:

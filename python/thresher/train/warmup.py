@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +260,20 @@ def _train(tr: _Trainer, prog: Progress, pt: Point, epochs: int, seed: int, out:
     return [out / f"checkpoint-{e}" for e in range(1, epochs + 1)], pt.done_lrs, pt.done_loss
 
 
+def warmup_resuming(rows: Any, lm: Any, out: Path, **kw: Any) -> WarmupResult:
+    """:func:`warmup_lora` into ``out`` for a caller that owns the folder (a criterion's checkpoint): a run
+    stopped there on the same model, options and rows goes on; anything else there (a finished run, a stopped
+    one of other options or rows) is removed first."""
+    out = Path(out)
+    if (out / "warmup.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        return warmup_lora(rows, lm, out, **kw)
+    except WarmupMismatch:
+        shutil.rmtree(out, ignore_errors=True)
+        return warmup_lora(rows, lm, out, **kw)
+
+
 def load_warmup(out: Path) -> WarmupResult:
     """Read a warm-up folder written by :func:`warmup_lora` (ValueError naming what is missing)."""
     out = Path(out)
@@ -285,6 +300,7 @@ def lora_for_checkpoint(lm: Any, w: WarmupResult):
 __all__ = [
     "WarmupMismatch",
     "warmup_lora",
+    "warmup_resuming",
     "load_warmup",
     "lora_for_checkpoint",
     "WarmupResult",
