@@ -177,5 +177,23 @@ def test_a_call_stopped_inside_a_fine_tune_goes_on_from_its_last_step(lm, tmp_pa
     sc = shed(lm, checkpoint_dir=str(tmp_path), checkpoint_s=1e-9, **opts)
     pd.testing.assert_frame_equal(sc(pool()), want)
     assert calls["n"] == total - 4  # the two kept values' 3 steps and the stopped fine-tune's first step
-    assert sc.run_info()["resumed_coalitions"] == 3  # the empty coalition and the first two
+    info = sc.run_info()
+    assert info["resumed_coalitions"] == 3 and info["resumed_finetune_step"] == 1  # + the empty coalition
     assert not any(tmp_path.iterdir())
+
+
+def test_the_run_log_names_a_resumed_fine_tune():
+    from types import SimpleNamespace
+
+    from thresher.pipeline.scoring import _say_resumed
+
+    logs: list = []
+    info = {"resumed_coalitions": 3, "coalitions": 16, "resumed_finetune_step": 1}
+    _say_resumed(SimpleNamespace(run_info={"shed": info}, say=logs.append), "shed")
+    _say_resumed(
+        SimpleNamespace(run_info={"shed": {"resumed_coalitions": 2, "coalitions": 16}}, say=logs.append), "shed"
+    )
+    assert logs == [
+        "shed: resumed 3 of 16 coalition values, and a coalition's LoRA fine-tune at step 1 from its checkpoint",
+        "shed: resumed 2 of 16 coalition values from its checkpoint",
+    ]

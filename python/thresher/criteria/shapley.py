@@ -155,12 +155,13 @@ def finetune_value(
     val_rows: pd.DataFrame,
     keep: Optional[Path] = None,
     checkpoint_s: float = 0.0,
+    resumed: Optional[dict] = None,
     **train: Any,
 ) -> Callable:
     """v(S) = validation loss of ``lm`` minus that after LoRA training on rows S of ``train_rows``. With
     ``keep``, each fine-tune runs in that folder and saves its progress every ``checkpoint_s`` seconds, so one a
     stopped call left part-way goes on from its last saved step (:func:`thresher.train.warmup.warmup_resuming`);
-    the folder is emptied after each value."""
+    the folder is emptied after each value, and ``resumed['finetune_step']`` says where such a fine-tune went on."""
     enc = [
         e
         for e in encode_rows(val_rows, lm.tokenizer, template=train["template"], max_length=train["max_length"])
@@ -177,6 +178,8 @@ def finetune_value(
             out = keep if keep is not None else Path(tmp) / "run"
             w = warmup_resuming(train_rows.iloc[list(players)], lm, out, fraction=1.0, log=lambda _m: None,
                                 checkpoint_s=checkpoint_s if keep is not None else 0, **train)  # fmt: skip
+            if w.resumed_step is not None and resumed is not None:
+                resumed["finetune_step"] = w.resumed_step
             pm = lora_for_checkpoint(lm, w)
             load_lora(pm, w.checkpoints[-1] / "adapter.safetensors")
             pm.eval()
@@ -290,6 +293,7 @@ class Shed(Criterion):
         proxy_rows, val_rows = df.iloc[proxies].reset_index(drop=True), self._validation(df)
         store = self._checkpoint(proxy_rows, val_rows)
         self._lora_dir = None if store is None else store.dir.with_name(store.dir.name + "-lora")
+        self._resumed_ft: dict = {}
         try:
             phi = self._shapley(self.value_function(proxy_rows, val_rows), store, len(proxies))
         finally:
@@ -328,6 +332,9 @@ class Shed(Criterion):
                 store.keep()  # the coalitions finished so far are kept for the next call
             raise
         self._info = {"proxies": n}
+        ft = getattr(self, "_resumed_ft", {})
+        if "finetune_step" in ft:
+            self._info["resumed_finetune_step"] = ft["finetune_step"]
         if store is not None:
             self._info.update(checkpoint_saves=store.saved, resumed_coalitions=counts["resumed"],
                               coalitions=counts["resumed"] + counts["evaluated"])  # fmt: skip
@@ -341,6 +348,7 @@ class Shed(Criterion):
         every = self.options.get("checkpoint_s")
         every = DEFAULT_EVERY_S if every is None else float(every)
         return finetune_value(self.lm, proxy_rows, val_rows, keep=getattr(self, "_lora_dir", None),
+                              resumed=getattr(self, "_resumed_ft", None),
                               checkpoint_s=every, **{k: self.options[k] for k in _TRAIN})  # fmt: skip
 
 

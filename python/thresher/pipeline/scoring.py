@@ -463,8 +463,10 @@ def _say_resumed(st: RunState, col: str) -> None:
     elif info.get("resumed_rows"):
         st.say(f"{col}: resumed {info['resumed_rows']} of {info.get('scored_rows')} rows from its checkpoint")
     elif info.get("resumed_coalitions"):
-        st.say(f"{col}: resumed {info['resumed_coalitions']} of {info.get('coalitions')} coalition values from "
-               "its checkpoint")  # fmt: skip
+        step = info.get("resumed_finetune_step")
+        tune = f", and a coalition's LoRA fine-tune at step {step}" if step else ""
+        st.say(f"{col}: resumed {info['resumed_coalitions']} of {info.get('coalitions')} coalition values{tune} "
+               "from its checkpoint")  # fmt: skip
     elif info.get("resumed_blocks") or info.get("resumed_warmup_step"):
         step = info.get("resumed_warmup_step")
         warm = f", and the seed's LoRA warm-up at step {step}" if step else ""
