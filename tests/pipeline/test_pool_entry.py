@@ -56,6 +56,8 @@ def test_pool_entry_rows_are_iloc_for_every_slice(tmp_path, rows, group):
         for hi in range(lo, rows + 2):
             want = df.iloc[lo:hi].reset_index(drop=True)
             pd.testing.assert_frame_equal(entry.rows(slice(lo, hi)), want, check_index_type=False)
+            some = entry.rows(slice(lo, hi), ["knn_distance.reason", "absent", "id"])  # entry's column order
+            pd.testing.assert_frame_equal(some, want[["id", "knn_distance.reason"]], check_index_type=False)
     got = entry.frame({"knn_distance", "absent"})
     assert list(got.columns) == ["knn_distance"]
     np.testing.assert_array_equal(got["knn_distance"].to_numpy(), df["knn_distance"].to_numpy())

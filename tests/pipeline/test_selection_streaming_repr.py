@@ -205,3 +205,30 @@ def test_rows_and_values_held_are_bounded(pool, tmp_path, cache):
     assert 0 < sel.peak_rows <= 8 + 2 * m + SHARD
     assert 0 < sel.peak <= 4 * (m + SHARD)
     assert math.isfinite(sel.peak_rows) and sel.peak_rows < N
+
+
+# ------------------------------------------------------------------ a token budget
+@pytest.mark.parametrize("budget", [1, 2500, 10**9])
+def test_token_budget_walks_until_the_kept_rows_pass_it(pool, tmp_path, cache, budget):
+    """The repr filter keeps rows in order until their tokens pass the budget; the selection is the
+    prefix of those rows within the budget, as in memory (the walk over every row, then the cut) and
+    as a plain walk written here; only walked rows are embedded."""
+    from thresher.pipeline.selection import TokenBudgetSelection
+
+    kw = dict(criteria=["length"], selector=topk("length", 0.3), tokens=budget)
+    ref, s2, _, mem = run(pool, tmp_path / "mem", cache, in_memory=True, **kw)
+    res, s, sel, got = run(pool, tmp_path / "stream", cache, **kw)
+    assert got["kind"] == "streaming-topk-repr-tokens" and isinstance(sel, TokenBudgetSelection)
+    assert got["st"].embeddings is None and res.selected.tolist() == ref.selected.tolist()
+    v, tok = col(s, "length"), col(s, "tokens")
+    emb = embed_table(read_samples(str(pool)), cache_dir=Path(cache) / "embeddings").astype(np.float64)
+    kept: list = []
+    total = 0.0
+    for i in sorted(range(N), key=lambda i: (-v[i], i)):
+        if all(float(emb[i] @ emb[j]) <= 0.3 for j in kept):
+            total += tok[i]
+            if total > budget:
+                break
+            kept.append(i)
+    assert res.selected.tolist() == kept and tok[res.selected].sum() <= budget
+    assert sel.walk.embedded == sel.walk.walked and (budget == 10**9 or sel.walk.walked < N)

@@ -34,10 +34,10 @@ from ..io.writers import AtPositions, ExtraColumns, clash, write_selected
 from ..plan import TOKENS, PipelineConfig
 from ..registry import CRITERIA
 from ..report import write_report
+from .lm_tokens import token_count_kind
 from .outdir import data_label
 from .plugins import loaded_records, plugin_names
 from .scoring import TOKEN_CRITERION
-from .selection import token_count_kind
 from .state import RunState
 
 # Distributions reported in the manifest (first installed name of each entry).

@@ -41,7 +41,7 @@ class PoolSink:
 
 class PoolEntry:
     """A pool-scoped criterion's cache entry, read in parts: ``frame(columns)`` (whole columns) and
-    ``rows(slice)`` (the row groups a range of rows spans)."""
+    ``rows(slice, columns)`` (the row groups a range of rows spans)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -57,15 +57,18 @@ class PoolEntry:
         """The named columns this entry has, every row."""
         return pq.read_table(self.path, columns=[c for c in self.columns if c in set(columns)]).to_pandas()
 
-    def rows(self, sl: slice) -> pd.DataFrame:
-        """Rows ``sl.start`` .. ``sl.stop`` (a step-1 slice), every column, index from 0."""
+    def rows(self, sl: slice, columns: Any = None) -> pd.DataFrame:
+        """Rows ``sl.start`` .. ``sl.stop`` (a step-1 slice), index from 0: every column, or those of
+        ``columns`` the entry has."""
         lo, hi = int(sl.start or 0), min(int(len(self) if sl.stop is None else sl.stop), len(self))
         pf = pq.ParquetFile(self.path)
+        names = None if columns is None else [c for c in self.columns if c in set(columns)]
         if hi <= lo:
-            return pf.schema_arrow.empty_table().to_pandas()
+            empty = pf.schema_arrow.empty_table()
+            return (empty if names is None else empty.select(names)).to_pandas()
         first = int(np.searchsorted(self.starts, lo, side="right")) - 1  # the group holding row lo
         last = int(np.searchsorted(self.starts, hi, side="left"))  # groups that start before hi
-        table = pf.read_row_groups(list(range(first, last)))
+        table = pf.read_row_groups(list(range(first, last)), columns=names)
         return table.slice(lo - int(self.starts[first]), hi - lo).to_pandas()
 
 

@@ -19,6 +19,7 @@ from ..plan import TOKENS, Step
 from ..progress import scaled, task
 from ..registry import CRITERIA
 from .checkpoint import chunk_unit, drop_partial, score_checkpointed
+from .lm_tokens import TOKENS_LM, TOKENS_LM_SPEC, count_shard, counting_step, lm_tokens_key, worker_spec
 from .pool_entry import PoolEntry, PoolSink
 from .reading import PoolPiece, RemotePool, RemoteShard, remote_shards
 from .rowstore import GroupCoder, GroupColumn
@@ -126,6 +127,9 @@ def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
     digest, tkey, keys = _shard_keys(st, shard, tok_key)
     rk = row_keys(shard.ids, shard.hashes)
     tabs = {TOKENS: _token_table(st, shard, tok, tkey, digest)}
+    counting = counting_step(st.cfg, st.plan)
+    if counting is not None:  # a token budget counted with a model's tokenizer: while the shard is in hand
+        count_shard(st, counting, shard, digest)
     for step in st.shard_criteria():
         key = keys[step.col]
         df = st.cache.get(step.col, key, digest)
@@ -180,7 +184,7 @@ class _Rows:
     def add(self, shard: Any, tabs: dict) -> None:
         st = self.st
         self.store.append("tokens", tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64), np.float64)
-        self.selection.feed(_columns(tabs.values(), self.selection.needed), shard.start)
+        self.selection.feed(_columns(tabs.values(), self.selection.needed), shard.start, len(shard))
         remote = isinstance(shard, RemoteShard)
         if self.keep_texts and remote:  # a remote shard's texts stay on the cluster; its ids go to the store
             st.pool_tables.append(PoolPiece.of(shard, st.pool_put))
@@ -227,6 +231,9 @@ def start_pool(st: RunState) -> Any:
     # token counts: computed by the worker that reads a shard (the driver never holds its texts)
     tok_cls = type(token_counter())
     specs[TOKENS_SPEC] = CriterionSpec(TOKEN_CRITERION, TOKEN_CRITERION, None, tok_cls, {"unit": "tokens"})
+    counter = worker_spec(st.cfg, st.plan)  # a token budget's counts with a model's tokenizer, there too
+    if counter is not None:
+        specs[TOKENS_LM_SPEC] = CriterionSpec(TOKENS_LM, TOKENS, None, *counter)
     pool = start(ShardWorker, specs, str(st.cache.root), st.cfg.checkpoint_s)
     try:  # cache keys as the workers resolve them (their device and dtype), not as this process would
         if specs:
@@ -263,6 +270,7 @@ def _submit(st: RunState, pool: Any, shard: Any, tok: Any, tok_key: str, embedde
         for step in st.shard_criteria()
         if not st.cache.has(step.col, keys[step.col]) and _reuse(st, step, shard, keys[step.col], digest, rk) is None
     ]
+    todo += _lm_tokens_todo(st, shard.key, digest)
     jobs = []
     ids, idxs, refs = shard.pieces() if remote else (None, None, [])
     if todo:
@@ -273,6 +281,16 @@ def _submit(st: RunState, pool: Any, shard: Any, tok: Any, tok_key: str, embedde
                     else pool.submit("embed", shard.table, embedders))  # fmt: skip
     st.shards.append(ShardRef(shard.key, len(shard), digest, tkey, keys))
     return shard, digest, keys, tokens, jobs, tkey
+
+
+def _lm_tokens_todo(st: RunState, shard_key: str, digest: str) -> list:
+    """The workers' entry for a shard's counts with a model's tokenizer (a token budget), unless cached
+    or counted here (a loaded model object: :func:`~.lm_tokens.model_token_counts`)."""
+    step = counting_step(st.cfg, st.plan)
+    if step is None or worker_spec(st.cfg, st.plan) is None:
+        return []
+    key = lm_tokens_key(st, step, shard_key)
+    return [] if st.cache.info(TOKENS_LM, key).get("ids") == digest else [(TOKENS_LM, key, None, TOKENS_LM_SPEC)]
 
 
 def _entry(st: RunState, shard: Any, col: str, key: str, digest: str) -> pd.DataFrame:
@@ -500,6 +518,7 @@ def score_pool_scoped(st: RunState, selection: Selection) -> None:
         else:
             _say_resumed(st, step.col)
         st.pool_frames[step.col] = df
-        cols = df.frame(selection.needed) if isinstance(df, PoolEntry) else df
-        selection.feed_pool(_columns([cols], selection.needed))
+        if selection.wants_pool:  # (a streaming selection reads the entry back a shard's rows at a time)
+            cols = df.frame(selection.needed) if isinstance(df, PoolEntry) else df
+            selection.feed_pool(_columns([cols], selection.needed))
     st.lap("score_pool", t)

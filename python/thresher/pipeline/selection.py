@@ -2,13 +2,17 @@
 
 * :class:`StreamingSelection`: ``topk``, ``threshold`` (quantile or absolute), ``pareto`` and
   ``aggregate`` / ``weighted`` with a per-row fold (``weighted_sum`` or ``product``, ``normalize``
-  ``none``) on a sample budget (``k`` or ``ratio``), with per-row filters, no token budget and no
-  pool-scoped criteria, run as scans of the shards (:mod:`.streaming`): O(k + shard) score values
-  (the Pareto survivors for ``pareto``), the same selection as in memory.
+  ``none``) on a sample budget (``k`` or ``ratio``), with per-row filters, run as scans of the
+  shards (:mod:`.streaming`; a pool-scoped criterion's columns read back from its whole-pool entry a
+  shard's rows at a time): O(k + shard) score values (the Pareto survivors for ``pareto``), the same
+  selection as in memory.
 * :class:`ReprSelection`: the same selectors with ``diversity_tau`` (DEITA's repr filter): the
   greedy walks the first rows of the best-first order in rounds and embeds only those rows
   (:mod:`.streaming_repr`), O(k + m + shard) rows for ``m`` candidates; the same selection as in
   memory (same embeddings cache).
+* :class:`TokenBudgetSelection`: either of those on a token budget (``--tokens``): passes of a
+  doubling number of rows until the order's prefix passes the budget, O(m + shard) for ``m`` a small
+  multiple of the rows selected.
 * :class:`InMemorySelection`: any other selector keeps the columns it reads (one
   float64 per row each), applies the filters and calls the selector once.
 * :class:`ScoreOnly`: no selection (``thresher score``); filters still mark ``eligible``.
@@ -16,20 +20,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
 
-from ..cache import cache_key
-from ..criteria.base import model_fingerprint
-from ..models.loader import LoadedLM, load_tokenizer
-from ..plan import TOKENS, Plan, Step, apply_filters, budget_k, parse_filter
+from ..plan import TOKENS, Plan, apply_filters, budget_k, parse_filter
 from ..registry import SELECTORS
-from ..render import render_sample
 from ..selectors.base import check_k, columns_read, maximizing, parse_objectives
-from .state import RunState, concat
+from .lm_tokens import counting_step, model_token_counts
+from .state import RunState
 from .streaming import (
     AggregatePass,
     CountPass,
@@ -37,6 +39,7 @@ from .streaming import (
     ThresholdPass,
     TopKPass,
     count_at_least,
+    pool_owned,
     ratio_bound,
     replay,
     replayable,
@@ -48,9 +51,10 @@ class Selection:
     """Fed each shard's score columns (those in ``needed``) in order; ``result`` sets the decisions on the state."""
 
     needed: set
+    wants_pool = True  # fed the whole columns of pool-scoped criteria (``feed_pool``); a streaming one reads them back
 
-    def feed(self, cols: dict, offset: int) -> None:
-        """Columns of the shard whose first row has pool position ``offset``."""
+    def feed(self, cols: dict, offset: int, n: int) -> None:
+        """Columns of the shard of ``n`` rows whose first row has pool position ``offset``."""
 
     def feed_pool(self, cols: dict) -> None:
         """Columns of pool-scoped criteria (whole pool)."""
@@ -67,21 +71,24 @@ class StreamingSelection(Selection):
     is known before the pool is read (``k``, or a ratio of a recipe's ``ratio_base``) and no filter
     reads ``tokens`` (which the shards' columns do not carry), that pass runs as the shards are
     scored; otherwise a counting pass runs then (filters, eligible rows) and the selecting pass
-    replays the shards from the score cache once the budget is known."""
+    replays the shards from the score cache once the budget is known. A pool-scoped criterion's
+    columns are read back the same way, a shard's rows at a time, once the whole pool is scored."""
+
+    wants_pool = False
 
     def __init__(self, st: RunState, kind: str, columns: set, make_pass: Callable, bound: Optional[int]) -> None:
         self.st, self.kind, self.needed, self.make_pass = st, kind, set(columns), make_pass
         self.filters = list(st.plan.filters)
-        live = TOKENS not in {parse_filter(f)[0] for f in self.filters}
-        self.selecting = live and bound is not None
+        fcols = {parse_filter(f)[0] for f in self.filters}
+        live = TOKENS not in fcols and not pool_owned(st, fcols)
+        self.selecting = live and bound is not None and not pool_owned(st, self.needed)
         first = (make_pass(self.size(bound)) if self.selecting else CountPass(self.filters)) if live else None
         self.live = self._own(first) if first is not None else None
         self.replays = 0  # scans of the cache after the scoring pass
         self.peak = 0  # the most score values a pass held at once
 
-    def feed(self, cols: dict, offset: int) -> None:
+    def feed(self, cols: dict, offset: int, n: int) -> None:
         if self.live is not None:
-            n = len(next(iter(cols.values()))) if cols else 0
             self.live.scan(cols, offset, n)
             self.peak = max(self.peak, self.live.peak)
 
@@ -169,12 +176,78 @@ class ReprSelection(StreamingSelection):
         return 0 if self.walk is None else self.walk.peak_rows
 
 
+class TokenBudgetSelection(StreamingSelection):
+    """A token budget (``--tokens T``) on a streaming selector: the longest prefix of its best-first
+    order (of the rows the repr filter keeps, with ``diversity_tau``) whose tokens sum to at most ``T``,
+    as in memory. After a counting pass, a pass of ``m`` rows replays the cache: the first ``m`` holds
+    ``FIRST`` times the budget at the pool's mean tokens per row; while those rows (the rows the walk
+    kept) hold at most ``T`` tokens and the order has more, ``m`` doubles. Memory O(m + shard), ``m``
+    a small multiple of the rows selected. A budget counted with a model's tokenizer
+    (:mod:`.lm_tokens`) reads the counts into the run's row store first (a memory map, as ``tokens``)."""
+
+    wants_embeddings = False
+    FIRST = 2.0
+
+    def __init__(self, st: RunState, kind: str, columns: set, make_pass: Callable, tau: Optional[float]) -> None:
+        super().__init__(st, kind, columns, make_pass, None)
+        self.tau = None if tau is None else float(tau)
+        self.walk: Optional[ReprWalk] = None
+        self.candidates = 0  # the largest budget of a selecting pass
+
+    def result(self, st: RunState) -> None:
+        step = counting_step(st.cfg, st.plan)
+        if step is not None:  # counted with the scoring model's tokenizer
+            st.tokens = model_token_counts(st, step)
+        count = self.live if self.live is not None else self._scan(CountPass(self.filters))
+        if count.n != st.n:
+            raise RuntimeError(f"selection: fed {count.n} rows of a pool of {st.n}")
+        self.live = None
+        st.k = budget_k(st.cfg, st.n, st.plan.ratio_base, eligible=count.n_eligible, base=st.plan.budget_base)
+        st.eligible = count.eligible()
+        budget = int(st.cfg.tokens)
+        if self.tau is not None:
+            self.walk = ReprWalk(st, self.tau, count.n_eligible, tokens=budget)
+        n_elig = count.n_eligible
+        m, kept = self._first(n_elig, budget), np.zeros(0, np.int64)
+        while m > 0:
+            self.candidates = max(self.candidates, m)
+            p = self._scan(self.make_pass(m))
+            order = np.asarray(p.order(m, self.at_least(p)), dtype=np.int64)  # the first m rows of the order
+            kept, done = self._keep(st, order, budget)
+            if done or len(order) < m or m >= n_elig:
+                break
+            m = min(2 * m, n_elig)
+        st.order = within_tokens(kept, st.tokens, budget)
+
+    def _first(self, n_eligible: int, budget: int) -> int:
+        mean = float(np.mean(self.st.tokens)) if self.st.n else 1.0
+        return int(min(n_eligible, max(1, math.ceil(self.FIRST * budget / max(mean, 1.0)))))
+
+    def _keep(self, st: RunState, order: np.ndarray, budget: int) -> tuple[np.ndarray, bool]:
+        """The rows kept of the order so far, and whether they hold more than ``budget`` tokens."""
+        if self.walk is None:
+            return order, float(np.sum(np.asarray(st.tokens[order], dtype=np.float64))) > budget
+        self.walk.walk(order[self.walk.walked :])
+        return self.walk.kept, self.walk.done
+
+    @property
+    def peak_rows(self) -> int:
+        """The most rows the repr walk held at once (0 without ``diversity_tau``)."""
+        return 0 if self.walk is None else self.walk.peak_rows
+
+
+def within_tokens(order: np.ndarray, tokens: Any, budget: int) -> np.ndarray:
+    """The longest prefix of ``order`` whose ``tokens`` sum to at most ``budget``."""
+    csum = np.cumsum(np.asarray(tokens[order], dtype=np.float64))
+    return order[: int(np.searchsorted(csum, budget, side="right"))]
+
+
 class InMemorySelection(Selection):
     def __init__(self, needed: set) -> None:
         self.needed = set(needed)
         self.cols: dict = {}
 
-    def feed(self, cols: dict, offset: int) -> None:
+    def feed(self, cols: dict, offset: int, n: int) -> None:
         for c, v in cols.items():
             self.cols.setdefault(c, []).append(v)
 
@@ -184,7 +257,7 @@ class InMemorySelection(Selection):
 
     def result(self, st: RunState) -> None:
         colv = {c: np.concatenate(v) for c, v in self.cols.items()}
-        step = token_model(st.plan) if st.cfg.tokens is not None and not st.cfg.score_only else None
+        step = counting_step(st.cfg, st.plan)
         if step is not None:  # a token budget counts with the scoring model's tokenizer
             st.tokens = model_token_counts(st, step)
         colv[TOKENS] = st.tokens
@@ -211,10 +284,7 @@ class InMemorySelection(Selection):
         if len(rel) and (rel.min() < 0 or rel.max() >= len(elig) or len(np.unique(rel)) != len(rel)):
             raise ValueError(f"selector {sel.name!r} returned invalid row positions")
         order = elig[rel]
-        if cfg.tokens is not None:
-            csum = np.cumsum(st.tokens[order])
-            order = order[: int(np.searchsorted(csum, cfg.tokens, side="right"))]
-        return order
+        return within_tokens(order, st.tokens, cfg.tokens) if cfg.tokens is not None else order
 
 
 class ScoreOnly(InMemorySelection):
@@ -291,12 +361,10 @@ def _order_factory(name: str, opts: dict, filters: list) -> Optional[Callable]:
 
 
 def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
-    """The streaming selection of this run (:class:`ReprSelection` with ``diversity_tau``), or None
-    when its selector needs the whole pool in memory (a token budget, pool-scoped criteria, other
-    selectors and options)."""
+    """The streaming selection of this run (:class:`ReprSelection` with ``diversity_tau``,
+    :class:`TokenBudgetSelection` with a token budget), or None when its selector needs the whole pool
+    in memory (other selectors and options)."""
     cfg, plan = st.cfg, st.plan
-    if cfg.tokens is not None or st.pool_criteria():
-        return None
     entry = SELECTORS.get(plan.selector.name)
     opts = entry.resolve_options(dict(plan.selector.options))
     reads = set(columns_read(entry, opts))
@@ -307,7 +375,10 @@ def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
     if make is None or not replayable(st, columns):
         return None
     bound, kind = ratio_bound(cfg, plan.ratio_base), f"streaming-{plan.selector.name}"
-    if opts.get("diversity_tau") is not None:
+    tau = opts.get("diversity_tau")
+    if cfg.tokens is not None:
+        return TokenBudgetSelection(st, f"{kind}{'-repr' if tau is not None else ''}-tokens", columns, make, tau)
+    if tau is not None:
         return ReprSelection(st, f"{kind}-repr", columns, make, bound, opts["diversity_tau"])
     return StreamingSelection(st, kind, columns, make, bound)
 
@@ -324,74 +395,17 @@ def select(st: RunState, selection: Selection) -> None:
     )
 
 
-# ------------------------------------------------------------------ token counts for a token budget
-TOKENS_LM = "tokens-lm"  # cache folder of the model-tokenizer counts
-
-
-def token_model(plan: Plan) -> Optional[Step]:
-    """The first model-based criterion (one with a ``model`` option): its tokenizer counts a token budget."""
-    for step in plan.criteria:
-        m = step.options.get("model")
-        if isinstance(m, (str, LoadedLM)):
-            return step
-    return None
-
-
-def token_count_kind(cfg: Any, plan: Plan) -> str:
-    """What ``tokens`` counts: ``tokenizer of <criterion> (<model>)`` under a token budget with a
-    model-based criterion, else ``approximate`` (the ``length`` criterion's estimate)."""
-    step = token_model(plan) if cfg.tokens is not None and not cfg.score_only else None
-    if step is None:
-        return "approximate"
-    return f"tokenizer of {step.col} ({model_fingerprint(step.options['model'])}), whole conversation"
-
-
-def _tokenizer(st: RunState, step: Step) -> Any:
-    sc = st.scorers.get(step.col)
-    if getattr(sc, "tokenizer", None) is not None:
-        return sc.tokenizer
-    m = step.options["model"]
-    return m.tokenizer if isinstance(m, LoadedLM) else load_tokenizer(m)
-
-
-def count_tokens(table: pd.DataFrame, tokenizer: Any, template: str) -> pd.DataFrame:
-    """Tokens of each row's whole rendered conversation (prompt template or chat template, every turn)."""
-    counts = np.zeros(len(table), dtype=np.float64)
-    for i, row in enumerate(table.to_dict("records")):
-        r = render_sample(row, template, tokenizer, sid=str(row["id"]))
-        counts[i] = len(tokenizer(r.text, add_special_tokens=not r.special_in_text)["input_ids"])
-    return pd.DataFrame({"id": table["id"].astype(str), TOKENS: counts})
-
-
-def model_token_counts(st: RunState, step: Step) -> np.ndarray:
-    """Per pool row, its token count with ``step``'s tokenizer (cached per shard; one more pass over
-    the input only for the shards the cache lacks)."""
-    template = step.options.get("template") or "alpaca"
-    mkey = f"{model_fingerprint(step.options['model'])}/template={template}/v1"
-    keys = [cache_key(TOKENS_LM, mkey, ref.key) for ref in st.shards]
-    parts = [st.cache.get(TOKENS_LM, k, ref.ids) for k, ref in zip(keys, st.shards)]
-    if any(p is None for p in parts):
-        tok = _tokenizer(st, step)
-        for i, shard in enumerate(st.source.shards()):
-            if parts[i] is None:
-                table = count_tokens(shard.table, tok, template)
-                parts[i] = st.cache.put(TOKENS_LM, keys[i], table, ids=st.shards[i].ids)
-    return concat([p[TOKENS].to_numpy(np.float64) for p in parts], np.float64)
-
-
 __all__ = [
     "Selection",
     "StreamingSelection",
     "StreamingTopK",
     "ReprSelection",
+    "TokenBudgetSelection",
+    "within_tokens",
     "streaming_selection",
     "InMemorySelection",
     "ScoreOnly",
     "make_selection",
     "select",
     "needed_columns",
-    "token_model",
-    "token_count_kind",
-    "model_token_counts",
-    "count_tokens",
 ]

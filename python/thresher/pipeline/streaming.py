@@ -12,9 +12,10 @@ only what its selection can still need:
 * :class:`ParetoPass`: the ``pareto`` selector; keeps the rows that can still be in the fronts that
   fill ``k`` (the pruning rule and its proof are in the class docstring).
 
-:func:`replay` reads the shards back from the score cache (``st.shards``), so a pass whose size is
-known only after the whole pool was seen (a ``ratio`` budget, a filter on ``tokens``) runs as a
-second scan. Every pass records ``peak``: the most score values it held at once (its buffers plus
+:func:`replay` reads the shards back from the score cache (``st.shards``; a pool-scoped criterion's
+columns a shard's rows at a time from its whole-pool entry), so a pass whose size is known only after
+the whole pool was seen (a ``ratio`` or token budget, a filter on ``tokens``, a pool-scoped column)
+runs as a later scan. Every pass records ``peak``: the most score values it held at once (its buffers plus
 the shard being scanned), the memory bound the tests check.
 """
 
@@ -269,26 +270,54 @@ def _owner(column: str, crits: list) -> Optional[str]:
     return max(hits, key=len) if hits else None
 
 
+def pool_owned(st: RunState, columns: set) -> bool:
+    """Whether one of ``columns`` belongs to a pool-scoped criterion (scored after the last shard)."""
+    crits = [s.col for s in st.pool_criteria()]
+    return any(c != TOKENS and _owner(c, crits) is not None for c in columns)
+
+
 def replayable(st: RunState, columns: set) -> bool:
-    """Whether every column can be read back from the shards' cache entries (or ``st.tokens``)."""
-    crits = [s.col for s in st.shard_criteria()]
+    """Whether every column can be read back shard by shard: from the shards' cache entries, from a
+    pool-scoped criterion's entry (a range of its rows), or ``st.tokens``."""
+    crits = [s.col for s in st.shard_criteria()] + [s.col for s in st.pool_criteria()]
     return all(c == TOKENS or _owner(c, crits) is not None for c in columns)
 
 
+def _pool_rows(frame: Any, columns: list, offset: int, n: int) -> Any:
+    """Rows ``offset .. offset + n`` of a pool-scoped criterion's scores: a :class:`~.pool_entry.PoolEntry`
+    reads just the row groups they span; an in-memory table is sliced."""
+    if hasattr(frame, "rows"):
+        return frame.rows(slice(offset, offset + n), columns)
+    return frame.iloc[offset : offset + n]
+
+
+def _shard_table(st: RunState, crit: str, ref: Any, offset: int, columns: list) -> Any:
+    """The score table of ``crit`` for one shard: its cache entry, or its rows of a pool-scoped entry."""
+    if crit in st.pool_frames:
+        df = _pool_rows(st.pool_frames[crit], columns, offset, ref.n)
+        if len(df) != ref.n:
+            raise RuntimeError(f"selection: the scores of {crit!r} end at row {offset + len(df)} of {st.n}")
+        return df
+    df = st.cache.get(crit, ref.keys[crit], ref.ids)
+    if df is None:
+        where = st.cache.path(crit, ref.keys[crit])
+        raise RuntimeError(f"selection: the cache entry {where} of a scored shard is missing or changed")
+    return df
+
+
 def replay(st: RunState, columns: set) -> Iterator[tuple[dict, int, int]]:
-    """``(cols, offset, n)`` of each shard in pool order, read back from the score cache."""
-    crits = [s.col for s in st.shard_criteria()]
+    """``(cols, offset, n)`` of each shard in pool order, read back from the score cache (a pool-scoped
+    criterion's columns: the same rows of its whole-pool entry)."""
+    crits = [s.col for s in st.shard_criteria()] + [s.col for s in st.pool_criteria()]
     owners = {c: _owner(c, crits) for c in columns if c != TOKENS}
     offset = 0
     for ref in st.shards:
         cols: dict = {}
         for crit in sorted(set(owners.values())):
-            df = st.cache.get(crit, ref.keys[crit], ref.ids)
-            if df is None:
-                where = st.cache.path(crit, ref.keys[crit])
-                raise RuntimeError(f"selection: the cache entry {where} of a scored shard is missing or changed")
-            for c, o in owners.items():
-                if o == crit and c in df.columns:
+            mine = [c for c, o in owners.items() if o == crit]
+            df = _shard_table(st, crit, ref, offset, mine)
+            for c in mine:
+                if c in df.columns:
                     cols[c] = df[c].to_numpy(np.float64, na_value=np.nan)
         if TOKENS in columns:
             cols[TOKENS] = np.asarray(st.tokens[offset : offset + ref.n], dtype=np.float64)

@@ -16,7 +16,7 @@ Only the kept rows' embeddings stay between rounds.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -62,13 +62,16 @@ def embed_rows(st: RunState, positions: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 class ReprWalk:
-    """The repr filter walked over successive slices of the best-first order, ``budget`` rows at most.
+    """The repr filter walked over successive slices of the best-first order, ``budget`` rows at most
+    (with ``tokens``, a token budget: done once the rows kept hold more tokens than that).
 
     ``walk(candidates)``: the next rows of the order (pool positions); ``kept``: the positions kept,
     in order. ``peak_rows``: the most rows (kept embeddings, candidates, the shard being read) held."""
 
-    def __init__(self, st: RunState, tau: float, budget: int) -> None:
+    def __init__(self, st: RunState, tau: float, budget: int, tokens: Optional[int] = None) -> None:
         self.st, self.tau, self.budget = st, float(tau), int(budget)
+        self.tokens = tokens  # a token budget: done once the kept rows' tokens (``st.tokens``) pass it
+        self.kept_tokens = 0.0
         self.kept = np.zeros(0, dtype=np.int64)
         self.kept_emb: Any = None
         self.walked = 0  # rows of the order walked so far
@@ -78,7 +81,7 @@ class ReprWalk:
 
     @property
     def done(self) -> bool:
-        return len(self.kept) >= self.budget
+        return len(self.kept) >= self.budget or (self.tokens is not None and self.kept_tokens > self.tokens)
 
     def walk(self, candidates: np.ndarray) -> None:
         cand = np.asarray(candidates, dtype=np.int64)
@@ -97,6 +100,8 @@ class ReprWalk:
             raise RuntimeError("selection: the repr filter rejected a row it had kept (similarity exactly at tau?)")
         new = rel[nk:] - nk
         self.kept = np.concatenate([self.kept, cand[new]])
+        if self.tokens is not None:
+            self.kept_tokens += float(np.sum(np.asarray(self.st.tokens[cand[new]], dtype=np.float64)))
         self.kept_emb = np.concatenate([base, emb[new]])
         self.walked += len(cand)
 
