@@ -376,3 +376,35 @@ def test_a_save_that_fails_on_the_way_out_leaves_the_calls_own_error(tmp_path, m
     with pytest.raises(Stop):  # not the OSError of the save
         sc(pool_frame(120))
     assert not any(tmp_path.iterdir())
+
+
+def test_a_semdedup_stopped_after_its_k_means_does_not_run_it_again(tmp_path, monkeypatch):
+    """k-means (minutes at a million rows) is saved once it is done: a call stopped in the scans takes
+    the centroids and labels back, and the scores equal an unbroken call's."""
+    x = vectors(200, 8, seed=12, dup=((0, 5), (1, 150)))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    want = scorer("semdedup", x, n_clusters=5)(pool_frame(200))
+    runs: list = []
+    real = diversity.kmeans
+    monkeypatch.setattr(diversity, "kmeans", lambda *a, **k: runs.append(1) or real(*a, **k))
+
+    def stop_at_first_cluster(fn, tasks):
+        raise Stop
+        yield  # a generator
+
+    first = scorer("semdedup", x, n_clusters=5, checkpoint_dir=str(tmp_path), checkpoint_s=3600)
+    first.mapper = stop_at_first_cluster
+    with pytest.raises(Stop):
+        first(pool_frame(200))
+    assert len(runs) == 1 and len(list(tmp_path.glob("*/part-*.npz"))) == 1  # the k-means, no cluster yet
+    second = scorer("semdedup", x, n_clusters=5, checkpoint_dir=str(tmp_path), checkpoint_s=3600)
+    got = second(pool_frame(200))
+    pd.testing.assert_frame_equal(got, want)
+    assert len(runs) == 1 and second.run_info()["resumed_kmeans"] is True
+    assert not any(tmp_path.iterdir())  # complete: both stores are gone
+    third = scorer("semdedup", x, n_clusters=5, checkpoint_dir=str(tmp_path), checkpoint_s=3600)
+    third(pool_frame(200))
+    assert len(runs) == 2 and third.run_info()["resumed_kmeans"] is False
+    never = scorer("semdedup", x, n_clusters=5, checkpoint_dir=str(tmp_path), checkpoint_s=0)  # 0: nothing saved
+    pd.testing.assert_frame_equal(never(pool_frame(200)), want)
+    assert len(runs) == 3 and not any(tmp_path.iterdir())

@@ -70,6 +70,7 @@ def test_counted_while_scoring_the_input_read_once(pool, model, tmp_path, reads)
     np.testing.assert_array_equal(s["tokens"].to_numpy(), oracle_counts(pool, model))
     sel = s[s["selected"]].sort_values("rank")
     assert 0 < len(sel) < N and sel["tokens"].sum() <= 4000
+    assert res.manifest["budget"]["selected_tokens"] == int(sel["tokens"].sum())  # the budget's use, in the manifest
     assert len(list((tmp_path / "c" / TOKENS_LM).glob("*.parquet"))) == 4  # one entry per shard of 16
     reads.clear()
     again, s2 = run(pool, tmp_path / "o2", model, tmp_path / "c")

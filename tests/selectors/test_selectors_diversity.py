@@ -270,6 +270,23 @@ def test_car_matches_an_independent_implementation(backend, monkeypatch):
     assert set(got.tolist()) == want and len(got) == len(want)
 
 
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize("block", [1, 7 * 5, 1 << 20])  # values: rows x 5 dimensions
+def test_kmeans_inertia_in_blocks_is_the_whole_sum(monkeypatch, spherical, block):
+    """Summed a block of rows at a time (no float64 copy of the pool): the float64 objective written out
+    here, to float64 rounding, for blocks of one row, of seven rows and of the whole input; empty input."""
+    import thresher.cluster as cl
+
+    monkeypatch.setattr(cl, "INERTIA_BLOCK", block)
+    x = clustered(53, 4, 5, 0.3, seed=3)
+    cent = x[:4].astype(np.float64) + 0.01
+    lab = np.arange(53) % 4
+    xd, c = x.astype(np.float64), cent[lab]
+    want = float((1.0 - (xd * c).sum(1)).sum()) if spherical else float(((xd - c) ** 2).sum())
+    assert cl.kmeans_inertia(x, cent, lab, spherical) == pytest.approx(want, rel=1e-12)
+    assert cl.kmeans_inertia(x[:0], cent, lab[:0], spherical) == 0.0
+
+
 def test_kmeans_restarts_keep_the_lowest_inertia(monkeypatch):
     """n_init runs seeds seed..seed+n_init-1 and keeps the run with the lowest sum of squared
     distances (computed here in numpy); k-means++ seeds lie on distinct rows."""

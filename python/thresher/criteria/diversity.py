@@ -50,7 +50,7 @@ from ..index import KINDS, KNNIndex
 from ..ops.knn_shard import DEFAULT_QUERY_ROWS, DEFAULT_SHARD_ROWS, sharded_knn
 from ..registry import CRITERIA, Option
 from .base import Criterion, digest, embedder_fingerprint, sample_ids
-from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, search_identity
+from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, kept_or_computed, search_identity
 
 _EMB_OPTS = [
     # type left open: besides a name, an encoder object (duck-typed: .encode, .dim, .fingerprint) is accepted
@@ -423,11 +423,15 @@ class SemDeDup(_PoolCriterion):
             stores.append(self._store(emb, labels, call="semdedup", **opts))
             return stores[-1]
 
-        out = semdedup_scores(emb, **opts, mapper=self.mapper, store_for=store_for)
+        km = self._store(emb, call="semdedup-kmeans", n_clusters=int(c), seed=opts["seed"])
+        out = semdedup_scores(emb, **opts, mapper=self.mapper, store_for=store_for, kmeans_store=km)
         if stores and stores[0] is not None:
             self._info.update(checkpoint_saves=stores[0].saved, resumed_rows=int(stores[0].restored))
             self._info["scored_rows"] = int(len(emb))
+            self._info["resumed_kmeans"] = bool(km is not None and km.restored)
             stores[0].clear()
+        if km is not None:
+            km.clear()
         return out
 
 
@@ -452,17 +456,21 @@ def semdedup_scores(
     seed: int = 0,
     mapper: Callable[[Callable, Iterable], Iterable] = map,
     store_for: Optional[Callable[[np.ndarray], Any]] = None,
+    kmeans_store: Optional[Any] = None,
 ) -> dict:
     """{"": max sim to an earlier sample of the cluster, "keep": 0/1, "cluster": id} per row.
     The clusters are scanned as independent tasks run by ``mapper`` (builtin ``map``: here).
     ``store_for(labels)``: a checkpoint store of the scans (blocks: cluster number -> similarities,
-    :class:`~thresher.criteria.search_checkpoint.SearchCheckpoint`) or None, asked once k-means is done."""
+    :class:`~thresher.criteria.search_checkpoint.SearchCheckpoint`) or None, asked once k-means is done;
+    ``kmeans_store``: one for the k-means result (centroids, labels), saved once it is done."""
     n = emb.shape[0]
     sim = np.full(n, -1.0)
     lab = np.zeros(n, np.int64)
     if n == 0:
         return {"": sim, "keep": np.zeros(0), "cluster": lab}
-    cent, lab = kmeans(emb, n_clusters_for(n, n_clusters), seed=seed, spherical=True)
+    c = n_clusters_for(n, n_clusters)
+    (cent, lab), _ = kept_or_computed(kmeans_store, lambda: kmeans(emb, c, seed=seed, spherical=True))
+    lab = np.asarray(lab, dtype=np.int64)
     x = np.ascontiguousarray(emb, dtype=np.float32)
     xt = torch.from_numpy(x)
     centt = torch.from_numpy(cent)

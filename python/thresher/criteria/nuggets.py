@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..cluster import kmeans
+from ..cluster import kmeans, kmeans_inertia
 from ..embed import embed_texts, get_embedder, sample_texts
 from ..features.loader import prefetch, windows
 from ..features.tokens import Unit, prefix_reuse_losses
@@ -104,11 +104,11 @@ def kmeans_anchor_rows(emb: np.ndarray, m: int, seed: int, n_init: int = 10) -> 
     """Sorted row positions of the anchors: per k-means cluster (``m`` clusters, ``n_init`` seeded
     restarts, the lowest inertia kept) the member nearest its centroid (Euclidean, ties to the
     lower row); empty clusters give none."""
-    x = np.asarray(emb, dtype=np.float64)
+    x = np.ascontiguousarray(emb, dtype=np.float32)  # (k-means runs in float32; no float64 copy of the pool)
     best = None
     for t in range(n_init):  # restarts, the lowest inertia kept (a single Lloyd run can merge clusters)
         c, lb = kmeans(x, m, seed=seed * n_init + t)
-        inertia = float(((x - np.asarray(c, dtype=np.float64)[lb]) ** 2).sum())
+        inertia = kmeans_inertia(x, c, lb)
         if best is None or inertia < best[0]:
             best = (inertia, np.asarray(c, dtype=np.float64), lb)
     _, cent, lab = best
@@ -116,7 +116,7 @@ def kmeans_anchor_rows(emb: np.ndarray, m: int, seed: int, n_init: int = 10) -> 
     for g in range(len(cent)):
         members = np.flatnonzero(lab == g)
         if members.size:
-            d = ((x[members] - cent[g]) ** 2).sum(1)
+            d = ((np.asarray(x[members], dtype=np.float64) - cent[g]) ** 2).sum(1)
             pick.append(int(members[np.lexsort((members, d))[0]]))
     return np.asarray(sorted(set(pick)), dtype=np.int64)
 

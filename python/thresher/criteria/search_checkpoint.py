@@ -28,7 +28,7 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -49,6 +49,20 @@ def search_identity(*arrays: np.ndarray, **params: Any) -> str:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a.reshape(-1)).cast("B"))
     return h.hexdigest()
+
+
+def kept_or_computed(store: Optional["SearchCheckpoint"], compute: Callable[[], tuple]) -> tuple[tuple, bool]:
+    """The arrays of a step done once per call (e.g. k-means: centroids and labels) from ``store``'s
+    block 0 when an earlier call finished it, else ``compute()``, saved at once (it is all or nothing);
+    and whether they were kept. A failing save is dropped: the step's result is still returned."""
+    got = None if store is None else store.get(0)
+    if got is not None:
+        return tuple(got), True
+    out = tuple(compute())
+    if store is not None:
+        store.put(0, *out)
+        store.keep()
+    return out, False
 
 
 class SearchCheckpoint:

@@ -283,6 +283,12 @@ def file_sha(p: Optional[Path]) -> Optional[str]:
     return h.hexdigest()
 
 
+def _selected_tokens(st: RunState) -> int:
+    """The tokens the selection holds (as the token budget counts them)."""
+    order = np.asarray(st.order if st.order is not None else [], dtype=np.int64)
+    return int(np.asarray(st.tokens[np.sort(order)], dtype=np.float64).sum()) if len(order) else 0
+
+
 def _models(st: RunState) -> dict:
     """Model fingerprints of the criteria: from the loaded scorer, else as recorded in the cache entry."""
     models = {}
@@ -338,6 +344,7 @@ def manifest(st: RunState) -> dict:
             "base": plan.budget_base,
             "resolved_k": st.k,
             "token_count": token_count_kind(cfg, plan),
+            "selected_tokens": _selected_tokens(st) if cfg.tokens is not None else None,
         },
         "score_only": bool(cfg.score_only),
         "selected": int(len(st.order)),
