@@ -134,6 +134,21 @@ class ScoreCache:
             os.utime(p)
         return table.to_pandas()
 
+    def read_columns(self, criterion: str, key: str, digest: str, columns: Any) -> Optional[pd.DataFrame]:
+        """Columns ``columns`` (those the entry has) of an entry this run already read or wrote in full
+        (:meth:`get` checked its ids then), or None when it is missing, unreadable or its metadata names
+        other ids: a later scan of a selection, so only the metadata's digest is checked, and it is not
+        counted as a hit or a miss."""
+        p = self.path(criterion, key)
+        try:
+            schema = pq.read_schema(p)
+            meta = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
+            if meta.get("ids") != digest:
+                return None
+            return pq.read_table(p, columns=[c for c in schema.names if c in set(columns)]).to_pandas()
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+
     @staticmethod
     def _covers(table: pa.Table, want: str) -> bool:
         try:

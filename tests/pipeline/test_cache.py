@@ -118,3 +118,21 @@ def test_criterion_names_are_sanitised(tmp_path):
         assert c.path(name, "k").parent.parent == tmp_path
     c.put("../evil/name", "k", table(2))
     assert c.entries() == [p]
+
+
+def test_read_columns_checks_the_metadata_digest_and_reads_only_what_is_asked(tmp_path):
+    """A selection's later scans: the columns asked for (in the entry's order; unknown names ignored),
+    None for an entry of other ids, a missing or a truncated file; no hit or miss counted."""
+    c = ScoreCache(tmp_path)
+    t = table(6)
+    d = ids_digest(t["id"].tolist())
+    c.put("crit", "k", t, ids=d)
+    hits, misses = c.hits, c.misses
+    got = c.read_columns("crit", "k", d, ["x", "absent", "id"])
+    pd.testing.assert_frame_equal(got, t[["id", "x"]])
+    assert c.read_columns("crit", "k", ids_digest(["other"]), ["x"]) is None
+    assert c.read_columns("crit", "gone", d, ["x"]) is None
+    p = c.path("crit", "k")
+    p.write_bytes(p.read_bytes()[:40])  # truncated (outside the atomic writes)
+    assert c.read_columns("crit", "k", d, ["x"]) is None
+    assert (c.hits, c.misses) == (hits, misses)

@@ -298,7 +298,7 @@ def _shard_table(st: RunState, crit: str, ref: Any, offset: int, columns: list) 
         if len(df) != ref.n:
             raise RuntimeError(f"selection: the scores of {crit!r} end at row {offset + len(df)} of {st.n}")
         return df
-    df = st.cache.get(crit, ref.keys[crit], ref.ids)
+    df = st.cache.read_columns(crit, ref.keys[crit], ref.ids, columns)
     if df is None:
         where = st.cache.path(crit, ref.keys[crit])
         raise RuntimeError(f"selection: the cache entry {where} of a scored shard is missing or changed")
