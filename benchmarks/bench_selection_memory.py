@@ -1,10 +1,12 @@
 """What the driver holds per pool row to select, streaming against in memory (issue 10: "selection at
 scale ... memory O(k + shard), not O(N)").
 
-Two selections that used to collect their score columns on the driver, now scans of the score cache:
+Selections that used to collect their score columns on the driver, now scans of the score cache:
 
 * ``token-budget``: ``length`` + ``mtld``, top rows by mtld within ``--tokens`` tokens (``--tokens``),
   at ``--rows // 4`` and ``--rows`` rows (default 250,000 and 1,000,000);
+* ``gumbel``: ``length`` + ``mtld``, ``gumbel_topk`` (DSIR's resampling) on mtld, a ratio of 0.05 (DSIR's
+  default), at the same sizes;
 * ``pool-scoped``: ``length`` + ``knn_distance`` (exact kNN-6 on precomputed ``--knn-dim``-dimensional
   embeddings, as ``bench_scale.py --knn-large``), top ``--k`` by knn_distance, at ``--knn-rows // 4``
   and ``--knn-rows`` rows (default 50,000 and 200,000).
@@ -74,7 +76,7 @@ shutil.rmtree({out!r}, ignore_errors=True)
 tracemalloc.start()
 t = time.perf_counter()
 res = run_pipeline(PipelineConfig(data={data!r}, out={out!r}, cache_dir={cache!r}, criteria={criteria!r},
-                                  selector={{"name": "topk", "options": {{"criterion": {sel!r}}}}}, **{budget!r},
+                                  selector={selector!r}, **{budget!r},
                                   shard_size={shard}, engine="ray", engine_options={{"workers": 1}}, report=False,
                                   quiet=True))
 dt = time.perf_counter() - t
@@ -86,16 +88,17 @@ print(json.dumps({{"seconds": dt, "driver_heap_peak_mb": max(tracemalloc.get_tra
 """
 
 
-def one(name: str, data: Path, work: Path, criteria: list, budget: dict, in_memory: bool, args) -> dict:
-    """One run (the score cache emptied first; precomputed embeddings kept)."""
+def one(name: str, data: Path, work: Path, criteria: list, budget: dict, in_memory: bool, args,
+        selector: str = "topk") -> dict:  # fmt: skip
+    """One run (the score cache emptied first; precomputed embeddings kept); ``selector`` on the last criterion."""
     cache = work / f"cache-{name}"
     for sub in cache.glob("*"):
         if sub.name != "embeddings":
             shutil.rmtree(sub, ignore_errors=True)
     sel = criteria[-1] if isinstance(criteria[-1], str) else criteria[-1]["name"]
     code = CHILD.format(py=str(ROOT / "python"), in_memory=in_memory, cpus=args.threads + 1, out=str(work / "out"),
-                        data=str(data), cache=str(cache), criteria=criteria, sel=sel, budget=budget,
-                        shard=args.shard_size)  # fmt: skip
+                        data=str(data), cache=str(cache), criteria=criteria, budget=budget, shard=args.shard_size,
+                        selector={"name": selector, "options": {"criterion": sel}})  # fmt: skip
     r = run_child(code, args.threads)
     print(f"{name} {'in-memory' if in_memory else 'streaming'} {r['rows']} rows: {r['seconds']:.1f} s, heap peak "
           f"{r['driver_heap_peak_mb']:.1f} MB, selection {r['select_start_mb']:.1f} -> {r['select_peak_mb']:.1f} MB, "
@@ -103,7 +106,8 @@ def one(name: str, data: Path, work: Path, criteria: list, budget: dict, in_memo
     return r
 
 
-def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, args, embedder: str = "") -> dict:
+def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, args, embedder: str = "",
+             selector: str = "topk") -> dict:  # fmt: skip
     """Both contenders at both sizes; the heap growth per row of each; the selections compared."""
     runs: dict = {"streaming": [], "in-memory": []}
     for rows in sizes:
@@ -112,9 +116,10 @@ def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, a
         if embedder:
             fill_embeddings(work, f"{name}-{rows}", data, embedder)
         for c in runs:
-            runs[c].append(one(f"{name}-{rows}", data, work, criteria, budget, c == "in-memory", args))
+            runs[c].append(one(f"{name}-{rows}", data, work, criteria, budget, c == "in-memory", args, selector))
     same = all(a["selected"] == b["selected"] for a, b in zip(runs["streaming"], runs["in-memory"]))
-    out: dict = {"sizes": sizes, "budget": budget, "same_selection": same, "runs": runs, "bytes_per_row": {}}
+    out: dict = {"sizes": sizes, "selector": selector, "budget": budget, "same_selection": same, "runs": runs,
+                 "bytes_per_row": {}}  # fmt: skip
     for c, rs in runs.items():
         for r in rs:
             r["selected"] = len(r["selected"])
@@ -123,12 +128,15 @@ def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, a
     return out
 
 
-WORKLOADS = ("token-budget", "pool-scoped")
+WORKLOADS = ("token-budget", "pool-scoped", "gumbel")
 
 
 def run_workload(name: str, work: Path, args: argparse.Namespace) -> dict:
     if name == "token-budget":
         return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"tokens": args.tokens}, args)
+    if name == "gumbel":  # DSIR's resampling at DSIR's default budget
+        return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"ratio": 0.05}, args,
+                        selector="gumbel_topk")  # fmt: skip
     embedder = tiny_embedder(work, args.knn_dim)
     knn = {"name": "knn_distance", "options": {"embedder": embedder, "k": 6}}
     return workload(name, [args.knn_rows // 4, args.knn_rows], work, ["length", knn], {"k": args.k}, args, embedder)

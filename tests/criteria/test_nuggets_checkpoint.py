@@ -134,3 +134,56 @@ def test_a_pipeline_run_stopped_in_nuggets_resumes_from_the_candidates_it_finish
     assert st["calls"] == 40 - 16
     assert any("nuggets: resumed 16 of 40 rows" in m for m in logs), logs
     assert not (tmp_path / "cache" / "nuggets" / "search-checkpoints").exists()
+
+
+class CountingEmbedder:
+    """Fixed 2-d unit vectors (row i at angle 10 i degrees); counts the texts it encodes."""
+
+    fingerprint = "points"
+    dim = 2
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, texts, batch_size=64):
+        import numpy as np
+
+        self.encoded += len(texts)
+        ang = np.deg2rad([10.0 * int(t.split()[3].rstrip(".")) for t in texts])
+        return np.stack([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+
+
+def test_a_stopped_call_keeps_its_kmeans_anchors_and_does_not_embed_the_pool_again(lm, tmp_path, monkeypatch):
+    """The anchor choice is kept once made: the resumed call embeds nothing and scores as an unbroken call;
+    another seed or an edited pool chooses again; the complete call removes what it kept."""
+    monkeypatch.setattr(nug_mod, "ITEM_BLOCK", 8)
+
+    def km(emb, **kw):
+        return CRITERIA.get("nuggets").obj(model=lm, n_anchors=3, seed=kw.pop("seed", 2), embedder=emb,
+                                           batch_tokens=256, checkpoint_dir=str(tmp_path), **kw)  # fmt: skip
+
+    want = CRITERIA.get("nuggets").obj(model=lm, n_anchors=3, seed=2, embedder=CountingEmbedder(),
+                                       batch_tokens=256)(pool(20))  # fmt: skip
+    st = stopping(monkeypatch)
+    st["after"] = 12  # window 0 (8 candidates) done
+    first = CountingEmbedder()
+    with pytest.raises(Stop):
+        km(first, checkpoint_s=3600)(pool(20))
+    assert first.encoded == 20 and len(list(tmp_path.iterdir())) == 2  # the anchors, the finished window
+    for other, rows in ((km(CountingEmbedder(), seed=3, checkpoint_s=3600), pool(20)),
+                        (km(CountingEmbedder(), checkpoint_s=3600), pool(20, shift=1))):  # fmt: skip
+        st.update(calls=0, after=1)
+        with pytest.raises(Stop):
+            other(rows)
+        assert other.options["embedder"].encoded == 20  # other anchors: chosen again
+    st.update(calls=0, after=0)
+    emb = CountingEmbedder()
+    sc = km(emb, checkpoint_s=3600)
+    pd.testing.assert_frame_equal(sc(pool(20)), want)
+    info = sc.run_info()
+    assert emb.encoded == 0 and info["resumed_anchors"] is True and info["resumed_rows"] == 8
+    assert st["calls"] == 20 - 8
+    assert len(list(tmp_path.iterdir())) == 2  # only the other calls' anchor choices are left
+    fresh = CountingEmbedder()
+    km(fresh, checkpoint_s=0)(pool(20))
+    assert fresh.encoded == 20 and len(list(tmp_path.iterdir())) == 2  # checkpoint_s 0: nothing kept or read

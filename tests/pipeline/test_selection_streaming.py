@@ -1,6 +1,7 @@
 """Streaming selection (thresher.pipeline.streaming): top-k with filters and ratio budgets, exact
-quantile thresholds and Pareto fronts merged across shards, each equal to the in-memory selection
-on the same scores and to an independent oracle; and the memory it holds."""
+quantile thresholds, Pareto fronts merged across shards and Gumbel-top-k (DSIR: the oracle draws the
+documented noise, one uniform of ``default_rng(seed)`` per eligible row in pool order), each equal to the
+in-memory selection on the same scores and to an independent oracle; and the memory it holds."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 
 from conftest import run_with_selection, write_bigbench_head
 from thresher.pipeline.selection import _pass_factory
-from thresher.pipeline.streaming import ParetoPass, ThresholdPass, TopKPass, dominators
+from thresher.pipeline.streaming import GumbelPass, ParetoPass, ThresholdPass, TopKPass, dominators
 from thresher.selectors.basic import pareto, threshold, topk
+from thresher.selectors.gumbel import gumbel_draws, gumbel_topk
 
 N = 120
 
@@ -273,3 +275,82 @@ def test_missing_column_names_it():
         TopKPass([], "y", True, 3).scan({"x": np.ones(4)}, 0, 4)
     with pytest.raises(ValueError, match="no column 'y' in the scores"):
         ParetoPass([], [("x", True), ("y", False)], 3).scan({"x": np.ones(4)}, 0, 4)
+
+
+# ------------------------------------------------------------------ gumbel_topk (DSIR)
+def oracle_gumbel(
+    v: np.ndarray, eligible: np.ndarray, seed: int, temperature: float = 1.0, maximize: bool = True
+) -> list:
+    """Every eligible row with a score, by descending key (ties by lower position): a plain loop."""
+    rows = [i for i in range(len(v)) if eligible[i]]
+    u = np.random.default_rng(seed).random(len(rows))
+    keys = {}
+    for r, x in zip(rows, u):
+        if not math.isnan(v[r]):
+            keys[r] = (v[r] if maximize else -v[r]) / temperature - math.log(-math.log(x))
+    return sorted(keys, key=lambda i: (-keys[i], i))
+
+
+def gumbel(**opts) -> dict:
+    return {"name": "gumbel_topk", "options": {"criterion": "fake_len", **opts}}
+
+
+@pytest.mark.parametrize("shard", [1, 7, 1000])
+def test_gumbel_every_layout_gives_the_oracles_rows(pool, tmp_path, cache, shard):
+    res, s, sel = both(pool, tmp_path, cache, "streaming-gumbel_topk", criteria=["fake_len"], selector=gumbel(),
+                       k=12, shard_size=shard, seed=5)  # fmt: skip
+    assert res.selected.tolist() == oracle_gumbel(col(s, "fake_len"), np.ones(N, bool), 5)[:12]
+    assert sel.peak <= 2 * 12 + 2 * min(shard, N) < 2 * N or shard == 1000
+
+
+def test_gumbel_filters_ratio_direction_and_temperature(pool, tmp_path, cache):
+    """The noise is drawn for the eligible rows only (as the selector sees them), NaN scores included."""
+    res, s, _ = both(pool, tmp_path, cache, "streaming-gumbel_topk", criteria=["fake_len", "length"],
+                     selector=gumbel(direction="min", temperature=0.25), filters=["length >= 20"], ratio=0.2,
+                     seed=11)  # fmt: skip
+    elig = col(s, "length") >= 20
+    assert 0 < elig.sum() < N and s["eligible"].tolist() == elig.tolist()
+    want = oracle_gumbel(col(s, "fake_len"), elig, 11, 0.25, maximize=False)
+    assert res.selected.tolist() == want[: res.k] and res.k == round(0.2 * N)
+
+
+def test_gumbel_token_budget_and_a_pool_scoped_criterion(pool, tmp_path, cache):
+    res, s, _ = both(pool, tmp_path / "t", cache, "streaming-gumbel_topk-tokens", criteria=["fake_len"],
+                     selector=gumbel(), tokens=1500, seed=3)  # fmt: skip
+    tok, order, total, want = col(s, "tokens"), oracle_gumbel(col(s, "fake_len"), np.ones(N, bool), 3), 0.0, []
+    for i in order:
+        total += tok[i]
+        if total > 1500:
+            break
+        want.append(i)
+    assert res.selected.tolist() == want and len(want) > 0
+    res, s, _ = both(pool, tmp_path / "p", cache, "streaming-gumbel_topk", criteria=["fake_pool"],
+                     selector=gumbel(criterion="fake_pool"), k=9, seed=3)  # fmt: skip
+    assert res.selected.tolist() == oracle_gumbel(col(s, "fake_pool"), np.ones(N, bool), 3)[:9]
+
+
+@pytest.mark.parametrize("sizes", [[0, 3, 1, 50, 0, 9], [63], [1] * 20])
+def test_gumbel_pass_over_shards_is_the_selector_on_the_whole(sizes):
+    """Ties (integer values), NaN and -inf scores, empty shards: one pass in pieces, the selector on the whole."""
+    rng = np.random.default_rng(0)
+    n = sum(sizes)
+    v = rng.integers(0, 4, n).astype(np.float64)
+    v[rng.random(n) < 0.1], v[rng.random(n) < 0.05] = np.nan, -np.inf
+    mask = rng.random(n) < 0.8
+    for maximize, k in ((True, 7), (False, n + 5)):
+        p = GumbelPass([], "x", maximize, k, 4, 0.5)
+        off = 0
+        for m in sizes:
+            p.take({"x": v[off : off + m]}, off, mask[off : off + m])
+            off += m
+        elig = np.flatnonzero(mask)
+        want = elig[gumbel_topk(pd.DataFrame({"x": v[elig]}), k, seed=4, criterion="x",
+                                direction="max" if maximize else "min", temperature=0.5)]  # fmt: skip
+        assert p.order(k, lambda t: 0).tolist() == want.tolist()
+
+
+def test_gumbel_draws_in_pieces_are_one_draw():
+    one = gumbel_draws(np.random.default_rng(9), 1000)
+    rng = np.random.default_rng(9)
+    pieces = np.concatenate([gumbel_draws(rng, m) for m in (0, 1, 7, 500, 0, 492)])
+    np.testing.assert_array_equal(pieces, one)

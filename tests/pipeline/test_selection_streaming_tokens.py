@@ -35,7 +35,21 @@ def both(pool, tmp_path, cache, kind, **kw):
     assert got["kind"] == kind
     assert res.selected.tolist() == ref.selected.tolist() and res.k == ref.k
     assert s["eligible"].tolist() == s2["eligible"].tolist() and s["tokens"].tolist() == s2["tokens"].tolist()
+    assert res.manifest["budget"] == ref.manifest["budget"]  # selected_tokens and stopped_before too
     return res, s, sel
+
+
+def stopped_before(s: pd.DataFrame, order: list, budget: int) -> dict | None:
+    """The manifest's record of the first row of ``order`` the budget leaves out (a plain loop), or None."""
+    tok, total = col(s, "tokens"), 0.0
+    for i in order:
+        total += float(tok[i])
+        if total > budget:
+            used = int(sum(float(tok[j]) for j in cut(order, tok, budget)))
+            row = s.iloc[i]
+            return {"source_file": row["source_file"], "source_line": int(row["source_line"]),
+                    "tokens": int(tok[i]), "tokens_left": budget - used}  # fmt: skip
+    return None
 
 
 def col(s: pd.DataFrame, name: str) -> np.ndarray:
@@ -68,6 +82,11 @@ def test_topk_token_budget_every_layout(pool, tmp_path, cache, shard, budget):
     v, tok = col(s, "fake_len"), col(s, "tokens")
     want = cut(best_first(v, np.ones(N, bool)), tok, budget)
     assert res.selected.tolist() == want and isinstance(sel, TokenBudgetSelection)
+    stop = stopped_before(s, best_first(v, np.ones(N, bool)), budget)
+    assert res.manifest["budget"]["stopped_before"] == stop and (stop is None) == (budget == 10**9)
+    log = (tmp_path / "stream" / "run.log").read_text()
+    said = "nothing selected: the first row of the order (pool.jsonl:" if budget == 1 else "stops before pool.jsonl:"
+    assert (said in log) == (stop is not None)
     assert tok[res.selected].sum() <= budget
     if budget == 1:
         assert want == []

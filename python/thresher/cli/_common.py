@@ -281,7 +281,13 @@ def add_budget_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--ratio", type=float, default=None, help="select this fraction of the pool")
     g.add_argument("--k", type=int, default=None, help="select N samples")
-    g.add_argument("--tokens", type=int, default=None, help="select up to T tokens (the scoring model's tokenizer)")
+    g.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="select the longest best-first prefix of at most T tokens (the scoring model's tokenizer when a "
+        "criterion loads one, else approximate)",
+    )
 
 
 # ------------------------------------------------------------------ from arguments to a config

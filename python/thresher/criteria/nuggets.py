@@ -36,7 +36,10 @@ A stopped call resumes: with ``checkpoint_dir`` set (a pipeline run sets it insi
 one-shot log-probabilities of each window are kept, saved about every ``checkpoint_s`` seconds and when
 the call raises (:mod:`thresher.criteria.search_checkpoint`), with a digest of the window's candidate
 tokens. A call with the same model, anchors and pool size computes only the windows it does not find
-with the same digest (an edited row re-does its own window): the scores of an unbroken call.
+with the same digest (an edited row re-does its own window): the scores of an unbroken call. The k-means
+anchors are kept there too, once chosen (identity: the pool's ids and texts, the embedder and its
+device, the count and the seed), so the resumed call does not embed the pool again
+(``run_info()["resumed_anchors"]``).
 
 ``scorer.run_info()`` (after a call) records the anchors of that call: how they were
 chosen (``kmeans``, ``random``, ``file``, ``given``), the seed, the count asked and
@@ -56,6 +59,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..cluster import kmeans, kmeans_inertia
+from ..device import resolve_device
 from ..embed import embed_texts, get_embedder, sample_texts
 from ..features.loader import prefetch, windows
 from ..features.tokens import Unit, prefix_reuse_losses
@@ -65,7 +69,7 @@ from ..registry import CRITERIA, Option
 from ..render import TEMPLATES, SampleError, render_sample, tokenize_rendered
 from .base import Batch, Skip, digest, embedder_fingerprint
 from .loss import LossCriterion, _max_length, _opts
-from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, search_identity
+from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, kept_or_computed, search_identity
 
 LISTED_ANCHOR_IDS = 200  # run_info lists the anchor ids up to this many, else a digest
 ITEM_BLOCK = 64  # candidates per checkpoint block
@@ -206,6 +210,8 @@ class Nuggets(LossCriterion):
         self._zero_cache: dict = {}
         self._batch_anchors: list = []
         self._info: dict = {}
+        self._anchor_store: Optional[SearchCheckpoint] = None  # the k-means anchors of the call in progress
+        self._anchors_resumed: Optional[bool] = None
 
     def run_info(self) -> dict:
         """The anchors of the last call (JSON-serialisable); ``{"criterion", "scored": False}`` before any."""
@@ -253,12 +259,40 @@ class Nuggets(LossCriterion):
             ], rows
         take = min(self.options["n_anchors"], b.n)
         if self.options["anchor_select"] == "kmeans" and take:
-            emb = embed_texts(sample_texts(b.df), get_embedder(self.options["embedder"]))
-            pick = kmeans_anchor_rows(emb, take, self.options["seed"])
+            pick = self._kmeans_anchors(b, take)
         else:
             rng = np.random.default_rng(self.options["seed"])
             pick = np.sort(rng.choice(b.n, size=take, replace=False)) if take else np.zeros(0, np.int64)
         return [b.ids[i] for i in pick], [b.rows[i] for i in pick]
+
+    def _kmeans_anchors(self, b: Batch, take: int) -> np.ndarray:
+        """Sorted pool positions of the k-means anchors. With a checkpoint folder they are kept there once
+        chosen (:func:`kept_or_computed`), so a stopped call resumes without embedding the pool again."""
+        texts = sample_texts(b.df)
+        self._anchor_store = self._anchors_checkpoint(b, texts, take)
+
+        def choose() -> tuple:
+            emb = embed_texts(texts, get_embedder(self.options["embedder"]))
+            return (kmeans_anchor_rows(emb, take, self.options["seed"]),)
+
+        (pick,), kept = kept_or_computed(self._anchor_store, choose)
+        self._anchors_resumed = kept if self._anchor_store is not None else None
+        return np.asarray(pick, dtype=np.int64)
+
+    def _anchors_checkpoint(self, b: Batch, texts: list, take: int) -> Optional[SearchCheckpoint]:
+        """The store of the k-means anchor choice: its identity digests the pool's ids and texts, the
+        embedder (fingerprint and device), the anchor count and the seed; None without a checkpoint folder."""
+        folder, every = self.options.get("checkpoint_dir"), self.options.get("checkpoint_s")
+        if folder is None or (every is not None and float(every) <= 0):
+            return None
+        h = hashlib.blake2b(digest_size=16)
+        for sid, text in zip(b.ids, texts):
+            h.update(f"{len(str(sid))}:{sid}{len(text)}:".encode())
+            h.update(text.encode("utf-8", "surrogatepass"))
+        ident = search_identity(np.frombuffer(h.digest(), np.uint8), call="nuggets-anchors", rows=b.n, n=take,
+                                seed=self.options["seed"], embedder=embedder_fingerprint(self.options["embedder"]),
+                                device=resolve_device(None))  # fmt: skip
+        return SearchCheckpoint(folder, ident, DEFAULT_EVERY_S)
 
     def _anchors(self, b: Batch) -> list[tuple[str, Any]]:
         """[(anchor id, Tokenized)] of the usable anchors (chosen ONCE per call: the pool). An anchor of
@@ -282,6 +316,8 @@ class Nuggets(LossCriterion):
                 continue
             out.append((aid, tk))
         self._record_anchors(b, ids, [aid for aid, _ in out])
+        if self._anchors_resumed is not None:
+            self._info["resumed_anchors"] = self._anchors_resumed
         self._info["anchor_max_tokens"] = limit
         return out
 
@@ -366,6 +402,9 @@ class Nuggets(LossCriterion):
         per: list[dict] = [{} for _ in range(b.n)]
         if self._batch_anchors:
             self._score_windows(b, per)
+        if self._anchor_store is not None:  # the call is complete: its anchor choice is not needed again
+            self._anchor_store.clear()
+            self._anchor_store, self._anchors_resumed = None, None
         return self.frame(b, self.columns(b, per))
 
     def _window(self, b: Batch, sl: slice) -> tuple[int, list, list]:

@@ -289,6 +289,20 @@ def _selected_tokens(st: RunState) -> int:
     return int(np.asarray(st.tokens[np.sort(order)], dtype=np.float64).sum()) if len(order) else 0
 
 
+def _token_stop(st: RunState) -> Optional[dict]:
+    """A token budget's first row of the order left out (it does not fit in the tokens left), as
+    ``scores.parquet`` names it; None when no row of the order was left out, or with no token budget."""
+    if st.token_stop is None:
+        return None
+    pos = int(st.token_stop)
+    return {
+        "source_file": source_file_names(st.source)[int(st.files[pos])],
+        "source_line": int(st.lines[pos]),
+        "tokens": int(st.tokens[pos]),
+        "tokens_left": int(st.cfg.tokens) - _selected_tokens(st),
+    }
+
+
 def _models(st: RunState) -> dict:
     """Model fingerprints of the criteria: from the loaded scorer, else as recorded in the cache entry."""
     models = {}
@@ -345,6 +359,7 @@ def manifest(st: RunState) -> dict:
             "resolved_k": st.k,
             "token_count": token_count_kind(cfg, plan),
             "selected_tokens": _selected_tokens(st) if cfg.tokens is not None else None,
+            "stopped_before": _token_stop(st),
         },
         "score_only": bool(cfg.score_only),
         "selected": int(len(st.order)),

@@ -1,7 +1,7 @@
 """The select stage, chosen once per run as an object fed shard by shard.
 
-* :class:`StreamingSelection`: ``topk``, ``threshold`` (quantile or absolute), ``pareto`` and
-  ``aggregate`` / ``weighted`` with a per-row fold (``weighted_sum`` or ``product``, ``normalize``
+* :class:`StreamingSelection`: ``topk``, ``gumbel_topk`` (DSIR), ``threshold`` (quantile or absolute),
+  ``pareto`` and ``aggregate`` / ``weighted`` with a per-row fold (``weighted_sum`` or ``product``, ``normalize``
   ``none``) on a sample budget (``k`` or ``ratio``), with per-row filters, run as scans of the
   shards (:mod:`.streaming`; a pool-scoped criterion's columns read back from its whole-pool entry a
   shard's rows at a time): O(k + shard) score values (the Pareto survivors for ``pareto``), the same
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -35,6 +36,7 @@ from .state import RunState
 from .streaming import (
     AggregatePass,
     CountPass,
+    GumbelPass,
     ParetoPass,
     ThresholdPass,
     TopKPass,
@@ -217,7 +219,9 @@ class TokenBudgetSelection(StreamingSelection):
             if done or len(order) < m or m >= n_elig:
                 break
             m = min(2 * m, n_elig)
-        st.order = within_tokens(kept, st.tokens, budget)
+        st.order, st.token_stop = within_tokens(kept, st.tokens, budget), None
+        if len(st.order) < len(kept):
+            st.token_stop = int(kept[len(st.order)])
 
     def _first(self, n_eligible: int, budget: int) -> int:
         mean = float(np.mean(self.st.tokens)) if self.st.n else 1.0
@@ -284,7 +288,11 @@ class InMemorySelection(Selection):
         if len(rel) and (rel.min() < 0 or rel.max() >= len(elig) or len(np.unique(rel)) != len(rel)):
             raise ValueError(f"selector {sel.name!r} returned invalid row positions")
         order = elig[rel]
-        return within_tokens(order, st.tokens, cfg.tokens) if cfg.tokens is not None else order
+        if cfg.tokens is None:
+            return order
+        head = within_tokens(order, st.tokens, cfg.tokens)
+        st.token_stop = int(order[len(head)]) if len(head) < len(order) else None
+        return head
 
 
 class ScoreOnly(InMemorySelection):
@@ -331,17 +339,18 @@ def _threshold_ok(opts: dict) -> bool:
 AGGREGATE_PER_ROW = ("weighted_sum", "product")  # folds of one row's values (with normalize="none")
 
 
-def _pass_factory(name: str, opts: dict, filters: list) -> Optional[Callable]:
+def _pass_factory(name: str, opts: dict, filters: list, seed: int = 0) -> Optional[Callable]:
     """``k -> pass`` of a selector that streams with these options (None: it needs the whole pool,
     or a repr filter: see :func:`_order_factory`)."""
     if opts.get("diversity_tau") is not None:
         return None  # the repr filter walks the best-first order with the embeddings
-    return _order_factory(name, opts, filters)
+    return _order_factory(name, opts, filters, seed)
 
 
-def _order_factory(name: str, opts: dict, filters: list) -> Optional[Callable]:
+def _order_factory(name: str, opts: dict, filters: list, seed: int = 0) -> Optional[Callable]:
     """``m -> pass`` whose ``order(kk)`` is the first ``kk <= m`` rows of the selector's best-first
-    order (``diversity_tau`` aside), or None when that order needs the whole pool."""
+    order (``diversity_tau`` aside), or None when that order needs the whole pool. ``seed``: the run's
+    (a seeded selector's draws)."""
     if name in ("aggregate", "weighted"):
         method = opts.get("method", "weighted_sum") if name == "aggregate" else "weighted_sum"
         if method not in AGGREGATE_PER_ROW or opts.get("normalize") != "none":
@@ -357,6 +366,9 @@ def _order_factory(name: str, opts: dict, filters: list) -> Optional[Callable]:
     if name == "pareto":
         objectives = parse_objectives(opts["objectives"])
         return lambda k: ParetoPass(filters, objectives, k)
+    if name == "gumbel_topk":
+        col, maxi, temp = opts["criterion"], maximizing(opts["criterion"], opts.get("direction")), opts["temperature"]
+        return lambda k: GumbelPass(filters, col, maxi, k, seed, temp)
     return None
 
 
@@ -371,7 +383,7 @@ def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
     if not reads or TOKENS in reads:
         return None
     columns = reads | {parse_filter(f)[0] for f in plan.filters}
-    make = _order_factory(plan.selector.name, opts, list(plan.filters))
+    make = _order_factory(plan.selector.name, opts, list(plan.filters), cfg.seed)
     if make is None or not replayable(st, columns):
         return None
     bound, kind = ratio_bound(cfg, plan.ratio_base), f"streaming-{plan.selector.name}"
@@ -393,6 +405,22 @@ def select(st: RunState, selection: Selection) -> None:
         f"selected {len(st.order)} of {st.n} rows ({100.0 * len(st.order) / max(st.n, 1):.2f}%), "
         f"{int(st.eligible.sum())} eligible after filters {st.plan.filters or '[]'}"
     )
+    if st.token_stop is not None:
+        st.say(token_stop_message(st))
+
+
+def token_stop_message(st: RunState) -> str:
+    """Why a token budget's selection ends where it does: the first row of the order left out does not
+    fit in the tokens left (the budget keeps a prefix of the order, :func:`within_tokens`)."""
+    pos, budget = int(st.token_stop), int(st.cfg.tokens)
+    used = float(np.sum(np.asarray(st.tokens[np.asarray(st.order, dtype=np.int64)], dtype=np.float64)))
+    where = f"{Path(st.source.files[int(st.files[pos])]).name}:{int(st.lines[pos])}"
+    need = int(st.tokens[pos])
+    if not len(st.order):
+        return (f"token budget: nothing selected: the first row of the order ({where}) alone holds {need} tokens, "
+                f"over --tokens {budget}")  # fmt: skip
+    return (f"token budget: the selection stops before {where} of the order, whose {need} tokens do not fit in "
+            f"the {budget - int(used)} left of {budget}")  # fmt: skip
 
 
 __all__ = [

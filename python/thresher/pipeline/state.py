@@ -78,6 +78,7 @@ class RunState:
     cache_misses: int = 0
     k: int = 0
     order: Any = None  # selected pool positions, best first
+    token_stop: Optional[int] = None  # a token budget: the position of the first row of the order left out
     eligible: Any = None  # bool per row: passed the filters
     selection_kind: str = ""  # streaming-topk|streaming-threshold|streaming-pareto|in-memory|score-only
     outputs: dict = field(default_factory=dict)  # kind -> path written

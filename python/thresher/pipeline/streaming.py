@@ -9,6 +9,7 @@ only what its selection can still need:
 * :class:`ThresholdPass`: the ``threshold`` selector (``absolute`` as a per-row test, ``quantile``
   exact from the top ``k`` and the count of scored rows; see :meth:`ThresholdPass.order`).
 * :class:`AggregatePass`: ``aggregate`` / ``weighted`` with a per-row fold, as a top-k of the combined score.
+* :class:`GumbelPass`: ``gumbel_topk`` (DSIR), a top-k of the noisy keys, the noise drawn in pool order.
 * :class:`ParetoPass`: the ``pareto`` selector; keeps the rows that can still be in the fronts that
   fill ``k`` (the pruning rule and its proof are in the class docstring).
 
@@ -29,6 +30,7 @@ import torch
 from ..ops import TopKAccumulator
 from ..plan import TOKENS, apply_filters
 from ..selectors.basic import aggregate_scores, pareto_order
+from ..selectors.gumbel import gumbel_draws
 from .state import RunState, concat
 
 _CMP_ELEMS = 1 << 22  # elements of one [rows, rows, objectives] dominance comparison block
@@ -190,6 +192,25 @@ class AggregatePass(TopKPass):
         rows = np.flatnonzero(mask)  # as in memory: only the eligible rows are folded (product checks signs)
         if len(rows):
             out[rows] = aggregate_scores(mat[rows], self.maxi, self.method, self.weights, "none")
+        return out
+
+
+class GumbelPass(TopKPass):
+    """``gumbel_topk`` (DSIR's resampling): the top ``k`` of ``value / temperature`` plus Gumbel noise
+    (value negated for a minimised criterion). The noise is drawn per eligible row in pool order from
+    one generator seeded as in memory (:func:`~thresher.selectors.gumbel.gumbel_draws`), so the keys are
+    those the selector computes on the eligible rows; a fresh pass draws the same noise again."""
+
+    def __init__(self, filters: list, column: str, maximize: bool, k: int, seed: int, temperature: float) -> None:
+        super().__init__(filters, column, True, k)
+        self.sign, self.temperature = (1.0 if maximize else -1.0), float(temperature)
+        self.rng = np.random.default_rng(int(seed))
+
+    def values(self, cols: dict, mask: np.ndarray) -> np.ndarray:
+        v = values_of(cols, self.column, mask)
+        rows = np.flatnonzero(mask)  # one draw per eligible row, a NaN score's too (as in memory)
+        out = np.full(len(mask), np.nan)
+        out[rows] = self.sign * v[rows] / self.temperature + gumbel_draws(self.rng, len(rows))
         return out
 
 

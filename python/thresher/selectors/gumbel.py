@@ -21,7 +21,13 @@ from .base import CRITERION, DIRECTION, order_by, score_values, selector
 
 def gumbel_noise(n: int, seed: int) -> np.ndarray:
     """The Gumbel(0, 1) draws of :func:`gumbel_topk` (see the module doc)."""
-    u = np.random.default_rng(seed).random(n)
+    return gumbel_draws(np.random.default_rng(seed), n)
+
+
+def gumbel_draws(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The next ``n`` Gumbel(0, 1) draws of ``rng``: drawn in pieces, they are the values of one draw
+    (each uniform takes the next 64 bits of the stream), which the streaming selection relies on."""
+    u = rng.random(n)
     with np.errstate(divide="ignore"):
         return -np.log(-np.log(u))
 
