@@ -7,6 +7,8 @@ Selections that used to collect their score columns on the driver, now scans of 
   at ``--rows // 4`` and ``--rows`` rows (default 250,000 and 1,000,000);
 * ``gumbel``: ``length`` + ``mtld``, ``gumbel_topk`` (DSIR's resampling) on mtld, a ratio of 0.05 (DSIR's
   default), at the same sizes;
+* ``groups``: ``group_topk`` on mtld within each of the 957 BIG-bench tasks (round robin), ratio 0.05, at the
+  same sizes;
 * ``pool-scoped``: ``length`` + ``knn_distance`` (exact kNN-6 on precomputed ``--knn-dim``-dimensional
   embeddings, as ``bench_scale.py --knn-large``), top ``--k`` by knn_distance, at ``--knn-rows // 4``
   and ``--knn-rows`` rows (default 50,000 and 200,000).
@@ -128,12 +130,15 @@ def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, a
     return out
 
 
-WORKLOADS = ("token-budget", "pool-scoped", "gumbel")
+WORKLOADS = ("token-budget", "pool-scoped", "gumbel", "groups")
 
 
 def run_workload(name: str, work: Path, args: argparse.Namespace) -> dict:
     if name == "token-budget":
         return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"tokens": args.tokens}, args)
+    if name == "groups":  # the best rows of every BIG-bench task in turn (957 groups: the ``task`` field)
+        return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"ratio": 0.05}, args,
+                        selector="group_topk")  # fmt: skip
     if name == "gumbel":  # DSIR's resampling at DSIR's default budget
         return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"ratio": 0.05}, args,
                         selector="gumbel_topk")  # fmt: skip

@@ -5,6 +5,7 @@ in-memory selection on the same scores and to an independent oracle; and the mem
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -14,9 +15,12 @@ import pandas as pd
 import pytest
 
 from conftest import run_with_selection, write_bigbench_head
+from thresher.pipeline.rowstore import GroupColumn
 from thresher.pipeline.selection import _pass_factory
 from thresher.pipeline.streaming import GumbelPass, ParetoPass, ThresholdPass, TopKPass, dominators
+from thresher.pipeline.streaming_groups import GroupKeepPass, GroupStatsPass, proportional_quotas, round_robin_quotas
 from thresher.selectors.basic import pareto, threshold, topk
+from thresher.selectors.diversity import group_topk
 from thresher.selectors.gumbel import gumbel_draws, gumbel_topk
 
 N = 120
@@ -354,3 +358,137 @@ def test_gumbel_draws_in_pieces_are_one_draw():
     rng = np.random.default_rng(9)
     pieces = np.concatenate([gumbel_draws(rng, m) for m in (0, 1, 7, 500, 0, 492)])
     np.testing.assert_array_equal(pieces, one)
+
+
+# ------------------------------------------------------------------ group_topk
+@pytest.fixture(scope="module")
+def grouped_pool(pool, tmp_path_factory) -> Path:
+    """The pool with a ``bucket`` field of uneven groups (sizes 35, 35, 17, 17, 16 of 120 rows)."""
+    dst = tmp_path_factory.mktemp("grouped") / "pool.jsonl"
+    with open(pool, encoding="utf-8") as src, open(dst, "w", encoding="utf-8") as out:
+        for i, line in enumerate(src):
+            row = json.loads(line)
+            row["bucket"] = f"b{(i * i) % 7 % 5}"
+            out.write(json.dumps(row) + "\n")
+    return dst
+
+
+def oracle_group_topk(v, groups, eligible, k, equal=True, maximize=True) -> list:
+    """Plain loops: rows best first, groups by their best row; round robin, or largest-remainder quotas."""
+    rows = sorted((i for i in range(len(v)) if eligible[i] and not math.isnan(v[i])),
+                  key=lambda i: (-v[i] if maximize else v[i], i))  # fmt: skip
+    per: dict = {}
+    for i in rows:
+        per.setdefault(groups[i], []).append(i)
+    lists = list(per.values())  # insertion order: by each group's best row
+    if equal:
+        out, depth = [], 0
+        while len(out) < k and any(depth < len(x) for x in lists):
+            out += [x[depth] for x in lists if depth < len(x)][: k - len(out)]
+            depth += 1
+        return out
+    kk = min(k, len(rows))
+    exact = [len(x) / len(rows) * kk for x in lists]
+    q = [math.floor(e) for e in exact]
+    for j in sorted(range(len(lists)), key=lambda j: (-round(exact[j] - q[j], 9), j))[: kk - sum(q)]:
+        q[j] += 1
+    chosen = {i for x, qq in zip(lists, q) for i in x[: min(qq, len(x))]}
+    return [i for i in rows if i in chosen]
+
+
+def group_sel(quota="equal", **opts) -> dict:
+    return {"name": "group_topk", "options": {"criterion": "fake_len", "quota": quota, **opts}}
+
+
+@pytest.mark.parametrize("quota", ["equal", "proportional"])
+@pytest.mark.parametrize("shard", [1, 7, 1000])
+def test_group_topk_every_layout_gives_the_oracles_rows(grouped_pool, tmp_path, cache, quota, shard):
+    res, s, sel = both(grouped_pool, tmp_path, cache, "streaming-group_topk", criteria=["fake_len"],
+                       selector=group_sel(quota), k=23, shard_size=shard, group_field="bucket")  # fmt: skip
+    g = s["group"].astype(str).tolist()
+    assert res.selected.tolist() == oracle_group_topk(col(s, "fake_len"), g, np.ones(N, bool), 23, quota == "equal")
+    assert sel.replays == 2 and (sel.peak <= 3 * (23 + 5) + 6 * min(shard, N) < 3 * N or shard == 1000)
+
+
+@pytest.mark.parametrize("quota", ["equal", "proportional"])
+def test_group_topk_filters_ratio_direction_and_a_budget_above_the_pool(grouped_pool, tmp_path, cache, quota):
+    res, s, _ = both(grouped_pool, tmp_path / "a", cache, "streaming-group_topk", criteria=["fake_len", "length"],
+                     selector=group_sel(quota, direction="min"), filters=["length >= 20"], ratio=0.3,
+                     group_field="bucket")  # fmt: skip
+    elig, g = col(s, "length") >= 20, s["group"].astype(str).tolist()
+    assert 0 < elig.sum() < N and res.k == round(0.3 * N)
+    want = oracle_group_topk(col(s, "fake_len"), g, elig, res.k, quota == "equal", maximize=False)
+    assert res.selected.tolist() == want
+    res, s, _ = both(grouped_pool, tmp_path / "b", cache, "streaming-group_topk", criteria=["fake_len"],
+                     selector=group_sel(quota), k=N, group_field="bucket")  # fmt: skip
+    assert sorted(res.selected.tolist()) == np.flatnonzero(~np.isnan(col(s, "fake_len"))).tolist()
+
+
+def test_group_topk_default_groups_no_groups_and_a_token_budget(grouped_pool, tmp_path, cache):
+    """Without --group-field the groups are the ``task`` field (106 groups of 120 rows); a pool with no
+    group field gets the selector's error; a token budget stays in memory."""
+    res, s, _ = both(grouped_pool, tmp_path / "task", cache, "streaming-group_topk", criteria=["fake_len"],
+                     selector=group_sel(), k=30)  # fmt: skip
+    g = s["group"].astype(str).tolist()
+    assert len(set(g)) == 106 and res.selected.tolist() == oracle_group_topk(
+        col(s, "fake_len"), g, np.ones(N, bool), 30
+    )
+    plain = tmp_path / "plain.jsonl"
+    with open(grouped_pool, encoding="utf-8") as src, open(plain, "w", encoding="utf-8") as out:
+        for line in src:
+            row = json.loads(line)
+            out.write(json.dumps({k: v for k, v in row.items() if k not in ("task", "bucket")}) + "\n")
+    with pytest.raises(ValueError, match="group_topk needs groups, and the input has no field task, source"):
+        run(plain, tmp_path / "none", cache, criteria=["fake_len"], selector=group_sel(), k=5)
+    _, _, _, kind = run(grouped_pool, tmp_path / "tok", cache, criteria=["fake_len"], selector=group_sel(),
+                        tokens=900, group_field="bucket")  # fmt: skip
+    assert kind == "in-memory"
+
+
+@pytest.mark.parametrize("sizes", [[0, 5, 1, 40, 0, 14], [60], [1] * 25])
+def test_group_passes_over_shards_are_the_selector_on_the_whole(sizes):
+    """Ties (integer values), NaN and -inf scores, empty shards, groups of one row: the quotas and
+    the layout against the in-memory selector on the whole."""
+    rng = np.random.default_rng(1)
+    n = sum(sizes)
+    v = rng.integers(0, 3, n).astype(np.float64)
+    v[rng.random(n) < 0.1], v[rng.random(n) < 0.05] = np.nan, -np.inf
+    mask = rng.random(n) < 0.85
+    labels = ["g0", "g1", "g2", "g3", "solo"]
+    codes = rng.choice(4, n).astype(np.int32)
+    codes[n // 2] = 4
+    groups = GroupColumn(codes, labels)
+    for maximize, k, equal in ((True, 9, True), (False, 9, False), (True, n + 3, True), (True, 0, False)):
+        stats = GroupStatsPass([], "x", maximize, groups)
+        feed_in_pieces(stats, v, mask, sizes)
+        order = stats.group_order()
+        q = (round_robin_quotas if equal else proportional_quotas)(stats.sizes[order], k)
+        quota, rank = np.zeros(5, np.int64), np.zeros(5, np.int64)
+        quota[order], rank[order] = q, np.arange(len(order))
+        keep = GroupKeepPass([], "x", maximize, groups, quota, rank, equal)
+        feed_in_pieces(keep, v, mask, sizes)
+        elig = np.flatnonzero(mask)
+        opts = {"direction": "max" if maximize else "min", "quota": "equal" if equal else "proportional"}
+        got = group_topk(pd.DataFrame({"x": v[elig]}), k, groups=np.asarray(labels)[codes[elig]], criterion="x", **opts)
+        want = elig[got]
+        assert keep.order(k).tolist() == want.tolist()
+
+
+def feed_in_pieces(p, v, mask, sizes) -> None:
+    off = 0
+    for m in sizes:
+        p.take({"x": v[off : off + m]}, off, mask[off : off + m])
+        off += m
+
+
+def test_round_robin_quotas_against_a_loop():
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        sizes = rng.integers(0, 6, rng.integers(0, 6))
+        k = int(rng.integers(0, 25))
+        want, left, d = np.zeros(len(sizes), np.int64), k, 0
+        while left > 0 and (sizes > d).any():
+            for j in np.flatnonzero(sizes > d)[:left]:
+                want[j] += 1
+            left, d = k - int(want.sum()), d + 1
+        assert round_robin_quotas(sizes, k).tolist() == want.tolist()

@@ -10,6 +10,8 @@
   greedy walks the first rows of the best-first order in rounds and embeds only those rows
   (:mod:`.streaming_repr`), O(k + m + shard) rows for ``m`` candidates; the same selection as in
   memory (same embeddings cache).
+* :class:`GroupTopKSelection`: ``group_topk`` on the run's groups (``--group-field``), as scans that find
+  each group's size and best row, then keep each group's quota (:mod:`.streaming_groups`).
 * :class:`TokenBudgetSelection`: either of those on a token budget (``--tokens``): passes of a
   doubling number of rows until the order's prefix passes the budget, O(m + shard) for ``m`` a small
   multiple of the rows selected.
@@ -28,6 +30,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pandas as pd
 
+from ..io.schema import GROUP_FIELDS
 from ..plan import TOKENS, Plan, apply_filters, budget_k, parse_filter
 from ..registry import SELECTORS
 from ..selectors.base import check_k, columns_read, maximizing, parse_objectives
@@ -46,6 +49,7 @@ from .streaming import (
     replay,
     replayable,
 )
+from .streaming_groups import GroupKeepPass, GroupStatsPass, proportional_quotas, round_robin_quotas
 from .streaming_repr import ReprWalk
 
 
@@ -240,6 +244,38 @@ class TokenBudgetSelection(StreamingSelection):
         return 0 if self.walk is None else self.walk.peak_rows
 
 
+class GroupTopKSelection(StreamingSelection):
+    """``group_topk`` on the run's groups (``--group-field``) as scans (:mod:`.streaming_groups`): the
+    counting pass, a pass of each group's scored rows and best row (the quotas), and a pass that keeps
+    each group's quota of best rows. O(k + groups + shard) values."""
+
+    def __init__(self, st: RunState, columns: set, column: str, maximize: bool, equal: bool) -> None:
+        super().__init__(st, "streaming-group_topk", columns, lambda k: None, None)
+        self.column, self.maximize, self.equal = column, bool(maximize), bool(equal)
+
+    def result(self, st: RunState) -> None:
+        plan = st.plan
+        if st.groups is None:
+            raise ValueError(f"groups: group_topk needs groups, and the input has no field {', '.join(GROUP_FIELDS)}: "
+                             "name one with --group-field, or give the selector's group_column")  # fmt: skip
+        count = self.live if self.live is not None else self._scan(CountPass(self.filters))
+        if count.n != st.n:
+            raise RuntimeError(f"selection: fed {count.n} rows of a pool of {st.n}")
+        self.live = None
+        st.k = budget_k(st.cfg, st.n, plan.ratio_base, eligible=count.n_eligible, base=plan.budget_base)
+        st.eligible = count.eligible()
+        kk = check_k(st.k, count.n_eligible, plan.selector.name)
+        stats = self._scan(GroupStatsPass(self.filters, self.column, self.maximize, st.groups))
+        groups = stats.group_order()
+        quotas = (round_robin_quotas if self.equal else proportional_quotas)(stats.sizes[groups], kk)
+        quota = np.zeros(stats.n_groups, np.int64)
+        quota[groups] = quotas
+        rank = np.zeros(stats.n_groups, np.int64)
+        rank[groups] = np.arange(len(groups))
+        keep = self._scan(GroupKeepPass(self.filters, self.column, self.maximize, st.groups, quota, rank, self.equal))
+        st.order = np.asarray(keep.order(kk), dtype=np.int64)
+
+
 def within_tokens(order: np.ndarray, tokens: Any, budget: int) -> np.ndarray:
     """The longest prefix of ``order`` whose ``tokens`` sum to at most ``budget``."""
     csum = np.cumsum(np.asarray(tokens[order], dtype=np.float64))
@@ -383,6 +419,8 @@ def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
     if not reads or TOKENS in reads:
         return None
     columns = reads | {parse_filter(f)[0] for f in plan.filters}
+    if plan.selector.name == "group_topk":
+        return _group_selection(st, opts, columns)
     make = _order_factory(plan.selector.name, opts, list(plan.filters), cfg.seed)
     if make is None or not replayable(st, columns):
         return None
@@ -393,6 +431,15 @@ def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
     if tau is not None:
         return ReprSelection(st, f"{kind}-repr", columns, make, bound, opts["diversity_tau"])
     return StreamingSelection(st, kind, columns, make, bound)
+
+
+def _group_selection(st: RunState, opts: dict, columns: set) -> Optional[StreamingSelection]:
+    """``group_topk`` on the run's ``--group-field`` groups; None (in memory) with a ``group_column``
+    (a score column: its labels are not in the row store) or a token budget."""
+    if opts.get("group_column") is not None or st.cfg.tokens is not None or not replayable(st, columns):
+        return None
+    col = opts["criterion"]
+    return GroupTopKSelection(st, columns, col, maximizing(col, opts.get("direction")), opts["quota"] == "equal")
 
 
 def select(st: RunState, selection: Selection) -> None:

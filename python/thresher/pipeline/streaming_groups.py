@@ -1,0 +1,157 @@
+"""``group_topk`` as scans of the score shards: O(k + groups + shard) values, the in-memory selection's rows.
+
+The in-memory selector (:func:`thresher.selectors.diversity.group_topk`) orders the eligible rows with a
+score best first (ties by lower position), groups them by label (labels compared as strings), orders
+the groups by their best row, and then takes, with ``quota="equal"``, rank 0 of every group, then rank
+1, ... (round robin) up to ``k`` rows; with ``quota="proportional"``, ``q_g`` rows of each group by
+largest remainder of ``size_g / total * k`` (ties by group order), capped at the group's size, in
+overall score order.
+
+Both depend on the pool only through each group's number of scored rows and its best row, so the
+selection is two scans: :class:`GroupStatsPass` (per group: rows with a score, the best value and
+its position) gives the quotas (:func:`round_robin_quotas`, :func:`proportional_quotas`), then
+:class:`GroupKeepPass` keeps each group's ``q_g`` best rows (a sort of the kept rows plus a shard's,
+per shard) and :meth:`GroupKeepPass.order` lays them out as the selector does. Groups come from the
+run's ``--group-field`` column (:class:`~.rowstore.GroupColumn` codes on disk), read a shard's rows at
+a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .streaming import CountPass, values_of
+
+
+def canonical_codes(groups: Any) -> np.ndarray:
+    """Per code of a :class:`~.rowstore.GroupColumn`, the code of its label compared as a string (as
+    the selector compares labels): labels whose strings are equal share one code."""
+    labels = [str(x) for x in np.asarray(groups.labels, dtype=object)]
+    return np.unique(np.asarray(labels, dtype=str), return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+class _GroupPass(CountPass):
+    """A pass that reads each row's group (canonical code) and its score (``maximize`` or not)."""
+
+    def __init__(self, filters: list, column: str, maximize: bool, groups: Any) -> None:
+        super().__init__(filters)
+        self.column, self.maximize = column, bool(maximize)
+        self.groups, self.canon = groups, canonical_codes(groups)
+        self.n_groups = int(self.canon.max()) + 1 if len(self.canon) else 0
+
+    def rows(self, cols: dict, offset: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sort key: lower is better, pool positions, group codes) of the shard's eligible rows with a score."""
+        v = values_of(cols, self.column, mask)
+        ok = np.flatnonzero(~np.isnan(v))
+        codes = np.asarray(self.groups.codes[offset + ok], dtype=np.int64)
+        key = -v[ok] if self.maximize else v[ok]
+        return key, (offset + ok).astype(np.int64), self.canon[codes]
+
+
+class GroupStatsPass(_GroupPass):
+    """Per group: the number of eligible rows with a score, and its best row (key and position)."""
+
+    def __init__(self, filters: list, column: str, maximize: bool, groups: Any) -> None:
+        super().__init__(filters, column, maximize, groups)
+        g = self.n_groups
+        self.sizes = np.zeros(g, np.int64)
+        self.best_key = np.full(g, np.inf)
+        self.best_pos = np.full(g, np.iinfo(np.int64).max, np.int64)
+
+    def take(self, cols: dict, offset: int, mask: np.ndarray) -> None:
+        key, pos, grp = self.rows(cols, offset, mask)
+        self.peak = max(self.peak, 3 * len(mask) + 3 * self.n_groups)
+        if not len(key):
+            return
+        np.add.at(self.sizes, grp, 1)
+        first = np.lexsort((pos, key, grp))  # per group, its best row of the shard first
+        starts = first[np.r_[True, grp[first][1:] != grp[first][:-1]]]
+        g, k, p = grp[starts], key[starts], pos[starts]
+        better = (k < self.best_key[g]) | ((k == self.best_key[g]) & (p < self.best_pos[g]))
+        self.best_key[g[better]], self.best_pos[g[better]] = k[better], p[better]
+
+    def group_order(self) -> np.ndarray:
+        """The groups with a scored row, ordered by their best row (key, then position)."""
+        present = np.flatnonzero(self.sizes > 0)
+        return present[np.lexsort((self.best_pos[present], self.best_key[present]))]
+
+
+def round_robin_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Rows per group (``sizes`` in group order) that a round robin over the groups takes for ``k``
+    rows: every group up to a depth ``d``, then one more row from the first groups that have one."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    kk = min(int(k), int(sizes.sum()))
+    if kk <= 0:
+        return np.zeros(len(sizes), np.int64)
+    lo, hi = 0, int(sizes.max())  # the largest depth d whose full rounds fit: sum(min(size, d)) <= kk
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if int(np.minimum(sizes, mid).sum()) <= kk else (lo, mid - 1)
+    q = np.minimum(sizes, lo)
+    more = np.flatnonzero(sizes > lo)[: kk - int(q.sum())]
+    q[more] += 1
+    return q
+
+
+def proportional_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Rows per group (``sizes`` in group order) proportional to its size, by largest remainder (ties
+    by group order), capped at the size: the selector's ``quota="proportional"``."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if not len(sizes):
+        return sizes
+    kk = min(int(k), int(sizes.sum()))
+    exact = sizes.astype(np.float64) / float(sizes.sum()) * kk
+    q = np.floor(exact).astype(np.int64)
+    frac_order = np.lexsort((np.arange(len(sizes)), -np.round(exact - q, 9)))
+    q[frac_order[: kk - int(q.sum())]] += 1
+    return np.minimum(q, sizes)
+
+
+class GroupKeepPass(_GroupPass):
+    """Each group's ``quota`` best rows (``quota`` per canonical code), then laid out as the selector does."""
+
+    def __init__(self, filters: list, column: str, maximize: bool, groups: Any, quota: np.ndarray,
+                 rank_of_group: np.ndarray, equal: bool) -> None:  # fmt: skip
+        super().__init__(filters, column, maximize, groups)
+        self.quota, self.rank_of_group, self.equal = quota, rank_of_group, bool(equal)
+        self.key = np.zeros(0, np.float64)
+        self.pos = np.zeros(0, np.int64)
+        self.grp = np.zeros(0, np.int64)
+
+    def take(self, cols: dict, offset: int, mask: np.ndarray) -> None:
+        key, pos, grp = self.rows(cols, offset, mask)
+        key, pos, grp = np.r_[self.key, key], np.r_[self.pos, pos], np.r_[self.grp, grp]
+        self.peak = max(self.peak, 3 * len(key) + 3 * len(mask))
+        o = np.lexsort((pos, key, grp))
+        key, pos, grp = key[o], pos[o], grp[o]
+        keep = _rank_within(grp) < self.quota[grp]
+        self.key, self.pos, self.grp = key[keep], pos[keep], grp[keep]
+
+    def order(self, kk: int) -> np.ndarray:
+        """The selection, at most ``kk`` positions: round robin (rank within group, then group order), or
+        the kept rows in overall score order."""
+        if self.equal:
+            o = np.lexsort((self.rank_of_group[self.grp], _rank_within(self.grp)))
+        else:
+            o = np.lexsort((self.pos, self.key))
+        return self.pos[o][:kk]
+
+
+def _rank_within(grp: np.ndarray) -> np.ndarray:
+    """Each row's rank within its run of equal ``grp`` values (``grp`` sorted by group)."""
+    if not len(grp):
+        return np.zeros(0, np.int64)
+    start = np.r_[True, grp[1:] != grp[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(grp)), 0))
+    return np.arange(len(grp)) - first
+
+
+__all__ = [
+    "GroupStatsPass",
+    "GroupKeepPass",
+    "canonical_codes",
+    "round_robin_quotas",
+    "proportional_quotas",
+]
