@@ -223,6 +223,34 @@ def test_a_mapped_column_missing_from_the_file_is_not_a_bad_row(tmp_path, capsys
         assert "skip" not in line
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_group_field_no_row_has_is_an_error_not_one_empty_group(tmp_path, capsys, suffix):
+    """Before: every row got the group '' and group_topk ran on one group."""
+    rows = [{"instruction": f"Say {i}.", "output": f"{i}", "topic": f"t{i % 2}"} for i in range(4)]
+    p = tmp_path / f"pool{suffix}"
+    if suffix == ".jsonl":
+        jsonl(p, rows)
+    else:
+        getattr(pd.DataFrame(rows), "to_csv" if suffix == ".csv" else "to_parquet")(p, index=False)
+    for flags in ([], ["--on-bad-row", "skip"]):
+        assert score(p, tmp_path, "--group-field", "topc", *flags) == 2
+        line = one_error_line(capsys)
+        assert line == (
+            f"thresher: error: {p}: no column 'topc' in this data (--group-field topc); its columns: instruction, "
+            "output, topic"
+        )
+    assert score(p, tmp_path, "--group-field", "topic") == 0
+    assert pd.read_parquet(tmp_path / "o.parquet")["group"].tolist() == ["t0", "t1", "t0", "t1"]
+
+
+def test_a_group_field_missing_only_from_the_first_row_is_an_empty_group(tmp_path, capsys):
+    rows = [{"instruction": "Say 0.", "output": "0"}] + [{"instruction": f"Say {i}.", "output": f"{i}", "topic": "t"}
+                                                          for i in range(1, 4)]  # fmt: skip
+    p = jsonl(tmp_path / "pool.jsonl", rows)
+    assert score(p, tmp_path, "--group-field", "topic") == 0
+    assert pd.read_parquet(tmp_path / "o.parquet")["group"].tolist() == ["", "t", "t", "t"]
+
+
 def test_a_mapped_column_missing_only_from_the_first_row_is_a_bad_row(tmp_path, capsys):
     rows = [{"q": "Say 0."}] + CUSTOM[1:]  # row 1 lacks 'answer', the others have it
     p = jsonl(tmp_path / "pool.jsonl", rows)

@@ -351,9 +351,12 @@ class Source:
             return None, e
 
     def _check_mapped_columns(self, rec: Any, f: Path, scan: int = 1000) -> None:
-        """A column the field mapping names that the whole file lacks (its header, or none of its
-        first ``scan`` records has it): one InputError naming the file and the column, not a bad row."""
+        """A column the field mapping or ``--group-field`` names that the whole file lacks (its header, or
+        none of its first ``scan`` records has it): one InputError naming the file and the column, not a
+        bad row (a group field that no row has would give every row the empty group)."""
         cols = mapped_columns(self.fields)
+        if self.group_field:
+            cols.setdefault(self.group_field, "group")
         if not isinstance(rec, dict) or all(c in rec for c in cols):
             return
         known = set(rec)
@@ -365,12 +368,14 @@ class Source:
                     known.update(other)
         gone = [c for c in cols if c not in known]
         if gone:
-            what = ", ".join(f"--field {cols[c]}={c}" for c in gone)
-            raise InputError(
+            what = ", ".join(f"--group-field {c}" if c == self.group_field else f"--field {cols[c]}={c}" for c in gone)
+            err = InputError(
                 f"{'no column' if len(gone) == 1 else 'no columns'} {', '.join(map(repr, gone))} in this data "
                 f"({what}); its columns: {', '.join(sorted(map(str, known))) or 'none'}",
                 file=f,
             )
+            err.skippable = False  # the data, not a row: skipping rows cannot get past it
+            raise err
 
     def first_schema(self) -> Optional[Schema]:
         """Fix the schema from the first good record (as the first pass would), reading no further;
