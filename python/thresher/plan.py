@@ -27,7 +27,7 @@ import yaml
 from .device import DTYPE_CHOICES, check_device
 from .errors import OptionError
 from .registry import CRITERIA, ENGINES, RECIPES, SELECTORS, Entry, _load_builtins
-from .selectors.base import columns_read
+from .selectors.base import columns_read, token_budget_refusal
 
 TOKENS = "tokens"
 # Columns a filter or a selector may name besides the criteria's own.
@@ -331,6 +331,10 @@ def validate(cfg: PipelineConfig, plan: Plan) -> None:
     """Every check that needs no data: budget, filters, the selector's columns, engine, shards."""
     if not cfg.score_only:
         check_budget(cfg.budget() or plan.budget)
+        if "tokens" in (cfg.budget() or plan.budget):
+            why = token_budget_refusal(SELECTORS.get(plan.selector.name), plan.selector.options)
+            if why:
+                raise OptionError(f"selector {plan.selector.name}: no token budget (--tokens): {why}")
     cols = {c.col for c in plan.criteria} | BUILTIN_COLUMNS
     for f in plan.filters:
         name = parse_filter(f)[0]

@@ -292,7 +292,7 @@ def test_cli_evaluate_missing_feasibility_fails_before_training(files, capsys):
 def test_cli_evaluate_unknown_group_field(files, capsys):
     assert main(_cli(files, "--recipe", "random", "--group-field", "topic")) == 2
     err = capsys.readouterr().err
-    assert "--group-field:" in err and "no field 'topic'" in err
+    assert "target.jsonl: no column 'topic' in this data (--group-field topic); its columns:" in err
     assert not (files / "sel" / "evaluation").exists()  # nothing trained or written
 
 

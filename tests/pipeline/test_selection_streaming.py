@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_with_selection, write_bigbench_head
+from thresher.errors import OptionError
 from thresher.pipeline.rowstore import GroupColumn
 from thresher.pipeline.selection import _pass_factory
 from thresher.pipeline.streaming import GumbelPass, ParetoPass, ThresholdPass, TopKPass, dominators
@@ -443,6 +444,17 @@ def test_group_topk_default_groups_no_groups_and_a_token_budget(grouped_pool, tm
     _, _, _, kind = run(grouped_pool, tmp_path / "tok", cache, criteria=["fake_len"], selector=group_sel(),
                         tokens=900, group_field="bucket")  # fmt: skip
     assert kind == "in-memory"
+    with pytest.raises(OptionError, match="group_topk: no token budget .*quota=proportional shares a sample budget"):
+        run(grouped_pool, tmp_path / "prop", cache, criteria=["fake_len"], selector=group_sel("proportional"),
+            tokens=900, group_field="bucket")  # fmt: skip
+    assert not (tmp_path / "prop").exists()  # refused before any data is read
+    stages = {"first": {"name": "topk", "options": {"criterion": "fake_len"}, "ratio": 0.5},
+              "then": group_sel("proportional")}  # fmt: skip
+    with pytest.raises(OptionError, match="cascade: no token budget .*its second stage group_topk: quota=prop"):
+        cas = {"name": "cascade", "options": stages}
+        run(
+            grouped_pool, tmp_path / "cas", cache, criteria=["fake_len"], selector=cas, tokens=900, group_field="bucket"
+        )
 
 
 @pytest.mark.parametrize("sizes", [[0, 5, 1, 40, 0, 14], [60], [1] * 25])

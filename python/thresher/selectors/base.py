@@ -83,15 +83,33 @@ def columns_read(entry: Entry, options: dict) -> list[str]:
     return out
 
 
+def token_budget_refusal(entry: Entry, options: dict) -> Optional[str]:
+    """Why the selector ``entry`` with ``options`` takes no token budget (``--tokens``), or None.
+
+    A token budget keeps the longest prefix of the selector's order of every eligible row whose tokens
+    fit, which is that selector's selection only when its rows for a budget ``k`` are the first ``k`` of
+    one order; a selector whose rows for ``k`` are not (quotas shared out of ``k``) registers ``no_tokens``
+    (``options -> reason or None``)."""
+    refuse = entry.meta.get("no_tokens")
+    return refuse(entry.resolve_options(dict(options or {}))) if refuse is not None else None
+
+
 # ------------------------------------------------------------ registration
 def selector(
-    name: str, *, doc: str, options: Iterable[Option] = (), needs: tuple = (), reads: Optional[ReadsFn] = None
+    name: str,
+    *,
+    doc: str,
+    options: Iterable[Option] = (),
+    needs: tuple = (),
+    reads: Optional[ReadsFn] = None,
+    no_tokens: Optional[Callable[[dict], Optional[str]]] = None,
 ) -> Callable:
     """Register ``fn`` in :data:`SELECTORS` behind the wrapper that validates options and ``k``.
 
     ``fn`` receives every option (defaults filled in, values converted to their types) and a
     ``k`` within ``[0, len(scores)]``. ``needs``: ``("embeddings",)`` when it needs embeddings;
-    ``reads``: the score columns it reads (see :func:`columns_read`; default ``criterion``)."""
+    ``reads``: the score columns it reads (see :func:`columns_read`; default ``criterion``);
+    ``no_tokens``: see :func:`token_budget_refusal`."""
     opts = list(options)
     checker = Entry(name, None, doc, {o.name: o for o in opts})
 
@@ -104,7 +122,9 @@ def selector(
             kk = check_k(k, len(scores), name)
             return fn(scores, kk, embeddings=embeddings, groups=groups, seed=seed, **resolved)
 
-        SELECTORS.register(name, doc=doc, options=opts, needs=tuple(needs), reads=reads or reads_criterion)(run)
+        SELECTORS.register(
+            name, doc=doc, options=opts, needs=tuple(needs), reads=reads or reads_criterion, no_tokens=no_tokens
+        )(run)
         return run
 
     return deco

@@ -35,6 +35,7 @@ from .base import (
     reads_objectives,
     score_values,
     selector,
+    token_budget_refusal,
 )
 
 __all__ = [
@@ -393,6 +394,13 @@ def _reads_cascade(options: dict) -> list:
 _STAGE_TYPES = (dict, str)
 
 
+def _then_refuses_tokens(then: Any) -> Optional[str]:
+    """The second stage's reason to take no token budget (it orders the budget's rows), or None."""
+    name, opts, _, _ = _stage(then, "then")
+    why = token_budget_refusal(SELECTORS.get(name), opts)
+    return f"its second stage {name}: {why}" if why else None
+
+
 @selector(
     "cascade",
     doc="two stages: a first selector keeps a ratio (or k) of the pool, a second "
@@ -405,6 +413,7 @@ _STAGE_TYPES = (dict, str)
         ),
     ],
     reads=_reads_cascade,
+    no_tokens=lambda o: _then_refuses_tokens(o.get("then")),
 )
 def cascade(scores, k, *, embeddings=None, groups=None, seed=0, first=None, then=None) -> np.ndarray:
     n = len(scores)

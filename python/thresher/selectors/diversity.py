@@ -467,6 +467,12 @@ def _reads_group_topk(options: dict) -> list:
         ),
     ],
     reads=_reads_group_topk,
+    no_tokens=lambda o: (
+        "quota=proportional shares a sample budget out among the groups, and a token budget keeps a prefix of "
+        "one order (with every row's share, the plain score order): give --k or --ratio, or quota=equal"
+        if o["quota"] == "proportional"
+        else None
+    ),
 )
 def group_topk(
     scores, k, *, embeddings=None, groups=None, seed=0, criterion=None, direction=None, group_column=None, quota="equal"
