@@ -110,6 +110,30 @@ def test_every_selector_clamps_k_the_same_way(name, caplog):
         call(name, -1)
 
 
+# options whose rows for k follow another rule than the case's (n1 fixed, the other quota, a random start)
+VARIANTS = {"car": {"n1": 3}, "group_topk": {"quota": "equal"}, "kcenter": {"start": "random"}}
+
+
+@pytest.mark.parametrize(
+    "name,extra",
+    [pytest.param(n, {}, id=n) for n in sorted(CASES)]
+    + [pytest.param(n, v, id=f"{n}-{next(iter(v))}") for n, v in sorted(VARIANTS.items())],
+)
+def test_a_selection_is_the_first_k_of_one_order_or_refuses_a_token_budget(name, extra):
+    """A token budget keeps the longest prefix of the selector's order of every eligible row that fits
+    (thresher.pipeline.selection.within_tokens), so it means the selector's own rule only when every
+    budget k selects the first k of that order; a selector for which it does not refuses --tokens
+    (base.token_budget_refusal). CaR with n1 unset (the union filled to k) once put the k global top
+    rows first and the cluster tops last: under a token budget its order of every row was the plain
+    score order, the clusters ignored."""
+    opts = {**CASES[name][0], **extra}
+    if base.token_budget_refusal(SELECTORS.get(name), opts) is not None:
+        return
+    whole = call(name, N, **extra)
+    for k in range(N + 1):
+        np.testing.assert_array_equal(call(name, k, **extra), whole[:k], err_msg=f"{name} {extra} k={k}")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_columns_read(name):
     opts, want = CASES[name]

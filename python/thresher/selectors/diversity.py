@@ -326,16 +326,6 @@ def _default_clusters(n_clusters: Optional[int], n: int) -> int:
     return int(n_clusters or max(1, math.floor(math.sqrt(n / 2))))
 
 
-def _fill_n1(order: np.ndarray, per_cluster: list[int], k: int) -> int:
-    """As many global top rows as it takes for the union with ``per_cluster`` to reach k rows."""
-    pc = set(per_cluster)
-    extra, n1 = 0, 0
-    while n1 < len(order) and len(pc) + extra < k:
-        extra += int(order[n1]) not in pc
-        n1 += 1
-    return n1
-
-
 @selector(
     "car",
     doc="CaR: PCA to 95% variance, k-means with floor(sqrt(N/2)) clusters, keep the top n1 rows "
@@ -346,7 +336,8 @@ def _fill_n1(order: np.ndarray, per_cluster: list[int], k: int) -> int:
         Option(
             "n1",
             None,
-            "rows taken globally by score (default: as many as needed for the union to reach k)",
+            "rows taken globally by score, before the cluster tops (default: the cluster tops first, then the best "
+            "other rows up to the budget: the same rows as the fewest n1 whose union reaches k)",
             type=int,
             min=0,
         ),
@@ -382,14 +373,21 @@ def car(
     labels = np.full(n, -1, np.int64)
     labels[order] = lab_pool
     per_cluster = [int(i) for grp in _grouped_orders(labels, order) for i in grp[:n2]]
-    if n1 is None:
-        n1 = _fill_n1(order, per_cluster, k)
-    picked = [int(i) for i in order[:n1]]
+    if n1 is None:  # the cluster tops, then the best other rows up to k: one order for every k
+        return _union_in_order(per_cluster, order, k)
+    return _union_in_order([int(i) for i in order[:n1]], per_cluster, k)
+
+
+def _union_in_order(first: Any, then: Any, k: int) -> np.ndarray:
+    """The first ``k`` of ``first`` followed by the rows of ``then`` not in it (in order)."""
+    picked = [int(i) for i in first]
     seen = set(picked)
-    for i in per_cluster:
-        if i not in seen:
-            seen.add(i)
-            picked.append(i)
+    for i in then:
+        if len(picked) >= k:
+            break
+        if int(i) not in seen:
+            seen.add(int(i))
+            picked.append(int(i))
     return np.asarray(picked[:k], dtype=np.int64)
 
 
