@@ -27,7 +27,7 @@ import yaml
 from .device import DTYPE_CHOICES, check_device
 from .errors import OptionError
 from .registry import CRITERIA, ENGINES, RECIPES, SELECTORS, Entry, _load_builtins
-from .selectors.base import columns_read, token_budget_refusal
+from .selectors.base import columns_read, default_budget, token_budget_refusal
 
 TOKENS = "tokens"
 # Columns a filter or a selector may name besides the criteria's own.
@@ -317,6 +317,8 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     criteria = [Step.of(c, "criteria") for c in cfg.criteria] if cfg.criteria else plan.criteria
     given = Step.of(cfg.selector, "selector") if cfg.selector is not None else (plan.selector if cfg.recipe else None)
     plan.criteria, plan.selector = criteria, _default_selector(cfg, criteria, given)
+    if not cfg.budget() and not plan.budget:  # a threshold alone sizes its selection
+        plan.budget = default_budget(SELECTORS.get(plan.selector.name))
     if cfg.filters:
         plan.filters = list(cfg.filters)
     _resolve_criteria(cfg, plan.criteria)

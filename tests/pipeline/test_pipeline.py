@@ -145,6 +145,21 @@ def test_refuses_foreign_folder_and_bad_budget(pool, tmp_path):
         run(pool, tmp_path / "z", criteria=[{"name": "fake_len", "options": {"scael": 2}}], k=5)
 
 
+def test_a_threshold_needs_no_budget_and_other_selectors_do(pool, tmp_path):
+    """A threshold decides alone how many rows pass: given no --k/--ratio/--tokens, a run keeps every row
+    it passes (before, the CLI asked for a budget a threshold has no use for); a top-k still asks."""
+    with pytest.raises(ValueError, match=r"budget: give one of k, ratio or tokens \(--k N"):
+        run(pool, tmp_path / "t", criteria=["fake_len"])
+    sel = {"name": "threshold", "options": {"criterion": "fake_len", "mode": "absolute", "value": 300.0}}
+    res = run(pool, tmp_path / "o", criteria=["fake_len"], selector=sel)
+    rows = [json.loads(line) for line in pool.read_text(encoding="utf-8").splitlines()]
+    passing = [i for i, r in enumerate(rows) if len(r["output"]) >= 300]
+    assert 0 < len(passing) < len(rows)
+    assert sorted(res.selected.tolist()) == passing
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["budget"]["ratio"] == 1.0 and m["budget"]["resolved_k"] == len(rows)
+
+
 def test_alias_pool_scope_and_skipped_rows(pool, tmp_path):
     log = tmp_path / "calls.log"
     bad = tmp_path / "bad.jsonl"

@@ -50,8 +50,6 @@ def config(args: Any) -> PipelineConfig:
 
 def run(args: Any) -> int:
     cfg = config(args)
-    if cfg.k is None and cfg.ratio is None and cfg.tokens is None and not args.recipe:
-        raise OptionError("budget: give --ratio R, --k N or --tokens T")
     if args.dry_run:
         print_plan(plan_preview(cfg), args.json)
         return 0

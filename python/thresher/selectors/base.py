@@ -94,6 +94,12 @@ def token_budget_refusal(entry: Entry, options: dict) -> Optional[str]:
     return refuse(entry.resolve_options(dict(options or {}))) if refuse is not None else None
 
 
+def default_budget(entry: Entry) -> dict:
+    """The budget of a run that gives none: every row the selector passes (``{"ratio": 1.0}``) for one
+    that sizes its selection itself (a threshold), else none (the run asks for one)."""
+    return {"ratio": 1.0} if entry.meta.get("sizes_itself") else {}
+
+
 # ------------------------------------------------------------ registration
 def selector(
     name: str,
@@ -103,13 +109,15 @@ def selector(
     needs: tuple = (),
     reads: Optional[ReadsFn] = None,
     no_tokens: Optional[Callable[[dict], Optional[str]]] = None,
+    sizes_itself: bool = False,
 ) -> Callable:
     """Register ``fn`` in :data:`SELECTORS` behind the wrapper that validates options and ``k``.
 
     ``fn`` receives every option (defaults filled in, values converted to their types) and a
     ``k`` within ``[0, len(scores)]``. ``needs``: ``("embeddings",)`` when it needs embeddings;
     ``reads``: the score columns it reads (see :func:`columns_read`; default ``criterion``);
-    ``no_tokens``: see :func:`token_budget_refusal`."""
+    ``no_tokens``: see :func:`token_budget_refusal`; ``sizes_itself``: its own rule decides how many rows
+    pass (a threshold), so a run given no budget keeps every row it passes (:func:`default_budget`)."""
     opts = list(options)
     checker = Entry(name, None, doc, {o.name: o for o in opts})
 
@@ -123,7 +131,13 @@ def selector(
             return fn(scores, kk, embeddings=embeddings, groups=groups, seed=seed, **resolved)
 
         SELECTORS.register(
-            name, doc=doc, options=opts, needs=tuple(needs), reads=reads or reads_criterion, no_tokens=no_tokens
+            name,
+            doc=doc,
+            options=opts,
+            needs=tuple(needs),
+            reads=reads or reads_criterion,
+            no_tokens=no_tokens,
+            sizes_itself=sizes_itself,
         )(run)
         return run
 

@@ -195,6 +195,7 @@ def threshold_mask(
         Option("strict", False, "keep rows strictly beyond the threshold (> for max, < for min), not at it"),
         _TAU,
     ],
+    sizes_itself=True,
 )
 def threshold(
     scores,
