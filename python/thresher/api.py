@@ -55,6 +55,7 @@ from .errors import InputError, OptionError
 from .fs import atomic_file
 from .io import file_checksum
 from .io.sources import is_url, locate
+from .io.writers import read_table
 from .pipeline import PipelineConfig, PipelineResult, run_pipeline
 from .registry import SELECTORS, _load_builtins
 from .selectors.basic import objective_matrix, pareto_order
@@ -646,15 +647,5 @@ def _scores_frame(scores: Any) -> tuple[pd.DataFrame, bool]:
     if type(scores).__module__.split(".")[0] == "pyarrow" and hasattr(scores, "to_pandas"):
         return scores.to_pandas(), True
     if isinstance(scores, (str, os.PathLike)):
-        p = Path(scores)
-        if not p.exists():
-            raise FileNotFoundError(f"scores: {p} does not exist")
-        low = p.name.lower()
-        if low.endswith(".parquet"):
-            return pd.read_parquet(p), False
-        if low.endswith(".csv"):
-            return pd.read_csv(p), False
-        if low.endswith((".jsonl", ".jsonl.gz")):
-            return pd.read_json(p, lines=True), False
-        raise OptionError(f"scores: expected .parquet, .csv or .jsonl, got {p}")
+        return read_table(scores), False
     raise OptionError(f"scores: expected a DataFrame, pyarrow Table, Result or path, got {type(scores).__name__}")

@@ -82,6 +82,37 @@ def test_select_with_criteria_and_rank(pool, tmp_path, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err
 
 
+def test_rank_reads_what_score_and_select_write(pool, tmp_path, capsys):
+    """`thresher score --out NAME` writes Parquet under any name and `select --out DIR` a folder: rank reads
+    both (it refused a table with no known extension, and a run's folder); a file of another kind, a
+    folder with no scores and a missing path are one line each."""
+    table = tmp_path / "scores-no-ext"
+    assert main(["score", str(pool), "--criteria", "length,mtld", "--out", str(table), "--quiet"]) == 0
+    assert table.read_bytes()[:4] == b"PAR1"
+    run = tmp_path / "run"
+    args = ["--criteria", "length,mtld", "--selector", "topk", "--selector-option", "criterion=mtld"]
+    assert main(["select", str(pool), *args, "--k", "4", "--out", str(run), "--quiet", "--no-report"]) == 0
+    want = pd.read_parquet(table)
+    want = want.sort_values(["length", "mtld"], ascending=False, kind="stable").head(3)["id"].tolist()
+    for src in (table, run, run / "scores.parquet"):
+        capsys.readouterr()
+        rank = ["rank", str(src), "--objective", "length:max", "--selector", "weighted", "--k", "3"]
+        assert main([*rank, "--out", str(tmp_path / f"r-{src.name}.parquet")]) == 0
+        r = pd.read_parquet(tmp_path / f"r-{src.name}.parquet")
+        assert r.loc[r["selected"]].sort_values("rank")["id"].tolist() == want, src
+    text = tmp_path / "pool.txt"
+    text.write_bytes(pool.read_bytes())
+    for src, msg in (
+        (text, f"scores: {text} is not a scores table"),
+        (tmp_path, f"scores: {tmp_path} is a folder with no scores.parquet"),
+        (tmp_path / "nope.parquet", f"scores: {tmp_path / 'nope.parquet'} does not exist"),
+    ):
+        capsys.readouterr()
+        assert main(["rank", str(src), "--objective", "length:max", "--k", "3"]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_errors_are_one_clear_line(pool, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     lines = pool.read_text(encoding="utf-8").split("\n")[:10]

@@ -15,28 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError, OutputExistsError, ResourceError
-from ..io.writers import write_parquet_atomic
+from ..errors import OptionError, OutputExistsError
+from ..io.writers import read_table, write_parquet_atomic
 from ..registry import SELECTORS
 from ..selectors.basic import objective_matrix, pareto_order, parse_objectives
 from ._common import add_output_args, add_overwrite_arg, deprecated, emit_json
 
 SELECTOR_CHOICES = ("pareto", "weighted", "rrf")
-
-
-def read_scores(path: Path):
-    import pandas as pd
-
-    if not path.exists():
-        raise ResourceError(f"scores: {path} does not exist")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        return pd.read_parquet(path)
-    if name.endswith(".csv"):
-        return pd.read_csv(path)
-    if name.endswith(".jsonl") or name.endswith(".jsonl.gz"):
-        return pd.read_json(path, lines=True)
-    raise OptionError(f"scores: expected .parquet, .csv or .jsonl, got {path}")
 
 
 def _plan(args: Any, df: Any) -> dict:
@@ -81,7 +66,7 @@ def _rank(df: Any, plan: dict, seed: int) -> tuple[Any, np.ndarray]:
 
 
 def run(args: Any) -> int:
-    df = read_scores(Path(args.scores))
+    df = read_table(args.scores)
     plan = _plan(args, df)
     if args.dry_run:
         if args.json:

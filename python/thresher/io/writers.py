@@ -507,6 +507,31 @@ def write_table(df: Any, path: Any) -> Path:
     return path
 
 
+def read_table(path: Any, what: str = "scores") -> Any:
+    """A scores table as :func:`write_table` writes it (``.csv``, ``.jsonl``/``.jsonl.gz``, else Parquet,
+    as ``thresher score --out`` writes any other name), or the ``scores.parquet`` of a run's folder
+    (``thresher select --out DIR``), as a pandas DataFrame; one-line errors name the path."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir() and (path / "scores.parquet").is_file():
+        path = path / "scores.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    if path.is_dir():
+        raise OptionError(f"{what}: {path} is a folder with no scores.parquet (give a scores table or a run's --out)")
+    low = path.name.lower()
+    if low.endswith(".csv"):
+        return pd.read_csv(path)
+    if low.endswith((".jsonl", ".jsonl.gz")):
+        return pd.read_json(path, lines=True)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PAR1":
+        raise OptionError(f"{what}: {path} is not a scores table (.parquet, .csv or .jsonl)")
+    return pd.read_parquet(path)
+
+
 def write_json_atomic(obj: Any, path: Path) -> None:
     """JSON in the manifest's layout (keys in insertion order, UTF-8, a final newline), atomically."""
     with _write_errors(Path(path)):
