@@ -293,9 +293,12 @@ def _check_defaults_used(cfg: PipelineConfig, plan: Plan) -> None:
 
 
 def _resolve_selector(selector: Step, criteria: list) -> bool:
-    """Fill the selector's criterion, validate its options; True when it needs embeddings."""
+    """Fill the selector's criterion (the run's one criterion) or objectives (every criterion of the run, each
+    in its registered direction), validate its options; True when it needs embeddings."""
     sel = SELECTORS.get(selector.name)
     selector.options = dict(selector.options)
+    if "objectives" in sel.options and not selector.options.get("objectives") and criteria:
+        selector.options["objectives"] = [c.col for c in criteria]
     if "criterion" in sel.options and not selector.options.get("criterion"):
         if len(criteria) != 1:
             raise OptionError(

@@ -160,6 +160,19 @@ def test_a_threshold_needs_no_budget_and_other_selectors_do(pool, tmp_path):
     assert m["budget"]["ratio"] == 1.0 and m["budget"]["resolved_k"] == len(rows)
 
 
+@pytest.mark.parametrize("name", ["pareto", "weighted", "rrf", "aggregate"])
+def test_objectives_default_to_the_runs_criteria(pool, tmp_path, name):
+    """A multi-objective selector given no objectives ranks by every criterion of the run, each in its
+    registered direction (before: 'give at least one objective' though the run named its criteria)."""
+    crit = ["fake_len", "length"]
+    auto = run(pool, tmp_path / "a", criteria=crit, selector=name, k=25)
+    sel = {"name": name, "options": {"objectives": ["fake_len:max", "length:max"]}}
+    given = run(pool, tmp_path / "g", criteria=crit, selector=sel, k=25)
+    assert auto.selected.tolist() == given.selected.tolist() and len(auto.selected) == 25
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["selector"]["options"]["objectives"] == crit
+
+
 def test_alias_pool_scope_and_skipped_rows(pool, tmp_path):
     log = tmp_path / "calls.log"
     bad = tmp_path / "bad.jsonl"

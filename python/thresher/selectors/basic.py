@@ -242,7 +242,11 @@ def pareto_order(mat: np.ndarray, maximize: list[bool]) -> tuple[np.ndarray, np.
 
 
 _OBJ = Option(
-    "objectives", None, "list of 'name:max|min' score columns (or one 'a:max,b:min' string)", type=(list, str)
+    "objectives",
+    None,
+    "list of 'name:max|min' score columns (or one 'a:max,b:min' string; in a run, default: every criterion of "
+    "the run in its registered direction)",
+    type=(list, str),
 )
 _WEIGHTS = Option("weights", None, "one weight per objective (default equal)", type=list)
 _NORMALIZE = Option(
