@@ -297,7 +297,7 @@ def _resolve_selector(selector: Step, criteria: list) -> bool:
     in its registered direction), validate its options; True when it needs embeddings."""
     sel = SELECTORS.get(selector.name)
     selector.options = dict(selector.options)
-    if "objectives" in sel.options and not selector.options.get("objectives") and criteria:
+    if "objectives" in sel.options and selector.options.get("objectives") is None and criteria:
         selector.options["objectives"] = [c.col for c in criteria]
     if "criterion" in sel.options and not selector.options.get("criterion"):
         if len(criteria) != 1:

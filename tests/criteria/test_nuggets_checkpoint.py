@@ -187,3 +187,30 @@ def test_a_stopped_call_keeps_its_kmeans_anchors_and_does_not_embed_the_pool_aga
     fresh = CountingEmbedder()
     km(fresh, checkpoint_s=0)(pool(20))
     assert fresh.encoded == 20 and len(list(tmp_path.iterdir())) == 2  # checkpoint_s 0: nothing kept or read
+
+
+def test_kmeans_anchors_read_the_embeddings_cache_a_knn_criterion_filled(lm, tmp_path, monkeypatch):
+    """In a run, nuggets embeds the pool for its k-means anchors through the run's embeddings cache: after a
+    kNN criterion (or an earlier run) embedded the pool, it loads no embedder and chooses the anchors a
+    cold cache gives; the run's workers fill that cache first only when anchors come from k-means."""
+    import thresher.embed as embed_mod
+
+    rows = pool(20)
+    warm, cold = str(tmp_path / "warm"), str(tmp_path / "cold")
+    CRITERIA.get("knn_distance").obj(embedder="default", cache_dir=warm, k=3)(rows)
+    opts = dict(model=lm, n_anchors=3, seed=2, embedder="default", batch_tokens=256)
+    want = CRITERIA.get("nuggets").obj(cache_dir=cold, **opts)
+    want_scores = want(rows)
+
+    def refuse(*a, **k):
+        raise AssertionError("the embedder was loaded")
+
+    monkeypatch.setattr(embed_mod, "_cached_embedder", refuse)
+    sc = CRITERIA.get("nuggets").obj(cache_dir=warm, **opts)
+    pd.testing.assert_frame_equal(sc(rows), want_scores)
+    assert sc.run_info()["anchor_ids"] == want.run_info()["anchor_ids"]
+    cls = CRITERIA.get("nuggets").obj
+    assert cls.pool_embedder(sc.options) == ("default", None)
+    assert cls.pool_embedder({**sc.options, "anchor_select": "random"}) is None
+    assert cls.pool_embedder({**sc.options, "anchors": [{"instruction": "a", "output": "b"}]}) is None
+    assert cls.pool_embedder({**sc.options, "cache_dir": None}) is None

@@ -93,4 +93,4 @@ def test_an_anchor_over_half_of_max_length_is_unusable_and_the_others_still_scor
     assert out["nuggets.reason"].tolist() == [""] * 5 and out["nuggets.n_anchors"].tolist() == [2] * 5
     short = CRITERIA.get("nuggets").obj(anchors=[anchors[0], anchors[2]], **opts)
     pd.testing.assert_frame_equal(short(pool(5)), out)  # as if the long anchor had not been given
-    assert CRITERIA.get("nuggets").obj.VERSION == "2"
+    assert CRITERIA.get("nuggets").obj.VERSION >= "2"  # (v3: anchors from the embeddings cache)

@@ -199,11 +199,13 @@ def test_fit_linear_rule_orients_minimised_indicators():
 
 
 @pytest.mark.parametrize("selector", ["pareto", "weighted", "rrf", "aggregate"])
-def test_multi_objective_selector_without_objectives_is_refused_by_the_plan(selector, tmp_path):
-    """Caught when the plan is made (before any data is read or scored), not after scoring."""
+def test_multi_objective_selector_objectives_are_checked_by_the_plan(selector, tmp_path):
+    """Caught when the plan is made (before any data is read or scored), not after scoring; none given:
+    the run's criteria (each in its registered direction)."""
     cfg = dict(data=str(tmp_path), criteria=["length", "mtld"], k=3)
+    assert make_plan(PipelineConfig(selector=selector, **cfg)).selector.options["objectives"] == ["length", "mtld"]
     with pytest.raises(ValueError, match="objectives: give at least one objective"):
-        make_plan(PipelineConfig(selector=selector, **cfg))
+        make_plan(PipelineConfig(selector={"name": selector, "options": {"objectives": []}}, **cfg))
     with pytest.raises(ValueError, match="direction of 'length' must be 'max' or 'min'"):
         make_plan(PipelineConfig(selector={"name": selector, "options": {"objectives": ["length:up"]}}, **cfg))
     plan = make_plan(PipelineConfig(selector={"name": selector, "options": {"objectives": ["length:max"]}}, **cfg))

@@ -208,6 +208,15 @@ class Criterion:
         return out
 
     @classmethod
+    def pool_embedder(cls, options: dict) -> Optional[tuple[str, Optional[str]]]:
+        """(embedder, device) of the pool embedding a call with these (runtime) options reads through the
+        embeddings cache (``cache_dir``), so a run's workers can fill it first; None when it reads none."""
+        emb = options.get("embedder")
+        if isinstance(emb, str) and options.get("cache_dir") is not None:
+            return emb, options.get("device")
+        return None
+
+    @classmethod
     def cache_key_for(cls, **options: Any) -> str:
         """The score-cache key of a scorer built with ``options`` (given or resolved), without building it."""
         return make_key(cls.NAME, cls.VERSION, cls.key_options(cls.resolve(options)))

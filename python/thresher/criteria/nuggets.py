@@ -170,6 +170,14 @@ def _block_arrays(lp1: list, items: list) -> tuple:
             ("kmeans", "random"),
         ),
         Option("embedder", "default", "sentence embedder of anchor_select=kmeans (default all-MiniLM-L6-v2)"),
+        Option(
+            "cache_dir",
+            None,
+            "embeddings cache of anchor_select=kmeans (float16 vectors keyed by sample id + text; a pipeline "
+            "run: its shared cache, so the pool embedded by a kNN criterion or an earlier run is not embedded "
+            "again)",
+            type=(str, Path),
+        ),
         Option("seed", 0, "seed of the anchor k-means or sample"),
         Option("template", "alpaca", "prompt template of candidates and anchors", choices=TEMPLATES),
         Option("separator", "\n\n", "text between the one-shot demonstration and the anchor", type=str),
@@ -203,7 +211,9 @@ class Nuggets(LossCriterion):
     """Items: per candidate its one-shot prefix and the anchors it is compared on; ``run`` reuses
     each prefix's KV cache across those anchors."""
 
-    VERSION = "2"  # anchors over half of max_length are unusable (v1 kept them and left every prefix no room)
+    # v2: anchors over half of max_length are unusable (v1 kept them and left every prefix no room);
+    # v3: with cache_dir (every pipeline run) the k-means anchors come from the embeddings cache's float16 vectors
+    VERSION = "3"
 
     def setup(self) -> None:
         self._anchor_rows = _anchor_rows(self.options["anchors"])
@@ -250,6 +260,15 @@ class Nuggets(LossCriterion):
             out["embedder"] = embedder_fingerprint(options["embedder"])
         return out
 
+    @classmethod
+    def pool_embedder(cls, options: dict) -> Optional[tuple[str, Optional[str]]]:
+        """The embedder of the k-means anchors (on the embedder's own device), None when no anchor is
+        chosen by k-means (given anchors, a random sample)."""
+        if options.get("anchors") is not None or options.get("anchor_select") != "kmeans":
+            return None
+        emb = options.get("embedder")
+        return (emb, None) if isinstance(emb, str) and options.get("cache_dir") is not None else None
+
     # -------------------------------------------------------------- anchors
     def _anchor_sample(self, b: Batch) -> tuple[list[str], list]:
         if self._anchor_rows is not None:
@@ -272,8 +291,12 @@ class Nuggets(LossCriterion):
         self._anchor_store = self._anchors_checkpoint(b, texts, take)
 
         def choose() -> tuple:
-            emb = embed_texts(texts, get_embedder(self.options["embedder"]))
-            return (kmeans_anchor_rows(emb, take, self.options["seed"]),)
+            o = self.options
+            if o["cache_dir"] is not None and isinstance(o["embedder"], str):  # loads the model only for misses
+                emb = embed_texts(texts, o["embedder"], cache_dir=o["cache_dir"], ids=b.ids)
+            else:
+                emb = embed_texts(texts, get_embedder(o["embedder"]))
+            return (kmeans_anchor_rows(emb, take, o["seed"]),)
 
         (pick,), kept = kept_or_computed(self._anchor_store, choose)
         self._anchors_resumed = kept if self._anchor_store is not None else None
@@ -291,7 +314,7 @@ class Nuggets(LossCriterion):
             h.update(text.encode("utf-8", "surrogatepass"))
         ident = search_identity(np.frombuffer(h.digest(), np.uint8), call="nuggets-anchors", rows=b.n, n=take,
                                 seed=self.options["seed"], embedder=embedder_fingerprint(self.options["embedder"]),
-                                device=resolve_device(None))  # fmt: skip
+                                device=resolve_device(None), cached=self.options["cache_dir"] is not None)  # fmt: skip
         return SearchCheckpoint(folder, ident, DEFAULT_EVERY_S)
 
     def _anchors(self, b: Batch) -> list[tuple[str, Any]]:

@@ -215,9 +215,6 @@ class _Rows:
 
 
 # ------------------------------------------------------------------ shards on an engine's worker pool
-EMBED_CRITERIA_OPTION = "embedder"  # criteria with this option embed the pool; workers fill the cache first
-
-
 def start_pool(st: RunState) -> Any:
     """The engine's worker pool for this run (None: the engine scores in this process)."""
     start = getattr(st.engine, "start_workers", None)
@@ -252,8 +249,10 @@ def _embedders(st: RunState, want_emb: bool) -> list:
         out.append((st.cfg.embedder or "default", None, str(st.cache.root / "embeddings")))
     for step in st.pool_criteria():
         opts = st.runtime_options(step)
-        if isinstance(opts.get(EMBED_CRITERIA_OPTION), str) and opts.get("cache_dir") is not None:
-            out.append((opts[EMBED_CRITERIA_OPTION], opts.get("device"), str(opts["cache_dir"])))
+        reads = getattr(CRITERIA.get(step.name).obj, "pool_embedder", None)
+        got = reads(opts) if reads is not None else None
+        if got is not None:
+            out.append((got[0], got[1], str(opts["cache_dir"])))
     return list(dict.fromkeys(out))
 
 
