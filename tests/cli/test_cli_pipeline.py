@@ -251,3 +251,29 @@ def test_score_any_reader_and_pool_scoped_criteria(pool, tmp_path, capsys):
     L = df["output"].str.len().to_numpy()
     assert s["fake_pool"].to_numpy()[L.argmax()] == 1.0  # ranked within the whole pool
     assert "wrote" in capsys.readouterr().err
+
+
+def test_split_of_a_saved_dataset_dict_on_the_command_line(pool, tmp_path, capsys):
+    """The error for a DatasetDict without a split says '--split': select and score take it (they did not),
+    and a file given a split is refused in one line instead of being looked up on the hub."""
+    import datasets
+
+    rows = [json.loads(line) for line in pool.read_text(encoding="utf-8").splitlines()]
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:30]),
+                               "test": datasets.Dataset.from_list(rows[30:50])})  # fmt: skip
+    dd.save_to_disk(str(tmp_path / "dd"))
+    args = ["--criteria", "length", "--k", "3", "--quiet", "--no-report"]
+    assert main(["select", str(tmp_path / "dd"), *args, "--out", str(tmp_path / "a")]) == 2
+    assert "pass split=NAME (--split)" in capsys.readouterr().err
+    assert main(["select", str(tmp_path / "dd"), *args, "--split", "test", "--out", str(tmp_path / "b")]) == 0
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert m["inputs"][0]["split"] == "test" and m["inputs"][0]["rows"] == 20
+    s = pd.read_parquet(tmp_path / "b" / "scores.parquet")
+    assert s["id"].tolist() == [r["id"] for r in rows[30:50]]
+    out = tmp_path / "t.parquet"
+    assert main(["score", str(tmp_path / "dd"), "--criteria", "length", "--split", "train", "--out", str(out)]) == 0
+    assert pd.read_parquet(out)["id"].tolist() == [r["id"] for r in rows[:30]]
+    capsys.readouterr()
+    assert main(["select", str(pool), *args, "--split", "train", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "is one file, not a dataset with splits" in err and len(err.strip().splitlines()) == 1, err

@@ -117,6 +117,10 @@ def test_saved_dataset_dict_with_split(tmp_path, dataset_dict):
         Source(path, split="dev")
     with pytest.raises(OptionError, match="split: .* not a saved DatasetDict"):
         Source(path / "train", split="train")  # a single saved Dataset
+    one_file = tmp_path / "rows.jsonl"
+    one_file.write_text('{"instruction": "a", "output": "b"}\n')
+    with pytest.raises(OptionError, match=r"split: .*rows.jsonl is one file, not a dataset with splits; drop"):
+        Source(one_file, split="train")  # before: load_dataset('rows.jsonl') on the hub, half a minute of retries
     # the writers copy the selected rows of that split (the split's folder is the source's path)
     src = Source(path, split="test")
     out = write_selected(src, np.arange(1, 9), np.zeros(8, np.int64), [1, 6], tmp_path / "o")

@@ -3,7 +3,7 @@
 Flags mean the same on every verb that has them:
 
 * input: ``--format``, ``--field TARGET=COLUMN``, ``--group-field``, ``--on-bad-row error|skip``
-  (default error), ``--shard-size``, ``--limit``;
+  (default error), ``--shard-size``, ``--limit``, ``--split``;
 * criteria: ``--criteria NAME[,NAME]``, ``--criterion-option NAME.KEY=VALUE``, ``--model``,
   ``--embedder`` and the options many criteria share (``--batch-tokens``, ``--max-length``,
   ``--template``, ``--dtype``, ``--device``: handed to the recipe and to every criterion that
@@ -141,6 +141,12 @@ def add_data_args(p: argparse.ArgumentParser, *, shard_size: int = 4096) -> None
         help=f"rows per shard (memory and cache granularity; {shard_size})",
     )
     g.add_argument("--limit", type=int, default=None, help="read only the first N good rows")
+    g.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME",
+        help="the split to read of a saved DatasetDict folder (train, test, ...)",
+    )
     deprecated(g, "--chunk", "shard_size", "--shard-size", type=int)
     deprecated(g, "--fail-fast", "on_bad_row", "--on-bad-row error (the default)", flag=True, const="error")
 
@@ -364,6 +370,7 @@ def common_config(args: Any) -> dict:
         shard_size=args.shard_size,
         checkpoint_s=CHECKPOINT_S if getattr(args, "checkpoint_s", None) is None else args.checkpoint_s,
         limit=args.limit,
+        split=getattr(args, "split", None),
         overwrite=getattr(args, "overwrite", False),
         cache_dir=getattr(args, "cache_dir", None),
         engine=getattr(args, "engine", "local"),

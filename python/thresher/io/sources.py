@@ -66,6 +66,8 @@ def locate(data: Any, *, split: Optional[str] = None, streaming: bool = False) -
         if p.exists():
             if split is None:  # files are always streamed: streaming=True changes nothing here
                 return Location(str(p), path=p)
+            if p.is_file():  # (load_dataset would look it up on the hub, retrying for half a minute)
+                raise OptionError(f"split: {p} is one file, not a dataset with splits; drop split={split!r} (--split)")
             if any((p / m).exists() for m in ("dataset_dict.json", "state.json", "dataset_info.json")):
                 return _saved_split(p, split)
             return _hub(str(p), split, streaming)  # a data folder laid out in splits: load_dataset reads it
