@@ -43,3 +43,34 @@ def test_a_rerun_on_cached_embeddings_loads_no_embedder(pool, tmp_path, monkeypa
     monkeypatch.undo()
     fresh, scores_fresh = _run(pool, tmp_path / "c", tmp_path / "cache-fresh", 4)
     pd.testing.assert_frame_equal(scores4, scores_fresh)  # cached vectors = freshly computed ones
+
+
+def test_the_local_engine_scores_knn_criteria_from_vectors_not_the_pools_texts(pool, tmp_path, monkeypatch):
+    """On this process's engine a pool criterion that scores from embeddings gets the pool's vectors read back
+    from the embeddings cache by key (the shards' rows put there as they are read), not the pool's table:
+    the run keeps no shard table, and its scores are the criterion's own call over the whole pool
+    (read independently, with its own cache)."""
+    import json
+
+    from thresher.criteria.diversity import _PoolCriterion
+    from thresher.pipeline import scoring
+    from thresher.registry import CRITERIA
+
+    rows = pd.DataFrame([json.loads(line) for line in pool.read_text(encoding="utf-8").splitlines()])
+    want = CRITERIA.get("semdedup").obj(cache_dir=str(tmp_path / "own"), eps=0.2)(rows[["id", "instruction",
+                                                                                          "output"]])  # fmt: skip
+    kept: list = []
+    real_add = scoring._Rows.add
+
+    def add(self, shard, tabs):
+        real_add(self, shard, tabs)
+        kept.append(len(self.st.pool_tables))
+
+    monkeypatch.setattr(scoring._Rows, "add", add)
+    monkeypatch.setattr(_PoolCriterion, "__call__", lambda *a, **k: _refuse())  # not over a pool table
+    cfg = PipelineConfig(data=str(pool), out=str(tmp_path / "o"), criteria=[{"name": "semdedup",
+                         "options": {"eps": 0.2}}], k=8, shard_size=25, quiet=True, report=False)  # fmt: skip
+    got = pd.read_parquet(run_pipeline(cfg).scores_path)
+    assert kept == [0, 0, 0]  # three shards read, no table kept
+    for col in ("semdedup", "semdedup.keep", "semdedup.cluster", "semdedup.reason"):
+        np.testing.assert_array_equal(got[col].to_numpy(), want[col].to_numpy(), err_msg=col)

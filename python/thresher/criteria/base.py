@@ -189,6 +189,9 @@ class Criterion:
     NAME = ""  # set by CRITERIA.register on each registered subclass
     VERSION = VERSION
     RUNTIME = RUNTIME_OPTIONS
+    # a pool-scoped criterion whose call on a pool is ``score_embeddings(ids, vectors, keys, empty)`` of the
+    # pool's embeddings (:meth:`pool_embedder`): a run can hand it the vectors instead of the pool's texts
+    SCORES_FROM_EMBEDDINGS = False
 
     def __init__(self, **options: Any) -> None:
         self.options = self.resolve(options)

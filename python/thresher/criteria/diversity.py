@@ -91,6 +91,8 @@ class _PoolCriterion(Criterion):
     """Embeds batches (through the embeddings cache when ``cache_dir`` is set) and scores them
     against the fitted pool, or against the batch itself."""
 
+    SCORES_FROM_EMBEDDINGS = True  # __call__ is _embed then score_embeddings
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._encoder: Any = None  # loaded on first use: cached embeddings need no model

@@ -125,6 +125,21 @@ def fill_embeddings(
     return run.embed(texts, ids, batch_size=batch_size, shard_size=shard_size, vectors=False)[1]
 
 
+def embeddings_of_keys(
+    keys: Sequence[str], embedder: str, *, cache_dir: Any, store_dtype: str = "float16"
+) -> np.ndarray:
+    """float32 ``[N, d]`` L2-normalised vectors of rows already in the embeddings cache, by their
+    :func:`sample_key` (no text, no model: as :func:`embed_texts` reads them back for those rows).
+    Raises when the cache has no store for ``embedder`` or lacks a key (fill it first: :func:`fill_embeddings`)."""
+    known = known_store(cache_dir, embedder_fingerprint(embedder))
+    if known is None:
+        raise RuntimeError(f"embeddings: no vectors of embedder {embedder!r} under {cache_dir}")
+    found, vecs = open_store(cache_dir, known[0], dtype=store_dtype).lookup(list(keys), known[1])
+    if not found.all():
+        raise RuntimeError(f"embeddings: {int((~found).sum())} of {len(keys)} rows are not in {cache_dir} any more")
+    return _normalize(vecs) if len(keys) else np.zeros((0, known[1]), np.float32)
+
+
 class _CachedRun:
     """One call through the embeddings cache: the store is found from the spec's recorded alias
     (no model load); the encoder is loaded only for rows the store lacks."""
@@ -224,6 +239,7 @@ def embed_table(df: Any, embedder: Any = "default", **kw: Any) -> np.ndarray:
 
 __all__ = [
     "embed_texts",
+    "embeddings_of_keys",
     "embed_table",
     "fill_embeddings",
     "fill_table",

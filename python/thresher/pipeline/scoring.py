@@ -21,6 +21,7 @@ from ..registry import CRITERIA
 from .checkpoint import chunk_unit, drop_partial, score_checkpointed
 from .lm_tokens import TOKENS_LM, TOKENS_LM_SPEC, count_shard, counting_step, lm_tokens_key, worker_spec
 from .pool_entry import PoolEntry, PoolSink
+from .pool_vectors import pool_vectors
 from .reading import PoolPiece, RemotePool, RemoteShard, remote_shards
 from .rowstore import GroupCoder, GroupColumn
 from .scoring_checks import check_scores
@@ -85,6 +86,20 @@ def _pool_criterion(st: RunState, step: Step, pool: pd.DataFrame) -> Callable[[]
         if info is not None:
             st.run_info[step.col] = info
         return check_scores(raw, pool, step.name, step.alias)
+
+    return compute
+
+
+def _from_vectors(st: RunState, step: Step, vec: Any) -> Callable[[], pd.DataFrame]:
+    """A pool-scoped criterion scored from the pool's vectors in the embeddings cache (:mod:`.pool_vectors`),
+    in this process: the call :func:`_pool_criterion` makes, without the pool's texts."""
+
+    def compute() -> pd.DataFrame:
+        scorer = st.scorer_for(step)
+        raw = vec.score(scorer, step.col)
+        if callable(getattr(scorer, "run_info", None)):
+            st.run_info[step.col] = scorer.run_info()
+        return check_scores(raw, pd.DataFrame({"id": vec.pool_ids()}), step.name, step.alias)
 
     return compute
 
@@ -163,7 +178,11 @@ class _Rows:
 
     def __init__(self, st: RunState, selection: Selection) -> None:
         self.st, self.selection = st, selection
-        self.keep_texts = bool(st.pool_criteria())
+        # pool-scoped criteria that score from the embeddings cache keep keys, not texts (local shards)
+        st.pool_vectors = pool_vectors(st)
+        from_vectors = set(st.pool_vectors.specs) if st.pool_vectors is not None else set()
+        self.keep_texts = any(step.col not in from_vectors for step in st.pool_criteria())
+        self.keep_pieces = bool(st.pool_criteria())  # a remote shard's pieces (its texts stay on the cluster)
         # a streaming selection that embeds only its candidates (repr filter) sets wants_embeddings False
         self.want_emb = (
             st.plan.needs_embeddings and not st.cfg.score_only and getattr(selection, "wants_embeddings", True)
@@ -174,7 +193,10 @@ class _Rows:
         self.emb: list = []
 
     def embed(self, shard: Any, vectors: Any = None) -> None:
-        """Keep the shard's embeddings (``vectors``: as a worker that read the shard computed them)."""
+        """Keep the shard's embeddings (``vectors``: as a worker that read the shard computed them); put a
+        local shard's rows in the embeddings cache of the pool criteria that score from it."""
+        if self.st.pool_vectors is not None and not isinstance(shard, RemoteShard):
+            self.st.pool_vectors.add(shard.table)
         if self.want_emb:
             if vectors is None:
                 emb_dir = self.st.cache.root / "embeddings"
@@ -186,7 +208,7 @@ class _Rows:
         self.store.append("tokens", tabs.pop(TOKENS)[TOKEN_CRITERION].to_numpy(np.float64), np.float64)
         self.selection.feed(_columns(tabs.values(), self.selection.needed), shard.start, len(shard))
         remote = isinstance(shard, RemoteShard)
-        if self.keep_texts and remote:  # a remote shard's texts stay on the cluster; its ids go to the store
+        if self.keep_pieces and remote:  # a remote shard's texts stay on the cluster; its ids go to the store
             st.pool_tables.append(PoolPiece.of(shard, st.pool_put))
             st.pool_digest.update(shard.ids)
         elif self.keep_texts:
@@ -428,7 +450,8 @@ def score_shards(st: RunState, selection: Selection) -> None:
     if pool is not None:
         score_shards_pooled(st, pool, rows, prog, tok, tok_key)
     else:
-        parts = max(1, len(st.shard_criteria()) + int(rows.want_emb))  # one share per criterion/embedding
+        # one share per criterion and embedding (the selector's, the pool criteria's)
+        parts = max(1, len(st.shard_criteria()) + int(rows.want_emb) + int(st.pool_vectors is not None))
         for shard in st.source.shards():
             with prog.share(len(shard), len(shard) * parts):  # moves by rows as far as the scorers report them
                 tabs = _score_shard(st, shard, tok, tok_key)
@@ -498,10 +521,18 @@ def score_pool_scoped(st: RunState, selection: Selection) -> None:
         return
     t = time.perf_counter()
     remote = bool(st.pool_tables) and isinstance(st.pool_tables[0], PoolPiece)
-    pool = RemotePool(st.pool_tables) if remote else pd.concat(st.pool_tables, ignore_index=True)
+    vec = st.pool_vectors
+    pool: Any = None
+    if remote:
+        pool = RemotePool(st.pool_tables)
+    elif st.pool_tables:
+        pool = pd.concat(st.pool_tables, ignore_index=True)
     st.pool_tables = []
     pkey = hashlib.blake2b("".join(r.key for r in st.shards).encode(), digest_size=16).hexdigest()
-    digest = st.pool_digest.hexdigest() if remote else ids_digest(pool["id"].astype(str).tolist())
+    if remote:
+        digest = st.pool_digest.hexdigest()
+    else:
+        digest = ids_digest(vec.pool_ids() if pool is None else pool["id"].astype(str).tolist())
     for step in steps:
         key = st.pool_keys[step.col] = cache_key(step.col, st.key_for(step), pkey)
         if not st.cache.has(step.col, key):
@@ -511,7 +542,8 @@ def score_pool_scoped(st: RunState, selection: Selection) -> None:
                 df: Any = _remote_pool_entry(st, step, key, digest, pool)
             else:
                 extra = lambda col=step.col: {"run_info": st.run_info.get(col)}  # noqa: E731
-                df = cached(st, step.col, key, digest, _pool_criterion(st, step, pool), step, extra)
+                whole = _from_vectors(st, step, vec) if vec is not None and step.col in vec.specs else None
+                df = cached(st, step.col, key, digest, whole or _pool_criterion(st, step, pool), step, extra)
         if step.col not in st.run_info:  # read from the cache: what the scorer reported when it ran
             st.run_info[step.col] = st.cache.info(step.col, key).get("run_info")
         else:

@@ -72,6 +72,7 @@ class RunState:
     rowstore: Any = None  # RowStore: where lines, files, tokens and group codes are kept (on disk)
     embeddings: Any = None  # float32 [n, d] when the selector needs them
     pool_tables: list = field(default_factory=list)  # shard tables (PoolPieces), only for pool-scoped criteria
+    pool_vectors: Any = None  # keys of the pool's rows for the criteria that score from embeddings (.pool_vectors)
     pool_put: Optional[Callable[[Any], Any]] = None  # where a PoolPiece's ids go (the engine's object store)
     pool_digest: IdsDigest = field(default_factory=IdsDigest)  # of the remote shards' ids, as they arrive
     cache_hits: int = 0
