@@ -19,6 +19,7 @@ import pandas as pd
 from ..criteria.base import sample_ids
 from ..embed import embeddings_of_keys, fill_embeddings, sample_texts
 from ..embed.store import sample_key
+from ..engines.local import LocalEngine
 from ..registry import CRITERIA
 from .state import RunState
 
@@ -59,9 +60,9 @@ class PoolVectors:
 
 def pool_vectors(st: RunState) -> Optional[PoolVectors]:
     """The run's :class:`PoolVectors` for its pool-scoped criteria that score from embeddings read
-    through the cache, on an engine without workers (a worker pool reads and embeds the input itself);
-    None when there is none."""
-    if getattr(st.engine, "start_workers", None) is not None:
+    through the cache, on the local engine (a worker pool reads and embeds the input itself; another engine
+    gets the pool through its own ``score_pool``); None when there is none."""
+    if not isinstance(st.engine, LocalEngine):  # Ray's workers read and embed the input; a plugin engine: its own
         return None
     specs = {}
     for step in st.pool_criteria():
