@@ -74,3 +74,31 @@ def test_the_local_engine_scores_knn_criteria_from_vectors_not_the_pools_texts(p
     assert kept == [0, 0, 0]  # three shards read, no table kept
     for col in ("semdedup", "semdedup.keep", "semdedup.cluster", "semdedup.reason"):
         np.testing.assert_array_equal(got[col].to_numpy(), want[col].to_numpy(), err_msg=col)
+
+
+def test_the_ray_whole_pool_task_scores_from_vectors_without_building_the_pool(pool, tmp_path, monkeypatch):
+    """Under Ray the whole-pool task gets the pieces of the split tables the workers read: a criterion that
+    scores from embeddings reads the pieces a piece at a time into keys and vectors, never assembling the
+    pool's table, and scores as its own call over that table does (the pieces' rows are in the cache already,
+    as the workers put them there)."""
+    import json
+
+    from thresher.engines import ray_engine
+    from thresher.registry import CRITERIA
+
+    rows = pd.DataFrame([json.loads(line) for line in pool.read_text(encoding="utf-8").splitlines()])
+    halves = [rows.iloc[:35].reset_index(drop=True), rows.iloc[35:].reset_index(drop=True)]
+    # three split tables; the pieces (rows of each, in pool order) out of order within a table, as shards give
+    tables = (halves[0], halves[0].drop(index=[0, 1, 3, 7]).reset_index(drop=True), halves[1])
+    idxs = [np.array([3, 0, 7, 1]), np.arange(31)[::-1], np.arange(25)]
+    pieces = [t.iloc[ix] for t, ix in zip(tables, idxs)]
+    ids = [str(i) for p in pieces for i in p["id"].tolist()]
+    whole = pd.concat(pieces, ignore_index=True)[["id", "instruction", "output"]]
+    cls = CRITERIA.get("knn_distance").obj
+    opts = cls(cache_dir=str(tmp_path / "emb"), k=4).options
+    want = cls(cache_dir=str(tmp_path / "emb"), k=4)(whole)  # (the same cache: the same vectors, not re-encoded)
+    monkeypatch.setattr(ray_engine, "assemble", lambda *a: _refuse())
+    got = ray_engine._score_whole(cls, opts, None, None, None, [ids[:10], ids[10:]], idxs, *tables)
+    assert got["id"].tolist() == ids
+    for col in ("knn_distance", "knn_distance.nearest", "knn_distance.reason"):
+        np.testing.assert_array_equal(got[col].to_numpy(), want[col].to_numpy(), err_msg=col)

@@ -169,12 +169,22 @@ def _score_whole(cls: Any, options: dict, split: Any, sink: Any, table: Any, ids
     Ray tasks at a time. ``table`` None: the pool is assembled here from pieces of the tables the
     workers read (``ids``: one list or object ref per shard). ``sink`` (or None: the table is returned)
     is called here with ``(table of scores, pool, fingerprint, run info)``; its return value is the task's."""
-    if table is None:
+    from ..embed.pool import vector_spec  # (torch: only in the task that scores)
+
+    spec = vector_spec(cls, options) if table is None else None
+    vec = None
+    if spec is not None:  # scored from the vectors in the embeddings cache: the pool's table is never built
+        vec = _pieces_vectors(spec, _joined_ids(ids), idxs, tables)
+    elif table is None:
         table = assemble(_joined_ids(ids), idxs, tables)
     scorer = cls(**options)
     if hasattr(scorer, "mapper") and split is not None:
         scorer.mapper = ray_mapper(**split)
-    out = scorer(table)
+    if vec is not None:
+        out = vec.score(scorer, "")
+        table = out[["id"]].assign(id=vec.pool_ids())  # what the sink checks: the pool's ids, in order
+    else:
+        out = scorer(table)
     info = getattr(scorer, "run_info", None)
     info = info() if callable(info) else None
     fp = getattr(scorer, "fingerprint", None)
@@ -187,6 +197,21 @@ def _score_whole(cls: Any, options: dict, split: Any, sink: Any, table: Any, ids
         out.attrs["run_info"] = info
     out.attrs["fingerprint"] = fp
     return out
+
+
+def _pieces_vectors(spec: tuple, ids: list, idxs: list, tables: tuple) -> Any:
+    """The pool's :class:`~thresher.embed.pool.PoolVectors` from the pieces of the split tables the workers
+    read, a piece at a time (``assemble``'s rows in its order; the workers already put them in the cache)."""
+    from ..embed.pool import PoolVectors
+
+    vec = PoolVectors({"": spec})
+    pos = 0
+    for t, ix in zip(tables, idxs):
+        if len(ix):
+            part = t.iloc[np.asarray(ix, dtype=np.int64)]
+            vec.add(part, ids[pos : pos + len(part)])
+            pos += len(part)
+    return vec
 
 
 MAX_RESTARTS = 3  # restarts of a worker actor (and retries of its tasks) before the run stops

@@ -21,7 +21,7 @@ from ..registry import CRITERIA
 from .checkpoint import chunk_unit, drop_partial, score_checkpointed
 from .lm_tokens import TOKENS_LM, TOKENS_LM_SPEC, count_shard, counting_step, lm_tokens_key, worker_spec
 from .pool_entry import PoolEntry, PoolSink
-from .pool_vectors import pool_vectors
+from .pool_vectors import add_shard, pool_vectors
 from .reading import PoolPiece, RemotePool, RemoteShard, remote_shards
 from .rowstore import GroupCoder, GroupColumn
 from .scoring_checks import check_scores
@@ -196,7 +196,7 @@ class _Rows:
         """Keep the shard's embeddings (``vectors``: as a worker that read the shard computed them); put a
         local shard's rows in the embeddings cache of the pool criteria that score from it."""
         if self.st.pool_vectors is not None and not isinstance(shard, RemoteShard):
-            self.st.pool_vectors.add(shard.table)
+            add_shard(self.st.pool_vectors, shard.table)
         if self.want_emb:
             if vectors is None:
                 emb_dir = self.st.cache.root / "embeddings"

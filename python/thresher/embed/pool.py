@@ -1,0 +1,67 @@
+"""A pool as the criteria that score from embeddings alone see it (``Criterion.SCORES_FROM_EMBEDDINGS``:
+``knn_distance``, ``local_density``, ``semdedup``): per row its id, embeddings-cache key and whether its
+text is empty; the vectors stay in the embeddings cache.
+
+Pieces of the pool are added in pool order (:meth:`PoolVectors.add`: their rows go into the cache, only
+the rows it lacks encoded); the criterion then scores the vectors read back by key
+(``score_embeddings``), the same vectors its own call over the pool table reads through the cache, so
+the same scores, without the pool's texts: N x d vectors and 24 bytes of key a row. The local engine
+adds each shard as it is read (``thresher.pipeline.pool_vectors``); under Ray the whole-pool task adds
+the pieces of the split tables the workers read, instead of assembling the pool's table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import embeddings_of_keys, fill_embeddings, sample_texts
+from .store import sample_key
+
+KEY_BYTES = 24  # sample_key: 12 bytes as hex
+
+
+class PoolVectors:
+    """``specs``: column -> (embedder, device, cache folder, batch size) of each criterion scored from it."""
+
+    def __init__(self, specs: dict) -> None:
+        self.specs = specs
+        self.ids: list = []
+        self.keys: list = []
+        self.empty: list = []
+
+    def add(self, table: pd.DataFrame, ids: Sequence[str]) -> None:
+        """Rows of the pool (the next ones in pool order) with their ids: into the cache for every
+        embedder, their keys kept."""
+        texts = sample_texts(table)
+        for embedder, device, folder, batch in dict.fromkeys(self.specs.values()):
+            fill_embeddings(texts, embedder, cache_dir=folder, ids=ids, device=device, batch_size=batch)
+        self.ids.append(np.asarray(ids, dtype=object))
+        self.keys.append(np.asarray([sample_key(i, t) for i, t in zip(ids, texts)], dtype=f"S{KEY_BYTES}"))
+        self.empty.append(np.fromiter((not t.strip() for t in texts), bool, len(texts)))
+
+    def pool_ids(self) -> list:
+        return np.concatenate(self.ids).tolist() if self.ids else []
+
+    def score(self, scorer: Any, col: str) -> pd.DataFrame:
+        """``scorer``'s scores of the pool from its vectors (``score_embeddings``)."""
+        embedder, _, folder, _ = self.specs[col]
+        keys = np.concatenate(self.keys).astype(str).astype(object) if self.keys else np.zeros(0, object)
+        vecs = embeddings_of_keys(keys.tolist(), embedder, cache_dir=folder)
+        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, object)
+        empty = np.concatenate(self.empty) if self.empty else np.zeros(0, bool)
+        return scorer.score_embeddings(ids, vecs, keys, empty)
+
+
+def vector_spec(cls: Any, options: dict) -> Any:
+    """(embedder, device, cache folder, batch size) when the criterion class ``cls`` with these runtime
+    options scores a pool from vectors read through the embeddings cache; else None."""
+    reads = getattr(cls, "pool_embedder", None)
+    if reads is None or not getattr(cls, "SCORES_FROM_EMBEDDINGS", False):
+        return None
+    got = reads(options)
+    if got is None:
+        return None
+    return got[0], got[1], str(options["cache_dir"]), int(options.get("batch_size") or 64)
