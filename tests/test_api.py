@@ -191,7 +191,7 @@ def test_a_bad_row_is_named_in_the_callers_terms(rows, tmp_path):
         thresher.select(df, criteria=["length"], k=2)
     msg = str(exc.value)
     where = "data (DataFrame), row 4 (index 'r4'), field 'output'"
-    assert msg == f"{where}: missing field; pass on_bad_row='skip' to skip bad rows"
+    assert msg == f"{where}: missing field (null); pass on_bad_row='skip' to skip bad rows"
     with pytest.raises(InputError, match=r"^data \(pyarrow Table\), row 4, field 'output'"):
         thresher.score(pa.Table.from_pandas(df, preserve_index=False), criteria=["length"])
     bad = tmp_path / "pool.jsonl"

@@ -197,6 +197,22 @@ def test_bad_rows_error_and_skip(tmp_path, real_rows):
         open_dataset(p, on_bad_row="ignore")
 
 
+def test_a_missing_value_says_whether_the_field_is_absent_or_null(tmp_path):
+    """The row's field named, and what is wrong with it: not there, or null (a table's empty cell too)."""
+    p = tmp_path / "rows.jsonl"
+    p.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n{"instruction": "d", "output": null}\n'
+                 '{"messages": null}\n')  # fmt: skip
+    src = open_dataset(p, on_bad_row="skip")
+    src.read_all()
+    assert [(s["line"], s["field"], s["reason"]) for s in src.skipped] == [
+        (2, "output", "missing field"),
+        (3, "output", "missing field (null)"),
+        (4, "instruction", "missing field"),  # (the file's schema: instruction/output)
+    ]
+    with pytest.raises(DataError, match=r"line 2, field 'output': missing field \(null\)"):
+        read_samples(pd.DataFrame({"instruction": ["a", "b"], "output": ["x", np.nan]}))
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "json", "csv", "parquet"])
 def test_write_selected_keeps_format_and_field_order(tmp_path, real_rows, fmt):
     rows = [

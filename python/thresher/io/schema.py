@@ -61,6 +61,11 @@ def missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def _missing_why(record: dict, name: Any) -> str:
+    """Why a required field has no value: absent, or null (None, or NaN: a table's empty cell)."""
+    return "missing field" if name not in record else "missing field (null)"
+
+
 class DataError(InputError):
     """A bad row or file: names the file, the line (1-based) and the field.
 
@@ -184,7 +189,7 @@ def _text(record: dict, name: Optional[str], *, file: Any, line: Optional[int], 
         return ""
     if name not in record or missing(record[name]):
         if required:
-            raise DataError("missing field", file=file, line=line, field=name)
+            raise DataError(_missing_why(record, name), file=file, line=line, field=name)
         return ""
     v = record[name]
     if isinstance(v, str):
@@ -242,7 +247,7 @@ def _conversation(record: dict, s: Schema, *, file: Any, line: Optional[int]) ->
     name = s.conversation
     conv = record.get(name)
     if missing(conv):
-        raise DataError("missing field", file=file, line=line, field=name)
+        raise DataError(_missing_why(record, name), file=file, line=line, field=name)
     conv = _as_list(conv)
     if not isinstance(conv, list):
         raise DataError(f"expected a list of turns, got {type(conv).__name__}", file=file, line=line, field=name)
