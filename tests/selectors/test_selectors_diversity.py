@@ -228,6 +228,33 @@ def test_group_topk_equal_and_proportional():
         sel("group_topk", s, 3, groups=g[:5])
 
 
+def test_group_labels_are_compared_as_strings_without_a_string_per_row():
+    """group_topk's label codes equal numpy's unique of the labels as strings (the rule), also where
+    numbers that compare equal print apart (-0.0 and 0.0) and values of other types print alike (1 and
+    "1"); numbers are coded by their bits first, with no string per row."""
+    from thresher.selectors.diversity import label_codes
+
+    rng = np.random.default_rng(3)
+    other_nan = np.array([np.nan]).view(np.int64) ^ 1
+    cases = [
+        rng.integers(0, 40, 500).astype(float),  # a cluster column
+        np.array([0.0, -0.0, np.nan, 1.0, 1e300, -1e-300, np.inf, -np.inf, 3.0, 0.0]),
+        np.concatenate([np.array([np.nan]), other_nan.view(np.float64)]),  # two NaN payloads: one "nan"
+        np.array([0.0, -0.0, 2.5], np.float32),
+        rng.integers(-3, 3, 50),
+        np.array([True, False, True]),
+        np.zeros(0),
+        np.array(["b", "a", "b"]),
+        np.array([1, 1.0, "1", None, np.nan, "a"], dtype=object),
+    ]
+    for g in cases:
+        np.testing.assert_array_equal(label_codes(g), np.unique(g.astype(str), return_inverse=True)[1].reshape(-1))
+    s = np.arange(6, dtype=float)[::-1].copy()
+    df = frame(s)
+    df["c"] = [0.0, -0.0, 0.0, 1.0, -0.0, 1.0]  # three groups as strings: "0.0", "-0.0", "1.0"
+    assert list(sel("group_topk", df, 3, criterion="q", group_column="c")) == [0, 1, 3]
+
+
 def test_kmeans_lloyd_matches_scikit_learn_from_the_same_init():
     """The clustering step of CaR / cluster_balanced against an independent k-means (scikit-learn's
     Lloyd) started from the same centroids: the torch path's seeded init rows."""
