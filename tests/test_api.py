@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,21 @@ def test_a_bad_row_is_named_in_the_callers_terms(rows, tmp_path):
         f"{bad}, line 4, field 'output': missing field; the scores computed so far are kept in {cache}"
     )
     assert "overwrite=True" in msg and "on_bad_row='skip'" in msg and "--on-bad-row" not in msg
+
+
+def test_a_token_budget_that_selects_nothing_says_why(rows, pool_jsonl):
+    """A quiet call whose token budget stops before the first row of the order warns, naming that row in
+    the caller's terms and its tokens; one that selects rows does not warn."""
+    df = pd.DataFrame(rows[:40])
+    longest = int(np.argmax(thresher.score(df, criteria="length")["length"].to_numpy()))  # first of the order
+    with pytest.warns(RuntimeWarning, match=rf"tokens=5 selected nothing: the first row of the order \(data "
+                      rf"\(DataFrame\), row {longest} \(index {longest}\)\) alone holds \d+ tokens"):  # fmt: skip
+        assert len(thresher.select(df, criteria="length", tokens=5)) == 0
+    with pytest.warns(RuntimeWarning, match=r"\(pool.jsonl:\d+\) alone holds"):
+        thresher.select(pool_jsonl, criteria="length", tokens=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(thresher.select(df, criteria="length", tokens=10**7)) == 40
 
 
 def test_rank_pareto_and_weighted():

@@ -585,7 +585,21 @@ def select(
                       tokens=tokens, model=model, embedder=embedder, cache_dir=cache_dir, out=out,
                       quiet=quiet)  # fmt: skip
         res, table = _run(inp, cfg, select=True)
+        _warn_empty_token_budget(inp, res)
         return _result(inp, res, table, keep=keep, id_column=id_column, out=out)
+
+
+def _warn_empty_token_budget(inp: _Input, res: PipelineResult) -> None:
+    """A token budget that selects nothing says why (the first row of the order alone is over it), as the
+    CLI's log does: a quiet call would otherwise return no rows without a word."""
+    budget = res.manifest.get("budget") or {}
+    stop = budget.get("stopped_before")
+    if len(res.selected) or not stop:
+        return
+    where = _where(inp, stop["source_line"]) if inp.kind != "path" else f"{stop['source_file']}:{stop['source_line']}"
+    warnings.warn(f"thresher: tokens={budget.get('tokens')} selected nothing: the first row of the order "
+                  f"({where}) alone holds {stop['tokens']} tokens; a token budget keeps a prefix of the order",
+                  RuntimeWarning, stacklevel=3)  # fmt: skip
 
 
 def rank(
