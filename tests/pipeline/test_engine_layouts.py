@@ -147,3 +147,4 @@ def test_ray_layouts_match(name, pool, tiny_model, emb_cache, baseline, tmp_path
     assert anchors == {c["name"]: c.get("run_info") for c in baseline[0].manifest["criteria"]}["nuggets"]["anchor_ids"]
     run = got[0].manifest["engine_run"]
     assert run["worker_processes"] == LAYOUTS[name]["engine_options"]["workers"]
+    assert run["pool_task_peak_rss_mb"] > 50  # the whole-pool tasks' own peak (a process with torch loaded)

@@ -383,6 +383,7 @@ def engine_run(st: RunState) -> dict:
         "nodes": len(st.workers),
         "worker_processes": sum(len(p) for p in st.workers.values()),
         "worker_peak_rss_mb": round(st.worker_peak_rss_mb, 1),
+        "pool_task_peak_rss_mb": round(st.pool_task_peak_rss_mb, 1) if st.pool_task_peak_rss_mb else None,
         "read_on_workers": bool(st.read_on_workers),
     }
 

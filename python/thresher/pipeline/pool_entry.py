@@ -6,6 +6,7 @@ the score columns an in-memory selection keeps."""
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,7 +37,8 @@ class PoolSink:
         df = check_scores(out, table, self.name, self.alias)
         ScoreCache(self.root).write(self.col, self.key, df, ids=self.digest, fingerprint=fingerprint,
                                     extra={"run_info": info}, row_group_rows=self.rows_per_group)  # fmt: skip
-        return {"run_info": info, "fingerprint": fingerprint, "rows": len(df)}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this task's process, MB
+        return {"run_info": info, "fingerprint": fingerprint, "rows": len(df), "peak_rss_mb": peak}
 
 
 class PoolEntry:

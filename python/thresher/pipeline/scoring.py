@@ -486,6 +486,7 @@ def _remote_pool_entry(st: RunState, step: Step, key: str, digest: str, pool: Re
         sink = PoolSink(str(st.cache.root), step.col, key, digest, step.name, step.alias, st.source.shard_size)
         got = st.engine.score_pool(st.scorer_for(step), pool, step.name, sink=sink)
         st.run_info[step.col] = got.get("run_info")
+        st.pool_task_peak_rss_mb = max(st.pool_task_peak_rss_mb, float(got.get("peak_rss_mb") or 0.0))
         if st.cache.info(step.col, key).get("ids") != digest:
             raise RuntimeError(f"criterion {step.col!r}: the pool's task reported its entry written, but "
                                f"{st.cache.path(step.col, key)} is missing or does not match")  # fmt: skip
