@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import pandas as pd
+
 from ..criteria.base import sample_ids
 from ..embed.pool import PoolVectors, vector_spec
 from ..engines.local import LocalEngine
@@ -14,7 +16,8 @@ from ..registry import CRITERIA
 from .state import RunState
 
 
-def add_shard(vec: PoolVectors, table) -> None:
+def add_shard(vec: PoolVectors, table: pd.DataFrame) -> None:
+    """One local shard's rows, keyed by their ids as the criteria's own call keys them."""
     vec.add(table, sample_ids(table))
 
 
