@@ -69,6 +69,7 @@ def test_the_sink_checks_the_result_and_writes_the_entry(tmp_path):
     sink = PoolSink(str(tmp_path), "knn_distance", "key1", ids_digest(df["id"]), "knn_distance", None, 5)
     shuffled = df.iloc[::-1].reset_index(drop=True)  # a scorer may return rows in any order: keyed by id
     got = sink(shuffled, table, "fp-1", {"exact": True})
+    assert got.pop("peak_rss_mb") > 0  # the task process's own peak memory, for the manifest's engine_run
     assert got == {"run_info": {"exact": True}, "fingerprint": "fp-1", "rows": 12}
     cache = ScoreCache(tmp_path)
     assert cache.info("knn_distance", "key1")["run_info"] == {"exact": True}
