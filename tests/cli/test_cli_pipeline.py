@@ -265,6 +265,9 @@ def test_split_of_a_saved_dataset_dict_on_the_command_line(pool, tmp_path, capsy
     args = ["--criteria", "length", "--k", "3", "--quiet", "--no-report"]
     assert main(["select", str(tmp_path / "dd"), *args, "--out", str(tmp_path / "a")]) == 2
     assert "pass split=NAME (--split)" in capsys.readouterr().err
+    assert main(["select", str(tmp_path / "dd"), *args, "--split", "test", "--out", str(tmp_path / "b"),
+                 "--dry-run", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["input"]["split"] == "test"
     assert main(["select", str(tmp_path / "dd"), *args, "--split", "test", "--out", str(tmp_path / "b")]) == 0
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert m["inputs"][0]["split"] == "test" and m["inputs"][0]["rows"] == 20

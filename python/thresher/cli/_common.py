@@ -399,7 +399,7 @@ def plan_preview(cfg: PipelineConfig) -> dict:
         out=None if cfg.out is None else str(cfg.out),
         engine=cfg.engine,
         input={"format": cfg.format, "fields": cfg.fields, "on_bad_row": cfg.on_bad_row,
-               "shard_size": cfg.shard_size, "limit": cfg.limit},
+               "shard_size": cfg.shard_size, "limit": cfg.limit, "split": cfg.split},
     )  # fmt: skip
     return info
 
