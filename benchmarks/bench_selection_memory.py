@@ -9,6 +9,11 @@ Selections that used to collect their score columns on the driver, now scans of 
   default), at the same sizes;
 * ``groups``: ``group_topk`` on mtld within each of the 957 BIG-bench tasks (round robin), ratio 0.05, at the
   same sizes;
+* ``weighted-rank`` and ``weighted-zscore``: ``weighted`` over ``length:max`` and ``mtld:max`` with the
+  ``rank`` normaliser (its default: the multi-objective recipe's ``weighted``) and with ``zscore``
+  (instruction-mining's), ratio 0.05, at the same sizes: folds that read the whole pool (its sorted
+  values, its exact mean and standard deviation);
+* ``knee``: ``threshold`` at the knee of the sorted ``mtld`` curve, at most a ratio of 0.05, at the same sizes;
 * ``pool-scoped``: ``length`` + ``knn_distance`` (exact kNN-6 on precomputed ``--knn-dim``-dimensional
   embeddings, as ``bench_scale.py --knn-large``), top ``--k`` by knn_distance, at ``--knn-rows // 4``
   and ``--knn-rows`` rows (default 50,000 and 200,000).
@@ -38,6 +43,7 @@ import platform
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -91,16 +97,18 @@ print(json.dumps({{"seconds": dt, "driver_heap_peak_mb": max(tracemalloc.get_tra
 
 
 def one(name: str, data: Path, work: Path, criteria: list, budget: dict, in_memory: bool, args,
-        selector: str = "topk") -> dict:  # fmt: skip
-    """One run (the score cache emptied first; precomputed embeddings kept); ``selector`` on the last criterion."""
+        selector: Any = "topk") -> dict:  # fmt: skip
+    """One run (the score cache emptied first; precomputed embeddings kept); ``selector`` on the last criterion
+    (or a whole selector spec)."""
     cache = work / f"cache-{name}"
     for sub in cache.glob("*"):
         if sub.name != "embeddings":
             shutil.rmtree(sub, ignore_errors=True)
     sel = criteria[-1] if isinstance(criteria[-1], str) else criteria[-1]["name"]
+    spec = selector if isinstance(selector, dict) else {"name": selector, "options": {"criterion": sel}}
     code = CHILD.format(py=str(ROOT / "python"), in_memory=in_memory, cpus=args.threads + 1, out=str(work / "out"),
                         data=str(data), cache=str(cache), criteria=criteria, budget=budget, shard=args.shard_size,
-                        selector={"name": selector, "options": {"criterion": sel}})  # fmt: skip
+                        selector=spec)  # fmt: skip
     r = run_child(code, args.threads)
     print(f"{name} {'in-memory' if in_memory else 'streaming'} {r['rows']} rows: {r['seconds']:.1f} s, heap peak "
           f"{r['driver_heap_peak_mb']:.1f} MB, selection {r['select_start_mb']:.1f} -> {r['select_peak_mb']:.1f} MB, "
@@ -109,7 +117,7 @@ def one(name: str, data: Path, work: Path, criteria: list, budget: dict, in_memo
 
 
 def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, args, embedder: str = "",
-             selector: str = "topk") -> dict:  # fmt: skip
+             selector: Any = "topk") -> dict:  # fmt: skip
     """Both contenders at both sizes; the heap growth per row of each; the selections compared."""
     runs: dict = {"streaming": [], "in-memory": []}
     for rows in sizes:
@@ -130,7 +138,7 @@ def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, a
     return out
 
 
-WORKLOADS = ("token-budget", "pool-scoped", "gumbel", "groups")
+WORKLOADS = ("token-budget", "pool-scoped", "gumbel", "groups", "weighted-rank", "weighted-zscore", "knee")
 
 
 def run_workload(name: str, work: Path, args: argparse.Namespace) -> dict:
@@ -142,6 +150,14 @@ def run_workload(name: str, work: Path, args: argparse.Namespace) -> dict:
     if name == "gumbel":  # DSIR's resampling at DSIR's default budget
         return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"ratio": 0.05}, args,
                         selector="gumbel_topk")  # fmt: skip
+    if name.startswith("weighted-"):  # a fold of normalised objectives: the pool's ranks or moments
+        spec = {"name": "weighted", "options": {"objectives": ["length:max", "mtld:max"], "normalize": name[9:]}}
+        return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"ratio": 0.05}, args,
+                        selector=spec)  # fmt: skip
+    if name == "knee":  # the whole sorted curve
+        spec = {"name": "threshold", "options": {"criterion": "mtld", "mode": "knee"}}
+        return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"ratio": 0.05}, args,
+                        selector=spec)  # fmt: skip
     embedder = tiny_embedder(work, args.knn_dim)
     knn = {"name": "knn_distance", "options": {"embedder": embedder, "k": 6}}
     return workload(name, [args.knn_rows // 4, args.knn_rows], work, ["length", knn], {"k": args.k}, args, embedder)

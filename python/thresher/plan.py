@@ -27,7 +27,7 @@ import yaml
 from .device import DTYPE_CHOICES, check_device
 from .errors import OptionError
 from .registry import CRITERIA, ENGINES, RECIPES, SELECTORS, Entry, _load_builtins
-from .selectors.base import columns_read, default_budget, token_budget_refusal
+from .selectors.base import check_options, columns_read, default_budget, token_budget_refusal
 
 TOKENS = "tokens"
 # Columns a filter or a selector may name besides the criteria's own.
@@ -306,9 +306,11 @@ def _resolve_selector(selector: Step, criteria: list) -> bool:
             )
         selector.options["criterion"] = criteria[0].col
     resolved = sel.resolve_options(selector.options)
+    check_options(sel, resolved)
     for value in resolved.values():  # nested stages (cascade's first/then)
         if isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"] in SELECTORS:
-            SELECTORS.get(value["name"]).resolve_options(dict(value.get("options") or {}))
+            stage = SELECTORS.get(value["name"])
+            check_options(stage, stage.resolve_options(dict(value.get("options") or {})))
     return "embeddings" in tuple(sel.meta.get("needs", ())) or resolved.get("diversity_tau") is not None
 
 

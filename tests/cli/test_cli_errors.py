@@ -305,3 +305,18 @@ def test_out_and_cache_inside_the_input_folder_are_refused(tmp_path, capsys):
     assert sorted(p.name for p in d.iterdir()) == ["a.jsonl"]  # nothing written into it
     assert cli_main.main([*base, "--out", str(tmp_path / "sel")]) == 0
     assert cli_main.main([*base, "--out", str(tmp_path / "sel")]) == 0  # a rerun reads the same pool
+
+
+def test_an_unknown_option_is_reported_with_the_verbs_usage_and_the_closest_name(tmp_path, capsys):
+    """`thresher rank x --objectives a`: the verb's own usage (not the top-level one), the closest option."""
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main(["rank", str(tmp_path / "s.parquet"), "--objectives", "a:max", "--frobnicate"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("usage: thresher rank ") and "[--objective NAME:max|min]" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("thresher rank: error: unrecognized arguments: --objectives a:max --frobnicate")
+    assert "--objectives -> did you mean --objective?" in last and "--frobnicate ->" not in last
+    with pytest.raises(SystemExit):
+        cli_main.main(["--frobnicate"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "thresher: error: unrecognized arguments: --frobnicate"

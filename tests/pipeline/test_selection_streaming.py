@@ -20,7 +20,7 @@ from thresher.pipeline.rowstore import GroupColumn
 from thresher.pipeline.selection import _pass_factory
 from thresher.pipeline.streaming import GumbelPass, ParetoPass, ThresholdPass, TopKPass, dominators
 from thresher.pipeline.streaming_groups import GroupKeepPass, GroupStatsPass, proportional_quotas, round_robin_quotas
-from thresher.selectors.basic import pareto, threshold, topk
+from thresher.selectors.basic import knee_index, pareto, threshold, topk
 from thresher.selectors.diversity import group_topk
 from thresher.selectors.gumbel import gumbel_draws, gumbel_topk
 
@@ -165,9 +165,42 @@ def test_threshold_quantile_exact(pool, tmp_path, cache, opts, k):
     assert res.selected.tolist() == oracle_topk(v, elig & passing, k, maximize)
 
 
-def test_threshold_knee_stays_in_memory(pool, tmp_path, cache):
-    knee = {"name": "threshold", "options": {"criterion": "length", "mode": "knee"}}
-    assert run(pool, tmp_path / "a", cache, criteria=["length"], selector=knee, k=5)[3] == "in-memory"
+def oracle_knee(curve: np.ndarray) -> int:
+    """Kneedle on a descending curve, written out on the whole array (np.linspace, np.argmax)."""
+    n = len(curve)
+    if n <= 2 or curve[0] == curve[-1]:
+        return n
+    with np.errstate(invalid="ignore"):
+        y = (curve - curve[-1]) / (curve[0] - curve[-1])
+    return int(np.argmax(np.abs(y - (1.0 - np.linspace(0.0, 1.0, n))))) + 1
+
+
+@pytest.mark.parametrize("direction,strict,shard", [("max", False, 7), ("min", True, 1), ("max", True, 1000)])
+def test_threshold_knee_streams_over_the_sorted_curve(pool, tmp_path, cache, direction, strict, shard):
+    opts = {"criterion": "length", "mode": "knee", "direction": direction, "strict": strict}
+    res, s, _ = both(pool, tmp_path, cache, "streaming-threshold", criteria=["length"],
+                     selector={"name": "threshold", "options": opts}, filters=["length.output >= 2"],
+                     shard_size=shard)  # fmt: skip
+    v, elig = col(s, "length"), s["eligible"].to_numpy()
+    maximize = direction == "max"
+    key = v if maximize else -v
+    curve = np.sort(key[elig & ~np.isnan(v)])[::-1]
+    t = curve[oracle_knee(curve) - 1]
+    passing = (key > t) if strict else (key >= t)
+    assert 0 < len(res.selected) < elig.sum()
+    assert res.selected.tolist() == oracle_topk(v, elig & passing, int(passing.sum()), maximize)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_knee_in_chunks_is_the_knee_of_the_whole_curve(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 400))
+    curve = np.sort(rng.integers(0, 9, n).astype(float) ** rng.uniform(0.3, 3))[::-1]  # ties, either bend
+    if seed == 3:
+        curve[:2] = np.inf  # an infinite score: NaN distances, argmax stops at the first
+    for chunk in (1, 2, 7, n, 1 << 20):
+        assert knee_index(curve, chunk) == oracle_knee(curve), chunk
+    assert knee_index(np.full(5, 2.0)) == 5 and knee_index(np.array([3.0, 1.0])) == 2
 
 
 # ------------------------------------------------------------------ Pareto
@@ -427,7 +460,7 @@ def test_group_topk_filters_ratio_direction_and_a_budget_above_the_pool(grouped_
 
 def test_group_topk_default_groups_no_groups_and_a_token_budget(grouped_pool, tmp_path, cache):
     """Without --group-field the groups are the ``task`` field (106 groups of 120 rows); a pool with no
-    group field gets the selector's error; a token budget stays in memory."""
+    group field gets the selector's error; a token budget (quota equal) streams too."""
     res, s, _ = both(grouped_pool, tmp_path / "task", cache, "streaming-group_topk", criteria=["fake_len"],
                      selector=group_sel(), k=30)  # fmt: skip
     g = s["group"].astype(str).tolist()
@@ -441,9 +474,14 @@ def test_group_topk_default_groups_no_groups_and_a_token_budget(grouped_pool, tm
             out.write(json.dumps({k: v for k, v in row.items() if k not in ("task", "bucket")}) + "\n")
     with pytest.raises(ValueError, match="group_topk needs groups, and the input has no field task, source"):
         run(plain, tmp_path / "none", cache, criteria=["fake_len"], selector=group_sel(), k=5)
-    _, _, _, kind = run(grouped_pool, tmp_path / "tok", cache, criteria=["fake_len"], selector=group_sel(),
-                        tokens=900, group_field="bucket")  # fmt: skip
-    assert kind == "in-memory"
+    for shard in (7, 1000):  # the round robin's longest prefix within the token budget, as in memory
+        res, s, sel = both(grouped_pool, tmp_path / f"tok{shard}", cache, "streaming-group_topk-tokens",
+                           criteria=["fake_len"], selector=group_sel(), tokens=900, group_field="bucket",
+                           shard_size=shard)  # fmt: skip
+        rr = oracle_group_topk(col(s, "fake_len"), s["group"].astype(str).tolist(), np.ones(N, bool), N)
+        tok = s["tokens"].to_numpy(np.int64)[rr]
+        assert res.selected.tolist() == rr[: int(np.searchsorted(np.cumsum(tok), 900, side="right"))]
+        assert 0 < len(res.selected) < N
     with pytest.raises(OptionError, match="group_topk: no token budget .*quota=proportional shares a sample budget"):
         run(grouped_pool, tmp_path / "prop", cache, criteria=["fake_len"], selector=group_sel("proportional"),
             tokens=900, group_field="bucket")  # fmt: skip

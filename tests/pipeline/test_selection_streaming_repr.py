@@ -180,8 +180,10 @@ def test_aggregate_per_row_streams_without_tau(pool, tmp_path, cache):
     want = sorted(np.flatnonzero(~np.isnan(prod)), key=lambda i: (-prod[i], i))[:15]
     assert res.selected.tolist() == want
     rank = {"name": "aggregate", "options": {"objectives": ["length:max", "fake_len:max"], "diversity_tau": 0.3}}
-    got = run(pool, tmp_path / "r", cache, criteria=["length", "fake_len"], selector=rank, k=5)[3]
-    assert got["kind"] == "in-memory"  # the default normalize (rank) reads the whole pool
+    res, _, _, got = run(pool, tmp_path / "r", cache, criteria=["length", "fake_len"], selector=rank, k=5)
+    ref = run(pool, tmp_path / "rm", cache, in_memory=True, criteria=["length", "fake_len"], selector=rank, k=5)
+    # the default normalize (rank) reads the whole pool: counted first, then walked as any order
+    assert got["kind"] == "streaming-aggregate-repr" and res.selected.tolist() == ref[0].selected.tolist()
 
 
 # ------------------------------------------------------------------ cold cache, memory

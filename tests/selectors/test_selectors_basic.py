@@ -63,6 +63,31 @@ def test_threshold_quantile_absolute_and_knee():
         sel("threshold", df, 3, criterion="s", mode="quantile", value=1.5)
 
 
+@pytest.mark.parametrize(
+    "opts,msg",
+    [
+        ({"mode": "knee", "value": 0.3}, "value: threshold mode 'knee' takes no value"),
+        ({"mode": "absolute"}, "value: threshold mode 'absolute' needs value=<score>"),
+        ({"mode": "quantile", "value": 1.5}, r"value: quantile must be in \[0, 1\], got 1.5"),
+    ],
+)
+def test_threshold_options_that_do_not_fit_the_mode_are_refused_by_the_plan(opts, msg, tmp_path):
+    """Before any data is read (the pipeline may stream the threshold without calling the selector)."""
+    from thresher.errors import OptionError
+    from thresher.pipeline import PipelineConfig, make_plan
+
+    selector = {"name": "threshold", "options": {"criterion": "length", **opts}}
+    with pytest.raises(OptionError, match=msg):
+        make_plan(PipelineConfig(data=str(tmp_path / "nothing.jsonl"), criteria=["length"], selector=selector))
+    first = {"name": "threshold", "options": {"criterion": "length", **opts}}
+    then = {"name": "topk", "options": {"criterion": "length"}}
+    cascade = {"name": "cascade", "options": {"first": first, "then": then}}
+    with pytest.raises(OptionError, match=msg):
+        make_plan(PipelineConfig(data=str(tmp_path / "nothing.jsonl"), criteria=["length"], selector=cascade, k=3))
+    with pytest.raises(OptionError, match=msg):
+        sel("threshold", pd.DataFrame({"s": [1.0, 2.0]}), 1, criterion="s", **opts)
+
+
 def test_knee_index_on_concave_and_flat_curves():
     assert B.knee_index(np.array([5.0, 5.0, 5.0])) == 3
     c = 1.0 - np.linspace(0, 1, 101) ** 4  # flat then a sharp fall: knee near the end

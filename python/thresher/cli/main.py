@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import os
 import pkgutil
@@ -91,9 +92,27 @@ def report_error(exc: BaseException) -> int:
     return 1
 
 
+def _unknown_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list) -> None:
+    """Report arguments no parser took with the verb's own usage (not the top-level one), and the
+    verb's option whose name is closest to each unknown one; exits 2 as argparse does."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    verb = sub.choices.get(getattr(args, "command", None) or "") if sub is not None else None
+    target = verb or parser
+    known = [s for a in target._actions for s in a.option_strings]
+    hints = []
+    for arg in extra:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.8) if arg.startswith("-") else []
+        if close:
+            hints.append(f"{arg.split('=', 1)[0]} -> did you mean {close[0]}?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    target.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unknown_arguments(parser, args, extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -74,6 +74,19 @@ class RowStore:
         fh.flush()
         return np.memmap(fh.name, dtype=dt, mode="r", shape=(self.n[name],))
 
+    def sort(self, name: str) -> np.ndarray:
+        """Sort column ``name`` in place, on disk (through a writable memory map: the pages are the file's,
+        which the operating system can write back and drop, not the heap); returns it read-only."""
+        if name not in self._files or self.n[name] == 0:
+            return self.column(name, np.float64)
+        fh, dt = self._files[name]
+        fh.flush()
+        rw = np.memmap(fh.name, dtype=dt, mode="r+", shape=(self.n[name],))
+        rw.sort()
+        rw.flush()
+        del rw
+        return self.column(name, dt)
+
     def close(self) -> None:
         """Close and remove the files (memory maps already handed out stay readable on POSIX)."""
         for fh, _ in self._files.values():

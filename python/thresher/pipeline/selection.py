@@ -1,17 +1,18 @@
 """The select stage, chosen once per run as an object fed shard by shard.
 
 * :class:`StreamingSelection`: ``topk``, ``gumbel_topk`` (DSIR), ``threshold`` (quantile or absolute),
-  ``pareto`` and ``aggregate`` / ``weighted`` with a per-row fold (``weighted_sum`` or ``product``, ``normalize``
-  ``none``) on a sample budget (``k`` or ``ratio``), with per-row filters, run as scans of the
-  shards (:mod:`.streaming`; a pool-scoped criterion's columns read back from its whole-pool entry a
-  shard's rows at a time): O(k + shard) score values (the Pareto survivors for ``pareto``), the same
-  selection as in memory.
+  ``pareto`` and ``aggregate`` / ``weighted`` / ``rrf`` (every fold and normaliser; one that reads the
+  pool counts its statistics first: :mod:`.streaming_agg`) on a sample budget (``k`` or ``ratio``), with
+  per-row filters, run as scans of the shards (:mod:`.streaming`; a pool-scoped criterion's columns read
+  back from its whole-pool entry a shard's rows at a time): O(k + shard) score values (the Pareto
+  survivors for ``pareto``), the same selection as in memory.
 * :class:`ReprSelection`: the same selectors with ``diversity_tau`` (DEITA's repr filter): the
   greedy walks the first rows of the best-first order in rounds and embeds only those rows
   (:mod:`.streaming_repr`), O(k + m + shard) rows for ``m`` candidates; the same selection as in
   memory (same embeddings cache).
-* :class:`GroupTopKSelection`: ``group_topk`` on the run's groups (``--group-field``), as scans that find
-  each group's size and best row, then keep each group's quota (:mod:`.streaming_groups`).
+* ``group_topk`` on the run's groups (``--group-field``): a :class:`StreamingSelection` (or
+  :class:`TokenBudgetSelection`) whose scans find each group's size and best row, then keep each group's
+  quota (:mod:`.streaming_groups`).
 * :class:`TokenBudgetSelection`: either of those on a token budget (``--tokens``): passes of a
   doubling number of rows until the order's prefix passes the budget, O(m + shard) for ``m`` a small
   multiple of the rows selected.
@@ -30,7 +31,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pandas as pd
 
-from ..io.schema import GROUP_FIELDS
 from ..plan import TOKENS, Plan, apply_filters, budget_k, parse_filter
 from ..registry import SELECTORS
 from ..selectors.base import check_k, columns_read, maximizing, parse_objectives
@@ -49,7 +49,8 @@ from .streaming import (
     replay,
     replayable,
 )
-from .streaming_groups import GroupKeepPass, GroupStatsPass, proportional_quotas, round_robin_quotas
+from .streaming_agg import KneeThreshold, PooledAggregate
+from .streaming_groups import GroupTopK
 from .streaming_repr import ReprWalk
 
 
@@ -86,9 +87,11 @@ class StreamingSelection(Selection):
         self.st, self.kind, self.needed, self.make_pass = st, kind, set(columns), make_pass
         self.filters = list(st.plan.filters)
         fcols = {parse_filter(f)[0] for f in self.filters}
-        live = TOKENS not in fcols and not pool_owned(st, fcols)
-        self.selecting = live and bound is not None and not pool_owned(st, self.needed)
-        first = (make_pass(self.size(bound)) if self.selecting else CountPass(self.filters)) if live else None
+        pooled = hasattr(make_pass, "counting")  # its passes read pool-wide statistics: select after a count
+        # the count runs as the shards are scored unless it reads columns they lack (tokens, pool-scoped ones)
+        live = TOKENS not in fcols and not pool_owned(st, fcols | (self.needed if pooled else set()))
+        self.selecting = live and bound is not None and not pooled and not pool_owned(st, self.needed)
+        first = (make_pass(self.size(bound)) if self.selecting else self._counting()) if live else None
         self.live = self._own(first) if first is not None else None
         self.replays = 0  # scans of the cache after the scoring pass
         self.peak = 0  # the most score values a pass held at once
@@ -97,6 +100,22 @@ class StreamingSelection(Selection):
         if self.live is not None:
             self.live.scan(cols, offset, n)
             self.peak = max(self.peak, self.live.peak)
+
+    def _counting(self) -> CountPass:
+        """The counting pass: the selector's own when its passes need pool-wide statistics
+        (:class:`~.streaming_agg.PooledAggregate`), else the filters' :class:`CountPass`."""
+        make = getattr(self.make_pass, "counting", None)
+        return make(self.st.rowstore) if make is not None else CountPass(self.filters)
+
+    def _counted(self) -> Any:
+        """The counting pass, run (live, or now by a scan of the cache), its statistics completed."""
+        count = self.live if self.live is not None else self._scan(self._counting())
+        if count.n != self.st.n:
+            raise RuntimeError(f"selection: fed {count.n} rows of a pool of {self.st.n}")
+        complete = getattr(self.make_pass, "complete", None)
+        if complete is not None and not self.selecting:
+            complete(count, self._scan)
+        return count
 
     def _own(self, p: Any) -> Any:
         """A new pass, its verdicts per row kept in the run's row store (on disk), when there is one."""
@@ -118,9 +137,7 @@ class StreamingSelection(Selection):
         """Set ``st.k`` and ``st.eligible``; the selecting pass (its budget ``size(st.k)`` or more)
         and the number of rows to select."""
         plan = st.plan
-        count = self.live if self.live is not None else self._scan(CountPass(self.filters))
-        if count.n != st.n:
-            raise RuntimeError(f"selection: fed {count.n} rows of a pool of {st.n}")
+        count = self._counted()
         st.k = budget_k(st.cfg, st.n, plan.ratio_base, eligible=count.n_eligible, base=plan.budget_base)
         p = self.live if self.selecting else self._scan(self.make_pass(self.size(st.k)))
         self.live = None
@@ -204,9 +221,7 @@ class TokenBudgetSelection(StreamingSelection):
         step = counting_step(st.cfg, st.plan)
         if step is not None:  # counted with the scoring model's tokenizer
             st.tokens = model_token_counts(st, step)
-        count = self.live if self.live is not None else self._scan(CountPass(self.filters))
-        if count.n != st.n:
-            raise RuntimeError(f"selection: fed {count.n} rows of a pool of {st.n}")
+        count = self._counted()
         self.live = None
         st.k = budget_k(st.cfg, st.n, st.plan.ratio_base, eligible=count.n_eligible, base=st.plan.budget_base)
         st.eligible = count.eligible()
@@ -242,38 +257,6 @@ class TokenBudgetSelection(StreamingSelection):
     def peak_rows(self) -> int:
         """The most rows the repr walk held at once (0 without ``diversity_tau``)."""
         return 0 if self.walk is None else self.walk.peak_rows
-
-
-class GroupTopKSelection(StreamingSelection):
-    """``group_topk`` on the run's groups (``--group-field``) as scans (:mod:`.streaming_groups`): the
-    counting pass, a pass of each group's scored rows and best row (the quotas), and a pass that keeps
-    each group's quota of best rows. O(k + groups + shard) values."""
-
-    def __init__(self, st: RunState, columns: set, column: str, maximize: bool, equal: bool) -> None:
-        super().__init__(st, "streaming-group_topk", columns, lambda k: None, None)
-        self.column, self.maximize, self.equal = column, bool(maximize), bool(equal)
-
-    def result(self, st: RunState) -> None:
-        plan = st.plan
-        if st.groups is None:
-            raise ValueError(f"groups: group_topk needs groups, and the input has no field {', '.join(GROUP_FIELDS)}: "
-                             "name one with --group-field, or give the selector's group_column")  # fmt: skip
-        count = self.live if self.live is not None else self._scan(CountPass(self.filters))
-        if count.n != st.n:
-            raise RuntimeError(f"selection: fed {count.n} rows of a pool of {st.n}")
-        self.live = None
-        st.k = budget_k(st.cfg, st.n, plan.ratio_base, eligible=count.n_eligible, base=plan.budget_base)
-        st.eligible = count.eligible()
-        kk = check_k(st.k, count.n_eligible, plan.selector.name)
-        stats = self._scan(GroupStatsPass(self.filters, self.column, self.maximize, st.groups))
-        groups = stats.group_order()
-        quotas = (round_robin_quotas if self.equal else proportional_quotas)(stats.sizes[groups], kk)
-        quota = np.zeros(stats.n_groups, np.int64)
-        quota[groups] = quotas
-        rank = np.zeros(stats.n_groups, np.int64)
-        rank[groups] = np.arange(len(groups))
-        keep = self._scan(GroupKeepPass(self.filters, self.column, self.maximize, st.groups, quota, rank, self.equal))
-        st.order = np.asarray(keep.order(kk), dtype=np.int64)
 
 
 def within_tokens(order: np.ndarray, tokens: Any, budget: int) -> np.ndarray:
@@ -360,13 +343,15 @@ def make_selection(st: RunState) -> Selection:
     return sel
 
 
-STREAMING_THRESHOLD_MODES = ("quantile", "absolute")  # ``knee`` needs the whole sorted curve
+STREAMING_THRESHOLD_MODES = ("quantile", "absolute", "knee")  # knee: the curve sorted on disk first
 
 
 def _threshold_ok(opts: dict) -> bool:
     """A threshold the streaming pass computes exactly (other option values go to the selector itself,
     which reports them)."""
     mode, value = opts.get("mode"), opts.get("value")
+    if mode == "knee":
+        return True
     if mode == "absolute":
         return value is not None
     return mode == "quantile" and (value is None or 0.0 <= float(value) <= 1.0)
@@ -387,17 +372,20 @@ def _order_factory(name: str, opts: dict, filters: list, seed: int = 0) -> Optio
     """``m -> pass`` whose ``order(kk)`` is the first ``kk <= m`` rows of the selector's best-first
     order (``diversity_tau`` aside), or None when that order needs the whole pool. ``seed``: the run's
     (a seeded selector's draws)."""
-    if name in ("aggregate", "weighted"):
-        method = opts.get("method", "weighted_sum") if name == "aggregate" else "weighted_sum"
-        if method not in AGGREGATE_PER_ROW or opts.get("normalize") != "none":
-            return None
+    if name in ("aggregate", "weighted", "rrf"):
+        method = {"aggregate": opts.get("method", "weighted_sum"), "weighted": "weighted_sum", "rrf": "rrf"}[name]
+        normalize = "none" if name == "rrf" else opts.get("normalize", "rank")
         objectives, weights = parse_objectives(opts["objectives"]), opts.get("weights")
-        return lambda k: AggregatePass(filters, objectives, method, weights, k)
+        if method in AGGREGATE_PER_ROW and normalize == "none":
+            return lambda k: AggregatePass(filters, objectives, method, weights, k)
+        return PooledAggregate(filters, objectives, method, weights, normalize)
     if name == "topk":
         col, maxi = opts["criterion"], maximizing(opts["criterion"], opts.get("direction"))
         return lambda k: TopKPass(filters, col, maxi, k)
     if name == "threshold" and _threshold_ok(opts):
         col, maxi = opts["criterion"], maximizing(opts["criterion"], opts.get("direction"))
+        if opts["mode"] == "knee":
+            return KneeThreshold(filters, col, maxi, opts["strict"])
         return lambda k: ThresholdPass(filters, col, maxi, k, opts["mode"], opts.get("value"), opts["strict"])
     if name == "pareto":
         objectives = parse_objectives(opts["objectives"])
@@ -434,12 +422,17 @@ def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
 
 
 def _group_selection(st: RunState, opts: dict, columns: set) -> Optional[StreamingSelection]:
-    """``group_topk`` on the run's ``--group-field`` groups; None (in memory) with a ``group_column``
-    (a score column: its labels are not in the row store) or a token budget."""
-    if opts.get("group_column") is not None or st.cfg.tokens is not None or not replayable(st, columns):
+    """``group_topk`` on the run's ``--group-field`` groups (:class:`~.streaming_groups.GroupTopK`), on a
+    sample or (``quota="equal"``) a token budget; None (in memory) with a ``group_column`` (a score
+    column: its labels are not in the row store)."""
+    if opts.get("group_column") is not None or not replayable(st, columns):
         return None
     col = opts["criterion"]
-    return GroupTopKSelection(st, columns, col, maximizing(col, opts.get("direction")), opts["quota"] == "equal")
+    make = GroupTopK(list(st.plan.filters), col, maximizing(col, opts.get("direction")), opts["quota"] == "equal",
+                     lambda: st.groups)  # fmt: skip
+    if st.cfg.tokens is not None:
+        return TokenBudgetSelection(st, "streaming-group_topk-tokens", columns, make, None)
+    return StreamingSelection(st, "streaming-group_topk", columns, make, None)
 
 
 def select(st: RunState, selection: Selection) -> None:

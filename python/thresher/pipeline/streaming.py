@@ -8,7 +8,8 @@ only what its selection can still need:
   (ineligible rows enter as NaN, which is never selected); ties by lower pool position.
 * :class:`ThresholdPass`: the ``threshold`` selector (``absolute`` as a per-row test, ``quantile``
   exact from the top ``k`` and the count of scored rows; see :meth:`ThresholdPass.order`).
-* :class:`AggregatePass`: ``aggregate`` / ``weighted`` with a per-row fold, as a top-k of the combined score.
+* :class:`AggregatePass`: ``aggregate`` / ``weighted`` / ``rrf`` as a top-k of the combined score (a fold that
+  reads the pool gets its statistics from :mod:`.streaming_agg`).
 * :class:`GumbelPass`: ``gumbel_topk`` (DSIR), a top-k of the noisy keys, the noise drawn in pool order.
 * :class:`ParetoPass`: the ``pareto`` selector; keeps the rows that can still be in the fronts that
   fill ``k`` (the pruning rule and its proof are in the class docstring).
@@ -174,16 +175,18 @@ class ThresholdPass(TopKPass):
 
 
 class AggregatePass(TopKPass):
-    """``aggregate`` / ``weighted`` folding each row on its own (``weighted_sum`` or ``product`` with
-    ``normalize="none"``): the top ``k`` of the combined score (higher is better), which
-    :func:`~thresher.selectors.basic.aggregate_scores` computes per row, so the values of a shard are
-    those of the whole pool (rows with a non-finite objective are NaN, never selected)."""
+    """``aggregate`` / ``weighted`` / ``rrf``: the top ``k`` of the combined score (higher is better) of
+    :func:`~thresher.selectors.basic.aggregate_scores`. A per-row fold (``weighted_sum`` or ``product``
+    with ``normalize="none"``) needs nothing else; any other fold is given ``view``, the pool's
+    statistics seen from a shard (:mod:`.streaming_agg`), so the values of a shard are those of the
+    whole pool (rows with a non-finite objective are NaN, never selected)."""
 
-    def __init__(self, filters: list, objectives: list, method: str, weights: Any, k: int) -> None:
+    def __init__(self, filters: list, objectives: list, method: str, weights: Any, k: int,
+                 normalize: str = "none", view: Optional[Callable] = None) -> None:  # fmt: skip
         super().__init__(filters, ",".join(n for n, _ in objectives), True, k)
         self.names = [n for n, _ in objectives]
         self.maxi = [bool(m) for _, m in objectives]
-        self.method, self.weights = method, weights
+        self.method, self.weights, self.normalize, self.view = method, weights, normalize, view
 
     def values(self, cols: dict, mask: np.ndarray) -> np.ndarray:
         n = len(mask)
@@ -191,7 +194,7 @@ class AggregatePass(TopKPass):
         out = np.full(n, np.nan)
         rows = np.flatnonzero(mask)  # as in memory: only the eligible rows are folded (product checks signs)
         if len(rows):
-            out[rows] = aggregate_scores(mat[rows], self.maxi, self.method, self.weights, "none")
+            out[rows] = aggregate_scores(mat[rows], self.maxi, self.method, self.weights, self.normalize, self.view)
         return out
 
 

@@ -8,20 +8,22 @@ largest remainder of ``size_g / total * k`` (ties by group order), capped at the
 overall score order.
 
 Both depend on the pool only through each group's number of scored rows and its best row, so the
-selection is two scans: :class:`GroupStatsPass` (per group: rows with a score, the best value and
-its position) gives the quotas (:func:`round_robin_quotas`, :func:`proportional_quotas`), then
-:class:`GroupKeepPass` keeps each group's ``q_g`` best rows (a sort of the kept rows plus a shard's,
-per shard) and :meth:`GroupKeepPass.order` lays them out as the selector does. Groups come from the
+selection is two scans after the filters' count (:class:`GroupTopK`): :class:`GroupStatsPass` (per
+group: rows with a score, the best value and its position) gives the quotas (:func:`round_robin_quotas`,
+:func:`proportional_quotas`), then :class:`GroupKeepPass` keeps each group's ``q_g`` best rows (a sort of
+the kept rows plus a shard's, per shard) and :meth:`GroupKeepPass.order` lays them out as the selector
+does. A token budget (``quota="equal"``) is passes of a doubling number of rows of the round robin. Groups come from the
 run's ``--group-field`` column (:class:`~.rowstore.GroupColumn` codes on disk), read a shard's rows at
 a time.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from ..io.schema import GROUP_FIELDS
 from .streaming import CountPass, values_of
 
 
@@ -129,7 +131,7 @@ class GroupKeepPass(_GroupPass):
         keep = _rank_within(grp) < self.quota[grp]
         self.key, self.pos, self.grp = key[keep], pos[keep], grp[keep]
 
-    def order(self, kk: int) -> np.ndarray:
+    def order(self, kk: int, count: Any = None) -> np.ndarray:
         """The selection, at most ``kk`` positions: round robin (rank within group, then group order), or
         the kept rows in overall score order."""
         if self.equal:
@@ -137,6 +139,41 @@ class GroupKeepPass(_GroupPass):
         else:
             o = np.lexsort((self.pos, self.key))
         return self.pos[o][:kk]
+
+
+class GroupTopK:
+    """``m -> pass`` of ``group_topk`` on the run's groups (``groups()``: the run's
+    :class:`~.rowstore.GroupColumn`, known once the shards are read). The selection counts (filters),
+    then :meth:`complete` scans for each group's size and best row (the group order); a pass for ``m``
+    keeps each group's quota of ``m`` rows (:class:`GroupKeepPass`). With ``quota="equal"`` its
+    ``order(kk)`` is the first ``kk`` rows of one round-robin order, so a token budget takes a prefix of
+    it as for any order (proportional quotas are refused with a token budget before the run)."""
+
+    def __init__(self, filters: list, column: str, maximize: bool, equal: bool, groups: Callable[[], Any]) -> None:
+        self.filters, self.column, self.maximize, self.equal = list(filters), column, bool(maximize), bool(equal)
+        self.groups = groups
+        self.stats: Any = None
+        self.ranked = np.zeros(0, np.int64)  # groups with a scored row, in order
+
+    def counting(self, store: Any) -> CountPass:
+        return CountPass(self.filters)
+
+    def complete(self, count: CountPass, scan: Callable[[Any], Any]) -> None:
+        groups = self.groups()
+        if groups is None:
+            raise ValueError(f"groups: group_topk needs groups, and the input has no field {', '.join(GROUP_FIELDS)}: "
+                             "name one with --group-field, or give the selector's group_column")  # fmt: skip
+        self.stats = scan(GroupStatsPass(self.filters, self.column, self.maximize, groups))
+        self.ranked = self.stats.group_order()
+
+    def __call__(self, m: int) -> GroupKeepPass:
+        if self.stats is None:
+            raise RuntimeError("group_topk: the group scan has not run")
+        st, groups = self.stats, self.ranked
+        quotas = (round_robin_quotas if self.equal else proportional_quotas)(st.sizes[groups], m)
+        quota, rank = np.zeros(st.n_groups, np.int64), np.zeros(st.n_groups, np.int64)
+        quota[groups], rank[groups] = quotas, np.arange(len(groups))
+        return GroupKeepPass(self.filters, self.column, self.maximize, st.groups, quota, rank, self.equal)
 
 
 def _rank_within(grp: np.ndarray) -> np.ndarray:
@@ -149,6 +186,7 @@ def _rank_within(grp: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "GroupTopK",
     "GroupStatsPass",
     "GroupKeepPass",
     "canonical_codes",

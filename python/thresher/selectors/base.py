@@ -110,6 +110,7 @@ def selector(
     reads: Optional[ReadsFn] = None,
     no_tokens: Optional[Callable[[dict], Optional[str]]] = None,
     sizes_itself: bool = False,
+    check: Optional[Callable[[dict], None]] = None,
 ) -> Callable:
     """Register ``fn`` in :data:`SELECTORS` behind the wrapper that validates options and ``k``.
 
@@ -117,7 +118,9 @@ def selector(
     ``k`` within ``[0, len(scores)]``. ``needs``: ``("embeddings",)`` when it needs embeddings;
     ``reads``: the score columns it reads (see :func:`columns_read`; default ``criterion``);
     ``no_tokens``: see :func:`token_budget_refusal`; ``sizes_itself``: its own rule decides how many rows
-    pass (a threshold), so a run given no budget keeps every row it passes (:func:`default_budget`)."""
+    pass (a threshold), so a run given no budget keeps every row it passes (:func:`default_budget`);
+    ``check``: raises :class:`OptionError` for options that are valid one by one but not together, called
+    on the resolved options before the selector runs and when a run's plan is made (:func:`check_options`)."""
     opts = list(options)
     checker = Entry(name, None, doc, {o.name: o for o in opts})
 
@@ -127,6 +130,8 @@ def selector(
             scores: Any, k: Any, *, embeddings: Any = None, groups: Any = None, seed: int = 0, **given: Any
         ) -> np.ndarray:
             resolved = checker.resolve_options(given)
+            if check is not None:
+                check(resolved)
             kk = check_k(k, len(scores), name)
             return fn(scores, kk, embeddings=embeddings, groups=groups, seed=seed, **resolved)
 
@@ -138,10 +143,18 @@ def selector(
             reads=reads or reads_criterion,
             no_tokens=no_tokens,
             sizes_itself=sizes_itself,
+            check=check,
         )(run)
         return run
 
     return deco
+
+
+def check_options(entry: Entry, resolved: dict) -> None:
+    """The selector's own check of its resolved options together (``check=`` of :func:`selector`)."""
+    check = entry.meta.get("check")
+    if check is not None:
+        check(resolved)
 
 
 # ------------------------------------------------------------------ options

@@ -21,6 +21,7 @@ import torch
 
 from .. import ops
 from ..cluster import repr_filter_order
+from ..errors import OptionError
 from ..registry import SELECTORS, Option
 from .base import (
     CRITERION,
@@ -99,26 +100,39 @@ def diverse_greedy(
     )
 
 
-def knee_index(sorted_desc: np.ndarray) -> int:
+KNEE_CHUNK = 1 << 16  # points of the curve held at once (about 2 MB of work arrays)
+
+
+def knee_index(sorted_desc: Any, chunk: int = KNEE_CHUNK) -> int:
     """Kneedle on a descending curve: the number of points before the knee (>= 1).
 
     x = rank / (n - 1), y = min-max normalised score, chord y = 1 - x from the first
     to the last point; the knee is the point farthest from the chord (below it for a
-    convex decreasing curve, above it for a concave one). The selection keeps the
-    points up to and including the knee.
+    convex decreasing curve, above it for a concave one; the first of equally far points). The
+    selection keeps the points up to and including the knee. ``sorted_desc`` may be a memory map
+    (a streaming selection's sorted values on disk): it is read ``chunk`` points at a time, x as
+    ``np.linspace(0, 1, n)`` computes it, so the result is the same as on the whole array.
     """
     n = len(sorted_desc)
     if n <= 2:
         return n
-    y = sorted_desc.astype(np.float64)
-    lo, hi = y[-1], y[0]
+    lo, hi = float(sorted_desc[n - 1]), float(sorted_desc[0])
     if hi == lo:
         return n
-    y = (y - lo) / (hi - lo)
-    x = np.linspace(0.0, 1.0, n)
-    d = y - (1.0 - x)  # signed distance (up to a constant) from the chord
-    j = int(np.argmax(np.abs(d)))
-    return j + 1
+    step, best, best_j = 1.0 / (n - 1), -1.0, 0
+    for a in range(0, n, chunk):
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN (see below)
+            y = (np.asarray(sorted_desc[a : a + chunk], dtype=np.float64) - lo) / (hi - lo)
+        x = np.arange(a, a + len(y), dtype=np.float64) * step
+        if a + len(y) == n:
+            x[-1] = 1.0
+        d = np.abs(y - (1.0 - x))  # distance (up to a constant) from the chord
+        j = int(np.argmax(d))
+        if np.isnan(d[j]):  # argmax stops at the first NaN (an infinite score): as on the whole array
+            return a + j + 1
+        if d[j] > best:
+            best, best_j = float(d[j]), a + j
+    return best_j + 1
 
 
 # --------------------------------------------------------------- selectors
@@ -183,6 +197,18 @@ def threshold_mask(
     return mask & finite, t
 
 
+def _threshold_check(o: dict) -> None:
+    """``value`` as ``mode`` needs it: a score (absolute), a fraction in [0, 1] or none (quantile), none (knee)."""
+    mode, value = o["mode"], o.get("value")
+    if mode == "absolute" and value is None:
+        raise OptionError("value: threshold mode 'absolute' needs value=<score>")
+    if mode == "quantile" and value is not None and not 0.0 <= float(value) <= 1.0:
+        raise OptionError(f"value: quantile must be in [0, 1], got {value!r}")
+    if mode == "knee" and value is not None:
+        raise OptionError(f"value: threshold mode 'knee' takes no value (the knee of the sorted scores sets the "
+                          f"threshold), got {value!r}: drop it, or use mode quantile or absolute")  # fmt: skip
+
+
 @selector(
     "threshold",
     doc="rows past a dynamic threshold (quantile, absolute, or the knee of the "
@@ -196,6 +222,7 @@ def threshold_mask(
         _TAU,
     ],
     sizes_itself=True,
+    check=_threshold_check,
 )
 def threshold(
     scores,
@@ -284,23 +311,30 @@ def _weights(weights: Any, m: int) -> Optional[list[float]]:
 
 
 def aggregate_scores(
-    mat: np.ndarray, maximize: list[bool], method: str, weights=None, normalize: str = "rank"
+    mat: np.ndarray, maximize: list[bool], method: str, weights=None, normalize: str = "rank", view=None
 ) -> np.ndarray:
-    """One combined score per row (higher is better); NaN where any objective is NaN."""
+    """One combined score per row (higher is better); NaN where any objective is not finite.
+
+    ``view``: for rows of a larger pool (a streaming selection's shard), ``view(g, what)`` gives the
+    pool's :class:`~thresher.ops.ranking.PoolView` seen from ``g`` (these rows' finite objectives, each
+    negated when minimised) for ``what`` (the normaliser, or the ``borda``/``rrf`` fold); default: the
+    rows are the pool."""
     weights = _weights(weights, mat.shape[1])
     ok = np.isfinite(mat).all(axis=1)
     out = np.full(len(mat), np.nan)
     if not ok.any():
         return out
     t = torch.from_numpy(np.ascontiguousarray(mat[ok], dtype=np.float64))
+    sign = torch.tensor([1.0 if m else -1.0 for m in maximize], dtype=t.dtype)
+    maxi, pool = list(maximize), None
     if method in ("weighted_sum", "product") and normalize != "none":
         # orient so that higher is better before normalising, then aggregate as maximise
-        sign = torch.tensor([1.0 if m else -1.0 for m in maximize], dtype=t.dtype)
-        t = torch.stack([ops.normalize(t[:, j] * sign[j], normalize) for j in range(t.shape[1])], dim=1)
+        g = t * sign
+        t = ops.normalize(g, normalize, pool=None if view is None else view(g, normalize))
         maxi = [True] * t.shape[1]
-    else:
-        maxi = list(maximize)
-    out[ok] = _numpy(ops.aggregate(t, method, weights=weights, maximize=maxi), np.float64)
+    elif method in ("borda", "rrf") and view is not None:
+        pool = view(t * sign, method)
+    out[ok] = _numpy(ops.aggregate(t, method, weights=weights, maximize=maxi, pool=pool), np.float64)
     return out
 
 
