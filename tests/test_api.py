@@ -109,6 +109,18 @@ def test_select_hf_dataset_from_load_dataset(rows, pool_jsonl):
     assert set(r1["id"]) <= {r["id"] for r in rows} and len(set(r1["id"])) == 10
 
 
+def test_a_selected_hf_dataset_prints_no_progress_bar(rows, capfd):
+    """``select`` on a Dataset adds columns after ``Dataset.select``, which flattens the indices behind
+    HF datasets' own bar: the call prints nothing, and the bars' setting is left as it was."""
+    from datasets.utils import are_progress_bars_disabled
+
+    ds = datasets.Dataset.from_list(rows[:40])
+    capfd.readouterr()
+    sel = thresher.select(ds, criteria=["length"], k=4)
+    out = capfd.readouterr()
+    assert len(sel) == 4 and "Flattening" not in out.err + out.out and not are_progress_bars_disabled()
+
+
 def test_select_keep_all_dataframe_and_arrow(rows):
     df = pd.DataFrame(rows)
     picked, k = top_rows(rows, 0.05)

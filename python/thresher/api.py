@@ -444,6 +444,20 @@ def _staged_rows(inp: _Input) -> list:
         return [json.loads(line) for line in fh]
 
 
+@contextlib.contextmanager
+def _no_datasets_bars() -> Iterator[None]:
+    """HF datasets' own progress bars off (a call of the API prints nothing of its own), then as they were."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            enable_progress_bars()
+
+
 def _as_kind(inp: _Input, cols: pd.DataFrame, keep: str) -> Any:
     """The input, of its own kind, with ``cols`` added (only the kept rows)."""
     idx = _keep_rows(cols, keep)
@@ -463,9 +477,10 @@ def _as_kind(inp: _Input, cols: pd.DataFrame, keep: str) -> Any:
             t = t.append_column(c, pa.array(cols[c].tolist()))
         return t
     if inp.kind == "hf":
-        ds = inp.obj if idx is None else inp.obj.select(idx.tolist())
-        for c in cols.columns:
-            ds = ds.add_column(c, cols[c].tolist())
+        with _no_datasets_bars():  # add_column after select flattens the indices, behind a progress bar
+            ds = inp.obj if idx is None else inp.obj.select(idx.tolist())
+            for c in cols.columns:
+                ds = ds.add_column(c, cols[c].tolist())
         return ds
     rows = inp.obj if inp.kind == "records" else _staged_rows(inp)
     picked = rows if idx is None else [rows[i] for i in idx]

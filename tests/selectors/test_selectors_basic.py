@@ -194,3 +194,20 @@ def test_parse_objectives_forms():
     assert B.parse_objectives([("a", "min"), {"name": "b", "direction": "max"}]) == [("a", False), ("b", True)]
     with pytest.raises(ValueError, match="at least one"):
         B.parse_objectives([])
+
+
+@pytest.mark.parametrize("name", ["weighted", "rrf", "aggregate"])
+@pytest.mark.parametrize(
+    "weights,msg",
+    [([1.0], r"weights: expected 2 weights \(one per objective\), got 1"), ([1.0, -1.0], "finite and >= 0"),
+     ([0.0, 0.0], "not all 0")],
+)  # fmt: skip
+def test_weights_that_do_not_fit_the_objectives_are_refused_by_the_plan(name, weights, msg, tmp_path):
+    from thresher.errors import OptionError
+    from thresher.pipeline import PipelineConfig, make_plan
+
+    selector = {"name": name, "options": {"objectives": ["length:max", "mtld:min"], "weights": weights}}
+    with pytest.raises(OptionError, match=msg):
+        make_plan(PipelineConfig(data=str(tmp_path / "nothing.jsonl"), criteria=["length", "mtld"], selector=selector))
+    ok = {"name": name, "options": {"objectives": ["length:max", "mtld:min"], "weights": [2.0, 0.0]}}
+    make_plan(PipelineConfig(data=str(tmp_path / "nothing.jsonl"), criteria=["length", "mtld"], selector=ok, k=2))

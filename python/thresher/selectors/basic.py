@@ -14,6 +14,7 @@ the direction the criterion registered, else max). Hot paths go through
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -310,6 +311,20 @@ def _weights(weights: Any, m: int) -> Optional[list[float]]:
     return w
 
 
+def _weights_check(o: dict) -> None:
+    """``weights``: one finite, non-negative number per objective, not all 0 (checked when the plan is made)."""
+    if o.get("weights") is None or o.get("objectives") is None:
+        return
+    try:
+        w = _weights(o["weights"], len(parse_objectives(o["objectives"])))
+    except ValueError as exc:
+        if not str(exc).startswith("weights"):
+            return  # the objectives' own error, reported where they are read
+        raise OptionError(str(exc)) from None
+    if w is not None and (not all(math.isfinite(x) and x >= 0 for x in w) or not any(w)):
+        raise OptionError(f"weights: each must be finite and >= 0, and not all 0; got {list(o['weights'])}")
+
+
 def aggregate_scores(
     mat: np.ndarray, maximize: list[bool], method: str, weights=None, normalize: str = "rank", view=None
 ) -> np.ndarray:
@@ -349,6 +364,7 @@ def _agg_select(scores, k, embeddings, objectives, method, weights, normalize, d
     doc="weighted sum of normalised objectives (thresher.ops.normalize + aggregate)",
     options=[_OBJ, _WEIGHTS, _NORMALIZE, _TAU],
     reads=reads_objectives,
+    check=_weights_check,
 )
 def weighted(
     scores,
@@ -370,6 +386,7 @@ def weighted(
     doc="reciprocal rank fusion of the objectives' rankings (thresher.ops.aggregate)",
     options=[_OBJ, _WEIGHTS, _TAU],
     reads=reads_objectives,
+    check=_weights_check,
 )
 def rrf(
     scores, k, *, embeddings=None, groups=None, seed=0, objectives=None, weights=None, diversity_tau=None
@@ -388,6 +405,7 @@ def rrf(
         _TAU,
     ],
     reads=reads_objectives,
+    check=_weights_check,
 )
 def aggregate(
     scores,
