@@ -231,6 +231,25 @@ def test_an_unreachable_ray_address_fails_at_once_in_one_line():
         _check_reachable(own)
 
 
+def test_a_quiet_run_starts_ray_without_its_start_up_lines(monkeypatch):
+    """``--quiet`` prints nothing: a local Ray is started with only its errors logged (its token warning and
+    "Started a local Ray instance" are INFO/WARNING lines); a run that is not quiet keeps Ray's default."""
+    ray = pytest.importorskip("ray")
+    import logging
+
+    from thresher import progress
+    from thresher.engines.ray_engine import RayEngine
+
+    calls: list = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    with progress.quiet():
+        RayEngine()
+    RayEngine()
+    assert calls[0]["logging_level"] == logging.ERROR and "logging_level" not in calls[1]
+    assert calls[0]["address"] == calls[1]["address"] == "local"
+
+
 def test_every_node_is_asked_whether_it_sees_the_input_and_the_cache(pool, tmp_path, ray_cluster):
     from thresher.engines.ray_engine import RayPool, _node_view, node_verdict
     from thresher.errors import ResourceError

@@ -32,6 +32,7 @@ it, and the engine says which extra to install when it is built.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -43,6 +44,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from .. import progress
 from ..errors import OptionError, ResourceError, ThresherError
 from ..extras import require
 from ..io.splits import assemble
@@ -399,6 +401,8 @@ class RayEngine:
         if not ray.is_initialized():
             # without an address: a new local Ray (never a cluster some `ray start` left running here)
             kw: dict = {"include_dashboard": False, "log_to_driver": False, "address": address or "local"}
+            if progress.is_quiet():  # --quiet: not Ray's start-up lines either, only its errors
+                kw["logging_level"] = logging.ERROR
             if num_cpus is not None:
                 kw["num_cpus"] = num_cpus
             _check_reachable(address)

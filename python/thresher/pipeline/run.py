@@ -95,7 +95,8 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
         mode = "fresh" if out is None else prepare_out(out, identity, cfg.overwrite, planned)
         handler = setup_log(out)
         cache.clean_temp()
-        engine = get_engine(cfg.engine, **cfg.engine_options)
+        with progress.quiet(cfg.quiet):  # a quiet run starts its engine quietly too (Ray's start-up lines)
+            engine = get_engine(cfg.engine, **cfg.engine_options)
         st = RunState(cfg, plan, source, checksum, out, cache, engine, mode=mode, on_shard=on_shard, t0=t0,
                       rowstore=rowstore)  # fmt: skip
         with progress.quiet(cfg.quiet):  # a quiet run (API or CLI) shows no bar, model conversion included
