@@ -243,6 +243,19 @@ def test_rank_pareto_and_weighted():
     assert isinstance(w, pa.Table) and w.column("id").to_pylist()[w.column("rank").to_pylist().index(0)] == "a"
 
 
+def test_rank_weighted_takes_a_normaliser():
+    """Ranks tie every row here (x rises as y falls); min-max scaling lets b's near-best y win."""
+    df = pd.DataFrame({"id": list("abcd"), "x": [0.0, 1.0, 2.0, 10.0], "y": [3.0, 2.9, 1.0, 0.0]})
+    top = {n: thresher.rank(df, ["x:max", "y:max"], method="weighted", k=1, normalize=n) for n in ("rank", "minmax")}
+    assert top["rank"]["rank"].tolist() == [0, -1, -1, -1]  # a tie: the first row
+    assert top["minmax"]["rank"].tolist() == [-1, 0, -1, -1]  # 0.1 + 0.967 against 1.0 for a and d
+    assert thresher.rank(df, ["x:max", "y:max"], method="weighted", k=1)["rank"].tolist() == [0, -1, -1, -1]
+    with pytest.raises(OptionError, match="normalize: only for method 'weighted', not 'rrf'"):
+        thresher.rank(df, ["x:max", "y:max"], method="rrf", normalize="minmax")
+    with pytest.raises(OptionError, match="normalize"):
+        thresher.rank(df, ["x:max", "y:max"], method="weighted", normalize="median")
+
+
 def test_errors_are_one_line_option_errors(rows):
     df = pd.DataFrame(rows[:5])
     with pytest.raises(OptionError, match=r"unknown keyword\(s\) \['bogus'\]"):

@@ -625,13 +625,15 @@ def rank(
     k: Optional[int] = None,
     ratio: Optional[float] = None,
     weights: Optional[Sequence[float]] = None,
+    normalize: Optional[str] = None,
     seed: int = 0,
 ) -> Any:
     """Rank a scores table by several objectives without rescoring (``thresher rank``).
 
     ``scores``: a DataFrame, a pyarrow Table, a :class:`Result`, or a ``.parquet``/``.csv``/
     ``.jsonl`` path. ``objectives``: ``"NAME:max"``/``"NAME:min"`` (or a bare name: its
-    criterion's direction). Returns a DataFrame (an Arrow table for an Arrow input) with
+    criterion's direction). ``normalize`` (``method="weighted"`` only): ``rank`` (default), ``minmax``,
+    ``zscore``, ``quantile`` or ``none``. Returns a DataFrame (an Arrow table for an Arrow input) with
     ``rank`` (selection order, -1 beyond ``k``), ``selected`` and, for Pareto,
     ``pareto_rank`` and ``crowding``."""
     df, arrow = _scores_frame(scores)
@@ -652,6 +654,10 @@ def rank(
         if method == "pareto":
             raise OptionError("weights: only for method 'weighted' or 'rrf'")
         opts["weights"] = [float(w) for w in weights]
+    if normalize is not None:
+        if method != "weighted":
+            raise OptionError(f"normalize: only for method 'weighted', not {method!r}")
+        opts["normalize"] = normalize
     _load_builtins()
     order = np.asarray(SELECTORS.get(method).obj(df, n if k is None else k, seed=seed, **opts), dtype=np.int64)
     ranks = np.full(n, -1, dtype=np.int64)

@@ -167,6 +167,17 @@ def test_rank_json_dry_run_and_old_method_flag(tmp_path, capsys):
     assert "['y'] not among the columns" in capsys.readouterr().err
 
 
+def test_rank_weighted_normaliser_flag(tmp_path, capsys):
+    scores = tmp_path / "s.parquet"
+    pd.DataFrame({"id": list("abcd"), "x": [0.0, 1.0, 2.0, 10.0], "y": [3.0, 2.9, 1.0, 0.0]}).to_parquet(scores)
+    argv = ["rank", str(scores), "--objective", "x:max", "--objective", "y:max", "--selector", "weighted", "--k", "1"]
+    assert [r["id"] for r in run_json(capsys, [*argv, "--json"])["top"]] == ["a"]  # ranks: every row ties
+    res = run_json(capsys, [*argv, "--normalize", "minmax", "--json"])
+    assert res["options"]["normalize"] == "minmax" and [r["id"] for r in res["top"]] == ["b"]
+    assert main(["rank", str(scores), "--objective", "x:max", "--normalize", "zscore"]) == 2
+    assert "--normalize: only for --selector weighted (pareto compares the raw values)" in capsys.readouterr().err
+
+
 def test_compare_dry_run_and_force_alias(tmp_path, capsys):
     out = tmp_path / "rep"
     plan = run_json(capsys, ["compare", "--out", str(out), "--dry-run", "--json"])

@@ -22,6 +22,7 @@ from ..selectors.basic import objective_matrix, pareto_order, parse_objectives
 from ._common import add_output_args, add_overwrite_arg, deprecated, emit_json
 
 SELECTOR_CHOICES = ("pareto", "weighted", "rrf")
+NORMALIZERS = ("rank", "minmax", "zscore", "quantile", "none")
 
 
 def _plan(args: Any, df: Any) -> dict:
@@ -45,6 +46,11 @@ def _plan(args: Any, df: Any) -> dict:
         if args.selector == "pareto":
             raise OptionError("--weights: only for --selector weighted or rrf")
         opts["weights"] = [float(w) for w in args.weights.split(",")]
+    if args.normalize is not None:
+        if args.selector != "weighted":
+            why = "ranks each objective" if args.selector == "rrf" else "compares the raw values"
+            raise OptionError(f"--normalize: only for --selector weighted ({args.selector} {why})")
+        opts["normalize"] = args.normalize
     if args.diversity_tau is not None:
         raise OptionError("--diversity-tau needs embeddings; use `thresher select` with the multi-objective recipe")
     return {"scores": str(args.scores), "rows": n, "k": k, "selector": args.selector, "options": opts}
@@ -104,6 +110,8 @@ def register(sub: Any) -> None:
     p.add_argument("--objective", action="append", metavar="NAME:max|min", help="repeatable")
     p.add_argument("--selector", choices=SELECTOR_CHOICES, default="pareto", help="pareto (default), weighted, rrf")
     p.add_argument("--weights", default=None, help="comma-separated weights (weighted, rrf)")
+    p.add_argument("--normalize", choices=NORMALIZERS, default=None,
+                   help="per-objective normaliser of --selector weighted (default rank)")  # fmt: skip
     g = p.add_mutually_exclusive_group()
     g.add_argument("--k", type=int, default=None, help="keep the top N (default: rank all)")
     g.add_argument("--ratio", type=float, default=None, help="keep this fraction of the rows")
