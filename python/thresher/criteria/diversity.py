@@ -87,6 +87,15 @@ RECALL_SAMPLE = 1000  # queries of the recall measurement of an approximate sear
 RECALL_SEED = 0
 
 
+def _str_ids(ids: Any) -> np.ndarray:
+    """The ids as an object array of ``str`` (the strings themselves when they are ``str`` already: a
+    fixed-width ``astype(str)`` copy holds 4 bytes per character of the longest id for every row)."""
+    arr = np.asarray(ids, dtype=object).reshape(-1)
+    if all(type(x) is str for x in arr):
+        return arr
+    return np.array([str(x) for x in arr], dtype=object)
+
+
 class _PoolCriterion(Criterion):
     """Embeds batches (through the embeddings cache when ``cache_dir`` is set) and scores them
     against the fitted pool, or against the batch itself."""
@@ -171,7 +180,7 @@ class _PoolCriterion(Criterion):
         if empty is not None:
             reasons[empty] = "empty text"
         cols = self._score(emb, keys, reasons)
-        out = {"id": np.asarray(ids).astype(str)}
+        out = {"id": _str_ids(ids)}
         for c, v in cols.items():
             out[self.NAME if c == "" else f"{self.NAME}.{c}"] = v
         main = out[self.NAME]
@@ -211,7 +220,7 @@ class _PoolCriterion(Criterion):
             self._info.update(index_kind_used=None, exact=True)
             return vals, pos, ok
         # search k+1 and drop self (by position) so queries in and out of the pool share one path
-        v, p = self._search(emb[ok], base, kk, metric)
+        v, p = self._search(emb if ok.all() else emb[ok], base, kk, metric)  # no copy of the pool's vectors
         if kk > k:
             is_self = p == selfpos[ok][:, None]
             drop = np.where(is_self.any(1), is_self.argmax(1), kk - 1)

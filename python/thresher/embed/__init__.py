@@ -60,10 +60,15 @@ def get_embedder(embedder: Any = "default", *, device: Optional[str] = None) -> 
         return _cached_embedder(embedder, device)
 
 
-def _normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+def _normalize(x: np.ndarray, name: str = "embeddings", *, own: bool = False) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); ``own``: ``x`` is a float32 array this call may overwrite
+    (no second copy of the pool's vectors)."""
     x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+    n = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if own and x.flags.writeable:
+        x /= n
+        return x
+    return x / n
 
 
 def _checked(texts: Sequence[str], ids: Optional[Sequence[Any]], batch_size: int) -> list[str]:
@@ -137,7 +142,7 @@ def embeddings_of_keys(
     found, vecs = open_store(cache_dir, known[0], dtype=store_dtype).lookup(list(keys), known[1])
     if not found.all():
         raise RuntimeError(f"embeddings: {int((~found).sum())} of {len(keys)} rows are not in {cache_dir} any more")
-    return _normalize(vecs) if len(keys) else np.zeros((0, known[1]), np.float32)
+    return _normalize(vecs, own=True) if len(keys) else np.zeros((0, known[1]), np.float32)
 
 
 class _CachedRun:

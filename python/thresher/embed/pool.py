@@ -48,7 +48,8 @@ class PoolVectors:
     def score(self, scorer: Any, col: str) -> pd.DataFrame:
         """``scorer``'s scores of the pool from its vectors (``score_embeddings``)."""
         embedder, _, folder, _ = self.specs[col]
-        keys = np.concatenate(self.keys).astype(str).astype(object) if self.keys else np.zeros(0, object)
+        raw = np.concatenate(self.keys).tolist() if self.keys else []  # bytes: no fixed-width unicode copy
+        keys = np.array([k.decode("ascii") for k in raw], dtype=object)
         vecs = embeddings_of_keys(keys.tolist(), embedder, cache_dir=folder)
         ids = np.concatenate(self.ids) if self.ids else np.zeros(0, object)
         empty = np.concatenate(self.empty) if self.empty else np.zeros(0, bool)
