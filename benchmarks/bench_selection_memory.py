@@ -14,6 +14,12 @@ Selections that used to collect their score columns on the driver, now scans of 
   (instruction-mining's), ratio 0.05, at the same sizes: folds that read the whole pool (its sorted
   values, its exact mean and standard deviation);
 * ``knee``: ``threshold`` at the knee of the sorted ``mtld`` curve, at most a ratio of 0.05, at the same sizes;
+* ``embeddings``: ``length``, ``kcenter`` (a selector on embeddings, MoDS's seed step) over ``--emb-dim``
+  (384: MiniLM's) precomputed embeddings, ``--emb-k`` rows, at ``--emb-rows // 4`` and ``--emb-rows`` rows
+  (default 100,000 and 400,000); here the contenders are the run's embeddings on disk (``streaming``: the
+  row store's memory map, handed to the selector whole when every row is eligible) and ``in-memory``: held
+  on the heap as before (``HEAP_EMBEDDINGS``: each shard's vectors in a list, concatenated, then the
+  eligible rows copied);
 * ``pool-scoped``: ``length`` + ``knn_distance`` (exact kNN-6 on precomputed ``--knn-dim``-dimensional
   embeddings, as ``bench_scale.py --knn-large``), top ``--k`` by knn_distance, at ``--knn-rows // 4``
   and ``--knn-rows`` rows (default 50,000 and 200,000).
@@ -43,7 +49,7 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,6 +77,7 @@ if {in_memory!r}:
         st.selection_kind = "in-memory"
         return InMemorySelection(needed_columns(st.plan))
     run_mod.make_selection = in_memory
+{patch}
 stage = {{}}
 select = run_mod.select
 def traced_select(st, selection):  # the selection stage's own peak: reset when it starts
@@ -84,7 +91,7 @@ shutil.rmtree({out!r}, ignore_errors=True)
 tracemalloc.start()
 t = time.perf_counter()
 res = run_pipeline(PipelineConfig(data={data!r}, out={out!r}, cache_dir={cache!r}, criteria={criteria!r},
-                                  selector={selector!r}, **{budget!r},
+                                  selector={selector!r}, **{budget!r}, **{extra!r},
                                   shard_size={shard}, engine="ray", engine_options={{"workers": 1}}, report=False,
                                   quiet=True))
 dt = time.perf_counter() - t
@@ -97,18 +104,21 @@ print(json.dumps({{"seconds": dt, "driver_heap_peak_mb": max(tracemalloc.get_tra
 
 
 def one(name: str, data: Path, work: Path, criteria: list, budget: dict, in_memory: bool, args,
-        selector: Any = "topk") -> dict:  # fmt: skip
+        selector: Any = "topk", extra: Optional[dict] = None) -> dict:  # fmt: skip
     """One run (the score cache emptied first; precomputed embeddings kept); ``selector`` on the last criterion
-    (or a whole selector spec)."""
+    (or a whole selector spec); ``extra``: more of the run's settings. ``in_memory``: the in-memory selection,
+    or for the ``embeddings`` workload the embeddings held on the heap (:data:`HEAP_EMBEDDINGS`)."""
     cache = work / f"cache-{name}"
     for sub in cache.glob("*"):
         if sub.name != "embeddings":
             shutil.rmtree(sub, ignore_errors=True)
     sel = criteria[-1] if isinstance(criteria[-1], str) else criteria[-1]["name"]
     spec = selector if isinstance(selector, dict) else {"name": selector, "options": {"criterion": sel}}
-    code = CHILD.format(py=str(ROOT / "python"), in_memory=in_memory, cpus=args.threads + 1, out=str(work / "out"),
-                        data=str(data), cache=str(cache), criteria=criteria, budget=budget, shard=args.shard_size,
-                        selector=spec)  # fmt: skip
+    heap = name.startswith("embeddings")
+    code = CHILD.format(py=str(ROOT / "python"), in_memory=in_memory and not heap, cpus=args.threads + 1,
+                        out=str(work / "out"), data=str(data), cache=str(cache), criteria=criteria, budget=budget,
+                        shard=args.shard_size, selector=spec, extra=extra or {},
+                        patch=HEAP_EMBEDDINGS if in_memory and heap else "")  # fmt: skip
     r = run_child(code, args.threads)
     print(f"{name} {'in-memory' if in_memory else 'streaming'} {r['rows']} rows: {r['seconds']:.1f} s, heap peak "
           f"{r['driver_heap_peak_mb']:.1f} MB, selection {r['select_start_mb']:.1f} -> {r['select_peak_mb']:.1f} MB, "
@@ -116,8 +126,32 @@ def one(name: str, data: Path, work: Path, criteria: list, budget: dict, in_memo
     return r
 
 
+HEAP_EMBEDDINGS = r"""
+import numpy as np
+import thresher.pipeline.scoring as scoring_mod
+import thresher.pipeline.selection as selection_mod
+embed, finish = scoring_mod._Rows.embed, scoring_mod._Rows.finish
+def heap_embed(self, shard, vectors=None):  # as before: each shard's vectors kept in a list
+    embed(self, shard, vectors)
+    if self.want_emb:
+        if not hasattr(self, "heap"):
+            self.heap = []
+        if vectors is None:  # computed here: the rows just written
+            col = self.st.rowstore.column("embeddings", np.float32)
+            vectors = np.array(col[len(col) - len(shard):])
+        self.heap.append(vectors)
+def heap_finish(self):  # ... concatenated on the heap
+    finish(self)
+    if self.st.embeddings is not None:
+        self.st.embeddings = np.concatenate(self.heap)
+        self.heap = []
+scoring_mod._Rows.embed, scoring_mod._Rows.finish = heap_embed, heap_finish
+selection_mod.eligible_rows = lambda values, elig, n: None if values is None else values[elig]  # (a copy)
+"""
+
+
 def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, args, embedder: str = "",
-             selector: Any = "topk") -> dict:  # fmt: skip
+             selector: Any = "topk", extra: Optional[dict] = None) -> dict:  # fmt: skip
     """Both contenders at both sizes; the heap growth per row of each; the selections compared."""
     runs: dict = {"streaming": [], "in-memory": []}
     for rows in sizes:
@@ -126,7 +160,8 @@ def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, a
         if embedder:
             fill_embeddings(work, f"{name}-{rows}", data, embedder)
         for c in runs:
-            runs[c].append(one(f"{name}-{rows}", data, work, criteria, budget, c == "in-memory", args, selector))
+            runs[c].append(one(f"{name}-{rows}", data, work, criteria, budget, c == "in-memory", args, selector,
+                               extra))  # fmt: skip
     same = all(a["selected"] == b["selected"] for a, b in zip(runs["streaming"], runs["in-memory"]))
     out: dict = {"sizes": sizes, "selector": selector, "budget": budget, "same_selection": same, "runs": runs,
                  "bytes_per_row": {}}  # fmt: skip
@@ -138,7 +173,16 @@ def workload(name: str, sizes: list, work: Path, criteria: list, budget: dict, a
     return out
 
 
-WORKLOADS = ("token-budget", "pool-scoped", "gumbel", "groups", "weighted-rank", "weighted-zscore", "knee")
+WORKLOADS = (
+    "token-budget",
+    "pool-scoped",
+    "gumbel",
+    "groups",
+    "weighted-rank",
+    "weighted-zscore",
+    "knee",
+    "embeddings",
+)
 
 
 def run_workload(name: str, work: Path, args: argparse.Namespace) -> dict:
@@ -158,6 +202,11 @@ def run_workload(name: str, work: Path, args: argparse.Namespace) -> dict:
         spec = {"name": "threshold", "options": {"criterion": "mtld", "mode": "knee"}}
         return workload(name, [args.rows // 4, args.rows], work, ["length", "mtld"], {"ratio": 0.05}, args,
                         selector=spec)  # fmt: skip
+    if name == "embeddings":  # a selector on embeddings (kcenter) over --emb-dim vectors: on disk vs on the heap
+        embedder = tiny_embedder(work, args.emb_dim)
+        spec = {"name": "kcenter", "options": {"criterion": "length"}}
+        return workload(name, [args.emb_rows // 4, args.emb_rows], work, ["length"], {"k": args.emb_k}, args,
+                        embedder, selector=spec, extra={"embedder": embedder})  # fmt: skip
     embedder = tiny_embedder(work, args.knn_dim)
     knn = {"name": "knn_distance", "options": {"embedder": embedder, "k": 6}}
     return workload(name, [args.knn_rows // 4, args.knn_rows], work, ["length", knn], {"k": args.k}, args, embedder)
@@ -170,6 +219,9 @@ def main() -> None:
     ap.add_argument("--knn-rows", type=int, default=200_000)
     ap.add_argument("--knn-dim", type=int, default=32)
     ap.add_argument("--k", type=int, default=10_000)
+    ap.add_argument("--emb-rows", type=int, default=400_000)
+    ap.add_argument("--emb-dim", type=int, default=384)
+    ap.add_argument("--emb-k", type=int, default=50)
     ap.add_argument("--shard-size", type=int, default=20_000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="/tmp/thresher-bench-selection")

@@ -7,12 +7,23 @@ GPU when one is visible.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from .index import faiss_module, faiss_threads
+
+
+def shared_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor on ``a``'s memory, read-only arrays too (a memory map of the run's embeddings): the
+    functions here only read their inputs, so no copy is made to silence torch's warning."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
 
 
 def torch_device(device: Optional[str]) -> torch.device:
@@ -48,7 +59,7 @@ def repr_filter_order(
     B = int(block or (4096 if dev.type == "cuda" else 1024))
     if B < 1:
         raise ValueError(f"block: expected an integer >= 1, got {block!r}")
-    emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
+    emb = shared_tensor(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
     kept = torch.empty((max(budget, 1), emb.shape[1]), dtype=torch.float32, device=dev)
     kept_pos: list[int] = []
     nk = 0
@@ -111,7 +122,7 @@ def kcenter_greedy(
     O(k N d); ties by lower position. Returns positions in pick order, ``first`` first.
     """
     dev = torch_device(device)
-    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
+    x = shared_tensor(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
     n = x.shape[0]
     allowed = torch.ones(n, dtype=torch.bool, device=dev)
     if pool is not None:
@@ -206,7 +217,7 @@ def kmeans_pp_rows(x: np.ndarray, c: int, seed: int) -> np.ndarray:
     never drawn; when every row sits on a seed, unused rows follow in a seeded order (the seeds
     are always distinct rows)."""
     g = torch.Generator().manual_seed(int(seed))
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    xt = shared_tensor(np.ascontiguousarray(x, dtype=np.float64))
     n = xt.shape[0]
     sq = (xt * xt).sum(1)
 
@@ -274,7 +285,7 @@ def _kmeans_torch(
     x: np.ndarray, c: int, seed: int, spherical: bool, niter: int, init: str = "random"
 ) -> tuple[np.ndarray, np.ndarray]:
     n = x.shape[0]
-    xt = torch.from_numpy(x)
+    xt = shared_tensor(x)
     cent = xt[torch.from_numpy(_init_rows(x, c, seed, init))].clone()
     lab = torch.zeros(n, dtype=torch.int64)
     for _ in range(niter):

@@ -418,3 +418,21 @@ def test_an_in_memory_pool_writes_its_rows(rows, tmp_path, kind):
         np.testing.assert_array_equal(got["fake_len"].to_numpy(np.float64, na_value=np.nan), want[line - 1])
     label = "<DataFrame>" if kind == "pandas" else "<list>"
     assert json.loads((out / "manifest.json").read_text())["inputs"][0]["path"] == label
+
+
+@pytest.mark.parametrize("shard", [1, 7])
+def test_a_text_score_column_with_missing_values_is_written_with_nulls(rows, tmp_path, shard):
+    """A criterion's text column with missing values (None, which pandas holds as NaN in a text column), in
+    a shard of its own too (the first shard's column all missing): scores.parquet holds the texts and
+    nulls, as the criterion returned them."""
+    first = next(i for i, r in enumerate(rows) if len(r["output"]) % 5 == 0)  # fake_bucket.name: None
+    pool = write_jsonl(tmp_path / "pool.jsonl", [rows[first]] + rows[:first] + rows[first + 1 : 60])
+    top = {"name": "topk", "options": {"criterion": "fake_len"}}
+    res = run_pipeline(PipelineConfig(data=str(pool), out=str(tmp_path / "out"), plugins=[PLUGIN],
+                                      criteria=["fake_bucket", "fake_len"], selector=top, k=5, shard_size=shard,
+                                      quiet=True, report=False))  # fmt: skip
+    got = pq.read_table(res.scores_path).column("fake_bucket.name")
+    assert pa.types.is_string(got.type) or pa.types.is_large_string(got.type)
+    want = [None if len(json.loads(line)["output"]) % 5 == 0 else f"n{len(json.loads(line)['output']) % 3}"
+            for line in pool.read_text(encoding="utf-8").splitlines()]  # fmt: skip
+    assert got.to_pylist() == want and want[0] is None and 0 < want.count(None) < len(want)

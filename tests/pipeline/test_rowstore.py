@@ -45,6 +45,27 @@ def test_rowstore_empty_and_wrong_dtype(tmp_path):
     store.close()
 
 
+def test_rowstore_rows_of_a_fixed_shape_read_back_as_a_matrix(tmp_path):
+    """Embeddings go to the store shard by shard ([n, d] rows): read back as one [rows, d] memory map."""
+    rng = np.random.default_rng(1)
+    store = RowStore(tmp_path)
+    assert store.column("embeddings", np.float32).shape == (0,)  # nothing written yet
+    parts = [rng.standard_normal((n, 5)) for n in (4, 0, 1, 9)]
+    for p in parts:
+        store.append("embeddings", p, np.float32)
+    got = store.column("embeddings", np.float32)
+    want = np.concatenate(parts).astype(np.float32)
+    assert isinstance(got, np.memmap) and got.shape == (14, 5) and np.array_equal(got, want)
+    assert np.array_equal(got[[13, 0, 4]], want[[13, 0, 4]])
+    with pytest.raises(ValueError):
+        got[0, 0] = 1.0  # read-only
+    with pytest.raises(ValueError, match=r"rows of shape \(5,\), not \(4,\)"):
+        store.append("embeddings", np.zeros((2, 4)), np.float32)
+    store.append("empty", np.zeros((0, 3)), np.float32)
+    assert store.column("empty", np.float32).shape == (0, 3)
+    store.close()
+
+
 def test_rowstore_of_a_dead_process_is_cleaned_by_the_next_run(tmp_path):
     store = RowStore(tmp_path)
     store.append("lines", [1, 2], np.int64)

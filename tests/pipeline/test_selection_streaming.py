@@ -495,6 +495,39 @@ def test_group_topk_default_groups_no_groups_and_a_token_budget(grouped_pool, tm
         )
 
 
+@pytest.mark.parametrize("quota", ["equal", "proportional"])
+@pytest.mark.parametrize("label", ["fake_bucket", "fake_bucket.name", "fake_pool"])
+@pytest.mark.parametrize("shard", [7, 1000])
+def test_group_topk_on_a_score_columns_labels_streams(pool, tmp_path, cache, quota, label, shard):
+    """``group_column``: the groups are a score column's labels compared as strings (a number with NaN rows,
+    a string with None rows, a pool-scoped criterion's values: one group per row), coded by the counting
+    pass into the row store; the rows of the oracle and of the in-memory selection."""
+    res, s, sel = both(pool, tmp_path, cache, "streaming-group_topk", criteria=["fake_len", "fake_bucket", "fake_pool"],
+                       selector=group_sel(quota, group_column=label), k=23, shard_size=shard)  # fmt: skip
+    g = s[label].to_numpy().astype(str).tolist()  # numbers as numpy writes them; a missing text as "nan"
+    assert len(set(g)) == {"fake_bucket": 5, "fake_bucket.name": 4, "fake_pool": N}[label]
+    assert res.selected.tolist() == oracle_group_topk(col(s, "fake_len"), g, np.ones(N, bool), 23, quota == "equal")
+    assert sel.replays == (3 if label == "fake_pool" else 2)  # the count replays the cache after a pool criterion
+
+
+def test_group_topk_on_a_score_column_with_a_filter_and_a_token_budget(pool, tmp_path, cache):
+    kw = {"criteria": ["fake_len", "fake_bucket", "length"], "filters": ["length >= 20"], "shard_size": 9}
+    by_name = group_sel(group_column="fake_bucket.name", direction="min")
+    res, s, _ = both(pool, tmp_path / "k", cache, "streaming-group_topk", selector=by_name, ratio=0.25, **kw)
+    elig, g = col(s, "length") >= 20, s["fake_bucket.name"].to_numpy().astype(str).tolist()
+    assert 0 < elig.sum() < N
+    assert res.selected.tolist() == oracle_group_topk(col(s, "fake_len"), g, elig, res.k, maximize=False)
+    res, s, _ = both(pool, tmp_path / "t", cache, "streaming-group_topk-tokens",
+                     selector=group_sel(group_column="fake_bucket"), tokens=700, **kw)  # fmt: skip
+    rr = oracle_group_topk(col(s, "fake_len"), s["fake_bucket"].to_numpy().astype(str).tolist(), elig, N)
+    tok = s["tokens"].to_numpy(np.int64)[rr]
+    assert res.selected.tolist() == rr[: int(np.searchsorted(np.cumsum(tok), 700, side="right"))]
+    assert 0 < len(res.selected) < elig.sum()
+    with pytest.raises(ValueError, match="no column 'fake_bucket.nope' in the scores"):
+        run(pool, tmp_path / "bad", cache, criteria=["fake_len", "fake_bucket"],
+            selector=group_sel(group_column="fake_bucket.nope"), k=5)  # fmt: skip
+
+
 @pytest.mark.parametrize("sizes", [[0, 5, 1, 40, 0, 14], [60], [1] * 25])
 def test_group_passes_over_shards_are_the_selector_on_the_whole(sizes):
     """Ties (integer values), NaN and -inf scores, empty shards, groups of one row: the quotas and

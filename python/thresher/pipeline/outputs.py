@@ -194,22 +194,83 @@ def _column_values(arr: Any) -> np.ndarray:
 
 def write_scores(st: RunState, path: Path, rank: Any) -> None:
     """Stream the cached shard tables into one Parquet file with the decisions."""
-    writer = None
-    schema = None
     with atomic_file(path, "wb") as fh:
+        out = ScoresFile(fh)
         for data in shard_score_tables(st, rank):
-            table = pa.table(data)
-            if writer is None:
-                schema = table.schema
-                writer = pq.ParquetWriter(fh, schema, compression="zstd")
-            else:
-                try:
-                    table = table.cast(schema)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
-                    table = pa.table({f.name: pa.array(data[f.name], type=f.type, from_pandas=True) for f in schema})
-            writer.write_table(table)
-        if writer is not None:
-            writer.close()
+            out.add(data)
+        out.close()
+
+
+def _arrow(values: Any) -> tuple[Any, bool]:
+    """A column of a shard as Arrow (numbers as they are, NaN kept; other values with pandas' missing
+    values, None or a NaN in a text column, as nulls), and whether it holds no value (every one missing)."""
+    v = np.asarray(values)
+    missing = not len(v) or (v.dtype.kind in "fO" and bool(pd.isna(v).all()))  # (an empty shard: no type)
+    if v.dtype.kind == "O":
+        arr = pa.array(v, from_pandas=True)
+        return (pa.nulls(len(v), pa.string()) if pa.types.is_null(arr.type) else arr), missing
+    return pa.array(v), missing
+
+
+class ScoresFile:
+    """``scores.parquet`` written a shard's table at a time. A column's type is the first type it has in a
+    shard where it holds a value: a shard whose column is all missing (a criterion's text column is all
+    NaN there, hence numbers, as its cache entry holds it) does not fix it; up to ``HOLD`` tables wait
+    while a column has no value yet. A column whose values change type between shards is an error
+    naming it."""
+
+    HOLD = 64
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.writer, self.schema = fh, None, None
+        self.held: list = []  # (table, columns all missing)
+
+    def add(self, data: dict) -> None:
+        cols = {c: _arrow(v) for c, v in data.items()}
+        table = pa.table({c: a for c, (a, _) in cols.items()})
+        missing = {c for c, (_, m) in cols.items() if m}
+        if self.writer is not None:
+            self.writer.write_table(self._conform(table, missing))
+            return
+        self.held.append((table, missing))
+        unknown = set.intersection(*(m for _, m in self.held))
+        if not unknown or len(self.held) >= self.HOLD:
+            self._open()
+
+    def _open(self) -> None:
+        first = self.held[0][0].schema
+        fields = []
+        for f in first:
+            typed = [t.schema.field(f.name).type for t, m in self.held if f.name not in m]
+            fields.append(pa.field(f.name, typed[0] if typed else f.type))
+        self.schema = pa.schema(fields)
+        self.writer = pq.ParquetWriter(self.fh, self.schema, compression="zstd")
+        for table, missing in self.held:
+            self.writer.write_table(self._conform(table, missing))
+        self.held = []
+
+    def _conform(self, table: Any, missing: set) -> Any:
+        cols = []
+        for f in self.schema:
+            a = table.column(f.name)
+            if a.type != f.type:
+                a = pa.nulls(len(a), f.type) if f.name in missing else self._cast(a, f)
+            cols.append(a)
+        return pa.table(cols, schema=self.schema)
+
+    @staticmethod
+    def _cast(a: Any, f: Any) -> Any:
+        try:
+            return a.cast(f.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"scores.parquet: column {f.name!r} holds {f.type} in an earlier shard and {a.type} "
+                             f"in a later one (a criterion's output changed type): {exc}") from None  # fmt: skip
+
+    def close(self) -> None:
+        if self.writer is None and self.held:
+            self._open()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _shard_parts(st: RunState, ref: Any, sl: slice) -> dict:

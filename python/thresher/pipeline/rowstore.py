@@ -30,7 +30,8 @@ class RowStore:
         self.root = Path(root)
         self.dir: Optional[Path] = None
         self._files: dict = {}  # name -> (open file, dtype)
-        self.n: dict = {}  # name -> values written
+        self.n: dict = {}  # name -> values (rows) written
+        self.tail: dict = {}  # name -> the shape of one row (() for a column of scalars)
         self._scratch = 0
 
     def _folder(self) -> Path:
@@ -60,19 +61,25 @@ class RowStore:
         return fh
 
     def append(self, name: str, values: Any, dtype: Any) -> None:
-        """Append ``values`` (converted to ``dtype``) to column ``name``."""
+        """Append ``values`` (converted to ``dtype``) to column ``name``: scalars, or rows of one fixed shape
+        (e.g. ``[n, d]`` embeddings: every append to a column has the same trailing shape)."""
         fh = self._open(name, dtype)
         arr = np.ascontiguousarray(np.asarray(values, dtype=dtype))
+        tail = self.tail.setdefault(name, arr.shape[1:])
+        if arr.shape[1:] != tail:
+            raise ValueError(f"row store: column {name!r} holds rows of shape {tail}, not {arr.shape[1:]}")
         fh.write(arr.tobytes())
         self.n[name] += len(arr)
 
     def column(self, name: str, dtype: Any) -> np.ndarray:
-        """The whole column as a read-only array (a memory map; an empty array when nothing was written)."""
+        """The whole column as a read-only array (a memory map, ``[rows, *row shape]``; an empty array when
+        nothing was written)."""
+        tail = self.tail.get(name, ())
         if name not in self._files or self.n[name] == 0:
-            return np.zeros(0, dtype=dtype)
+            return np.zeros((0, *tail), dtype=dtype)
         fh, dt = self._files[name]
         fh.flush()
-        return np.memmap(fh.name, dtype=dt, mode="r", shape=(self.n[name],))
+        return np.memmap(fh.name, dtype=dt, mode="r", shape=(self.n[name], *tail))
 
     def sort(self, name: str) -> np.ndarray:
         """Sort column ``name`` in place, on disk (through a writable memory map: the pages are the file's,

@@ -27,6 +27,7 @@ from .rowstore import GroupCoder, GroupColumn
 from .scoring_checks import check_scores
 from .selection import Selection
 from .state import Progress, RunState, ShardRef
+from .streaming import score_column
 from .workers import TOKENS_SPEC, CriterionSpec, ShardWorker
 
 TOKEN_CRITERION = "length"  # token counts are the length criterion's main column, cached under its name
@@ -161,15 +162,8 @@ def _score_shard(st: RunState, shard: Any, tok: Any, tok_key: str) -> dict:
     return tabs
 
 
-def _column(s: pd.Series) -> np.ndarray:
-    """A selected column: float64 (NaN for missing) when numeric, else the values as objects (e.g. tag lists)."""
-    if pd.api.types.is_numeric_dtype(s.dtype):
-        return s.to_numpy(np.float64, na_value=np.nan)
-    return s.astype(object).to_numpy()
-
-
 def _columns(tables: Any, needed: set) -> dict:
-    return {c: _column(df[c]) for df in tables for c in df.columns if c in needed}
+    return {c: score_column(df[c]) for df in tables for c in df.columns if c in needed}
 
 
 class _Rows:
@@ -190,7 +184,7 @@ class _Rows:
         self.store = st.rowstore  # lines, files, token counts, group codes: on disk, not the heap
         self.coder = GroupCoder()
         self.grouped = 0  # shards that carried groups
-        self.emb: list = []
+        self.embedded = 0  # shards whose embeddings went to the row store
 
     def embed(self, shard: Any, vectors: Any = None) -> None:
         """Keep the shard's embeddings (``vectors``: as a worker that read the shard computed them); put a
@@ -201,7 +195,8 @@ class _Rows:
             if vectors is None:
                 emb_dir = self.st.cache.root / "embeddings"
                 vectors = embed_table(shard.table, self.st.cfg.embedder or "default", cache_dir=emb_dir)
-            self.emb.append(vectors)
+            self.store.append("embeddings", vectors, np.float32)  # on disk: a memory map once read
+            self.embedded += 1
 
     def add(self, shard: Any, tabs: dict) -> None:
         st = self.st
@@ -233,7 +228,7 @@ class _Rows:
         st.tokens = self.store.column("tokens", np.float64)
         grouped = self.grouped and self.grouped == len(st.shards)
         st.groups = GroupColumn(self.store.column("groups", np.int32), self.coder.labels) if grouped else None
-        st.embeddings = np.concatenate(self.emb) if self.emb else None
+        st.embeddings = self.store.column("embeddings", np.float32) if self.embedded else None
 
 
 # ------------------------------------------------------------------ shards on an engine's worker pool

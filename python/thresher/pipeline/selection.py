@@ -297,7 +297,7 @@ class InMemorySelection(Selection):
         cfg, sel = st.cfg, st.plan.selector
         elig = np.flatnonzero(st.eligible)
         frame = pd.DataFrame({c: v[elig] for c, v in colv.items()})
-        emb = st.embeddings[elig] if st.embeddings is not None else None
+        emb = eligible_rows(st.embeddings, elig, st.n)
         grp = st.groups[elig] if st.groups is not None else None
         kk = len(elig) if cfg.tokens is not None else check_k(st.k, len(elig), sel.name)
         rel = np.asarray(
@@ -312,6 +312,14 @@ class InMemorySelection(Selection):
         head = within_tokens(order, st.tokens, cfg.tokens)
         st.token_stop = int(order[len(head)]) if len(head) < len(order) else None
         return head
+
+
+def eligible_rows(values: Any, elig: np.ndarray, n: int) -> Any:
+    """The rows ``elig`` of a per-row array (the run's embeddings: a read-only memory map of the row store):
+    the array itself when every row is eligible (no copy on the heap), else a copy of those rows."""
+    if values is None:
+        return None
+    return values if len(elig) == n else values[elig]
 
 
 class ScoreOnly(InMemorySelection):
@@ -422,14 +430,14 @@ def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
 
 
 def _group_selection(st: RunState, opts: dict, columns: set) -> Optional[StreamingSelection]:
-    """``group_topk`` on the run's ``--group-field`` groups (:class:`~.streaming_groups.GroupTopK`), on a
-    sample or (``quota="equal"``) a token budget; None (in memory) with a ``group_column`` (a score
-    column: its labels are not in the row store)."""
-    if opts.get("group_column") is not None or not replayable(st, columns):
+    """``group_topk`` on the run's ``--group-field`` groups or on a score column's labels (``group_column``,
+    coded by the counting pass) (:class:`~.streaming_groups.GroupTopK`), on a sample or (``quota="equal"``)
+    a token budget."""
+    if not replayable(st, columns):
         return None
     col = opts["criterion"]
     make = GroupTopK(list(st.plan.filters), col, maximizing(col, opts.get("direction")), opts["quota"] == "equal",
-                     lambda: st.groups)  # fmt: skip
+                     lambda: st.groups, opts.get("group_column"))  # fmt: skip
     if st.cfg.tokens is not None:
         return TokenBudgetSelection(st, "streaming-group_topk-tokens", columns, make, None)
     return StreamingSelection(st, "streaming-group_topk", columns, make, None)

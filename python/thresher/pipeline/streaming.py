@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..ops import TopKAccumulator
@@ -73,6 +74,14 @@ class CountPass:
         if self.store is not None:
             return self.store.column(self.mask_column, bool)
         return concat(self.masks, bool)
+
+
+def score_column(s: Any) -> np.ndarray:
+    """A score column (a pandas Series) as a selection reads it: float64 (NaN for missing) when numeric,
+    else its values as objects (a tag list, a label)."""
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        return s.to_numpy(np.float64, na_value=np.nan)
+    return s.astype(object).to_numpy()
 
 
 def column_of(cols: dict, name: str) -> np.ndarray:
@@ -342,7 +351,7 @@ def replay(st: RunState, columns: set) -> Iterator[tuple[dict, int, int]]:
             df = _shard_table(st, crit, ref, offset, mine)
             for c in mine:
                 if c in df.columns:
-                    cols[c] = df[c].to_numpy(np.float64, na_value=np.nan)
+                    cols[c] = score_column(df[c])
         if TOKENS in columns:
             cols[TOKENS] = np.asarray(st.tokens[offset : offset + ref.n], dtype=np.float64)
         yield cols, offset, ref.n
@@ -381,4 +390,5 @@ __all__ = [
     "ratio_bound",
     "values_of",
     "column_of",
+    "score_column",
 ]

@@ -19,11 +19,14 @@ a time.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ..io.schema import GROUP_FIELDS
+from ..selectors.diversity import label_strings
+from .rowstore import GroupColumn
+from .state import concat
 from .streaming import CountPass, values_of
 
 
@@ -141,6 +144,49 @@ class GroupKeepPass(_GroupPass):
         return self.pos[o][:kk]
 
 
+class GroupLabels(CountPass):
+    """The filters' count, and each row's label in a score column (the selector's ``group_column``: a
+    cluster id, a tag) coded as the selector compares labels, as strings (:func:`label_strings`): one
+    code per distinct string, in order of first appearance; the codes go to the run's row store (held
+    when there is none), the distinct strings stay here. :meth:`groups` is then a
+    :class:`~.rowstore.GroupColumn` as the run's ``--group-field`` groups are."""
+
+    def __init__(self, filters: list, column: str) -> None:
+        super().__init__(filters)
+        self.column = column
+        self.code: dict = {}  # label string -> code
+        self.labels: list = []
+        self.codes: list = []  # without a row store
+        self.codes_column = ""
+
+    def keep_masks_in(self, store: Any) -> "GroupLabels":
+        super().keep_masks_in(store)
+        if store is not None:
+            self.codes_column = store.unique("group-labels")
+        return self
+
+    def take(self, cols: dict, offset: int, mask: np.ndarray) -> None:
+        if self.column not in cols:
+            raise ValueError(f"group_column: no column {self.column!r} in the scores; columns: {sorted(cols)}")
+        local, strings = label_strings(np.asarray(cols[self.column]))
+        mine = np.empty(len(strings), np.int32)
+        for i, text in enumerate(strings.tolist()):
+            mine[i] = self.code.setdefault(text, len(self.code))
+            if mine[i] == len(self.labels):
+                self.labels.append(text)
+        codes = mine[local] if len(local) else np.zeros(0, np.int32)
+        self.peak = max(self.peak, 2 * len(mask) + len(self.labels))
+        if self.store is not None:
+            self.store.append(self.codes_column, codes, np.int32)
+        else:
+            self.codes.append(codes)
+
+    def groups(self) -> GroupColumn:
+        if self.store is not None:
+            return GroupColumn(self.store.column(self.codes_column, np.int32), self.labels)
+        return GroupColumn(concat(self.codes, np.int32), self.labels)
+
+
 class GroupTopK:
     """``m -> pass`` of ``group_topk`` on the run's groups (``groups()``: the run's
     :class:`~.rowstore.GroupColumn`, known once the shards are read). The selection counts (filters),
@@ -149,17 +195,21 @@ class GroupTopK:
     ``order(kk)`` is the first ``kk`` rows of one round-robin order, so a token budget takes a prefix of
     it as for any order (proportional quotas are refused with a token budget before the run)."""
 
-    def __init__(self, filters: list, column: str, maximize: bool, equal: bool, groups: Callable[[], Any]) -> None:
+    def __init__(self, filters: list, column: str, maximize: bool, equal: bool, groups: Callable[[], Any],
+                 group_column: Optional[str] = None) -> None:  # fmt: skip
         self.filters, self.column, self.maximize, self.equal = list(filters), column, bool(maximize), bool(equal)
-        self.groups = groups
+        self.groups, self.group_column = groups, group_column
         self.stats: Any = None
         self.ranked = np.zeros(0, np.int64)  # groups with a scored row, in order
 
     def counting(self, store: Any) -> CountPass:
-        return CountPass(self.filters)
+        """The filters' count; with a ``group_column``, its labels coded too (:class:`GroupLabels`)."""
+        if self.group_column is None:
+            return CountPass(self.filters)
+        return GroupLabels(self.filters, self.group_column)  # (its codes go where the selection keeps its masks)
 
     def complete(self, count: CountPass, scan: Callable[[Any], Any]) -> None:
-        groups = self.groups()
+        groups = count.groups() if isinstance(count, GroupLabels) else self.groups()
         if groups is None:
             raise ValueError(f"groups: group_topk needs groups, and the input has no field {', '.join(GROUP_FIELDS)}: "
                              "name one with --group-field, or give the selector's group_column")  # fmt: skip
@@ -187,6 +237,7 @@ def _rank_within(grp: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "GroupTopK",
+    "GroupLabels",
     "GroupStatsPass",
     "GroupKeepPass",
     "canonical_codes",
