@@ -128,7 +128,7 @@ def kcenter_greedy(
     if pool is not None:
         allowed[:] = False
         allowed[torch.from_numpy(np.asarray(pool, dtype=np.int64)).to(dev)] = True
-    sq = (x * x).sum(1)
+    sq = torch.cat([(b * b).sum(1) for b in x.split(1 << 16)]) if n else x.new_zeros(0)  # no [n, d] temporary
     mind = torch.full((n,), float("inf"), device=dev)
     mind[~allowed] = -1.0
     out = []

@@ -307,10 +307,17 @@ def _resolve_selector(selector: Step, criteria: list) -> bool:
         selector.options["criterion"] = criteria[0].col
     resolved = sel.resolve_options(selector.options)
     check_options(sel, resolved)
-    for value in resolved.values():  # nested stages (cascade's first/then)
+    needs = _needs_embeddings(sel, resolved)
+    for value in resolved.values():  # nested stages (cascade's first/then): checked, and their needs too
         if isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"] in SELECTORS:
             stage = SELECTORS.get(value["name"])
-            check_options(stage, stage.resolve_options(dict(value.get("options") or {})))
+            opts = stage.resolve_options(dict(value.get("options") or {}))
+            check_options(stage, opts)
+            needs = needs or _needs_embeddings(stage, opts)
+    return needs
+
+
+def _needs_embeddings(sel: Any, resolved: dict) -> bool:
     return "embeddings" in tuple(sel.meta.get("needs", ())) or resolved.get("diversity_tau") is not None
 
 

@@ -174,6 +174,30 @@ def test_accumulator_equals_topk_of_concatenation(largest):
         assert torch.equal(v.view(torch.int32), rv.view(torch.int32))
 
 
+@pytest.mark.parametrize("k", [0, 1, 7, 64, 700, 5000])
+def test_accumulator_holds_at_most_2k_plus_a_shard_and_merges_in_bulk(k, monkeypatch):
+    """Shards' best rows wait until they hold more than k values, then one sort keeps k: at most 2k plus a
+    shard held, and far fewer sorts than shards when k is a large part of the stream (k >= the stream: one,
+    in result()); the result is the concatenation's top-k (ties, NaN) and a result mid-stream changes nothing."""
+    merges = []
+    real = TopKAccumulator._merge
+    monkeypatch.setattr(TopKAccumulator, "_merge", lambda self: merges.append(self._n_waiting) or real(self))
+    gen = torch.Generator().manual_seed(23)
+    shards = [tricky(n, torch.float32, gen) for n in [37] * 60 + [0, 1, 250]]
+    acc = TopKAccumulator(k, True, backend="reference")
+    for j, sh in enumerate(shards):
+        acc.update(sh)
+        assert acc.held <= 2 * k + sh.numel()
+        if j == 30:
+            mid, _ = acc.result()
+            assert mid.numel() == min(k, sum(x.numel() for x in shards[:31]))
+    v, i = acc.result()
+    rv, ri = topk(torch.cat(shards), k, True, backend="reference")
+    assert i.tolist() == ri.tolist() and torch.equal(v.view(torch.int32), rv.view(torch.int32))
+    # 63 shards: a merge per k waiting values (2,471 rows), plus the two results
+    assert len(merges) <= {0: 63, 1: 63, 7: 63, 64: 40, 700: 5, 5000: 2}[k]
+
+
 def test_accumulator_out_of_order_shards_with_offsets(backend_available):
     backend_available(OP, "cpu")
     gen = torch.Generator().manual_seed(22)

@@ -189,6 +189,29 @@ def test_cascade_two_stages():
         sel("cascade", df, 5, first={"name": "topk", "ratio": 2.0}, then="random")
 
 
+@pytest.mark.parametrize(
+    "first, then, msg",
+    [
+        ({"name": "topk", "ratio": 1.3}, "random", r"first: ratio must be in \(0, 1\], got 1.3"),
+        ({"name": "topk", "ratio": 0.5, "k": 4}, "random", "first: give ratio or k, not both"),
+        ({"name": "topk", "k": -2}, "random", "first: k must be a non-negative integer, got -2"),
+        ({"name": "topk", "k": 4}, {"name": "random", "ratio": 0.5}, "then: the second stage selects the run's budget"),
+        ({"name": "topp", "k": 4}, "random", "first: unknown selector 'topp'"),
+        ({"name": "topk", "k": 4}, {"name": "random", "size": 3}, r"then: unknown key\(s\) \['size'\]"),
+    ],
+)
+def test_cascade_stages_that_cannot_run_are_refused_by_the_plan(first, then, msg, tmp_path):
+    """Before any data is read (a bad ratio was refused only after scoring), and by the selector itself."""
+    from thresher.errors import OptionError
+    from thresher.pipeline import PipelineConfig, make_plan
+
+    cascade = {"name": "cascade", "options": {"first": first, "then": then}}
+    with pytest.raises(OptionError, match=msg):
+        make_plan(PipelineConfig(data=str(tmp_path / "nothing.jsonl"), criteria=["length"], selector=cascade, k=3))
+    with pytest.raises(OptionError, match=msg):
+        sel("cascade", pd.DataFrame({"length": [1.0, 2.0, 3.0]}), 1, first=first, then=then)
+
+
 def test_parse_objectives_forms():
     assert B.parse_objectives("a:max,b:min") == [("a", True), ("b", False)]
     assert B.parse_objectives([("a", "min"), {"name": "b", "direction": "max"}]) == [("a", False), ("b", True)]
@@ -211,3 +234,24 @@ def test_weights_that_do_not_fit_the_objectives_are_refused_by_the_plan(name, we
         make_plan(PipelineConfig(data=str(tmp_path / "nothing.jsonl"), criteria=["length", "mtld"], selector=selector))
     ok = {"name": name, "options": {"objectives": ["length:max", "mtld:min"], "weights": [2.0, 0.0]}}
     make_plan(PipelineConfig(data=str(tmp_path / "nothing.jsonl"), criteria=["length", "mtld"], selector=ok, k=2))
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 6, 13])
+def test_embeddings_are_checked_and_normalised_a_block_of_rows_at_a_time(n, monkeypatch):
+    """as_embeddings works on blocks of rows (no [rows, dim] temporary): the norms are numpy's over the whole
+    array, bit for bit; a NaN row or an all-zero row in any block is found and named."""
+    from thresher.selectors import base
+
+    monkeypatch.setattr(base, "ROW_BLOCK", 5)
+    rng = np.random.default_rng(n)
+    e = (rng.standard_normal((n, 7)) * rng.uniform(0.01, 100, (n, 1))).astype(np.float32)
+    np.testing.assert_array_equal(base.row_norms(e), np.linalg.norm(e, axis=1, keepdims=True))
+    np.testing.assert_array_equal(base.as_embeddings(e, n, "t"), e / np.linalg.norm(e, axis=1, keepdims=True))
+    if n > 5:
+        bad = e.copy()
+        bad[n - 1, 3] = np.nan
+        with pytest.raises(ValueError, match=f"1 row\\(s\\) contain NaN or inf \\(first: row {n - 1}\\)"):
+            base.as_embeddings(bad, n, "t")
+        bad[n - 1] = 0.0
+        with pytest.raises(ValueError, match=f"row {n - 1} is all zeros"):
+            base.as_embeddings(bad, n, "t")

@@ -186,7 +186,7 @@ def test_invalid_options_refused_before_any_work(name, opts, what, monkeypatch):
         raise AssertionError("work started before the options were checked")
 
     for mod in (base, basic, diversity):
-        for fn in ("as_embeddings", "score_values", "column", "order_by", "objective_matrix", "_stage"):
+        for fn in ("as_embeddings", "score_values", "column", "order_by", "objective_matrix", "cascade_stage"):
             if hasattr(mod, fn):
                 monkeypatch.setattr(mod, fn, boom)
     df, _ = pool()

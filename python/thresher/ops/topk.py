@@ -195,8 +195,11 @@ class TopKAccumulator:
     global index ``offset`` (default: the number of rows seen so far, for shards fed in
     order). ``result()`` returns ``(values, global_indices int64)`` identical to
     ``topk(concatenation, k, largest)`` (ties by lower global index, NaN last), provided the
-    shards do not overlap. Memory O(k); each update costs one ``topk`` of the shard plus a
-    sort of at most 2k candidates.
+    shards do not overlap. Each update takes one ``topk`` of the shard; the shards' best rows
+    wait until they hold more than ``k`` values besides the ``k`` kept, then one sort keeps the
+    best ``k`` of all (a total order: values, then index), so memory stays O(k + shard) and the
+    sorting O(N log k) over the stream (merging every shard into the kept rows cost a sort of
+    k + shard each time: quadratic when ``k`` is a large part of the stream).
     """
 
     def __init__(self, k: int, largest: bool = True, *, backend: Optional[str] = None):
@@ -204,7 +207,15 @@ class TopKAccumulator:
         self.largest = bool(largest)
         self.backend = backend
         self.seen = 0
-        self._best: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (values, global indices)
+        self._best: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (values, global indices), sorted
+        self._waiting: list = []  # shards' (values, global indices) not merged yet
+        self._n_waiting = 0
+
+    @property
+    def held(self) -> int:
+        """Values held now (kept and waiting)."""
+        kept = 0 if self._best is None else int(self._best[0].numel())
+        return kept + self._n_waiting
 
     def update(self, scores: Any, offset: Optional[int] = None) -> "TopKAccumulator":
         scores = _check_scores(scores)
@@ -214,21 +225,31 @@ class TopKAccumulator:
             raise ValueError(f"offset: expected a non-negative integer, got {offset!r}")
         self.seen = max(self.seen, int(offset) + scores.numel())
         v, i = topk(scores, self.k, self.largest, backend=self.backend)
-        i = i + int(offset)
-        if self._best is None:
-            self._best = (v, i)
-            return self
-        best_v, best_i = self._best
-        if v.device != best_v.device:
-            raise ValueError(f"scores: on {v.device} but earlier shards on {best_v.device}")
-        dt = torch.promote_types(best_v.dtype, v.dtype)
-        vals = torch.cat([best_v.to(dt), v.to(dt)])
-        index = torch.cat([best_i, i])
-        order = order_indices(vals, self.largest, index)[: self.k]
-        self._best = (vals[order], index[order])
+        first = self._best[0] if self._best is not None else (self._waiting[0][0] if self._waiting else None)
+        if first is not None and v.device != first.device:
+            raise ValueError(f"scores: on {v.device} but earlier shards on {first.device}")
+        self._waiting.append((v, i + int(offset)))
+        self._n_waiting += int(v.numel())
+        if self._n_waiting > self.k:
+            self._merge()
         return self
 
+    def _merge(self) -> None:
+        """Keep the best ``k`` of the kept and the waiting rows."""
+        parts = ([self._best] if self._best is not None else []) + self._waiting
+        self._waiting, self._n_waiting = [], 0
+        if not parts:
+            return
+        dt = parts[0][0].dtype
+        for v, _ in parts[1:]:
+            dt = torch.promote_types(dt, v.dtype)
+        vals = torch.cat([v.to(dt) for v, _ in parts])
+        index = torch.cat([i for _, i in parts])
+        order = order_indices(vals, self.largest, index)[: self.k]
+        self._best = (vals[order], index[order])
+
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._merge()
         if self._best is None:
             return torch.empty(0), torch.empty(0, dtype=torch.int64)
         return self._best[0].clone(), self._best[1].clone()

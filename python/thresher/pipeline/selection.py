@@ -13,6 +13,8 @@
 * ``group_topk`` on the run's groups (``--group-field``): a :class:`StreamingSelection` (or
   :class:`TokenBudgetSelection`) whose scans find each group's size and best row, then keep each group's
   quota (:mod:`.streaming_groups`).
+* :class:`CascadeSelection`: ``cascade`` whose first stage is one of those (no repr filter), on a sample
+  budget: its ``k1`` rows by scans, then the second stage in memory on those rows alone, O(k1 + shard).
 * :class:`TokenBudgetSelection`: either of those on a token budget (``--tokens``): passes of a
   doubling number of rows until the order's prefix passes the budget, O(m + shard) for ``m`` a small
   multiple of the rows selected.
@@ -34,6 +36,7 @@ import pandas as pd
 from ..plan import TOKENS, Plan, apply_filters, budget_k, parse_filter
 from ..registry import SELECTORS
 from ..selectors.base import check_k, columns_read, maximizing, parse_objectives
+from ..selectors.basic import cascade_stage, first_stage_budget
 from .lm_tokens import counting_step, model_token_counts
 from .state import RunState
 from .streaming import (
@@ -48,6 +51,7 @@ from .streaming import (
     ratio_bound,
     replay,
     replayable,
+    rows_at,
 )
 from .streaming_agg import KneeThreshold, PooledAggregate
 from .streaming_groups import GroupTopK
@@ -259,6 +263,46 @@ class TokenBudgetSelection(StreamingSelection):
         return 0 if self.walk is None else self.walk.peak_rows
 
 
+class CascadeSelection(StreamingSelection):
+    """``cascade`` whose first stage streams (``make_pass``: ``m -> pass`` of that selector): after the
+    count, a pass keeps the first stage's ``k1`` rows (``first_stage_budget``: a ratio of the eligible rows or
+    a ``k``, as the selector computes it); their score columns (those an in-memory selection holds: the
+    criteria's, the selectors' and filters', ``tokens``) are read back from the cache (:func:`rows_at`)
+    and the second stage ``then`` (``(name, options)``) runs on them in memory with their embeddings and
+    groups, as the selector calls it. O(k1 + shard) values, not O(N)."""
+
+    def __init__(self, st: RunState, columns: set, make_pass: Callable, first: tuple, then: tuple) -> None:
+        super().__init__(st, "streaming-cascade", columns, make_pass, None)
+        self.first, self.then = first, then  # (name, ratio, k), (name, options)
+        self.k1 = 0
+
+    def result(self, st: RunState) -> None:
+        count = self._counted()
+        self.live = None
+        st.k = budget_k(st.cfg, st.n, st.plan.ratio_base, eligible=count.n_eligible, base=st.plan.budget_base)
+        st.eligible = count.eligible()
+        kk = check_k(st.k, count.n_eligible, "cascade")
+        name1, ratio1, k1 = self.first
+        self.k1 = first_stage_budget(ratio1, k1, count.n_eligible, name1)
+        p = self._scan(self.make_pass(self.k1))
+        pos1 = np.asarray(p.order(self.k1, self.at_least(p)), dtype=np.int64)
+        self.replays += 1
+        sub = rows_at(st, needed_columns(st.plan) | self.needed | {TOKENS}, pos1)
+        name2, opts2 = self.then
+        emb = None if st.embeddings is None else st.embeddings[pos1]
+        grp = None if st.groups is None else st.groups[pos1]
+        pos2 = SELECTORS.get(name2).obj(sub, kk, embeddings=emb, groups=grp, seed=st.cfg.seed, **opts2)
+        st.order = pos1[checked_positions(pos2, len(pos1), name2)]
+
+
+def checked_positions(rel: Any, n: int, name: str) -> np.ndarray:
+    """A selector's answer: distinct row positions in ``[0, n)`` (int64), else an error naming it."""
+    rel = np.asarray(rel, dtype=np.int64)
+    if len(rel) and (rel.min() < 0 or rel.max() >= n or len(np.unique(rel)) != len(rel)):
+        raise ValueError(f"selector {name!r} returned invalid row positions")
+    return rel
+
+
 def within_tokens(order: np.ndarray, tokens: Any, budget: int) -> np.ndarray:
     """The longest prefix of ``order`` whose ``tokens`` sum to at most ``budget``."""
     csum = np.cumsum(np.asarray(tokens[order], dtype=np.float64))
@@ -300,13 +344,8 @@ class InMemorySelection(Selection):
         emb = eligible_rows(st.embeddings, elig, st.n)
         grp = st.groups[elig] if st.groups is not None else None
         kk = len(elig) if cfg.tokens is not None else check_k(st.k, len(elig), sel.name)
-        rel = np.asarray(
-            SELECTORS.get(sel.name).obj(frame, kk, embeddings=emb, groups=grp, seed=cfg.seed, **sel.options),
-            dtype=np.int64,
-        )
-        if len(rel) and (rel.min() < 0 or rel.max() >= len(elig) or len(np.unique(rel)) != len(rel)):
-            raise ValueError(f"selector {sel.name!r} returned invalid row positions")
-        order = elig[rel]
+        rel = SELECTORS.get(sel.name).obj(frame, kk, embeddings=emb, groups=grp, seed=cfg.seed, **sel.options)
+        order = elig[checked_positions(rel, len(elig), sel.name)]
         if cfg.tokens is None:
             return order
         head = within_tokens(order, st.tokens, cfg.tokens)
@@ -417,6 +456,8 @@ def streaming_selection(st: RunState) -> Optional[StreamingSelection]:
     columns = reads | {parse_filter(f)[0] for f in plan.filters}
     if plan.selector.name == "group_topk":
         return _group_selection(st, opts, columns)
+    if plan.selector.name == "cascade":
+        return _cascade_selection(st, opts, columns)
     make = _order_factory(plan.selector.name, opts, list(plan.filters), cfg.seed)
     if make is None or not replayable(st, columns):
         return None
@@ -441,6 +482,17 @@ def _group_selection(st: RunState, opts: dict, columns: set) -> Optional[Streami
     if st.cfg.tokens is not None:
         return TokenBudgetSelection(st, "streaming-group_topk-tokens", columns, make, None)
     return StreamingSelection(st, "streaming-group_topk", columns, make, None)
+
+
+def _cascade_selection(st: RunState, opts: dict, columns: set) -> Optional[StreamingSelection]:
+    """``cascade`` whose first stage streams (:class:`CascadeSelection`), on a sample budget; None (in
+    memory) when the first stage needs the whole pool (or a repr filter), or with a token budget."""
+    name1, opts1, ratio1, k1 = cascade_stage(opts["first"], "first")
+    name2, opts2, _, _ = cascade_stage(opts["then"], "then")
+    if st.cfg.tokens is not None or not replayable(st, needed_columns(st.plan) | columns):
+        return None
+    make = _pass_factory(name1, SELECTORS.get(name1).resolve_options(opts1), list(st.plan.filters), st.cfg.seed)
+    return None if make is None else CascadeSelection(st, columns, make, (name1, ratio1, k1), (name2, opts2))
 
 
 def select(st: RunState, selection: Selection) -> None:
@@ -477,6 +529,7 @@ __all__ = [
     "StreamingTopK",
     "ReprSelection",
     "TokenBudgetSelection",
+    "CascadeSelection",
     "within_tokens",
     "streaming_selection",
     "InMemorySelection",

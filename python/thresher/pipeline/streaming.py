@@ -108,8 +108,7 @@ class TopKPass(CountPass):
         self.n_scored = 0  # eligible rows with a non-NaN value
 
     def held(self) -> int:
-        best = getattr(self.acc, "_best", None)
-        return 0 if best is None else int(best[0].numel()) + int(best[1].numel())
+        return 2 * self.acc.held  # a value and an index each
 
     def values(self, cols: dict, mask: np.ndarray) -> np.ndarray:
         """The shard's values of the pass (a fresh float64 array), NaN where ``mask`` is False."""
@@ -358,6 +357,24 @@ def replay(st: RunState, columns: set) -> Iterator[tuple[dict, int, int]]:
         offset += ref.n
 
 
+def rows_at(st: RunState, columns: set, positions: np.ndarray) -> pd.DataFrame:
+    """The score ``columns`` of the rows at pool ``positions`` (a frame in that order), read back from the
+    cache a shard at a time: O(len(positions) + shard) values."""
+    positions = np.asarray(positions, dtype=np.int64)
+    order = np.argsort(positions, kind="stable")
+    srt = positions[order]
+    parts: dict = {c: [] for c in sorted(columns)}
+    for cols, offset, n in replay(st, set(columns)):
+        a, b = np.searchsorted(srt, [offset, offset + n])
+        for c, got in parts.items():
+            if c not in cols:
+                raise ValueError(f"criterion: no column {c!r} in the scores; columns: {sorted(cols)}")
+            got.append(np.asarray(cols[c])[srt[a:b] - offset])
+    back = np.empty(len(positions), dtype=np.int64)
+    back[order] = np.arange(len(positions))
+    return pd.DataFrame({c: concat(v, np.float64)[back] for c, v in parts.items()})
+
+
 def count_at_least(st: RunState, column: str, eligible: np.ndarray, value: float, maximize: bool) -> int:
     """Eligible rows whose ``column`` is at least as good as ``value`` (one more scan of the cache)."""
     total = 0
@@ -387,6 +404,7 @@ __all__ = [
     "replay",
     "replayable",
     "count_at_least",
+    "rows_at",
     "ratio_bound",
     "values_of",
     "column_of",

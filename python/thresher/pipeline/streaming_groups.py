@@ -124,11 +124,26 @@ class GroupKeepPass(_GroupPass):
         self.key = np.zeros(0, np.float64)
         self.pos = np.zeros(0, np.int64)
         self.grp = np.zeros(0, np.int64)
+        self.waiting: list = []  # shards' rows not merged yet (key, position, group)
+        self.n_waiting = 0
+        self.limit = int(np.sum(quota))  # rows kept at most
 
     def take(self, cols: dict, offset: int, mask: np.ndarray) -> None:
+        """The shard's rows wait until more than the rows kept at most do; then one sort keeps each group's
+        quota of all (a sort of kept + shard every shard is quadratic when k is a large part of the pool)."""
         key, pos, grp = self.rows(cols, offset, mask)
-        key, pos, grp = np.r_[self.key, key], np.r_[self.pos, pos], np.r_[self.grp, grp]
-        self.peak = max(self.peak, 3 * len(key) + 3 * len(mask))
+        self.waiting.append((key, pos, grp))
+        self.n_waiting += len(key)
+        self.peak = max(self.peak, 3 * (len(self.key) + self.n_waiting) + 3 * len(mask))
+        if self.n_waiting > self.limit:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self.waiting:
+            return
+        parts = [(self.key, self.pos, self.grp), *self.waiting]
+        self.waiting, self.n_waiting = [], 0
+        key, pos, grp = (np.concatenate([p[j] for p in parts]) for j in range(3))
         o = np.lexsort((pos, key, grp))
         key, pos, grp = key[o], pos[o], grp[o]
         keep = _rank_within(grp) < self.quota[grp]
@@ -137,6 +152,7 @@ class GroupKeepPass(_GroupPass):
     def order(self, kk: int, count: Any = None) -> np.ndarray:
         """The selection, at most ``kk`` positions: round robin (rank within group, then group order), or
         the kept rows in overall score order."""
+        self._merge()
         if self.equal:
             o = np.lexsort((self.rank_of_group[self.grp], _rank_within(self.grp)))
         else:

@@ -428,7 +428,8 @@ def random(scores, k, *, embeddings=None, groups=None, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).permutation(len(scores))[:k].astype(np.int64)
 
 
-def _stage(spec: Any, what: str) -> tuple[str, dict, Optional[float], Optional[int]]:
+def cascade_stage(spec: Any, what: str) -> tuple[str, dict, Optional[float], Optional[int]]:
+    """``(name, options, ratio, k)`` of a cascade stage (``what``: ``first`` or ``then``)."""
     if isinstance(spec, str):
         return spec, {}, None, None
     if not isinstance(spec, dict) or "name" not in spec:
@@ -439,11 +440,44 @@ def _stage(spec: Any, what: str) -> tuple[str, dict, Optional[float], Optional[i
     return spec["name"], dict(spec.get("options") or {}), spec.get("ratio"), spec.get("k")
 
 
+def _cascade_check(o: dict) -> None:
+    """Known stages; the first's ``ratio`` in (0, 1] or ``k`` (not both); the second stage takes the run's
+    budget, so no ``ratio`` or ``k`` of its own (it would be ignored)."""
+    try:
+        stages = {w: cascade_stage(o[w], w) for w in ("first", "then")}
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+    for what, (name, _, _, _) in stages.items():
+        if name not in SELECTORS:
+            raise OptionError(f"{what}: unknown selector {name!r}; one of {sorted(SELECTORS.names())}")
+    _, _, ratio, k1 = stages["first"]
+    if ratio is not None and k1 is not None:
+        raise OptionError(f"first: give ratio or k, not both (ratio {ratio!r}, k {k1!r})")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                              or not 0.0 < float(ratio) <= 1.0):  # fmt: skip
+        raise OptionError(f"first: ratio must be in (0, 1], got {ratio!r}")
+    if k1 is not None and (isinstance(k1, bool) or not isinstance(k1, int) or k1 < 0):
+        raise OptionError(f"first: k must be a non-negative integer, got {k1!r}")
+    _, _, ratio2, k2 = stages["then"]
+    if ratio2 is not None or k2 is not None:
+        raise OptionError("then: the second stage selects the run's budget (--k, --ratio, --tokens); drop its "
+                          f"{'ratio' if ratio2 is not None else 'k'}")  # fmt: skip
+
+
+def first_stage_budget(ratio: Any, k1: Any, n: int, name: str) -> int:
+    """The first stage's budget among ``n`` rows: ``ceil(ratio * n)``, or ``k1``, or all ``n``."""
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
+            raise ValueError(f"first: ratio must be in (0, 1], got {ratio!r}")
+        k1 = int(np.ceil(float(ratio) * n))
+    return n if k1 is None else check_k(k1, n, f"cascade (first stage {name})")
+
+
 def _reads_cascade(options: dict) -> list:
     out: list = []
     for what in ("first", "then"):
         if options.get(what) is not None:
-            name, opts, _, _ = _stage(options[what], what)
+            name, opts, _, _ = cascade_stage(options[what], what)
             out += columns_read(SELECTORS.get(name), opts)
     return out
 
@@ -453,7 +487,7 @@ _STAGE_TYPES = (dict, str)
 
 def _then_refuses_tokens(then: Any) -> Optional[str]:
     """The second stage's reason to take no token budget (it orders the budget's rows), or None."""
-    name, opts, _, _ = _stage(then, "then")
+    name, opts, _, _ = cascade_stage(then, "then")
     why = token_budget_refusal(SELECTORS.get(name), opts)
     return f"its second stage {name}: {why}" if why else None
 
@@ -471,16 +505,13 @@ def _then_refuses_tokens(then: Any) -> Optional[str]:
     ],
     reads=_reads_cascade,
     no_tokens=lambda o: _then_refuses_tokens(o.get("then")),
+    check=_cascade_check,
 )
 def cascade(scores, k, *, embeddings=None, groups=None, seed=0, first=None, then=None) -> np.ndarray:
     n = len(scores)
-    n1, o1, r1, k1 = _stage(first, "first")
-    n2, o2, _, _ = _stage(then, "then")
-    if r1 is not None:
-        if isinstance(r1, bool) or not isinstance(r1, (int, float)) or not 0.0 < float(r1) <= 1.0:
-            raise ValueError(f"first: ratio must be in (0, 1], got {r1!r}")
-        k1 = int(np.ceil(float(r1) * n))
-    k1 = n if k1 is None else check_k(k1, n, f"cascade (first stage {n1})")
+    n1, o1, r1, k1 = cascade_stage(first, "first")
+    n2, o2, _, _ = cascade_stage(then, "then")
+    k1 = first_stage_budget(r1, k1, n, n1)
     pos1 = np.asarray(
         SELECTORS.get(n1).obj(scores, k1, embeddings=embeddings, groups=groups, seed=seed, **o1), dtype=np.int64
     )
@@ -490,7 +521,7 @@ def cascade(scores, k, *, embeddings=None, groups=None, seed=0, first=None, then
             sub,
             k,
             embeddings=None if embeddings is None else np.asarray(embeddings)[pos1],
-            groups=None if groups is None else np.asarray(groups)[pos1],
+            groups=None if groups is None else (groups if hasattr(groups, "codes") else np.asarray(groups))[pos1],
             seed=seed,
             **o2,
         ),
