@@ -206,9 +206,9 @@ def test_cascade_stages_that_cannot_run_are_refused_by_the_plan(first, then, msg
     from thresher.pipeline import PipelineConfig, make_plan
 
     cascade = {"name": "cascade", "options": {"first": first, "then": then}}
-    with pytest.raises(OptionError, match=msg):
+    with pytest.raises(OptionError, match="^selector cascade: " + msg):
         make_plan(PipelineConfig(data=str(tmp_path / "nothing.jsonl"), criteria=["length"], selector=cascade, k=3))
-    with pytest.raises(OptionError, match=msg):
+    with pytest.raises(OptionError, match="^selector cascade: " + msg):
         sel("cascade", pd.DataFrame({"length": [1.0, 2.0, 3.0]}), 1, first=first, then=then)
 
 

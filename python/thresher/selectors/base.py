@@ -131,7 +131,7 @@ def selector(
         ) -> np.ndarray:
             resolved = checker.resolve_options(given)
             if check is not None:
-                check(resolved)
+                run_check(name, check, resolved)
             kk = check_k(k, len(scores), name)
             return fn(scores, kk, embeddings=embeddings, groups=groups, seed=seed, **resolved)
 
@@ -154,7 +154,17 @@ def check_options(entry: Entry, resolved: dict) -> None:
     """The selector's own check of its resolved options together (``check=`` of :func:`selector`)."""
     check = entry.meta.get("check")
     if check is not None:
+        run_check(entry.name, check, resolved)
+
+
+def run_check(name: str, check: Callable, resolved: dict) -> None:
+    """``check(resolved)``, its error naming the selector (``selector NAME: option ...: ...``)."""
+    try:
         check(resolved)
+    except OptionError as exc:
+        if str(exc).startswith("selector "):
+            raise
+        raise OptionError(f"selector {name}: {exc}") from None
 
 
 # ------------------------------------------------------------------ options
