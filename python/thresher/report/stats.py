@@ -78,13 +78,14 @@ def spearman(scores: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 def pca_2d(emb: Any, max_rows: Optional[int] = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The rows' first two principal components (float64, signs fixed so each component's largest
     absolute loading is positive) and the row positions used (a seeded sample of ``max_rows``)."""
-    x = np.asarray(emb, dtype=np.float64)
-    if x.ndim != 2 or len(x) == 0:
+    arr = emb if isinstance(emb, np.ndarray) else np.asarray(emb)  # (a memory map stays one: rows read on demand)
+    if arr.ndim != 2 or len(arr) == 0:
         return np.zeros((0, 2)), np.zeros(0, np.int64)
-    idx = np.arange(len(x))
-    if max_rows is not None and len(x) > max_rows:
-        idx = np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))
-    t = torch.from_numpy(x[idx])
+    idx = np.arange(len(arr))
+    if max_rows is not None and len(arr) > max_rows:
+        idx = np.sort(np.random.default_rng(seed).choice(len(arr), max_rows, replace=False))
+    # the sampled rows only, as float64 (not the whole [rows, dim] array first: 8 bytes a value)
+    t = torch.from_numpy(np.array(arr[idx] if len(idx) < len(arr) else arr, dtype=np.float64))
     t = t - t.mean(0, keepdim=True)
     _, _, vh = torch.linalg.svd(t, full_matrices=False)
     comps = vh[:2]
