@@ -83,7 +83,7 @@ def test_select_with_criteria_and_rank(pool, tmp_path, capsys):
 
 
 def test_rank_reads_what_score_and_select_write(pool, tmp_path, capsys):
-    """`thresher score --out NAME` writes Parquet under any name and `select --out DIR` a folder: rank reads
+    """`thresher score --out NAME` writes Parquet without an extension and `select --out DIR` a folder: rank reads
     both (it refused a table with no known extension, and a run's folder); a file of another kind, a
     folder with no scores and a missing path are one line each."""
     table = tmp_path / "scores-no-ext"
@@ -111,6 +111,14 @@ def test_rank_reads_what_score_and_select_write(pool, tmp_path, capsys):
         assert main(["rank", str(src), "--objective", "length:max", "--k", "3"]) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
+    rank = ["rank", str(table), "--objective", "length:max", "--selector", "weighted", "--k", "3", "--quiet"]
+    for name in ("r.csv", "r.jsonl"):  # by extension, as score writes (it wrote Parquet bytes into r.csv)
+        assert main([*rank, "--out", str(tmp_path / name)]) == 0
+        got = pd.read_csv(tmp_path / name) if name.endswith(".csv") else pd.read_json(tmp_path / name, lines=True)
+        assert got.loc[got["selected"]].sort_values("rank")["id"].tolist() == want
+    capsys.readouterr()
+    assert main([*rank, "--out", str(tmp_path / "r.txt")]) == 2
+    assert "write .parquet, .csv or .jsonl" in capsys.readouterr().err and not (tmp_path / "r.txt").exists()
 
 
 def test_errors_are_one_clear_line(pool, tmp_path, capsys):

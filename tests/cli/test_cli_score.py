@@ -228,9 +228,9 @@ def test_out_never_replaces_the_input_or_a_users_file(tmp_path, capsys, monkeypa
     notes.write_text("a,b\n1,2\n")
     assert main(["score", str(pool), "--criteria", "length", "--out", str(notes), "--quiet"]) == 2
     assert "is not a thresher scores table" in _error_line(capsys) and notes.read_text() == "a,b\n1,2\n"
-    for name in ("x.json", "x.tsv.gz"):
+    for name in ("x.json", "x.tsv.gz", "scores.txt", "x.jsonl.gz"):
         assert main(["score", str(pool), "--criteria", "length", "--out", str(tmp_path / name), "--quiet"]) == 2
-        assert "write .parquet, .csv or .jsonl" in _error_line(capsys)
+        assert "write .parquet, .csv or .jsonl" in _error_line(capsys) and not (tmp_path / name).exists()
     assert scored == []  # every refusal came before the pipeline ran
     out = tmp_path / "s.csv"
     for _ in range(2):  # a rerun replaces its own scores table without a flag

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError, OutputExistsError
-from ..io.writers import read_table, write_parquet_atomic
+from ..io.writers import read_table, table_format, write_table
 from ..registry import SELECTORS
 from ..selectors.basic import objective_matrix, pareto_order, parse_objectives
 from ._common import add_output_args, add_overwrite_arg, deprecated, emit_json
@@ -81,11 +81,13 @@ def run(args: Any) -> int:
             print(f"plan (dry run): rank {plan['rows']} rows of {plan['scores']} by {plan['selector']} "
                   f"{json.dumps(plan['options'])}, keep {plan['k']} -> {args.out or '(print only)'}")  # fmt: skip
         return 0
+    if args.out:
+        table_format(Path(args.out))  # a known table format, before any work
     if args.out and Path(args.out).exists() and not args.overwrite:
         raise OutputExistsError(f"--out: {args.out} exists; pass --overwrite to replace it")
     out, order = _rank(df, plan, args.seed)
     if args.out:
-        write_parquet_atomic(out, Path(args.out))
+        write_table(out, Path(args.out))
     objectives = plan["options"]["objectives"]
     cols = ["id"] + [o.split(":")[0] for o in objectives] + (["pareto_rank"] if plan["selector"] == "pareto" else [])
     top = out.iloc[order[: args.show]][cols]
@@ -118,7 +120,7 @@ def register(sub: Any) -> None:
     p.add_argument("--diversity-tau", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=10, help="rows to print")
-    p.add_argument("--out", default=None, help="write the ranked table (.parquet)")
+    p.add_argument("--out", default=None, help="write the ranked table (.parquet; .csv or .jsonl by extension)")
     add_overwrite_arg(p, "replace an existing --out table")
     p.add_argument("--quiet", action="store_true")
     add_output_args(p)

@@ -429,11 +429,17 @@ def write_parquet_atomic(table: Any, path: Path) -> None:
         pq.write_table(table, fh, compression="zstd")
 
 
-def _table_format(path: Path) -> str:
-    low = path.name.lower()
-    if low.endswith((".json", ".tsv", ".gz")):
-        raise OptionError(f"--out {path}: write .parquet, .csv or .jsonl")
-    return "csv" if low.endswith(".csv") else "jsonl" if low.endswith(".jsonl") else "parquet"
+TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet", "": "parquet"}
+
+
+def table_format(path: Path) -> str:
+    """A scores table's format from its name: ``.csv``, ``.jsonl``, ``.parquet`` (or ``.pq``, or no extension:
+    Parquet); any other extension is refused (Parquet bytes in ``scores.txt`` would be a trap)."""
+    fmt = TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise OptionError(f"--out {path}: write .parquet, .csv or .jsonl (not {path.suffix}; a name without an "
+                          "extension is written as Parquet)")  # fmt: skip
+    return fmt
 
 
 def _writable_folder(path: Path) -> None:
@@ -454,7 +460,7 @@ def check_table_out(path: Any, data: Any, overwrite: bool = False) -> Path:
     folder (the scores would replace the pool, or be read as part of it next time); an existing file
     only when it is a scores table (a rerun) or with ``overwrite``."""
     path = Path(path)
-    _table_format(path)
+    table_format(path)
     if path.is_dir():
         raise OptionError(f"--out {path}: is a folder, expected a file name")
     src = Path(str(data)).expanduser() if data is not None and "://" not in str(data) else None
@@ -478,7 +484,7 @@ def _is_scores_table(path: Path) -> bool:
     """Whether ``path`` holds a table ``thresher score`` wrote (its header has the scores table's own
     columns), which a rerun may replace; read the header only, and any doubt is a no."""
     try:
-        fmt = _table_format(path)
+        fmt = table_format(path)
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -493,9 +499,9 @@ def _is_scores_table(path: Path) -> bool:
 
 
 def write_table(df: Any, path: Any) -> Path:
-    """One scores table, by extension: ``.csv``, ``.jsonl`` or Parquet (anything else), atomically."""
+    """One scores table, by extension (:func:`table_format`): ``.csv``, ``.jsonl`` or Parquet, atomically."""
     path = Path(path)
-    fmt = _table_format(path)
+    fmt = table_format(path)
     if fmt == "csv":
         with _write_errors(path), atomic_file(path, "w", encoding="utf-8") as fh:
             df.to_csv(fh, index=False)
@@ -509,8 +515,8 @@ def write_table(df: Any, path: Any) -> Path:
 
 def read_table(path: Any, what: str = "scores") -> Any:
     """A scores table as :func:`write_table` writes it (``.csv``, ``.jsonl``/``.jsonl.gz``, else Parquet,
-    as ``thresher score --out`` writes any other name), or the ``scores.parquet`` of a run's folder
-    (``thresher select --out DIR``), as a pandas DataFrame; one-line errors name the path."""
+    as ``thresher score --out`` writes ``.parquet``, ``.pq`` or no extension), or the ``scores.parquet`` of a
+    run's folder (``thresher select --out DIR``), as a pandas DataFrame; one-line errors name the path."""
     import pandas as pd
 
     path = Path(path)
