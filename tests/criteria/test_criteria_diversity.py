@@ -305,3 +305,30 @@ def test_semdedup_cluster_tasks_through_a_mapper_and_run_info():
     info = sc.run_info()
     assert info["n_clusters"] == 4 and info["exact"] is True and info["against"] == "kept"
     json.dumps(info)
+
+
+@pytest.mark.parametrize("row_block", [1, 7])
+def test_neighbours_dropped_and_scored_in_row_blocks_bit_identical(row_block, monkeypatch):
+    """Dropping each row itself from its k+1 neighbours and the per-row scores run a block of rows at a time:
+    the same values, bit for bit, as the one-call oracle; the rows of a fitted pool of exactly k rows (some
+    short of neighbours, some outside the pool) land at their own positions."""
+    from thresher.ops import rows
+
+    monkeypatch.setattr(rows, "ROW_BLOCK", row_block)
+    x = table(30, 6, 11, dup=[(0, 9), (3, 17)])
+    sc = make("knn_distance", x, k=4)
+    e = sc._embed(frame(range(30)))[0]
+    want = np.sqrt(np.maximum(old_exact_path(e, 4, "l2").astype(np.float64), 0.0))
+    out = sc(frame(range(30)))
+    np.testing.assert_array_equal(out["knn_distance"].to_numpy(), want.mean(1))
+    np.testing.assert_array_equal(out["knn_distance.nearest"].to_numpy(), want[:, 0])
+    sims = old_exact_path(e, 3, "ip").astype(np.float64)
+    ld = make("local_density", x, k=3)(frame(range(30)))
+    np.testing.assert_array_equal(ld["local_density"].to_numpy(), sims.mean(1))
+    np.testing.assert_array_equal(ld["local_density.radius"].to_numpy(), 1.0 - sims[:, -1])
+    fitted = make("knn_distance", x, k=3).fit(frame(range(3)))
+    got = fitted(frame([0, 20, 1, 25, 26]))
+    assert got["knn_distance"].isna().tolist() == [True, False, True, False, False]
+    for i, r in ((1, 20), (3, 25), (4, 26)):
+        d = np.sqrt(((x[:3].astype(np.float64) - x[r]) ** 2).sum(1))
+        assert got.loc[i, "knn_distance"] == pytest.approx(d.mean(), abs=1e-5)

@@ -334,3 +334,23 @@ def test_rerank_exact_orders_ties_and_missing():
     assert i.tolist() == [[1, 0, 2]] and v.tolist() == [[2.0, 1.0, 1.0]]
     v, i = rerank_exact(q, b, cand, 3, "l2", bn, max_bytes=1)
     assert i.tolist() == [[0, 2, 1]] and v.tolist() == [[0.0, 0.0, 1.0]]
+
+
+def test_finite_check_in_row_blocks_and_skipped_only_when_asked(monkeypatch):
+    """The NaN/inf check finds a bad row in any block of rows; ``check_finite=False`` (a caller that checked
+    the whole input, as sharded_knn) skips it and nothing else; numpy rows are checked as tensors are."""
+    from thresher.ops import rows
+    from thresher.ops.knn import check_finite_rows
+
+    monkeypatch.setattr(rows, "ROW_BLOCK", 2)
+    x = torch.randn(9, 3)
+    y = x.clone()
+    y[7, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"base: 1 row\(s\) contain NaN or inf \(first: row 7\)"):
+        knn(x, y, 2)
+    with pytest.raises(ValueError, match=r"rows: 1 row\(s\).*row 7"):
+        check_finite_rows(y.numpy(), "rows")
+    v, i = knn(x, y, 2, check_finite=False)  # not checked: the search itself runs
+    assert v.shape == (9, 2) and i.shape == (9, 2)
+    with pytest.raises(ValueError, match="k: 10 is larger"):
+        knn(x, y, 10, check_finite=False)  # the other checks stay

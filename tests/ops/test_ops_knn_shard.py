@@ -193,3 +193,24 @@ def test_errors_name_the_argument():
         sharded_knn(b, y, 1, "ip", 2, 2)
     with pytest.raises(ValueError, match="mapper: returned more results"):
         sharded_knn(b, b, 1, "ip", 6, 6, mapper=lambda f, ts: [f(t) for t in ts] * 2)
+
+
+def test_rows_checked_for_nan_once_not_by_every_task(monkeypatch):
+    """sharded_knn checks its whole input for NaN/inf once (the pool searched for itself: once, as queries);
+    its tasks do not check their blocks again (12 tasks here)."""
+    import importlib
+
+    knn_module = importlib.import_module("thresher.ops.knn")  # (thresher.ops.knn is also the function)
+    checked = []
+    real = knn_module.nonfinite_rows
+    monkeypatch.setattr(knn_module, "nonfinite_rows", lambda x: checked.append(len(x)) or real(x))
+    b = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+    sharded_knn(b, b, 2, "l2", 4, 3, exclude_self=True)
+    assert checked == [12]
+    checked.clear()
+    sharded_knn(b[:5], b, 2, "l2", 4, 3)
+    assert checked == [5, 12]
+    y = b.copy()
+    y[9, 0] = np.inf
+    with pytest.raises(ValueError, match=r"queries: 1 row\(s\).*row 9"):
+        sharded_knn(y, y, 2, "l2", 4, 3, exclude_self=True)

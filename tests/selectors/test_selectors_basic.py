@@ -240,12 +240,13 @@ def test_weights_that_do_not_fit_the_objectives_are_refused_by_the_plan(name, we
 def test_embeddings_are_checked_and_normalised_a_block_of_rows_at_a_time(n, monkeypatch):
     """as_embeddings works on blocks of rows (no [rows, dim] temporary): the norms are numpy's over the whole
     array, bit for bit; a NaN row or an all-zero row in any block is found and named."""
+    from thresher.ops import rows
     from thresher.selectors import base
 
-    monkeypatch.setattr(base, "ROW_BLOCK", 5)
+    monkeypatch.setattr(rows, "ROW_BLOCK", 5)
     rng = np.random.default_rng(n)
     e = (rng.standard_normal((n, 7)) * rng.uniform(0.01, 100, (n, 1))).astype(np.float32)
-    np.testing.assert_array_equal(base.row_norms(e), np.linalg.norm(e, axis=1, keepdims=True))
+    np.testing.assert_array_equal(rows.row_norms(e), np.linalg.norm(e, axis=1, keepdims=True))
     np.testing.assert_array_equal(base.as_embeddings(e, n, "t"), e / np.linalg.norm(e, axis=1, keepdims=True))
     if n > 5:
         bad = e.copy()

@@ -47,6 +47,7 @@ from ..device import resolve_device
 from ..embed import embed_texts, get_embedder, sample_key, sample_texts
 from ..frames import as_pandas
 from ..index import KINDS, KNNIndex
+from ..ops import rows as row_blocks
 from ..ops.knn_shard import DEFAULT_QUERY_ROWS, DEFAULT_SHARD_ROWS, sharded_knn
 from ..registry import CRITERIA, Option
 from .base import Criterion, digest, embedder_fingerprint, sample_ids
@@ -220,16 +221,10 @@ class _PoolCriterion(Criterion):
             self._info.update(index_kind_used=None, exact=True)
             return vals, pos, ok
         # search k+1 and drop self (by position) so queries in and out of the pool share one path
-        v, p = self._search(emb if ok.all() else emb[ok], base, kk, metric)  # no copy of the pool's vectors
-        if kk > k:
-            is_self = p == selfpos[ok][:, None]
-            drop = np.where(is_self.any(1), is_self.argmax(1), kk - 1)
-            keep = np.ones_like(p, bool)
-            keep[np.arange(len(p)), drop] = False
-            v, p = v[keep].reshape(len(p), kk - 1), p[keep].reshape(len(p), kk - 1)
-        # (kk == k: a pool of exactly k rows, where only queries from outside it have k neighbours)
-        vals[ok] = v[:, :k]
-        pos[ok] = p[:, :k]
+        every = bool(ok.all())
+        v, p = self._search(emb if every else emb[ok], base, kk, metric)  # no copy of the pool's vectors
+        _drop_self(v, p, selfpos if every else selfpos[ok], k, vals, pos, None if every else np.flatnonzero(ok))
+        del v, p
         found = (pos >= 0).sum(1)
         missing = ok & (found < k)  # only an approximate index misses neighbours
         for i in np.flatnonzero(missing):
@@ -298,6 +293,37 @@ class _PoolCriterion(Criterion):
         raise NotImplementedError
 
 
+def _drop_self(
+    v: np.ndarray, p: np.ndarray, selfpos: np.ndarray, k: int, vals: np.ndarray, pos: np.ndarray, rows: Any
+) -> None:
+    """The ``k`` nearest of each searched row's ``kk`` (``v``, ``p``) without the row itself (at base position
+    ``selfpos``; the farthest dropped when it is not among them) into ``vals``/``pos`` at ``rows`` (None: all),
+    a block of rows at a time (no temporary as large as the results). ``kk == k``: a pool of exactly k rows,
+    where only queries from outside it have k neighbours."""
+    kk, B = p.shape[1], row_blocks.ROW_BLOCK
+    for s in range(0, len(p), B):
+        vb, pb = v[s : s + B], p[s : s + B]
+        if kk > k:
+            is_self = pb == selfpos[s : s + B, None]
+            drop = np.where(is_self.any(1), is_self.argmax(1), kk - 1)
+            keep = np.ones_like(pb, bool)
+            keep[np.arange(len(pb)), drop] = False
+            vb, pb = vb[keep].reshape(len(pb), kk - 1), pb[keep].reshape(len(pb), kk - 1)
+        dst = slice(s, s + len(pb)) if rows is None else rows[s : s + len(pb)]
+        vals[dst] = vb[:, :k]
+        pos[dst] = pb[:, :k]
+
+
+def _per_row(vals: np.ndarray, fn: Callable[[np.ndarray], dict]) -> dict:
+    """``fn`` of the float64 rows of ``vals`` (a dict of per-row columns), a block of rows at a time."""
+    out: dict = {}
+    B = row_blocks.ROW_BLOCK
+    for s in range(0, len(vals), B):
+        for c, col in fn(vals[s : s + B].astype(np.float64)).items():
+            out.setdefault(c, np.empty(len(vals), np.float64))[s : s + B] = col
+    return out or {c: np.zeros(0) for c in fn(np.zeros((0, vals.shape[1])))}
+
+
 def _json_params(params: dict) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in params.items()}
 
@@ -322,12 +348,14 @@ def _json_params(params: dict) -> dict:
 class KNNDistance(_PoolCriterion):
     def _score(self, emb, keys, reasons):
         k = self.options["k"]
-        vals, _, ok = self._neighbors(emb, keys, k, "l2" if self.options["metric"] == "l2" else "ip", reasons)
-        if self.options["metric"] == "l2":
-            dist = np.sqrt(np.maximum(vals.astype(np.float64), 0.0))
-        else:
-            dist = 1.0 - vals.astype(np.float64)
-        return {"": dist.mean(1), "nearest": dist[:, 0] if k else np.full(len(emb), np.nan)}
+        l2 = self.options["metric"] == "l2"
+        vals, _, ok = self._neighbors(emb, keys, k, "l2" if l2 else "ip", reasons)
+
+        def cols(v: np.ndarray) -> dict:
+            dist = np.sqrt(np.maximum(v, 0.0)) if l2 else 1.0 - v
+            return {"": dist.mean(1), "nearest": dist[:, 0] if k else np.full(len(v), np.nan)}
+
+        return _per_row(vals, cols)
 
 
 @CRITERIA.register(
@@ -343,8 +371,7 @@ class KNNDistance(_PoolCriterion):
 class LocalDensity(_PoolCriterion):
     def _score(self, emb, keys, reasons):
         vals, _, ok = self._neighbors(emb, keys, self.options["k"], "ip", reasons)
-        v = vals.astype(np.float64)
-        return {"": v.mean(1), "radius": 1.0 - v[:, -1]}
+        return _per_row(vals, lambda v: {"": v.mean(1), "radius": 1.0 - v[:, -1]})
 
 
 # ---------------------------------------------------------------- semdedup

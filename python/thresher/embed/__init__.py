@@ -28,6 +28,7 @@ import numpy as np
 
 from ..device import resolve_device
 from ..frames import as_pandas
+from ..ops.rows import unit_rows
 from ..progress import advance
 from .encoders import LMEncoder, SentenceEncoder
 from .identity import embedder_fingerprint
@@ -60,15 +61,12 @@ def get_embedder(embedder: Any = "default", *, device: Optional[str] = None) -> 
         return _cached_embedder(embedder, device)
 
 
-def _normalize(x: np.ndarray, name: str = "embeddings", *, own: bool = False) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32); ``own``: ``x`` is a float32 array this call may overwrite
-    (no second copy of the pool's vectors)."""
-    x = np.asarray(x, dtype=np.float32)
-    n = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    if own and x.flags.writeable:
-        x /= n
-        return x
-    return x / n
+def _normalize(x: np.ndarray, *, own: bool = False) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32), a block of rows at a time (no [rows, dim] temporary); ``own``:
+    ``x`` is a float32 array this call may overwrite (no second copy of the pool's vectors)."""
+    x = np.asarray(x)
+    mine = own and x.dtype == np.float32 and x.flags.writeable and x.flags.c_contiguous
+    return unit_rows(x, out=x if mine else None)
 
 
 def _checked(texts: Sequence[str], ids: Optional[Sequence[Any]], batch_size: int) -> list[str]:

@@ -24,6 +24,7 @@ from .. import _native
 from ..extras import require
 from ._dispatch import Op, cpu_has, device_type, triton_has
 from .abi import KnnMetric
+from .rows import nonfinite_rows
 
 knn_op = Op("knn", doc="exact k nearest neighbours (ip or squared l2), ties by lower index")
 
@@ -55,18 +56,15 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def check_finite_rows(x: torch.Tensor, name: str) -> None:
-    """ValueError naming ``name`` and the first row holding NaN or inf."""
-    if x.numel() == 0:
-        return
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bool(bad.any()):
-        rows = torch.nonzero(bad).flatten()
-        raise ValueError(f"{name}: {rows.numel()} row(s) contain NaN or inf (first: row {int(rows[0])})")
+def check_finite_rows(x: Any, name: str) -> None:
+    """ValueError naming ``name`` and the first row holding NaN or inf (``x``: a 2-d tensor or numpy array)."""
+    bad = nonfinite_rows(x)  # a block of rows at a time: no [rows, dim] mask
+    if bad.any():
+        raise ValueError(f"{name}: {int(bad.sum())} row(s) contain NaN or inf (first: row {int(np.argmax(bad))})")
 
 
 def _validate(
-    queries: Any, base: Any, k: Any, metric: Any, exclude_self: bool, query_offset: Any
+    queries: Any, base: Any, k: Any, metric: Any, exclude_self: bool, query_offset: Any, check_finite: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     q = _as_tensor(queries, "queries")
     b = _as_tensor(base, "base")
@@ -90,9 +88,10 @@ def _validate(
             f"query_offset: exclude_self needs query rows {query_offset}..{query_offset + q.shape[0] - 1}"
             f" to be base rows, but base has {b.shape[0]} rows"
         )
-    check_finite_rows(q, "queries")
-    if b is not q:
-        check_finite_rows(b, "base")
+    if check_finite:
+        check_finite_rows(q, "queries")
+        if b is not q:
+            check_finite_rows(b, "base")
     return q, b, k
 
 
@@ -105,14 +104,17 @@ def knn(
     exclude_self: bool = False,
     query_offset: int = 0,
     backend: Optional[str] = None,
+    check_finite: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest base rows of every query row (see the module docstring).
 
     queries: [Q, d] float; base: [N, d] float (torch or numpy, same device).
     Returns (values [Q, k] float32, indices [Q, k] int64) on the inputs' device.
-    ``k`` larger than the number of candidates raises ``ValueError``.
+    ``k`` larger than the number of candidates raises ``ValueError``; so does a row holding NaN or inf,
+    unless ``check_finite=False`` (the caller has checked the rows: :func:`~.knn_shard.sharded_knn` checks
+    the whole input once, not every task's blocks again).
     """
-    q, b, k = _validate(queries, base, k, metric, exclude_self, query_offset)
+    q, b, k = _validate(queries, base, k, metric, exclude_self, query_offset, check_finite)
     dev = device_type(q, b)
     if q.shape[0] == 0 or k == 0:
         return (

@@ -93,7 +93,9 @@ def knn_shard_task(task: tuple) -> tuple[np.ndarray, np.ndarray]:
     With ``exclude_self`` query ``j`` is base row ``q0 + j``: the queries whose own row lies in
     the shard are searched with ``ops.knn``'s exclusion, the others without. Fewer than ``k``
     candidates are padded with NaN / -1. ``device`` (None: the CPU) is where ``ops.knn`` runs.
-    Plain arrays in and out (picklable for remote mappers).
+    Plain arrays in and out (picklable for remote mappers). The rows are not checked for NaN or inf
+    here: :func:`sharded_knn` checks its whole input once (a task would check its base shard again
+    for every query block).
     """
     q, b, b0, q0, k, metric, exclude_self, device = task
     if device == "auto":  # decided where the task runs (a remote worker may have no GPU)
@@ -112,7 +114,9 @@ def knn_shard_task(task: tuple) -> tuple[np.ndarray, np.ndarray]:
         kk = min(k, ns - (1 if excl else 0))
         if e <= a or kk <= 0:
             continue
-        v, i = knn(q[a:e], b, kk, metric, exclude_self=excl, query_offset=(q0 + a - b0) if excl else 0)
+        v, i = knn(
+            q[a:e], b, kk, metric, exclude_self=excl, query_offset=(q0 + a - b0) if excl else 0, check_finite=False
+        )  # (sharded_knn checked the whole input)
         vals[a:e, :kk] = v.cpu().numpy()
         idx[a:e, :kk] = i.cpu().numpy() + b0
     return vals, idx
@@ -171,8 +175,9 @@ def _validate(q: np.ndarray, b: np.ndarray, k: Any, metric: Any, exclude_self: b
             f"query_offset: exclude_self needs query rows {query_offset}..{query_offset + nq - 1}"
             f" to be base rows, but base has {nb} rows"
         )
-    check_finite_rows(torch.from_numpy(q), "queries")
-    check_finite_rows(torch.from_numpy(b), "base")
+    check_finite_rows(q, "queries")
+    if not (b is q or (b.shape == q.shape and b.ctypes.data == q.ctypes.data)):  # the pool searched for itself
+        check_finite_rows(b, "base")
     return int(k)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import OptionError
+from ..ops.rows import nonfinite_rows, row_norms
 from ..registry import CRITERIA, SELECTORS, Entry, Option
 
 log = logging.getLogger("thresher.selectors")
@@ -280,7 +281,7 @@ def as_embeddings(embeddings: Any, n: int, who: str, *, normalize: bool = True) 
     if not np.issubdtype(e.dtype, np.floating):
         raise ValueError(f"embeddings: expected floating point values, got dtype {e.dtype}")
     e = np.ascontiguousarray(e, dtype=np.float32)
-    bad = np.concatenate([~np.isfinite(e[s : s + ROW_BLOCK]).all(1) for s in range(0, len(e), ROW_BLOCK)] or [[]])
+    bad = nonfinite_rows(e)
     if bad.any():
         raise ValueError(f"embeddings: {int(bad.sum())} row(s) contain NaN or inf (first: row {int(np.argmax(bad))})")
     if normalize:
@@ -289,15 +290,3 @@ def as_embeddings(embeddings: Any, n: int, who: str, *, normalize: bool = True) 
             raise ValueError(f"embeddings: row {int(np.argmax(nrm[:, 0] == 0))} is all zeros (no direction)")
         e = e / nrm
     return e
-
-
-ROW_BLOCK = 1 << 16  # rows per block of a per-row computation over [rows, dim] embeddings (no [rows, dim] temporary)
-
-
-def row_norms(e: np.ndarray) -> np.ndarray:
-    """``np.linalg.norm(e, axis=1, keepdims=True)``, the same values, a block of rows at a time (the norm
-    squares its input into a temporary as large as it)."""
-    out = np.empty((len(e), 1), dtype=e.dtype)
-    for s in range(0, len(e), ROW_BLOCK):
-        out[s : s + ROW_BLOCK] = np.linalg.norm(e[s : s + ROW_BLOCK], axis=1, keepdims=True)
-    return out
