@@ -108,6 +108,10 @@ for shard in Source({data!r}, shard_size=50000).shards():
     keys = [sample_key(i, x) for i, x in zip(t["id"].astype(str), sample_texts(t))]
     v = rng.standard_normal((len(keys), enc.dim)).astype(np.float32)
     store.put(keys, v / np.linalg.norm(v, axis=1, keepdims=True))
+# one cached row read through the cache records which store the embedder spec names, as a run that
+# embeds does; else the first contender alone would load the model to find out
+from thresher.embed import fill_embeddings
+fill_embeddings(sample_texts(t)[:1], {embedder!r}, cache_dir={emb!r}, ids=t["id"].astype(str).tolist()[:1])
 print(enc.dim)
 """
 

@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "extras": 7,
     "progress": 7,
     "device": 7,
+    "memory": 7,
 }
 # Lateral edges between groups of one layer that are part of the design (feature extractors build on
 # the model runner and the renderer; training reuses gradient features; recipes are expanded into a plan;

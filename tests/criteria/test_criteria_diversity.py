@@ -83,6 +83,22 @@ def test_fit_pool_then_score_batches():
     np.testing.assert_allclose(out["knn_distance"], np.sort(d)[:3].mean(), atol=1e-5)
 
 
+def test_score_embeddings_takes_keys_as_fixed_width_bytes():
+    from thresher.embed import sample_key
+
+    x = table(40, 8, 4)
+    sc = make("knn_distance", x, k=3).fit(frame(range(30)))
+    rows = [2, 35, 29]  # two pool rows (their own row excluded) and one outside
+    keys = np.asarray([sample_key(f"s{i}", f"t{i}") for i in rows], dtype=object)
+    as_str = sc.score_embeddings(np.asarray([f"s{i}" for i in rows]), x[rows], keys)
+    as_bytes = sc.score_embeddings(np.asarray([f"s{i}" for i in rows]), x[rows], keys.astype("S24"))
+    pd.testing.assert_frame_equal(as_bytes, as_str)
+    want = brute_knn(x[:30], [2, 29], 3, "l2").mean(1)  # the fitted pool's own rows: self excluded
+    np.testing.assert_allclose(as_bytes["knn_distance"].to_numpy()[[0, 2]], want, atol=1e-5)
+    d = np.sqrt(np.maximum(((x[:30].astype(np.float64) - x[35]) ** 2).sum(1), 0))
+    assert as_bytes["knn_distance"].iloc[1] == pytest.approx(np.sort(d)[:3].mean(), abs=1e-5)
+
+
 def test_fitted_pool_of_exactly_k_rows():
     x = table(6, 4, 21)
     sc = make("knn_distance", x, k=3).fit(frame(range(3)))

@@ -127,6 +127,16 @@ def test_saves_every_interval_and_on_flush_and_reloads(tmp_path, monkeypatch):
     assert SearchCheckpoint(tmp_path, "other").done == {}  # another search's folder
 
 
+def test_saved_blocks_are_not_held_and_a_restored_block_is_handed_over_once(tmp_path):
+    st = SearchCheckpoint(tmp_path, "m", every_s=0)
+    for s in (0, 4):
+        st.put(s, np.full((4, 2), s, np.float32), np.full((4, 2), s, np.int64))
+    assert st.written == {0, 4} and st.pending == {} and st.done == {}  # on disk, not in memory
+    again = SearchCheckpoint(tmp_path, "m")
+    np.testing.assert_array_equal(again.get(4)[1], np.full((4, 2), 4, np.int64))
+    assert again.get(4) is None and sorted(again.done) == [0] and again.restored == 4
+
+
 def test_an_unreadable_part_is_searched_again_and_new_parts_do_not_overwrite_it(tmp_path):
     st = SearchCheckpoint(tmp_path, "s", every_s=0)
     st.put(0, np.zeros((2, 1), np.float32), np.zeros((2, 1), np.int64))
@@ -301,7 +311,7 @@ class KillsItsWorkerOnce(CRITERIA.get("knn_distance").obj):
 
         def put_then_die(start, v, i):
             put(start, v, i)
-            if len(store.done) == 3 and not os.path.exists(self.marker):
+            if len(store.written) == 3 and not os.path.exists(self.marker):
                 open(self.marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
 

@@ -148,3 +148,6 @@ def test_ray_layouts_match(name, pool, tiny_model, emb_cache, baseline, tmp_path
     run = got[0].manifest["engine_run"]
     assert run["worker_processes"] == LAYOUTS[name]["engine_options"]["workers"]
     assert run["pool_task_peak_rss_mb"] > 50  # the whole-pool tasks' own peak (a process with torch loaded)
+    # and their private part alone (sampled), which the resident figures include
+    assert 50 < run["pool_task_peak_private_mb"] <= run["pool_task_peak_rss_mb"]
+    assert 50 < run["worker_peak_private_mb"] <= run["worker_peak_rss_mb"]

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_bigbench_head
+from thresher import memory
 from thresher.cache import IdsDigest, ScoreCache, ids_digest
 from thresher.engines.local import LocalEngine
 from thresher.engines.ray_engine import RayEngine
@@ -68,8 +69,10 @@ def test_the_sink_checks_the_result_and_writes_the_entry(tmp_path):
     table = df[["id"]].assign(instruction="x")
     sink = PoolSink(str(tmp_path), "knn_distance", "key1", ids_digest(df["id"]), "knn_distance", None, 5)
     shuffled = df.iloc[::-1].reset_index(drop=True)  # a scorer may return rows in any order: keyed by id
+    memory.watch()  # (the whole-pool task starts it)
     got = sink(shuffled, table, "fp-1", {"exact": True})
-    assert got.pop("peak_rss_mb") > 0  # the task process's own peak memory, for the manifest's engine_run
+    rss = got.pop("peak_rss_mb")  # the task process's own peak memory, for the manifest's engine_run
+    assert 0 < got.pop("peak_private_mb") <= rss  # and its private part
     assert got == {"run_info": {"exact": True}, "fingerprint": "fp-1", "rows": 12}
     cache = ScoreCache(tmp_path)
     assert cache.info("knn_distance", "key1")["run_info"] == {"exact": True}

@@ -172,7 +172,8 @@ class _PoolCriterion(Criterion):
     def score_embeddings(
         self, ids: np.ndarray, emb: np.ndarray, keys: Optional[np.ndarray] = None, empty: Optional[np.ndarray] = None
     ) -> pd.DataFrame:
-        """Score rows given their embeddings ([n, d], L2-normalised)."""
+        """Score rows given their embeddings ([n, d], L2-normalised). ``keys``: the rows' embeddings-cache keys
+        (str, or ASCII bytes: a fixed-width ``S`` array), read only against a pool given to :meth:`fit`."""
         n = len(ids)
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != n:
@@ -195,6 +196,8 @@ class _PoolCriterion(Criterion):
         if self._pool is None:
             return emb, np.arange(len(emb))
         pkeys, pemb = self._pool
+        if keys is not None and np.asarray(keys).dtype.kind == "S":  # (PoolVectors keeps them as bytes)
+            keys = np.char.decode(np.asarray(keys), "ascii").astype(object)
         pos = {k: i for i, k in enumerate(pkeys) if k is not None}
         selfpos = np.array([pos.get(k, -1) for k in (keys if keys is not None else [None] * len(emb))])
         return pemb, selfpos

@@ -67,7 +67,10 @@ def kept_or_computed(store: Optional["SearchCheckpoint"], compute: Callable[[], 
 
 class SearchCheckpoint:
     """The blocks of one call (see the module docstring). ``restored``: rows of the first array of the
-    blocks that came from earlier parts (for a search: queries); ``saved``: parts this object wrote."""
+    blocks that came from earlier parts (for a search: queries); ``saved``: parts this object wrote;
+    ``written``: the starts of the blocks they hold. Memory: the blocks of earlier parts until each is
+    got (the caller takes it once), and this call's blocks until they are saved, never all of them (a
+    search's blocks are as large as its result: 84 MB for 1,000,000 queries and k = 7)."""
 
     def __init__(self, folder: Any, identity: str, every_s: float = DEFAULT_EVERY_S) -> None:
         self.dir = Path(folder) / identity
@@ -76,6 +79,7 @@ class SearchCheckpoint:
         self.pending: dict[int, tuple] = {}
         self.restored = 0
         self.saved = 0
+        self.written: set[int] = set()
         self._last = time.monotonic()
         self._parts = 0
         self._load()
@@ -97,8 +101,9 @@ class SearchCheckpoint:
                 self.done[int(s)] = got  # a later part wins (a call of changed candidates re-did a block)
 
     def get(self, start: int) -> Optional[tuple]:
-        """The block that starts at ``start``, if an earlier call finished it (its tuple of arrays)."""
-        got = self.done.get(int(start))
+        """The block that starts at ``start``, if an earlier call finished it (its tuple of arrays), handed
+        over once: a second ``get`` of it returns None."""
+        got = self.done.pop(int(start), None)
         if got is not None:
             self.restored += len(got[0])
         return got
@@ -124,7 +129,7 @@ class SearchCheckpoint:
             np.savez(fh, **cols)
         self._parts += 1
         self.saved += 1
-        self.done.update(self.pending)
+        self.written.update(starts)
         self.pending = {}
 
     def keep(self) -> None:

@@ -48,9 +48,10 @@ class PoolVectors:
     def score(self, scorer: Any, col: str) -> pd.DataFrame:
         """``scorer``'s scores of the pool from its vectors (``score_embeddings``)."""
         embedder, _, folder, _ = self.specs[col]
-        raw = np.concatenate(self.keys).tolist() if self.keys else []  # bytes: no fixed-width unicode copy
-        keys = np.array([k.decode("ascii") for k in raw], dtype=object)
-        vecs = embeddings_of_keys(keys.tolist(), embedder, cache_dir=folder)
+        # the keys stay fixed-width bytes (24 a row) through the scoring; as str only for the cache lookup
+        # (1,000,000 of them as str objects, with a list of the bytes, were 150 MB held through the search)
+        keys = np.concatenate(self.keys) if self.keys else np.zeros(0, f"S{KEY_BYTES}")
+        vecs = embeddings_of_keys([k.decode("ascii") for k in keys.tolist()], embedder, cache_dir=folder)
         ids = np.concatenate(self.ids) if self.ids else np.zeros(0, object)
         empty = np.concatenate(self.empty) if self.empty else np.zeros(0, bool)
         return scorer.score_embeddings(ids, vecs, keys, empty)

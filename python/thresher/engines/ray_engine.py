@@ -171,8 +171,10 @@ def _score_whole(cls: Any, options: dict, split: Any, sink: Any, table: Any, ids
     Ray tasks at a time. ``table`` None: the pool is assembled here from pieces of the tables the
     workers read (``ids``: one list or object ref per shard). ``sink`` (or None: the table is returned)
     is called here with ``(table of scores, pool, fingerprint, run info)``; its return value is the task's."""
+    from .. import memory
     from ..embed.pool import vector_spec  # (torch: only in the task that scores)
 
+    memory.watch(reset=True)  # this task's private peak (Ray runs tasks one after another in a process)
     spec = vector_spec(cls, options) if table is None else None
     vec = None
     if spec is not None:  # scored from the vectors in the embeddings cache: the pool's table is never built

@@ -445,6 +445,9 @@ def engine_run(st: RunState) -> dict:
         "worker_processes": sum(len(p) for p in st.workers.values()),
         "worker_peak_rss_mb": round(st.worker_peak_rss_mb, 1),
         "pool_task_peak_rss_mb": round(st.pool_task_peak_rss_mb, 1) if st.pool_task_peak_rss_mb else None,
+        # private memory alone (sampled): the RSS figures also count object-store and memory-mapped file pages
+        "worker_peak_private_mb": round(st.worker_peak_private_mb, 1) if st.worker_peak_private_mb else None,
+        "pool_task_peak_private_mb": round(st.pool_task_peak_private_mb, 1) if st.pool_task_peak_private_mb else None,
         "read_on_workers": bool(st.read_on_workers),
     }
 

@@ -6,7 +6,6 @@ the score columns an in-memory selection keeps."""
 
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from .. import memory
 from ..cache import ScoreCache, ids_digest
 from .scoring_checks import check_scores
 
@@ -37,8 +37,8 @@ class PoolSink:
         df = check_scores(out, table, self.name, self.alias)
         ScoreCache(self.root).write(self.col, self.key, df, ids=self.digest, fingerprint=fingerprint,
                                     extra={"run_info": info}, row_group_rows=self.rows_per_group)  # fmt: skip
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this task's process, MB
-        return {"run_info": info, "fingerprint": fingerprint, "rows": len(df), "peak_rss_mb": peak}
+        return {"run_info": info, "fingerprint": fingerprint, "rows": len(df), "peak_rss_mb": memory.peak_rss_mb(),
+                "peak_private_mb": memory.peak_private_mb()}  # fmt: skip
 
 
 class PoolEntry:

@@ -328,6 +328,7 @@ def _collect(st: RunState, pool: Any, shard: Any, digest: str, keys: dict, token
         receipt = pool.result(job)
         st.workers.setdefault(str(receipt.get("node")), set()).add(int(receipt.get("pid", 0)))
         st.worker_peak_rss_mb = max(st.worker_peak_rss_mb, float(receipt.get("peak_rss_mb", 0.0)))
+        st.worker_peak_private_mb = max(st.worker_peak_private_mb, float(receipt.get("peak_private_mb") or 0.0))
         if "restored" in receipt:  # a worker's running count of rows restored from checkpoints
             who = (receipt.get("node"), receipt.get("pid"))
             st.worker_restored[who] = max(st.worker_restored.get(who, 0), int(receipt["restored"]))
@@ -482,6 +483,7 @@ def _remote_pool_entry(st: RunState, step: Step, key: str, digest: str, pool: Re
         got = st.engine.score_pool(st.scorer_for(step), pool, step.name, sink=sink)
         st.run_info[step.col] = got.get("run_info")
         st.pool_task_peak_rss_mb = max(st.pool_task_peak_rss_mb, float(got.get("peak_rss_mb") or 0.0))
+        st.pool_task_peak_private_mb = max(st.pool_task_peak_private_mb, float(got.get("peak_private_mb") or 0.0))
         if st.cache.info(step.col, key).get("ids") != digest:
             raise RuntimeError(f"criterion {step.col!r}: the pool's task reported its entry written, but "
                                f"{st.cache.path(step.col, key)} is missing or does not match")  # fmt: skip

@@ -59,6 +59,8 @@ class RunState:
     workers: dict = field(default_factory=dict)  # node -> pids of the engine's workers that scored shards
     worker_peak_rss_mb: float = 0.0  # the largest peak memory a worker reported
     pool_task_peak_rss_mb: float = 0.0  # the largest peak memory a whole-pool task reported (Ray)
+    worker_peak_private_mb: float = 0.0  # the same, private memory only (sampled; thresher.memory)
+    pool_task_peak_private_mb: float = 0.0
     read_on_workers: bool = False  # the engine's workers parsed the input (the driver read no row's text)
     remote_embed: Any = None  # positions -> (embeddings, rows held), on the engine's workers (when they read)
     row_indexes: dict = field(default_factory=dict)  # column -> RowIndex (rows scored under other shard layouts)

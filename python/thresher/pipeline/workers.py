@@ -16,7 +16,6 @@ whole-pool step that follows reads every vector from the cache.
 from __future__ import annotations
 
 import os
-import resource
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from .. import memory
 from ..cache import ScoreCache
 from ..embed import embed_table, fill_table
 from ..io.splits import ReadSpec, Split, assemble, read_split
@@ -56,6 +56,7 @@ class ShardWorker:
         self.checkpoint_s = checkpoint_s  # seconds between checkpoints inside a shard (thresher.pipeline.checkpoint)
         self.speeds = Speeds()
         self.scorers: dict = {}
+        memory.watch()  # this worker's private memory, sampled (see info)
 
     def _scorer(self, col: str) -> Any:
         if col not in self.scorers:
@@ -141,11 +142,13 @@ class ShardWorker:
         return out
 
     def info(self) -> dict:
-        """This worker: pid, node and peak resident memory so far (MB)."""
+        """This worker: pid, node and peak memory so far (MB): resident (shared object-store and mapped file
+        pages included) and private (sampled; :mod:`thresher.memory`)."""
         return {
             "pid": os.getpid(),
             "node": node_id(),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": memory.peak_rss_mb(),
+            "peak_private_mb": memory.peak_private_mb(),
         }
 
 
