@@ -1,6 +1,8 @@
 """No criterion's score depends on sharding, batching or engine (issue 10): 1,000 real BIG-bench rows
 scored with knn_distance, local_density, semdedup (pool-scoped, embeddings), nuggets (pool-scoped, a
-tiny LM) and perplexity (per row, the same LM), then the top 100 by knn_distance selected, under five
+tiny LM), perplexity (per row, the same LM), dsir and target_classifier (pool-scoped, n-grams of a
+target set; the classifier's fit once depended on the thread count, and a Ray worker runs one thread),
+then the top 100 by knn_distance selected, under five
 layouts: local in one shard, local in shards of 100, local with batch_size=64, Ray with 1 worker and
 Ray with 2 workers. Every layout must give the same scores (bit for bit) and the same selection."""
 
@@ -45,6 +47,18 @@ def pool(bigbench_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def target(bigbench_path, tmp_path_factory):
+    """80 real rows from further down the file (none of them in the pool), in their tasks' groups."""
+    dst = tmp_path_factory.mktemp("target") / "target.jsonl"
+    with gzip.open(bigbench_path, "rt", encoding="utf-8") as src:
+        rows = [json.loads(line) for _, line in zip(range(30_000), src)][-80:]
+    with open(dst, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps({**row, "group": row["task"]}) + "\n")
+    return dst
+
+
+@pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return str(save_tiny_lm(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -56,9 +70,11 @@ def emb_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("emb"))
 
 
-def _criteria(model: str, emb: str) -> list:
+def _criteria(model: str, emb: str, target: str) -> list:
     lm = {"model": model, "max_length": 512, "device": "cpu"}
     return [
+        {"name": "dsir", "options": {"target": target}},
+        {"name": "target_classifier", "options": {"target": target, "negatives": 300}},
         {"name": "knn_distance", "options": {"cache_dir": emb}},
         {"name": "local_density", "options": {"cache_dir": emb}},
         {"name": "semdedup", "options": {"cache_dir": emb}},
@@ -71,13 +87,13 @@ def _criteria(model: str, emb: str) -> list:
     ]
 
 
-def _run(pool, out, model, emb, layout: dict):
+def _run(pool, out, model, emb, layout: dict, target):
     kw = dict(layout)
     res = run_pipeline(
         PipelineConfig(
             data=str(pool),
             out=str(out),
-            criteria=_criteria(model, emb),
+            criteria=_criteria(model, emb, str(target)),
             selector={"name": "topk", "options": {"criterion": "knn_distance"}},
             k=100,
             quiet=True,
@@ -90,8 +106,9 @@ def _run(pool, out, model, emb, layout: dict):
 
 
 @pytest.fixture(scope="module")
-def baseline(pool, tiny_model, emb_cache, tmp_path_factory):
-    return _run(pool, tmp_path_factory.mktemp("base") / "out", tiny_model, emb_cache, LAYOUTS["local-one-shard"])
+def baseline(pool, tiny_model, emb_cache, target, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base") / "out"
+    return _run(pool, out, tiny_model, emb_cache, LAYOUTS["local-one-shard"], target)
 
 
 def _assert_same(got, want) -> None:
@@ -115,9 +132,11 @@ def _assert_same(got, want) -> None:
 def test_baseline_scores_are_complete_and_meaningful(baseline):
     res, scores = baseline
     assert len(scores) == N and len(res.selected) == 100
-    for c in ("knn_distance", "local_density", "semdedup", "nuggets", "perplexity"):
+    for c in ("knn_distance", "local_density", "semdedup", "nuggets", "perplexity", "dsir", "target_classifier"):
         assert c in scores.columns
     assert scores["knn_distance"].notna().all() and scores["perplexity"].notna().sum() > 0.9 * N
+    assert scores["dsir"].notna().all() and scores["target_classifier"].notna().all()
+    assert scores["target_classifier"].std() > 0.1  # a fitted classifier, not a constant
     assert scores["nuggets"].notna().sum() >= N - 3  # the anchors themselves may be unscored
     # NaN scores carry their reason
     for c in ("nuggets", "perplexity"):
@@ -134,14 +153,14 @@ def test_baseline_scores_are_complete_and_meaningful(baseline):
 
 
 @pytest.mark.parametrize("name", ["local-shards-100", "local-batch-64"])
-def test_local_layouts_match(name, pool, tiny_model, emb_cache, baseline, tmp_path):
-    _assert_same(_run(pool, tmp_path / name, tiny_model, emb_cache, LAYOUTS[name]), baseline)
+def test_local_layouts_match(name, pool, tiny_model, emb_cache, target, baseline, tmp_path):
+    _assert_same(_run(pool, tmp_path / name, tiny_model, emb_cache, LAYOUTS[name], target), baseline)
 
 
 @pytest.mark.ray
 @pytest.mark.parametrize("name", ["ray-1-worker", "ray-2-workers"])
-def test_ray_layouts_match(name, pool, tiny_model, emb_cache, baseline, tmp_path, ray_cluster):
-    got = _run(pool, tmp_path / name, tiny_model, emb_cache, LAYOUTS[name])
+def test_ray_layouts_match(name, pool, tiny_model, emb_cache, target, baseline, tmp_path, ray_cluster):
+    got = _run(pool, tmp_path / name, tiny_model, emb_cache, LAYOUTS[name], target)
     _assert_same(got, baseline)
     anchors = {c["name"]: c.get("run_info") for c in got[0].manifest["criteria"]}["nuggets"]["anchor_ids"]
     assert anchors == {c["name"]: c.get("run_info") for c in baseline[0].manifest["criteria"]}["nuggets"]["anchor_ids"]

@@ -21,7 +21,9 @@ norm; ``embedding`` = the L2-normalised embeddings of ``embedder`` (sentence-tra
 or ``lm:MODEL`` hidden states, as :mod:`thresher.criteria.target`); ``both`` = the two
 side by side. Training: full-batch L-BFGS (torch, strong-Wolfe line search, ``steps``
 iterations at most) from zero weights, loss = class-weighted mean logistic loss
-+ l2/2 ||w||^2 (the bias is not penalised).
++ l2/2 ||w||^2 (the bias is not penalised), on one thread: multi-threaded matrix-vector products
+round differently with the thread count, and the fit amplifies that (up to 1.6% of a log-odds
+between 1 and 2 threads), so the scores would depend on the machine and the engine.
 
 The negatives come from the pool, so the criterion is pool-scoped (``scope="pool"``):
 ``fit(pool)`` trains on that pool, and a batch scored without ``fit`` is its own pool.
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from ..embed import sample_texts
 from ..errors import OptionError
 from ..frames import as_pandas
+from ..ops.threads import one_thread
 from ..registry import CRITERIA, Option
 from .base import Criterion, digest, sample_ids
 from .dsir import NGRAM_OPTIONS, NgramCounts
@@ -80,7 +83,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float, steps: int) -> tupl
         loss.backward()
         return loss
 
-    with torch.enable_grad():
+    with torch.enable_grad(), one_thread():
         opt.step(closure)
     return w.detach().numpy().astype(np.float64), float(b.detach()[0])
 

@@ -40,6 +40,7 @@ import torch
 from .. import _native
 from ._dispatch import Op, cpu_has, cuda_has, device_type, triton_has
 from .abi import CONSTANTS, ProjectionKind, dtype_code
+from .threads import one_thread
 
 KINDS = tuple(k.name.lower() for k in ProjectionKind)  # rademacher gaussian
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -295,14 +296,9 @@ _Job = tuple[torch.Tensor, int, int, int]  # (x block, row offset, first column,
 
 
 def _run_threads(ext: Any, jobs: list[_Job], seed: int, kid: int, scale: float) -> list[torch.Tensor]:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            futs = [pool.submit(_cpu_worker, ext, xx, seed, kid, scale, ro, c0, c1) for xx, ro, c0, c1 in jobs]
-            return [f.result() for f in futs]
-    finally:
-        torch.set_num_threads(prev)
+    with one_thread(), ThreadPoolExecutor(len(jobs)) as pool:
+        futs = [pool.submit(_cpu_worker, ext, xx, seed, kid, scale, ro, c0, c1) for xx, ro, c0, c1 in jobs]
+        return [f.result() for f in futs]
 
 
 def _triton_supports(device: Optional[str] = None, **ctx: Any) -> list[str]:

@@ -34,14 +34,17 @@ Backends (see :mod:`thresher.ops._dispatch`):
 
 * ``reference`` - full fp32 logits per block of tokens + ``F.cross_entropy``
   (reduction="none"), ``softmax`` etc.: the oracle, any device.
-* ``cpu``       - the chunked online algorithm above: the vocabulary is split
-  into contiguous ranges of whole chunks, one per worker thread (torch's
+* ``cpu``       - the chunked online algorithm above: the tokens are split
+  into contiguous runs of whole token blocks, one per worker thread (torch's
   thread count; torch is set to one intra-op thread meanwhile, so no per-op
   thread synchronisation); each worker forms cache-sized [token-block x chunk]
-  fp32 tiles with ``torch.mm`` (BLAS) and folds each tile with the C++ kernel
+  fp32 tiles with ``torch.mm`` (BLAS) and folds each tile, chunk after chunk
+  in vocabulary order, with the C++ kernel
   ``thresher._C.token_loss_tile_reduce`` (one fused pass: max, rank count,
   exp and the three sums; torch tile ops when ``_C`` is not built or for
-  fp64); the workers' states are merged at the end. Low-precision inputs are
+  fp64). A token's results are therefore the same bits whatever the thread
+  count and whichever tokens share its call (a product of fewer than 16 rows
+  is padded: BLAS rounds 1-3 rows differently). Low-precision inputs are
   upcast to fp32 one weight chunk at a time (fp32 accumulation; the logits
   are never rounded to bf16/fp16).
 * ``triton``    - ``thresher.kernels.token_loss``: one program per (token
@@ -72,6 +75,7 @@ import torch.nn.functional as F
 
 from .. import _native
 from ._dispatch import Op, device_type, triton_has
+from .threads import one_thread
 
 __all__ = ["TokenLoss", "token_loss", "score_at_position", "expected_score", "token_loss_op", "reference_token_loss"]
 
@@ -84,6 +88,10 @@ _CPU_TILE_ELEMS = 1 << 18
 _CPU_DEFAULT_CHUNK = 2048
 # ... and at most this many tile elements over all workers (memory bound).
 _CPU_TOTAL_TILE_ELEMS = 1 << 21
+# Rows of every [block x chunk] product at least (a shorter block is padded with zero rows): BLAS takes
+# another path for a product of a few rows (MKL: 1-3 rows on one thread), which rounds differently, so a
+# token's logits would depend on how many other tokens shared its block.
+_CPU_MIN_ROWS = 16
 # Reference: at most this many logits per block of tokens (full vocabulary rows).
 _REF_BLOCK_ELEMS = 1 << 25
 
@@ -403,12 +411,15 @@ def _finalize(m, s, t, q, zy, r, *, entropy, el2n, rank) -> dict:
 
 
 def _target_logits(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cd, block: int) -> torch.Tensor:
-    """zy[i] = <h[i], weight[targets[i]]> in ``cd``, in blocks of tokens. h is already in cd."""
-    out = torch.empty(h.shape[0], dtype=cd, device=h.device)
-    for b0 in range(0, h.shape[0], block):
-        hb = h[b0 : b0 + block]
-        wb = weight.index_select(0, targets[b0 : b0 + block]).to(cd)
-        out[b0 : b0 + block] = torch.bmm(hb.unsqueeze(1), wb.unsqueeze(2)).view(-1)
+    """zy[i] = <h[i], weight[targets[i]]> in ``cd``, in blocks of tokens (padded to ``_CPU_MIN_ROWS``
+    rows: a batch of one product takes another BLAS path). h is already in cd."""
+    m = h.shape[0]
+    out = torch.empty(m, dtype=cd, device=h.device)
+    for b0 in range(0, m, block):
+        b1 = min(b0 + block, m)
+        hb = _block(h, b0, b1)
+        wb = _block(weight.index_select(0, targets[b0:b1]).to(cd), 0, b1 - b0)
+        out[b0:b1] = torch.bmm(hb.unsqueeze(1), wb.unsqueeze(2)).view(-1)[: b1 - b0]
     return out
 
 
@@ -416,18 +427,35 @@ def _target_logits(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
 def cpu_plan(m: int, v: int, chunk_size: Optional[int] = None, threads: Optional[int] = None) -> tuple[int, int, int]:
     """(vocabulary chunk, token block, worker threads) of the cpu backend for M tokens, V entries.
 
-    Each worker owns a contiguous range of whole chunks and a tile of
-    block x chunk fp32 logits (about ``_CPU_TILE_ELEMS``, cache-sized).
+    Each worker owns a contiguous run of whole token blocks and folds every vocabulary chunk into
+    their states in vocabulary order, with a tile of block x chunk fp32 logits (about
+    ``_CPU_TILE_ELEMS``, cache-sized). The chunk never depends on the thread count, so neither does
+    a token's fold: a token's results are the same bits whatever the worker count and whichever
+    other tokens share the call (blocks are at least ``_CPU_MIN_ROWS`` rows, padded).
     """
     t = threads if threads is not None else torch.get_num_threads()
     c = min(v, chunk_size or _CPU_DEFAULT_CHUNK)
-    if chunk_size is None and -(-v // c) < t:  # more workers than chunks: smaller chunks
-        c = min(v, max(256, -(-v // t)))
-    n_chunks = -(-v // c)
-    t = max(1, min(t, n_chunks))
-    tile = max(1 << 14, min(_CPU_TILE_ELEMS, _CPU_TOTAL_TILE_ELEMS // t))
+    tile = max(1 << 14, min(_CPU_TILE_ELEMS, _CPU_TOTAL_TILE_ELEMS // max(t, 1)))
     b = max(1, min(m, tile // max(c, 1)))
+    if -(-m // b) < t:  # fewer blocks than workers: smaller blocks (of _CPU_MIN_ROWS rows at least)
+        b = max(1, min(m, max(_CPU_MIN_ROWS, -(-m // t))))
+    t = max(1, min(t, -(-m // b)))
     return c, b, t
+
+
+def _block(h: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
+    """Rows [b0, b1) of h, padded with zero rows to ``_CPU_MIN_ROWS`` rows when fewer."""
+    if b1 - b0 >= _CPU_MIN_ROWS:
+        return h[b0:b1]
+    return F.pad(h[b0:b1], (0, 0, 0, _CPU_MIN_ROWS - (b1 - b0)))
+
+
+def _block_logits(h: torch.Tensor, wct: torch.Tensor, b0: int, b1: int, buf: torch.Tensor) -> torch.Tensor:
+    """[b1 - b0, chunk] logits of the tokens [b0, b1) against a chunk's transposed rows ``wct``, in ``buf``
+    (which holds ``max(block, _CPU_MIN_ROWS) x chunk`` values)."""
+    hb = _block(h, b0, b1)
+    nc = wct.shape[1]
+    return torch.mm(hb, wct, out=buf[: hb.shape[0] * nc].view(hb.shape[0], nc))[: b1 - b0]
 
 
 # Use thresher._C.token_loss_tile_reduce (fused exp/max/sums in one pass) when
@@ -450,7 +478,7 @@ def _cpu_range(h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
     if native is not None:
         return _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank)
     need_e = entropy  # exp() into a second buffer: entropy needs z - m too
-    buf = torch.empty(blk * c, dtype=cd)
+    buf = torch.empty(max(blk, _CPU_MIN_ROWS) * c, dtype=cd)
     # buffers of the fields not requested are empty and never touched
     ebuf = torch.empty(blk * c if need_e else 0, dtype=cd)
     gtbuf = torch.empty(blk * c if rank else 0, dtype=torch.bool)
@@ -472,7 +500,7 @@ def _cpu_range(h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
         for b0 in range(0, m_tok, blk):
             b1 = min(b0 + blk, m_tok)
             nb = b1 - b0
-            z = torch.mm(h[b0:b1], wct, out=buf[: nb * nc].view(nb, nc))
+            z = _block_logits(h, wct, b0, b1, buf)
             zyb = zy[b0:b1]
             ri: Optional[torch.Tensor] = None
             ci: Optional[torch.Tensor] = None
@@ -510,7 +538,7 @@ def _cpu_range(h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
 def _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entropy, el2n, rank):
     """As :func:`_cpu_range`, with each tile folded by the C++ kernel (fp32 only)."""
     m_tok = h.shape[0]
-    buf = torch.empty(blk * c, dtype=torch.float32)
+    buf = torch.empty(max(blk, _CPU_MIN_ROWS) * c, dtype=torch.float32)
     st_m = torch.empty(m_tok, dtype=torch.float32)
     st_s = torch.empty(m_tok, dtype=torch.float32)
     # the kernel reads/writes t, q, r only when requested: unrequested ones are placeholders
@@ -521,7 +549,6 @@ def _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entrop
     np_t, np_q, np_r = st_t.numpy(), st_q.numpy(), st_r.numpy()
     for c0 in range(v_lo, v_hi, c):
         c1 = min(c0 + c, v_hi)
-        nc = c1 - c0
         wc = weight[c0:c1]
         if wc.dtype != torch.float32:
             wc = wc.float()
@@ -529,8 +556,7 @@ def _cpu_range_native(native, h, weight, targets, zy, v_lo, v_hi, c, blk, entrop
         tcol = torch.where((targets >= c0) & (targets < c1), targets - c0, -1).numpy()
         for b0 in range(0, m_tok, blk):
             b1 = min(b0 + blk, m_tok)
-            nb = b1 - b0
-            z = torch.mm(h[b0:b1], wct, out=buf[: nb * nc].view(nb, nc))
+            z = _block_logits(h, wct, b0, b1, buf)
             native(
                 z.numpy(),
                 np_zy[b0:b1],
@@ -562,31 +588,24 @@ def _cpu_backend(hidden, weight, targets, *, entropy=False, el2n=False, rank=Fal
         return _as_result(reference_token_loss(hidden, weight, targets, entropy=entropy, el2n=el2n, rank=rank))
     c, blk, n_thr = cpu_plan(m_tok, v, chunk_size)
     h = hidden.to(cd).contiguous()
-    zy = _target_logits(h, weight, targets, cd, blk)
-    n_chunks = -(-v // c)
-    bounds = [min(v, c * ((n_chunks * i) // n_thr)) for i in range(n_thr + 1)]
+    n_blocks = -(-m_tok // blk)
+    cuts = [min(m_tok, blk * ((n_blocks * i) // n_thr)) for i in range(n_thr + 1)]
     args = (entropy, el2n, rank)
-    if n_thr == 1:
-        states = [_cpu_range(h, weight, targets, zy, 0, v, c, blk, *args)]
-    else:
-        # One single-threaded worker per vocabulary range: no per-op thread
-        # synchronisation (costly on a loaded machine), one merge at the end.
-        prev = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+    # Every product on one torch thread (one per worker): a multi-threaded BLAS call rounds a short
+    # block's sums differently with the thread count. No per-op thread synchronisation either.
+    with one_thread():
+        zy = _target_logits(h, weight, targets, cd, blk)
+
+        def rows(i: int) -> tuple:
+            a, b = cuts[i], cuts[i + 1]
+            return _cpu_range(h[a:b], weight, targets[a:b], zy[a:b], 0, v, c, blk, *args)
+
+        if n_thr == 1:
+            states = [rows(0)]
+        else:
             with ThreadPoolExecutor(max_workers=n_thr) as ex:
-                futs = [
-                    ex.submit(_cpu_range, h, weight, targets, zy, bounds[i], bounds[i + 1], c, blk, *args)
-                    for i in range(n_thr)
-                ]
-                states = [f.result() for f in futs]
-        finally:
-            torch.set_num_threads(prev)
-    m, s, t, q, r = states[0]
-    for m2, s2, t2, q2, r2 in states[1:]:
-        m, s, t, q = _merge((m, s, t, q), (m2, s2, t2, q2))
-        if rank:
-            r = r + r2
+                states = list(ex.map(rows, range(n_thr)))
+    m, s, t, q, r = (None if states[0][j] is None else torch.cat([st[j] for st in states]) for j in range(5))
     return _finalize(m, s, t, q, zy, r, entropy=entropy, el2n=el2n, rank=rank)
 
 
