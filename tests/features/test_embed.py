@@ -170,3 +170,35 @@ def test_transform_center_whiten_pca():
         EmbeddingTransform().fit(np.array([[np.nan, 1.0]]))
     with pytest.raises(ValueError, match=r"embeddings: expected \[N, 6\]"):
         p.apply(np.zeros((2, 5)))
+
+
+def test_pool_vectors_spill_defers_encoding_to_fill(tmp_path, minilm, monkeypatch):
+    """With a spill folder, PoolVectors.add encodes nothing and writes only the rows the cache lacks;
+    fill encodes those (the cache then has every row) and the vectors read back are embed_table's."""
+    import thresher.embed as embed_mod
+    from thresher.embed import fill_table, missing_rows
+    from thresher.embed.pool import PoolVectors
+
+    table = pd.DataFrame({"id": [f"r{i}" for i in range(6)], "instruction": TEXTS, "output": ""})
+    ids = table["id"].tolist()
+    cache = tmp_path / "emb"
+    texts = sample_texts(table)
+    real = embed_mod._cached_embedder
+    monkeypatch.setattr(embed_mod, "_cached_embedder", lambda *a: pytest.fail("encoder loaded"))
+    assert missing_rows(texts, "default", cache_dir=cache, ids=ids).all()  # no store yet: no model either
+    monkeypatch.setattr(embed_mod, "_cached_embedder", real)
+    fill_table(table.iloc[:2], "default", cache_dir=cache)
+    np.testing.assert_array_equal(missing_rows(texts, "default", cache_dir=cache, ids=ids), [0, 0, 1, 1, 1, 1])
+    spec = ("default", "cpu", str(cache), 4)
+    vec = PoolVectors({"a": spec, "b": spec}, spill=tmp_path / "spill")
+    monkeypatch.setattr(embed_mod, "_cached_embedder", lambda *a: pytest.fail("encoder loaded in add"))
+    vec.add(table.iloc[:3], ids[:3])
+    vec.add(table.iloc[3:], ids[3:])
+    monkeypatch.setattr(embed_mod, "_cached_embedder", real)
+    assert len((tmp_path / "spill" / "rows-0.jsonl").read_text().splitlines()) == 4
+    assert vec.fill("a") == 4 and vec.fill("b") == 0  # one embedder: its rows encoded once
+    assert not (tmp_path / "spill" / "rows-0.jsonl").exists()
+    assert not missing_rows(texts, "default", cache_dir=cache, ids=ids).any()
+    keys = [sample_key(i, t) for i, t in zip(ids, texts)]
+    got = embed_mod.embeddings_of_keys(keys, "default", cache_dir=cache)
+    np.testing.assert_array_equal(got, embed_table(table, "default", cache_dir=cache))

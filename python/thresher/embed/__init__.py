@@ -128,6 +128,25 @@ def fill_embeddings(
     return run.embed(texts, ids, batch_size=batch_size, shard_size=shard_size, vectors=False)[1]
 
 
+def missing_rows(
+    texts: Sequence[str],
+    embedder: Any = "default",
+    *,
+    cache_dir: Any,
+    ids: Optional[Sequence[Any]] = None,
+    store_dtype: str = "float16",
+) -> np.ndarray:
+    """Which rows of ``texts`` the embeddings cache under ``cache_dir`` lacks (one bool a row), without
+    loading the embedder: when no store is recorded for it (or it is an encoder object), every row."""
+    texts = _checked(texts, ids, 1)
+    spec = embedder_fingerprint(embedder) if isinstance(embedder, str) else None
+    known = known_store(cache_dir, spec) if spec is not None else None
+    if known is None:
+        return np.ones(len(texts), bool)
+    keys = [sample_key(ids[i] if ids is not None else "", t) for i, t in enumerate(texts)]
+    return ~np.asarray(open_store(cache_dir, known[0], dtype=store_dtype).has(keys), bool)
+
+
 def embeddings_of_keys(
     keys: Sequence[str], embedder: str, *, cache_dir: Any, store_dtype: str = "float16"
 ) -> np.ndarray:
@@ -246,6 +265,7 @@ __all__ = [
     "embed_table",
     "fill_embeddings",
     "fill_table",
+    "missing_rows",
     "sample_texts",
     "get_embedder",
     "EmbeddingStore",

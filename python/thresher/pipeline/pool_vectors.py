@@ -32,4 +32,6 @@ def pool_vectors(st: RunState) -> Optional[PoolVectors]:
         spec = vector_spec(CRITERIA.get(step.name).obj, st.runtime_options(step))
         if spec is not None:
             specs[step.col] = spec
-    return PoolVectors(specs) if specs else None
+    # the rows the embeddings cache lacks wait on disk until a criterion is scored from the vectors: a
+    # rerun whose scores are cached encodes nothing (see thresher.embed.pool)
+    return PoolVectors(specs, spill=st.rowstore.scratch("pool-texts")) if specs else None

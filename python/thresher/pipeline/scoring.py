@@ -96,6 +96,7 @@ def _from_vectors(st: RunState, step: Step, vec: Any) -> Callable[[], pd.DataFra
     in this process: the call :func:`_pool_criterion` makes, without the pool's texts."""
 
     def compute() -> pd.DataFrame:
+        vec.fill(step.col)  # the rows the cache lacked, encoded now that the score is not cached
         scorer = st.scorer_for(step)
         raw = vec.score(scorer, step.col)
         if callable(getattr(scorer, "run_info", None)):
@@ -259,8 +260,12 @@ def start_pool(st: RunState) -> Any:
 
 
 def _embedders(st: RunState, want_emb: bool) -> list:
-    """(embedder, device, cache folder) of each embedding the run will read through the embeddings
-    cache: the selector's, and each pool-scoped criterion's that embeds through the cache."""
+    """(embedder, device, cache folder) of each embedding the workers fill the embeddings cache with as
+    they score the shards: the selector's, and each pool-scoped criterion's that embeds through the cache,
+    unless its fill waits (``st.deferred_fill``): when its score cache already holds entries (a rerun,
+    whose whole-pool scores may be cached, which only the pool's key, known once every shard was read,
+    tells), the pool is embedded after the shard pass and only if its scores are missing
+    (:func:`fill_on_workers`); a first run fills during the pass, with no second read of the input."""
     out = []
     if want_emb:
         out.append((st.cfg.embedder or "default", None, str(st.cache.root / "embeddings")))
@@ -268,9 +273,52 @@ def _embedders(st: RunState, want_emb: bool) -> list:
         opts = st.runtime_options(step)
         reads = getattr(CRITERIA.get(step.name).obj, "pool_embedder", None)
         got = reads(opts) if reads is not None else None
-        if got is not None:
-            out.append((got[0], got[1], str(opts["cache_dir"])))
+        if got is None:
+            continue
+        spec = (got[0], got[1], str(opts["cache_dir"]))
+        if st.cache.entries(step.col):
+            st.deferred_fill[step.col] = spec
+        else:
+            out.append(spec)
     return list(dict.fromkeys(out))
+
+
+def fill_on_workers(st: RunState, specs: list) -> None:
+    """Fill the embeddings cache for ``specs`` ((embedder, device, folder)) with every row of the pool, on
+    a worker pool that reads the input again (where the workers read it; else this process reads and sends
+    the shards): the deferred fill of :func:`_embedders`. Each shard is checked against the one scored."""
+    skipped = list(st.source.skipped)  # a second pass must not change what the run reports as skipped
+    pool = start_pool(st)
+    pending: deque = deque()
+    try:
+        remote = remote_shards(st, pool) if st.read_on_workers else None
+        for i, shard in enumerate(remote if remote is not None else st.source.shards()):
+            if i >= len(st.shards) or shard.key != st.shards[i].key:
+                raise RuntimeError(f"scoring: shard {i} of the input changed since it was scored")
+            if isinstance(shard, RemoteShard):
+                ids, idxs, refs = shard.pieces()
+                pending.append(pool.submit("embed_rows", specs, False, ids, idxs, *refs))
+            else:
+                pending.append(pool.submit("embed", shard.table, specs))
+            while len(pending) > pool.max_in_flight:
+                pool.result(pending.popleft())
+        while pending:
+            pool.result(pending.popleft())
+    finally:
+        pool.close()
+        st.source.skipped = skipped
+
+
+def _fill_deferred(st: RunState, step: Step, key: str) -> None:
+    """Before a pool-scoped criterion is scored on a miss: its deferred embeddings (and those of every
+    other criterion with the same embedder, cache folder and device), filled on the workers."""
+    spec = st.deferred_fill.get(step.col)
+    if spec is None or st.cache.has(step.col, key):
+        return
+    for col in [c for c, s in st.deferred_fill.items() if s == spec]:
+        del st.deferred_fill[col]
+    st.say(f"embedding the pool for {step.col} on the workers (its scores are not cached)")
+    fill_on_workers(st, [spec])
 
 
 def _submit(st: RunState, pool: Any, shard: Any, tok: Any, tok_key: str, embedders: list, want_emb: bool) -> tuple:
@@ -446,8 +494,8 @@ def score_shards(st: RunState, selection: Selection) -> None:
     if pool is not None:
         score_shards_pooled(st, pool, rows, prog, tok, tok_key)
     else:
-        # one share per criterion and embedding (the selector's, the pool criteria's)
-        parts = max(1, len(st.shard_criteria()) + int(rows.want_emb) + int(st.pool_vectors is not None))
+        # one share per criterion and embedding (the selector's; the pool criteria's wait: PoolVectors.fill)
+        parts = max(1, len(st.shard_criteria()) + int(rows.want_emb))
         for shard in st.source.shards():
             with prog.share(len(shard), len(shard) * parts):  # moves by rows as far as the scorers report them
                 tabs = _score_shard(st, shard, tok, tok_key)
@@ -533,6 +581,7 @@ def score_pool_scoped(st: RunState, selection: Selection) -> None:
         digest = ids_digest(vec.pool_ids() if pool is None else pool["id"].astype(str).tolist())
     for step in steps:
         key = st.pool_keys[step.col] = cache_key(step.col, st.key_for(step), pkey)
+        _fill_deferred(st, step, key)
         if not st.cache.has(step.col, key):
             st.say(f"scoring {step.col} over the whole pool ({st.n} rows)")
         with task(f"scoring {step.col}", total=st.n, quiet=st.cfg.quiet) as bar, bar.share(st.n):

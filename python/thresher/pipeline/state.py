@@ -63,6 +63,7 @@ class RunState:
     pool_task_peak_private_mb: float = 0.0
     read_on_workers: bool = False  # the engine's workers parsed the input (the driver read no row's text)
     remote_embed: Any = None  # positions -> (embeddings, rows held), on the engine's workers (when they read)
+    deferred_fill: dict = field(default_factory=dict)  # column -> (embedder, device, folder) filled on a miss only
     row_indexes: dict = field(default_factory=dict)  # column -> RowIndex (rows scored under other shard layouts)
     reused_rows: int = 0  # rows whose scores came from entries of another shard layout
     speeds: Speeds = field(default_factory=Speeds)  # rows/s per criterion in this process (checkpoint chunks)
