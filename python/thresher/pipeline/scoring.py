@@ -276,7 +276,7 @@ def _embedders(st: RunState, want_emb: bool) -> list:
         if got is None:
             continue
         spec = (got[0], got[1], str(opts["cache_dir"]))
-        if st.cache.entries(step.col):
+        if spec not in out and st.cache.entries(step.col):  # (the selector's embeddings fill it anyway)
             st.deferred_fill[step.col] = spec
         else:
             out.append(spec)
