@@ -107,7 +107,7 @@ def test_the_ray_whole_pool_task_scores_from_vectors_without_building_the_pool(p
 def test_a_rerun_with_cached_scores_and_a_pruned_embeddings_cache_loads_no_embedder(pool, tmp_path, monkeypatch):
     """The embeddings cache pruned (`thresher cache prune --criterion embeddings`, or by age: a rerun whose
     scores are cached never reads it), the score cache kept: the rerun reads the cached knn_distance scores
-    and encodes nothing (it encoded the whole pool again, 129 s against 4.5 s on 3,000 rows, because the
+    and encodes nothing (it encoded the whole pool again, 130.6 s against 5.0 s on 3,000 rows, because the
     shard pass filled the embeddings cache before the pool's key said the scores were cached). With the
     score entry gone too, the rows are encoded once and the scores are the first run's."""
     import shutil
@@ -141,7 +141,7 @@ def test_under_ray_a_rerun_with_cached_scores_embeds_nothing_and_a_miss_fills_on
 ):
     """Under Ray the workers fill the embeddings cache as they score the shards, the pool embedded in
     parallel; on a rerun (the criterion's score cache holds entries) that fill waits for the pool's key:
-    with the scores cached nothing is embedded (the pruned cache stays empty: 52.7 s against 11.8 s on 600
+    with the scores cached nothing is embedded (the pruned cache stays empty: 43.8 s against 13.8 s on 600
     rows with one worker), and on a miss (another k) the workers embed the pool in a second pass before
     the whole-pool task reads the vectors."""
     import shutil
