@@ -59,7 +59,7 @@ def test_select_and_score_share_input_and_criteria_flags():
     v = verbs()
     shared = {
         "--format", "--field", "--group-field", "--on-bad-row", "--shard-size", "--limit",
-        "--criteria", "--criterion-option", "--model", "--embedder", "--batch-tokens", "--max-length",
+        "--criteria", "--criterion-option", "--model", "--embedder", "--batch-tokens", "--batching", "--max-length",
         "--template", "--dtype", "--device", "--recipe", "--option", "--cache-dir", "--engine", "--plugin",
         "--quiet", "--out",
     }  # fmt: skip
@@ -106,6 +106,10 @@ def test_dry_run_expands_options_without_reading_data(tmp_path, capsys):
     assert plan["selector"]["name"] == "weighted"
     assert plan["selector"]["options"]["objectives"] == ["ifd:max", "length.total:max"]
     assert not (tmp_path / "o").exists()
+    # --batching reaches a recipe's loss criterion (one row per forward: layout-independent bits)
+    rec = run_json(capsys, ["select", str(missing), "--recipe", "ifd", "--batching", "row", "--k", "3",
+                             "--out", str(tmp_path / "o"), "--dry-run", "--json"])  # fmt: skip
+    assert {c["name"]: c["options"] for c in rec["criteria"]}["ifd"]["batching"] == "row"
 
 
 def test_dry_run_text_and_recipe_budget(tmp_path, capsys):

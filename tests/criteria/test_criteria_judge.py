@@ -176,6 +176,13 @@ def test_prefix_reuse_equals_full_recomputation(lm):
         for a, b in zip(got, full):
             np.testing.assert_allclose(a.nll, b.nll, rtol=1e-5, atol=1e-6)
     assert got[3].nll.size == 0
+    # one continuation per forward (batching="row"): the same bits whichever continuations share the call
+    one = prefix_reuse_losses(lm, prefix, conts, one_per_call=True)
+    for a, b in zip(one, full):
+        np.testing.assert_allclose(a.nll, b.nll, rtol=1e-5, atol=1e-6)
+    for pick in ([2], [2, 0], [0, 2, 1]):
+        part = prefix_reuse_losses(lm, prefix, [conts[i] for i in pick], one_per_call=True)
+        assert all(np.array_equal(part[j].nll, one[i].nll) for j, i in enumerate(pick)), pick
     with pytest.raises(ValueError, match="prefix"):
         prefix_reuse_losses(lm, [], conts)
 

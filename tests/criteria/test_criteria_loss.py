@@ -205,7 +205,13 @@ def test_perplexity_entropy_el2n_match_full_logits(lm, rows):
 # ------------------------------------------------------------------ batching invariance
 @pytest.mark.parametrize(
     "batching,bt,share",
-    [("bucket", 700, True), ("bucket", 100_000, True), ("bucket", 100_000, False), ("pack", 700, False)],
+    [
+        ("bucket", 700, True),
+        ("bucket", 100_000, True),
+        ("bucket", 100_000, False),
+        ("pack", 700, False),
+        ("row", 700, True),
+    ],
 )
 def test_batched_equals_unbatched(lm, rows, batching, bt, share):
     df = pd.DataFrame(rows[:6] + rows[-2:])
@@ -213,6 +219,41 @@ def test_batched_equals_unbatched(lm, rows, batching, bt, share):
     many = scorer("ifd", lm, batch_tokens=bt, batching=batching, share_prefix=share)(df)
     for col in ("ifd", "ifd.loss_cond", "ifd.loss_direct"):
         np.testing.assert_allclose(many[col], one[col], rtol=1e-5, atol=0)
+
+
+def _units(lm, rows, template="alpaca"):
+    tok = lm.tokenizer
+    out = []
+    for r in rows:
+        tk = tokenize_rendered(render_sample(r, template, tok), tok)
+        out.append(Unit(tk.ids, tk.score))
+    return out
+
+
+def test_row_mode_bits_do_not_depend_on_companions_or_threads(lm, rows):
+    """mode="row" runs each unit alone, so a unit's losses are the same bits whichever units share the
+    call, in whatever order, on any thread count (what makes LM scores independent of the shard layout;
+    mode="bucket" fails this: its bits follow the batch's padded length and shared prefix); they equal
+    the full-logits oracle to float rounding."""
+    units = _units(lm, rows) + [Unit([], [])]
+    ref = full_logits_losses(lm, units)
+    st: dict = {}
+    whole = unit_losses(lm, units, mode="row", entropy=True, stats=st)
+    assert st["batches"] == len(units) - 1 and st["forward_tokens"] == st["real_tokens"]
+    assert whole[-1].nll.size == 0
+    for a, b in zip(whole, ref):
+        np.testing.assert_allclose(a.nll, b.nll, rtol=1e-5, atol=1e-6)
+    picks = [[3], [5, 0, 3], list(range(len(units)))[::-1], [7, 3, 1]]
+    threads = torch.get_num_threads()
+    try:
+        for n_threads, pick in zip((1, 2, 3, 1), picks):
+            torch.set_num_threads(n_threads)
+            part = unit_losses(lm, [units[i] for i in pick], mode="row", entropy=True)
+            for j, i in enumerate(pick):
+                assert np.array_equal(part[j].nll, whole[i].nll), (pick, i)
+                assert np.array_equal(part[j].entropy, whole[i].entropy), (pick, i)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_shared_prefix_runs_template_once(lm, rows):

@@ -1,10 +1,11 @@
 """No criterion's score depends on sharding, batching or engine (issue 10): 1,000 real BIG-bench rows
 scored with knn_distance, local_density, semdedup (pool-scoped, embeddings), nuggets (pool-scoped, a
-tiny LM), perplexity (per row, the same LM), dsir and target_classifier (pool-scoped, n-grams of a
-target set; the classifier's fit once depended on the thread count, and a Ray worker runs one thread),
-then the top 100 by knn_distance selected, under five
-layouts: local in one shard, local in shards of 100, local with batch_size=64, Ray with 1 worker and
-Ray with 2 workers. Every layout must give the same scores (bit for bit) and the same selection."""
+tiny LM), perplexity (per row, the same LM, length-bucketed batches), ifd (per row, one row per forward:
+``batching="row"``), dsir and target_classifier (pool-scoped, n-grams of a target set; the classifier's
+fit once depended on the thread count, and a Ray worker runs one thread), then the top 100 by
+knn_distance selected, under five layouts: local in one shard, local in shards of 100, local with
+batch_size=64, Ray with 1 worker and Ray with 2 workers. Every layout must give the same scores (bit for
+bit; perplexity's bucketed batches to float32 rounding) and the same selection."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from conftest import save_tiny_lm
 from thresher.pipeline import PipelineConfig, run_pipeline
 
 N = 1000
-LM_CRITERIA = ("nuggets", "perplexity")
+BUCKETED_LM = ("perplexity",)  # equal to float32 rounding; every other column bit for bit
 LAYOUTS = {
     "local-one-shard": dict(shard_size=10_000),
     "local-shards-100": dict(shard_size=100),
@@ -84,6 +85,7 @@ def _criteria(model: str, emb: str, target: str) -> list:
             "options": {**lm, "max_length": 1024, "n_anchors": 3, "seed": 3, "anchor_select": "random"},
         },
         {"name": "perplexity", "options": {**lm, "truncation": "left"}},  # keep the answer of long prompts
+        {"name": "ifd", "options": {**lm, "batching": "row"}},
     ]
 
 
@@ -117,10 +119,10 @@ def _assert_same(got, want) -> None:
     assert list(scores.columns) == list(scores0.columns)
     for c in scores0.columns:
         a, b = scores[c].to_numpy(), scores0[c].to_numpy()
-        if c.split(".")[0] in LM_CRITERIA and pd.api.types.is_float_dtype(scores0[c].dtype):
-            # an LM's float32 forward rounds differently with the batch's shape and the process's BLAS
-            # threads (a Ray worker runs one): equal to float32 rounding of losses ~5 (eps 6e-8 x 5 x
-            # the reduction depth), NaN in the same rows
+        if c.split(".")[0] in BUCKETED_LM and pd.api.types.is_float_dtype(scores0[c].dtype):
+            # a row's float32 forward in a length bucket rounds with the bucket's padded length and shared
+            # prefix, which follow the layout: equal to float32 rounding of losses ~5 (eps 6e-8 x 5 x the
+            # reduction depth), NaN in the same rows (batching="row" makes them bit for bit: ifd here)
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=c)
         elif pd.api.types.is_float_dtype(scores0[c].dtype):
             np.testing.assert_array_equal(a, b, err_msg=c)  # NaN == NaN here, bit for bit otherwise
@@ -132,14 +134,15 @@ def _assert_same(got, want) -> None:
 def test_baseline_scores_are_complete_and_meaningful(baseline):
     res, scores = baseline
     assert len(scores) == N and len(res.selected) == 100
-    for c in ("knn_distance", "local_density", "semdedup", "nuggets", "perplexity", "dsir", "target_classifier"):
+    for c in ("knn_distance", "local_density", "semdedup", "nuggets", "perplexity", "ifd", "dsir", "target_classifier"):
         assert c in scores.columns
     assert scores["knn_distance"].notna().all() and scores["perplexity"].notna().sum() > 0.9 * N
+    assert scores["ifd"].notna().sum() > 0.9 * N
     assert scores["dsir"].notna().all() and scores["target_classifier"].notna().all()
     assert scores["target_classifier"].std() > 0.1  # a fitted classifier, not a constant
     assert scores["nuggets"].notna().sum() >= N - 3  # the anchors themselves may be unscored
     # NaN scores carry their reason
-    for c in ("nuggets", "perplexity"):
+    for c in ("nuggets", "perplexity", "ifd"):
         bad = scores[c].isna()
         assert (scores.loc[bad, f"{c}.reason"] != "").all(), c
     # the manifest records how the pool-scoped criteria ran: an exact search, and nuggets' anchors

@@ -34,7 +34,7 @@ from ..pipeline.plugins import load_plugins, plugin_names
 from ..plan import CHECKPOINT_S
 
 #: Criterion options with a flag of their own (``--max-length`` -> ``max_length``).
-SHARED_CRITERION_FLAGS = ("batch_tokens", "max_length", "template", "dtype", "device", "index_kind")
+SHARED_CRITERION_FLAGS = ("batch_tokens", "batching", "max_length", "template", "dtype", "device", "index_kind")
 INDEX_FLAG = {"exact": "exact", "ivf": "ivf_flat", "ivf_flat": "ivf_flat", "ivfpq": "ivf_pq", "ivf_pq": "ivf_pq",
               "hnsw": "hnsw"}  # fmt: skip
 
@@ -170,6 +170,13 @@ def add_criteria_args(p: argparse.ArgumentParser, *, required: bool = False) -> 
     g.add_argument("--model", default=None, help="causal LM for model-based criteria: default | PATH | HF id")
     g.add_argument("--embedder", default=None, help="sentence embedder for embedding criteria: default | PATH | HF id")
     g.add_argument("--batch-tokens", type=int, default=None, help="token budget of one model batch (criteria: 4096)")
+    g.add_argument(
+        "--batching",
+        default=None,
+        choices=("bucket", "pack", "row"),
+        help="how the loss criteria batch rows: bucket (default: length buckets), pack, or row (one row per forward: "
+        "the same score bits under every shard layout and engine, slower)",
+    )
     g.add_argument("--max-length", type=int, default=None, help="max tokens per sample (default per criterion)")
     g.add_argument("--template", default=None, help="prompt template: alpaca | chat | plain | wiz")
     g.add_argument(

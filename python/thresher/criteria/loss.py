@@ -48,8 +48,10 @@ LOSS_OPTIONS = list(MODEL_OPTIONS) + [
     Option(
         "batching",
         "bucket",
-        "bucket: length-sorted buckets; pack: packed rows with position ids",
-        choices=("bucket", "pack"),
+        "bucket: length-sorted buckets; pack: packed rows with position ids; row: one row per forward (no "
+        "padding, no shared prefix): scores the same bits under every shard layout, engine and thread count, "
+        "slower",
+        choices=("bucket", "pack", "row"),
     ),
     Option("backend", None, "force a thresher.ops.token_loss backend (reference|cpu|triton|...)", type=str),
     Option(

@@ -390,6 +390,7 @@ class Nuggets(LossCriterion):
             [self._conts[j] for j in keep],
             batch_tokens=max(self.options["batch_tokens"], len(prefix) + self._longest),
             backend=self.options["backend"],
+            one_per_call=self.options["batching"] == "row",
         )
         return np.array([-ul.nll.sum() for ul in one], dtype=np.float64)
 

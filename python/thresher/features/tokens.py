@@ -20,6 +20,11 @@ Batching (``mode``):
   transformers then builds a block-diagonal causal mask (packed sequences), so
   no compute is spent on padding in the linear layers, at the price of a
   dense [row x row] attention mask on backends without varlen attention.
+* ``"row"``: one unit per forward, no padding and no shared prefix. A unit's
+  computation then has the same shapes whichever units share its call, so its
+  losses are the same bits under every shard layout, engine and thread count
+  (bucket and pack agree with it to float32 rounding: a unit's bits there depend on
+  its batch's padded length and prefix split). Slower: no batching.
 
 The batching choices and per-token extras travel in one :class:`LossOptions`
 (``unit_losses(lm, units, LossOptions(...))`` or its fields as keywords).
@@ -50,7 +55,7 @@ from ..ops import token_loss
 from ..progress import advance
 from .loader import to_device
 
-MODES = ("bucket", "pack")
+MODES = ("bucket", "pack", "row")
 PADDING_SIDES = ("right", "left")
 
 
@@ -149,6 +154,11 @@ def plan_packs(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
             rows.append([i])
             room.append(batch_tokens - n)
     return rows
+
+
+def one_per_batch(lengths: Sequence[int]) -> list[list[int]]:
+    """``mode="row"``: each non-empty unit alone, longest first (ties by position)."""
+    return [[i] for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if lengths[i] > 0]
 
 
 def trunk_hidden(
@@ -419,10 +429,12 @@ def iter_batches(lm: Any, units: Sequence[Unit], opts: LossOptions) -> Iterator[
         groups = plan_groups(
             [e[0] for e in eff], opts.batch_tokens, share_prefix=opts.shares, min_prefix=opts.min_prefix
         )
+    elif opts.mode == "row":
+        groups = one_per_batch([len(e[0]) for e in eff])
     else:
         groups = plan_packs([len(e[0]) for e in eff], opts.batch_tokens)
     for grp in groups:
-        bt = _bucket_batch(grp, eff, pad_id, opts) if opts.mode == "bucket" else _pack_batch(grp, eff, pad_id)
+        bt = _pack_batch(grp, eff, pad_id) if opts.mode == "pack" else _bucket_batch(grp, eff, pad_id, opts)
         yield grp, bt
 
 
@@ -522,7 +534,13 @@ def _cont_effective(conts: Sequence[Unit]) -> list[tuple[list[int], list[int]]]:
 
 
 def prefix_reuse_losses(
-    lm: Any, prefix: Sequence[int], conts: Sequence[Unit], *, batch_tokens: int = 4096, backend: Optional[str] = None
+    lm: Any,
+    prefix: Sequence[int],
+    conts: Sequence[Unit],
+    *,
+    batch_tokens: int = 4096,
+    backend: Optional[str] = None,
+    one_per_call: bool = False,
 ) -> list[UnitLoss]:
     """Losses of ``prefix + cont`` for many continuations, the prefix's KV cache computed once.
 
@@ -530,7 +548,9 @@ def prefix_reuse_losses(
     previous token, which for t = 0 is the prefix's last token). The prefix runs
     once with ``use_cache=True``; its cache is repeated over a batch of
     continuations (right-padded, so no attention mask is needed) and reused.
-    Equals running each ``prefix + cont`` from scratch (see tests).
+    Equals running each ``prefix + cont`` from scratch (see tests). ``one_per_call``: each
+    continuation in its own forward (``mode="row"``: the same bits whichever continuations
+    are scored with it).
     """
     if len(prefix) == 0:
         raise ValueError("prefix: must hold at least one token")
@@ -543,7 +563,8 @@ def prefix_reuse_losses(
         trunk = lm.trunk()
         pre, cache = _prefix_cache(trunk, torch.as_tensor([list(prefix)], device=weight.device))
         last_prefix_h = pre.last_hidden_state[0, -1]
-        for grp in plan_buckets(lengths, max(batch_tokens - len(prefix), 1)):
+        plan = one_per_batch(lengths) if one_per_call else plan_buckets(lengths, max(batch_tokens - len(prefix), 1))
+        for grp in plan:
             ids_t = torch.full((len(grp), max(lengths[i] for i in grp)), pad_id, dtype=torch.long)
             for b, i in enumerate(grp):
                 ids_t[b, : lengths[i]] = torch.as_tensor(eff[i][0], dtype=torch.long)
