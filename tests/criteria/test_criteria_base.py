@@ -176,10 +176,15 @@ def test_typed_options_are_refused_with_the_option_named(lm):
 
 
 def test_judges_take_no_loss_batching_options(lm):
+    """Judges read one position per prompt: no token_loss backend, no shared prefix, no packing; their
+    ``batching`` is bucket or row (one prompt per forward), anything else an error."""
     for name in ("rating", "selectit"):
         opts = CRITERIA.get(name).options
-        assert not {"batching", "backend", "share_prefix"} & set(opts), name
+        assert not {"backend", "share_prefix"} & set(opts), name
+        assert opts["batching"].choices == ("bucket", "row"), name
         with pytest.raises(OptionError, match="unknown option"):
+            CRITERIA.get(name).obj.cache_key_for(share_prefix=False)
+        with pytest.raises(ValueError, match="batching"):
             CRITERIA.get(name).obj.cache_key_for(batching="pack")
 
 

@@ -210,6 +210,49 @@ def test_real_embedder_on_bigbench_rows(bigbench_path, tmp_path):
     assert sd["semdedup.keep"].iloc[[3, 11]].sum() == 1
 
 
+class BatchRecorder(TableEncoder):
+    def __init__(self, table):
+        super().__init__(table)
+        self.batches: list = []
+
+    def encode(self, texts, batch_size=64):
+        self.batches.append(batch_size)
+        return super().encode(texts, batch_size)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_row_batching_encodes_one_text_per_call(cache, tmp_path):
+    """batching="row" reaches the encoder (batch_size 1) on the direct path, through the cache, and in the
+    pipeline's pool vectors (vector_spec), and keeps out of the cache key (it changes no score beyond
+    float rounding)."""
+    from thresher.embed.pool import vector_spec
+
+    x = table(12, 4, 3)
+    for name in ("knn_distance", "local_density", "semdedup"):
+        enc = BatchRecorder(x)
+        kw = {"cache_dir": str(tmp_path / name)} if cache else {}
+        out = CRITERIA.get(name).obj(embedder=enc, batching="row", batch_size=5, **kw)(frame(range(12)))
+        assert len(out) == 12 and set(enc.batches) == {1}, (name, enc.batches)
+        cls = CRITERIA.get(name).obj(embedder="default", cache_dir=str(tmp_path), batching="row")
+        assert vector_spec(type(cls), cls.options)[3] == 1
+        assert cls.cache_key() == CRITERIA.get(name).obj(embedder="default", cache_dir=str(tmp_path)).cache_key()
+
+
+def test_real_embedder_row_batching_bits_do_not_depend_on_companions(bigbench_path):
+    """The premise of batching="row" for embeddings: all-MiniLM-L6-v2 run one text per call gives each
+    text the same bits whichever texts are embedded with it (batched, they follow the batch's padding)."""
+    import gzip
+    import json
+
+    from thresher.embed import embed_texts
+
+    with gzip.open(bigbench_path, "rt") as fh:
+        texts = [(lambda r: r["instruction"][:300] + "\n" + r["output"])(json.loads(next(fh))) for _ in range(24)]
+    whole = embed_texts(texts, batch_size=1)
+    for a, b in ((0, 5), (5, 24), (11, 12)):
+        assert np.array_equal(embed_texts(texts[a:b], batch_size=1), whole[a:b]), (a, b)
+
+
 def test_options_registry_and_cache_key():
     e = CRITERIA.get("knn_distance")
     assert e.meta["scope"] == "pool" and e.meta["direction"] == "max" and e.options["k"].default == 6

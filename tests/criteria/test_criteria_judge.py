@@ -125,6 +125,19 @@ def test_rating_matches_direct_recomputation(lm, rows, chat):
         assert got["rating.argmax"][i] == np.argmax(p) + 1
 
 
+def test_judges_row_batching_bits_do_not_depend_on_companions(lm, lm2, rows):
+    """batching="row": each judge prompt in its own forward, so a row's rating and SelectIT scores are the
+    same bits whichever rows share the call (with buckets they follow the bucket's padded length)."""
+    df = pd.DataFrame(rows)
+    for name, kw, col in (("rating", {"model": lm}, "rating"), ("selectit", {"models": [lm, lm2]}, "selectit")):
+        whole = CRITERIA.get(name).obj(batching="row", **kw)(df)
+        for pick in ([3], [4, 0, 3], [5, 1]):
+            part = CRITERIA.get(name).obj(batching="row", **kw)(df.iloc[pick].reset_index(drop=True))
+            assert np.array_equal(part[col].to_numpy(), whole[col].to_numpy()[pick]), (name, pick)
+    with pytest.raises(ValueError, match="batching"):
+        CRITERIA.get("rating").obj(model=lm, batching="pack")  # no packed judge prompts: an error, not ignored
+
+
 def test_rating_custom_values_and_errors(lm):
     sc = CRITERIA.get("rating").obj(
         model=lm,
@@ -158,6 +171,10 @@ def test_last_position_hidden_matches_single(lm):
         ref = torch.stack([lm.trunk()(input_ids=torch.tensor([s])).last_hidden_state[0, -1] for s in seqs])
     for bt in (1, 8, 1000):
         torch.testing.assert_close(last_position_hidden(lm, seqs, batch_tokens=bt), ref, rtol=1e-5, atol=1e-5)
+    one = last_position_hidden(lm, seqs, one_per_call=True)
+    torch.testing.assert_close(one, ref, rtol=1e-5, atol=1e-5)
+    for pick in ([2], [2, 0], [3, 2, 1]):  # each alone: the same bits whichever sequences come with it
+        assert torch.equal(last_position_hidden(lm, [seqs[i] for i in pick], one_per_call=True), one[pick]), pick
     with pytest.raises(ValueError, match=r"seqs\[1\]"):
         last_position_hidden(lm, [[1], []])
 

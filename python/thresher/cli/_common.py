@@ -174,8 +174,8 @@ def add_criteria_args(p: argparse.ArgumentParser, *, required: bool = False) -> 
         "--batching",
         default=None,
         choices=("bucket", "pack", "row"),
-        help="how the loss criteria batch rows: bucket (default: length buckets), pack, or row (one row per forward: "
-        "the same score bits under every shard layout and engine, slower)",
+        help="how model-based criteria batch rows: bucket (default: length buckets), row (one row per forward: the "
+        "same score bits under every shard layout and engine, slower) or pack (loss criteria only)",
     )
     g.add_argument("--max-length", type=int, default=None, help="max tokens per sample (default per criterion)")
     g.add_argument("--template", default=None, help="prompt template: alpaca | chat | plain | wiz")

@@ -86,6 +86,17 @@ MODEL_OPTIONS = [
 ]
 
 
+def row_batching(what: str) -> Option:
+    """``batching`` of a criterion whose model reads one row per call in ``row`` mode (``what``: its batches)."""
+    return Option(
+        "batching",
+        "bucket",
+        f"bucket: {what}; row: one row per forward (no padding): the same score bits under every shard layout, "
+        "engine and thread count, slower",
+        choices=("bucket", "row"),
+    )
+
+
 class Skip(Exception):
     """A row that cannot be scored: its main column is NaN and the message is its reason."""
 

@@ -45,18 +45,20 @@ import torch
 from ..cluster import kmeans, repr_filter_order
 from ..device import resolve_device
 from ..embed import embed_texts, get_embedder, sample_key, sample_texts
+from ..embed.pool import encoder_batch
 from ..frames import as_pandas
 from ..index import KINDS, KNNIndex
 from ..ops import rows as row_blocks
 from ..ops.knn_shard import DEFAULT_QUERY_ROWS, DEFAULT_SHARD_ROWS, sharded_knn
 from ..registry import CRITERIA, Option
-from .base import Criterion, digest, embedder_fingerprint, sample_ids
+from .base import Criterion, digest, embedder_fingerprint, row_batching, sample_ids
 from .search_checkpoint import DEFAULT_EVERY_S, SEARCH_DIR, SearchCheckpoint, kept_or_computed, search_identity
 
 _EMB_OPTS = [
     # type left open: besides a name, an encoder object (duck-typed: .encode, .dim, .fingerprint) is accepted
     Option("embedder", "default", "sentence-transformers name/path, 'default' (all-MiniLM-L6-v2) or lm:<spec>"),
     Option("batch_size", 64, "texts per encoder batch", min=1),
+    row_batching("batch_size texts per encoder call, length-sorted"),
     Option("cache_dir", None, "embedding cache folder (float16 shards keyed by sample id + text)", type=(str, Path)),
     Option("device", "auto", "encoder device: auto (cuda when visible), cpu, cuda, cuda:N", type=str),
 ]
@@ -144,10 +146,10 @@ class _PoolCriterion(Criterion):
         o = self.options
         if o["cache_dir"] is not None and self._encoder is None and isinstance(o["embedder"], str):
             # through the cache by name: the model is loaded only for rows the cache lacks
-            emb = embed_texts(texts, o["embedder"], batch_size=o["batch_size"], cache_dir=o["cache_dir"],
+            emb = embed_texts(texts, o["embedder"], batch_size=encoder_batch(o), cache_dir=o["cache_dir"],
                               ids=ids, device=o["device"])  # fmt: skip
         else:
-            emb = embed_texts(texts, self.encoder, batch_size=o["batch_size"], cache_dir=o["cache_dir"], ids=ids)
+            emb = embed_texts(texts, self.encoder, batch_size=encoder_batch(o), cache_dir=o["cache_dir"], ids=ids)
         keys = np.asarray([sample_key(i, t) for i, t in zip(ids, texts)], dtype=object)
         return emb, keys, texts
 

@@ -46,7 +46,17 @@ from ..models import LoadedLM, shared_lm
 from ..ops import expected_score, score_at_position
 from ..registry import CRITERIA, Option
 from ..render import get_conversation
-from .base import MODEL_OPTIONS, Batch, BatchCriterion, LMCriterion, Skip, model_fingerprint, single_turn, split_list
+from .base import (
+    MODEL_OPTIONS,
+    Batch,
+    BatchCriterion,
+    LMCriterion,
+    Skip,
+    model_fingerprint,
+    row_batching,
+    single_turn,
+    split_list,
+)
 
 SELECTIT_PROMPTS = (
     "Rate how well the response follows the instruction, on a scale from 1 (very poor) to 5 (excellent).",
@@ -134,15 +144,20 @@ class _Judge:
             where = [j for j, (mm, _) in enumerate(items) if mm == m]
             if not where:
                 continue
-            h = last_position_hidden(lm, [items[j][1] for j in where], batch_tokens=self.options["batch_tokens"])
+            seqs = [items[j][1] for j in where]
+            o = self.options
+            h = last_position_hidden(lm, seqs, batch_tokens=o["batch_tokens"], one_per_call=o["batching"] == "row")
             probs = score_at_position(h, lm.head_weight(), self.token_ids[m])
             for j, row_p in zip(where, probs):
                 out[j] = row_p
         return out
 
 
+JUDGE_BATCHING = row_batching("prompts in length buckets")
+
+
 def _judge_opts(*extra: Option) -> list[Option]:
-    return list(MODEL_OPTIONS) + list(extra)
+    return list(MODEL_OPTIONS) + [JUDGE_BATCHING] + list(extra)
 
 
 # ------------------------------------------------------------------ SelectIT math
@@ -176,6 +191,7 @@ def selectit_sentence_scores(s_tok: np.ndarray, alpha: float) -> np.ndarray:
     "token level (argmax+1)*mean(p_max-p), sentence level mean/(1+alpha*std) over prompts, model level "
     "weighted by parameter count over several models. Higher = better.",
     options=[o for o in MODEL_OPTIONS if o.name != "model"]
+    + [JUDGE_BATCHING]
     + [
         Option(
             "models",

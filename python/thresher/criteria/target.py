@@ -36,11 +36,12 @@ import torch
 
 from ..embed import embed_texts, get_embedder, sample_texts
 from ..embed.hidden import HIDDEN_VERSION, POOLINGS, hidden_encoder
+from ..embed.pool import encoder_batch
 from ..errors import OptionError
 from ..frames import as_pandas
 from ..io import read_samples
 from ..registry import CRITERIA, Option
-from .base import Criterion, embedder_fingerprint, sample_ids, table_digest
+from .base import Criterion, embedder_fingerprint, row_batching, sample_ids, table_digest
 
 AGGREGATES = ("mean", "max", "topk_mean")
 
@@ -61,6 +62,7 @@ EMBED_OPTIONS = [
     Option("pooling", None, "lm: embedders only: weighted_mean (RDS+, default), mean or last", (None, *POOLINGS)),
     Option("max_length", 512, "lm: embedders: tokens kept per text", min=1),
     Option("batch_size", 32, "texts per encoder batch", min=1),
+    row_batching("batch_size texts per encoder call, length-sorted"),
     Option("cache_dir", None, "embedding cache folder (vectors keyed by text and model)", type=(str, Path)),
     Option("device", "auto", "encoder device: auto (cuda when visible), cpu, cuda, cuda:N", type=str),
 ]
@@ -163,7 +165,7 @@ def embedder_key(o: dict, who: str) -> dict:
 
 def embed(encoder: Any, texts: list[str], o: dict) -> np.ndarray:
     """L2-normalised float32 embeddings, cached by text under ``cache_dir`` when set."""
-    return embed_texts(texts, encoder, batch_size=o["batch_size"], cache_dir=o["cache_dir"])
+    return embed_texts(texts, encoder, batch_size=encoder_batch(o), cache_dir=o["cache_dir"])
 
 
 # ------------------------------------------------------------------ the math

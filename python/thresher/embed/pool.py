@@ -124,4 +124,9 @@ def vector_spec(cls: Any, options: dict) -> Any:
     got = reads(options)
     if got is None:
         return None
-    return got[0], got[1], str(options["cache_dir"]), int(options.get("batch_size") or 64)
+    return got[0], got[1], str(options["cache_dir"]), encoder_batch(options)
+
+
+def encoder_batch(options: dict) -> int:
+    """Texts per encoder call of an embedding criterion: 1 with ``batching="row"``, else ``batch_size``."""
+    return 1 if options.get("batching") == "row" else int(options.get("batch_size") or 64)

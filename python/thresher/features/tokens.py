@@ -495,9 +495,12 @@ def full_logits_losses(lm: Any, units: Sequence[Unit]) -> list[UnitLoss]:
     return out
 
 
-def last_position_hidden(lm: Any, seqs: Sequence[Sequence[int]], *, batch_tokens: int = 4096) -> torch.Tensor:
+def last_position_hidden(
+    lm: Any, seqs: Sequence[Sequence[int]], *, batch_tokens: int = 4096, one_per_call: bool = False
+) -> torch.Tensor:
     """Hidden state [n, H] (final norm applied) at the last token of each sequence, for
-    readouts at one position (judge prompts). Length-bucketed, right padding, no mask."""
+    readouts at one position (judge prompts). Length-bucketed, right padding, no mask;
+    ``one_per_call``: each sequence alone (the same bits whichever sequences come with it)."""
     if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens <= 0:
         raise ValueError(f"batch_tokens: expected a positive int, got {batch_tokens!r}")
     for i, s in enumerate(seqs):
@@ -509,7 +512,7 @@ def last_position_hidden(lm: Any, seqs: Sequence[Sequence[int]], *, batch_tokens
     out = torch.empty((len(seqs), weight.shape[1]), dtype=weight.dtype, device=device)
     lengths = [len(s) for s in seqs]
     with torch.inference_mode():
-        for grp in plan_buckets(lengths, batch_tokens):
+        for grp in one_per_batch(lengths) if one_per_call else plan_buckets(lengths, batch_tokens):
             L = max(lengths[i] for i in grp)
             ids_t = torch.full((len(grp), L), pad_id, dtype=torch.long)
             for b, i in enumerate(grp):
