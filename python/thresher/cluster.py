@@ -41,10 +41,13 @@ def repr_filter_order(
     block: Optional[int] = None,
     device: Optional[str] = None,
     borderline: float = 1e-5,
+    norms: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """DEITA's repr filter: walk ``order``; keep x if max cos(x, kept) <= tau; stop at ``budget``.
 
-    embeddings: [N, d] L2-normalised float32. Blocked: a block of candidates is
+    embeddings: [N, d] L2-normalised float32, or raw rows with their ``norms`` ([N, 1], as
+    ``selectors.base.unit_norms``): each block's rows are divided as they are read, the same bits as
+    dividing first, with no normalised [N, d] copy. Blocked: a block of candidates is
     compared with the kept set in one GEMM (a candidate above tau there is
     rejected for good: the kept set only grows), then the survivors are resolved
     in order against the block's own accepted rows with a B x B similarity
@@ -60,6 +63,7 @@ def repr_filter_order(
     if B < 1:
         raise ValueError(f"block: expected an integer >= 1, got {block!r}")
     emb = shared_tensor(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
+    nrm = None if norms is None else torch.from_numpy(np.asarray(norms, dtype=np.float32).reshape(-1, 1)).to(dev)
     kept = torch.empty((max(budget, 1), emb.shape[1]), dtype=torch.float32, device=dev)
     kept_pos: list[int] = []
     nk = 0
@@ -68,7 +72,8 @@ def repr_filter_order(
         if nk >= budget:
             break
         cand = order[pos : pos + B]
-        X = emb[torch.from_numpy(cand).to(dev)]
+        at = torch.from_numpy(cand).to(dev)
+        X = emb[at] if nrm is None else emb[at] / nrm[at]
         surv = _survivors(X, kept[:nk], tau, borderline)
         if surv.numel() == 0:
             continue
@@ -115,32 +120,54 @@ def _accept_in_block(Xs: torch.Tensor, tau: float, borderline: float, room: int)
 
 
 def kcenter_greedy(
-    embeddings: np.ndarray, k: int, *, first: int = 0, pool: Optional[np.ndarray] = None, device: Optional[str] = None
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    first: int = 0,
+    pool: Optional[np.ndarray] = None,
+    device: Optional[str] = None,
+    norms: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Greedy k-center (Gonzalez): repeatedly add the pool row farthest (Euclidean) from the chosen set.
 
-    O(k N d); ties by lower position. Returns positions in pick order, ``first`` first.
+    O(k N d); ties by lower position. Returns positions in pick order, ``first`` first. ``norms``
+    ([N, 1]): the distances are those of the rows divided by their norms (cosine geometry), with
+    each dot product scaled instead of a normalised [N, d] copy (memory O(N), not O(N d)).
     """
     dev = torch_device(device)
     x = shared_tensor(np.ascontiguousarray(embeddings, dtype=np.float32)).to(dev)
     n = x.shape[0]
+    nrm = None if norms is None else torch.from_numpy(np.asarray(norms, dtype=np.float32).reshape(-1)).to(dev)
     allowed = torch.ones(n, dtype=torch.bool, device=dev)
     if pool is not None:
         allowed[:] = False
         allowed[torch.from_numpy(np.asarray(pool, dtype=np.int64)).to(dev)] = True
-    sq = torch.cat([(b * b).sum(1) for b in x.split(1 << 16)]) if n else x.new_zeros(0)  # no [n, d] temporary
+    sq = _row_squares(x, nrm)
     mind = torch.full((n,), float("inf"), device=dev)
     mind[~allowed] = -1.0
     out = []
     c = int(first)
     for _ in range(min(k, int(allowed.sum()))):
         out.append(c)
-        d2 = (sq + sq[c] - 2.0 * (x @ x[c])).clamp_min(0.0)
+        dot = x @ x[c] if nrm is None else (x @ (x[c] / nrm[c])) / nrm
+        d2 = (sq + sq[c] - 2.0 * dot).clamp_min(0.0)
         mind = torch.minimum(mind, d2)
         mind[c] = -1.0
         mind[~allowed] = -1.0
         c = int(torch.argmax(mind))
     return np.asarray(out, dtype=np.int64)
+
+
+def _row_squares(x: torch.Tensor, norms: Optional[torch.Tensor], step: int = 1 << 16) -> torch.Tensor:
+    """[N] squared L2 norms of ``x``'s rows (divided by ``norms`` first when given), a block of rows
+    at a time: no [N, d] temporary."""
+    if x.shape[0] == 0:
+        return x.new_zeros(0)
+    parts = []
+    for a in range(0, x.shape[0], step):
+        b = x[a : a + step] if norms is None else x[a : a + step] / norms[a : a + step, None]
+        parts.append((b * b).sum(1))
+    return torch.cat(parts)
 
 
 KMEANS_INITS = ("random", "k-means++")

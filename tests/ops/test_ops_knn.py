@@ -342,7 +342,7 @@ def test_finite_check_in_row_blocks_and_skipped_only_when_asked(monkeypatch):
     from thresher.ops import rows
     from thresher.ops.knn import check_finite_rows
 
-    monkeypatch.setattr(rows, "ROW_BLOCK", 2)
+    monkeypatch.setattr(rows, "ROW_ELEMS", 6)  # blocks of 2 rows
     x = torch.randn(9, 3)
     y = x.clone()
     y[7, 2] = float("inf")

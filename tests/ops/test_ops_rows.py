@@ -15,10 +15,11 @@ def _rows(n: int, d: int, seed: int, dtype=np.float32) -> np.ndarray:
     return (rng.standard_normal((n, d)) * rng.uniform(1e-3, 1e3, (n, 1))).astype(dtype)
 
 
-@pytest.mark.parametrize("block", [1, 4, 5, 1 << 16])
+@pytest.mark.parametrize("elems", [3, 7, 28, 35, 7 << 16])  # blocks of 1 (elems < dim), 1, 4, 5, 65,536 rows
 @pytest.mark.parametrize("n", [0, 1, 5, 13])
-def test_norms_and_unit_rows_equal_numpy_bit_for_bit(block, n, monkeypatch):
-    monkeypatch.setattr(rows, "ROW_BLOCK", block)
+def test_norms_and_unit_rows_equal_numpy_bit_for_bit(elems, n, monkeypatch):
+    monkeypatch.setattr(rows, "ROW_ELEMS", elems)
+    assert rows.block_rows(7) == max(1, elems // 7)
     x = _rows(n, 7, n)
     x[:1] = 0.0  # a zero row: divided by the floor, as the whole-array form
     want_norm = np.linalg.norm(x, axis=1, keepdims=True)
@@ -42,7 +43,7 @@ def test_unit_rows_of_float16_and_float64_rows_are_float32():
 @pytest.mark.parametrize("as_torch", [False, True])
 @pytest.mark.parametrize("block", [1, 3, 1 << 16])
 def test_nonfinite_rows_found_in_every_block(as_torch, block, monkeypatch):
-    monkeypatch.setattr(rows, "ROW_BLOCK", block)
+    monkeypatch.setattr(rows, "ROW_ELEMS", block * 4)
     x = _rows(11, 4, 0)
     x[2, 3], x[7, 0], x[10, 1] = np.nan, np.inf, -np.inf
     want = np.zeros(11, bool)

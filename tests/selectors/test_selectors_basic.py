@@ -243,7 +243,7 @@ def test_embeddings_are_checked_and_normalised_a_block_of_rows_at_a_time(n, monk
     from thresher.ops import rows
     from thresher.selectors import base
 
-    monkeypatch.setattr(rows, "ROW_BLOCK", 5)
+    monkeypatch.setattr(rows, "ROW_ELEMS", 35)  # blocks of 5 rows of 7
     rng = np.random.default_rng(n)
     e = (rng.standard_normal((n, 7)) * rng.uniform(0.01, 100, (n, 1))).astype(np.float32)
     np.testing.assert_array_equal(rows.row_norms(e), np.linalg.norm(e, axis=1, keepdims=True))

@@ -154,6 +154,61 @@ def test_kcenter_random_start_is_seeded_and_nan_rows_excluded():
     assert (a >= 50).all() and len(set(a.tolist())) == 10
 
 
+def scaled(x, seed):
+    """``x``'s rows times magnitudes from 1e-3 to 1e3: the same directions, other norms."""
+    return (x * np.exp(np.random.default_rng(seed).uniform(-7, 7, (len(x), 1)))).astype(np.float32)
+
+
+def test_kcenter_and_repr_filter_normalise_raw_rows_as_their_references():
+    """Rows of any norm: kcenter (normalize) picks the dense greedy's centres on the unit rows, the repr
+    filter keeps DEITA's rows of the unit rows, bit for bit the same as when handed the unit rows."""
+    x = distinct(300, 12, 21)
+    raw = scaled(x, 22)
+    s = np.random.default_rng(23).random(300)
+    got = sel("kcenter", s, 20, embeddings=raw)
+    unit = raw / np.linalg.norm(raw.astype(np.float64), axis=1, keepdims=True)
+    np.testing.assert_array_equal(got, dense_kcenter(unit, 20, int(np.argmax(s))))
+    c = clustered(400, 16, 25, 0.4, seed=24)
+    rawc = scaled(c, 25)
+    s = np.random.default_rng(26).random(400)
+    unitc = rawc / np.linalg.norm(rawc, axis=1, keepdims=True)
+    for block in (7, None):
+        got = sel("repr_filter", s, 90, embeddings=rawc, tau=0.6, block=block, device="cpu")
+        np.testing.assert_array_equal(got, deita.deita_repr_filter(unitc, s, 90, 0.6))
+    assert not np.array_equal(
+        sel("kcenter", s, 20, embeddings=rawc, normalize=False), sel("kcenter", s, 20, embeddings=rawc)
+    )
+
+
+@pytest.mark.parametrize("name", ["kcenter", "repr_filter"])
+def test_kcenter_and_repr_filter_hold_no_normalised_copy(name, tmp_path, monkeypatch):
+    """Issue 10 (selection at scale): on the run's memory map of its embeddings (float32, read only)
+    neither selector allocates a [rows, dim] normalised copy: the heap grows by a few bytes a row
+    (constant temporaries made small here: the checks' blocks of ``ROW_ELEMS`` values, the repr
+    filter's [block, block] similarities)."""
+    import tracemalloc
+
+    from thresher.ops import rows as row_blocks
+
+    monkeypatch.setattr(row_blocks, "ROW_ELEMS", 1 << 14)
+    rows, dim = 40_000, 128
+    path = tmp_path / "emb.f32"
+    scaled(distinct(rows, dim, 27), 28).tofile(path)
+    emb = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+    scores = frame(np.random.default_rng(29).random(rows))
+    opts = {"block": 256} if name == "repr_filter" else {}
+    sel(name, scores[:300], 8, embeddings=emb[:300], device="cpu", **opts)  # first-call imports and caches
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        got = sel(name, scores, 8, embeddings=emb, device="cpu", **opts)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert len(got) == 8
+    assert peak < rows * 64, f"{name}: heap peak {peak / rows:.0f} bytes a row (a copy: {dim * 4} bytes a row)"
+
+
 # ------------------------------------------------------- facility location
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_facility_location_full_graph_equals_dense_greedy(metric):

@@ -268,7 +268,16 @@ def order_by(values: np.ndarray, maximize: bool) -> np.ndarray:
 
 # --------------------------------------------------------------- embeddings
 def as_embeddings(embeddings: Any, n: int, who: str, *, normalize: bool = True) -> np.ndarray:
-    """[n, d] float32 embeddings checked (shape, finite values), L2-normalised unless told otherwise."""
+    """[n, d] float32 embeddings checked (shape, finite values), L2-normalised unless told otherwise
+    (normalised: a new array; see ``embedding_rows`` and ``unit_norms`` for selectors that divide as
+    they read)."""
+    e = embedding_rows(embeddings, n, who)
+    return e / unit_norms(e) if normalize else e
+
+
+def embedding_rows(embeddings: Any, n: int, who: str) -> np.ndarray:
+    """[n, d] float32 embeddings checked (shape, finite values), not normalised: a float32 C-ordered
+    input (the run's memory map of its embeddings) comes back as it is, not copied."""
     if embeddings is None:
         raise ValueError(f"embeddings: selector {who!r} needs embeddings (one row per score row)")
     if isinstance(embeddings, torch.Tensor):
@@ -284,9 +293,13 @@ def as_embeddings(embeddings: Any, n: int, who: str, *, normalize: bool = True) 
     bad = nonfinite_rows(e)
     if bad.any():
         raise ValueError(f"embeddings: {int(bad.sum())} row(s) contain NaN or inf (first: row {int(np.argmax(bad))})")
-    if normalize:
-        nrm = row_norms(e)
-        if (nrm == 0).any():
-            raise ValueError(f"embeddings: row {int(np.argmax(nrm[:, 0] == 0))} is all zeros (no direction)")
-        e = e / nrm
     return e
+
+
+def unit_norms(e: np.ndarray) -> np.ndarray:
+    """[n, 1] float32 L2 norms of ``e``'s rows (``e / unit_norms(e)``: the normalised rows, bit for
+    bit as ``e / np.linalg.norm(e, axis=1, keepdims=True)``); an all-zero row has no direction: error."""
+    nrm = row_norms(e)
+    if (nrm == 0).any():
+        raise ValueError(f"embeddings: row {int(np.argmax(nrm[:, 0] == 0))} is all zeros (no direction)")
+    return nrm

@@ -27,7 +27,19 @@ from ..cluster import kcenter_greedy, kmeans, repr_filter_order
 from ..embed.transform import EmbeddingTransform
 from ..index import KINDS, knn_graph
 from ..registry import Option
-from .base import CRITERION, DEVICE, DIRECTION, N_CLUSTERS, as_embeddings, column, order_by, score_values, selector
+from .base import (
+    CRITERION,
+    DEVICE,
+    DIRECTION,
+    N_CLUSTERS,
+    as_embeddings,
+    column,
+    embedding_rows,
+    order_by,
+    score_values,
+    selector,
+    unit_norms,
+)
 
 __all__ = [
     "car",
@@ -77,9 +89,9 @@ def repr_filter(
     block=None,
     device="auto",
 ) -> np.ndarray:
-    emb = as_embeddings(embeddings, len(scores), "repr_filter")
+    emb = embedding_rows(embeddings, len(scores), "repr_filter")  # divided by their norms block by block
     v, maximize = score_values(scores, criterion, direction)
-    return repr_filter_order(emb, order_by(v, maximize), k, tau, block=block, device=device)
+    return repr_filter_order(emb, order_by(v, maximize), k, tau, block=block, device=device, norms=unit_norms(emb))
 
 
 # ---------------------------------------------------------------- kcenter
@@ -110,7 +122,7 @@ def kcenter(
     device="auto",
 ) -> np.ndarray:
     n = len(scores)
-    emb = as_embeddings(embeddings, n, "kcenter", normalize=normalize)
+    emb = embedding_rows(embeddings, n, "kcenter")  # normalize: each distance scaled, no normalised copy
     v, maximize = score_values(scores, criterion, direction, required=False)
     pool = order_by(v, maximize) if v is not None else np.arange(n)
     if k == 0 or len(pool) == 0:
@@ -119,7 +131,10 @@ def kcenter(
         first = int(pool[0])
     else:
         first = int(np.random.default_rng(seed).choice(pool))
-    return kcenter_greedy(emb, k, first=first, pool=None if v is None else pool, device=device)
+    pool_arg = None if v is None else pool
+    return kcenter_greedy(
+        emb, k, first=first, pool=pool_arg, device=device, norms=unit_norms(emb) if normalize else None
+    )
 
 
 # ------------------------------------------------------- facility location
