@@ -16,15 +16,9 @@ thresher`` stays fast and loads no model libraries)::
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
 __version__ = "0.1.0"
-
-# Scores that do not depend on the thread count (thresher.ops.threads): MKL's strict conditional
-# numerical reproducibility, read by MKL at the process's first BLAS call, so set on import; a value
-# the user set is kept. Without it a product of 5-11 rows rounds with the thread count.
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 # Imported on first use (PEP 562), by name so that no module importing ``thresher`` (for
 # ``__version__``) depends on the API; typed signatures: ``from thresher.api import score``.

@@ -256,31 +256,6 @@ def test_row_mode_bits_do_not_depend_on_companions_or_threads(lm, rows):
         torch.set_num_threads(threads)
 
 
-def test_short_rows_bits_do_not_depend_on_threads():
-    """A forward of 5-11 tokens (a short row alone, an answer-only pass) makes matrix products of 5-11 rows,
-    which MKL rounds with the thread count unless its strict reproducibility is on (``import thresher``
-    sets MKL_CBWR=AUTO,STRICT): row-mode losses of such units are the same bits on 1, 2 and 3 threads.
-    (Fails without it: this process's first product before ``import thresher``. The layers are 192 wide or
-    more, as a real model's: products 64 columns wide or narrower still round with some thread counts.)"""
-    from thresher.ops.threads import blas_mode
-
-    assert blas_mode()["strict"] is not False, blas_mode()  # this process made no product before thresher
-    lm = tiny_causal_lm(0, tokenizer="bytes", hidden=192, heads=3, kv_heads=3, intermediate=384, init_std=0.3)
-    rng = np.random.default_rng(5)
-    units = [Unit(rng.integers(3, 250, n).tolist(), [False] + [True] * (n - 1)) for n in range(2, 17)]
-    threads = torch.get_num_threads()
-    got = []
-    try:
-        for n_threads in (1, 2, 3):
-            torch.set_num_threads(n_threads)
-            got.append(unit_losses(lm, units, mode="row", entropy=True))
-    finally:
-        torch.set_num_threads(threads)
-    for other in got[1:]:
-        for a, b in zip(got[0], other):
-            assert np.array_equal(a.nll, b.nll) and np.array_equal(a.entropy, b.entropy), len(a.nll)
-
-
 def test_shared_prefix_runs_template_once(lm, rows):
     tok = lm.tokenizer
     units = []

@@ -169,7 +169,6 @@ def test_ray_layouts_match(name, pool, tiny_model, emb_cache, target, baseline, 
     assert anchors == {c["name"]: c.get("run_info") for c in baseline[0].manifest["criteria"]}["nuggets"]["anchor_ids"]
     run = got[0].manifest["engine_run"]
     assert run["worker_processes"] == LAYOUTS[name]["engine_options"]["workers"]
-    assert run["blas_not_strict"] == []  # every worker's MKL rounds independently of its thread count
     assert run["pool_task_peak_rss_mb"] > 50  # the whole-pool tasks' own peak (a process with torch loaded)
     # and their private part alone (sampled), which the resident figures include
     assert 50 < run["pool_task_peak_private_mb"] <= run["pool_task_peak_rss_mb"]

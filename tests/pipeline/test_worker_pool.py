@@ -5,7 +5,6 @@ worker resolves ``dtype="auto"`` to bf16 where a CPU driver would say fp32)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -71,23 +70,6 @@ def test_worker_pool_path_matches_local_and_uses_the_workers_keys(pool, tmp_path
     want = CRITERIA.get("mtld").obj.cache_key_for() + "-on-the-worker"
     assert keys["mtld"] == want and keys["fake_len"].endswith("-on-the-worker")
     assert res.manifest["engine_run"]["worker_processes"] == 1
-
-
-def test_a_worker_without_strict_blas_is_named(pool, tmp_path, pooled, monkeypatch, caplog):
-    """A worker reports whether its MKL rounds independently of the thread count; one that does not (it made a
-    matrix product before ``import thresher``) is named once in the log and in the manifest."""
-    from thresher.pipeline import workers
-
-    res = run_pipeline(_cfg(pool, tmp_path / "strict", "test_pooled"))
-    assert res.manifest["engine_run"]["blas_not_strict"] == []
-    assert PooledInProcess.worker.info()["blas_strict"] is True
-    monkeypatch.setattr(workers, "blas_mode", lambda: {"blas": "mkl", "MKL_CBWR": "AUTO,STRICT", "strict": False})
-    with caplog.at_level("INFO", logger="thresher"):
-        res = run_pipeline(_cfg(pool, tmp_path / "late", "test_pooled"))
-    who = res.manifest["engine_run"]["blas_not_strict"]
-    assert len(who) == 1 and who[0].endswith(f":{os.getpid()}")
-    said = [r.getMessage() for r in caplog.records if "without strict reproducibility" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith(f"warning: {who[0]} runs MKL")
 
 
 def test_the_workers_get_the_runs_checkpoint_interval(pool, tmp_path, pooled):

@@ -19,7 +19,6 @@ from ..embed.encoders import default_model_dir
 from ..models import cache_root, default_gguf_path
 from ..ops import OPS
 from ..ops._dispatch import order_data, order_table
-from ..ops.threads import blas_mode
 from ._common import emit_json
 
 
@@ -34,7 +33,7 @@ def collect() -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "devices": {
-            "cpu": {"threads": torch.get_num_threads(), "blas": blas_mode()},
+            "cpu": {"threads": torch.get_num_threads()},
             "cuda": (
                 {"available": True, "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
                 if dev_ok
@@ -177,10 +176,6 @@ def render(info: dict[str, Any]) -> str:
     lines.append(
         "cuda device: " + (f"{cuda['name']} x{cuda['count']}" if cuda.get("available") else f"none ({cuda['reason']})")
     )
-    cpu = info["devices"]["cpu"]
-    blas = cpu["blas"]
-    rounding = {True: "thread-count independent", False: "follows the thread count", None: "unknown"}[blas["strict"]]
-    lines.append(f"cpu: {cpu['threads']} threads, {blas['blas']} (MKL_CBWR={blas['MKL_CBWR']}: {rounding})")
     lines.append("")
     lines.append("extensions:")
     for name, e in info["extensions"].items():

@@ -31,7 +31,6 @@ from ..errors import MissingExtraError, OptionError, ResourceError
 from ..fs import atomic_file, write_json_atomic
 from ..io import Source, file_checksum, selected_name
 from ..io.writers import AtPositions, ExtraColumns, clash, write_selected
-from ..ops.threads import blas_mode
 from ..plan import TOKENS, PipelineConfig
 from ..registry import CRITERIA
 from ..report import write_report
@@ -450,7 +449,6 @@ def engine_run(st: RunState) -> dict:
         "worker_peak_private_mb": round(st.worker_peak_private_mb, 1) if st.worker_peak_private_mb else None,
         "pool_task_peak_private_mb": round(st.pool_task_peak_private_mb, 1) if st.pool_task_peak_private_mb else None,
         "read_on_workers": bool(st.read_on_workers),
-        "blas_not_strict": sorted(st.blas_not_strict),  # workers whose bits may follow their thread count
     }
 
 
@@ -504,7 +502,6 @@ def environment(st: RunState) -> dict:
     devices, dtypes = run_devices(st.plan)
     return {
         "libraries": library_versions(),
-        "blas": blas_mode(),  # strict: CPU matrix products' bits independent of the thread count
         "device": ", ".join(sorted(set(devices.values()))) or "cpu",
         "devices": devices,
         "dtypes": dtypes,

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 
 from .. import memory
 from ..cache import ScoreCache, ids_digest
-from ..ops.threads import blas_mode
 from .scoring_checks import check_scores
 
 
@@ -39,7 +38,7 @@ class PoolSink:
         ScoreCache(self.root).write(self.col, self.key, df, ids=self.digest, fingerprint=fingerprint,
                                     extra={"run_info": info}, row_group_rows=self.rows_per_group)  # fmt: skip
         return {"run_info": info, "fingerprint": fingerprint, "rows": len(df), "peak_rss_mb": memory.peak_rss_mb(),
-                "peak_private_mb": memory.peak_private_mb(), "blas_strict": blas_mode()["strict"]}  # fmt: skip
+                "peak_private_mb": memory.peak_private_mb()}  # fmt: skip
 
 
 class PoolEntry:

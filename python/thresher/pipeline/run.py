@@ -19,7 +19,6 @@ from ..cache import ScoreCache
 from ..engines import get_engine
 from ..errors import OptionError
 from ..io import DataError, Source
-from ..ops.threads import warn_unless_strict
 from ..plan import PipelineConfig, Plan, make_plan
 from .outdir import config_identity, prepare_out
 from .outputs import output_names, write_outputs
@@ -76,7 +75,6 @@ def run_pipeline(cfg: PipelineConfig, *, on_shard: Optional[Callable[[int], None
     load_plugins(plugin_names(cfg))
     plan = make_plan(cfg)
     cfg = _with_budget(cfg, plan)
-    warn_unless_strict()  # a model score's bits would follow the thread count: said before any work
     if cfg.out is None and not cfg.score_only:
         raise OptionError("out: a selection run needs an output folder (--out DIR)")
     if cfg.out is None and cfg.cache_dir is None:

@@ -377,7 +377,6 @@ def _collect(st: RunState, pool: Any, shard: Any, digest: str, keys: dict, token
         st.workers.setdefault(str(receipt.get("node")), set()).add(int(receipt.get("pid", 0)))
         st.worker_peak_rss_mb = max(st.worker_peak_rss_mb, float(receipt.get("peak_rss_mb", 0.0)))
         st.worker_peak_private_mb = max(st.worker_peak_private_mb, float(receipt.get("peak_private_mb") or 0.0))
-        _note_blas(st, receipt, f"{receipt.get('node')}:{receipt.get('pid')}")
         if "restored" in receipt:  # a worker's running count of rows restored from checkpoints
             who = (receipt.get("node"), receipt.get("pid"))
             st.worker_restored[who] = max(st.worker_restored.get(who, 0), int(receipt["restored"]))
@@ -386,15 +385,6 @@ def _collect(st: RunState, pool: Any, shard: Any, digest: str, keys: dict, token
     for step in st.shard_criteria():
         tabs[step.col] = _entry(st, shard, step.col, keys[step.col], digest)
     return tabs, vectors
-
-
-def _note_blas(st: RunState, receipt: dict, who: str) -> None:
-    """Keep (and say once) a worker whose MKL ignored MKL_CBWR (its process made a matrix product before
-    ``import thresher``): its model scores' last bits follow its thread count."""
-    if receipt.get("blas_strict") is False and who not in st.blas_not_strict:
-        st.blas_not_strict.add(who)
-        st.say(f"warning: {who} runs MKL without strict reproducibility (a matrix product before import "
-               "thresher): its model scores may differ in their last bits with its thread count")  # fmt: skip
 
 
 def _node_problems(st: RunState, pool: Any) -> list:
@@ -542,7 +532,6 @@ def _remote_pool_entry(st: RunState, step: Step, key: str, digest: str, pool: Re
         st.run_info[step.col] = got.get("run_info")
         st.pool_task_peak_rss_mb = max(st.pool_task_peak_rss_mb, float(got.get("peak_rss_mb") or 0.0))
         st.pool_task_peak_private_mb = max(st.pool_task_peak_private_mb, float(got.get("peak_private_mb") or 0.0))
-        _note_blas(st, got, f"the pool task of {step.col}")
         if st.cache.info(step.col, key).get("ids") != digest:
             raise RuntimeError(f"criterion {step.col!r}: the pool's task reported its entry written, but "
                                f"{st.cache.path(step.col, key)} is missing or does not match")  # fmt: skip

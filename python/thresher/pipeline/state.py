@@ -68,7 +68,6 @@ class RunState:
     reused_rows: int = 0  # rows whose scores came from entries of another shard layout
     speeds: Speeds = field(default_factory=Speeds)  # rows/s per criterion in this process (checkpoint chunks)
     worker_restored: dict = field(default_factory=dict)  # (node, pid) -> rows a worker restored from checkpoints
-    blas_not_strict: set = field(default_factory=set)  # "node:pid" of workers whose MKL ran without strict CNR
     n: int = 0
     lines: Any = None  # int64 source line per row (a read-only memory map)
     files: Any = None  # int32 file index per row (a read-only memory map)

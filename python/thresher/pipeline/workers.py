@@ -27,7 +27,6 @@ from .. import memory
 from ..cache import ScoreCache
 from ..embed import embed_table, fill_table
 from ..io.splits import ReadSpec, Split, assemble, read_split
-from ..ops.threads import blas_mode
 from .checkpoint import DEFAULT_EVERY_S, Speeds, chunk_unit, drop_partial, score_checkpointed
 from .scoring_checks import check_scores
 
@@ -143,15 +142,13 @@ class ShardWorker:
         return out
 
     def info(self) -> dict:
-        """This worker: pid, node, peak memory so far (MB): resident (shared object-store and mapped file
-        pages included) and private (sampled; :mod:`thresher.memory`), and whether its CPU matrix products'
-        bits are independent of the thread count (:func:`thresher.ops.threads.blas_mode`)."""
+        """This worker: pid, node and peak memory so far (MB): resident (shared object-store and mapped file
+        pages included) and private (sampled; :mod:`thresher.memory`)."""
         return {
             "pid": os.getpid(),
             "node": node_id(),
             "peak_rss_mb": memory.peak_rss_mb(),
             "peak_private_mb": memory.peak_private_mb(),
-            "blas_strict": blas_mode()["strict"],
         }
 
 
