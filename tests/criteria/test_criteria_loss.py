@@ -232,7 +232,8 @@ def _units(lm, rows, template="alpaca"):
 
 def test_row_mode_bits_do_not_depend_on_companions_or_threads(lm, rows):
     """mode="row" runs each unit alone, so a unit's losses are the same bits whichever units share the
-    call, in whatever order, on any thread count (what makes LM scores independent of the shard layout;
+    call, in whatever order, on any thread count (units this long: MKL rounds a product of 5-11 rows with the
+    thread count; what makes LM scores independent of the shard layout;
     mode="bucket" fails this: its bits follow the batch's padded length and shared prefix); they equal
     the full-logits oracle to float rounding."""
     units = _units(lm, rows) + [Unit([], [])]

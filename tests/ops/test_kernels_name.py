@@ -17,7 +17,8 @@ PROBE = (
 
 
 def _run(*path: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, *path], capture_output=True, text=True, timeout=60)
+    # -S: no site-packages (where Hugging Face's kernels may be installed): only the folders given
+    out = subprocess.run([sys.executable, "-S", "-c", PROBE, *path], capture_output=True, text=True, timeout=60)
     return out.stdout.split("\n")[:2] if out.returncode == 0 else ["error", out.stderr.strip().splitlines()[-1]]
 
 

@@ -22,9 +22,11 @@ Batching (``mode``):
   dense [row x row] attention mask on backends without varlen attention.
 * ``"row"``: one unit per forward, no padding and no shared prefix. A unit's
   computation then has the same shapes whichever units share its call, so its
-  losses are the same bits under every shard layout, engine and thread count
-  (bucket and pack agree with it to float32 rounding: a unit's bits there depend on
-  its batch's padded length and prefix split). Slower: no batching.
+  losses are the same bits under every shard layout and engine at one thread count
+  (across thread counts too, except units of 5-11 tokens, whose products MKL
+  rounds with the thread count: docs/methods.md). Bucket and pack agree with it
+  to float32 rounding: a unit's bits there depend on its batch's padded length and
+  prefix split. Slower: no batching.
 
 The batching choices and per-token extras travel in one :class:`LossOptions`
 (``unit_losses(lm, units, LossOptions(...))`` or its fields as keywords).
