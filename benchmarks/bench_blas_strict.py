@@ -53,7 +53,9 @@ def child(a: argparse.Namespace) -> dict:
     train = df.head(a.train_n)
     only = a.only.split(",")
     secs, main = run_workloads(lm, df, train, Path(a.work) / "main", only, a.train_batch)
-    out = {"blas": {"MKL_CBWR": os.environ.get("MKL_CBWR")}, "seconds": secs}
+    from thresher.ops import BLAS_ROW_TILE
+
+    out = {"blas": {"MKL_CBWR": os.environ.get("MKL_CBWR"), "row_tile": BLAS_ROW_TILE}, "seconds": secs}
     if a.check:
         torch.set_num_threads(1)
         _, one = run_workloads(lm, df, train, Path(a.work) / "one", only, a.train_batch)
@@ -109,12 +111,16 @@ def differ(a: dict, b: dict) -> dict:
     return out
 
 
-def run_child(a: argparse.Namespace, contender: str, check: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
-    if contender == "strict":
-        env["MKL_CBWR"] = "AUTO,STRICT"
+#: contender -> the environment it runs with (MKL_CBWR and THRESHER_BLAS_ROW_TILE unset unless named).
+CONTENDERS = {"off": {}, "strict": {"MKL_CBWR": "AUTO,STRICT"}}
+CLEARED = ("MKL_CBWR", "THRESHER_BLAS_ROW_TILE")
+
+
+def run_child(a: argparse.Namespace, contender: str, check: bool, contenders: dict = CONTENDERS) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    env.update(contenders[contender])
     env["PYTHONPATH"] = f"{ROOT / 'python'}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    cmd = [sys.executable, __file__, "--child", "--contender", contender, "--n", str(a.n), "--every", str(a.every),
+    cmd = [sys.executable, a.script, "--child", "--contender", contender, "--n", str(a.n), "--every", str(a.every),
            "--max-chars", str(a.max_chars), "--train-n", str(a.train_n), "--train-batch", str(a.train_batch),
            "--only", a.only, "--threads", str(a.threads),
            "--data", a.data, "--work", f"{a.work}/{contender}"] + (["--check"] if check else [])  # fmt: skip
@@ -122,16 +128,16 @@ def run_child(a: argparse.Namespace, contender: str, check: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def summary(runs: dict, only: list) -> dict:
+def summary(runs: dict, only: list, top: str, base: str) -> dict:
     per = {c: {w: [r["seconds"][w] for r in rs] for w in only} for c, rs in runs.items()}
     stats = {c: {w: {"min_s": min(v), "median_s": statistics.median(v), "runs_s": v} for w, v in d.items()}
              for c, d in per.items()}  # fmt: skip
-    ratio = {w: {q: stats["strict"][w][q] / stats["off"][w][q] for q in ("min_s", "median_s")} for w in only}
-    return {"seconds": stats, "ratio_strict_to_off": ratio}
+    ratio = {w: {q: stats[top][w][q] / stats[base][w][q] for q in ("min_s", "median_s")} for w in only}
+    return {"seconds": stats, f"ratio_{top}_to_{base}": ratio}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(doc: str, script: str, out: str, contenders: dict) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--n", type=int, default=80)
     ap.add_argument("--every", type=int, default=97, help="take every N-th pool row")
     ap.add_argument("--max-chars", type=int, default=1200)
@@ -141,37 +147,50 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(WORKLOADS), help="workloads run; the others' results in --out are kept")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "bigbench" / "bigbench-pool-100k.jsonl.gz"))
-    ap.add_argument("--work", default="/tmp/thresher-bench-blas")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "blas-strict-cpu.json"))
+    ap.add_argument("--work", default=f"/tmp/thresher-{Path(script).stem}")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / out))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--contender", choices=("off", "strict"), help=argparse.SUPPRESS)
+    ap.add_argument("--contender", choices=tuple(contenders), help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    a.script = script
+    return a
+
+
+def main(doc: str = __doc__, script: str = __file__, out: str = "blas-strict-cpu.json",
+         contenders: dict = CONTENDERS, name: str = "blas-strict") -> None:  # fmt: skip
+    """Interleaved child processes, one per contender and repetition (the last contender over the first: the
+    ratios), results merged into ``--out``."""
+    a = parse(doc, script, out, contenders)
     if a.child:
         print(json.dumps(child(a)))
         return
-    runs: dict = {"off": [], "strict": []}
+    runs: dict = {c: [] for c in contenders}
     for rep in range(a.reps):
-        for c in ("off", "strict"):
-            runs[c].append(run_child(a, c, check=rep == 0))
+        for c in contenders:
+            runs[c].append(run_child(a, c, rep == 0, contenders))
             print(c, rep, json.dumps(runs[c][-1]["seconds"]), flush=True)
+    write(a, runs, name, list(contenders))
+
+
+def write(a: argparse.Namespace, runs: dict, name: str, names: list) -> None:
     only = a.only.split(",")
     out = Path(a.out)
-    result = json.loads(out.read_text()) if out.is_file() else {"benchmark": "blas-strict"}
+    result = json.loads(out.read_text()) if out.is_file() else {"benchmark": name}
     result.update(model="SmolLM2-135M-Instruct fp32", blas={c: rs[0]["blas"] for c, rs in runs.items()})
     result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": a.threads}
-    settings = {k: v for k, v in vars(a).items() if k not in ("out", "child", "contender", "check", "work", "only")}
-    result.setdefault("settings", {}).update(settings)
-    new = summary(runs, only)
-    for part in ("seconds",):
-        for c in runs:
-            result.setdefault(part, {}).setdefault(c, {}).update(new[part][c])
-    result.setdefault("ratio_strict_to_off", {}).update(new["ratio_strict_to_off"])
+    skip = ("out", "child", "contender", "check", "work", "only", "script")
+    result.setdefault("settings", {}).update({k: v for k, v in vars(a).items() if k not in skip})
+    new = summary(runs, only, names[-1], names[0])
+    ratio = f"ratio_{names[-1]}_to_{names[0]}"
+    for c in runs:
+        result.setdefault("seconds", {}).setdefault(c, {}).update(new["seconds"][c])
+    result.setdefault(ratio, {}).update(new[ratio])
     for c, rs in runs.items():
         result.setdefault("thread_check_1_vs_threads", {}).setdefault(c, {}).update(rs[0]["thread_check"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("ratio_strict_to_off", "thread_check_1_vs_threads")}, indent=1))
+    print(json.dumps({k: result[k] for k in (ratio, "thread_check_1_vs_threads")}, indent=1))
 
 
 if __name__ == "__main__":

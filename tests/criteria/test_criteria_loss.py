@@ -232,15 +232,16 @@ def _units(lm, rows, template="alpaca"):
 
 def test_row_mode_bits_do_not_depend_on_companions_or_threads(lm, rows):
     """mode="row" runs each unit alone, so a unit's losses are the same bits whichever units share the
-    call, in whatever order, on any thread count (units this long: MKL rounds a product of 5-11 rows with the
-    thread count; what makes LM scores independent of the shard layout;
+    call, in whatever order, on any thread count (short units: tests/features/test_thread_bits.py;
+    what makes LM scores independent of the shard layout;
     mode="bucket" fails this: its bits follow the batch's padded length and shared prefix); they equal
     the full-logits oracle to float rounding."""
     units = _units(lm, rows) + [Unit([], [])]
     ref = full_logits_losses(lm, units)
     st: dict = {}
     whole = unit_losses(lm, units, mode="row", entropy=True, stats=st)
-    assert st["batches"] == len(units) - 1 and st["forward_tokens"] == st["real_tokens"]
+    assert st["batches"] == len(units) - 1  # each unit padded alone to a multiple of the BLAS row tile (4)
+    assert st["forward_tokens"] % 4 == 0 and 0 <= st["forward_tokens"] - st["real_tokens"] <= 3 * st["batches"]
     assert whole[-1].nll.size == 0
     for a, b in zip(whole, ref):
         np.testing.assert_allclose(a.nll, b.nll, rtol=1e-5, atol=1e-6)

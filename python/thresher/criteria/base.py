@@ -91,8 +91,8 @@ def row_batching(what: str) -> Option:
     return Option(
         "batching",
         "bucket",
-        f"bucket: {what}; row: one row per forward (no padding): the same score bits under every shard layout, "
-        "engine and thread count, slower",
+        f"bucket: {what}; row: one row per forward (no other row's padding): the same score bits under every "
+        "shard layout, engine and thread count, slower",
         choices=("bucket", "row"),
     )
 

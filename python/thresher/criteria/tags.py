@@ -41,6 +41,7 @@ import torch
 from ..embed import embed_texts, get_embedder
 from ..frames import as_pandas
 from ..models import shared_lm
+from ..ops.blas import tiled_width
 from ..registry import CRITERIA, Option
 from ..render import SampleError, get_conversation, get_str
 from .base import MODEL_OPTIONS, Criterion, embedder_fingerprint, model_fingerprint, sample_ids
@@ -66,7 +67,9 @@ def generate_replies(
     out: list[str] = []
     for s in range(0, len(prompts), batch_size):
         enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[s : s + batch_size]]
-        T = max(len(e) for e in enc)
+        real = len(enc)
+        enc += [enc[-1]] * (tiled_width(1, real) - real)  # rows a multiple of the BLAS tile (copies of the last):
+        T = max(len(e) for e in enc)  # no step's bits follow the thread count (ops.blas)
         ids = torch.full((len(enc), T), pad, dtype=torch.long)
         att = torch.zeros((len(enc), T), dtype=torch.long)
         for b, e in enumerate(enc):
@@ -82,7 +85,7 @@ def generate_replies(
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
             )
-        out.extend(tokenizer.decode(g[T:], skip_special_tokens=True) for g in gen)
+        out.extend(tokenizer.decode(g[T:], skip_special_tokens=True) for g in gen[:real])
     return out
 
 

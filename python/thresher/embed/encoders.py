@@ -30,9 +30,10 @@ import torch
 from ..device import resolve_device
 from ..extras import require
 from ..models import load_causal_lm
+from ..ops import tiled_width
 from ..progress import advance, library_bars
 
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2  # 2: batches padded to the BLAS row tile (bits that do not follow the thread count)
 #: Names that select the bundled all-MiniLM-L6-v2.
 DEFAULT_EMBEDDER_NAMES = ("default", "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -65,6 +66,21 @@ def length_order(texts: Sequence[str]) -> np.ndarray:
     """Positions sorted by text length, longest first (stable)."""
     lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     return np.argsort(-lens, kind="stable")
+
+
+def tiled_batch(enc: Any, pad_id: Optional[int]) -> dict:
+    """A tokenizer's padded batch (``input_ids``, ``attention_mask``, ...) padded on the right, masked, until
+    ``rows x width`` is a multiple of the BLAS row tile: every product of the encoder's forward then has
+    the same bits on any thread count (:mod:`thresher.ops.blas`; one text per call makes products of its
+    token count)."""
+    ids = enc["input_ids"]
+    rows, width = ids.shape
+    extra = tiled_width(rows, width) - width
+    if extra == 0:
+        return dict(enc)
+    fill = {"input_ids": 0 if pad_id is None else int(pad_id)}
+    return {k: torch.nn.functional.pad(v, (0, extra), value=fill.get(k, 0)) if torch.is_tensor(v) and v.dim() == 2
+            and v.shape == ids.shape else v for k, v in enc.items()}  # fmt: skip
 
 
 class SentenceEncoder:
@@ -104,17 +120,13 @@ class SentenceEncoder:
             return np.zeros((0, self.dim), np.float32)
         order = length_order(texts)
         out = np.empty((len(texts), self.dim), np.float32)
+        pad_id = self.model.tokenizer.pad_token_id
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
                 sel = order[s : s + batch_size]
-                e = self.model.encode(
-                    [texts[i] for i in sel],
-                    batch_size=len(sel),
-                    convert_to_numpy=True,
-                    normalize_embeddings=False,
-                    show_progress_bar=False,
-                )
-                out[sel] = e
+                feats = tiled_batch(self.model.tokenize([texts[i] for i in sel]), pad_id)
+                feats = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in feats.items()}
+                out[sel] = self.model(feats)["sentence_embedding"].float().cpu().numpy()
                 advance(len(sel))
         return out
 
@@ -157,13 +169,8 @@ class LMEncoder:
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
                 sel = order[s : s + batch_size]
-                enc = tok(
-                    [texts[i] for i in sel],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                )
+                enc = tiled_batch(tok([texts[i] for i in sel], return_tensors="pt", padding=True, truncation=True,
+                                      max_length=self.max_length), tok.pad_token_id)  # fmt: skip
                 ids = enc["input_ids"].to(dev)
                 mask = enc["attention_mask"].to(dev)
                 h = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()

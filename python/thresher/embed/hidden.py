@@ -29,9 +29,9 @@ import torch
 
 from ..device import resolve_device
 from ..models import load_causal_lm
-from .encoders import length_order
+from .encoders import length_order, tiled_batch
 
-HIDDEN_VERSION = 1
+HIDDEN_VERSION = 2  # 2: batches padded to the BLAS row tile (bits that do not follow the thread count)
 POOLINGS = ("weighted_mean", "mean", "last")
 _LOCK = threading.Lock()
 
@@ -98,13 +98,8 @@ class HiddenStateEncoder:
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
                 sel = order[s : s + batch_size]
-                enc = tok(
-                    [texts[i] for i in sel],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                )
+                enc = tiled_batch(tok([texts[i] for i in sel], return_tensors="pt", padding=True, truncation=True,
+                                      max_length=self.max_length), tok.pad_token_id)  # fmt: skip
                 mask = enc["attention_mask"].to(dev)
                 h = self._hidden(enc["input_ids"].to(dev), mask).float()
                 out[sel] = pool_hidden(h, mask, self.pooling).cpu().numpy()

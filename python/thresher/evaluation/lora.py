@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import device as _device
+from ..ops.blas import tile_rows, tiled_width
 
 ARMS = ("selected", "random", "full")
 METRICS = ("accuracy", "exact", "likelihood")
@@ -175,7 +176,7 @@ def encode(table, tokenizer, *, max_length: int, template: str = "plain") -> Enc
 
 def _train_batch(enc: Encoded, idx: Sequence[int], pad_id: int):
     seqs = [enc.prompt[i] + enc.answer[i] for i in idx]
-    L = max(len(s) for s in seqs)
+    L = tiled_width(len(seqs), max(len(s) for s in seqs))  # rows x L: a multiple of the BLAS tile (ops.blas)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     att = torch.zeros((len(seqs), L), dtype=torch.long)
     lab = torch.full((len(seqs), L), -100, dtype=torch.long)
@@ -193,7 +194,7 @@ def _answer_loss(lm, ids, att, lab, *, reduction: str = "mean"):
     tgt = lab[:, 1:]
     pos = tgt != -100  # hidden at t predicts token t+1
     h = hidden[:, :-1][pos]  # [T, H]
-    logits = lm.model.get_output_embeddings()(h).float()  # [T, V]
+    logits = lm.model.get_output_embeddings()(tile_rows(h))[: len(h)].float()  # [T, V]
     t = tgt[pos]
     if reduction == "none":
         return F.cross_entropy(logits, t, reduction="none"), pos, logits.argmax(-1) == t
@@ -360,7 +361,9 @@ def _greedy_decode(lm, enc: Encoded, answers: Sequence[str], cfg: ProxyConfig):
     porder = np.argsort([len(p) for p in enc.prompt], kind="stable")
     for s in range(0, n, cfg.eval_batch_size):
         idx = porder[s : s + cfg.eval_batch_size]
-        P = max(len(enc.prompt[i]) for i in idx)
+        real = len(idx)
+        idx = np.concatenate([idx, np.repeat(idx[-1:], tiled_width(1, real) - real)])  # rows a multiple of the BLAS
+        P = max(len(enc.prompt[i]) for i in idx)  # tile, copies of the last (ops.blas: bits free of the thread count)
         ids = torch.full((len(idx), P), pad, dtype=torch.long)
         att = torch.zeros((len(idx), P), dtype=torch.long)
         for r, i in enumerate(idx):
@@ -375,8 +378,8 @@ def _greedy_decode(lm, enc: Encoded, answers: Sequence[str], cfg: ProxyConfig):
             pad_token_id=pad,
             eos_token_id=eos,
         )
-        gen = out[:, P:].cpu().tolist()
-        for r, i in enumerate(idx):
+        gen = out[:real, P:].cpu().tolist()
+        for r, i in enumerate(idx[:real]):
             g = gen[r]
             token_ok[i] = g[: len(enc.answer[i])] == enc.answer[i]
             if eos in g:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..extras import require
 from ..frames import as_pandas
+from ..ops.blas import tile_rows, tiled_width
 from ..ops.projection import Projector, check_dim, check_kind, random_project, structured_project
 from ..render import SampleError, render_sample, tokenize_rendered
 
@@ -211,9 +212,10 @@ class Encoded:
 
 
 def pad_encoded(enc: list["Encoded"], pad: int, dev: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad encoded samples into (ids [B,T] long, attention [B,T] long, scored [B,T] bool) on ``dev``."""
-    T = max(len(e.ids) for e in enc)
+    """Right-pad encoded samples into (ids [B,T] long, attention [B,T] long, scored [B,T] bool) on ``dev``; ``T``
+    the longest sample's length or a little more (``B x T`` a multiple of :data:`~thresher.ops.BLAS_ROW_TILE`)."""
     B = len(enc)
+    T = tiled_width(B, max(len(e.ids) for e in enc))  # B x T rows: a multiple of the BLAS tile (ops.blas)
     ids = torch.full((B, T), pad, dtype=torch.long)
     att = torch.zeros((B, T), dtype=torch.long)
     score = torch.zeros((B, T), dtype=torch.bool)
@@ -338,7 +340,7 @@ class GradientFeaturizer:
                 pos_b, pos_t = torch.nonzero(score[:, 1:], as_tuple=True)  # predicts token t+1
                 hs = h[pos_b, pos_t]
                 head = causal.get_output_embeddings()
-                logits = head(hs).float()
+                logits = head(tile_rows(hs))[: len(hs)].float()
                 ce = F.cross_entropy(logits, ids[pos_b, pos_t + 1], reduction="none")
                 counts = score[:, 1:].sum(1).clamp(min=1).to(ce.dtype)
                 loss = (ce / counts[pos_b]).sum()  # sum over samples of each sample's mean loss

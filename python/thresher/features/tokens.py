@@ -20,13 +20,16 @@ Batching (``mode``):
   transformers then builds a block-diagonal causal mask (packed sequences), so
   no compute is spent on padding in the linear layers, at the price of a
   dense [row x row] attention mask on backends without varlen attention.
-* ``"row"``: one unit per forward, no padding and no shared prefix. A unit's
-  computation then has the same shapes whichever units share its call, so its
-  losses are the same bits under every shard layout and engine at one thread count
-  (across thread counts too, except units of 5-11 tokens, whose products MKL
-  rounds with the thread count: docs/methods.md). Bucket and pack agree with it
-  to float32 rounding: a unit's bits there depend on its batch's padded length and
-  prefix split. Slower: no batching.
+* ``"row"``: one unit per forward, no shared prefix, padded after its last token
+  to a multiple of 4 tokens only. A unit's computation then has the same shapes
+  whichever units share its call, so its losses are the same bits under every
+  shard layout, engine and thread count. Bucket and pack agree with it to float32
+  rounding: a unit's bits there depend on its batch's padded length and prefix
+  split. Slower: no batching.
+
+Every mode pads a batch until rows x tokens is a multiple of
+:data:`~thresher.ops.BLAS_ROW_TILE` (MKL rounds other products with the thread
+count: :mod:`thresher.ops.blas`), and a shared prefix is cut to a multiple of it.
 
 The batching choices and per-token extras travel in one :class:`LossOptions`
 (``unit_losses(lm, units, LossOptions(...))`` or its fields as keywords).
@@ -53,7 +56,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..ops import token_loss
+from ..ops import BLAS_ROW_TILE, tiled_width, token_loss
 from ..progress import advance
 from .loader import to_device
 
@@ -220,10 +223,17 @@ def _cache_kw(trunk: Any) -> str:
 
 
 def _prefix_cache(trunk: Any, ids: torch.Tensor) -> tuple[Any, Any]:
-    """(trunk output, its KV cache) of one prefix run with ``use_cache=True``."""
-    pre = trunk(input_ids=ids, use_cache=True)
+    """(trunk output, its KV cache) of one prefix run with ``use_cache=True``. A prefix of ``n`` tokens runs
+    as its first ``n - n % BLAS_ROW_TILE`` tokens, then the other 1-3 against their cache (products of rows
+    a multiple of the tile, or fewer than it: bits that do not follow the thread count, :mod:`thresher.ops.blas`)."""
+    n = ids.shape[1]
+    head = n - n % BLAS_ROW_TILE
+    pre = trunk(input_ids=ids[:, :head] if 0 < head < n else ids, use_cache=True)
     cache = getattr(pre, "cache", None)
-    return pre, (cache if cache is not None else pre.past_key_values)
+    cache = cache if cache is not None else pre.past_key_values
+    if 0 < head < n:
+        pre = trunk(input_ids=ids[:, head:], use_cache=True, **{_cache_kw(trunk): cache})
+    return pre, cache
 
 
 def trunk_hidden_shared(lm: Any, ids_t: torch.Tensor, cp: int) -> torch.Tensor:
@@ -303,9 +313,10 @@ class _Batch:
 
 def _bucket_batch(grp: list[int], eff: list, pad_id: int, opts: LossOptions) -> _Batch:
     lengths = [len(eff[i][0]) for i in grp]
-    L, B = max(lengths), len(grp)
+    B, cp = len(grp), _shared_prefix(grp, eff, opts)
+    L = cp + tiled_width(B, max(lengths) - cp)  # every product B x (L - cp) rows: a multiple of the tile
     left = opts.padding_side == "left"
-    bt = _Batch(torch.full((B, L), pad_id, dtype=torch.long))
+    bt = _Batch(torch.full((B, L), pad_id, dtype=torch.long), shared=cp)
     am = torch.zeros((B, L), dtype=torch.long) if left else None
     for b, i in enumerate(grp):
         ids, pos = eff[i]
@@ -316,17 +327,26 @@ def _bucket_batch(grp: list[int], eff: list, pad_id: int, opts: LossOptions) -> 
         bt.add(i, ids, pos, b, off)
     if am is not None:
         bt.attention_mask, bt.position_ids = am, (am.cumsum(-1) - 1).clamp(min=0)
-    if opts.shares and B > 1:
-        cp = min(common_prefix([eff[i][0] for i in grp]), min(lengths) - 1)
-        bt.shared = cp if cp >= opts.min_prefix else 0
     bt.forward_tokens = B * L - (B - 1) * bt.shared
     bt.real_tokens = sum(lengths)
     return bt
 
 
+def _shared_prefix(grp: list[int], eff: list, opts: LossOptions) -> int:
+    """The bucket's common prefix run once (0: none): at most every unit's length - 1, cut to a multiple of
+    the BLAS row tile (its forward is one row of that many tokens), at least ``min_prefix``."""
+    if not opts.shares or len(grp) < 2:
+        return 0
+    cp = min(common_prefix([eff[i][0] for i in grp]), min(len(eff[i][0]) for i in grp) - 1)
+    cp -= cp % BLAS_ROW_TILE
+    return cp if cp >= opts.min_prefix else 0
+
+
 def _pack_batch(grp: list[int], eff: list, pad_id: int) -> _Batch:
-    L = sum(len(eff[i][0]) for i in grp)
-    bt = _Batch(torch.empty((1, L), dtype=torch.long), position_ids=torch.empty((1, L), dtype=torch.long))
+    real = sum(len(eff[i][0]) for i in grp)
+    L = tiled_width(1, real)  # the padding after the last unit: a sequence of its own (positions from 0)
+    bt = _Batch(torch.full((1, L), pad_id, dtype=torch.long), position_ids=torch.empty((1, L), dtype=torch.long))
+    bt.position_ids[0, real:] = torch.arange(L - real)
     off = 0
     for i in grp:
         ids, pos = eff[i]
@@ -335,7 +355,7 @@ def _pack_batch(grp: list[int], eff: list, pad_id: int) -> _Batch:
         bt.position_ids[0, off : off + n] = torch.arange(n)
         bt.add(i, ids, pos, 0, off)
         off += n
-    bt.forward_tokens = bt.real_tokens = L
+    bt.forward_tokens, bt.real_tokens = L, real
     return bt
 
 
@@ -515,7 +535,7 @@ def last_position_hidden(
     lengths = [len(s) for s in seqs]
     with torch.inference_mode():
         for grp in one_per_batch(lengths) if one_per_call else plan_buckets(lengths, batch_tokens):
-            L = max(lengths[i] for i in grp)
+            L = tiled_width(len(grp), max(lengths[i] for i in grp))
             ids_t = torch.full((len(grp), L), pad_id, dtype=torch.long)
             for b, i in enumerate(grp):
                 ids_t[b, : lengths[i]] = torch.as_tensor(list(seqs[i]), dtype=torch.long)
@@ -570,7 +590,9 @@ def prefix_reuse_losses(
         last_prefix_h = pre.last_hidden_state[0, -1]
         plan = one_per_batch(lengths) if one_per_call else plan_buckets(lengths, max(batch_tokens - len(prefix), 1))
         for grp in plan:
-            ids_t = torch.full((len(grp), max(lengths[i] for i in grp)), pad_id, dtype=torch.long)
+            ids_t = torch.full(
+                (len(grp), tiled_width(len(grp), max(lengths[i] for i in grp))), pad_id, dtype=torch.long
+            )
             for b, i in enumerate(grp):
                 ids_t[b, : lengths[i]] = torch.as_tensor(eff[i][0], dtype=torch.long)
             c = copy.deepcopy(cache)

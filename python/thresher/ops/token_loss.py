@@ -75,6 +75,7 @@ import torch.nn.functional as F
 
 from .. import _native
 from ._dispatch import Op, device_type, triton_has
+from .blas import tile_matmul
 from .threads import one_thread
 
 __all__ = ["TokenLoss", "token_loss", "score_at_position", "expected_score", "token_loss_op", "reference_token_loss"]
@@ -689,7 +690,7 @@ def score_at_position(hidden_last: torch.Tensor, weight: torch.Tensor, token_ids
     device_type(hidden_last, weight)
     with torch.no_grad():
         rows = weight.index_select(0, ids).float()  # [K, H]
-        logits = hidden_last.float() @ rows.T  # [B, K]
+        logits = tile_matmul(hidden_last.float(), rows.T)  # [B, K]: each row's bits its own (ops.blas)
         return torch.softmax(logits, dim=-1)
 
 

@@ -43,6 +43,7 @@ from ..features.gradients import (
 )
 from ..frames import as_pandas
 from ..fs import atomic_save, write_json_atomic
+from ..ops.blas import tile_rows
 from .progress import DEFAULT_CHECKPOINT_S, Point, Progress, WarmupMismatch, on_step, rows_digest
 
 
@@ -67,7 +68,7 @@ def _batch_loss(causal, enc: list[Encoded], pad: int, dev) -> torch.Tensor:
     trunk = getattr(causal, causal.base_model_prefix)
     h = trunk(input_ids=ids, attention_mask=att).last_hidden_state
     pb, pt = torch.nonzero(score[:, 1:], as_tuple=True)
-    logits = causal.get_output_embeddings()(h[pb, pt]).float()
+    logits = causal.get_output_embeddings()(tile_rows(h[pb, pt]))[: len(pb)].float()
     ce = F.cross_entropy(logits, ids[pb, pt + 1], reduction="none")
     counts = score[:, 1:].sum(1).clamp(min=1).to(ce.dtype)
     return (ce / counts[pb]).sum() / len(enc)
