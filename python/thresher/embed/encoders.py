@@ -30,7 +30,7 @@ import torch
 from ..device import resolve_device
 from ..extras import require
 from ..models import load_causal_lm
-from ..ops import tiled_width
+from ..ops import blockwise_activations, tiled_width
 from ..progress import advance, library_bars
 
 ENCODER_VERSION = 2  # 2: batches padded to the BLAS row tile (bits that do not follow the thread count)
@@ -108,6 +108,7 @@ class SentenceEncoder:
             raise ValueError(
                 f"embedder: cannot load sentence-transformers model {spec!r}: {type(exc).__name__}: {exc}"
             ) from exc
+        blockwise_activations(self.model)  # bits that do not follow the thread count (ops.blas)
         if max_length:
             self.model.max_seq_length = int(max_length)
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension

@@ -24,6 +24,7 @@ import torch
 from .. import device as _device
 from ..extras import require
 from ..fs import atomic_dir
+from ..ops.blas import blockwise_activations
 from ..progress import activity, library_bars
 
 DEFAULT_SPEC = "default"
@@ -40,6 +41,11 @@ class LoadedLM:
     tokenizer: Any
     fingerprint: str
     spec: str
+
+    def __post_init__(self) -> None:
+        # activations in blocks of one task each: their bits do not follow the thread count (ops.blas)
+        if isinstance(self.model, torch.nn.Module):
+            blockwise_activations(self.model)
 
     # -- helpers used by the loss engine ------------------------------------
     @property

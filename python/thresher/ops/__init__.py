@@ -9,7 +9,7 @@ passed to the native backends live in :mod:`thresher.ops.abi`.
 
 from . import abi  # noqa: F401
 from ._dispatch import OPS, last_backend  # noqa: F401
-from .blas import BLAS_ROW_TILE, tile_matmul, tile_rows, tiled_width  # noqa: F401
+from .blas import BLAS_ROW_TILE, blockwise_activations, tile_matmul, tile_rows, tiled_width  # noqa: F401
 from .knn import knn, knn_merge_tile  # noqa: F401
 from .knn_shard import knn_shard_task, merge_topk, sharded_knn  # noqa: F401
 from .pareto import crowding_distance, pareto_ranks  # noqa: F401
