@@ -15,7 +15,7 @@ from thresher.models import tiny_causal_lm
 from thresher.ops import BLAS_ROW_TILE, score_at_position, tiled_width
 from thresher.ops.blas import tile_matmul
 
-THREADS = (2, 3, 8, 16)
+THREADS = (2, 8, 16)
 
 
 @pytest.fixture(scope="module")
